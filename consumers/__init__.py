@@ -1,0 +1,1 @@
+"""Stream consumers: prequential evaluation, the trainer worker, the joiner, the weight publisher."""

@@ -1,0 +1,109 @@
+"""The contract every streamrec model keeps, and safetensors (de)serialisation.
+
+* ``predict_proba(batch) -> np.ndarray``: click probabilities, no state change.
+* ``learn(batch) -> np.ndarray``: one online step on a labelled batch; returns the probabilities
+  the model gave *before* the step, so progressive validation (predict, update metrics, learn)
+  costs one forward pass instead of two.
+* ``tensors()`` / ``load_tensors()``: the complete state (weights and optimiser state) as named
+  tensors; ``to_bytes`` / ``from_bytes`` wrap them in safetensors with the model name, its
+  config and its :class:`~stream.features.FeatureSpec` as metadata. Never pickle.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from stream.errors import ModelError
+from stream.features import FeatureSpec, SparseBatch
+
+FORMAT = "streamrec-weights-1"
+
+
+class OnlineModel(abc.ABC):
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, spec: FeatureSpec, config: Any) -> None:
+        self.spec = spec
+        self.config = config
+
+    @abc.abstractmethod
+    def logits(self, batch: SparseBatch) -> torch.Tensor:
+        """Raw scores (B,), without gradient tracking."""
+
+    @abc.abstractmethod
+    def learn(self, batch: SparseBatch) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def tensors(self) -> dict[str, torch.Tensor]: ...
+
+    @abc.abstractmethod
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None: ...
+
+    def predict_proba(self, batch: SparseBatch) -> np.ndarray:
+        with torch.no_grad():
+            return torch.sigmoid(self.logits(batch)).numpy().astype(np.float64)
+
+    # ---------------------------------------------------------------- serialisation
+
+    def metadata(self) -> dict[str, str]:
+        return {"format": FORMAT, "model": self.name, "spec": self.spec.to_json(),
+                "config": json.dumps(dataclasses.asdict(self.config), sort_keys=True)}
+
+    def to_bytes(self, extra_metadata: dict[str, str] | None = None) -> bytes:
+        tensors = {k: v.detach().contiguous() for k, v in self.tensors().items()}
+        return st_save(tensors, metadata={**self.metadata(), **(extra_metadata or {})})
+
+
+def config_from_json(config_class: type, text: str) -> Any:
+    """Rebuild a (possibly nested) config dataclass from its ``asdict`` JSON."""
+    data = json.loads(text)
+
+    def build(cls: type, values: dict[str, Any]) -> Any:
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in values:
+                continue
+            value = values[f.name]
+            ftype = f.type if isinstance(f.type, type) else None
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+            if dataclasses.is_dataclass(default):
+                value = build(type(default), value)
+            elif isinstance(default, tuple):
+                value = tuple(value)
+            elif ftype is not None and dataclasses.is_dataclass(ftype):
+                value = build(ftype, value)
+            kwargs[f.name] = value
+        return cls(**kwargs)
+
+    return build(config_class, data)
+
+
+def read_metadata(blob: bytes) -> dict[str, str]:
+    """The safetensors header metadata of a weights blob, without loading tensors."""
+    if len(blob) < 8:
+        raise ModelError("weights blob is truncated")
+    header_len = int.from_bytes(blob[:8], "little")
+    try:
+        header = json.loads(blob[8 : 8 + header_len])
+    except ValueError as exc:
+        raise ModelError(f"weights blob has no valid safetensors header: {exc}") from None
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != FORMAT:
+        raise ModelError(f"not streamrec weights (format {meta.get('format')!r})")
+    return meta
+
+
+def load_tensors_blob(blob: bytes) -> dict[str, torch.Tensor]:
+    try:
+        return st_load(blob)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise ModelError(f"corrupt weights: {exc}") from None

@@ -1,0 +1,1 @@
+"""Event sources: log-format readers, the synthetic generator, and the replay producer."""

@@ -1,0 +1,309 @@
+"""The ``streamrec`` command line. Errors map to exit codes (stream/errors.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from stream.errors import StreamrecError
+from stream.settings import Settings, load_settings
+
+console = Console(stderr=True)
+
+
+def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+    base = dict(ctx.obj or {})
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return load_settings(**base)
+
+
+@contextmanager
+def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as progress:
+        task = progress.add_task(label, total=total, rate="")
+
+        def advance(n: int) -> None:
+            progress.update(task, advance=n)
+            speed = progress.tasks[task].speed
+            if speed:
+                progress.update(task, rate=f"{speed:,.0f}/s")
+
+        yield advance
+
+
+def _write_report(path: Path | None, report: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2, sort_keys=True))
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as handle:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+
+
+reader_options = [
+    click.option("--format", "fmt", required=True,
+                 type=click.Choice(["criteo", "avazu", "libsvm", "libfm", "csv", "jsonl"]), help="Log format."),
+    click.option("--user-field", help="Raw field that is the user id (formats without one)."),
+    click.option("--item-field", help="Raw field that is the item id (formats without one)."),
+    click.option("--columns", help="csv/jsonl mapping: label=COL,user=COL,item=COL,time=COL,features=A;B;C"),
+    click.option("--numeric-columns", help="csv/jsonl: comma-separated feature columns that are numeric."),
+    click.option("--strict", is_flag=True, help="Fail on the first malformed row instead of counting it."),
+    click.option("--limit", type=click.IntRange(min=1), help="Read at most N rows."),
+]
+
+
+def with_reader_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(reader_options):
+        func = option(func)
+    return func
+
+
+def _reader(fmt: str, user_field: str | None, item_field: str | None, columns: str | None,
+            numeric_columns: str | None, strict: bool) -> Any:
+    from producers.readers import ReaderOptions, parse_mapping
+
+    return ReaderOptions(user_field=user_field, item_field=item_field, strict=strict,
+                         mapping=parse_mapping(columns, numeric_columns))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(path_type=Path), help="State directory (STREAMREC_HOME, default ~/.streamrec).")
+@click.option("--kafka-bootstrap", help="Kafka bootstrap servers (STREAMREC_KAFKA_BOOTSTRAP); empty = local stack.")
+@click.option("--redis-url", help="Redis URL (STREAMREC_REDIS_URL); empty = local stack.")
+@click.option("--kafka-client", type=click.Choice(["auto", "confluent", "kafka-python"]),
+              help="Kafka client library (STREAMREC_KAFKA_CLIENT).")
+@click.option("--namespace", help="Topic prefix (STREAMREC_NAMESPACE).")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+@click.version_option(package_name="streamrec")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None, kafka_bootstrap: str | None, redis_url: str | None,
+        kafka_client: str | None, namespace: str | None, verbose: bool) -> None:
+    """streamrec: streaming online learning for click-through-rate prediction."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = {"home": home, "kafka_bootstrap": kafka_bootstrap, "redis_url": redis_url,
+               "kafka_client": kafka_client, "namespace": namespace}
+
+
+# ------------------------------------------------------------------------------------------ stack
+
+
+@cli.group()
+def stack() -> None:
+    """Start, stop or inspect the embedded local broker and Redis."""
+
+
+@stack.command("up")
+@click.pass_context
+def stack_up(ctx: click.Context) -> None:
+    """Start Tansu and redis-server on free local ports (no-op if already running)."""
+    from stream.local_stack import start_stack, stack_status, stop_stack
+
+    settings = _settings(ctx)
+    status = stack_status(settings.home)
+    if status.get("running"):
+        console.print(f"already running: kafka {status['kafka_bootstrap']}  redis {status['redis_url']}")
+        return
+    if "broker_pid" in status:
+        stop_stack(settings.home)
+    state = start_stack(settings.home)
+    console.print(f"kafka {state.kafka_bootstrap} (pid {state.broker_pid})  "
+                  f"redis {state.redis_url} (pid {state.redis_pid})  state {settings.home / 'stack.json'}")
+
+
+@stack.command("down")
+@click.pass_context
+def stack_down(ctx: click.Context) -> None:
+    """Stop exactly the processes `stack up` started."""
+    from stream.local_stack import stop_stack
+
+    stopped = stop_stack(_settings(ctx).home)
+    console.print(f"stopped pids {stopped}" if stopped else "no local stack was running")
+
+
+@stack.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def stack_status_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Show whether the local stack runs and where; exit 1 if it does not."""
+    from stream.local_stack import stack_status
+
+    status = stack_status(_settings(ctx).home)
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+    elif status.get("running"):
+        click.echo(f"running: kafka {status['kafka_bootstrap']} (pid {status['broker_pid']}), "
+                   f"redis {status['redis_url']} (pid {status['redis_pid']})")
+    else:
+        click.echo("not running")
+    sys.exit(0 if status.get("running") else 1)
+
+
+# ------------------------------------------------------------------------------------------ topics
+
+
+@cli.group()
+def topics() -> None:
+    """Manage the stream's topics."""
+
+
+@topics.command("create")
+@click.option("--partitions", type=click.IntRange(min=1), help="Partitions per topic (STREAMREC_PARTITIONS).")
+@click.pass_context
+def topics_create(ctx: click.Context, partitions: int | None) -> None:
+    """Create <ns>.impressions, <ns>.clicks and <ns>.dead-letter with equal partition counts."""
+    from stream.kafka_client import create_topics
+    from stream.local_stack import resolve_endpoints
+
+    settings = _settings(ctx, partitions=partitions)
+    endpoints = resolve_endpoints(settings)
+    names = [settings.impressions_topic, settings.clicks_topic, settings.dead_letter_topic]
+    created = create_topics(endpoints.kafka_bootstrap, names, settings.partitions)
+    for name in names:
+        click.echo(f"{name}: {'created' if name in created else 'exists'} ({settings.partitions} partitions)")
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+@cli.command()
+@click.option("--rows", type=click.IntRange(min=1), default=1_000_000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Criteo-format TSV to write.")
+def generate(rows: int, seed: int, out: Path) -> None:
+    """Write a synthetic Criteo-format stream with a known click probability, and its oracle AUC."""
+    from producers.generator import generate as make, oracle_path, write_stream
+
+    with console.status(f"generating {rows:,} rows"):
+        summary = write_stream(make(rows, seed), out, seed)
+    console.print(f"wrote {out} ({rows:,} rows, click rate {summary['positive_rate']:.3f}); "
+                  f"oracle AUC {summary['oracle_auc']:.4f} in {oracle_path(out)}")
+    console.print("replay it with: --format criteo --user-field C1 --item-field C2")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@with_reader_options
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Events per second.")
+@click.option("--speedup", type=click.FloatRange(min=0, min_open=True), help="Pace by event time, X times faster.")
+@click.option("--click-delay-mean-s", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True)
+@click.option("--click-delay-max-s", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True)
+@click.option("--partitions", type=click.IntRange(min=1), help="Partitions per topic if they must be created.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the click delays.")
+@click.option("--report-json", type=click.Path(path_type=Path), help="Write the report here.")
+@click.pass_context
+def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, item_field: str | None,
+           columns: str | None, numeric_columns: str | None, strict: bool, limit: int | None,
+           rate: float | None, speedup: float | None, click_delay_mean_s: float, click_delay_max_s: float,
+           partitions: int | None, seed: int, report_json: Path | None) -> None:
+    """Replay a log as impression and click events onto Kafka."""
+    import itertools
+
+    from producers.readers import ReadStats, read_rows
+    from producers.replay import ReplayOptions, replay as run_replay
+    from stream.errors import ConfigError
+    from stream.kafka_client import create_topics, make_producer
+    from stream.local_stack import resolve_endpoints
+
+    if rate is not None and speedup is not None:
+        raise ConfigError("--rate and --speedup exclude each other")
+    settings = _settings(ctx, partitions=partitions)
+    endpoints = resolve_endpoints(settings)
+    create_topics(endpoints.kafka_bootstrap,
+                  [settings.impressions_topic, settings.clicks_topic, settings.dead_letter_topic],
+                  settings.partitions)
+    stats = ReadStats()
+    rows = read_rows(path, fmt, _reader(fmt, user_field, item_field, columns, numeric_columns, strict), stats)
+    if limit:
+        rows = itertools.islice(rows, limit)
+    producer = make_producer(endpoints.kafka_bootstrap, settings.kafka_client)
+    total = limit or _count_lines(path)
+    try:
+        with _progress("replay", total) as advance:
+            report = run_replay(rows, producer, impressions_topic=settings.impressions_topic,
+                                clicks_topic=settings.clicks_topic, dead_letter_topic=settings.dead_letter_topic,
+                                partitions=settings.partitions,
+                                options=ReplayOptions(rate=rate, speedup=speedup, click_delay_mean_s=click_delay_mean_s,
+                                                      click_delay_max_s=click_delay_max_s, seed=seed),
+                                on_progress=advance)
+    finally:
+        producer.close()
+    result = {**report.as_dict(), "malformed_rows": stats.malformed}
+    for error in stats.errors:
+        console.print(f"[yellow]malformed[/]: {error}")
+    console.print(f"{report.impressions:,} impressions, {report.clicks:,} clicks, {report.dead_letters} dead letters, "
+                  f"{stats.malformed} malformed rows; {report.events_per_second:,.0f} events/s")
+    _write_report(report_json, result)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@with_reader_options
+@click.option("--model", default="wide_deep", show_default=True, help="Registered model name.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--window", type=click.IntRange(min=10), default=10_000, show_default=True,
+              help="Examples in the window AUC.")
+@click.option("--cross", "crosses", multiple=True, help="Wide-part feature cross A:B (repeatable).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--report-json", type=click.Path(path_type=Path), help="Write the report here.")
+def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | None, columns: str | None,
+             numeric_columns: str | None, strict: bool, limit: int | None, model: str, batch_size: int,
+             window: int, crosses: tuple[str, ...], seed: int, report_json: Path | None) -> None:
+    """One prequential pass (predict, measure, learn) of a model over a log file."""
+    from consumers.prequential import SpecOptions, evaluate_file
+    from models import REGISTRY, model_names
+    from producers.readers import ReadStats
+    from stream.errors import ConfigError
+
+    if model not in REGISTRY:
+        raise ConfigError(f"--model {model!r} is not registered; choose one of {', '.join(model_names())}")
+    pairs = []
+    for cross in crosses:
+        a, sep, b = cross.partition(":")
+        if not sep or not a or not b:
+            raise ConfigError(f"--cross {cross!r} must look like FIELD_A:FIELD_B")
+        pairs.append((a, b))
+    stats = ReadStats()
+    total = limit or _count_lines(path)
+    with _progress(f"evaluate {model}", total) as advance:
+        report, _ = evaluate_file(path, fmt, model, limit=limit, stats=stats,
+                                  reader_options=_reader(fmt, user_field, item_field, columns, numeric_columns, strict),
+                                  batch_size=batch_size, window=window, seed=seed,
+                                  spec_options=SpecOptions(crosses=tuple(pairs), seed=seed), on_batch=advance)
+    for error in stats.errors:
+        console.print(f"[yellow]malformed[/]: {error}")
+    console.print(f"{model}: {report['examples']:,} examples  AUC {report['auc']:.4f} (window {report['auc_window']:.4f})  "
+                  f"logloss {report['logloss']:.4f}  NE {report['normalized_entropy']:.4f}  "
+                  f"calibration {report['calibration']:.3f}  {report['examples_per_second']:,.0f} ex/s")
+    click.echo(json.dumps(report, sort_keys=True))
+    _write_report(report_json, report)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except StreamrecError as exc:
+        console.print(f"[red]error[/]: {exc}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,32 @@
+"""One exception hierarchy for streamrec; the CLI maps each branch to an exit code.
+
+::
+
+    StreamrecError                 exit 1   anything streamrec raises on purpose
+    ├── ConfigError                exit 2   a bad setting or flag; the message names the key
+    ├── InputFormatError           exit 3   a malformed log row under --strict (names file and line)
+    ├── StackError                 exit 4   the embedded broker/Redis could not start, or is not running
+    └── ModelError                 exit 5   unknown model name, incompatible or corrupt weights
+"""
+
+from __future__ import annotations
+
+
+class StreamrecError(Exception):
+    exit_code = 1
+
+
+class ConfigError(StreamrecError):
+    exit_code = 2
+
+
+class InputFormatError(StreamrecError):
+    exit_code = 3
+
+
+class StackError(StreamrecError):
+    exit_code = 4
+
+
+class ModelError(StreamrecError):
+    exit_code = 5

@@ -1,0 +1,350 @@
+"""One small Kafka interface over two clients: confluent-kafka (fast, C) and kafka-python (pure Python).
+
+``auto`` picks confluent-kafka when it imports, else kafka-python. Both produce with the
+murmur2 partitioner, so a key lands on the same partition whichever client wrote it: that is
+what keeps a user's impressions and clicks co-partitioned.
+
+Auto-commit is always off: trainers commit offsets only after the state that includes them is
+safe. Group joins on Tansu take about half of ``session.timeout.ms`` (docs/kafka.md), so the
+session timeout is a setting and defaults low.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from stream.errors import ConfigError, StackError
+
+log = logging.getLogger(__name__)
+# librdkafka's own messages go through Python logging instead of straight to stderr.
+_RDKAFKA_LOG = logging.getLogger("streamrec.librdkafka")
+
+TopicPartitionKey = tuple[str, int]
+AssignCallback = Callable[[list[TopicPartitionKey]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+class EventProducer(Protocol):
+    def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None: ...
+    def flush(self, timeout_s: float = 30.0) -> None: ...
+    def close(self) -> None: ...
+
+
+class EventConsumer(Protocol):
+    def subscribe(
+        self, topics: Sequence[str], on_assign: AssignCallback | None = None,
+        on_revoke: AssignCallback | None = None,
+    ) -> None: ...
+    def assign(self, partitions: Sequence[TopicPartitionKey]) -> None: ...
+    def seek(self, topic: str, partition: int, offset: int) -> None: ...
+    def poll(self, max_records: int, timeout_s: float) -> list[Record]: ...
+    def commit(self, offsets: dict[TopicPartitionKey, int]) -> None: ...
+    def end_offsets(self, partitions: Sequence[TopicPartitionKey]) -> dict[TopicPartitionKey, int]: ...
+    def close(self) -> None: ...
+
+
+def resolve_client(name: str) -> str:
+    if name == "auto":
+        try:
+            import confluent_kafka  # noqa: F401
+        except ImportError:
+            return "kafka-python"
+        return "confluent"
+    if name not in ("confluent", "kafka-python"):
+        raise ConfigError(f"kafka_client (STREAMREC_KAFKA_CLIENT): unknown client {name!r}; "
+                          "use auto, confluent or kafka-python")
+    return name
+
+
+# --------------------------------------------------------------------------- confluent-kafka
+
+
+class _ConfluentProducer:
+    def __init__(self, bootstrap: str) -> None:
+        from confluent_kafka import Producer
+
+        self._producer = Producer({
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1_000_000,
+            "partitioner": "murmur2_random",
+            "enable.idempotence": False,
+            "logger": _RDKAFKA_LOG,
+        })
+        self._errors: list[str] = []
+
+    def _on_delivery(self, err, _msg) -> None:  # noqa: ANN001 - librdkafka callback
+        if err is not None:
+            self._errors.append(str(err))
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
+        kwargs = {} if partition is None else {"partition": partition}
+        while True:
+            try:
+                self._producer.produce(topic, value, key, on_delivery=self._on_delivery, **kwargs)
+                return
+            except BufferError:
+                # Local queue full: let librdkafka drain it instead of dropping events.
+                self._producer.poll(0.05)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        remaining = self._producer.flush(timeout_s)
+        if remaining:
+            raise StackError(f"{remaining} messages not delivered within {timeout_s}s")
+        if self._errors:
+            raise StackError(f"delivery failed: {self._errors[0]} ({len(self._errors)} errors)")
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(10)
+            # Dropping the last reference destroys the librdkafka handle and its threads now,
+            # not at some later garbage collection when the broker may be gone.
+            self._producer = None
+
+
+class _ConfluentConsumer:
+    def __init__(self, bootstrap: str, group_id: str, session_timeout_ms: int) -> None:
+        from confluent_kafka import Consumer
+
+        self._consumer = Consumer({
+            "bootstrap.servers": bootstrap,
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": session_timeout_ms,
+            "heartbeat.interval.ms": max(100, session_timeout_ms // 4),
+            "partition.assignment.strategy": "range",
+            "logger": _RDKAFKA_LOG,
+        })
+
+    def subscribe(self, topics, on_assign=None, on_revoke=None) -> None:  # noqa: ANN001
+        def _assigned(_consumer, parts) -> None:  # noqa: ANN001
+            if on_assign:
+                on_assign([(p.topic, p.partition) for p in parts])
+
+        def _revoked(_consumer, parts) -> None:  # noqa: ANN001
+            if on_revoke:
+                on_revoke([(p.topic, p.partition) for p in parts])
+
+        self._consumer.subscribe(list(topics), on_assign=_assigned, on_revoke=_revoked)
+
+    def assign(self, partitions) -> None:  # noqa: ANN001
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        self._consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in partitions])
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        from confluent_kafka import TopicPartition
+
+        # Inside an assign callback seek is not yet allowed; re-assigning with an offset is.
+        try:
+            self._consumer.seek(TopicPartition(topic, partition, offset))
+        except Exception:  # noqa: BLE001 - librdkafka raises KafkaException(_STATE) before fetch start
+            self._consumer.incremental_assign([TopicPartition(topic, partition, offset)])
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        out: list[Record] = []
+        for msg in self._consumer.consume(max_records, timeout=timeout_s):
+            err = msg.error()
+            if err is not None:
+                log.warning("consumer error: %s", err)
+                continue
+            out.append(Record(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value()))
+        return out
+
+    def commit(self, offsets: dict[TopicPartitionKey, int]) -> None:
+        from confluent_kafka import TopicPartition
+
+        if offsets:
+            self._consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
+            )
+
+    def end_offsets(self, partitions) -> dict[TopicPartitionKey, int]:  # noqa: ANN001
+        from confluent_kafka import TopicPartition
+
+        result = {}
+        for topic, partition in partitions:
+            _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+            result[(topic, partition)] = high
+        return result
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+# --------------------------------------------------------------------------- kafka-python
+
+
+class _KafkaPythonProducer:
+    def __init__(self, bootstrap: str) -> None:
+        from kafka import KafkaProducer
+
+        self._producer = KafkaProducer(
+            bootstrap_servers=bootstrap, linger_ms=5, batch_size=256 * 1024, acks=1,
+            max_in_flight_requests_per_connection=5,
+        )
+        self._futures: list = []
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
+        self._producer.send(topic, value=value, key=key, partition=partition)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        self._producer.flush(timeout=timeout_s)
+
+    def close(self) -> None:
+        self._producer.close(timeout=10)
+
+
+class _KafkaPythonConsumer:
+    def __init__(self, bootstrap: str, group_id: str, session_timeout_ms: int) -> None:
+        from kafka import KafkaConsumer
+        from kafka.coordinator.assignors.range import RangePartitionAssignor
+
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=max(100, session_timeout_ms // 4),
+            # kafka-python's rebalance timeout is max.poll.interval.ms; Tansu waits for it too.
+            max_poll_interval_ms=max(session_timeout_ms, 10_000),
+            partition_assignment_strategy=[RangePartitionAssignor],
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+
+    def subscribe(self, topics, on_assign=None, on_revoke=None) -> None:  # noqa: ANN001
+        from kafka import ConsumerRebalanceListener
+
+        class _Listener(ConsumerRebalanceListener):
+            def on_partitions_assigned(self, assigned) -> None:  # noqa: ANN001
+                if on_assign:
+                    on_assign([(tp.topic, tp.partition) for tp in assigned])
+
+            def on_partitions_revoked(self, revoked) -> None:  # noqa: ANN001
+                if on_revoke:
+                    on_revoke([(tp.topic, tp.partition) for tp in revoked])
+
+        self._consumer.subscribe(list(topics), listener=_Listener())
+
+    def assign(self, partitions) -> None:  # noqa: ANN001
+        from kafka import TopicPartition
+
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        self._consumer.assign(tps)
+        self._consumer.seek_to_beginning(*tps)
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        from kafka import TopicPartition
+
+        self._consumer.seek(TopicPartition(topic, partition), offset)
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        return [
+            Record(m.topic, m.partition, m.offset, m.key, m.value)
+            for records in batches.values() for m in records
+        ]
+
+    def commit(self, offsets: dict[TopicPartitionKey, int]) -> None:
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        if offsets:
+            self._consumer.commit({
+                TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()
+            })
+
+    def end_offsets(self, partitions) -> dict[TopicPartitionKey, int]:  # noqa: ANN001
+        from kafka import TopicPartition
+
+        ends = self._consumer.end_offsets([TopicPartition(t, p) for t, p in partitions])
+        return {(tp.topic, tp.partition): off for tp, off in ends.items()}
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+# --------------------------------------------------------------------------- factories and admin
+
+
+def make_producer(bootstrap: str, client: str = "auto") -> EventProducer:
+    if resolve_client(client) == "confluent":
+        return _ConfluentProducer(bootstrap)
+    return _KafkaPythonProducer(bootstrap)
+
+
+def make_consumer(bootstrap: str, group_id: str, client: str = "auto",
+                  session_timeout_ms: int = 6000) -> EventConsumer:
+    if resolve_client(client) == "confluent":
+        return _ConfluentConsumer(bootstrap, group_id, session_timeout_ms)
+    return _KafkaPythonConsumer(bootstrap, group_id, session_timeout_ms)
+
+
+def create_topics(bootstrap: str, topics: Iterable[str], partitions: int, timeout_s: float = 30.0) -> list[str]:
+    """Create the topics that do not exist yet; return the ones created.
+
+    An existing topic with a different partition count is an error: co-partitioning of
+    impressions and clicks depends on equal counts.
+    """
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _RDKAFKA_LOG})
+    existing = admin.list_topics(timeout=timeout_s).topics
+    created = []
+    wanted = list(topics)
+    for topic in wanted:
+        if topic in existing:
+            have = len(existing[topic].partitions)
+            if have != partitions:
+                raise ConfigError(f"partitions (STREAMREC_PARTITIONS): topic {topic} exists with {have} "
+                                  f"partitions, but {partitions} were asked for")
+    missing = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in wanted if t not in existing]
+    if missing:
+        for topic, future in admin.create_topics(missing, operation_timeout=timeout_s).items():
+            future.result()
+            created.append(topic)
+    # Metadata can lag creation by a moment; wait until every partition is visible.
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        meta = admin.list_topics(timeout=timeout_s).topics
+        if all(t in meta and len(meta[t].partitions) == partitions for t in wanted):
+            return created
+        time.sleep(0.1)
+    raise StackError(f"topics {wanted} not visible with {partitions} partitions after {timeout_s}s")
+
+
+def partition_count(bootstrap: str, topic: str, timeout_s: float = 10.0) -> int:
+    from confluent_kafka.admin import AdminClient
+
+    meta = AdminClient({"bootstrap.servers": bootstrap, "logger": _RDKAFKA_LOG}).list_topics(topic, timeout=timeout_s).topics
+    if topic not in meta or meta[topic].error is not None or not meta[topic].partitions:
+        raise StackError(f"topic {topic} does not exist on {bootstrap}: run `streamrec topics create`")
+    return len(meta[topic].partitions)
+
+
+def broker_reachable(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        AdminClient({"bootstrap.servers": bootstrap, "logger": _RDKAFKA_LOG}).list_topics(timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - any failure means "not reachable" here
+        return False
+    return True

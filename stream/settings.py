@@ -1,0 +1,84 @@
+"""The one settings object: environment (prefix ``STREAMREC_``) overridden by CLI flags.
+
+Unknown ``STREAMREC_*`` variables are rejected rather than ignored, so a typo such as
+``STREAMREC_PARTITONS=4`` fails loudly and names the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stream.errors import ConfigError
+
+KafkaClientName = Literal["auto", "confluent", "kafka-python"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="forbid", frozen=True)
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".streamrec")
+    # Empty means "use the embedded local stack" (started by `streamrec stack up` or `demo`).
+    kafka_bootstrap: str = ""
+    redis_url: str = ""
+    kafka_client: KafkaClientName = "auto"
+    namespace: str = "streamrec"
+    partitions: int = Field(default=2, ge=1, le=1024)
+    # Tansu completes a group join only after about half the session timeout, so a short one
+    # makes workers start in ~1 s instead of ~23 s (docs/kafka.md).
+    consumer_session_timeout_ms: int = Field(default=6000, ge=1000)
+    model: str = "wide_deep"
+    batch_size: int = Field(default=512, ge=1)
+    attribution_window_s: float = Field(default=30.0, gt=0)
+    publish_interval_examples: int = Field(default=50_000, ge=1)
+    publish_interval_s: float = Field(default=5.0, gt=0)
+    metrics_port: int = Field(default=9400, ge=0, le=65535)
+    window_examples: int = Field(default=10_000, ge=10)
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_is_topic_safe(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c in "._-" for c in value):
+            raise ValueError("must be non-empty and use only letters, digits, '.', '_' or '-'")
+        return value
+
+    @property
+    def impressions_topic(self) -> str:
+        return f"{self.namespace}.impressions"
+
+    @property
+    def clicks_topic(self) -> str:
+        return f"{self.namespace}.clicks"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.namespace}.dead-letter"
+
+
+_KNOWN = {name.upper() for name in Settings.model_fields}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, then apply non-None ``overrides`` (CLI flags win).
+
+    Raises :class:`ConfigError` naming the offending key.
+    """
+    for key in os.environ:
+        if key.startswith("STREAMREC_") and key[len("STREAMREC_") :] not in _KNOWN:
+            raise ConfigError(
+                f"unknown setting {key}; known settings: "
+                + ", ".join(sorted(f"STREAMREC_{k}" for k in _KNOWN))
+            )
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**flags)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "?"
+            problems.append(f"{key} (STREAMREC_{key.upper()}): {err['msg']}")
+        raise ConfigError("bad setting: " + "; ".join(problems)) from None

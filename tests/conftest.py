@@ -1,0 +1,52 @@
+"""Shared fixtures. Integration tests use a real broker and Redis: the ones named by
+STREAMREC_TEST_KAFKA_BOOTSTRAP / STREAMREC_TEST_REDIS_URL, or an embedded stack started once per
+session (Tansu + redis-server from wheels) and stopped by pid when the session ends."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stream.local_stack import Endpoints, start_stack, stop_stack
+
+
+@pytest.fixture(autouse=True)
+def _clean_streamrec_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests decide their own settings; a developer's STREAMREC_* variables must not leak in."""
+    for key in list(os.environ):
+        if key.startswith("STREAMREC_") and not key.startswith("STREAMREC_TEST_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
+    bootstrap = os.environ.get("STREAMREC_TEST_KAFKA_BOOTSTRAP")
+    redis_url = os.environ.get("STREAMREC_TEST_REDIS_URL")
+    if bootstrap and redis_url:
+        yield Endpoints(bootstrap, redis_url)
+        return
+    home = tmp_path_factory.mktemp("stack-home")
+    state = start_stack(home)
+    try:
+        yield Endpoints(bootstrap or state.kafka_bootstrap, redis_url or state.redis_url)
+    finally:
+        stop_stack(home)
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A fresh topic namespace per test, so tests never see each other's events."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def criteo_file(tmp_path: Path) -> Path:
+    from producers.generator import generate, write_stream
+
+    path = tmp_path / "stream.tsv"
+    write_stream(generate(3000, seed=5), path, seed=5)
+    return path

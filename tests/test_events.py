@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from stream import events
+
+
+def _impression(**changes: object) -> dict:
+    event = events.impression("i-1", 1.7e9, "u1", "a1", {"C1": "x", "I1": 3, "I2": None, "F": 0.5})
+    event.update(changes)
+    return event
+
+
+def test_valid_events_round_trip() -> None:
+    for event in (_impression(), events.click("c-1", "i-1", 1.7e9 + 2, "u1"), events.watermark(1.7e9, True)):
+        decoded, reason = events.decode_event(events.encode(event))
+        assert reason is None
+        assert decoded == event
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (events.encode(_impression(schema=2)), "unsupported schema version"),
+        (events.encode(_impression(type="view")), "unknown event type"),
+        (events.encode(_impression(event_time="yesterday")), "event_time"),
+        (events.encode(_impression(user_id="")), "user_id"),
+        (events.encode(_impression(item_id=7)), "item_id"),
+        (events.encode(_impression(features=[1])), "'features' must be an object"),
+        (events.encode(_impression(features={"C1": {"nested": 1}})), "feature 'C1'"),
+        (events.encode(_impression(features={"C1": True})), "feature 'C1'"),
+        (events.encode({**events.click("c", "i", 1.0, "u"), "impression_id": None}), "impression_id"),
+    ],
+)
+def test_invalid_events_give_a_reason(raw: bytes, reason: str) -> None:
+    event, problem = events.decode_event(raw)
+    assert event is None
+    assert problem is not None and reason in problem
+
+
+def test_nan_feature_is_invalid() -> None:
+    assert "finite" in (events.validate(_impression(features={"F": float("nan")})) or "")
+
+
+def test_dead_letter_record_keeps_payload_and_reason() -> None:
+    record = orjson.loads(events.dead_letter(b"\xffbroken", "not valid JSON", "impressions"))
+    assert record["reason"] == "not valid JSON"
+    assert record["source"] == "impressions"
+    assert record["payload"].endswith("broken")

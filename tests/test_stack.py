@@ -1,0 +1,62 @@
+"""Stack lifecycle through the real CLI: up, status, down, and no process left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stream.local_stack import _pid_runs, read_state
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env["STREAMREC_HOME"] = str(home)
+    return subprocess.run([sys.executable, "-m", "stream", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_up_status_down_leaves_no_orphans(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    state = None
+    try:
+        up = _cli(home, "stack", "up")
+        assert up.returncode == 0, up.stderr
+        state = read_state(home)
+        assert state is not None
+        assert _pid_runs(state.broker_pid, state.broker_bin) and _pid_runs(state.redis_pid, state.redis_bin)
+
+        again = _cli(home, "stack", "up")
+        assert again.returncode == 0 and "already running" in again.stderr
+        assert read_state(home) == state  # nothing new was started
+
+        status = _cli(home, "stack", "status", "--json")
+        assert status.returncode == 0
+        reported = json.loads(status.stdout)
+        assert reported["running"] and reported["kafka_bootstrap"] == state.kafka_bootstrap
+
+        topics = _cli(home, "--namespace", "lifecycle", "topics", "create", "--partitions", "3")
+        assert topics.returncode == 0, topics.stderr
+        assert "lifecycle.impressions: created (3 partitions)" in topics.stdout
+
+        down = _cli(home, "stack", "down")
+        assert down.returncode == 0, down.stderr
+        assert not _pid_runs(state.broker_pid, state.broker_bin)
+        assert not _pid_runs(state.redis_pid, state.redis_bin)
+        assert read_state(home) is None
+        assert _cli(home, "stack", "status").returncode == 1
+    finally:
+        if state is not None and read_state(home) is not None:
+            _cli(home, "stack", "down")
+
+
+def test_commands_without_stack_say_what_to_do(tmp_path: Path) -> None:
+    result = _cli(tmp_path / "empty", "topics", "create")
+    assert result.returncode == 4
+    assert "streamrec stack up" in result.stderr
