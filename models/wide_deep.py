@@ -77,6 +77,17 @@ class AdamState:
                 }
 
 
+@dataclass
+class _Backward:
+    probabilities: torch.Tensor
+    residual: torch.Tensor
+    w_unique: torch.Tensor
+    w_inverse: torch.Tensor
+    e_unique: torch.Tensor
+    e_inverse: torch.Tensor
+    leaf: torch.Tensor
+
+
 class WideDeep(OnlineModel):
     name = "wide_deep"
     config_class = WideDeepConfig
@@ -100,19 +111,31 @@ class WideDeep(OnlineModel):
             return (wide + deep).to(torch.float32)
 
     def learn(self, batch: SparseBatch) -> np.ndarray:
+        step = self.backward(batch)
+        self.adam.step()
+        self.embedding.step(step.e_unique, step.e_inverse, step.leaf)
+        self.wide.step_unique(step.w_unique, step.w_inverse, step.residual)
+        return step.probabilities.numpy()
+
+    def backward(self, batch: SparseBatch) -> _Backward:
+        """Forward pass and gradients of the mean logloss, without changing any weight.
+
+        Afterwards the MLP parameters and ``leaf`` hold d(mean logloss)/d(parameter) in ``.grad``;
+        ``residual`` (p - y) is the per-example gradient of each wide coordinate.
+        """
         assert batch.labels is not None, "learn needs labels"
         w_unique, w_inverse = torch.unique(wide_ids(self.spec, batch), return_inverse=True)
         wide = self.wide.weights(w_unique)[w_inverse].sum(dim=1)
         e_unique, e_inverse, leaf = self.embedding.gather(batch.ids)
-        deep = self.deep(self._deep_input(batch, leaf[e_inverse])).squeeze(1)
+        # F.embedding's CPU backward sums repeated rows in a fixed order, so seeded runs repeat
+        # bit for bit (plain indexing accumulates in parallel, in varying order).
+        rows = nn.functional.embedding(e_inverse, leaf)
+        deep = self.deep(self._deep_input(batch, rows)).squeeze(1)
         p = torch.sigmoid(wide + deep.detach().to(torch.float64))
         residual = p - batch.labels.to(torch.float64)
         # d(mean logloss)/d(deep logit) = (p - y) / B; FTRL takes the per-example sum.
         deep.backward((residual / len(batch)).to(torch.float32))
-        self.adam.step()
-        self.embedding.step(e_unique, e_inverse, leaf)
-        self.wide.step_unique(w_unique, w_inverse, residual)
-        return p.numpy()
+        return _Backward(p, residual, w_unique, w_inverse, e_unique, e_inverse, leaf)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"wide.z": self.wide.z, "wide.n": self.wide.n, "embedding.weight": self.embedding.weight,

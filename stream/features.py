@@ -53,8 +53,8 @@ def hash_strings(values: np.ndarray, seed: int) -> np.ndarray:
     values = np.ascontiguousarray(values, dtype=np.str_)
     width = values.dtype.itemsize // 4
     codes = values.view(np.uint32).reshape(*values.shape, max(width, 1)).astype(np.uint64)
-    h = np.full(values.shape, _FNV_OFFSET ^ _splitmix64(np.uint64(seed)), dtype=np.uint64)
     with np.errstate(over="ignore"):
+        h = np.full(values.shape, _FNV_OFFSET ^ _splitmix64(np.uint64(seed)), dtype=np.uint64)
         for j in range(width):
             c = codes[..., j]
             # Padding NULs past a string's end leave the hash alone, so the hash of a value does

@@ -1,0 +1,102 @@
+"""The model contract over every registered model: learning, safetensors round trip, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from consumers.prequential import SpecOptions, batched, evaluate_rows, progressive_step
+from models import REGISTRY, create_model, model_from_bytes
+from producers.generator import generate, write_stream
+from producers.readers import ReaderOptions, read_rows
+from stream.errors import ModelError
+from stream.features import Featurizer
+from stream.metrics import StreamingMetrics
+
+MODELS = sorted(REGISTRY)
+
+
+@pytest.fixture(scope="module")
+def learnable(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, float]:
+    path = tmp_path_factory.mktemp("data") / "s.tsv"
+    summary = write_stream(generate(40_000, seed=11), path, seed=11)
+    rows = list(read_rows(path, "criteo", ReaderOptions(user_field="C1", item_field="C2")))
+    return rows, float(summary["oracle_auc"])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_learns_a_set_fraction_of_the_oracle(name: str, learnable: tuple[list, float]) -> None:
+    rows, oracle = learnable
+    report, _ = evaluate_rows(rows, name, batch_size=256, window=5000)
+    assert report["examples"] == len(rows)
+    assert report["auc"] >= 0.5 + 0.3 * (oracle - 0.5), report
+    assert report["auc_window"] >= 0.5 + 0.4 * (oracle - 0.5), report
+    assert 0.8 < report["calibration"] < 1.2
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_safetensors_round_trip_gives_identical_predictions(name: str, learnable: tuple[list, float]) -> None:
+    rows = learnable[0][:3000]
+    spec = SpecOptions(crosses=(("C5", "C6"),)).infer([r.features for r in rows[:500]])
+    model = create_model(name, spec, seed=3)
+    featurizer = Featurizer(spec)
+    metrics = StreamingMetrics(100)
+    batches = [featurizer.build([r.user_id for r in c], [r.item_id for r in c], [r.features for r in c],
+                                [r.label for r in c]) for c in batched(rows, 500)]
+    for batch in batches[:-1]:
+        progressive_step(model, metrics, batch)
+    blob = model.to_bytes({"note": "test"})
+    assert b"pickle" not in blob[:200]
+    loaded = model_from_bytes(blob)
+    assert type(loaded) is type(model) and loaded.spec == model.spec and loaded.config == model.config
+    np.testing.assert_array_equal(loaded.predict_proba(batches[-1]), model.predict_proba(batches[-1]))
+    # Optimiser state travels too: both keep learning identically.
+    np.testing.assert_array_equal(loaded.learn(batches[-1]), model.learn(batches[-1]))
+    np.testing.assert_array_equal(loaded.predict_proba(batches[0]), model.predict_proba(batches[0]))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_seeded_runs_reproduce_and_inputs_stay_untouched(name: str, learnable: tuple[list, float]) -> None:
+    rows = learnable[0][:2000]
+    features_before = json.dumps([r.features for r in rows], sort_keys=True)
+    first, _ = evaluate_rows(rows, name, batch_size=128, seed=5)
+    second, _ = evaluate_rows(rows, name, batch_size=128, seed=5)
+    for key in ("auc", "logloss", "calibration"):
+        assert first[key] == second[key]
+    assert json.dumps([r.features for r in rows], sort_keys=True) == features_before
+
+
+def test_unknown_model_and_corrupt_weights_are_model_errors(learnable: tuple[list, float]) -> None:
+    spec = SpecOptions().infer([r.features for r in learnable[0][:10]])
+    with pytest.raises(ModelError, match="unknown model 'gbdt'"):
+        create_model("gbdt", spec)
+    blob = create_model("lr", spec).to_bytes()
+    with pytest.raises(ModelError):
+        model_from_bytes(blob[:100])
+    with pytest.raises(ModelError, match="not streamrec weights"):
+        from safetensors.torch import save
+
+        import torch
+
+        model_from_bytes(save({"x": torch.zeros(1)}))
+
+
+def test_evaluate_cli_writes_the_report(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from stream.cli import cli
+
+    data = tmp_path / "s.tsv"
+    write_stream(generate(3000, seed=2), data, seed=2)
+    report_path = tmp_path / "r.json"
+    result = CliRunner().invoke(cli, ["evaluate", str(data), "--format", "criteo", "--model", "lr",
+                                      "--user-field", "C1", "--item-field", "C2", "--limit", "2000",
+                                      "--batch-size", "100", "--report-json", str(report_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert set(report) >= {"examples", "auc", "auc_window", "logloss", "normalized_entropy", "calibration",
+                           "examples_per_second", "wall_seconds", "model"}
+    assert report["examples"] == 2000 and report["model"] == "lr"
