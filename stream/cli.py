@@ -292,6 +292,34 @@ def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | Non
     _write_report(report_json, report)
 
 
+@cli.command()
+@click.option("--events", type=click.IntRange(min=100), default=200_000, show_default=True,
+              help="Impressions to generate (or to read from --data).")
+@click.option("--model", default="wide_deep", show_default=True, help="Registered model name.")
+@click.option("--data", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="Replay this log instead.")
+@click.option("--format", "fmt", default="criteo", show_default=True,
+              type=click.Choice(["criteo", "avazu", "libsvm", "libfm", "csv", "jsonl"]))
+@click.option("--user-field", help="Raw field that is the user id (with --data).")
+@click.option("--item-field", help="Raw field that is the item id (with --data).")
+@click.option("--report-json", type=click.Path(path_type=Path), help="Write the summary here.")
+@click.pass_context
+def demo(ctx: click.Context, events: int, model: str, data: Path | None, fmt: str, user_field: str | None,
+         item_field: str | None, report_json: Path | None) -> None:
+    """Run the local loop end to end on the embedded stack, then stop what it started."""
+    from models import REGISTRY, model_names
+    from producers.readers import ReaderOptions
+    from stream.demo import run_demo
+    from stream.errors import ConfigError
+
+    if model not in REGISTRY:
+        raise ConfigError(f"--model {model!r} is not registered; choose one of {', '.join(model_names())}")
+    report = run_demo(_settings(ctx), events=events, model=model, data=data, fmt=fmt,
+                      reader_options=ReaderOptions(user_field=user_field, item_field=item_field),
+                      say=lambda line: console.print(line))
+    click.echo(json.dumps(report, sort_keys=True))
+    _write_report(report_json, report)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=False)

@@ -1,0 +1,122 @@
+"""One prequential pass: streamrec's lr and wide_deep vs River's LR + FTRL on the same rows.
+
+    python bench/learning.py --rows 1000000 --river-rows 100000 [--frappe DIR]
+
+Writes bench/results/learning.json. River is timed on the first --river-rows rows and streamrec's
+rate on those same rows is reported beside it (the ratio is what to compare on a noisy machine).
+--frappe DIR points at a local copy of data/frappe/ from hexiangnan/neural_factorization_machine
+(fetched for benchmarking, never committed): validation + test splits, in file order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import write_result  # noqa: E402
+from consumers.prequential import evaluate_rows  # noqa: E402
+from models.embedding import EmbeddingConfig, SparseEmbedding  # noqa: E402
+from producers.generator import generate, oracle_path, write_stream  # noqa: E402
+from producers.readers import ReaderOptions, Row, read_rows  # noqa: E402
+from stream.metrics import exact_auc  # noqa: E402
+
+
+def river_tokens(row: Row) -> dict[str, float]:
+    x = {"user=" + row.user_id: 1.0, "item=" + row.item_id: 1.0}
+    for name, value in row.features.items():
+        if isinstance(value, str):
+            x[f"{name}={value}"] = 1.0
+        elif value is not None:
+            x[f"{name}#{int(math.log(value) ** 2) if value > 2 else int(value)}"] = 1.0
+    return x
+
+
+def river_pass(rows: list[Row]) -> dict[str, float]:
+    from river import linear_model, optim
+
+    model = linear_model.LogisticRegression(optimizer=optim.FTRLProximal(alpha=0.05, beta=1.0, l1=1.0, l2=1.0))
+    predictions = np.empty(len(rows))
+    started = time.perf_counter()
+    for i, row in enumerate(rows):
+        x = river_tokens(row)
+        predictions[i] = model.predict_proba_one(x).get(True, 0.5)
+        model.learn_one(x, bool(row.label))
+    wall = time.perf_counter() - started
+    labels = np.array([r.label for r in rows])
+    return {"auc": exact_auc(predictions, labels), "examples_per_second": len(rows) / wall, "wall_seconds": wall}
+
+
+def regulariser_cost(steps: int = 200) -> dict[str, float]:
+    """Seconds per step: mini-batch-aware L2 on touched rows vs shrinking the whole table."""
+    rows, batch = 41 * (1 << 16), 512 * 41
+    table = SparseEmbedding(rows, EmbeddingConfig(), torch.Generator().manual_seed(0))
+    ids = torch.randint(0, rows, (steps, batch))
+    started = time.perf_counter()
+    for k in range(steps):
+        unique, inverse, leaf = table.gather(ids[k])
+        leaf.grad = torch.zeros_like(leaf)
+        table.step(unique, inverse, leaf)
+    sparse = (time.perf_counter() - started) / steps
+    started = time.perf_counter()
+    for _ in range(steps):
+        table.full_table_l2_step()
+    full = (time.perf_counter() - started) / steps
+    return {"table_rows": rows, "batch_ids": batch, "mba_l2_step_seconds": sparse,
+            "full_table_l2_only_seconds": full, "full_over_mba": full / sparse}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--river-rows", type=int, default=100_000)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--frappe", type=Path, help="folder with frappe.validation.libfm and frappe.test.libfm")
+    args = parser.parse_args()
+    out: dict[str, object] = {"rows": args.rows, "river_rows": args.river_rows, "batch_size": args.batch_size}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "synthetic.tsv"
+        write_stream(generate(args.rows, seed=7), data, seed=7)
+        oracle = json.loads(oracle_path(data).read_text())
+        out["synthetic"] = {"source": "producers.generator seed 7", "oracle_auc": oracle["oracle_auc"]}
+        opts = ReaderOptions(user_field="C1", item_field="C2")
+        for name in ("lr", "wide_deep"):
+            report, _ = evaluate_rows(read_rows(data, "criteo", opts), name, batch_size=args.batch_size)
+            out["synthetic"][f"{name}_from_file"] = report
+            print(name, "from file", report, flush=True)
+        rows = list(read_rows(data, "criteo", opts))[: args.river_rows]
+        same = {}
+        for name in ("lr", "wide_deep"):
+            report, _ = evaluate_rows(rows, name, batch_size=args.batch_size)
+            same[name] = report
+        same["river_lr_ftrl"] = river_pass(rows)
+        for name in ("lr", "wide_deep"):
+            same[f"{name}_speed_over_river"] = same[name]["examples_per_second"] / same["river_lr_ftrl"]["examples_per_second"]
+        out["synthetic"]["same_rows_in_memory"] = same
+        print("same rows", json.dumps(same, indent=1), flush=True)
+    if args.frappe:
+        files = [args.frappe / "frappe.validation.libfm", args.frappe / "frappe.test.libfm"]
+        frappe_rows = [r for f in files for r in read_rows(f, "libfm", ReaderOptions(user_field="f0", item_field="f1"))]
+        frappe = {"source": "hexiangnan/neural_factorization_machine data/frappe (validation+test, file order)",
+                  "rows": len(frappe_rows)}
+        for name in ("lr", "wide_deep"):
+            frappe[name], _ = evaluate_rows(frappe_rows, name, batch_size=args.batch_size)
+        frappe["river_lr_ftrl"] = river_pass(frappe_rows)
+        out["frappe"] = frappe
+        print("frappe", json.dumps(frappe, indent=1), flush=True)
+    out["regulariser"] = regulariser_cost()
+    print("regulariser", out["regulariser"])
+    write_result("learning", out)
+
+
+if __name__ == "__main__":
+    main()
