@@ -48,6 +48,14 @@ def _write_report(path: Path | None, report: dict[str, Any]) -> None:
         path.write_text(json.dumps(report, indent=2, sort_keys=True))
 
 
+def _check_model(name: str) -> None:
+    from models import REGISTRY, model_names
+    from stream.errors import ConfigError
+
+    if name not in REGISTRY:
+        raise ConfigError(f"--model {name!r} is not registered; choose one of {', '.join(model_names())}")
+
+
 def _count_lines(path: Path) -> int:
     with open(path, "rb") as handle:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
@@ -264,12 +272,10 @@ def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | Non
              window: int, crosses: tuple[str, ...], seed: int, report_json: Path | None) -> None:
     """One prequential pass (predict, measure, learn) of a model over a log file."""
     from consumers.prequential import SpecOptions, evaluate_file
-    from models import REGISTRY, model_names
     from producers.readers import ReadStats
     from stream.errors import ConfigError
 
-    if model not in REGISTRY:
-        raise ConfigError(f"--model {model!r} is not registered; choose one of {', '.join(model_names())}")
+    _check_model(model)
     pairs = []
     for cross in crosses:
         a, sep, b = cross.partition(":")
@@ -306,13 +312,10 @@ def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | Non
 def demo(ctx: click.Context, events: int, model: str, data: Path | None, fmt: str, user_field: str | None,
          item_field: str | None, report_json: Path | None) -> None:
     """Run the local loop end to end on the embedded stack, then stop what it started."""
-    from models import REGISTRY, model_names
     from producers.readers import ReaderOptions
     from stream.demo import run_demo
-    from stream.errors import ConfigError
 
-    if model not in REGISTRY:
-        raise ConfigError(f"--model {model!r} is not registered; choose one of {', '.join(model_names())}")
+    _check_model(model)
     report = run_demo(_settings(ctx), events=events, model=model, data=data, fmt=fmt,
                       reader_options=ReaderOptions(user_field=user_field, item_field=item_field),
                       say=lambda line: console.print(line))

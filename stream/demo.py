@@ -11,42 +11,26 @@ from __future__ import annotations
 
 import itertools
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from consumers.prequential import evaluate_file
 from producers.generator import generate, write_stream
 from producers.readers import ReaderOptions, read_rows
 from producers.replay import ReplayOptions, replay
-from stream.errors import StackError
 from stream.kafka_client import create_topics, make_consumer, make_producer
 from stream.local_stack import running_stack
 from stream.settings import Settings
+from stream.topic_reader import records_until_final_watermarks
 
 
-def count_events(bootstrap: str, client: str, topics: list[str], partitions: int, timeout_s: float = 120) -> int:
+def count_events(bootstrap: str, client: str, topics: list[str], partitions: int) -> int:
     """Events on ``topics`` up to the final watermark of every partition."""
     consumer = make_consumer(bootstrap, f"demo-check-{uuid.uuid4().hex[:6]}", client)
     try:
-        consumer.assign([(t, p) for t in topics for p in range(partitions)])
-        waiting = {(t, p) for t in topics for p in range(partitions)}
-        seen = 0
-        deadline = time.monotonic() + timeout_s
-        while waiting:
-            if time.monotonic() > deadline:
-                raise StackError(f"no end-of-replay watermark on {sorted(waiting)} within {timeout_s}s")
-            for record in consumer.poll(10_000, 0.5):
-                if record.value.startswith(b'{"schema":1,"type":"watermark"'):
-                    if orjson.loads(record.value).get("final"):
-                        waiting.discard((record.topic, record.partition))
-                    continue
-                seen += 1
-        return seen
+        return sum(1 for _ in records_until_final_watermarks(consumer, topics, partitions))
     finally:
         consumer.close()
 

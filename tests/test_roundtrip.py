@@ -13,26 +13,10 @@ from producers.replay import ReplayOptions, replay
 from stream import events
 from stream.kafka_client import Record, create_topics, make_consumer, make_producer
 from stream.local_stack import Endpoints
+from stream.topic_reader import records_until_final_watermarks
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 3
-
-
-def read_until_final_watermarks(consumer, topics: list[str], partitions: int, timeout_s: float = 60) -> list[Record]:
-    """Every record of ``topics`` up to the final watermark on each partition."""
-    consumer.assign([(t, p) for t in topics for p in range(partitions)])
-    open_partitions = {(t, p) for t in topics for p in range(partitions)}
-    records: list[Record] = []
-    deadline = time.monotonic() + timeout_s
-    while open_partitions:
-        assert time.monotonic() < deadline, f"no final watermark on {sorted(open_partitions)}"
-        for record in consumer.poll(5000, 0.5):
-            event = orjson.loads(record.value)
-            if event.get("type") == "watermark" and event.get("final"):
-                open_partitions.discard((record.topic, record.partition))
-            else:
-                records.append(record)
-    return records
 
 
 @pytest.mark.parametrize("client", ["confluent", "kafka-python"])
@@ -53,7 +37,7 @@ def test_replay_round_trip_exactly_once(stack: Endpoints, namespace: str, criteo
 
     consumer = make_consumer(stack.kafka_bootstrap, f"{namespace}-check", client)
     try:
-        records = read_until_final_watermarks(consumer, topics[:2], PARTITIONS)
+        records = list(records_until_final_watermarks(consumer, topics[:2], PARTITIONS, timeout_s=60))
     finally:
         consumer.close()
     impressions = [r for r in records if r.topic == topics[0]]
