@@ -5,7 +5,9 @@ event time by an exponential delay (mean ``click_delay_mean_s``, capped at ``cli
 Events leave in event-time order: pending clicks wait in a heap and go out as soon as the
 impression stream passes their time. Impressions and clicks are keyed by user id, so a user's
 events share a partition. The replay ends with a final watermark on every partition of both
-topics, which lets trainers close all open attribution windows.
+topics, which lets trainers close all open attribution windows; every ``watermark_every_s`` of
+event time a non-final watermark goes to every partition too, so a partition that sees few
+clicks does not hold its impressions open until the end.
 
 Pacing: as fast as possible (default), ``rate`` events per second, or ``speedup`` times event
 time. An event that fails validation goes to the dead-letter topic with its reason and is counted.
@@ -33,6 +35,9 @@ class ReplayOptions:
     click_delay_max_s: float = 20.0
     seed: int = 0
     run_id: str | None = None
+    watermark_every_s: float = 5.0
+    # False leaves the stream open (more will follow): trainers keep the last window's impressions.
+    final_watermarks: bool = True
 
 
 @dataclass
@@ -83,6 +88,7 @@ def replay(rows: Iterable[Row], producer: EventProducer, *, impressions_topic: s
     started = time.perf_counter()
     sent = 0
     last_time = float("-inf")
+    next_watermark = float("-inf")
 
     def emit_clicks_until(limit: float) -> None:
         nonlocal sent
@@ -101,6 +107,14 @@ def replay(rows: Iterable[Row], producer: EventProducer, *, impressions_topic: s
             report.dead_letters += 1
             continue
         emit_clicks_until(row.event_time)
+        if row.event_time >= next_watermark:
+            # Rows arrive in event-time order and every click up to now is out: nothing earlier
+            # than this row's time can follow on either topic.
+            mark = events.encode(events.watermark(row.event_time))
+            for topic in (impressions_topic, clicks_topic):
+                for partition in range(partitions):
+                    send(topic, mark, None, partition)
+            next_watermark = row.event_time + options.watermark_every_s
         pacer.wait(sent, row.event_time)
         key = row.user_id.encode()
         send(impressions_topic, encode(event), key)
@@ -116,10 +130,11 @@ def replay(rows: Iterable[Row], producer: EventProducer, *, impressions_topic: s
     emit_clicks_until(float("inf"))
     if pending:  # pragma: no cover - emit_clicks_until drains everything
         raise AssertionError("clicks left unsent")
-    final = events.encode(events.watermark(last_time if last_time > float("-inf") else 0.0, final=True))
-    for topic in (impressions_topic, clicks_topic):
-        for partition in range(partitions):
-            send(topic, final, None, partition)
+    if options.final_watermarks:
+        final = events.encode(events.watermark(last_time if last_time > float("-inf") else 0.0, final=True))
+        for topic in (impressions_topic, clicks_topic):
+            for partition in range(partitions):
+                send(topic, final, None, partition)
     producer.flush()
     report.wall_seconds = time.perf_counter() - started
     report.events_per_second = (report.impressions + report.clicks) / report.wall_seconds if report.wall_seconds else 0.0

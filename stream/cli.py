@@ -273,15 +273,9 @@ def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | Non
     """One prequential pass (predict, measure, learn) of a model over a log file."""
     from consumers.prequential import SpecOptions, evaluate_file
     from producers.readers import ReadStats
-    from stream.errors import ConfigError
 
     _check_model(model)
-    pairs = []
-    for cross in crosses:
-        a, sep, b = cross.partition(":")
-        if not sep or not a or not b:
-            raise ConfigError(f"--cross {cross!r} must look like FIELD_A:FIELD_B")
-        pairs.append((a, b))
+    pairs = _parse_crosses(crosses)
     stats = ReadStats()
     total = limit or _count_lines(path)
     with _progress(f"evaluate {model}", total) as advance:
@@ -296,6 +290,103 @@ def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | Non
                   f"calibration {report['calibration']:.3f}  {report['examples_per_second']:,.0f} ex/s")
     click.echo(json.dumps(report, sort_keys=True))
     _write_report(report_json, report)
+
+
+def _parse_crosses(crosses: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    from stream.errors import ConfigError
+
+    pairs = []
+    for cross in crosses:
+        a, sep, b = cross.partition(":")
+        if not sep or not a or not b:
+            raise ConfigError(f"--cross {cross!r} must look like FIELD_A:FIELD_B")
+        pairs.append((a, b))
+    return tuple(pairs)
+
+
+@cli.command()
+@click.option("--model", help="Registered model name (STREAMREC_MODEL).")
+@click.option("--worker-id", default=None, help="Label of this worker in metrics and versions (default: host-pid).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Examples per step (STREAMREC_BATCH_SIZE).")
+@click.option("--attribution-window-s", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds of event time an impression waits for its click (STREAMREC_ATTRIBUTION_WINDOW_S).")
+@click.option("--publish-every-examples", type=click.IntRange(min=1),
+              help="Publish a version after this many examples (STREAMREC_PUBLISH_INTERVAL_EXAMPLES).")
+@click.option("--publish-every-s", type=click.FloatRange(min=0, min_open=True),
+              help="... or after this many seconds (STREAMREC_PUBLISH_INTERVAL_S).")
+@click.option("--keep-versions", type=click.IntRange(min=1), help="Versions kept in Redis (STREAMREC_KEEP_VERSIONS).")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535),
+              help="Prometheus port, 0 = any free one (STREAMREC_METRICS_PORT).")
+@click.option("--exit-at-end", is_flag=True, help="Stop after the final watermark of every partition (replays).")
+@click.option("--cross", "crosses", multiple=True, help="Wide-part feature cross A:B (repeatable; new models only).")
+@click.option("--buckets", type=click.IntRange(min=2), default=1 << 16, show_default=True,
+              help="Hash buckets per categorical field (new models only).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--ready-file", type=click.Path(path_type=Path), help="Write {pid, metrics_port} here once serving.")
+@click.option("--report-json", type=click.Path(path_type=Path), help="Write the final report here.")
+@click.pass_context
+def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_size: int | None,
+          attribution_window_s: float | None, publish_every_examples: int | None, publish_every_s: float | None,
+          keep_versions: int | None, metrics_port: int | None, exit_at_end: bool, crosses: tuple[str, ...],
+          buckets: int, seed: int, ready_file: Path | None, report_json: Path | None) -> None:
+    """Run a trainer worker: join impressions and clicks, learn, publish versions to Redis."""
+    import os
+    import signal
+    import socket
+    import threading
+
+    from consumers.prequential import SpecOptions
+    from consumers.trainer import Trainer, TrainerOptions
+    from stream.local_stack import resolve_endpoints
+
+    settings = _settings(ctx, model=model, batch_size=batch_size, attribution_window_s=attribution_window_s,
+                         publish_interval_examples=publish_every_examples, publish_interval_s=publish_every_s,
+                         keep_versions=keep_versions, metrics_port=metrics_port)
+    _check_model(settings.model)
+    endpoints = resolve_endpoints(settings)
+    options = TrainerOptions(
+        model=settings.model, worker_id=worker_id or f"{socket.gethostname()}-{os.getpid()}",
+        batch_size=settings.batch_size, window_s=settings.attribution_window_s,
+        publish_every_examples=settings.publish_interval_examples, publish_every_s=settings.publish_interval_s,
+        keep_versions=settings.keep_versions, max_pending=settings.max_pending_impressions,
+        window_examples=settings.window_examples, exit_at_end=exit_at_end, metrics_port=settings.metrics_port,
+        seed=seed, spec_options=SpecOptions(cat_buckets=buckets, crosses=_parse_crosses(crosses), seed=seed))
+    trainer = Trainer(settings, options, kafka_bootstrap=endpoints.kafka_bootstrap, redis_url=endpoints.redis_url,
+                      on_publish=lambda n, meta: console.print(
+                          f"published {settings.model} v{n}: {meta['examples_seen']:,} examples, "
+                          f"AUC {meta['metrics']['auc'] or float('nan'):.4f}"))
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        trainer.stop_event.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
+    try:
+        if options.metrics_port is not None:
+            # Serve before the (possibly slow) resume so supervisors see the worker at once.
+            options_port = trainer.metrics.serve(options.metrics_port)
+            trainer.options = TrainerOptions(**{**options.__dict__, "metrics_port": None})
+            console.print(f"metrics on http://127.0.0.1:{options_port}/metrics")
+            if ready_file is not None:
+                _write_report(ready_file, {"pid": os.getpid(), "metrics_port": options_port})
+        ticker = threading.Thread(target=_status_lines, args=(trainer,), daemon=True)
+        ticker.start()
+        report = trainer.run()
+    finally:
+        trainer.close()
+    console.print(f"{report['model']}: {report['examples']:,} examples, AUC {report['auc']:.4f} "
+                  f"(window {report['auc_window']:.4f}), {report['versions_published']} versions, "
+                  f"{report['examples_per_second']:,.0f} ex/s")
+    click.echo(json.dumps(report, sort_keys=True))
+    _write_report(report_json, report)
+
+
+def _status_lines(trainer: Any, every_s: float = 5.0) -> None:
+    """A status line every few seconds for an operator watching a plain terminal."""
+    while not trainer.stop_event.wait(every_s):
+        c = trainer.counters
+        console.print(f"[dim]{c.examples:,} examples, {trainer.joiner.open_impressions:,} open impressions, "
+                      f"head v{trainer.head}, {c.dead_letters} dead letters[/]")
 
 
 @cli.command()
@@ -315,10 +406,35 @@ def demo(ctx: click.Context, events: int, model: str, data: Path | None, fmt: st
     from producers.readers import ReaderOptions
     from stream.demo import run_demo
 
+    import contextlib
+    import time
+
+    from rich.live import Live
+    from rich.text import Text
+
     _check_model(model)
-    report = run_demo(_settings(ctx), events=events, model=model, data=data, fmt=fmt,
-                      reader_options=ReaderOptions(user_field=user_field, item_field=item_field),
-                      say=lambda line: console.print(line))
+    settings = _settings(ctx)
+    last_print = [0.0]
+    view = Live(Text("waiting for the trainer…"), console=console, auto_refresh=False)
+
+    def live(line: str) -> None:
+        if console.is_terminal:
+            view.update(Text(line), refresh=True)
+        elif time.monotonic() - last_print[0] >= 5:  # a log, not a screen: one line every 5 s
+            last_print[0] = time.monotonic()
+            console.print(line)
+
+    with view if console.is_terminal else contextlib.nullcontext():
+        report = run_demo(settings, events=events, model=model, data=data, fmt=fmt,
+                          reader_options=ReaderOptions(user_field=user_field, item_field=item_field),
+                          say=lambda line: console.print(line), live=live)
+    oracle = f" (oracle {report['oracle_auc']:.4f})" if report.get("oracle_auc") else ""
+    console.print(
+        f"[bold]{model}[/]: {report['examples']:,} examples trained exactly once, "
+        f"AUC {report['auc']:.4f}{oracle}, window AUC {report['auc_window']:.4f}, logloss {report['logloss']:.4f}, "
+        f"calibration {report['calibration']:.3f}; {report['versions_published']} versions published "
+        f"(live v{report['head_version']}); {report['examples_per_second']:,.0f} examples/s end to end; "
+        f"{report['dead_letters']} dead letters")
     click.echo(json.dumps(report, sort_keys=True))
     _write_report(report_json, report)
 

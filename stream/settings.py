@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     attribution_window_s: float = Field(default=30.0, gt=0)
     publish_interval_examples: int = Field(default=50_000, ge=1)
     publish_interval_s: float = Field(default=5.0, gt=0)
+    keep_versions: int = Field(default=5, ge=1)
+    max_pending_impressions: int = Field(default=1_000_000, ge=1)
+    # 0 picks a free port (printed, and written to --ready-file).
     metrics_port: int = Field(default=9400, ge=0, le=65535)
     window_examples: int = Field(default=10_000, ge=10)
 

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from stream.local_stack import Endpoints, start_stack, stop_stack
+from stream.local_stack import Endpoints, StackState, start_stack, stop_stack
+
+# The embedded stack this session started (None when tests use configured endpoints).
+STARTED: dict[str, StackState] = {}
 
 
 @pytest.fixture(autouse=True)
@@ -31,9 +34,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
         return
     home = tmp_path_factory.mktemp("stack-home")
     state = start_stack(home)
+    STARTED["stack"] = state
     try:
         yield Endpoints(bootstrap or state.kafka_bootstrap, redis_url or state.redis_url)
     finally:
+        STARTED.pop("stack", None)
         stop_stack(home)
 
 
@@ -41,6 +46,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
 def namespace() -> str:
     """A fresh topic namespace per test, so tests never see each other's events."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def learnable_rows() -> list:
+    """12,000 rows of the synthetic stream (known signal), read back as Rows."""
+    from producers.generator import generate, write_stream
+    from producers.readers import ReaderOptions, read_rows
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "learnable.tsv"
+        write_stream(generate(12_000, seed=11), path, seed=11)
+        return list(read_rows(path, "criteo", ReaderOptions(user_field="C1", item_field="C2")))
 
 
 @pytest.fixture

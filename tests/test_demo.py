@@ -29,7 +29,9 @@ def test_demo_runs_the_loop_and_stops_its_stack(tmp_path: Path) -> None:
                              "--report-json", str(report_path)], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(report_path.read_text())
-    assert report["examples"] == 4000
+    assert report["examples"] == 4000 and report["finished"]
+    assert report["versions_published"] >= 1 and report["head_version"] == report["versions_published"]
+    assert report["join"]["positives"] + report["join"]["negatives"] == 4000
     assert report["events_consumed"] == report["events_produced"] > 4000
     assert report["dead_letters"] == 0
     assert report["auc"] > 0.55 and report["oracle_auc"] > report["auc"]

@@ -1,0 +1,293 @@
+"""The impression/click joiner: impressions wait for their click or for the attribution window.
+
+One partition index ``p`` of the impressions topic and the same index of the clicks topic hold
+the same users (both are keyed by user id), so the joiner works per partition:
+
+* an impression is held until event time on partition ``p`` passes ``impression time + window``;
+  it is then released as a positive if its click arrived meanwhile, else as a negative;
+* a click that arrives before its impression waits for it; once the impressions of ``p`` have
+  passed the click's time, its impression can no longer come and the click is an *orphan*;
+* a click for an impression already closed as a negative is *late*; a second click for a positive
+  is a *duplicate*. Neither changes a label.
+
+Releasing positives at the end of the window too, rather than when their click arrives, keeps
+the release order equal to impression order and every batch's label mix natural. Released at
+click time, a poll that happens to return thousands of clicks would become all-positive batches,
+and progressive AUC on a two-partition replay fell from 0.71 to 0.59 that way: the price of this
+choice is that positives reach the model one window later.
+
+Event time on partition ``p`` is ``min(impressions time, clicks time)``, each the largest event
+time read there (from events or from the producer's watermarks). Taking the minimum of both
+topics is what makes the join deterministic: within a topic partition events arrive in event-time
+order, so once both topics are past ``t + window`` no click for an impression at ``t`` can still
+be in flight, however the consumer interleaves the two topics. A final watermark sets a topic
+partition's time to infinity and closes everything on it.
+
+State is bounded: beyond ``max_pending`` open impressions the oldest is closed as a negative
+(counted as *evicted*; released with the label it has so far). The whole state round-trips through plain JSON-able values
+(:meth:`Joiner.state` / :meth:`Joiner.from_state`), so it is part of every checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+INF = math.inf
+
+
+@dataclass(slots=True)
+class Example:
+    impression_id: str
+    user_id: str
+    item_id: str
+    features: dict[str, Any]
+    label: int
+    event_time: float
+
+
+@dataclass
+class JoinCounts:
+    impressions: int = 0
+    clicks: int = 0
+    positives: int = 0
+    negatives: int = 0
+    late_clicks: int = 0
+    orphan_clicks: int = 0
+    duplicate_clicks: int = 0
+    duplicate_impressions: int = 0
+    evicted: int = 0
+
+
+@dataclass
+class _Partition:
+    # OrderedDicts, not dicts: expiry pops from the front, which is O(1) here but degrades in a
+    # plain dict that has had many entries deleted from its start.
+    # impression_id -> [event_time, user_id, item_id, features, label]; insertion order is event-time
+    # order because the producer sends each partition in event-time order.
+    pending: OrderedDict[str, list[Any]] = field(default_factory=OrderedDict)
+    # impression_id -> click event_time, for clicks read before their impression.
+    early_clicks: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    # impression_id -> [impression event_time, label], remembered for one more window so that a
+    # late or duplicate click can be told from an orphan.
+    closed: OrderedDict[str, list[Any]] = field(default_factory=OrderedDict)
+    impressions_time: float = -INF
+    clicks_time: float = -INF
+
+    @property
+    def time(self) -> float:
+        return min(self.impressions_time, self.clicks_time)
+
+
+def _encode_time(t: float) -> float | str:
+    return t if math.isfinite(t) else ("inf" if t > 0 else "-inf")
+
+
+def _decode_time(t: float | str) -> float:
+    return float(t)
+
+
+class Joiner:
+    def __init__(self, window_s: float, max_pending: int = 1_000_000) -> None:
+        if window_s <= 0:
+            raise ValueError("window_s must be positive")
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        self.window_s = float(window_s)
+        self.max_pending = int(max_pending)
+        self.counts = JoinCounts()
+        self._partitions: dict[int, _Partition] = {}
+        self._ready: list[Example] = []
+        self._open = 0
+
+    def _part(self, partition: int) -> _Partition:
+        part = self._partitions.get(partition)
+        if part is None:
+            part = self._partitions[partition] = _Partition()
+        return part
+
+    # ------------------------------------------------------------------ input
+
+    def impression(self, partition: int, event: dict[str, Any]) -> None:
+        part = self._part(partition)
+        impression_id, t = event["event_id"], float(event["event_time"])
+        part.impressions_time = max(part.impressions_time, t)
+        if impression_id in part.pending or impression_id in part.closed:
+            self.counts.duplicate_impressions += 1
+            return
+        self.counts.impressions += 1
+        early = part.early_clicks.pop(impression_id, None)
+        label = 0
+        if early is not None:
+            if early - t > self.window_s:
+                self.counts.late_clicks += 1
+            else:
+                label = 1
+        part.pending[impression_id] = [t, event["user_id"], event["item_id"], event["features"], label]
+        self._open += 1
+        if self._open > self.max_pending:
+            self._evict_oldest()
+
+    def click(self, partition: int, event: dict[str, Any]) -> None:
+        part = self._part(partition)
+        impression_id, t = event["impression_id"], float(event["event_time"])
+        part.clicks_time = max(part.clicks_time, t)
+        self.counts.clicks += 1
+        held = part.pending.get(impression_id)
+        if held is not None:
+            if t - held[0] > self.window_s:
+                self.counts.late_clicks += 1  # still open only because the other topic lags
+            elif held[4]:
+                self.counts.duplicate_clicks += 1
+            else:
+                held[4] = 1
+            return
+        closed = part.closed.get(impression_id)
+        if closed is not None:
+            if closed[1] == 1:
+                self.counts.duplicate_clicks += 1
+            else:
+                self.counts.late_clicks += 1
+            return
+        if impression_id in part.early_clicks:
+            self.counts.duplicate_clicks += 1
+        elif t < part.impressions_time:
+            self.counts.orphan_clicks += 1  # the impressions here are past this click: none will come
+        else:
+            part.early_clicks[impression_id] = t
+
+    def watermark(self, partition: int, topic_kind: str, event_time: float, final: bool) -> None:
+        part = self._part(partition)
+        t = INF if final else float(event_time)
+        if topic_kind == "impressions":
+            part.impressions_time = max(part.impressions_time, t)
+        elif topic_kind == "clicks":
+            part.clicks_time = max(part.clicks_time, t)
+        else:
+            raise ValueError(f"topic_kind must be 'impressions' or 'clicks', not {topic_kind!r}")
+
+    # ------------------------------------------------------------------ time
+
+    def advance(self, partitions: Iterable[int] | None = None) -> None:
+        """Close what event time allows on ``partitions`` (all if None)."""
+        for p in (self._partitions if partitions is None else partitions):
+            part = self._partitions.get(p)
+            if part is None:
+                continue
+            now = part.time
+            limit = now - self.window_s
+            while part.pending:
+                impression_id, held = next(iter(part.pending.items()))
+                if not held[0] < limit:
+                    break
+                del part.pending[impression_id]
+                self._open -= 1
+                self._close(part, impression_id, held)
+            while part.early_clicks:
+                impression_id, t = next(iter(part.early_clicks.items()))
+                if not t < part.impressions_time:
+                    break
+                del part.early_clicks[impression_id]
+                self.counts.orphan_clicks += 1
+            forget = now - 2 * self.window_s
+            while part.closed:
+                impression_id, (t, _label) = next(iter(part.closed.items()))
+                if not t < forget:
+                    break
+                del part.closed[impression_id]
+
+    def finished(self, partitions: Iterable[int]) -> bool:
+        """True when both topics of every partition in ``partitions`` saw a final watermark."""
+        return all(p in self._partitions and self._partitions[p].time == INF for p in partitions)
+
+    def watermark_time(self) -> float:
+        """The joiner's event-time watermark: the slowest partition's time (-inf before any event)."""
+        if not self._partitions:
+            return -INF
+        return min(part.time for part in self._partitions.values())
+
+    # ------------------------------------------------------------------ output
+
+    def _close(self, part: _Partition, impression_id: str, held: list[Any]) -> None:
+        t, user_id, item_id, features, label = held
+        part.closed[impression_id] = [t, label]
+        if label:
+            self.counts.positives += 1
+        else:
+            self.counts.negatives += 1
+        self._ready.append(Example(impression_id, user_id, item_id, features, label, t))
+
+    def _evict_oldest(self) -> None:
+        oldest_part, oldest_id, oldest_time = None, None, INF
+        for part in self._partitions.values():
+            if part.pending:
+                impression_id, held = next(iter(part.pending.items()))
+                if held[0] < oldest_time:
+                    oldest_part, oldest_id, oldest_time = part, impression_id, held[0]
+        assert oldest_part is not None and oldest_id is not None
+        held = oldest_part.pending.pop(oldest_id)
+        self._open -= 1
+        self.counts.evicted += 1
+        self._close(oldest_part, oldest_id, held)
+
+    def take(self, limit: int | None = None) -> list[Example]:
+        """Labelled examples in the order they were closed (at most ``limit``)."""
+        if limit is None or limit >= len(self._ready):
+            out, self._ready = self._ready, []
+        else:
+            out, self._ready = self._ready[:limit], self._ready[limit:]
+        return out
+
+    @property
+    def ready(self) -> int:
+        return len(self._ready)
+
+    @property
+    def open_impressions(self) -> int:
+        return self._open
+
+    @property
+    def early_clicks(self) -> int:
+        return sum(len(p.early_clicks) for p in self._partitions.values())
+
+    # ------------------------------------------------------------------ checkpointing
+
+    def state(self) -> dict[str, Any]:
+        """Everything, as JSON-able values. Examples not yet taken are part of it."""
+        return {
+            "window_s": self.window_s,
+            "max_pending": self.max_pending,
+            "counts": asdict(self.counts),
+            "ready": [[e.impression_id, e.user_id, e.item_id, e.features, e.label, e.event_time]
+                      for e in self._ready],
+            "partitions": {
+                str(p): {
+                    "pending": [[k, *v] for k, v in part.pending.items()],
+                    "early_clicks": [[k, t] for k, t in part.early_clicks.items()],
+                    "closed": [[k, *v] for k, v in part.closed.items()],
+                    "impressions_time": _encode_time(part.impressions_time),
+                    "clicks_time": _encode_time(part.clicks_time),
+                }
+                for p, part in self._partitions.items()
+            },
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Joiner:
+        joiner = cls(state["window_s"], state["max_pending"])
+        joiner.counts = JoinCounts(**state["counts"])
+        joiner._ready = [Example(*row) for row in state["ready"]]
+        for p, data in state["partitions"].items():
+            part = _Partition(
+                pending=OrderedDict((row[0], list(row[1:])) for row in data["pending"]),
+                early_clicks=OrderedDict((k, t) for k, t in data["early_clicks"]),
+                closed=OrderedDict((row[0], list(row[1:])) for row in data["closed"]),
+                impressions_time=_decode_time(data["impressions_time"]),
+                clicks_time=_decode_time(data["clicks_time"]),
+            )
+            joiner._partitions[int(p)] = part
+            joiner._open += len(part.pending)
+        return joiner

@@ -1,0 +1,447 @@
+"""The trainer worker (``streamrec train``): Kafka events → joined examples → model → Redis versions.
+
+The loop: poll impressions and clicks, send malformed events to the dead-letter topic, join
+(consumers/joiner.py), learn in mini-batches with progressive validation, and every N examples
+or T seconds publish a version (consumers/version_store.py) and then commit the offsets it holds.
+
+Exactly once, whatever instant the worker dies at: a version holds the model, the streaming
+metrics, the joiner (open impressions, early clicks, labelled examples not yet trained) and the
+next offset of every partition read, all taken at one point between two polls. On start the
+worker loads the head version and seeks every partition to the offsets stored in it, never to
+the group's committed offsets (those can lag a version when a worker dies between publish and
+commit). So the events after a version's offsets are read again and nothing before them is, and
+the digest of trained (impression id, label) pairs stored with each version proves it
+(tests/test_trainer_faults.py).
+
+Redis down: training goes on, publishing retries with exponential back-off and counts failures;
+offsets are not committed meanwhile, and the next successful publish includes everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import redis
+import xxhash
+from safetensors.numpy import load as np_load
+from safetensors.numpy import save as np_save
+
+from consumers.joiner import Example, JoinCounts, Joiner
+from consumers.prequential import SPEC_SAMPLE_ROWS, SpecOptions, progressive_step
+from consumers.trainer_metrics import TrainerMetrics
+from consumers.version_store import VersionConflict, VersionStore, connect
+from models import OnlineModel, create_model, model_from_bytes
+from stream import events as ev
+from stream.features import Featurizer
+from stream.kafka_client import EventConsumer, EventProducer, TopicPartitionKey, make_consumer, make_producer
+from stream.metrics import StreamingMetrics
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+_MASK64 = (1 << 64) - 1
+LAG_EVERY_S = 2.0
+QUALITY_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class TrainerOptions:
+    model: str = "wide_deep"
+    worker_id: str = "worker-0"
+    batch_size: int = 512
+    window_s: float = 30.0
+    publish_every_examples: int = 50_000
+    publish_every_s: float = 5.0
+    keep_versions: int = 5
+    max_pending: int = 1_000_000
+    window_examples: int = 10_000
+    exit_at_end: bool = False
+    metrics_port: int | None = None
+    poll_records: int = 5000
+    seed: int = 0
+    spec_options: SpecOptions = field(default_factory=SpecOptions)
+    backoff_max_s: float = 30.0
+
+
+@dataclass
+class Counters:
+    """What the worker has done, all part of every version (so it survives restarts exactly)."""
+
+    impressions_read: int = 0
+    clicks_read: int = 0
+    watermarks_read: int = 0
+    dead_letters: int = 0
+    examples: int = 0
+    positives: int = 0
+    digest: int = 0  # sum mod 2^64 of xxh64("impression_id|label") over trained examples
+
+
+def example_digest(impression_ids: list[str], labels: list[int]) -> int:
+    """The digest contribution of some trained examples (order-free, counts repeats)."""
+    total = 0
+    for impression_id, label in zip(impression_ids, labels):
+        total += xxhash.xxh64_intdigest(f"{impression_id}|{label}".encode())
+    return total & _MASK64
+
+
+def _metrics_blob(metrics: StreamingMetrics) -> bytes:
+    state = metrics.state()
+    compact: dict[str, np.ndarray] = {}
+    for key, value in state.items():
+        if key.endswith("_bins"):  # 2^20 mostly-empty bins: keep only the occupied ones
+            idx = np.flatnonzero(value)
+            compact[f"{key}.index"], compact[f"{key}.count"] = idx.astype(np.int64), value[idx]
+        else:
+            compact[key] = np.ascontiguousarray(value)
+    return np_save(compact, metadata={"window": str(metrics.window)})
+
+
+def _load_metrics(blob: bytes, window: int) -> StreamingMetrics:
+    arrays = np_load(blob)
+    metrics = StreamingMetrics(window)
+    state = {k: v for k, v in arrays.items() if ".index" not in k and ".count" not in k}
+    for key in ("pos_bins", "neg_bins"):
+        full = np.zeros_like(metrics.state()[key])
+        full[arrays[f"{key}.index"]] = arrays[f"{key}.count"]
+        state[key] = full
+    metrics.load_state(state)
+    return metrics
+
+
+class Trainer:
+    def __init__(self, settings: Settings, options: TrainerOptions, *, kafka_bootstrap: str, redis_url: str,
+                 on_publish: Callable[[int, dict[str, Any]], None] | None = None) -> None:
+        self.settings = settings
+        self.options = options
+        self.kafka_bootstrap = kafka_bootstrap
+        self.redis_url = redis_url
+        self.on_publish = on_publish
+        self.topics = {settings.impressions_topic: "impressions", settings.clicks_topic: "clicks"}
+        self.group_id = f"streamrec-trainer-{settings.namespace}-{options.model}"
+        self.store = VersionStore(connect(redis_url), settings.namespace, options.model)
+        self.metrics = TrainerMetrics(options.model, options.worker_id)
+        self.model: OnlineModel | None = None
+        self.featurizer: Featurizer | None = None
+        self.quality = StreamingMetrics(options.window_examples)
+        self.joiner = Joiner(options.window_s, options.max_pending)
+        self.counters = Counters()
+        self.positions: dict[TopicPartitionKey, int] = {}
+        self.head: int | None = None
+        self.versions_published = 0
+        self.assigned: set[TopicPartitionKey] = set()
+        self.stop_event = threading.Event()
+        self._consumer: EventConsumer | None = None
+        self._producer: EventProducer | None = None
+        self._exported_join = JoinCounts()
+        self._exported_examples = 0
+        self._exported_dead = 0
+        self._exported_events = {"impressions": 0, "clicks": 0}
+        self._since_publish_examples = 0
+        self._since_publish_events = 0
+        self._last_publish_at = time.monotonic()
+        self._next_publish_try = 0.0
+        self._backoff_s = 0.0
+        self.started_at = time.monotonic()
+        self.first_record_at: float | None = None  # rates start here, after the group join
+        self.trained_seconds = 0.0
+
+    # ------------------------------------------------------------------ resume
+
+    def _redis_retry(self, what: str, action: Callable[[], Any]) -> Any:
+        delay = 0.5
+        while True:
+            try:
+                return action()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if self.stop_event.is_set():
+                    raise
+                log.warning("redis unavailable while %s (%s); retrying in %.1fs", what, exc, delay)
+                self.metrics.publish_failures.labels(**self.metrics.labels).inc()
+                self.stop_event.wait(delay)
+                delay = min(delay * 2, self.options.backoff_max_s)
+
+    def resume(self) -> int | None:
+        """Load the head version (if any): model, metrics, joiner, counters and offsets."""
+        head = self._redis_retry("reading the head version", self.store.head)
+        if head is None:
+            return None
+        version = self._redis_retry(f"loading version {head}", lambda: self.store.load(head))
+        meta = version.meta
+        self.model = model_from_bytes(version.weights)
+        self.featurizer = Featurizer(self.model.spec)
+        if version.trainer is not None:
+            self.quality = _load_metrics(version.trainer, self.options.window_examples)
+        if version.joiner is not None:
+            self.joiner = Joiner.from_state(orjson.loads(version.joiner))
+        self.counters = Counters(**meta["counters"])
+        self.positions = {(k.rsplit(":", 1)[0], int(k.rsplit(":", 1)[1])): int(v) for k, v in meta["offsets"].items()}
+        self.head = head
+        # Exported counters restart from the version's totals, so they count the stream, not the process.
+        self.metrics.live_version.labels(**self.metrics.labels).set(head)
+        log.info("resumed %s from version %d: %d examples, offsets %s", self.options.model, head,
+                 self.counters.examples, self.positions)
+        return head
+
+    # ------------------------------------------------------------------ kafka
+
+    def _on_assign(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        self.assigned = set(partitions)
+        log.info("assigned %s", sorted(partitions))
+        return {tp: self.positions[tp] for tp in partitions if tp in self.positions}
+
+    def _on_revoke(self, partitions: list[TopicPartitionKey]) -> None:
+        self.assigned -= set(partitions)
+
+    def _dead_letter(self, raw: bytes, reason: str, topic: str, partition: int, offset: int) -> None:
+        assert self._producer is not None
+        # The source position makes a repeat after a crash recognisable downstream; the counter
+        # itself is checkpointed, so it never counts one twice.
+        self._producer.send(self.settings.dead_letter_topic, ev.dead_letter(raw, reason, f"{topic}:{partition}:{offset}"))
+        self.counters.dead_letters += 1
+
+    def _dispatch(self, records: list[Any]) -> set[int]:
+        touched: set[int] = set()
+        joiner, counters = self.joiner, self.counters
+        for record in records:
+            kind = self.topics.get(record.topic)
+            self.positions[(record.topic, record.partition)] = record.offset + 1
+            touched.add(record.partition)
+            event, problem = ev.decode_event(record.value)
+            if event is None:
+                self._dead_letter(record.value, problem or "invalid", record.topic, record.partition, record.offset)
+                continue
+            etype = event["type"]
+            if etype == "watermark":
+                counters.watermarks_read += 1
+                joiner.watermark(record.partition, kind, event["event_time"], event.get("final", False))
+            elif etype == "impression" and kind == "impressions":
+                counters.impressions_read += 1
+                joiner.impression(record.partition, event)
+            elif etype == "click" and kind == "clicks":
+                counters.clicks_read += 1
+                joiner.click(record.partition, event)
+            else:
+                self._dead_letter(record.value, f"{etype} event on the {kind} topic", record.topic,
+                                  record.partition, record.offset)
+        return touched
+
+    # ------------------------------------------------------------------ learning
+
+    def _ensure_model(self, examples: list[Example]) -> None:
+        if self.model is None:
+            spec = self.options.spec_options.infer([e.features for e in examples[:SPEC_SAMPLE_ROWS]])
+            self.model = create_model(self.options.model, spec, seed=self.options.seed)
+            self.featurizer = Featurizer(spec)
+
+    def _train(self, examples: list[Example]) -> None:
+        if not examples:
+            return
+        started = time.perf_counter()
+        self._ensure_model(examples)
+        assert self.model is not None and self.featurizer is not None
+        labels = [e.label for e in examples]
+        batch = self.featurizer.build([e.user_id for e in examples], [e.item_id for e in examples],
+                                      [e.features for e in examples], labels)
+        progressive_step(self.model, self.quality, batch)
+        c = self.counters
+        c.examples += len(examples)
+        c.positives += sum(labels)
+        c.digest = (c.digest + example_digest([e.impression_id for e in examples], labels)) & _MASK64
+        self._since_publish_examples += len(examples)
+        self.trained_seconds += time.perf_counter() - started
+
+    def _train_ready(self, flush: bool = False) -> None:
+        size = self.options.batch_size
+        while self.joiner.ready >= size:
+            self._train(self.joiner.take(size))
+            # Every polled record is already in the joiner, and examples not yet trained are part
+            # of its state, so a version may be cut between any two batches.
+            if self._publish_due():
+                self.publish()
+        if flush:
+            self._train(self.joiner.take())
+
+    # ------------------------------------------------------------------ publishing
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "worker": self.options.worker_id,
+            "examples_seen": self.counters.examples,
+            "offsets": {f"{t}:{p}": o for (t, p), o in sorted(self.positions.items())},
+            "joiner_watermark": self.joiner.watermark_time() if np.isfinite(self.joiner.watermark_time()) else None,
+            "metrics": {k: (v if np.isfinite(v) else None) for k, v in self.quality.snapshot().items()},
+            "counters": asdict(self.counters),
+            "join": asdict(self.joiner.counts),
+        }
+
+    def publish(self) -> int | None:
+        """Write a version, then commit its offsets. On a Redis failure schedule a retry; return None."""
+        if self.model is None:
+            return None
+        started = time.perf_counter()
+        try:
+            meta = self._meta()
+            number = self.store.publish(
+                parent=self.head, meta=meta, weights=self.model.to_bytes(), trainer=_metrics_blob(self.quality),
+                joiner=orjson.dumps(self.joiner.state()), keep=self.options.keep_versions)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.metrics.publish_failures.labels(**self.metrics.labels).inc()
+            self._backoff_s = min(max(2 * self._backoff_s, 0.5), self.options.backoff_max_s)
+            self._next_publish_try = time.monotonic() + self._backoff_s
+            log.warning("publish failed (%s); training goes on, next try in %.1fs", exc, self._backoff_s)
+            return None
+        self._backoff_s = 0.0
+        self.head = number
+        self.versions_published += 1
+        self._since_publish_examples = 0
+        self._since_publish_events = 0
+        self._last_publish_at = time.monotonic()
+        self.metrics.record_publish(number, time.perf_counter() - started)
+        assert self._consumer is not None
+        try:
+            self._consumer.commit(dict(self.positions))
+        except Exception as exc:  # noqa: BLE001 - the version is the source of truth; commits are for lag tools
+            log.warning("offset commit after version %d failed: %s", number, exc)
+        if self.on_publish is not None:
+            self.on_publish(number, meta)
+        return number
+
+    def _publish_due(self) -> bool:
+        if self.model is None or time.monotonic() < self._next_publish_try:
+            return False
+        if self._since_publish_events == 0 and self._since_publish_examples == 0:
+            return False
+        return (self._since_publish_examples >= self.options.publish_every_examples
+                or time.monotonic() - self._last_publish_at >= self.options.publish_every_s)
+
+    # ------------------------------------------------------------------ metrics export
+
+    def _export(self, consumer: EventConsumer, *, lag: bool) -> None:
+        m, labels = self.metrics, self.metrics.labels
+        if self.counters.examples:
+            m.record_quality(self.quality.snapshot())
+        counts = asdict(self.joiner.counts)
+        previous = asdict(self._exported_join)
+        m.record_join({k: counts[k] - previous[k] for k in counts if k not in ("impressions", "clicks")})
+        self._exported_join = JoinCounts(**counts)
+        m.examples.labels(**labels).inc(self.counters.examples - self._exported_examples)
+        self._exported_examples = self.counters.examples
+        m.dead_letters.labels(**labels).inc(self.counters.dead_letters - self._exported_dead)
+        self._exported_dead = self.counters.dead_letters
+        for kind, now in (("impressions", self.counters.impressions_read), ("clicks", self.counters.clicks_read)):
+            topic = self.settings.impressions_topic if kind == "impressions" else self.settings.clicks_topic
+            m.events.labels(**labels, topic=topic).inc(now - self._exported_events[kind])
+            self._exported_events[kind] = now
+        m.open_impressions.labels(**labels).set(self.joiner.open_impressions)
+        elapsed = time.monotonic() - (self.first_record_at or self.started_at)
+        m.examples_per_second.labels(**labels).set(self._examples_this_run / elapsed if elapsed > 0 else 0.0)
+        if lag and self.assigned:
+            try:
+                ends = consumer.end_offsets(sorted(self.assigned), cached=True)
+            except Exception as exc:  # noqa: BLE001 - lag is advisory; a broker hiccup must not stop training
+                log.debug("end offsets unavailable: %s", exc)
+                return
+            per_topic: dict[str, int] = {}
+            for tp, end in ends.items():
+                if end < 0:
+                    continue
+                per_topic[tp[0]] = per_topic.get(tp[0], 0) + max(0, end - self.positions.get(tp, 0))
+            for topic, value in per_topic.items():
+                m.lag.labels(**labels, topic=topic).set(value)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> dict[str, Any]:
+        """Train until stopped (or, with ``exit_at_end``, until every partition's final watermark)."""
+        opts = self.options
+        if opts.metrics_port is not None:
+            self.metrics.serve(opts.metrics_port)
+        self.resume()
+        self._examples_at_start = self.counters.examples
+        consumer = make_consumer(self.kafka_bootstrap, self.group_id, self.settings.kafka_client,
+                                 self.settings.consumer_session_timeout_ms)
+        producer = make_producer(self.kafka_bootstrap, self.settings.kafka_client)
+        self._consumer, self._producer = consumer, producer
+        self.started_at = time.monotonic()
+        last_quality = last_lag = 0.0
+        finished = False
+        try:
+            consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
+            while not self.stop_event.is_set():
+                records = consumer.poll(opts.poll_records, 0.2)
+                if records:
+                    if self.first_record_at is None:
+                        self.first_record_at = time.monotonic()
+                    self._since_publish_events += len(records)
+                    self.joiner.advance(self._dispatch(records))
+                    self._train_ready()
+                partitions = {p for _t, p in self.assigned}
+                if opts.exit_at_end and partitions and self.joiner.finished(partitions):
+                    self.joiner.advance()
+                    self._train_ready(flush=True)
+                    finished = True
+                    break
+                if self._publish_due():
+                    self.publish()
+                now = time.monotonic()
+                if now - last_quality >= QUALITY_EVERY_S:
+                    self._export(consumer, lag=now - last_lag >= LAG_EVERY_S)
+                    last_quality = now
+                    if now - last_lag >= LAG_EVERY_S:
+                        last_lag = now
+            # Final version: at the end of the stream, or on a clean stop (SIGTERM, Ctrl-C).
+            if self.model is not None and (self._since_publish_events or self._since_publish_examples):
+                self._final_publish()
+            self._export(consumer, lag=True)
+        finally:
+            producer.close()
+            consumer.close()
+            self._consumer = self._producer = None
+        return self.report(finished)
+
+    def _final_publish(self) -> None:
+        while self.publish() is None and not self._stop_publishing():
+            time.sleep(max(0.05, self._next_publish_try - time.monotonic()))
+
+    def _stop_publishing(self) -> bool:
+        # A clean stop waits for Redis at most one back-off period past the first failure.
+        return self.stop_event.is_set() and self._backoff_s >= self.options.backoff_max_s
+
+    @property
+    def _examples_this_run(self) -> int:
+        return self.counters.examples - getattr(self, "_examples_at_start", 0)
+
+    def report(self, finished: bool) -> dict[str, Any]:
+        snap = self.quality.snapshot()
+        wall = time.monotonic() - (self.first_record_at or self.started_at)
+        return {
+            "model": self.options.model,
+            "examples": self.counters.examples,
+            "examples_this_run": self._examples_this_run,
+            "auc": snap["auc"], "auc_error_bound": snap["auc_error_bound"], "auc_window": snap["auc_window"],
+            "logloss": snap["logloss"], "normalized_entropy": snap["normalized_entropy"],
+            "calibration": snap["calibration"],
+            "examples_per_second": self._examples_this_run / wall if wall > 0 else float("nan"),
+            "learn_examples_per_second": self._examples_this_run / self.trained_seconds if self.trained_seconds else float("nan"),
+            "wall_seconds": wall,
+            "versions_published": self.versions_published,
+            "head_version": self.head,
+            "dead_letters": self.counters.dead_letters,
+            "events_consumed": self.counters.impressions_read + self.counters.clicks_read,
+            "join": asdict(self.joiner.counts),
+            "digest": f"{self.counters.digest:016x}",
+            "finished": finished,
+        }
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.store.client.close()
+
+
+__all__ = ["Trainer", "TrainerOptions", "VersionConflict", "example_digest"]

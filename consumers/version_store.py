@@ -1,0 +1,172 @@
+"""Model versions in Redis: immutable versions, a head, a live pointer, announcements.
+
+Key layout (``P`` = ``streamrec:<namespace>:model:<model>``)::
+
+    P:version:<n>   hash, immutable once written
+                      meta     JSON: model, version, parent, created_at, examples_seen, offsets
+                               ({"topic:partition": next offset}), joiner_watermark, metrics, ...
+                      weights  safetensors: the model's tensors (weights and optimiser state)
+                      trainer  safetensors: the trainer's streaming-metrics state
+                      joiner   JSON: the joiner's open impressions, early clicks and counters
+    P:head          the newest version number (the trainer's lineage; resume point)
+    P:live          the version scorers serve
+    P:pinned        present: the trainer stops moving ``live`` (set by pin/rollback)
+    P:versions      sorted set of the versions kept, scored by version number
+    P:announce      pub/sub channel: {"version": n, "live": m} after every publish
+
+A publish is one MULTI/EXEC transaction under WATCH of ``head``: a reader never sees part of a
+version, a trainer killed mid-publish leaves nothing behind (Redis drops a transaction whose
+client disconnects before EXEC), and a second trainer publishing the same model from a stale
+parent fails with :class:`VersionConflict` instead of forking the lineage. Only the newest
+``keep`` versions are kept; the live version is never deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+
+from stream.errors import StreamrecError
+
+log = logging.getLogger(__name__)
+
+
+class VersionConflict(StreamrecError):
+    """Another writer moved the model's head since this one loaded it."""
+
+
+@dataclass(frozen=True)
+class Version:
+    number: int
+    meta: dict[str, Any]
+    weights: bytes
+    trainer: bytes | None = None
+    joiner: bytes | None = None
+
+
+def connect(url: str, timeout_s: float = 5.0) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+
+class VersionStore:
+    def __init__(self, client: redis.Redis, namespace: str, model: str) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.model = model
+        self.prefix = f"streamrec:{namespace}:model:{model}"
+
+    # ------------------------------------------------------------------ keys
+
+    def version_key(self, number: int) -> str:
+        return f"{self.prefix}:version:{number}"
+
+    @property
+    def head_key(self) -> str:
+        return f"{self.prefix}:head"
+
+    @property
+    def live_key(self) -> str:
+        return f"{self.prefix}:live"
+
+    @property
+    def pinned_key(self) -> str:
+        return f"{self.prefix}:pinned"
+
+    @property
+    def versions_key(self) -> str:
+        return f"{self.prefix}:versions"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.prefix}:announce"
+
+    # ------------------------------------------------------------------ reads
+
+    def head(self) -> int | None:
+        value = self.client.get(self.head_key)
+        return None if value is None else int(value)
+
+    def live(self) -> int | None:
+        value = self.client.get(self.live_key)
+        return None if value is None else int(value)
+
+    def versions(self) -> list[int]:
+        return [int(v) for v in self.client.zrange(self.versions_key, 0, -1)]
+
+    def meta(self, number: int) -> dict[str, Any]:
+        raw = self.client.hget(self.version_key(number), "meta")
+        if raw is None:
+            raise StreamrecError(f"model {self.model!r} has no version {number} in namespace {self.namespace!r}")
+        return orjson.loads(raw)
+
+    def load(self, number: int, *, with_state: bool = True) -> Version:
+        fields = ["meta", "weights", "trainer", "joiner"] if with_state else ["meta", "weights"]
+        values = self.client.hmget(self.version_key(number), fields)
+        if values[0] is None or values[1] is None:
+            raise StreamrecError(f"model {self.model!r} has no version {number} in namespace {self.namespace!r}")
+        return Version(number, orjson.loads(values[0]), values[1],
+                       *(values[2:] if with_state else (None, None)))
+
+    # ------------------------------------------------------------------ writes
+
+    def publish(self, *, parent: int | None, meta: dict[str, Any], weights: bytes, trainer: bytes,
+                joiner: bytes, keep: int) -> int:
+        """Write version ``parent + 1`` and move head (and live unless pinned) to it, atomically."""
+        number = (parent or 0) + 1
+        meta = {**meta, "model": self.model, "version": number, "parent": parent, "created_at": time.time()}
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.watch(self.head_key)
+            current = pipe.get(self.head_key)
+            current = None if current is None else int(current)
+            history_lost = current is None and parent is not None
+            if history_lost:
+                # Redis came back empty (a restart without persistence): keep the trainer's state
+                # and keep numbering upwards, so scorers never see a version number go back.
+                log.warning("model %r: head version missing in Redis (restarted empty?); "
+                            "continuing the lineage at version %d", self.model, number)
+                meta["history_lost"] = True
+            elif current != parent:
+                pipe.reset()
+                raise VersionConflict(
+                    f"model {self.model!r} in namespace {self.namespace!r} is at version {current}, but this "
+                    f"trainer continues version {parent}: run one trainer per model (or a new namespace)")
+            pinned = pipe.exists(self.pinned_key)
+            live = pipe.get(self.live_key)
+            kept = [int(v) for v in pipe.zrange(self.versions_key, 0, -1)]
+            new_live = int(live) if (pinned and live is not None) else number
+            retained = sorted(kept + [number])
+            drop = [v for v in retained[:-keep] if v != new_live] if keep > 0 else []
+            pipe.multi()
+            pipe.hset(self.version_key(number), mapping={
+                "meta": orjson.dumps(meta), "weights": weights, "trainer": trainer, "joiner": joiner})
+            pipe.set(self.head_key, number)
+            pipe.set(self.live_key, new_live)
+            pipe.zadd(self.versions_key, {str(number): number})
+            for old in drop:
+                pipe.delete(self.version_key(old))
+                pipe.zrem(self.versions_key, str(old))
+            pipe.publish(self.channel, orjson.dumps({"version": number, "live": new_live}))
+            try:
+                pipe.execute()
+            except redis.WatchError:
+                raise VersionConflict(f"model {self.model!r}: another writer published while this one "
+                                      "was publishing; run one trainer per model") from None
+        return number
+
+    def set_live(self, number: int, *, pin: bool) -> None:
+        """Point ``live`` at an existing version; ``pin`` keeps the trainer from moving it."""
+        if not self.client.exists(self.version_key(number)):
+            raise StreamrecError(f"model {self.model!r} has no version {number} (kept: {self.versions()})")
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(self.live_key, number)
+            if pin:
+                pipe.set(self.pinned_key, 1)
+            else:
+                pipe.delete(self.pinned_key)
+            pipe.publish(self.channel, orjson.dumps({"version": self.head(), "live": number}))
+            pipe.execute()

@@ -1,0 +1,84 @@
+"""Helpers for tests that replay rows through a real broker and run trainers against it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from consumers.trainer import Trainer, TrainerOptions, example_digest
+from producers.readers import Row
+from producers.replay import ReplayOptions, ReplayReport, replay
+from stream.kafka_client import create_topics, make_producer
+from stream.local_stack import Endpoints
+from stream.settings import Settings, load_settings
+
+PARTITIONS = 2
+
+
+def settings_for(namespace: str, **overrides: Any) -> Settings:
+    return load_settings(namespace=namespace, partitions=PARTITIONS, **overrides)
+
+
+def replay_rows(stack: Endpoints, settings: Settings, rows: Sequence[Row], run_id: str,
+                final: bool = True) -> ReplayReport:
+    create_topics(stack.kafka_bootstrap, [settings.impressions_topic, settings.clicks_topic,
+                                          settings.dead_letter_topic], settings.partitions)
+    producer = make_producer(stack.kafka_bootstrap, settings.kafka_client)
+    try:
+        return replay(rows, producer, impressions_topic=settings.impressions_topic, clicks_topic=settings.clicks_topic,
+                      dead_letter_topic=settings.dead_letter_topic, partitions=settings.partitions,
+                      options=ReplayOptions(run_id=run_id, final_watermarks=final))
+    finally:
+        producer.close()
+
+
+def expected_digest(run_id: str, rows: Sequence[Row]) -> str:
+    """The trainer's digest for every row trained once with its label (all clicks in the window)."""
+    value = example_digest([f"{run_id}-{i}" for i in range(len(rows))], [r.label for r in rows])
+    return f"{value:016x}"
+
+
+def combine(*digests: str) -> str:
+    return f"{sum(int(d, 16) for d in digests) & ((1 << 64) - 1):016x}"
+
+
+@dataclass
+class Running:
+    trainer: Trainer
+    thread: threading.Thread
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def wait(self, timeout_s: float = 120.0) -> dict[str, Any]:
+        self.thread.join(timeout_s)
+        if self.thread.is_alive():
+            self.trainer.stop_event.set()
+            self.thread.join(30)
+            raise AssertionError(f"trainer did not finish within {timeout_s}s")
+        if "error" in self.result:
+            raise self.result["error"]
+        return self.result["report"]
+
+    def stop(self) -> None:
+        self.trainer.stop_event.set()
+        self.thread.join(60)
+        self.trainer.close()
+
+
+def start_trainer(stack: Endpoints, settings: Settings, redis_url: str | None = None,
+                  on_publish: Any = None, **options: Any) -> Running:
+    opts = TrainerOptions(**{"model": "lr", "exit_at_end": True, "batch_size": 256, **options})
+    trainer = Trainer(settings, opts, kafka_bootstrap=stack.kafka_bootstrap, redis_url=redis_url or stack.redis_url,
+                      on_publish=on_publish)
+    running = Running(trainer, threading.Thread(target=lambda: None))
+
+    def body() -> None:
+        try:
+            running.result["report"] = trainer.run()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            running.result["error"] = exc
+
+    running.thread = threading.Thread(target=body, daemon=True)
+    running.thread.start()
+    return running

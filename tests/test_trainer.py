@@ -1,0 +1,208 @@
+"""The trainer worker against a real broker and a real Redis: learning, versions, metrics, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import redis
+
+from consumers.version_store import VersionStore
+from models import model_from_bytes
+from stream import events
+from stream.demo import scrape
+from stream.features import Featurizer
+from stream.kafka_client import create_topics, make_consumer, make_producer
+from stream.local_stack import _free_port, redis_binary
+from tests.streams import combine, expected_digest, replay_rows, settings_for, start_trainer
+
+pytestmark = pytest.mark.integration
+
+
+def _probe(rows, spec):
+    chunk = rows[:300]
+    return Featurizer(spec).build([r.user_id for r in chunk], [r.item_id for r in chunk], [r.features for r in chunk])
+
+
+def test_trainer_learns_publishes_versions_and_exports_metrics(stack, namespace, learnable_rows):
+    rows = learnable_rows
+    settings = settings_for(namespace)
+    produced = replay_rows(stack, settings, rows, "r")
+    client = redis.Redis.from_url(stack.redis_url)
+    store = VersionStore(client, namespace, "wide_deep")
+    pubsub = client.pubsub()
+    pubsub.subscribe(store.channel)
+    at_publish: dict[int, np.ndarray] = {}
+
+    def remember(number, _meta):  # the trainer's own predictions at the moment it published
+        model = running.trainer.model
+        at_publish[number] = model.predict_proba(_probe(rows, model.spec))
+
+    running = start_trainer(stack, settings, model="wide_deep", metrics_port=0, publish_every_examples=2500,
+                            keep_versions=3, on_publish=remember)
+    try:
+        report = running.wait()
+        scraped = scrape(running.trainer.metrics.port)
+    finally:
+        running.stop()
+
+    # learning: every impression exactly once, with its label, and the stream's signal found
+    assert report["examples"] == len(rows) and report["finished"]
+    assert report["digest"] == expected_digest("r", rows)
+    assert report["auc"] > 0.62, report
+
+    # versions: head and live agree, only the newest 3 kept, metadata complete, lineage linked
+    head = store.head()
+    assert head == report["head_version"] == report["versions_published"] >= 5
+    assert store.live() == head
+    assert store.versions() == [head - 2, head - 1, head]
+    meta = store.meta(head)
+    assert meta["parent"] == head - 1 and meta["examples_seen"] == len(rows) and meta["model"] == "wide_deep"
+    assert meta["metrics"]["auc"] == pytest.approx(report["auc"], abs=1e-12)
+    assert set(meta["offsets"]) == {f"{t}:{p}" for t in (settings.impressions_topic, settings.clicks_topic)
+                                    for p in range(2)}
+    assert meta["joiner_watermark"] is None  # every partition saw its final watermark
+    # a loaded version predicts exactly what the trainer predicted when it published it
+    for number in store.versions():
+        loaded = model_from_bytes(store.load(number, with_state=False).weights)
+        assert np.array_equal(loaded.predict_proba(_probe(rows, loaded.spec)), at_publish[number])
+    announced = []
+    deadline = time.monotonic() + 5
+    while len(announced) < head and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.5)
+        if message and message["type"] == "message":
+            announced.append(orjson.loads(message["data"])["version"])
+    assert announced == list(range(1, head + 1))
+    pubsub.close()
+
+    # Prometheus: the scraped values are the run's own
+    assert scraped["streamrec_examples_trained_total"] == len(rows)
+    assert scraped["streamrec_join_outcomes_total{outcome=positives}"] == produced.clicks
+    assert scraped["streamrec_join_outcomes_total{outcome=negatives}"] == len(rows) - produced.clicks
+    assert scraped["streamrec_join_outcomes_total{outcome=late_clicks}"] == 0
+    assert scraped[f"streamrec_events_consumed_total{{topic={settings.impressions_topic}}}"] == produced.impressions
+    assert scraped[f"streamrec_events_consumed_total{{topic={settings.clicks_topic}}}"] == produced.clicks
+    assert scraped["streamrec_auc_ratio{window=lifetime}"] == pytest.approx(report["auc"], abs=1e-12)
+    assert scraped["streamrec_auc_ratio{window=recent}"] == pytest.approx(report["auc_window"], abs=1e-12)
+    assert scraped["streamrec_logloss_nats{window=lifetime}"] == pytest.approx(report["logloss"], abs=1e-12)
+    assert scraped["streamrec_model_version"] == head
+    assert scraped["streamrec_publish_duration_seconds_count"] == head
+    assert scraped["streamrec_dead_letters_total"] == 0
+    assert scraped[f"streamrec_consumer_lag_messages{{topic={settings.impressions_topic}}}"] == 0
+    assert 0 <= scraped["streamrec_seconds_since_publish_seconds"] < 60
+
+
+def test_malformed_events_are_dead_lettered_and_training_goes_on(stack, namespace, learnable_rows):
+    rows = learnable_rows[:3000]
+    settings = settings_for(namespace)
+    create_topics(stack.kafka_bootstrap, [settings.impressions_topic, settings.clicks_topic,
+                                          settings.dead_letter_topic], 2)
+    bad = [
+        (settings.impressions_topic, b"{not json", "not valid JSON"),
+        (settings.impressions_topic, orjson.dumps({"schema": 9, "type": "impression"}), "unsupported schema"),
+        (settings.impressions_topic, events.encode(events.click("c", "i", 1.7e9, "u")), "click event on the impressions"),
+        (settings.clicks_topic, events.encode(events.impression("i", 1.7e9, "u", "a", {"x": [1]})), "feature 'x'"),
+    ]
+    producer = make_producer(stack.kafka_bootstrap)
+    for topic, payload, _reason in bad:
+        producer.send(topic, payload, b"u")
+    producer.close()
+    replay_rows(stack, settings, rows, "r")
+    running = start_trainer(stack, settings, metrics_port=0)
+    try:
+        report = running.wait()
+        scraped = scrape(running.trainer.metrics.port)
+    finally:
+        running.stop()
+    assert report["dead_letters"] == len(bad)
+    assert scraped["streamrec_dead_letters_total"] == len(bad)
+    assert report["examples"] == len(rows) and report["digest"] == expected_digest("r", rows)
+
+    consumer = make_consumer(stack.kafka_bootstrap, f"dlq-{namespace}")
+    consumer.assign([(settings.dead_letter_topic, p) for p in range(2)])
+    letters = []
+    deadline = time.monotonic() + 30
+    while len(letters) < len(bad) and time.monotonic() < deadline:
+        letters += [orjson.loads(r.value) for r in consumer.poll(100, 0.5)]
+    consumer.close()
+    assert len(letters) == len(bad)
+    for (topic, payload, reason), letter in zip(bad, sorted(letters, key=lambda d: [b[1].decode() for b in bad].index(d["payload"]))):
+        assert reason in letter["reason"]
+        assert letter["source"].startswith(f"{topic}:")
+        assert letter["payload"] == payload.decode()
+
+
+def _start_redis(port: int, data_dir: Path) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "yes",
+         "--appendfsync", "always", "--dir", str(data_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            client.close()
+            return process
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise
+            time.sleep(0.05)
+
+
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_redis_outage_is_survived_without_losing_anything(stack, namespace, learnable_rows, tmp_path):
+    """Redis dies mid-run (SIGKILL) and comes back (from its append-only file): training never stops,
+    publishing fails and is retried, and the final version holds every example exactly once."""
+    rows = learnable_rows[:8000]
+    first, second = rows[:4000], rows[4000:]
+    settings = settings_for(namespace)
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    redis_proc = _start_redis(port, tmp_path)
+    running = None
+    try:
+        replay_rows(stack, settings, first, "a", final=False)
+        running = start_trainer(stack, settings, redis_url=url, metrics_port=0, publish_every_s=0.2,
+                                publish_every_examples=500, backoff_max_s=1.0)
+        store = VersionStore(redis.Redis.from_url(url), namespace, "lr")
+        _wait_for(lambda: store.head() and store.meta(store.head())["counters"]["impressions_read"] == len(first),
+                  60, "a version that includes the first half")
+        before = store.head()
+        os.kill(redis_proc.pid, signal.SIGKILL)
+        redis_proc.wait()
+        trained_at_outage = running.trainer.counters.examples
+        replay_rows(stack, settings, second, "b")
+        _wait_for(lambda: running.trainer.counters.impressions_read == len(rows), 60, "the second half read")
+        _wait_for(lambda: scrape(running.trainer.metrics.port)["streamrec_publish_failures_total"] >= 2, 30,
+                  "failed publishes")
+        assert running.thread.is_alive() and running.trainer.counters.examples > trained_at_outage
+        assert running.trainer.head == before  # nothing published while Redis is away
+        redis_proc = _start_redis(port, tmp_path)
+        report = running.wait()
+        assert report["examples"] == len(rows)
+        assert report["digest"] == combine(expected_digest("a", first), expected_digest("b", second))
+        head = store.head()
+        meta = store.meta(head)
+        assert head > before and meta["parent"] == head - 1 and "history_lost" not in meta
+        assert meta["examples_seen"] == len(rows)
+    finally:
+        if running is not None:
+            running.stop()
+        if redis_proc.poll() is None:
+            redis_proc.kill()
+            redis_proc.wait()
