@@ -30,18 +30,16 @@ import numpy as np
 import orjson
 import redis
 import xxhash
-from safetensors.numpy import load as np_load
-from safetensors.numpy import save as np_save
 
 from consumers.joiner import Example, JoinCounts, Joiner
-from consumers.prequential import SPEC_SAMPLE_ROWS, SpecOptions, progressive_step
+from consumers.learner import LearnerProcess
+from consumers.prequential import SPEC_SAMPLE_ROWS, SpecOptions
 from consumers.trainer_metrics import TrainerMetrics
-from consumers.version_store import VersionConflict, VersionStore, connect
-from models import OnlineModel, create_model, model_from_bytes
+from consumers.version_store import Version, VersionConflict, VersionStore, connect
+from models.base import read_metadata
 from stream import events as ev
-from stream.features import Featurizer
+from stream.features import Featurizer, FeatureSpec
 from stream.kafka_client import EventConsumer, EventProducer, TopicPartitionKey, make_consumer, make_producer
-from stream.metrics import StreamingMetrics
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,45 +88,26 @@ def example_digest(impression_ids: list[str], labels: list[int]) -> int:
     return total & _MASK64
 
 
-def _metrics_blob(metrics: StreamingMetrics) -> bytes:
-    state = metrics.state()
-    compact: dict[str, np.ndarray] = {}
-    for key, value in state.items():
-        if key.endswith("_bins"):  # 2^20 mostly-empty bins: keep only the occupied ones
-            idx = np.flatnonzero(value)
-            compact[f"{key}.index"], compact[f"{key}.count"] = idx.astype(np.int64), value[idx]
-        else:
-            compact[key] = np.ascontiguousarray(value)
-    return np_save(compact, metadata={"window": str(metrics.window)})
-
-
-def _load_metrics(blob: bytes, window: int) -> StreamingMetrics:
-    arrays = np_load(blob)
-    metrics = StreamingMetrics(window)
-    state = {k: v for k, v in arrays.items() if ".index" not in k and ".count" not in k}
-    for key in ("pos_bins", "neg_bins"):
-        full = np.zeros_like(metrics.state()[key])
-        full[arrays[f"{key}.index"]] = arrays[f"{key}.count"]
-        state[key] = full
-    metrics.load_state(state)
-    return metrics
-
-
 class Trainer:
     def __init__(self, settings: Settings, options: TrainerOptions, *, kafka_bootstrap: str, redis_url: str,
-                 on_publish: Callable[[int, dict[str, Any]], None] | None = None) -> None:
+                 on_publish: Callable[[int, dict[str, Any], np.ndarray | None], None] | None = None,
+                 probe: list[tuple[str, str, dict[str, Any]]] | None = None) -> None:
         self.settings = settings
         self.options = options
         self.kafka_bootstrap = kafka_bootstrap
         self.redis_url = redis_url
         self.on_publish = on_publish
+        # (user, item, features) examples the learner predicts at every version cut; their
+        # predictions reach on_publish (a check that a stored version reproduces its trainer)
+        self.probe = probe
         self.topics = {settings.impressions_topic: "impressions", settings.clicks_topic: "clicks"}
         self.group_id = f"streamrec-trainer-{settings.namespace}-{options.model}"
         self.store = VersionStore(connect(redis_url), settings.namespace, options.model)
         self.metrics = TrainerMetrics(options.model, options.worker_id)
-        self.model: OnlineModel | None = None
-        self.featurizer: Featurizer | None = None
-        self.quality = StreamingMetrics(options.window_examples)
+        self.learner: LearnerProcess | None = None
+        self.featurizer: Featurizer | None = None  # None until the model exists
+        self._resume_from: Version | None = None
+        self._pending_cut: dict[str, Any] | None = None
         self.joiner = Joiner(options.window_s, options.max_pending)
         self.counters = Counters()
         self.positions: dict[TopicPartitionKey, int] = {}
@@ -149,7 +128,6 @@ class Trainer:
         self._backoff_s = 0.0
         self.started_at = time.monotonic()
         self.first_record_at: float | None = None  # rates start here, after the group join
-        self.trained_seconds = 0.0
 
     # ------------------------------------------------------------------ resume
 
@@ -167,26 +145,38 @@ class Trainer:
                 delay = min(delay * 2, self.options.backoff_max_s)
 
     def resume(self) -> int | None:
-        """Load the head version (if any): model, metrics, joiner, counters and offsets."""
+        """Read the head version (if any): joiner, counters and offsets now; the model and metrics
+        go to the learner process in :meth:`_start_learning`."""
         head = self._redis_retry("reading the head version", self.store.head)
         if head is None:
             return None
         version = self._redis_retry(f"loading version {head}", lambda: self.store.load(head))
         meta = version.meta
-        self.model = model_from_bytes(version.weights)
-        self.featurizer = Featurizer(self.model.spec)
-        if version.trainer is not None:
-            self.quality = _load_metrics(version.trainer, self.options.window_examples)
+        self.featurizer = Featurizer(FeatureSpec.from_json(read_metadata(version.weights)["spec"]))
         if version.joiner is not None:
             self.joiner = Joiner.from_state(orjson.loads(version.joiner))
         self.counters = Counters(**meta["counters"])
         self.positions = {(k.rsplit(":", 1)[0], int(k.rsplit(":", 1)[1])): int(v) for k, v in meta["offsets"].items()}
         self.head = head
+        self._resume_from = version
         # Exported counters restart from the version's totals, so they count the stream, not the process.
         self.metrics.live_version.labels(**self.metrics.labels).set(head)
-        log.info("resumed %s from version %d: %d examples, offsets %s", self.options.model, head,
+        log.info("resuming %s from version %d: %d examples, offsets %s", self.options.model, head,
                  self.counters.examples, self.positions)
         return head
+
+    def _start_learning(self) -> None:
+        """Hand the resumed model to the learner process (it may still be importing torch)."""
+        assert self.learner is not None
+        if self._resume_from is not None and not self.learner.ready:
+            self.learner.resume(self._resume_from.weights, self._resume_from.trainer, self.options.window_examples)
+            self._resume_from = None
+            self._set_probe()
+
+    def _set_probe(self) -> None:
+        if self.probe and self.learner is not None and self.featurizer is not None:
+            users, items, features = zip(*self.probe)
+            self.learner.set_probe(self.featurizer.build(list(users), list(items), list(features)))
 
     # ------------------------------------------------------------------ kafka
 
@@ -206,55 +196,81 @@ class Trainer:
         self.counters.dead_letters += 1
 
     def _dispatch(self, records: list[Any]) -> set[int]:
-        touched: set[int] = set()
-        joiner, counters = self.joiner, self.counters
+        """Decode, validate and join one poll's records; dead-letter the bad ones. The hot loop of
+        the worker: locals, and a JSON parse plus a few type checks per valid event."""
+        joiner, topics = self.joiner, self.topics
+        impression, click = joiner.impression, joiner.click
+        loads, plainly_valid, JSONDecodeError = orjson.loads, ev.plainly_valid, orjson.JSONDecodeError
+        last: dict[tuple[str, int], int] = {}
+        impressions = clicks = watermarks = 0
         for record in records:
-            kind = self.topics.get(record.topic)
-            self.positions[(record.topic, record.partition)] = record.offset + 1
-            touched.add(record.partition)
-            event, problem = ev.decode_event(record.value)
-            if event is None:
-                self._dead_letter(record.value, problem or "invalid", record.topic, record.partition, record.offset)
-                continue
+            topic, partition = record.topic, record.partition
+            last[(topic, partition)] = record.offset
+            kind = topics.get(topic)
+            try:
+                event = loads(record.value)
+            except JSONDecodeError:
+                event = None
+            if not plainly_valid(event):
+                event, problem = ev.decode_event(record.value)
+                if event is None:
+                    self._dead_letter(record.value, problem or "invalid", topic, partition, record.offset)
+                    continue
             etype = event["type"]
-            if etype == "watermark":
-                counters.watermarks_read += 1
-                joiner.watermark(record.partition, kind, event["event_time"], event.get("final", False))
-            elif etype == "impression" and kind == "impressions":
-                counters.impressions_read += 1
-                joiner.impression(record.partition, event)
+            if etype == "impression" and kind == "impressions":
+                impressions += 1
+                impression(partition, event)
             elif etype == "click" and kind == "clicks":
-                counters.clicks_read += 1
-                joiner.click(record.partition, event)
+                clicks += 1
+                click(partition, event)
+            elif etype == "watermark":
+                watermarks += 1
+                joiner.watermark(partition, kind, event["event_time"], event.get("final", False))
             else:
-                self._dead_letter(record.value, f"{etype} event on the {kind} topic", record.topic,
-                                  record.partition, record.offset)
-        return touched
+                self._dead_letter(record.value, f"{etype} event on the {kind} topic", topic, partition, record.offset)
+        counters = self.counters
+        counters.impressions_read += impressions
+        counters.clicks_read += clicks
+        counters.watermarks_read += watermarks
+        for key, offset in last.items():
+            self.positions[key] = offset + 1
+        return {partition for _topic, partition in last}
 
     # ------------------------------------------------------------------ learning
 
     def _ensure_model(self, examples: list[Example]) -> None:
-        if self.model is None:
+        if self.featurizer is None:
             spec = self.options.spec_options.infer([e.features for e in examples[:SPEC_SAMPLE_ROWS]])
-            self.model = create_model(self.options.model, spec, seed=self.options.seed)
             self.featurizer = Featurizer(spec)
+        assert self.learner is not None
+        if not self.learner.ready:
+            self._start_learning()
+        if not self.learner.ready:
+            self.learner.init(self.options.model, self.featurizer.spec.to_json(), self.options.seed,
+                              self.options.window_examples)
+            self._set_probe()
 
     def _train(self, examples: list[Example]) -> None:
+        """Featurise here, learn in the learner process. Counters move at submission: every
+        reader of model state (snapshot, quality) is answered after all batches sent before it."""
         if not examples:
             return
-        started = time.perf_counter()
         self._ensure_model(examples)
-        assert self.model is not None and self.featurizer is not None
+        assert self.learner is not None and self.featurizer is not None
         labels = [e.label for e in examples]
         batch = self.featurizer.build([e.user_id for e in examples], [e.item_id for e in examples],
                                       [e.features for e in examples], labels)
-        progressive_step(self.model, self.quality, batch)
+        self.learner.learn(batch)
         c = self.counters
         c.examples += len(examples)
         c.positives += sum(labels)
         c.digest = (c.digest + example_digest([e.impression_id for e in examples], labels)) & _MASK64
         self._since_publish_examples += len(examples)
-        self.trained_seconds += time.perf_counter() - started
+
+    def predict(self, batch: Any) -> np.ndarray:
+        """The learner's current predictions for ``batch`` (after every example sent so far)."""
+        assert self.learner is not None and self.learner.ready
+        return self.learner.predict(batch)
 
     def _train_ready(self, flush: bool = False) -> None:
         size = self.options.batch_size
@@ -262,58 +278,96 @@ class Trainer:
             self._train(self.joiner.take(size))
             # Every polled record is already in the joiner, and examples not yet trained are part
             # of its state, so a version may be cut between any two batches.
-            if self._publish_due():
-                self.publish()
+            if self._pending_cut is not None:
+                self._complete(block=False)
+            elif self._publish_due():
+                self._cut()
         if flush:
             self._train(self.joiner.take())
 
     # ------------------------------------------------------------------ publishing
 
-    def _meta(self) -> dict[str, Any]:
-        return {
-            "worker": self.options.worker_id,
-            "examples_seen": self.counters.examples,
+    def _cut(self) -> None:
+        """Cut a version: take the worker's half (offsets, joiner, counters) now, between two
+        batches, and ask the learner for its half (model, metrics) as of the same point. The worker
+        goes on polling and joining while the learner serialises; :meth:`_complete` publishes."""
+        assert self.learner is not None
+        watermark = self.joiner.watermark_time()
+        self._pending_cut = {
             "offsets": {f"{t}:{p}": o for (t, p), o in sorted(self.positions.items())},
-            "joiner_watermark": self.joiner.watermark_time() if np.isfinite(self.joiner.watermark_time()) else None,
-            "metrics": {k: (v if np.isfinite(v) else None) for k, v in self.quality.snapshot().items()},
+            "positions": dict(self.positions),
             "counters": asdict(self.counters),
             "join": asdict(self.joiner.counts),
+            "joiner": orjson.dumps(self.joiner.state()),
+            "joiner_watermark": watermark if np.isfinite(watermark) else None,
+            "since": (self._since_publish_examples, self._since_publish_events),
+            "started": time.perf_counter(),
         }
+        self.learner.request_snapshot()
+        self._since_publish_examples = 0
+        self._since_publish_events = 0
+        self._last_publish_at = time.monotonic()
 
-    def publish(self) -> int | None:
-        """Write a version, then commit its offsets. On a Redis failure schedule a retry; return None."""
-        if self.model is None:
+    def _complete(self, block: bool) -> int | None:
+        """Publish the pending cut once the learner's half is there, then commit its offsets.
+        On a Redis failure the cut is dropped and a new one is due after a back-off."""
+        if self._pending_cut is None or self.learner is None:
             return None
-        started = time.perf_counter()
+        snapshot = self.learner.take_snapshot(block)
+        if snapshot is None:
+            return None
+        cut, self._pending_cut = self._pending_cut, None
+        meta = {
+            "worker": self.options.worker_id,
+            "examples_seen": cut["counters"]["examples"],
+            "offsets": cut["offsets"],
+            "joiner_watermark": cut["joiner_watermark"],
+            "metrics": {k: (v if np.isfinite(v) else None) for k, v in snapshot.quality.items()},
+            "counters": cut["counters"],
+            "join": cut["join"],
+        }
         try:
-            meta = self._meta()
-            number = self.store.publish(
-                parent=self.head, meta=meta, weights=self.model.to_bytes(), trainer=_metrics_blob(self.quality),
-                joiner=orjson.dumps(self.joiner.state()), keep=self.options.keep_versions)
+            number = self.store.publish(parent=self.head, meta=meta, weights=snapshot.weights,
+                                        trainer=snapshot.metrics, joiner=cut["joiner"],
+                                        keep=self.options.keep_versions)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self.metrics.publish_failures.labels(**self.metrics.labels).inc()
             self._backoff_s = min(max(2 * self._backoff_s, 0.5), self.options.backoff_max_s)
             self._next_publish_try = time.monotonic() + self._backoff_s
+            examples, events = cut["since"]
+            self._since_publish_examples += examples
+            self._since_publish_events += events
             log.warning("publish failed (%s); training goes on, next try in %.1fs", exc, self._backoff_s)
             return None
         self._backoff_s = 0.0
         self.head = number
         self.versions_published += 1
-        self._since_publish_examples = 0
-        self._since_publish_events = 0
-        self._last_publish_at = time.monotonic()
-        self.metrics.record_publish(number, time.perf_counter() - started)
+        self.metrics.record_publish(number, time.perf_counter() - cut["started"])
         assert self._consumer is not None
         try:
-            self._consumer.commit(dict(self.positions))
+            self._consumer.commit(cut["positions"])
         except Exception as exc:  # noqa: BLE001 - the version is the source of truth; commits are for lag tools
             log.warning("offset commit after version %d failed: %s", number, exc)
         if self.on_publish is not None:
-            self.on_publish(number, meta)
+            self.on_publish(number, meta, snapshot.probe)
         return number
 
+    def publish(self) -> int | None:
+        """Publish everything up to now and wait for it; None if nothing was published (no model,
+        nothing new, or Redis unavailable: then a retry is scheduled)."""
+        if self.learner is None or not self.learner.ready:
+            return None
+        if self._pending_cut is not None:
+            self._complete(block=True)
+        if self._since_publish_examples == 0 and self._since_publish_events == 0:
+            return None
+        self._cut()
+        return self._complete(block=True)
+
     def _publish_due(self) -> bool:
-        if self.model is None or time.monotonic() < self._next_publish_try:
+        if self.learner is None or not self.learner.ready or self._pending_cut is not None:
+            return False
+        if time.monotonic() < self._next_publish_try:
             return False
         if self._since_publish_events == 0 and self._since_publish_examples == 0:
             return False
@@ -322,10 +376,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ metrics export
 
-    def _export(self, consumer: EventConsumer, *, lag: bool) -> None:
+    def _export(self, consumer: EventConsumer, *, lag: bool, exact: bool = False) -> None:
+        """Update the Prometheus metrics; ``exact`` waits for the learner (used at the end)."""
         m, labels = self.metrics, self.metrics.labels
-        if self.counters.examples:
-            m.record_quality(self.quality.snapshot())
+        if self.counters.examples and self.learner is not None and self.learner.ready:
+            snapshot, _seconds = self.learner.quality() if exact else self.learner.latest_quality()
+            if snapshot["examples"] > 0:
+                m.record_quality(snapshot)
         counts = asdict(self.joiner.counts)
         previous = asdict(self._exported_join)
         m.record_join({k: counts[k] - previous[k] for k in counts if k not in ("impressions", "clicks")})
@@ -362,6 +419,8 @@ class Trainer:
         opts = self.options
         if opts.metrics_port is not None:
             self.metrics.serve(opts.metrics_port)
+        # The learner process imports torch while this one resumes and joins the group.
+        self.learner = LearnerProcess()
         self.resume()
         self._examples_at_start = self.counters.examples
         consumer = make_consumer(self.kafka_bootstrap, self.group_id, self.settings.kafka_client,
@@ -373,6 +432,7 @@ class Trainer:
         finished = False
         try:
             consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
+            self._start_learning()
             while not self.stop_event.is_set():
                 records = consumer.poll(opts.poll_records, 0.2)
                 if records:
@@ -387,8 +447,10 @@ class Trainer:
                     self._train_ready(flush=True)
                     finished = True
                     break
-                if self._publish_due():
-                    self.publish()
+                if self._pending_cut is not None:
+                    self._complete(block=False)
+                elif self._publish_due():
+                    self._cut()
                 now = time.monotonic()
                 if now - last_quality >= QUALITY_EVERY_S:
                     self._export(consumer, lag=now - last_lag >= LAG_EVERY_S)
@@ -396,9 +458,10 @@ class Trainer:
                     if now - last_lag >= LAG_EVERY_S:
                         last_lag = now
             # Final version: at the end of the stream, or on a clean stop (SIGTERM, Ctrl-C).
-            if self.model is not None and (self._since_publish_events or self._since_publish_examples):
+            if self.featurizer is not None and (self._since_publish_events or self._since_publish_examples
+                                                or self._pending_cut is not None):
                 self._final_publish()
-            self._export(consumer, lag=True)
+            self._export(consumer, lag=True, exact=True)
         finally:
             producer.close()
             consumer.close()
@@ -406,7 +469,14 @@ class Trainer:
         return self.report(finished)
 
     def _final_publish(self) -> None:
-        while self.publish() is None and not self._stop_publishing():
+        while True:
+            self.publish()
+            if self._pending_cut is None and not (self._since_publish_examples or self._since_publish_events):
+                return
+            if self._stop_publishing():
+                log.error("stopping with %d examples not in any version: Redis stayed unavailable",
+                          self._since_publish_examples)
+                return
             time.sleep(max(0.05, self._next_publish_try - time.monotonic()))
 
     def _stop_publishing(self) -> bool:
@@ -418,7 +488,11 @@ class Trainer:
         return self.counters.examples - getattr(self, "_examples_at_start", 0)
 
     def report(self, finished: bool) -> dict[str, Any]:
-        snap = self.quality.snapshot()
+        if self.learner is not None and self.learner.ready:
+            snap, learn_seconds = self.learner.quality()
+        else:
+            snap, learn_seconds = {k: float("nan") for k in ("auc", "auc_error_bound", "auc_window", "logloss",
+                                                             "normalized_entropy", "calibration")}, 0.0
         wall = time.monotonic() - (self.first_record_at or self.started_at)
         return {
             "model": self.options.model,
@@ -428,7 +502,7 @@ class Trainer:
             "logloss": snap["logloss"], "normalized_entropy": snap["normalized_entropy"],
             "calibration": snap["calibration"],
             "examples_per_second": self._examples_this_run / wall if wall > 0 else float("nan"),
-            "learn_examples_per_second": self._examples_this_run / self.trained_seconds if self.trained_seconds else float("nan"),
+            "learn_examples_per_second": self._examples_this_run / learn_seconds if learn_seconds else float("nan"),
             "wall_seconds": wall,
             "versions_published": self.versions_published,
             "head_version": self.head,
@@ -440,6 +514,9 @@ class Trainer:
         }
 
     def close(self) -> None:
+        if self.learner is not None:
+            self.learner.close()
+            self.learner = None
         self.metrics.close()
         self.store.client.close()
 

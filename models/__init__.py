@@ -34,5 +34,5 @@ def model_from_bytes(blob: bytes) -> OnlineModel:
         raise ModelError(f"weights are for unknown model {name!r}; registered: {', '.join(model_names())}")
     cls = REGISTRY[name]
     model = cls(FeatureSpec.from_json(meta["spec"]), config_from_json(cls.config_class, meta["config"]))
-    model.load_tensors(load_tensors_blob(blob))
+    model.load_row_sparse(load_tensors_blob(blob))
     return model

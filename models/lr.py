@@ -52,6 +52,9 @@ class LogisticRegressionFTRL(OnlineModel):
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"wide.z": self.wide.z, "wide.n": self.wide.n}
 
+    def row_groups(self) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:
+        return {"wide": (self.wide.n > 0, ("wide.z", "wide.n"))}
+
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.wide.z = tensors["wide.z"].clone()
         self.wide.n = tensors["wide.n"].clone()

@@ -144,6 +144,11 @@ class WideDeep(OnlineModel):
         out.update(self.adam.tensors("adam"))
         return out
 
+    def row_groups(self) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:
+        return {"wide": (self.wide.n > 0, ("wide.z", "wide.n")),
+                "embedding": (self.embedding.counts > 0,
+                              ("embedding.weight", "embedding.accum", "embedding.counts"))}
+
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.wide.z, self.wide.n = tensors["wide.z"].clone(), tensors["wide.n"].clone()
         self.embedding.weight = tensors["embedding.weight"].clone()

@@ -352,7 +352,7 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
         window_examples=settings.window_examples, exit_at_end=exit_at_end, metrics_port=settings.metrics_port,
         seed=seed, spec_options=SpecOptions(cat_buckets=buckets, crosses=_parse_crosses(crosses), seed=seed))
     trainer = Trainer(settings, options, kafka_bootstrap=endpoints.kafka_bootstrap, redis_url=endpoints.redis_url,
-                      on_publish=lambda n, meta: console.print(
+                      on_publish=lambda n, meta, _probe: console.print(
                           f"published {settings.model} v{n}: {meta['examples_seen']:,} examples, "
                           f"AUC {meta['metrics']['auc'] or float('nan'):.4f}"))
 

@@ -184,60 +184,77 @@ class SparseBatch:
 
 
 class Featurizer:
-    """Turns (user, item, feature dict) examples into a :class:`SparseBatch` for one :class:`FeatureSpec`."""
+    """Turns (user, item, feature dict) examples into a :class:`SparseBatch` for one :class:`FeatureSpec`.
+
+    Categorical and numeric values are gathered separately: numbers go straight into a float
+    array and are never turned into strings and parsed back (that round trip was half the cost).
+    """
 
     def __init__(self, spec: FeatureSpec) -> None:
         self.spec = spec
         names = spec.names
-        value_names = names[len(ID_FIELDS):]
-        self._getter = operator.itemgetter(*value_names) if value_names else (lambda _f: ())
-        self._single = len(value_names) == 1
-        self._value_names = value_names
         kinds = [f.kind for f in spec.fields]
         self._cat_idx = np.array([i for i, k in enumerate(kinds) if k == "cat"], dtype=np.int64)
         self._num_idx = np.array([i for i, k in enumerate(kinds) if k == "num"], dtype=np.int64)
+        # value fields, i.e. without user_id and item_id (always the first two, both categorical)
+        self._cat_names = tuple(names[i] for i in self._cat_idx if names[i] not in ID_FIELDS)
+        self._num_names = tuple(names[i] for i in self._num_idx)
+        self._cat_get = _getter(self._cat_names)
+        self._num_get = _getter(self._num_names)
         buckets = np.array([f.buckets for f in spec.fields], dtype=np.uint64)
         self._cat_buckets = buckets[self._cat_idx]
         self._num_buckets = buckets[self._num_idx].astype(np.int64)
         self._cat_salt = (self._cat_idx.astype(np.uint64) + np.uint64(1)) * _GOLDEN
         self._position = {name: i for i, name in enumerate(names)}
 
-    def _values(self, features: dict[str, Any]) -> list[Any]:
-        try:
-            values = self._getter(features)
-        except KeyError:
-            values = tuple(features.get(n) for n in self._value_names)
-        return [values] if self._single else list(values)
-
     def build(self, user_ids: Sequence[str], item_ids: Sequence[str], features: Sequence[dict[str, Any]],
               labels: Sequence[int] | np.ndarray | None = None) -> SparseBatch:
-        rows = [[u, i, *self._values(f)] for u, i, f in zip(user_ids, item_ids, features)]
-        return self.build_rows(rows, labels)
+        cat_get, num_get = self._cat_get, self._num_get
+        cats = [[u, i, *cat_get(f)] for u, i, f in zip(user_ids, item_ids, features)]
+        nums = [num_get(f) for f in features] if self._num_names else None
+        return self._assemble(cats, nums, labels)
 
     def build_rows(self, rows: list[list[Any]], labels: Sequence[int] | np.ndarray | None = None) -> SparseBatch:
-        spec = self.spec
-        n = len(rows)
-        table = np.array(rows, dtype=np.str_).reshape(n, len(spec.fields))
-        ids = np.empty((n, len(spec.fields)), dtype=np.int64)
-        if self._cat_idx.size:
-            with np.errstate(over="ignore"):
-                h = _splitmix64(hash_strings(table[:, self._cat_idx], spec.seed) ^ self._cat_salt)
-            ids[:, self._cat_idx] = (h % self._cat_buckets).astype(np.int64)
-        dense = np.zeros((n, spec.dense_dim), dtype=np.float32)
-        if self._num_idx.size:
-            raw = table[:, self._num_idx]
-            missing = (raw == "None") | (raw == "")
+        """From rows of all field values in spec order (user_id, item_id, then the others)."""
+        cats = [[row[i] for i in self._cat_idx] for row in rows]
+        nums = [[row[i] for i in self._num_idx] for row in rows] if self._num_idx.size else None
+        return self._assemble(cats, nums, labels)
+
+    @staticmethod
+    def _numbers(nums: list[Any], n: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """(values, missing) as float64 / bool arrays of shape (n, width)."""
+        try:
+            values = np.array(nums, dtype=np.float64).reshape(n, width)
+        except (TypeError, ValueError):
+            # Strings among the numbers (CSV input): parse them, with "" and "None" as missing.
+            raw = np.array(nums, dtype=np.str_).reshape(n, width)
+            blank = (raw == "None") | (raw == "")
             try:
-                values = np.where(missing, "0", raw).astype(np.float64)
+                values = np.where(blank, "nan", raw).astype(np.float64)
             except ValueError as exc:
                 raise ConfigError(f"a numeric field holds a non-number: {exc}") from None
+        return values, np.isnan(values)
+
+    def _assemble(self, cats: list[list[Any]], nums: list[Any] | None,
+                  labels: Sequence[int] | np.ndarray | None) -> SparseBatch:
+        spec = self.spec
+        n = len(cats)
+        ids = np.empty((n, len(spec.fields)), dtype=np.int64)
+        table = np.array(cats, dtype=np.str_).reshape(n, self._cat_idx.size)
+        with np.errstate(over="ignore"):
+            h = _splitmix64(hash_strings(table, spec.seed) ^ self._cat_salt)
+        ids[:, self._cat_idx] = (h % self._cat_buckets).astype(np.int64)
+        dense = np.zeros((n, spec.dense_dim), dtype=np.float32)
+        if nums is not None:
+            values, missing = self._numbers(nums, n, self._num_idx.size)
+            values = np.where(missing, 0.0, values)
             with np.errstate(divide="ignore", invalid="ignore"):
                 high = np.floor(np.log(np.maximum(values, 2.0)) ** 2) + 20
             low = np.floor(np.clip(values, -15, 2)) + 16
             bucket = np.where(missing, 0, np.where(values > 2, high, low)).astype(np.int64)
             ids[:, self._num_idx] = bucket % self._num_buckets
             if spec.dense_numeric:
-                dense[:] = np.where(missing, 0.0, np.log1p(np.maximum(values, 0.0)))
+                dense[:] = np.log1p(np.maximum(values, 0.0))
         ids += spec.offsets
         cross = np.empty((n, len(spec.crosses)), dtype=np.int64)
         base = spec.field_rows
@@ -248,3 +265,19 @@ class Featurizer:
                 cross[:, k] = base + k * spec.cross_buckets + (mixed % np.uint64(spec.cross_buckets)).astype(np.int64)
         label_tensor = None if labels is None else torch.as_tensor(np.asarray(labels, dtype=np.float32))
         return SparseBatch(torch.from_numpy(ids), torch.from_numpy(cross), torch.from_numpy(dense), label_tensor)
+
+
+def _getter(names: tuple[str, ...]) -> Any:
+    """A function from a feature dict to the tuple of ``names``' values (None where absent)."""
+    if not names:
+        return lambda _features: ()
+    fast = operator.itemgetter(*names)
+
+    def get(features: dict[str, Any]) -> tuple[Any, ...]:
+        try:
+            values = fast(features)
+        except KeyError:
+            return tuple(features.get(name) for name in names)
+        return values if len(names) > 1 else (values,)
+
+    return get

@@ -67,10 +67,10 @@ class Running:
 
 
 def start_trainer(stack: Endpoints, settings: Settings, redis_url: str | None = None,
-                  on_publish: Any = None, **options: Any) -> Running:
+                  on_publish: Any = None, probe: Any = None, **options: Any) -> Running:
     opts = TrainerOptions(**{"model": "lr", "exit_at_end": True, "batch_size": 256, **options})
     trainer = Trainer(settings, opts, kafka_bootstrap=stack.kafka_bootstrap, redis_url=redis_url or stack.redis_url,
-                      on_publish=on_publish)
+                      on_publish=on_publish, probe=probe)
     running = Running(trainer, threading.Thread(target=lambda: None))
 
     def body() -> None:

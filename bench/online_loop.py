@@ -1,0 +1,108 @@
+"""End-to-end training rate through the broker, beside `evaluate`'s file-only rate on the same rows.
+
+    python bench/online_loop.py --rows 200000 --model wide_deep
+
+1. generate a synthetic stream; 2. one prequential pass over the file (`evaluate`, no Kafka);
+3. replay the same rows onto the embedded broker (before the trainer starts, so the trainer is never
+waiting for the producer); 4. a trainer worker consumes, joins, learns and publishes versions to
+Redis until the final watermarks. Its rate counts from its first record (after the group join) to
+its last version. Broker, Redis and trainer share this machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import write_result  # noqa: E402
+from consumers.prequential import evaluate_file  # noqa: E402
+from consumers.trainer import Trainer, TrainerOptions  # noqa: E402
+from producers.generator import generate, write_stream  # noqa: E402
+from producers.readers import ReaderOptions, read_rows  # noqa: E402
+from producers.replay import replay  # noqa: E402
+from stream.kafka_client import create_topics, make_producer  # noqa: E402
+from stream.local_stack import start_stack, stop_stack  # noqa: E402
+from stream.settings import load_settings  # noqa: E402
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of another process (Linux /proc)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--model", default="wide_deep")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--publish-every-s", type=float, default=5.0)
+    parser.add_argument("--name", default="online_loop")
+    args = parser.parse_args()
+    options = ReaderOptions(user_field="C1", item_field="C2")
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        data = Path(tmp) / "stream.tsv"
+        summary = write_stream(generate(args.rows, seed=0), data, seed=0)
+        print(f"generated {args.rows:,} rows, oracle AUC {summary['oracle_auc']:.4f}")
+        file_report, _ = evaluate_file(data, "criteo", args.model, reader_options=options,
+                                       batch_size=args.batch_size)
+        print(f"evaluate (file only): {file_report['examples_per_second']:,.0f} ex/s, AUC {file_report['auc']:.4f}")
+        state = start_stack(home)
+        try:
+            settings = load_settings(namespace=f"bench-{uuid.uuid4().hex[:6]}", home=home,
+                                     kafka_bootstrap=state.kafka_bootstrap, redis_url=state.redis_url)
+            create_topics(state.kafka_bootstrap, [settings.impressions_topic, settings.clicks_topic,
+                                                  settings.dead_letter_topic], settings.partitions)
+            producer = make_producer(state.kafka_bootstrap)
+            try:
+                produced = replay(read_rows(data, "criteo", options), producer,
+                                  impressions_topic=settings.impressions_topic, clicks_topic=settings.clicks_topic,
+                                  dead_letter_topic=settings.dead_letter_topic, partitions=settings.partitions)
+            finally:
+                producer.close()
+            print(f"replayed {produced.impressions + produced.clicks:,} events at {produced.events_per_second:,.0f}/s")
+            trainer = Trainer(settings, TrainerOptions(model=args.model, batch_size=args.batch_size, exit_at_end=True,
+                                                       publish_every_s=args.publish_every_s,
+                                                       publish_every_examples=10**9),
+                              kafka_bootstrap=state.kafka_bootstrap, redis_url=state.redis_url)
+            started = time.perf_counter()
+            cpu_before, broker_before = time.process_time(), _cpu_seconds(state.broker_pid)
+            try:
+                online = trainer.run()
+            finally:
+                trainer.close()
+            total_wall = time.perf_counter() - started
+            trainer_cpu = time.process_time() - cpu_before
+            broker_cpu = _cpu_seconds(state.broker_pid) - broker_before
+            print(f"during the online run ({total_wall:.1f}s wall): trainer process {trainer_cpu:.1f} CPU-s, "
+                  f"broker {broker_cpu:.1f} CPU-s")
+        finally:
+            stop_stack(home)
+    ratio = online["examples_per_second"] / file_report["examples_per_second"]
+    print(f"online ({args.model}): {online['examples_per_second']:,.0f} labelled ex/s through the broker "
+          f"({online['versions_published']} versions), AUC {online['auc']:.4f}; "
+          f"{ratio:.2f}x the file-only rate; learning alone {online['learn_examples_per_second']:,.0f} ex/s")
+    write_result(args.name, {
+        "rows": args.rows, "model": args.model, "batch_size": args.batch_size, "oracle_auc": summary["oracle_auc"],
+        "data": "synthetic (producers/generator.py, seed 0)",
+        "file_only": {k: file_report[k] for k in ("examples_per_second", "auc", "wall_seconds")},
+        "online": {k: online[k] for k in ("examples_per_second", "learn_examples_per_second", "auc", "auc_window",
+                                          "versions_published", "wall_seconds", "examples", "dead_letters")},
+        "online_wall_with_group_join_s": total_wall,
+        "replay_events_per_second": produced.events_per_second,
+        "online_over_file": ratio,
+        "cpu_seconds": {"trainer": trainer_cpu, "broker": broker_cpu, "wall": total_wall},
+    })
+
+
+if __name__ == "__main__":
+    main()

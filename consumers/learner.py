@@ -1,0 +1,314 @@
+"""The learner process: owns the model and the streaming metrics of one trainer worker.
+
+The worker's own process polls Kafka, decodes, joins and featurises: pure-Python work that
+holds the GIL. Learning runs here, in a second process, so the two overlap on two cores (a
+thread could not: measured, a learner thread gained nothing because both halves need the GIL).
+
+Messages go over a pipe as raw bytes, never pickle: one opcode byte, a JSON header, then the
+arrays' bytes. The pipe is ordered, so a ``snapshot`` or ``quality`` request is answered after
+every batch sent before it has been learned, which is exactly what a consistent checkpoint needs.
+Batches get no answer; an error in learning is reported at the next request. The process exits
+when its pipe closes, so a worker killed with SIGKILL takes its learner with it.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import queue
+import signal
+import struct
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from stream.errors import StreamrecError
+
+_INIT, _RESUME, _BATCH, _SNAPSHOT, _QUALITY, _PREDICT, _PROBE, _STOP = (
+    b"I", b"R", b"B", b"S", b"Q", b"P", b"T", b"X")
+_OK, _ERROR = b"o", b"e"
+OUTBOX_DEPTH = 8
+
+
+class LearnerError(StreamrecError):
+    """The learner process failed or went away."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    weights: bytes          # safetensors of the model (models/base.py)
+    metrics: bytes          # safetensors of the streaming metrics (consumers/trainer_state.py)
+    quality: dict[str, float]
+    probe: np.ndarray | None  # predictions for the probe batch at the snapshot, if one is set
+
+
+def _pack(op: bytes, header: dict[str, Any], arrays: list[np.ndarray] = (), blobs: list[bytes] = ()) -> bytes:
+    header = {**header, "arrays": [[a.dtype.str, list(a.shape)] for a in arrays], "blobs": [len(b) for b in blobs]}
+    head = json.dumps(header).encode()
+    parts = [op, struct.pack("<I", len(head)), head]
+    parts += [np.ascontiguousarray(a).tobytes() for a in arrays]
+    parts += list(blobs)
+    return b"".join(parts)
+
+
+def _unpack(message: bytes) -> tuple[bytes, dict[str, Any], list[np.ndarray], list[bytes]]:
+    op = message[:1]
+    (size,) = struct.unpack_from("<I", message, 1)
+    header = json.loads(message[5 : 5 + size])
+    at = 5 + size
+    arrays = []
+    for dtype, shape in header.pop("arrays"):
+        dt = np.dtype(dtype)
+        count = int(np.prod(shape)) if shape else 1
+        arrays.append(np.frombuffer(message, dtype=dt, count=count, offset=at).reshape(shape))
+        at += count * dt.itemsize
+    blobs = []
+    for length in header.pop("blobs"):
+        blobs.append(message[at : at + length])
+        at += length
+    return op, header, arrays, blobs
+
+
+def _batch_arrays(batch: Any) -> list[np.ndarray]:
+    arrays = [batch.ids.numpy(), batch.cross_ids.numpy(), batch.dense.numpy()]
+    if batch.labels is not None:
+        arrays.append(batch.labels.numpy())
+    return arrays
+
+
+# ------------------------------------------------------------------------------ child process
+
+
+QUALITY_KEYS = ("examples", "positives", "auc", "auc_error_bound", "auc_window", "logloss", "logloss_window",
+                "normalized_entropy", "normalized_entropy_window", "calibration", "calibration_window")
+POST_EVERY_S = 0.5
+
+
+def _post(board: Any, snapshot: dict[str, float], seconds: float) -> None:
+    with board.get_lock():
+        for i, key in enumerate(QUALITY_KEYS):
+            board[i] = snapshot[key]
+        board[len(QUALITY_KEYS)] = seconds
+
+
+def _child(conn: Connection, board: Any) -> None:
+    # The worker decides when to stop (it publishes a last version first); Ctrl-C in a terminal
+    # reaches the whole process group, so this process ignores it and leaves when its pipe closes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import torch
+
+    from consumers.prequential import progressive_step
+    from consumers.trainer_state import load_metrics, metrics_blob
+    from models import create_model, model_from_bytes
+    from stream.features import FeatureSpec, SparseBatch
+    from stream.metrics import StreamingMetrics
+
+    torch.set_num_threads(1)  # the other core polls and joins
+    model = quality = probe = None
+    seconds = 0.0
+    posted = 0.0
+    failure: str | None = None
+
+    def batch_of(arrays: list[np.ndarray]) -> SparseBatch:
+        tensors = [torch.from_numpy(a.copy()) for a in arrays]
+        return SparseBatch(tensors[0], tensors[1], tensors[2], tensors[3] if len(tensors) > 3 else None)
+
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        op, header, arrays, blobs = _unpack(message)
+        if op == _STOP:
+            return
+        if op == _BATCH:
+            if failure is None:
+                try:
+                    started = time.perf_counter()
+                    progressive_step(model, quality, batch_of(arrays))
+                    seconds += time.perf_counter() - started
+                    if started - posted >= POST_EVERY_S:  # for dashboards, without a round trip
+                        _post(board, quality.snapshot(), seconds)
+                        posted = started
+                except Exception:  # noqa: BLE001 - reported at the next request
+                    failure = traceback.format_exc()
+            continue
+        try:
+            if failure is not None:
+                raise RuntimeError(failure)
+            if op == _INIT:
+                model = create_model(header["model"], FeatureSpec.from_json(header["spec"]), seed=header["seed"])
+                quality = StreamingMetrics(header["window"])
+                reply = _pack(_OK, {})
+            elif op == _RESUME:
+                model = model_from_bytes(blobs[0])
+                quality = load_metrics(blobs[1], header["window"]) if blobs[1] else StreamingMetrics(header["window"])
+                reply = _pack(_OK, {})
+            elif op == _SNAPSHOT:
+                # The probe's predictions are the model's at this very point, for checks that a
+                # stored version reproduces them.
+                probe_out = [model.predict_proba(probe)] if probe is not None else []
+                reply = _pack(_OK, {"quality": quality.snapshot()}, arrays=probe_out,
+                              blobs=[model.to_bytes(), metrics_blob(quality)])
+            elif op == _PROBE:
+                probe = batch_of(arrays)
+                reply = _pack(_OK, {})
+            elif op == _QUALITY:
+                reply = _pack(_OK, {"snapshot": quality.snapshot(), "seconds": seconds})
+            elif op == _PREDICT:
+                reply = _pack(_OK, {}, arrays=[model.predict_proba(batch_of(arrays))])
+            else:
+                raise RuntimeError(f"unknown learner request {op!r}")
+        except Exception:  # noqa: BLE001 - sent back to the worker, which raises it
+            reply = _pack(_ERROR, {"traceback": failure or traceback.format_exc()})
+        conn.send_bytes(reply)
+
+
+# ------------------------------------------------------------------------------ worker side
+
+
+class LearnerProcess:
+    """The worker's handle on its learner process."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")  # no fork of a process with librdkafka threads
+        self._conn, child_conn = context.Pipe(duplex=True)
+        # The learner posts its latest metrics here every half second: readable without waiting
+        # for the batches in flight (the exact, ordered answer is quality()).
+        self._board = context.Array("d", len(QUALITY_KEYS) + 1)
+        self._process = context.Process(target=_child, args=(child_conn, self._board), name="streamrec-learner",
+                                        daemon=True)
+        self._process.start()
+        child_conn.close()
+        self.ready = False
+        self._snapshot_pending = False
+        self._snapshot_reply: tuple[dict[str, Any], list[np.ndarray], list[bytes]] | None = None
+        # Sends go through a thread with a queue, so the worker never waits for the learner to
+        # take a batch off the (small) pipe buffer; requests queue behind batches, keeping order.
+        self._outbox: queue.Queue[bytes | None] = queue.Queue(maxsize=OUTBOX_DEPTH)
+        self._send_error: BaseException | None = None
+        self._sender = threading.Thread(target=self._send_loop, name="streamrec-learner-send", daemon=True)
+        self._sender.start()
+        # Replies are read as soon as they come: a learner writing a large snapshot into a full
+        # pipe while the worker waits to send it batches would otherwise deadlock both.
+        self._inbox: queue.Queue[bytes | BaseException] = queue.Queue()
+        self._receiver = threading.Thread(target=self._receive_loop, name="streamrec-learner-recv", daemon=True)
+        self._receiver.start()
+
+    def _receive_loop(self) -> None:
+        while True:
+            try:
+                self._inbox.put(self._conn.recv_bytes())
+            except (EOFError, OSError) as exc:
+                self._inbox.put(exc)
+                return
+
+    def _send_loop(self) -> None:
+        while True:
+            message = self._outbox.get()
+            if message is None:
+                return
+            try:
+                self._conn.send_bytes(message)
+            except (OSError, BrokenPipeError) as exc:
+                self._send_error = exc
+                return
+
+    def _send(self, message: bytes) -> None:
+        if self._send_error is not None:
+            raise LearnerError(f"the learner process (pid {self.pid}) went away: {self._send_error!r}")
+        self._outbox.put(message)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def _reply(self) -> tuple[dict[str, Any], list[np.ndarray], list[bytes]]:
+        message = self._inbox.get()
+        if isinstance(message, BaseException):
+            self._inbox.put(message)  # every later request fails the same way
+            self._process.join(1)
+            raise LearnerError(f"the learner process (pid {self.pid}) went away: {message!r}; "
+                               f"exit code {self._process.exitcode}")
+        op, header, arrays, blobs = _unpack(message)
+        if op == _ERROR:
+            raise LearnerError(f"the learner process failed:\n{header['traceback']}")
+        return header, arrays, blobs
+
+    def _request(self, message: bytes) -> tuple[dict[str, Any], list[np.ndarray], list[bytes]]:
+        if self._snapshot_pending:  # replies come in order: the snapshot's is first
+            self._snapshot_reply = self._reply()
+            self._snapshot_pending = False
+        self._send(message)
+        return self._reply()
+
+    def init(self, model: str, spec_json: str, seed: int, window: int) -> None:
+        self._request(_pack(_INIT, {"model": model, "spec": spec_json, "seed": seed, "window": window}))
+        self.ready = True
+
+    def resume(self, weights: bytes, metrics: bytes | None, window: int) -> None:
+        self._request(_pack(_RESUME, {"window": window}, blobs=[weights, metrics or b""]))
+        self.ready = True
+
+    def learn(self, batch: Any) -> None:
+        self._send(_pack(_BATCH, {}, _batch_arrays(batch)))
+
+    def request_snapshot(self) -> None:
+        """Ask for a snapshot of the state after every batch sent so far, without waiting for it;
+        collect it with :meth:`take_snapshot`. Batches sent afterwards are not in it."""
+        if self._snapshot_pending or self._snapshot_reply is not None:
+            raise LearnerError("a snapshot is already requested and not yet taken")
+        self._send(_pack(_SNAPSHOT, {}))
+        self._snapshot_pending = True
+
+    def take_snapshot(self, block: bool) -> Snapshot | None:
+        """The requested snapshot, or None if none is requested or (``block`` False) not ready yet."""
+        if self._snapshot_reply is None and self._snapshot_pending and (block or not self._inbox.empty()):
+            self._snapshot_reply = self._reply()
+            self._snapshot_pending = False
+        reply, self._snapshot_reply = self._snapshot_reply, None
+        if reply is None:
+            return None
+        header, arrays, blobs = reply
+        return Snapshot(blobs[0], blobs[1], header["quality"], arrays[0].copy() if arrays else None)
+
+    @property
+    def snapshot_requested(self) -> bool:
+        return self._snapshot_pending or self._snapshot_reply is not None
+
+    def set_probe(self, batch: Any) -> None:
+        """Predict this batch at every snapshot (returned as ``Snapshot.probe``)."""
+        self._request(_pack(_PROBE, {}, _batch_arrays(batch)[:3]))
+
+    def quality(self) -> tuple[dict[str, float], float]:
+        """(streaming-metrics snapshot, seconds spent learning) after every batch sent so far."""
+        header, _arrays, _blobs = self._request(_pack(_QUALITY, {}))
+        return header["snapshot"], header["seconds"]
+
+    def latest_quality(self) -> tuple[dict[str, float], float]:
+        """The metrics the learner posted last (up to half a second old), without waiting."""
+        with self._board.get_lock():
+            values = list(self._board)
+        return dict(zip(QUALITY_KEYS, values)), values[-1]
+
+    def predict(self, batch: Any) -> np.ndarray:
+        _header, arrays, _blobs = self._request(_pack(_PREDICT, {}, _batch_arrays(batch)[:3]))
+        return arrays[0].copy()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        if self._process.is_alive() and self._send_error is None:
+            self._outbox.put(_pack(_STOP, {}))
+        self._outbox.put(None)
+        self._sender.join(timeout_s)
+        if self._process.is_alive():
+            self._process.join(timeout_s)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join()
+        self._receiver.join(timeout_s)  # ends at the pipe's EOF, now that the learner is gone
+        self._conn.close()
