@@ -114,6 +114,7 @@ class Trainer:
         self.head: int | None = None
         self.versions_published = 0
         self.assigned: set[TopicPartitionKey] = set()
+        self.assignments = 0  # group (re)joins, counted for operators and tests
         self.stop_event = threading.Event()
         self._consumer: EventConsumer | None = None
         self._producer: EventProducer | None = None
@@ -182,6 +183,7 @@ class Trainer:
 
     def _on_assign(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
         self.assigned = set(partitions)
+        self.assignments += 1
         log.info("assigned %s", sorted(partitions))
         return {tp: self.positions[tp] for tp in partitions if tp in self.positions}
 
