@@ -209,6 +209,8 @@ def generate(rows: int, seed: int, out: Path) -> None:
 @click.option("--speedup", type=click.FloatRange(min=0, min_open=True), help="Pace by event time, X times faster.")
 @click.option("--click-delay-mean-s", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True)
 @click.option("--click-delay-max-s", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True)
+@click.option("--watermark-every-s", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Event-time seconds between watermarks on every partition.")
 @click.option("--partitions", type=click.IntRange(min=1), help="Partitions per topic if they must be created.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the click delays.")
 @click.option("--report-json", type=click.Path(path_type=Path), help="Write the report here.")
@@ -216,7 +218,7 @@ def generate(rows: int, seed: int, out: Path) -> None:
 def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, item_field: str | None,
            columns: str | None, numeric_columns: str | None, strict: bool, limit: int | None,
            rate: float | None, speedup: float | None, click_delay_mean_s: float, click_delay_max_s: float,
-           partitions: int | None, seed: int, report_json: Path | None) -> None:
+           watermark_every_s: float, partitions: int | None, seed: int, report_json: Path | None) -> None:
     """Replay a log as impression and click events onto Kafka."""
     import itertools
 
@@ -245,7 +247,8 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
                                 clicks_topic=settings.clicks_topic, dead_letter_topic=settings.dead_letter_topic,
                                 partitions=settings.partitions,
                                 options=ReplayOptions(rate=rate, speedup=speedup, click_delay_mean_s=click_delay_mean_s,
-                                                      click_delay_max_s=click_delay_max_s, seed=seed),
+                                                      click_delay_max_s=click_delay_max_s, seed=seed,
+                                                      watermark_every_s=watermark_every_s),
                                 on_progress=advance)
     finally:
         producer.close()

@@ -123,13 +123,7 @@ def run_demo(settings: Settings, *, events: int, model: str, data: Path | None, 
                                      "--report-json", str(replay_report)], env, tmp)
         cleanup.callback(producer.stop)
         say(f"replay pid {producer.process.pid} → topics {namespace}.* → trainer pid {trainer.process.pid}")
-        port = _watch(trainer, producer, ready, namespace, live, timeout_s)
-        final_metrics = {}
-        if port is not None:
-            try:
-                final_metrics = scrape(port)
-            except OSError:
-                pass
+        _watch(trainer, producer, ready, namespace, live, timeout_s)
         if producer.process.returncode != 0:
             raise StackError(f"the replay producer failed (exit {producer.process.returncode}):\n{producer.tail()}")
         if trainer.process.returncode != 0:
@@ -140,8 +134,7 @@ def run_demo(settings: Settings, *, events: int, model: str, data: Path | None, 
             f"at {produced['events_per_second']:,.0f} events/s")
         return {**report, "events_produced": produced["impressions"] + produced["clicks"],
                 "dead_letters": produced["dead_letters"] + report["dead_letters"],
-                "oracle_auc": oracle, "namespace": namespace,
-                "metrics_scraped": bool(final_metrics)}
+                "oracle_auc": oracle, "namespace": namespace}
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
 
 

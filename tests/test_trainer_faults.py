@@ -50,11 +50,11 @@ def test_sigkill_at_random_moments_loses_nothing_and_repeats_nothing(stack, name
         try:
             if attempt < kills:
                 start = seen()
-                threshold = start + rng.uniform(0.1, 0.4) * (len(rows) - start)
+                threshold = start + rng.uniform(0.05, 0.25) * (len(rows) - start)
                 deadline = time.monotonic() + 120
                 while process.poll() is None and seen() < threshold and time.monotonic() < deadline:
                     time.sleep(0.01)
-                time.sleep(rng.uniform(0.0, 0.25))
+                time.sleep(rng.uniform(0.0, 0.05))
                 if process.poll() is None:
                     process.send_signal(signal.SIGKILL)
                     process.wait()

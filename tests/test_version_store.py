@@ -1,0 +1,67 @@
+"""Model versions in a real Redis: atomic publish, retention, pinning, fencing of a second writer."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from consumers.version_store import VersionConflict, VersionStore
+from stream.errors import StreamrecError
+
+pytestmark = pytest.mark.integration
+
+
+def _publish(store: VersionStore, parent, keep=3, tag=b"w") -> int:
+    return store.publish(parent=parent, meta={"examples_seen": 1}, weights=tag, trainer=b"t", joiner=b"{}", keep=keep)
+
+
+def test_versions_chain_retain_and_announce(stack, namespace):
+    client = redis.Redis.from_url(stack.redis_url)
+    store = VersionStore(client, namespace, "lr")
+    assert store.head() is None and store.live() is None
+    parent = None
+    for _ in range(5):
+        parent = _publish(store, parent, tag=f"w{parent}".encode())
+    assert store.head() == store.live() == 5
+    assert store.versions() == [3, 4, 5]
+    assert not client.exists(store.version_key(2))
+    version = store.load(4)
+    assert version.weights == b"w3" and version.meta["parent"] == 3 and version.meta["version"] == 4
+    with pytest.raises(StreamrecError, match="no version 2"):
+        store.load(2)
+
+
+def test_a_second_writer_from_a_stale_parent_is_refused(stack, namespace):
+    store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
+    _publish(store, None)
+    _publish(store, 1)
+    with pytest.raises(VersionConflict, match="at version 2"):
+        _publish(store, 1)
+    assert store.head() == 2
+
+
+def test_pinned_live_version_stays_and_is_never_deleted(stack, namespace):
+    store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
+    parent = None
+    for _ in range(2):
+        parent = _publish(store, parent, keep=2)
+    store.set_live(1, pin=True)
+    for _ in range(3):
+        parent = _publish(store, parent, keep=2)
+    assert store.head() == 5 and store.live() == 1
+    assert store.versions() == [1, 4, 5]  # the newest two, plus the pinned live one
+    store.set_live(5, pin=False)
+    _publish(store, parent, keep=2)
+    assert store.live() == 6
+    with pytest.raises(StreamrecError, match="no version 42"):
+        store.set_live(42, pin=True)
+
+
+def test_a_store_that_lost_its_history_continues_upwards(stack, namespace):
+    client = redis.Redis.from_url(stack.redis_url)
+    store = VersionStore(client, namespace, "lr")
+    _publish(store, None)
+    _publish(store, 1)
+    client.delete(*client.keys(f"{store.prefix}:*"))  # as if Redis restarted empty
+    assert _publish(store, 2) == 3
+    assert store.meta(3)["history_lost"] is True and store.head() == 3
