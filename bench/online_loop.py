@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--publish-every-s", type=float, default=5.0)
     parser.add_argument("--name", default="online_loop")
+    parser.add_argument("--repeats", type=int, default=3, help="Online runs (fresh topics each); the median is reported.")
     args = parser.parse_args()
     options = ReaderOptions(user_field="C1", item_field="C2")
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,50 +58,59 @@ def main() -> None:
                                        batch_size=args.batch_size)
         print(f"evaluate (file only): {file_report['examples_per_second']:,.0f} ex/s, AUC {file_report['auc']:.4f}")
         state = start_stack(home)
+        runs = []
         try:
-            settings = load_settings(namespace=f"bench-{uuid.uuid4().hex[:6]}", home=home,
-                                     kafka_bootstrap=state.kafka_bootstrap, redis_url=state.redis_url)
-            create_topics(state.kafka_bootstrap, [settings.impressions_topic, settings.clicks_topic,
-                                                  settings.dead_letter_topic], settings.partitions)
-            producer = make_producer(state.kafka_bootstrap)
-            try:
-                produced = replay(read_rows(data, "criteo", options), producer,
-                                  impressions_topic=settings.impressions_topic, clicks_topic=settings.clicks_topic,
-                                  dead_letter_topic=settings.dead_letter_topic, partitions=settings.partitions)
-            finally:
-                producer.close()
-            print(f"replayed {produced.impressions + produced.clicks:,} events at {produced.events_per_second:,.0f}/s")
-            trainer = Trainer(settings, TrainerOptions(model=args.model, batch_size=args.batch_size, exit_at_end=True,
-                                                       publish_every_s=args.publish_every_s,
-                                                       publish_every_examples=10**9),
-                              kafka_bootstrap=state.kafka_bootstrap, redis_url=state.redis_url)
-            started = time.perf_counter()
-            cpu_before, broker_before = time.process_time(), _cpu_seconds(state.broker_pid)
-            try:
-                online = trainer.run()
-            finally:
-                trainer.close()
-            total_wall = time.perf_counter() - started
-            trainer_cpu = time.process_time() - cpu_before
-            broker_cpu = _cpu_seconds(state.broker_pid) - broker_before
-            print(f"during the online run ({total_wall:.1f}s wall): trainer process {trainer_cpu:.1f} CPU-s, "
-                  f"broker {broker_cpu:.1f} CPU-s")
+            for repeat in range(args.repeats):
+                settings = load_settings(namespace=f"bench-{uuid.uuid4().hex[:6]}", home=home,
+                                         kafka_bootstrap=state.kafka_bootstrap, redis_url=state.redis_url)
+                create_topics(state.kafka_bootstrap, [settings.impressions_topic, settings.clicks_topic,
+                                                      settings.dead_letter_topic], settings.partitions)
+                producer = make_producer(state.kafka_bootstrap)
+                try:
+                    produced = replay(read_rows(data, "criteo", options), producer,
+                                      impressions_topic=settings.impressions_topic,
+                                      clicks_topic=settings.clicks_topic,
+                                      dead_letter_topic=settings.dead_letter_topic, partitions=settings.partitions)
+                finally:
+                    producer.close()
+                trainer = Trainer(settings, TrainerOptions(model=args.model, batch_size=args.batch_size,
+                                                           exit_at_end=True, publish_every_s=args.publish_every_s,
+                                                           publish_every_examples=10**9),
+                                  kafka_bootstrap=state.kafka_bootstrap, redis_url=state.redis_url)
+                started = time.perf_counter()
+                cpu_before, broker_before = time.process_time(), _cpu_seconds(state.broker_pid)
+                try:
+                    online = trainer.run()
+                finally:
+                    trainer.close()
+                total_wall = time.perf_counter() - started
+                trainer_cpu = time.process_time() - cpu_before
+                broker_cpu = _cpu_seconds(state.broker_pid) - broker_before
+                print(f"run {repeat + 1}: replayed {produced.impressions + produced.clicks:,} events at "
+                      f"{produced.events_per_second:,.0f}/s; trainer {online['examples_per_second']:,.0f} labelled "
+                      f"ex/s, AUC {online['auc']:.4f}, {online['versions_published']} versions "
+                      f"({total_wall:.1f}s with the group join; worker process {trainer_cpu:.1f} CPU-s, "
+                      f"broker {broker_cpu:.1f} CPU-s)")
+                runs.append({**{k: online[k] for k in ("examples_per_second", "learn_examples_per_second", "auc",
+                                                       "auc_window", "versions_published", "wall_seconds",
+                                                       "examples", "dead_letters")},
+                             "wall_with_group_join_s": total_wall, "worker_cpu_s": trainer_cpu,
+                             "broker_cpu_s": broker_cpu, "replay_events_per_second": produced.events_per_second})
         finally:
             stop_stack(home)
-    ratio = online["examples_per_second"] / file_report["examples_per_second"]
-    print(f"online ({args.model}): {online['examples_per_second']:,.0f} labelled ex/s through the broker "
-          f"({online['versions_published']} versions), AUC {online['auc']:.4f}; "
-          f"{ratio:.2f}x the file-only rate; learning alone {online['learn_examples_per_second']:,.0f} ex/s")
+    rates = sorted(r["examples_per_second"] for r in runs)
+    median = rates[len(rates) // 2]
+    ratio = median / file_report["examples_per_second"]
+    print(f"online ({args.model}): median {median:,.0f} labelled ex/s through the broker over {len(runs)} runs "
+          f"(min {rates[0]:,.0f}, max {rates[-1]:,.0f}); {ratio:.2f}x the file-only rate "
+          f"{file_report['examples_per_second']:,.0f} ex/s")
     write_result(args.name, {
         "rows": args.rows, "model": args.model, "batch_size": args.batch_size, "oracle_auc": summary["oracle_auc"],
         "data": "synthetic (producers/generator.py, seed 0)",
         "file_only": {k: file_report[k] for k in ("examples_per_second", "auc", "wall_seconds")},
-        "online": {k: online[k] for k in ("examples_per_second", "learn_examples_per_second", "auc", "auc_window",
-                                          "versions_published", "wall_seconds", "examples", "dead_letters")},
-        "online_wall_with_group_join_s": total_wall,
-        "replay_events_per_second": produced.events_per_second,
+        "online_runs": runs,
+        "online_median_examples_per_second": median,
         "online_over_file": ratio,
-        "cpu_seconds": {"trainer": trainer_cpu, "broker": broker_cpu, "wall": total_wall},
     })
 
 
