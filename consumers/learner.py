@@ -142,7 +142,8 @@ def _child(conn: Connection, board: Any) -> None:
             if failure is not None:
                 raise RuntimeError(failure)
             if op == _INIT:
-                model = create_model(header["model"], FeatureSpec.from_json(header["spec"]), seed=header["seed"])
+                model = create_model(header["model"], FeatureSpec.from_json(header["spec"]), seed=header["seed"],
+                                     settings=header.get("settings") or {})
                 quality = StreamingMetrics(header["window"])
                 reply = _pack(_OK, {})
             elif op == _RESUME:
@@ -247,8 +248,9 @@ class LearnerProcess:
         self._send(message)
         return self._reply()
 
-    def init(self, model: str, spec_json: str, seed: int, window: int) -> None:
-        self._request(_pack(_INIT, {"model": model, "spec": spec_json, "seed": seed, "window": window}))
+    def init(self, model: str, spec_json: str, seed: int, window: int, settings: dict[str, str] | None = None) -> None:
+        self._request(_pack(_INIT, {"model": model, "spec": spec_json, "seed": seed, "window": window,
+                                    "settings": settings or {}}))
         self.ready = True
 
     def resume(self, weights: bytes, metrics: bytes | None, window: int) -> None:

@@ -52,11 +52,12 @@ def batched(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
 
 def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512, window: int = 10_000,
                   spec_options: SpecOptions = SpecOptions(), seed: int = 0,
+                  model_settings: dict[str, str] | None = None,
                   on_batch: Callable[[int], None] | None = None) -> tuple[dict[str, Any], OnlineModel]:
     iterator = iter(rows)
     head = list(itertools.islice(iterator, SPEC_SAMPLE_ROWS))
     spec = spec_options.infer([r.features for r in head])
-    model = create_model(model_name, spec, seed=seed)
+    model = create_model(model_name, spec, seed=seed, settings=model_settings)
     featurizer = Featurizer(spec)
     metrics = StreamingMetrics(window)
     started = time.perf_counter()

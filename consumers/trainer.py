@@ -64,6 +64,7 @@ class TrainerOptions:
     poll_records: int = 5000
     seed: int = 0
     spec_options: SpecOptions = field(default_factory=SpecOptions)
+    model_settings: dict[str, str] = field(default_factory=dict)  # --set KEY=VALUE (new models only)
     backoff_max_s: float = 30.0
 
 
@@ -249,7 +250,7 @@ class Trainer:
             self._start_learning()
         if not self.learner.ready:
             self.learner.init(self.options.model, self.featurizer.spec.to_json(), self.options.seed,
-                              self.options.window_examples)
+                              self.options.window_examples, self.options.model_settings)
             self._set_probe()
 
     def _train(self, examples: list[Example]) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from models.base import OnlineModel, config_from_json, load_tensors_blob, read_metadata
 from models.lr import LogisticRegressionFTRL
 from models.wide_deep import WideDeep
-from stream.errors import ModelError
+from stream.errors import ConfigError, ModelError
 from stream.features import FeatureSpec
 
 REGISTRY: dict[str, type[OnlineModel]] = {cls.name: cls for cls in (LogisticRegressionFTRL, WideDeep)}
@@ -18,12 +18,75 @@ def model_names() -> list[str]:
     return sorted(REGISTRY)
 
 
-def create_model(name: str, spec: FeatureSpec, seed: int = 0, **overrides: Any) -> OnlineModel:
+def create_model(name: str, spec: FeatureSpec, seed: int = 0, settings: dict[str, str] | None = None,
+                 **overrides: Any) -> OnlineModel:
+    """A new model; ``settings`` are dotted config keys as text (``{"ftrl.alpha": "0.5"}``, from
+    ``--set``), ``overrides`` top-level config fields as values."""
     if name not in REGISTRY:
         raise ModelError(f"unknown model {name!r}; registered: {', '.join(model_names())}")
     cls = REGISTRY[name]
     config = dataclasses.replace(cls.config_class(), seed=seed, **overrides)
+    config = apply_settings(config, settings or {}, name)
     return cls(spec, config)
+
+
+def config_keys(config: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += config_keys(value, f"{prefix}{f.name}.")
+        elif f.name != "seed":
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _coerce(text: str, current: Any, key: str) -> Any:
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+        if isinstance(current, tuple):
+            return tuple(int(part) for part in text.replace(",", " ").split())
+        return type(current)(text)
+    except ValueError:
+        raise ConfigError(f"--set {key}={text}: expected {type(current).__name__} like {current!r}") from None
+
+
+def apply_settings(config: Any, settings: dict[str, str], model: str = "") -> Any:
+    """``config`` with dotted keys replaced, e.g. ``{"ftrl.alpha": "0.5", "hidden": "128,64"}``.
+
+    An unknown key is a :class:`ConfigError` that lists the known ones."""
+    for key, text in settings.items():
+        path = key.split(".")
+        holders = [config]
+        for part in path[:-1]:
+            inner = getattr(holders[-1], part, None)
+            if not dataclasses.is_dataclass(inner):
+                holders = []
+                break
+            holders.append(inner)
+        if not holders or path[-1] not in {f.name for f in dataclasses.fields(holders[-1])} or path[-1] == "seed" \
+                or dataclasses.is_dataclass(getattr(holders[-1], path[-1])):
+            raise ConfigError(f"--set {key}: {model or 'this model'} has no such setting; "
+                              f"known: {', '.join(config_keys(config))}")
+        value = _coerce(text, getattr(holders[-1], path[-1]), key)
+        for holder_index in range(len(path) - 1, -1, -1):
+            value = dataclasses.replace(holders[holder_index], **{path[holder_index]: value})
+        config = value
+    return config
+
+
+def parse_settings(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``("ftrl.alpha=0.5", ...)`` from the command line → ``{"ftrl.alpha": "0.5"}``."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ConfigError(f"--set {pair!r} must look like KEY=VALUE, e.g. ftrl.alpha=0.5")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def model_from_bytes(blob: bytes) -> OnlineModel:

@@ -56,6 +56,15 @@ def _check_model(name: str) -> None:
         raise ConfigError(f"--model {name!r} is not registered; choose one of {', '.join(model_names())}")
 
 
+def _checked_settings(model: str, pairs: tuple[str, ...]) -> dict[str, str]:
+    """Parse --set pairs and check them against the model's config now, before any work starts."""
+    from models import REGISTRY, apply_settings, parse_settings
+
+    parsed = parse_settings(pairs)
+    apply_settings(REGISTRY[model].config_class(), parsed, model)
+    return parsed
+
+
 def _count_lines(path: Path) -> int:
     with open(path, "rb") as handle:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
@@ -268,23 +277,27 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
 @click.option("--window", type=click.IntRange(min=10), default=10_000, show_default=True,
               help="Examples in the window AUC.")
 @click.option("--cross", "crosses", multiple=True, help="Wide-part feature cross A:B (repeatable).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Model setting, e.g. ftrl.alpha=0.5 or hidden=128,64 (repeatable; a wrong key lists the known ones).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--report-json", type=click.Path(path_type=Path), help="Write the report here.")
 def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | None, columns: str | None,
              numeric_columns: str | None, strict: bool, limit: int | None, model: str, batch_size: int,
-             window: int, crosses: tuple[str, ...], seed: int, report_json: Path | None) -> None:
+             window: int, crosses: tuple[str, ...], settings: tuple[str, ...], seed: int,
+             report_json: Path | None) -> None:
     """One prequential pass (predict, measure, learn) of a model over a log file."""
     from consumers.prequential import SpecOptions, evaluate_file
     from producers.readers import ReadStats
 
     _check_model(model)
+    model_settings = _checked_settings(model, settings)
     pairs = _parse_crosses(crosses)
     stats = ReadStats()
     total = limit or _count_lines(path)
     with _progress(f"evaluate {model}", total) as advance:
         report, _ = evaluate_file(path, fmt, model, limit=limit, stats=stats,
                                   reader_options=_reader(fmt, user_field, item_field, columns, numeric_columns, strict),
-                                  batch_size=batch_size, window=window, seed=seed,
+                                  batch_size=batch_size, window=window, seed=seed, model_settings=model_settings,
                                   spec_options=SpecOptions(crosses=tuple(pairs), seed=seed), on_batch=advance)
     for error in stats.errors:
         console.print(f"[yellow]malformed[/]: {error}")
@@ -324,6 +337,8 @@ def _parse_crosses(crosses: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 @click.option("--cross", "crosses", multiple=True, help="Wide-part feature cross A:B (repeatable; new models only).")
 @click.option("--buckets", type=click.IntRange(min=2), default=1 << 16, show_default=True,
               help="Hash buckets per categorical field (new models only).")
+@click.option("--set", "model_settings", multiple=True, metavar="KEY=VALUE",
+              help="Model setting, e.g. ftrl.alpha=0.5 (repeatable; new models only).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--ready-file", type=click.Path(path_type=Path), help="Write {pid, metrics_port} here once serving.")
 @click.option("--report-json", type=click.Path(path_type=Path), help="Write the final report here.")
@@ -331,7 +346,7 @@ def _parse_crosses(crosses: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_size: int | None,
           attribution_window_s: float | None, publish_every_examples: int | None, publish_every_s: float | None,
           keep_versions: int | None, metrics_port: int | None, exit_at_end: bool, crosses: tuple[str, ...],
-          buckets: int, seed: int, ready_file: Path | None, report_json: Path | None) -> None:
+          buckets: int, model_settings: tuple[str, ...], seed: int, ready_file: Path | None, report_json: Path | None) -> None:
     """Run a trainer worker: join impressions and clicks, learn, publish versions to Redis."""
     import os
     import signal
@@ -346,6 +361,7 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
                          publish_interval_examples=publish_every_examples, publish_interval_s=publish_every_s,
                          keep_versions=keep_versions, metrics_port=metrics_port)
     _check_model(settings.model)
+    parsed_settings = _checked_settings(settings.model, model_settings)
     endpoints = resolve_endpoints(settings)
     options = TrainerOptions(
         model=settings.model, worker_id=worker_id or f"{socket.gethostname()}-{os.getpid()}",
@@ -353,7 +369,8 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
         publish_every_examples=settings.publish_interval_examples, publish_every_s=settings.publish_interval_s,
         keep_versions=settings.keep_versions, max_pending=settings.max_pending_impressions,
         window_examples=settings.window_examples, exit_at_end=exit_at_end, metrics_port=settings.metrics_port,
-        seed=seed, spec_options=SpecOptions(cat_buckets=buckets, crosses=_parse_crosses(crosses), seed=seed))
+        seed=seed, spec_options=SpecOptions(cat_buckets=buckets, crosses=_parse_crosses(crosses), seed=seed),
+        model_settings=parsed_settings)
     trainer = Trainer(settings, options, kafka_bootstrap=endpoints.kafka_bootstrap, redis_url=endpoints.redis_url,
                       on_publish=lambda n, meta, _probe: console.print(
                           f"published {settings.model} v{n}: {meta['examples_seen']:,} examples, "

@@ -102,3 +102,22 @@ def test_evaluate_cli_writes_the_report(tmp_path: Path) -> None:
     assert set(report) >= {"examples", "auc", "auc_window", "logloss", "normalized_entropy", "calibration",
                            "examples_per_second", "wall_seconds", "model"}
     assert report["examples"] == 2000 and report["model"] == "lr"
+
+
+def test_model_settings_are_applied_by_dotted_key_and_bad_ones_named() -> None:
+    from models import apply_settings, parse_settings
+    from models.wide_deep import WideDeepConfig
+    from stream.errors import ConfigError
+
+    config = apply_settings(WideDeepConfig(), parse_settings(["ftrl.alpha=0.5", "hidden=64,32", "embedding.dim=4"]))
+    assert config.ftrl.alpha == 0.5 and config.ftrl.beta == WideDeepConfig().ftrl.beta
+    assert config.hidden == (64, 32) and config.embedding.dim == 4
+    with pytest.raises(ConfigError, match="ftrl.alhpa.*known: ftrl.alpha"):
+        apply_settings(WideDeepConfig(), {"ftrl.alhpa": "1"}, "wide_deep")
+    with pytest.raises(ConfigError, match="expected float"):
+        apply_settings(WideDeepConfig(), {"dense_lr": "fast"})
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_settings(["dense_lr"])
+    spec = SpecOptions().infer([{"C3": "a"}])
+    model = create_model("wide_deep", spec, settings={"hidden": "16", "embedding.dim": "4"})
+    assert model.config.hidden == (16,) and model.embedding.weight.shape[1] == 4
