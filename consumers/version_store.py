@@ -158,6 +158,13 @@ class VersionStore:
                                       "was publishing; run one trainer per model") from None
         return number
 
+    def pinned(self) -> bool:
+        return bool(self.client.exists(self.pinned_key))
+
+    def unpin(self) -> None:
+        """Let the trainer move ``live`` again (from its next version on)."""
+        self.client.delete(self.pinned_key)
+
     def set_live(self, number: int, *, pin: bool) -> None:
         """Point ``live`` at an existing version; ``pin`` keeps the trainer from moving it."""
         if not self.client.exists(self.version_key(number)):

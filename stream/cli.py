@@ -308,6 +308,118 @@ def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | Non
     _write_report(report_json, report)
 
 
+# ------------------------------------------------------------------------------------------ models
+
+
+@cli.group()
+@click.option("--model", help="Model name (STREAMREC_MODEL).")
+@click.pass_context
+def models(ctx: click.Context, model: str | None) -> None:
+    """List, inspect and move the live pointer of a model's versions in Redis (no restart needed)."""
+    ctx.obj = {**(ctx.obj or {}), "model": model}
+
+
+def _store(ctx: click.Context) -> Any:
+    from consumers.version_store import VersionStore, connect
+    from stream.local_stack import resolve_redis_url
+
+    settings = _settings(ctx)
+    return VersionStore(connect(resolve_redis_url(settings)), settings.namespace, settings.model)
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def models_list(ctx: click.Context, as_json: bool) -> None:
+    """Kept versions, newest first, with lineage and metrics at publish."""
+    store = _store(ctx)
+    head, live, pinned = store.head(), store.live(), store.pinned()
+    rows = []
+    for number in reversed(store.versions()):
+        meta = store.meta(number)
+        rows.append({"version": number, "parent": meta.get("parent"), "examples_seen": meta.get("examples_seen"),
+                     "auc": (meta.get("metrics") or {}).get("auc"),
+                     "auc_window": (meta.get("metrics") or {}).get("auc_window"),
+                     "created_at": meta.get("created_at"), "live": number == live, "head": number == head})
+    if as_json:
+        click.echo(json.dumps({"model": store.model, "namespace": store.namespace, "head": head, "live": live,
+                               "pinned": pinned, "versions": rows}, indent=2))
+        return
+    if not rows:
+        click.echo(f"no versions of {store.model!r} in namespace {store.namespace!r}")
+        return
+    import time as _time
+
+    click.echo(f"{store.model} in {store.namespace}: head v{head}, live v{live}{' (pinned)' if pinned else ''}")
+    for row in rows:
+        marks = ",".join(m for m in ("live" if row["live"] else "", "head" if row["head"] else "") if m)
+        auc = "-" if row["auc"] is None else f"{row['auc']:.4f}"
+        window = "-" if row["auc_window"] is None else f"{row['auc_window']:.4f}"
+        when = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(row["created_at"] or 0))
+        click.echo(f"  v{row['version']:<5} parent v{row['parent']}  {row['examples_seen']:>12,} examples  "
+                   f"AUC {auc} (window {window})  {when}  {marks}")
+
+
+@models.command("show")
+@click.argument("version", type=int)
+@click.pass_context
+def models_show(ctx: click.Context, version: int) -> None:
+    """The metadata of one version (JSON)."""
+    click.echo(json.dumps(_store(ctx).meta(version), indent=2, sort_keys=True))
+
+
+@models.command("promote")
+@click.argument("version", type=int)
+@click.pass_context
+def models_promote(ctx: click.Context, version: int) -> None:
+    """Serve VERSION now; the trainer's next version goes live again unless pinned."""
+    store = _store(ctx)
+    store.set_live(version, pin=store.pinned())
+    click.echo(f"{store.model}: live v{version}{' (pinned)' if store.pinned() else ''}")
+
+
+@models.command("rollback")
+@click.argument("version", type=int, required=False)
+@click.pass_context
+def models_rollback(ctx: click.Context, version: int | None) -> None:
+    """Serve VERSION (default: the kept version before the live one) and pin it."""
+    from stream.errors import StreamrecError
+
+    store = _store(ctx)
+    if version is None:
+        live = store.live()
+        older = [v for v in store.versions() if live is not None and v < live]
+        if not older:
+            raise StreamrecError(f"{store.model}: no kept version older than live v{live} (kept: {store.versions()})")
+        version = older[-1]
+    store.set_live(version, pin=True)
+    click.echo(f"{store.model}: rolled back to v{version}, pinned (`streamrec models unpin` resumes promotion)")
+
+
+@models.command("pin")
+@click.argument("version", type=int, required=False)
+@click.pass_context
+def models_pin(ctx: click.Context, version: int | None) -> None:
+    """Keep serving VERSION (default: the live one) whatever the trainer publishes."""
+    store = _store(ctx)
+    version = store.live() if version is None else version
+    if version is None:
+        from stream.errors import StreamrecError
+
+        raise StreamrecError(f"{store.model}: no live version to pin")
+    store.set_live(version, pin=True)
+    click.echo(f"{store.model}: live v{version}, pinned")
+
+
+@models.command("unpin")
+@click.pass_context
+def models_unpin(ctx: click.Context) -> None:
+    """Let the trainer's next version go live again."""
+    store = _store(ctx)
+    store.unpin()
+    click.echo(f"{store.model}: unpinned; the next published version goes live")
+
+
 def _parse_crosses(crosses: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     from stream.errors import ConfigError
 

@@ -245,6 +245,17 @@ def resolve_endpoints(settings: Settings) -> Endpoints:
                      settings.redis_url or str(status["redis_url"]))
 
 
+def resolve_redis_url(settings: Settings) -> str:
+    """The configured Redis, else the running local stack's (commands that need no broker)."""
+    if settings.redis_url:
+        return settings.redis_url
+    status = stack_status(settings.home)
+    if not status.get("running"):
+        raise StackError(f"STREAMREC_REDIS_URL not set and no local stack is running under {settings.home}: "
+                         "run `streamrec stack up` or set it")
+    return str(status["redis_url"])
+
+
 @contextmanager
 def running_stack(settings: Settings) -> Iterator[Endpoints]:
     """Endpoints for a command: configured ones, a running stack, or one started here and stopped on exit."""

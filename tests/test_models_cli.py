@@ -1,0 +1,57 @@
+"""`streamrec models ...` against a real Redis: list, show, promote, rollback, pin, unpin."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import redis
+
+from consumers.version_store import VersionStore
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(stack, namespace, *args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env.update({"STREAMREC_REDIS_URL": stack.redis_url, "STREAMREC_NAMESPACE": namespace})
+    return subprocess.run([sys.executable, "-m", "stream", "models", "--model", "lr", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_models_commands_move_only_the_pointer(stack, namespace):
+    store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
+    parent = None
+    for n in range(1, 5):
+        parent = store.publish(parent=parent, meta={"examples_seen": 100 * n, "metrics": {"auc": 0.6 + n / 100}},
+                               weights=b"w", trainer=b"t", joiner=b"{}", keep=3)
+    listed = json.loads(_cli(stack, namespace, "list", "--json").stdout)
+    assert [v["version"] for v in listed["versions"]] == [4, 3, 2]
+    assert listed["live"] == listed["head"] == 4 and not listed["pinned"]
+    assert listed["versions"][0]["examples_seen"] == 400 and listed["versions"][1]["parent"] == 2
+
+    assert json.loads(_cli(stack, namespace, "show", "3").stdout)["metrics"]["auc"] == pytest.approx(0.63)
+
+    result = _cli(stack, namespace, "rollback")
+    assert result.returncode == 0, result.stderr
+    assert store.live() == 3 and store.pinned()
+    store.publish(parent=4, meta={}, weights=b"w", trainer=b"t", joiner=b"{}", keep=3)
+    assert store.live() == 3 and store.head() == 5  # pinned: the trainer's new version does not go live
+
+    assert _cli(stack, namespace, "unpin").returncode == 0
+    store.publish(parent=5, meta={}, weights=b"w", trainer=b"t", joiner=b"{}", keep=3)
+    assert store.live() == 6 and not store.pinned()
+
+    assert _cli(stack, namespace, "promote", "5").returncode == 0
+    assert store.live() == 5 and not store.pinned()
+    assert _cli(stack, namespace, "pin").returncode == 0
+    assert store.live() == 5 and store.pinned()
+
+    missing = _cli(stack, namespace, "promote", "1")
+    assert missing.returncode == 1 and "no version 1" in missing.stderr
+    assert store.live() == 5
+    listed = _cli(stack, namespace, "list")
+    assert "live v5 (pinned)" in listed.stdout
