@@ -228,6 +228,17 @@ def _mapped_row(record: dict[str, Any], opts: ReaderOptions, index: int) -> tupl
     return Row(label, user, item, event_time, features), None
 
 
+def _counted_row(path: Path, line_no: int, record: dict[str, Any], opts: ReaderOptions,
+                 stats: ReadStats) -> Row | None:
+    """The mapped row of one csv/jsonl record, counted; None (and the reason recorded) if malformed."""
+    row, reason = _mapped_row(record, opts, stats.rows)
+    if row is None:
+        stats.record(path, line_no, reason or "bad row", opts.strict)
+        return None
+    stats.rows += 1
+    return row
+
+
 def read_csv(path: Path, opts: ReaderOptions, stats: ReadStats) -> Iterator[Row]:
     with open(path, encoding="utf-8", errors="replace", newline="") as handle:
         reader = csv.DictReader(handle)
@@ -241,12 +252,9 @@ def read_csv(path: Path, opts: ReaderOptions, stats: ReadStats) -> Iterator[Row]
             if None in record:
                 stats.record(path, line_no, "more columns than the header", opts.strict)
                 continue
-            row, reason = _mapped_row(record, opts, stats.rows)
-            if row is None:
-                stats.record(path, line_no, reason or "bad row", opts.strict)
-                continue
-            stats.rows += 1
-            yield row
+            row = _counted_row(path, line_no, record, opts, stats)
+            if row is not None:
+                yield row
 
 
 def read_jsonl(path: Path, opts: ReaderOptions, stats: ReadStats) -> Iterator[Row]:
@@ -262,12 +270,9 @@ def read_jsonl(path: Path, opts: ReaderOptions, stats: ReadStats) -> Iterator[Ro
             if not isinstance(record, dict):
                 stats.record(path, line_no, "line is not a JSON object", opts.strict)
                 continue
-            row, reason = _mapped_row(record, opts, stats.rows)
-            if row is None:
-                stats.record(path, line_no, reason or "bad row", opts.strict)
-                continue
-            stats.rows += 1
-            yield row
+            row = _counted_row(path, line_no, record, opts, stats)
+            if row is not None:
+                yield row
 
 
 _READERS = {"criteo": read_criteo, "avazu": read_avazu, "libsvm": read_libsvm, "libfm": read_libsvm,
