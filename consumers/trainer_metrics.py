@@ -14,6 +14,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from stream.errors import StackError
+
 _LABELS = ("model", "worker")
 JOIN_OUTCOMES = ("positives", "negatives", "late_clicks", "orphan_clicks", "duplicate_clicks",
                  "duplicate_impressions", "evicted")
@@ -70,7 +72,11 @@ class TrainerMetrics:
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> int:
         """Start the HTTP endpoint; ``port`` 0 picks a free one. Returns the port."""
-        self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
+        try:
+            self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as exc:
+            raise StackError(f"cannot serve metrics on {addr}:{port} ({exc.strerror}); choose another "
+                             "--metrics-port (STREAMREC_METRICS_PORT), or 0 for any free port") from None
         self.port = int(self._server.server_address[1])
         return self.port
 

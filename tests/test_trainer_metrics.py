@@ -1,0 +1,32 @@
+"""The trainer's Prometheus endpoint on its own: names, labels, and a clear error for a busy port."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from consumers.trainer_metrics import TrainerMetrics
+from stream.demo import scrape
+from stream.errors import StackError
+
+
+def test_endpoint_serves_named_series_and_refuses_a_busy_port():
+    metrics = TrainerMetrics("lr", "w1")
+    port = metrics.serve(0)
+    try:
+        metrics.record_join({"positives": 3, "negatives": 5})
+        metrics.record_publish(7, 0.02)
+        scraped = scrape(port)
+        assert scraped["streamrec_join_outcomes_total{outcome=positives}"] == 3
+        assert scraped["streamrec_model_version"] == 7
+        assert scraped["streamrec_publish_duration_seconds_count"] == 1
+        assert 0 <= scraped["streamrec_seconds_since_publish_seconds"] < 5
+        assert all(name.startswith("streamrec_") for name in scraped)
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            with pytest.raises(StackError, match="choose another --metrics-port"):
+                TrainerMetrics("lr", "w2").serve(busy.getsockname()[1])
+    finally:
+        metrics.close()
