@@ -14,9 +14,10 @@ Key layout (``P`` = ``streamrec:<namespace>:model:<model>``)::
     P:versions      sorted set of the versions kept, scored by version number
     P:announce      pub/sub channel: {"version": n, "live": m} after every publish
 
-A publish is one MULTI/EXEC transaction under WATCH of ``head``: a reader never sees part of a
-version, a trainer killed mid-publish leaves nothing behind (Redis drops a transaction whose
-client disconnects before EXEC), and a second trainer publishing the same model from a stale
+A publish is one MULTI/EXEC transaction under WATCH of ``head``, ``live`` and ``pinned``: a reader
+never sees part of a version, a trainer killed mid-publish leaves nothing behind (Redis drops a
+transaction whose client disconnects before EXEC), a pin or promote that lands meanwhile makes it
+retry rather than be overwritten, and a second trainer publishing the same model from a stale
 parent fails with :class:`VersionConflict` instead of forking the lineage. Only the newest
 ``keep`` versions are kept; the live version is never deleted.
 """
@@ -34,6 +35,7 @@ import redis
 from stream.errors import StreamrecError
 
 log = logging.getLogger(__name__)
+PUBLISH_ATTEMPTS = 5
 
 
 class VersionConflict(StreamrecError):
@@ -119,44 +121,48 @@ class VersionStore:
         """Write version ``parent + 1`` and move head (and live unless pinned) to it, atomically."""
         number = (parent or 0) + 1
         meta = {**meta, "model": self.model, "version": number, "parent": parent, "created_at": time.time()}
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.watch(self.head_key)
-            current = pipe.get(self.head_key)
-            current = None if current is None else int(current)
-            history_lost = current is None and parent is not None
-            if history_lost:
-                # Redis came back empty (a restart without persistence): keep the trainer's state
-                # and keep numbering upwards, so scorers never see a version number go back.
-                log.warning("model %r: head version missing in Redis (restarted empty?); "
-                            "continuing the lineage at version %d", self.model, number)
-                meta["history_lost"] = True
-            elif current != parent:
-                pipe.reset()
-                raise VersionConflict(
-                    f"model {self.model!r} in namespace {self.namespace!r} is at version {current}, but this "
-                    f"trainer continues version {parent}: run one trainer per model (or a new namespace)")
-            pinned = pipe.exists(self.pinned_key)
-            live = pipe.get(self.live_key)
-            kept = [int(v) for v in pipe.zrange(self.versions_key, 0, -1)]
-            new_live = int(live) if (pinned and live is not None) else number
-            retained = sorted(kept + [number])
-            drop = [v for v in retained[:-keep] if v != new_live] if keep > 0 else []
-            pipe.multi()
-            pipe.hset(self.version_key(number), mapping={
-                "meta": orjson.dumps(meta), "weights": weights, "trainer": trainer, "joiner": joiner})
-            pipe.set(self.head_key, number)
-            pipe.set(self.live_key, new_live)
-            pipe.zadd(self.versions_key, {str(number): number})
-            for old in drop:
-                pipe.delete(self.version_key(old))
-                pipe.zrem(self.versions_key, str(old))
-            pipe.publish(self.channel, orjson.dumps({"version": number, "live": new_live}))
-            try:
-                pipe.execute()
-            except redis.WatchError:
-                raise VersionConflict(f"model {self.model!r}: another writer published while this one "
-                                      "was publishing; run one trainer per model") from None
-        return number
+        # head, live and pinned are all watched: a `models pin` or `promote` landing between the
+        # reads below and EXEC makes the transaction retry with what it set, instead of being
+        # overwritten. Only a moved head is a conflict (checked again on every attempt).
+        for _attempt in range(PUBLISH_ATTEMPTS):
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.watch(self.head_key, self.live_key, self.pinned_key)
+                current = pipe.get(self.head_key)
+                current = None if current is None else int(current)
+                if current is None and parent is not None:
+                    # Redis came back empty (a restart without persistence): keep the trainer's state
+                    # and keep numbering upwards, so scorers never see a version number go back.
+                    log.warning("model %r: head version missing in Redis (restarted empty?); "
+                                "continuing the lineage at version %d", self.model, number)
+                    meta["history_lost"] = True
+                elif current != parent:
+                    pipe.reset()
+                    raise VersionConflict(
+                        f"model {self.model!r} in namespace {self.namespace!r} is at version {current}, but this "
+                        f"trainer continues version {parent}: run one trainer per model (or a new namespace)")
+                pinned = pipe.exists(self.pinned_key)
+                live = pipe.get(self.live_key)
+                kept = [int(v) for v in pipe.zrange(self.versions_key, 0, -1)]
+                new_live = int(live) if (pinned and live is not None) else number
+                retained = sorted(kept + [number])
+                drop = [v for v in retained[:-keep] if v != new_live] if keep > 0 else []
+                pipe.multi()
+                pipe.hset(self.version_key(number), mapping={
+                    "meta": orjson.dumps(meta), "weights": weights, "trainer": trainer, "joiner": joiner})
+                pipe.set(self.head_key, number)
+                pipe.set(self.live_key, new_live)
+                pipe.zadd(self.versions_key, {str(number): number})
+                for old in drop:
+                    pipe.delete(self.version_key(old))
+                    pipe.zrem(self.versions_key, str(old))
+                pipe.publish(self.channel, orjson.dumps({"version": number, "live": new_live}))
+                try:
+                    pipe.execute()
+                    return number
+                except redis.WatchError:
+                    continue
+        raise VersionConflict(f"model {self.model!r}: the pointers kept changing during {PUBLISH_ATTEMPTS} "
+                              "publish attempts; run one trainer per model")
 
     def pinned(self) -> bool:
         return bool(self.client.exists(self.pinned_key))
@@ -166,14 +172,25 @@ class VersionStore:
         self.client.delete(self.pinned_key)
 
     def set_live(self, number: int, *, pin: bool) -> None:
-        """Point ``live`` at an existing version; ``pin`` keeps the trainer from moving it."""
-        if not self.client.exists(self.version_key(number)):
-            raise StreamrecError(f"model {self.model!r} has no version {number} (kept: {self.versions()})")
+        """Point ``live`` at an existing version; ``pin`` keeps the trainer from moving it.
+
+        The version key is watched, so a publish that prunes it meanwhile makes this fail cleanly
+        instead of leaving ``live`` on a deleted version."""
         with self.client.pipeline(transaction=True) as pipe:
+            pipe.watch(self.version_key(number))
+            if not pipe.exists(self.version_key(number)):
+                pipe.reset()
+                raise StreamrecError(f"model {self.model!r} has no version {number} (kept: {self.versions()})")
+            head = pipe.get(self.head_key)
+            pipe.multi()
             pipe.set(self.live_key, number)
             if pin:
                 pipe.set(self.pinned_key, 1)
             else:
                 pipe.delete(self.pinned_key)
-            pipe.publish(self.channel, orjson.dumps({"version": self.head(), "live": number}))
-            pipe.execute()
+            pipe.publish(self.channel, orjson.dumps({"version": None if head is None else int(head), "live": number}))
+            try:
+                pipe.execute()
+            except redis.WatchError:
+                raise StreamrecError(f"model {self.model!r}: version {number} was removed while being made live; "
+                                     f"kept: {self.versions()}") from None
