@@ -29,8 +29,7 @@ import numpy as np
 
 from stream.errors import StreamrecError
 
-_INIT, _RESUME, _BATCH, _SNAPSHOT, _QUALITY, _PREDICT, _PROBE, _STOP = (
-    b"I", b"R", b"B", b"S", b"Q", b"P", b"T", b"X")
+_INIT, _RESUME, _BATCH, _SNAPSHOT, _QUALITY, _PROBE, _STOP = b"I", b"R", b"B", b"S", b"Q", b"T", b"X"
 _OK, _ERROR = b"o", b"e"
 OUTBOX_DEPTH = 8
 
@@ -161,8 +160,6 @@ def _child(conn: Connection, board: Any) -> None:
                 reply = _pack(_OK, {})
             elif op == _QUALITY:
                 reply = _pack(_OK, {"snapshot": quality.snapshot(), "seconds": seconds})
-            elif op == _PREDICT:
-                reply = _pack(_OK, {}, arrays=[model.predict_proba(batch_of(arrays))])
             else:
                 raise RuntimeError(f"unknown learner request {op!r}")
         except Exception:  # noqa: BLE001 - sent back to the worker, which raises it
@@ -241,10 +238,13 @@ class LearnerProcess:
             raise LearnerError(f"the learner process failed:\n{header['traceback']}")
         return header, arrays, blobs
 
+    def _collect_snapshot(self) -> None:
+        self._snapshot_reply = self._reply()
+        self._snapshot_pending = False
+
     def _request(self, message: bytes) -> tuple[dict[str, Any], list[np.ndarray], list[bytes]]:
         if self._snapshot_pending:  # replies come in order: the snapshot's is first
-            self._snapshot_reply = self._reply()
-            self._snapshot_pending = False
+            self._collect_snapshot()
         self._send(message)
         return self._reply()
 
@@ -270,18 +270,13 @@ class LearnerProcess:
 
     def take_snapshot(self, block: bool) -> Snapshot | None:
         """The requested snapshot, or None if none is requested or (``block`` False) not ready yet."""
-        if self._snapshot_reply is None and self._snapshot_pending and (block or not self._inbox.empty()):
-            self._snapshot_reply = self._reply()
-            self._snapshot_pending = False
+        if self._snapshot_pending and (block or not self._inbox.empty()):
+            self._collect_snapshot()
         reply, self._snapshot_reply = self._snapshot_reply, None
         if reply is None:
             return None
         header, arrays, blobs = reply
         return Snapshot(blobs[0], blobs[1], header["quality"], arrays[0].copy() if arrays else None)
-
-    @property
-    def snapshot_requested(self) -> bool:
-        return self._snapshot_pending or self._snapshot_reply is not None
 
     def set_probe(self, batch: Any) -> None:
         """Predict this batch at every snapshot (returned as ``Snapshot.probe``)."""
@@ -297,10 +292,6 @@ class LearnerProcess:
         with self._board.get_lock():
             values = list(self._board)
         return dict(zip(QUALITY_KEYS, values)), values[-1]
-
-    def predict(self, batch: Any) -> np.ndarray:
-        _header, arrays, _blobs = self._request(_pack(_PREDICT, {}, _batch_arrays(batch)[:3]))
-        return arrays[0].copy()
 
     def close(self, timeout_s: float = 10.0) -> None:
         if self._process.is_alive() and self._send_error is None:

@@ -119,6 +119,8 @@ class Trainer:
         self.stop_event = threading.Event()
         self._consumer: EventConsumer | None = None
         self._producer: EventProducer | None = None
+        # What has reached Prometheus so far. It starts at zero, so after a resume the first export
+        # adds the version's totals: counters count the stream, not the process.
         self._exported_join = JoinCounts()
         self._exported_examples = 0
         self._exported_dead = 0
@@ -130,6 +132,7 @@ class Trainer:
         self._backoff_s = 0.0
         self.started_at = time.monotonic()
         self.first_record_at: float | None = None  # rates start here, after the group join
+        self._examples_at_start = 0
 
     # ------------------------------------------------------------------ resume
 
@@ -161,7 +164,6 @@ class Trainer:
         self.positions = {(k.rsplit(":", 1)[0], int(k.rsplit(":", 1)[1])): int(v) for k, v in meta["offsets"].items()}
         self.head = head
         self._resume_from = version
-        # Exported counters restart from the version's totals, so they count the stream, not the process.
         self.metrics.live_version.labels(**self.metrics.labels).set(head)
         log.info("resuming %s from version %d: %d examples, offsets %s", self.options.model, head,
                  self.counters.examples, self.positions)
@@ -270,11 +272,6 @@ class Trainer:
         c.digest = (c.digest + example_digest([e.impression_id for e in examples], labels)) & _MASK64
         self._since_publish_examples += len(examples)
 
-    def predict(self, batch: Any) -> np.ndarray:
-        """The learner's current predictions for ``batch`` (after every example sent so far)."""
-        assert self.learner is not None and self.learner.ready
-        return self.learner.predict(batch)
-
     def _train_ready(self, flush: bool = False) -> None:
         size = self.options.batch_size
         while self.joiner.ready >= size:
@@ -297,7 +294,6 @@ class Trainer:
         assert self.learner is not None
         watermark = self.joiner.watermark_time()
         self._pending_cut = {
-            "offsets": {f"{t}:{p}": o for (t, p), o in sorted(self.positions.items())},
             "positions": dict(self.positions),
             "counters": asdict(self.counters),
             "join": asdict(self.joiner.counts),
@@ -323,7 +319,7 @@ class Trainer:
         meta = {
             "worker": self.options.worker_id,
             "examples_seen": cut["counters"]["examples"],
-            "offsets": cut["offsets"],
+            "offsets": {f"{t}:{p}": o for (t, p), o in sorted(cut["positions"].items())},
             "joiner_watermark": cut["joiner_watermark"],
             "metrics": {k: (v if np.isfinite(v) else None) for k, v in snapshot.quality.items()},
             "counters": cut["counters"],
@@ -362,17 +358,20 @@ class Trainer:
             return None
         if self._pending_cut is not None:
             self._complete(block=True)
-        if self._since_publish_examples == 0 and self._since_publish_events == 0:
+        if not self._unpublished:
             return None
         self._cut()
         return self._complete(block=True)
 
+    @property
+    def _unpublished(self) -> bool:
+        """Events read or examples trained since the last cut."""
+        return bool(self._since_publish_examples or self._since_publish_events)
+
     def _publish_due(self) -> bool:
         if self.learner is None or not self.learner.ready or self._pending_cut is not None:
             return False
-        if time.monotonic() < self._next_publish_try:
-            return False
-        if self._since_publish_events == 0 and self._since_publish_examples == 0:
+        if time.monotonic() < self._next_publish_try or not self._unpublished:
             return False
         return (self._since_publish_examples >= self.options.publish_every_examples
                 or time.monotonic() - self._last_publish_at >= self.options.publish_every_s)
@@ -420,7 +419,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train until stopped (or, with ``exit_at_end``, until every partition's final watermark)."""
         opts = self.options
-        if opts.metrics_port is not None:
+        if opts.metrics_port is not None and self.metrics.port is None:
             self.metrics.serve(opts.metrics_port)
         # The learner process imports torch while this one resumes and joins the group.
         self.learner = LearnerProcess()
@@ -456,13 +455,12 @@ class Trainer:
                     self._cut()
                 now = time.monotonic()
                 if now - last_quality >= QUALITY_EVERY_S:
-                    self._export(consumer, lag=now - last_lag >= LAG_EVERY_S)
+                    lag = now - last_lag >= LAG_EVERY_S
+                    self._export(consumer, lag=lag)
                     last_quality = now
-                    if now - last_lag >= LAG_EVERY_S:
-                        last_lag = now
+                    last_lag = now if lag else last_lag
             # Final version: at the end of the stream, or on a clean stop (SIGTERM, Ctrl-C).
-            if self.featurizer is not None and (self._since_publish_events or self._since_publish_examples
-                                                or self._pending_cut is not None):
+            if self.featurizer is not None and (self._unpublished or self._pending_cut is not None):
                 self._final_publish()
             self._export(consumer, lag=True, exact=True)
         finally:
@@ -474,7 +472,7 @@ class Trainer:
     def _final_publish(self) -> None:
         while True:
             self.publish()
-            if self._pending_cut is None and not (self._since_publish_examples or self._since_publish_events):
+            if self._pending_cut is None and not self._unpublished:
                 return
             if self._stop_publishing():
                 log.error("stopping with %d examples not in any version: Redis stayed unavailable",
@@ -488,7 +486,7 @@ class Trainer:
 
     @property
     def _examples_this_run(self) -> int:
-        return self.counters.examples - getattr(self, "_examples_at_start", 0)
+        return self.counters.examples - self._examples_at_start
 
     def report(self, finished: bool) -> dict[str, Any]:
         if self.learner is not None and self.learner.ready:

@@ -495,12 +495,12 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
         signal.signal(sig, _stop)
     try:
         if options.metrics_port is not None:
-            # Serve before the (possibly slow) resume so supervisors see the worker at once.
-            options_port = trainer.metrics.serve(options.metrics_port)
-            trainer.options = TrainerOptions(**{**options.__dict__, "metrics_port": None})
-            console.print(f"metrics on http://127.0.0.1:{options_port}/metrics")
+            # Serve before the (possibly slow) resume so supervisors see the worker at once;
+            # run() leaves a server that is already up alone.
+            port = trainer.metrics.serve(options.metrics_port)
+            console.print(f"metrics on http://127.0.0.1:{port}/metrics")
             if ready_file is not None:
-                _write_report(ready_file, {"pid": os.getpid(), "metrics_port": options_port})
+                _write_report(ready_file, {"pid": os.getpid(), "metrics_port": port})
         ticker = threading.Thread(target=_status_lines, args=(trainer,), daemon=True)
         ticker.start()
         report = trainer.run()

@@ -80,7 +80,7 @@ def scrape(port: int, timeout_s: float = 1.0) -> dict[str, float]:
     return out
 
 
-def _live_line(metrics: dict[str, float], namespace: str) -> str:
+def _live_line(metrics: dict[str, float]) -> str:
     def get(key: str) -> float:
         return metrics.get(key, float("nan"))
 
@@ -123,7 +123,7 @@ def run_demo(settings: Settings, *, events: int, model: str, data: Path | None, 
                                      "--report-json", str(replay_report)], env, tmp)
         cleanup.callback(producer.stop)
         say(f"replay pid {producer.process.pid} → topics {namespace}.* → trainer pid {trainer.process.pid}")
-        _watch(trainer, producer, ready, namespace, live, timeout_s)
+        _watch(trainer, producer, ready, live, timeout_s)
         if producer.process.returncode != 0:
             raise StackError(f"the replay producer failed (exit {producer.process.returncode}):\n{producer.tail()}")
         if trainer.process.returncode != 0:
@@ -138,9 +138,9 @@ def run_demo(settings: Settings, *, events: int, model: str, data: Path | None, 
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
 
 
-def _watch(trainer: Child, producer: Child, ready: Path, namespace: str,
-           live: Callable[[str], None] | None, timeout_s: float) -> int | None:
-    """Wait for both children; feed ``live`` a status line twice a second; return the metrics port."""
+def _watch(trainer: Child, producer: Child, ready: Path, live: Callable[[str], None] | None,
+           timeout_s: float) -> None:
+    """Wait for both children; feed ``live`` a status line twice a second."""
     deadline = time.monotonic() + timeout_s
     port: int | None = None
     while True:
@@ -151,15 +151,15 @@ def _watch(trainer: Child, producer: Child, ready: Path, namespace: str,
                 port = None  # written but not complete yet
         if live is not None and port is not None and trainer.process.poll() is None:
             try:
-                live(_live_line(scrape(port), namespace))
+                live(_live_line(scrape(port)))
             except OSError:
                 pass
         if trainer.process.poll() is not None:
             if producer.process.poll() is None:
                 producer.stop()
-            return port
+            return
         if producer.process.poll() not in (None, 0):
-            return port  # the trainer would wait for a final watermark that will not come
+            return  # the trainer would wait for a final watermark that will not come
         if time.monotonic() > deadline:
             raise StackError(f"the demo did not finish within {timeout_s:.0f}s;\ntrainer log:\n{trainer.tail()}")
         time.sleep(0.5)

@@ -216,12 +216,6 @@ class Featurizer:
         nums = [num_get(f) for f in features] if self._num_names else None
         return self._assemble(cats, nums, labels)
 
-    def build_rows(self, rows: list[list[Any]], labels: Sequence[int] | np.ndarray | None = None) -> SparseBatch:
-        """From rows of all field values in spec order (user_id, item_id, then the others)."""
-        cats = [[row[i] for i in self._cat_idx] for row in rows]
-        nums = [[row[i] for i in self._num_idx] for row in rows] if self._num_idx.size else None
-        return self._assemble(cats, nums, labels)
-
     def _categorical_ids(self, cats: list[list[Any]], n: int) -> np.ndarray:
         """(n, categorical fields) bucket ids. Streams repeat values, so each field keeps a cache
         of value → bucket and only values it has not seen are hashed (vectorised); a lookup per

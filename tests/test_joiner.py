@@ -19,15 +19,20 @@ def clk(n: int, t: float, user: str = "u") -> dict:
     return events.click(f"c{n}", f"i{n}", t, user)
 
 
+def feed(joiner: Joiner, partition: int, kind: str, event: dict) -> None:
+    """One item: "i" impression, "c" click, "w" watermark ({"kind", "time", "final"}); then advance."""
+    if kind == "i":
+        joiner.impression(partition, event)
+    elif kind == "c":
+        joiner.click(partition, event)
+    else:
+        joiner.watermark(partition, event["kind"], event["time"], event["final"])
+    joiner.advance([partition])
+
+
 def drive(joiner: Joiner, items: list[tuple[str, dict]], partition: int = 0) -> None:
     for kind, event in items:
-        if kind == "i":
-            joiner.impression(partition, event)
-        elif kind == "c":
-            joiner.click(partition, event)
-        else:
-            joiner.watermark(partition, event["kind"], event["time"], event["final"])
-        joiner.advance([partition])
+        feed(joiner, partition, kind, event)
 
 
 def wm(kind: str, t: float, final: bool = False) -> tuple[str, dict]:
@@ -151,13 +156,7 @@ def _run(stream: list[tuple[int, str, dict]], snapshot_at: int | None = None) ->
         if snapshot_at is not None and index == snapshot_at:
             # a restart: everything continues from the serialised state
             joiner = Joiner.from_state(orjson.loads(orjson.dumps(joiner.state())))
-        if kind == "i":
-            joiner.impression(p, event)
-        elif kind == "c":
-            joiner.click(p, event)
-        else:
-            joiner.watermark(p, event["kind"], event["time"], event["final"])
-        joiner.advance([p])
+        feed(joiner, p, kind, event)
         for e in joiner.take(7):
             assert e.impression_id not in released
             released[e.impression_id] = e.label
