@@ -81,6 +81,8 @@ def main() -> None:
                 cpu_before, broker_before = time.process_time(), _cpu_seconds(state.broker_pid)
                 try:
                     online = trainer.run()
+                    # A version stores only the table rows the stream touched (models/base.py).
+                    version_bytes = len(trainer.store.load(trainer.head, with_state=False).weights)
                 finally:
                     trainer.close()
                 total_wall = time.perf_counter() - started
@@ -90,12 +92,13 @@ def main() -> None:
                       f"{produced.events_per_second:,.0f}/s; trainer {online['examples_per_second']:,.0f} labelled "
                       f"ex/s, AUC {online['auc']:.4f}, {online['versions_published']} versions "
                       f"({total_wall:.1f}s with the group join; worker process {trainer_cpu:.1f} CPU-s, "
-                      f"broker {broker_cpu:.1f} CPU-s)")
+                      f"broker {broker_cpu:.1f} CPU-s); a version's weights: {version_bytes / 1e6:.1f} MB")
                 runs.append({**{k: online[k] for k in ("examples_per_second", "learn_examples_per_second", "auc",
                                                        "auc_window", "versions_published", "wall_seconds",
                                                        "examples", "dead_letters")},
                              "wall_with_group_join_s": total_wall, "worker_cpu_s": trainer_cpu,
-                             "broker_cpu_s": broker_cpu, "replay_events_per_second": produced.events_per_second})
+                             "broker_cpu_s": broker_cpu, "replay_events_per_second": produced.events_per_second,
+                             "version_weights_bytes": version_bytes})
         finally:
             stop_stack(home)
     rates = sorted(r["examples_per_second"] for r in runs)
