@@ -45,6 +45,9 @@ def main() -> None:
     parser.add_argument("--model", default="wide_deep")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--publish-every-s", type=float, default=5.0)
+    parser.add_argument("--positives", choices=["click", "window"], default="window",
+                        help="When the joiner releases positives (consumers/joiner.py).")
+    parser.add_argument("--delta-every-s", type=float, default=0.5, help="Delta cadence; 0 = full versions only.")
     parser.add_argument("--name", default="online_loop")
     parser.add_argument("--repeats", type=int, default=3, help="Online runs (fresh topics each); the median is reported.")
     args = parser.parse_args()
@@ -75,7 +78,9 @@ def main() -> None:
                     producer.close()
                 trainer = Trainer(settings, TrainerOptions(model=args.model, batch_size=args.batch_size,
                                                            exit_at_end=True, publish_every_s=args.publish_every_s,
-                                                           publish_every_examples=10**9),
+                                                           publish_every_examples=10**9,
+                                                           positives=args.positives,
+                                                           delta_every_s=args.delta_every_s),
                                   kafka_bootstrap=state.kafka_bootstrap, redis_url=state.redis_url)
                 started = time.perf_counter()
                 cpu_before, broker_before = time.process_time(), _cpu_seconds(state.broker_pid)
@@ -94,7 +99,8 @@ def main() -> None:
                       f"({total_wall:.1f}s with the group join; worker process {trainer_cpu:.1f} CPU-s, "
                       f"broker {broker_cpu:.1f} CPU-s); a version's weights: {version_bytes / 1e6:.1f} MB")
                 runs.append({**{k: online[k] for k in ("examples_per_second", "learn_examples_per_second", "auc",
-                                                       "auc_window", "versions_published", "wall_seconds",
+                                                       "auc_window", "versions_published", "deltas_published",
+                                                       "wall_seconds",
                                                        "examples", "dead_letters")},
                              "wall_with_group_join_s": total_wall, "worker_cpu_s": trainer_cpu,
                              "broker_cpu_s": broker_cpu, "replay_events_per_second": produced.events_per_second,
@@ -109,6 +115,7 @@ def main() -> None:
           f"{file_report['examples_per_second']:,.0f} ex/s")
     write_result(args.name, {
         "rows": args.rows, "model": args.model, "batch_size": args.batch_size, "oracle_auc": summary["oracle_auc"],
+        "positives": args.positives, "delta_every_s": args.delta_every_s,
         "data": "synthetic (producers/generator.py, seed 0)",
         "file_only": {k: file_report[k] for k in ("examples_per_second", "auc", "wall_seconds")},
         "online_runs": runs,

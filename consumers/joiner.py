@@ -10,11 +10,20 @@ the same users (both are keyed by user id), so the joiner works per partition:
 * a click for an impression already closed as a negative is *late*; a second click for a positive
   is a *duplicate*. Neither changes a label.
 
-Releasing positives at the end of the window too, rather than when their click arrives, keeps
-the release order equal to impression order and every batch's label mix natural. Released at
-click time, a poll that happens to return thousands of clicks would become all-positive batches,
-and progressive AUC on a two-partition replay fell from 0.71 to 0.59 that way: the price of this
-choice is that positives reach the model one window later.
+When positives are released is a choice between freshness and quality:
+
+* ``positives="window"`` (the default): at the end of the window, like negatives. Release order
+  is impression order, every batch's label mix is natural, and the model never sees a positive
+  before the negatives shown beside it; the price is that a click reaches the model one window
+  later.
+* ``positives="click"``: as soon as event time on the partition reaches the click's time, so a
+  click reaches the model within a poll or two. Gated by the partition's event time, not by when
+  the click was read (released when read, a poll of thousands of clicks read ahead of the
+  impressions became all-positive batches, and AUC fell from 0.71 to 0.59). Even gated, the
+  model learns each positive one window before the negatives of the same moment: on the
+  synthetic stream, where new items rise fast, progressive AUC fell from 0.713 to 0.621
+  (``bench/online_loop.py --positives click``). This is the delayed-feedback bias; correcting it
+  (fake-negative weighting, Ktena et al. 2019) is future work.
 
 Event time on partition ``p`` is ``min(impressions time, clicks time)``, each the largest event
 time read there (from events or from the producer's watermarks). Taking the minimum of both
@@ -46,7 +55,8 @@ class Example:
     item_id: str
     features: dict[str, Any]
     label: int
-    event_time: float
+    event_time: float  # the impression's
+    label_time: float = -INF  # when the label became known: the click, or the window's end
 
 
 @dataclass
@@ -74,6 +84,8 @@ class _Partition:
     # impression_id -> [impression event_time, label], remembered for one more window so that a
     # late or duplicate click can be told from an orphan.
     closed: OrderedDict[str, list[Any]] = field(default_factory=OrderedDict)
+    # [click event_time, impression_id] of pending positives, in arrival order (positives="click")
+    clicked: list[list[Any]] = field(default_factory=list)
     impressions_time: float = -INF
     clicks_time: float = -INF
 
@@ -90,14 +102,21 @@ def _decode_time(t: float | str) -> float:
     return float(t)
 
 
+POSITIVE_RELEASES = ("click", "window")
+
+
 class Joiner:
-    def __init__(self, window_s: float, max_pending: int = 1_000_000) -> None:
+    def __init__(self, window_s: float, max_pending: int = 1_000_000, positives: str = "window") -> None:
         if window_s <= 0:
             raise ValueError("window_s must be positive")
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
+        if positives not in POSITIVE_RELEASES:
+            raise ValueError(f"positives must be one of {POSITIVE_RELEASES}, not {positives!r}")
         self.window_s = float(window_s)
         self.max_pending = int(max_pending)
+        self.positives = positives
+        self._at_click = positives == "click"
         self.counts = JoinCounts()
         self._partitions: dict[int, _Partition] = {}
         self._ready: list[Example] = []
@@ -126,6 +145,8 @@ class Joiner:
                 self.counts.late_clicks += 1
             else:
                 label = 1
+                if self._at_click:
+                    part.clicked.append([early, impression_id])
         part.pending[impression_id] = [t, event["user_id"], event["item_id"], event["features"], label]
         self._open += 1
         if self._open > self.max_pending:
@@ -144,6 +165,8 @@ class Joiner:
                 self.counts.duplicate_clicks += 1
             else:
                 held[4] = 1
+                if self._at_click:
+                    part.clicked.append([t, impression_id])
             return
         closed = part.closed.get(impression_id)
         if closed is not None:
@@ -178,6 +201,17 @@ class Joiner:
             if part is None:
                 continue
             now = part.time
+            if part.clicked:
+                released = 0
+                for click_time, impression_id in part.clicked:
+                    if click_time > now:
+                        break
+                    released += 1
+                    held = part.pending.pop(impression_id, None)
+                    if held is not None:  # else already closed (evicted)
+                        self._open -= 1
+                        self._close(part, impression_id, held, click_time)
+                del part.clicked[:released]
             limit = now - self.window_s
             while part.pending:
                 impression_id, held = next(iter(part.pending.items()))
@@ -185,7 +219,7 @@ class Joiner:
                     break
                 del part.pending[impression_id]
                 self._open -= 1
-                self._close(part, impression_id, held)
+                self._close(part, impression_id, held, held[0] + self.window_s)
             while part.early_clicks:
                 impression_id, t = next(iter(part.early_clicks.items()))
                 if not t < part.impressions_time:
@@ -211,14 +245,14 @@ class Joiner:
 
     # ------------------------------------------------------------------ output
 
-    def _close(self, part: _Partition, impression_id: str, held: list[Any]) -> None:
+    def _close(self, part: _Partition, impression_id: str, held: list[Any], label_time: float) -> None:
         t, user_id, item_id, features, label = held
         part.closed[impression_id] = [t, label]
         if label:
             self.counts.positives += 1
         else:
             self.counts.negatives += 1
-        self._ready.append(Example(impression_id, user_id, item_id, features, label, t))
+        self._ready.append(Example(impression_id, user_id, item_id, features, label, t, label_time))
 
     def _evict_oldest(self) -> None:
         oldest_part, oldest_id, oldest_time = None, None, INF
@@ -231,7 +265,7 @@ class Joiner:
         held = oldest_part.pending.pop(oldest_id)
         self._open -= 1
         self.counts.evicted += 1
-        self._close(oldest_part, oldest_id, held)
+        self._close(oldest_part, oldest_id, held, max(held[0], oldest_part.time))
 
     def take(self, limit: int | None = None) -> list[Example]:
         """Labelled examples in the order they were closed (at most ``limit``)."""
@@ -260,14 +294,16 @@ class Joiner:
         return {
             "window_s": self.window_s,
             "max_pending": self.max_pending,
+            "positives": self.positives,
             "counts": asdict(self.counts),
-            "ready": [[e.impression_id, e.user_id, e.item_id, e.features, e.label, e.event_time]
-                      for e in self._ready],
+            "ready": [[e.impression_id, e.user_id, e.item_id, e.features, e.label, e.event_time,
+                       _encode_time(e.label_time)] for e in self._ready],
             "partitions": {
                 str(p): {
                     "pending": [[k, *v] for k, v in part.pending.items()],
                     "early_clicks": [[k, t] for k, t in part.early_clicks.items()],
                     "closed": [[k, *v] for k, v in part.closed.items()],
+                    "clicked": part.clicked,
                     "impressions_time": _encode_time(part.impressions_time),
                     "clicks_time": _encode_time(part.clicks_time),
                 }
@@ -277,14 +313,15 @@ class Joiner:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Joiner:
-        joiner = cls(state["window_s"], state["max_pending"])
+        joiner = cls(state["window_s"], state["max_pending"], state.get("positives", "window"))
         joiner.counts = JoinCounts(**state["counts"])
-        joiner._ready = [Example(*row) for row in state["ready"]]
+        joiner._ready = [Example(*row[:6], *(_decode_time(t) for t in row[6:])) for row in state["ready"]]
         for p, data in state["partitions"].items():
             part = _Partition(
                 pending=OrderedDict((row[0], list(row[1:])) for row in data["pending"]),
                 early_clicks=OrderedDict((k, t) for k, t in data["early_clicks"]),
                 closed=OrderedDict((row[0], list(row[1:])) for row in data["closed"]),
+                clicked=[list(row) for row in data.get("clicked", [])],
                 impressions_time=_decode_time(data["impressions_time"]),
                 clicks_time=_decode_time(data["clicks_time"]),
             )

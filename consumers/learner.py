@@ -21,6 +21,8 @@ import struct
 import threading
 import time
 import traceback
+import uuid
+from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -29,7 +31,8 @@ import numpy as np
 
 from stream.errors import StreamrecError
 
-_INIT, _RESUME, _BATCH, _SNAPSHOT, _QUALITY, _PROBE, _STOP = b"I", b"R", b"B", b"S", b"Q", b"T", b"X"
+_INIT, _RESUME, _BATCH, _SNAPSHOT, _DELTA, _QUALITY, _PROBE, _STOP = (
+    b"I", b"R", b"B", b"S", b"D", b"Q", b"T", b"X")
 _OK, _ERROR = b"o", b"e"
 OUTBOX_DEPTH = 8
 
@@ -44,6 +47,19 @@ class Snapshot:
     metrics: bytes          # safetensors of the streaming metrics (consumers/trainer_state.py)
     quality: dict[str, float]
     probe: np.ndarray | None  # predictions for the probe batch at the snapshot, if one is set
+    finite: bool            # every weight is a finite number
+    lineage: str            # this learner's delta sequence ...
+    delta_seq: int          # ... and the last delta whose changes the snapshot holds
+
+
+@dataclass(frozen=True)
+class Delta:
+    weights: bytes          # models/base.py delta_bytes
+    lineage: str
+    seq: int                # 1, 2, ... within the lineage
+    base_version: int | None  # the version this learner started from (deltas apply on top of it)
+    dense: bool
+    probe: np.ndarray | None
 
 
 def _pack(op: bytes, header: dict[str, Any], arrays: list[np.ndarray] = (), blobs: list[bytes] = ()) -> bytes:
@@ -109,6 +125,7 @@ def _child(conn: Connection, board: Any) -> None:
 
     torch.set_num_threads(1)  # the other core polls and joins
     model = quality = probe = None
+    lineage, delta_seq, base_version = "", 0, None
     seconds = 0.0
     posted = 0.0
     failure: str | None = None
@@ -140,21 +157,31 @@ def _child(conn: Connection, board: Any) -> None:
         try:
             if failure is not None:
                 raise RuntimeError(failure)
-            if op == _INIT:
-                model = create_model(header["model"], FeatureSpec.from_json(header["spec"]), seed=header["seed"],
-                                     settings=header.get("settings") or {})
-                quality = StreamingMetrics(header["window"])
-                reply = _pack(_OK, {})
-            elif op == _RESUME:
-                model = model_from_bytes(blobs[0])
-                quality = load_metrics(blobs[1], header["window"]) if blobs[1] else StreamingMetrics(header["window"])
-                reply = _pack(_OK, {})
+            if op in (_INIT, _RESUME):
+                if op == _INIT:
+                    model = create_model(header["model"], FeatureSpec.from_json(header["spec"]),
+                                         seed=header["seed"], settings=header.get("settings") or {})
+                    quality = StreamingMetrics(header["window"])
+                else:
+                    model = model_from_bytes(blobs[0])
+                    quality = (load_metrics(blobs[1], header["window"]) if blobs[1]
+                               else StreamingMetrics(header["window"]))
+                # A new delta sequence starts from this state: deltas apply on top of base_version.
+                lineage, delta_seq, base_version = uuid.uuid4().hex[:12], 0, header.get("base_version")
+                reply = _pack(_OK, {"lineage": lineage})
             elif op == _SNAPSHOT:
                 # The probe's predictions are the model's at this very point, for checks that a
                 # stored version reproduces them.
                 probe_out = [model.predict_proba(probe)] if probe is not None else []
-                reply = _pack(_OK, {"quality": quality.snapshot()}, arrays=probe_out,
+                reply = _pack(_OK, {"quality": quality.snapshot(), "finite": model.all_finite(),
+                                    "lineage": lineage, "delta_seq": delta_seq}, arrays=probe_out,
                               blobs=[model.to_bytes(), metrics_blob(quality)])
+            elif op == _DELTA:
+                delta_seq += 1
+                probe_out = [model.predict_proba(probe)] if probe is not None else []
+                blob = model.delta_bytes(header["dense"])
+                reply = _pack(_OK, {"lineage": lineage, "seq": delta_seq, "base_version": base_version,
+                                    "dense": header["dense"]}, arrays=probe_out, blobs=[blob])
             elif op == _PROBE:
                 probe = batch_of(arrays)
                 reply = _pack(_OK, {})
@@ -184,8 +211,10 @@ class LearnerProcess:
         self._process.start()
         child_conn.close()
         self.ready = False
-        self._snapshot_pending = False
-        self._snapshot_reply: tuple[dict[str, Any], list[np.ndarray], list[bytes]] | None = None
+        # Snapshots and deltas are asked for without waiting; their replies come in request order.
+        self._awaiting: deque[bytes] = deque()
+        self._replies: dict[bytes, deque[tuple[dict[str, Any], list[np.ndarray], list[bytes]]]] = {
+            _SNAPSHOT: deque(), _DELTA: deque()}
         # Sends go through a thread with a queue, so the worker never waits for the learner to
         # take a batch off the (small) pipe buffer; requests queue behind batches, keeping order.
         self._outbox: queue.Queue[bytes | None] = queue.Queue(maxsize=OUTBOX_DEPTH)
@@ -238,13 +267,14 @@ class LearnerProcess:
             raise LearnerError(f"the learner process failed:\n{header['traceback']}")
         return header, arrays, blobs
 
-    def _collect_snapshot(self) -> None:
-        self._snapshot_reply = self._reply()
-        self._snapshot_pending = False
+    def _collect(self, block: bool) -> None:
+        """Move the replies of asynchronous requests that have arrived (``block``: all of them)."""
+        while self._awaiting and (block or not self._inbox.empty()):
+            kind = self._awaiting.popleft()
+            self._replies[kind].append(self._reply())
 
     def _request(self, message: bytes) -> tuple[dict[str, Any], list[np.ndarray], list[bytes]]:
-        if self._snapshot_pending:  # replies come in order: the snapshot's is first
-            self._collect_snapshot()
+        self._collect(block=True)  # replies come in order: those already asked for are first
         self._send(message)
         return self._reply()
 
@@ -253,30 +283,60 @@ class LearnerProcess:
                                     "settings": settings or {}}))
         self.ready = True
 
-    def resume(self, weights: bytes, metrics: bytes | None, window: int) -> None:
-        self._request(_pack(_RESUME, {"window": window}, blobs=[weights, metrics or b""]))
+    def resume(self, weights: bytes, metrics: bytes | None, window: int, base_version: int) -> None:
+        self._request(_pack(_RESUME, {"window": window, "base_version": base_version},
+                            blobs=[weights, metrics or b""]))
         self.ready = True
 
     def learn(self, batch: Any) -> None:
         self._send(_pack(_BATCH, {}, _batch_arrays(batch)))
 
+    def _ask(self, kind: bytes, header: dict[str, Any]) -> None:
+        if kind in self._awaiting or self._replies[kind]:
+            raise LearnerError(f"a {'snapshot' if kind == _SNAPSHOT else 'delta'} is already requested "
+                               "and not yet taken")
+        self._send(_pack(kind, header))
+        self._awaiting.append(kind)
+
+    def _take(self, kind: bytes, block: bool) -> tuple[dict[str, Any], list[np.ndarray], list[bytes]] | None:
+        if kind in self._awaiting:
+            self._collect(block)
+        replies = self._replies[kind]
+        return replies.popleft() if replies else None
+
+    @property
+    def snapshot_requested(self) -> bool:
+        return _SNAPSHOT in self._awaiting or bool(self._replies[_SNAPSHOT])
+
+    @property
+    def delta_requested(self) -> bool:
+        return _DELTA in self._awaiting or bool(self._replies[_DELTA])
+
     def request_snapshot(self) -> None:
         """Ask for a snapshot of the state after every batch sent so far, without waiting for it;
         collect it with :meth:`take_snapshot`. Batches sent afterwards are not in it."""
-        if self._snapshot_pending or self._snapshot_reply is not None:
-            raise LearnerError("a snapshot is already requested and not yet taken")
-        self._send(_pack(_SNAPSHOT, {}))
-        self._snapshot_pending = True
+        self._ask(_SNAPSHOT, {})
 
     def take_snapshot(self, block: bool) -> Snapshot | None:
         """The requested snapshot, or None if none is requested or (``block`` False) not ready yet."""
-        if self._snapshot_pending and (block or not self._inbox.empty()):
-            self._collect_snapshot()
-        reply, self._snapshot_reply = self._snapshot_reply, None
+        reply = self._take(_SNAPSHOT, block)
         if reply is None:
             return None
         header, arrays, blobs = reply
-        return Snapshot(blobs[0], blobs[1], header["quality"], arrays[0].copy() if arrays else None)
+        return Snapshot(blobs[0], blobs[1], header["quality"], arrays[0].copy() if arrays else None,
+                        header["finite"], header["lineage"], header["delta_seq"])
+
+    def request_delta(self, dense: bool) -> None:
+        """Ask for the changes since the previous delta (``dense``: with the dense weights)."""
+        self._ask(_DELTA, {"dense": dense})
+
+    def take_delta(self, block: bool) -> Delta | None:
+        reply = self._take(_DELTA, block)
+        if reply is None:
+            return None
+        header, arrays, blobs = reply
+        return Delta(blobs[0], header["lineage"], header["seq"], header["base_version"], header["dense"],
+                     arrays[0].copy() if arrays else None)
 
     def set_probe(self, batch: Any) -> None:
         """Predict this batch at every snapshot (returned as ``Snapshot.probe``)."""

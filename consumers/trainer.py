@@ -34,10 +34,12 @@ import xxhash
 from consumers.joiner import Example, JoinCounts, Joiner
 from consumers.learner import LearnerProcess
 from consumers.prequential import SPEC_SAMPLE_ROWS, SpecOptions
+from consumers.quality_gate import HELD_NON_FINITE, GateOptions, judge, should_roll_back
 from consumers.trainer_metrics import TrainerMetrics
 from consumers.version_store import Version, VersionConflict, VersionStore, connect
 from models.base import read_metadata
 from stream import events as ev
+from stream.errors import StreamrecError
 from stream.features import Featurizer, FeatureSpec
 from stream.kafka_client import EventConsumer, EventProducer, TopicPartitionKey, make_consumer, make_producer
 from stream.settings import Settings
@@ -66,6 +68,11 @@ class TrainerOptions:
     spec_options: SpecOptions = field(default_factory=SpecOptions)
     model_settings: dict[str, str] = field(default_factory=dict)  # --set KEY=VALUE (new models only)
     backoff_max_s: float = 30.0
+    positives: str = "window"      # when the joiner releases a positive: at its click, or window end
+    delta_every_s: float = 0.5     # publish the rows changed since the last delta this often (0: never)
+    dense_every_s: float = 5.0     # ... and the dense weights with the first delta after this long
+    delta_ttl_s: float = 300.0
+    gate: GateOptions = field(default_factory=GateOptions)
 
 
 @dataclass
@@ -92,12 +99,14 @@ def example_digest(impression_ids: list[str], labels: list[int]) -> int:
 class Trainer:
     def __init__(self, settings: Settings, options: TrainerOptions, *, kafka_bootstrap: str, redis_url: str,
                  on_publish: Callable[[int, dict[str, Any], np.ndarray | None], None] | None = None,
-                 probe: list[tuple[str, str, dict[str, Any]]] | None = None) -> None:
+                 probe: list[tuple[str, str, dict[str, Any]]] | None = None,
+                 on_delta: Callable[[dict[str, Any], np.ndarray | None], None] | None = None) -> None:
         self.settings = settings
         self.options = options
         self.kafka_bootstrap = kafka_bootstrap
         self.redis_url = redis_url
         self.on_publish = on_publish
+        self.on_delta = on_delta
         # (user, item, features) examples the learner predicts at every version cut; their
         # predictions reach on_publish (a check that a stored version reproduces its trainer)
         self.probe = probe
@@ -109,7 +118,7 @@ class Trainer:
         self.featurizer: Featurizer | None = None  # None until the model exists
         self._resume_from: Version | None = None
         self._pending_cut: dict[str, Any] | None = None
-        self.joiner = Joiner(options.window_s, options.max_pending)
+        self.joiner = Joiner(options.window_s, options.max_pending, options.positives)
         self.counters = Counters()
         self.positions: dict[TopicPartitionKey, int] = {}
         self.head: int | None = None
@@ -133,6 +142,14 @@ class Trainer:
         self.started_at = time.monotonic()
         self.first_record_at: float | None = None  # rates start here, after the group join
         self._examples_at_start = 0
+        # label time (click, or window end) of the newest example trained: how fresh the model is
+        self.newest_label_time = -np.inf
+        self._pending_delta: dict[str, Any] | None = None
+        self._last_delta_at = time.monotonic()
+        self._last_dense_at = -np.inf
+        self.deltas_published = 0
+        self.rollbacks = 0
+        self._live_meta: tuple[int | None, dict[str, Any] | None] = (None, None)
 
     # ------------------------------------------------------------------ resume
 
@@ -161,6 +178,7 @@ class Trainer:
         if version.joiner is not None:
             self.joiner = Joiner.from_state(orjson.loads(version.joiner))
         self.counters = Counters(**meta["counters"])
+        self.newest_label_time = meta.get("event_time") or -np.inf
         self.positions = {(k.rsplit(":", 1)[0], int(k.rsplit(":", 1)[1])): int(v) for k, v in meta["offsets"].items()}
         self.head = head
         self._resume_from = version
@@ -173,7 +191,8 @@ class Trainer:
         """Hand the resumed model to the learner process (it may still be importing torch)."""
         assert self.learner is not None
         if self._resume_from is not None and not self.learner.ready:
-            self.learner.resume(self._resume_from.weights, self._resume_from.trainer, self.options.window_examples)
+            self.learner.resume(self._resume_from.weights, self._resume_from.trainer, self.options.window_examples,
+                                self._resume_from.number)
             self._resume_from = None
             self._set_probe()
 
@@ -271,6 +290,7 @@ class Trainer:
         c.positives += sum(labels)
         c.digest = (c.digest + example_digest([e.impression_id for e in examples], labels)) & _MASK64
         self._since_publish_examples += len(examples)
+        self.newest_label_time = max(self.newest_label_time, max(e.label_time for e in examples))
 
     def _train_ready(self, flush: bool = False) -> None:
         size = self.options.batch_size
@@ -299,6 +319,7 @@ class Trainer:
             "join": asdict(self.joiner.counts),
             "joiner": orjson.dumps(self.joiner.state()),
             "joiner_watermark": watermark if np.isfinite(watermark) else None,
+            "event_time": self._event_time(),
             "since": (self._since_publish_examples, self._since_publish_events),
             "started": time.perf_counter(),
         }
@@ -324,11 +345,19 @@ class Trainer:
             "metrics": {k: (v if np.isfinite(v) else None) for k, v in snapshot.quality.items()},
             "counters": cut["counters"],
             "join": cut["join"],
+            "event_time": cut["event_time"],
+            "lineage": snapshot.lineage,
+            "delta_seq": snapshot.delta_seq,
         }
         try:
+            live_meta = self._live_version_meta()
+            # scorers were following this trainer's deltas on top of the live version
+            following = self.head is not None and self._live_meta[0] == self.head
+            decision = judge(meta, snapshot.finite, live_meta, self.options.gate)
+            meta["gate"] = decision.as_meta()
             number = self.store.publish(parent=self.head, meta=meta, weights=snapshot.weights,
                                         trainer=snapshot.metrics, joiner=cut["joiner"],
-                                        keep=self.options.keep_versions)
+                                        keep=self.options.keep_versions, promote=decision.promote)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self.metrics.publish_failures.labels(**self.metrics.labels).inc()
             self._backoff_s = min(max(2 * self._backoff_s, 0.5), self.options.backoff_max_s)
@@ -342,6 +371,15 @@ class Trainer:
         self.head = number
         self.versions_published += 1
         self.metrics.record_publish(number, time.perf_counter() - cut["started"])
+        if not decision.promote:
+            self.metrics.versions_held.labels(**self.metrics.labels, reason=decision.reason).inc()
+            log.warning("version %d of %s held by the quality gate (%s): %s", number, self.options.model,
+                        decision.reason, decision.detail)
+            drop = should_roll_back(meta["metrics"].get("auc_window") or np.nan, live_meta, self.options.gate)
+            if following and (decision.reason == HELD_NON_FINITE or drop is not None):
+                # Live stays, head moves past it: scorers stop applying this trainer's deltas and
+                # serve the live version exactly again. That is a rollback of what was served.
+                self._count_rollback(number, self._live_meta[0], drop or decision.detail)
         assert self._consumer is not None
         try:
             self._consumer.commit(cut["positions"])
@@ -350,6 +388,94 @@ class Trainer:
         if self.on_publish is not None:
             self.on_publish(number, meta, snapshot.probe)
         return number
+
+    def _event_time(self) -> float | None:
+        return float(self.newest_label_time) if np.isfinite(self.newest_label_time) else None
+
+    def _live_version_meta(self) -> dict[str, Any] | None:
+        """The live version's meta (cached while the pointer stays)."""
+        live = self.store.live()
+        if live != self._live_meta[0]:
+            try:
+                self._live_meta = (live, None if live is None else self.store.meta(live))
+            except StreamrecError:  # pruned meanwhile
+                self._live_meta = (None, None)
+            if live is not None:
+                self.metrics.served_version.labels(**self.metrics.labels).set(live)
+        return self._live_meta[1]
+
+    def _check_rollback(self) -> None:
+        """Roll back when the served model (the trainer's newest version plus its deltas, while
+        that version is live) has lost AUC sharply; see consumers/quality_gate.py."""
+        gate = self.options.gate
+        if not gate.enabled or self.head is None or self.learner is None or not self.learner.ready:
+            return
+        try:
+            live_meta = self._live_version_meta()
+            if self._live_meta[0] != self.head or self.store.pinned():
+                return
+            snapshot, _seconds = self.learner.latest_quality()
+            reason = should_roll_back(snapshot["auc_window"], live_meta, gate)
+            if reason is None:
+                return
+            earlier = [v for v in self.store.versions() if v < self.head]
+            if not earlier:
+                return
+            target = earlier[-1]
+            self.store.set_live(target, pin=False)
+        except (redis.ConnectionError, redis.TimeoutError, StreamrecError) as exc:
+            log.warning("rollback check failed: %s", exc)
+            return
+        self._count_rollback(self.head, target, reason)
+
+    def _count_rollback(self, source: int | None, target: int | None, reason: str) -> None:
+        self.rollbacks += 1
+        self.metrics.rollbacks.labels(**self.metrics.labels).inc()
+        log.warning("rolled %s back from version %s (with its deltas) to version %s: %s", self.options.model,
+                    source, target, reason)
+
+    def _delta_due(self) -> bool:
+        every = self.options.delta_every_s
+        return (every > 0 and self.learner is not None and self.learner.ready and self._pending_delta is None
+                and time.monotonic() - self._last_delta_at >= every)
+
+    def _request_delta(self) -> None:
+        assert self.learner is not None
+        # Examples waiting for a full batch would wait past this delta: train them now.
+        if self.joiner.ready:
+            self._train(self.joiner.take())
+        now = time.monotonic()
+        dense = now - self._last_dense_at >= self.options.dense_every_s
+        watermark = self.joiner.watermark_time()
+        # every click before the watermark is in this delta (positives="click"); see bench/freshness.py
+        self._pending_delta = {"event_time": self._event_time(), "examples_seen": self.counters.examples,
+                               "watermark": watermark if np.isfinite(watermark) else None, "dense": dense}
+        self.learner.request_delta(dense)
+        self._last_delta_at = now
+        if dense:
+            self._last_dense_at = now
+
+    def _complete_delta(self, block: bool) -> None:
+        if self._pending_delta is None or self.learner is None:
+            return
+        delta = self.learner.take_delta(block)
+        if delta is None:
+            return
+        pending, self._pending_delta = self._pending_delta, None
+        meta = {**pending, "base_version": delta.base_version, "worker": self.options.worker_id}
+        try:
+            self.store.publish_delta(lineage=delta.lineage, seq=delta.seq, meta=meta, weights=delta.weights,
+                                     ttl_s=self.options.delta_ttl_s)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # A missing delta is a gap that scorers see: they reload the next full version.
+            self.metrics.publish_failures.labels(**self.metrics.labels).inc()
+            log.debug("delta %s:%d not published: %s", delta.lineage, delta.seq, exc)
+            return
+        self.deltas_published += 1
+        self.metrics.deltas.labels(**self.metrics.labels).inc()
+        self.metrics.delta_bytes.labels(**self.metrics.labels).inc(len(delta.weights))
+        if self.on_delta is not None:
+            self.on_delta({**meta, "lineage": delta.lineage, "seq": delta.seq}, delta.probe)
 
     def publish(self) -> int | None:
         """Publish everything up to now and wait for it; None if nothing was published (no model,
@@ -453,12 +579,18 @@ class Trainer:
                     self._complete(block=False)
                 elif self._publish_due():
                     self._cut()
+                if self._pending_delta is not None:
+                    self._complete_delta(block=False)
+                elif self._delta_due():
+                    self._request_delta()
                 now = time.monotonic()
                 if now - last_quality >= QUALITY_EVERY_S:
                     lag = now - last_lag >= LAG_EVERY_S
                     self._export(consumer, lag=lag)
+                    self._check_rollback()
                     last_quality = now
                     last_lag = now if lag else last_lag
+            self._complete_delta(block=True)
             # Final version: at the end of the stream, or on a clean stop (SIGTERM, Ctrl-C).
             if self.featurizer is not None and (self._unpublished or self._pending_cut is not None):
                 self._final_publish()
@@ -506,6 +638,8 @@ class Trainer:
             "learn_examples_per_second": self._examples_this_run / learn_seconds if learn_seconds else float("nan"),
             "wall_seconds": wall,
             "versions_published": self.versions_published,
+            "deltas_published": self.deltas_published,
+            "rollbacks": self.rollbacks,
             "head_version": self.head,
             "dead_letters": self.counters.dead_letters,
             "events_consumed": self.counters.impressions_read + self.counters.clicks_read,

@@ -49,6 +49,12 @@ class TrainerMetrics:
         self.publish_duration = Histogram(
             "streamrec_publish_duration_seconds", "Time to serialise and write one version", labels, registry=r,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+        self.deltas = counter("streamrec_deltas_published", "Deltas (rows changed since the last) published")
+        self.delta_bytes = counter("streamrec_delta_bytes", "Bytes of deltas published")
+        self.versions_held = counter("streamrec_versions_held", "Versions the quality gate kept from going live",
+                                     ("reason",))
+        self.rollbacks = counter("streamrec_rollbacks", "Automatic rollbacks after the served AUC fell")
+        self.served_version = gauge("streamrec_live_version", "The version the live pointer names")
         self.examples_per_second = gauge("streamrec_examples_per_second", "Training rate over the last interval")
         self.seconds_since_publish = gauge("streamrec_seconds_since_publish_seconds", "Seconds since the last publish")
         self.labels = {"model": model, "worker": worker}
@@ -64,6 +70,11 @@ class TrainerMetrics:
         self.dead_letters.labels(**self.labels)
         self.publish_failures.labels(**self.labels)
         self.examples.labels(**self.labels)
+        self.deltas.labels(**self.labels)
+        self.delta_bytes.labels(**self.labels)
+        self.rollbacks.labels(**self.labels)
+        for reason in ("non_finite", "auc_drop"):
+            self.versions_held.labels(**self.labels, reason=reason)
 
     def _seconds_since_publish(self) -> float:
         with self._lock:

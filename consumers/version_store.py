@@ -12,7 +12,19 @@ Key layout (``P`` = ``streamrec:<namespace>:model:<model>``)::
     P:live          the version scorers serve
     P:pinned        present: the trainer stops moving ``live`` (set by pin/rollback)
     P:versions      sorted set of the versions kept, scored by version number
-    P:announce      pub/sub channel: {"version": n, "live": m} after every publish
+    P:delta:<lineage>:<seq>
+                    hash {meta, weights}: the rows changed since delta seq-1 of the same learner
+                    (models/base.py delta_bytes); expires after a few minutes
+    P:delta_head    JSON {"lineage", "seq", "base_version"} of the newest delta
+    P:announce      pub/sub channel: {"version": n, "live": m} after every publish and pointer move,
+                    {"delta": seq, "lineage": l} after every delta
+    streamrec:<namespace>:champion
+                    the model name that serves when a scorer follows the champion (``models champion``)
+
+A version records the ``lineage`` and ``delta_seq`` of the learner that made it: the deltas of
+that lineage after ``delta_seq`` apply on top of it, in order. A learner that starts again (a
+restart resumes from the head version) begins a new lineage whose deltas name that version as
+their ``base_version``. A scorer that finds a delta missing or out of line reloads a full version.
 
 A publish is one MULTI/EXEC transaction under WATCH of ``head``, ``live`` and ``pinned``: a reader
 never sees part of a version, a trainer killed mid-publish leaves nothing behind (Redis drops a
@@ -40,6 +52,34 @@ PUBLISH_ATTEMPTS = 5
 
 class VersionConflict(StreamrecError):
     """Another writer moved the model's head since this one loaded it."""
+
+
+@dataclass(frozen=True)
+class DeltaRecord:
+    lineage: str
+    seq: int
+    meta: dict[str, Any]
+    weights: bytes
+
+
+def champion_key(namespace: str) -> str:
+    return f"streamrec:{namespace}:champion"
+
+
+def champion_channel(namespace: str) -> str:
+    return f"streamrec:{namespace}:champion:announce"
+
+
+def champion(client: redis.Redis, namespace: str) -> str | None:
+    value = client.get(champion_key(namespace))
+    return None if value is None else value.decode()
+
+
+def set_champion(client: redis.Redis, namespace: str, model: str) -> None:
+    with client.pipeline(transaction=True) as pipe:
+        pipe.set(champion_key(namespace), model)
+        pipe.publish(champion_channel(namespace), model)
+        pipe.execute()
 
 
 @dataclass(frozen=True)
@@ -87,6 +127,13 @@ class VersionStore:
     def channel(self) -> str:
         return f"{self.prefix}:announce"
 
+    @property
+    def delta_head_key(self) -> str:
+        return f"{self.prefix}:delta_head"
+
+    def delta_key(self, lineage: str, seq: int) -> str:
+        return f"{self.prefix}:delta:{lineage}:{seq}"
+
     # ------------------------------------------------------------------ reads
 
     def head(self) -> int | None:
@@ -116,9 +163,32 @@ class VersionStore:
 
     # ------------------------------------------------------------------ writes
 
+    def delta_head(self) -> dict[str, Any] | None:
+        raw = self.client.get(self.delta_head_key)
+        return None if raw is None else orjson.loads(raw)
+
+    def load_delta(self, lineage: str, seq: int) -> DeltaRecord | None:
+        """A delta, or None if it expired or was never written (a gap)."""
+        meta, weights = self.client.hmget(self.delta_key(lineage, seq), ["meta", "weights"])
+        if meta is None or weights is None:
+            return None
+        return DeltaRecord(lineage, seq, orjson.loads(meta), weights)
+
+    def publish_delta(self, *, lineage: str, seq: int, meta: dict[str, Any], weights: bytes, ttl_s: float) -> None:
+        meta = {**meta, "model": self.model, "lineage": lineage, "seq": seq, "created_at": time.time()}
+        head = {"lineage": lineage, "seq": seq, "base_version": meta.get("base_version")}
+        with self.client.pipeline(transaction=True) as pipe:
+            key = self.delta_key(lineage, seq)
+            pipe.hset(key, mapping={"meta": orjson.dumps(meta), "weights": weights})
+            pipe.expire(key, max(1, int(ttl_s)))
+            pipe.set(self.delta_head_key, orjson.dumps(head))
+            pipe.publish(self.channel, orjson.dumps({"delta": seq, "lineage": lineage}))
+            pipe.execute()
+
     def publish(self, *, parent: int | None, meta: dict[str, Any], weights: bytes, trainer: bytes,
-                joiner: bytes, keep: int) -> int:
-        """Write version ``parent + 1`` and move head (and live unless pinned) to it, atomically."""
+                joiner: bytes, keep: int, promote: bool = True) -> int:
+        """Write version ``parent + 1`` and move head to it, atomically; live moves too unless
+        pinned or ``promote`` is False (the quality gate held the version)."""
         number = (parent or 0) + 1
         meta = {**meta, "model": self.model, "version": number, "parent": parent, "created_at": time.time()}
         # head, live and pinned are all watched: a `models pin` or `promote` landing between the
@@ -143,14 +213,16 @@ class VersionStore:
                 pinned = pipe.exists(self.pinned_key)
                 live = pipe.get(self.live_key)
                 kept = [int(v) for v in pipe.zrange(self.versions_key, 0, -1)]
-                new_live = int(live) if (pinned and live is not None) else number
+                hold = pinned or not promote
+                new_live = int(live) if (hold and live is not None) else (None if hold else number)
                 retained = sorted(kept + [number])
                 drop = [v for v in retained[:-keep] if v != new_live] if keep > 0 else []
                 pipe.multi()
                 pipe.hset(self.version_key(number), mapping={
                     "meta": orjson.dumps(meta), "weights": weights, "trainer": trainer, "joiner": joiner})
                 pipe.set(self.head_key, number)
-                pipe.set(self.live_key, new_live)
+                if new_live is not None:
+                    pipe.set(self.live_key, new_live)
                 pipe.zadd(self.versions_key, {str(number): number})
                 for old in drop:
                     pipe.delete(self.version_key(old))

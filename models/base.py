@@ -25,11 +25,14 @@ from stream.errors import ModelError
 from stream.features import FeatureSpec, SparseBatch
 
 FORMAT = "streamrec-weights-1"
+DELTA_FORMAT = "streamrec-delta-1"
 
 
 class OnlineModel(abc.ABC):
     name: ClassVar[str]
     config_class: ClassVar[type]
+    # tensors that only learning needs (optimiser moments): never in a delta, which is for scoring
+    optimizer_prefixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, spec: FeatureSpec, config: Any) -> None:
         self.spec = spec
@@ -62,6 +65,56 @@ class OnlineModel(abc.ABC):
         """Tables whose untouched rows still hold their seeded initial values:
         ``{group: (touched-row mask, tensor names)}``. Only touched rows are written (see to_bytes)."""
         return {}
+
+    def dirty_rows(self) -> dict[str, torch.Tensor]:
+        """``{group: mask}`` of the rows of each row group changed since the last :meth:`delta_bytes`."""
+        return {}
+
+    def all_finite(self) -> bool:
+        return all(bool(torch.isfinite(t).all()) for t in self.tensors().values() if t.is_floating_point())
+
+    def delta_bytes(self, include_dense: bool, extra_metadata: dict[str, str] | None = None) -> bytes:
+        """Safetensors of what changed since the previous delta: every row-group row learning
+        touched since then, and (``include_dense``) the dense weights; then starts a new delta.
+
+        Applied in order to a model equal to this one at the previous delta (:meth:`apply_delta`),
+        it gives this model's predictions exactly, with the dense part as of the last delta that
+        carried it. Optimiser state is left out: a scorer never learns."""
+        current = self.tensors()
+        dirty = self.dirty_rows()
+        grouped: set[str] = set()
+        tensors: dict[str, torch.Tensor] = {}
+        for group, (_touched, names) in self.row_groups().items():
+            grouped.update(names)
+            rows = torch.nonzero(dirty[group], as_tuple=True)[0]
+            tensors[f"{group}@rows"] = rows
+            for name in names:
+                tensors[f"{name}@touched"] = current[name].detach()[rows]
+        if include_dense:
+            for name, value in current.items():
+                if name not in grouped and not name.startswith(self.optimizer_prefixes):
+                    tensors[name] = value.detach()
+        for mask in dirty.values():
+            mask.zero_()
+        meta = {"format": DELTA_FORMAT, "model": self.name, "dense": "1" if include_dense else "0"}
+        return st_save({k: v.contiguous() for k, v in tensors.items()}, metadata={**meta, **(extra_metadata or {})})
+
+    def apply_delta(self, blob: bytes) -> None:
+        """Apply a :meth:`delta_bytes` blob in place (rows written, dense weights copied)."""
+        header = read_metadata(blob, DELTA_FORMAT)
+        if header.get("model") != self.name:
+            raise ModelError(f"a delta for model {header.get('model')!r} cannot apply to {self.name!r}")
+        stored = load_tensors_blob(blob)
+        current = self.tensors()
+        with torch.no_grad():
+            for group, (_touched, names) in self.row_groups().items():
+                rows = stored.pop(f"{group}@rows")
+                for name in names:
+                    current[name][rows] = stored.pop(f"{name}@touched")
+            for name, value in stored.items():
+                if name not in current:
+                    raise ModelError(f"delta holds {name!r}, which model {self.name!r} does not have")
+                current[name].copy_(value)
 
     def to_bytes(self, extra_metadata: dict[str, str] | None = None) -> bytes:
         """Safetensors: dense tensors as they are; for each row group, only the touched rows.
@@ -119,8 +172,8 @@ def config_from_json(config_class: type, text: str) -> Any:
     return build(config_class, data)
 
 
-def read_metadata(blob: bytes) -> dict[str, str]:
-    """The safetensors header metadata of a weights blob, without loading tensors."""
+def read_metadata(blob: bytes, expected_format: str = FORMAT) -> dict[str, str]:
+    """The safetensors header metadata of a weights (or delta) blob, without loading tensors."""
     if len(blob) < 8:
         raise ModelError("weights blob is truncated")
     header_len = int.from_bytes(blob[:8], "little")
@@ -129,8 +182,9 @@ def read_metadata(blob: bytes) -> dict[str, str]:
     except ValueError as exc:
         raise ModelError(f"weights blob has no valid safetensors header: {exc}") from None
     meta = header.get("__metadata__") or {}
-    if meta.get("format") != FORMAT:
-        raise ModelError(f"not streamrec weights (format {meta.get('format')!r})")
+    if meta.get("format") != expected_format:
+        kind = "weights" if expected_format == FORMAT else "delta"
+        raise ModelError(f"not streamrec {kind} (format {meta.get('format')!r}, expected {expected_format!r})")
     return meta
 
 

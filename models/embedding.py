@@ -34,6 +34,7 @@ class SparseEmbedding:
         self.weight = torch.randn(rows, config.dim, generator=generator) * config.init_std
         self.accum = torch.full((rows,), config.adagrad_init)  # row-wise Adagrad: one scalar per row
         self.counts = torch.zeros(rows)
+        self.dirty = torch.zeros(rows, dtype=torch.bool)  # rows stepped since the last delta
 
     def gather(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rows for ``ids``: ``(unique ids, inverse index, leaf tensor of unique rows)``.
@@ -57,6 +58,7 @@ class SparseEmbedding:
         accum = self.accum[unique] + grad.pow(2).mean(dim=1)
         self.accum[unique] = accum
         self.weight[unique] = rows - self.config.lr * grad / accum.sqrt().unsqueeze(1)
+        self.dirty[unique] = True
 
     def full_table_l2_step(self) -> None:
         """The costly alternative, for benchmarks only: shrink every row on every step."""

@@ -37,6 +37,8 @@ class FTRLProximal:
         # float64: z accumulates millions of small terms over a long stream.
         self.z = torch.zeros(size, dtype=torch.float64)
         self.n = torch.zeros(size, dtype=torch.float64)
+        # coordinates updated since the last delta was taken (models/base.py, delta_bytes)
+        self.dirty = torch.zeros(size, dtype=torch.bool)
 
     def weights(self, ids: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -52,6 +54,7 @@ class FTRLProximal:
         sigma = (torch.sqrt(n + grads * grads) - torch.sqrt(n)) / self.config.alpha
         self.z[ids] = self.z[ids] + grads - sigma * w
         self.n[ids] = n + grads * grads
+        self.dirty[ids] = True
 
     def step(self, ids: torch.Tensor, example_grads: torch.Tensor) -> None:
         """Sum the per-example gradients over every occurrence of each id in ``ids`` (B, K); update."""

@@ -55,6 +55,9 @@ class LogisticRegressionFTRL(OnlineModel):
     def row_groups(self) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:
         return {"wide": (self.wide.n > 0, ("wide.z", "wide.n"))}
 
+    def dirty_rows(self) -> dict[str, torch.Tensor]:
+        return {"wide": self.wide.dirty}
+
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.wide.z = tensors["wide.z"].clone()
         self.wide.n = tensors["wide.n"].clone()

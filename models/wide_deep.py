@@ -91,6 +91,7 @@ class _Backward:
 class WideDeep(OnlineModel):
     name = "wide_deep"
     config_class = WideDeepConfig
+    optimizer_prefixes = ("adam.",)
 
     def __init__(self, spec: FeatureSpec, config: WideDeepConfig = WideDeepConfig()) -> None:
         super().__init__(spec, config)
@@ -148,6 +149,9 @@ class WideDeep(OnlineModel):
         return {"wide": (self.wide.n > 0, ("wide.z", "wide.n")),
                 "embedding": (self.embedding.counts > 0,
                               ("embedding.weight", "embedding.accum", "embedding.counts"))}
+
+    def dirty_rows(self) -> dict[str, torch.Tensor]:
+        return {"wide": self.wide.dirty, "embedding": self.embedding.dirty}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.wide.z, self.wide.n = tensors["wide.z"].clone(), tensors["wide.n"].clone()

@@ -340,7 +340,8 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
         rows.append({"version": number, "parent": meta.get("parent"), "examples_seen": meta.get("examples_seen"),
                      "auc": (meta.get("metrics") or {}).get("auc"),
                      "auc_window": (meta.get("metrics") or {}).get("auc_window"),
-                     "created_at": meta.get("created_at"), "live": number == live, "head": number == head})
+                     "created_at": meta.get("created_at"), "live": number == live, "head": number == head,
+                     "gate": meta.get("gate")})
     if as_json:
         click.echo(json.dumps({"model": store.model, "namespace": store.namespace, "head": head, "live": live,
                                "pinned": pinned, "versions": rows}, indent=2))
@@ -352,7 +353,9 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
 
     click.echo(f"{store.model} in {store.namespace}: head v{head}, live v{live}{' (pinned)' if pinned else ''}")
     for row in rows:
-        marks = ",".join(m for m in ("live" if row["live"] else "", "head" if row["head"] else "") if m)
+        held = row["gate"] and not row["gate"].get("promoted")
+        marks = ",".join(m for m in ("live" if row["live"] else "", "head" if row["head"] else "",
+                                     f"held ({row['gate']['reason']})" if held else "") if m)
         auc = "-" if row["auc"] is None else f"{row['auc']:.4f}"
         window = "-" if row["auc_window"] is None else f"{row['auc_window']:.4f}"
         when = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(row["created_at"] or 0))
@@ -372,10 +375,31 @@ def models_show(ctx: click.Context, version: int) -> None:
 @click.argument("version", type=int)
 @click.pass_context
 def models_promote(ctx: click.Context, version: int) -> None:
-    """Serve VERSION now; the trainer's next version goes live again unless pinned."""
+    """Serve VERSION now, and make this model the namespace's champion (what `streamrec serve`
+    without --model serves). The trainer's next version goes live again unless pinned."""
+    from consumers.version_store import set_champion
+
     store = _store(ctx)
     store.set_live(version, pin=store.pinned())
-    click.echo(f"{store.model}: live v{version}{' (pinned)' if store.pinned() else ''}")
+    set_champion(store.client, store.namespace, store.model)
+    click.echo(f"{store.model}: live v{version}{' (pinned)' if store.pinned() else ''}; champion of {store.namespace}")
+
+
+@models.command("champion")
+@click.argument("name", required=False)
+@click.pass_context
+def models_champion(ctx: click.Context, name: str | None) -> None:
+    """Show the champion model (served by `streamrec serve` without --model), or make NAME it."""
+    from consumers.version_store import champion, set_champion
+
+    store = _store(ctx)
+    if name is None:
+        current = champion(store.client, store.namespace)
+        click.echo(current or f"no champion in namespace {store.namespace!r} (`streamrec models promote` sets one)")
+        return
+    _check_model(name)
+    set_champion(store.client, store.namespace, name)
+    click.echo(f"champion of {store.namespace}: {name}")
 
 
 @models.command("rollback")
@@ -420,6 +444,56 @@ def models_unpin(ctx: click.Context) -> None:
     click.echo(f"{store.model}: unpinned; the next published version goes live")
 
 
+@cli.command()
+@click.option("--model", help="Serve this model; default: the namespace's champion (`streamrec models champion`).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(min=0, max=65535), help="HTTP port, 0 = any free one (STREAMREC_SERVE_PORT).")
+@click.option("--no-deltas", is_flag=True, help="Serve full versions only, without the trainer's deltas.")
+@click.option("--poll-s", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+              help="Check Redis this often when no announcement arrives (the pub/sub fallback).")
+@click.option("--ready-file", type=click.Path(path_type=Path), help="Write {pid, port} here once listening.")
+@click.pass_context
+def serve(ctx: click.Context, model: str | None, host: str, port: int | None, no_deltas: bool, poll_s: float,
+          ready_file: Path | None) -> None:
+    """Serve predictions over HTTP (/predict, /healthz, /metrics), hot-swapping live versions."""
+    import os
+    import socket
+
+    import uvicorn
+
+    from consumers.scorer import Scorer
+    from consumers.serve_app import create_app
+    from stream.local_stack import resolve_redis_url
+
+    settings = _settings(ctx, serve_port=port)
+    if model is not None:
+        _check_model(model)
+    scorer = Scorer(resolve_redis_url(settings), settings.namespace, model, deltas=not no_deltas, poll_s=poll_s)
+    scorer.start()
+    served = scorer.served
+    console.print(f"serving {served.model} v{served.version}" if served else
+                  f"waiting for a live version of {model or 'the champion model'} in {settings.namespace}")
+    # Bind here, so port 0 resolves to a real port before uvicorn starts, and a busy port is a clear error.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, settings.serve_port))
+    except OSError as exc:
+        scorer.close()
+        raise StreamrecError(f"cannot listen on {host}:{settings.serve_port} ({exc.strerror}); choose another "
+                             "--port (STREAMREC_SERVE_PORT), or 0 for any free one") from None
+    bound = sock.getsockname()[1]
+    console.print(f"listening on http://{host}:{bound} (/predict, /healthz, /metrics)")
+    if ready_file is not None:
+        _write_report(ready_file, {"pid": os.getpid(), "port": bound})
+    server = uvicorn.Server(uvicorn.Config(create_app(scorer), log_level="warning", access_log=False))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        scorer.close()
+        sock.close()
+
+
 def _parse_crosses(crosses: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     from stream.errors import ConfigError
 
@@ -452,13 +526,27 @@ def _parse_crosses(crosses: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 @click.option("--set", "model_settings", multiple=True, metavar="KEY=VALUE",
               help="Model setting, e.g. ftrl.alpha=0.5 (repeatable; new models only).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--positives", type=click.Choice(["click", "window"]),
+              help="Release a positive at its click or at the window's end (STREAMREC_POSITIVES).")
+@click.option("--delta-every-s", type=click.FloatRange(min=0),
+              help="Publish changed rows this often; 0 = full versions only (STREAMREC_DELTA_INTERVAL_S).")
+@click.option("--dense-every-s", type=click.FloatRange(min=0),
+              help="Include the dense weights in a delta this often (STREAMREC_DENSE_INTERVAL_S).")
+@click.option("--gate/--no-gate", default=None,
+              help="Quality gate: hold non-finite or worse versions, roll back on an AUC drop (STREAMREC_GATE).")
+@click.option("--gate-margin", type=click.FloatRange(min=0),
+              help="Window AUC a new version may lose against live and still go live (STREAMREC_GATE_MARGIN).")
+@click.option("--rollback-drop", type=click.FloatRange(min=0, min_open=True),
+              help="Served window AUC drop that rolls back automatically (STREAMREC_ROLLBACK_DROP).")
 @click.option("--ready-file", type=click.Path(path_type=Path), help="Write {pid, metrics_port} here once serving.")
 @click.option("--report-json", type=click.Path(path_type=Path), help="Write the final report here.")
 @click.pass_context
 def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_size: int | None,
           attribution_window_s: float | None, publish_every_examples: int | None, publish_every_s: float | None,
           keep_versions: int | None, metrics_port: int | None, exit_at_end: bool, crosses: tuple[str, ...],
-          buckets: int, model_settings: tuple[str, ...], seed: int, ready_file: Path | None, report_json: Path | None) -> None:
+          buckets: int, model_settings: tuple[str, ...], seed: int, positives: str | None,
+          delta_every_s: float | None, dense_every_s: float | None, gate: bool | None, gate_margin: float | None,
+          rollback_drop: float | None, ready_file: Path | None, report_json: Path | None) -> None:
     """Run a trainer worker: join impressions and clicks, learn, publish versions to Redis."""
     import os
     import signal
@@ -466,12 +554,15 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
     import threading
 
     from consumers.prequential import SpecOptions
+    from consumers.quality_gate import GateOptions
     from consumers.trainer import Trainer, TrainerOptions
     from stream.local_stack import resolve_endpoints
 
     settings = _settings(ctx, model=model, batch_size=batch_size, attribution_window_s=attribution_window_s,
                          publish_interval_examples=publish_every_examples, publish_interval_s=publish_every_s,
-                         keep_versions=keep_versions, metrics_port=metrics_port)
+                         keep_versions=keep_versions, metrics_port=metrics_port, positives=positives,
+                         delta_interval_s=delta_every_s, dense_interval_s=dense_every_s, gate=gate,
+                         gate_margin=gate_margin, rollback_drop=rollback_drop)
     _check_model(settings.model)
     parsed_settings = _checked_settings(settings.model, model_settings)
     endpoints = resolve_endpoints(settings)
@@ -482,7 +573,9 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
         keep_versions=settings.keep_versions, max_pending=settings.max_pending_impressions,
         window_examples=settings.window_examples, exit_at_end=exit_at_end, metrics_port=settings.metrics_port,
         seed=seed, spec_options=SpecOptions(cat_buckets=buckets, crosses=_parse_crosses(crosses), seed=seed),
-        model_settings=parsed_settings)
+        model_settings=parsed_settings, positives=settings.positives, delta_every_s=settings.delta_interval_s,
+        dense_every_s=settings.dense_interval_s,
+        gate=GateOptions(settings.gate, settings.gate_margin, settings.rollback_drop))
     trainer = Trainer(settings, options, kafka_bootstrap=endpoints.kafka_bootstrap, redis_url=endpoints.redis_url,
                       on_publish=lambda n, meta, _probe: console.print(
                           f"published {settings.model} v{n}: {meta['examples_seen']:,} examples, "

@@ -101,6 +101,9 @@ class StreamingMetrics:
             raise ValueError(f"{p.size} predictions but {y.size} labels")
         if p.size == 0:
             return
+        # A diverged model predicts NaN. Scored as 0.5 (no information), it shows up as AUC 0.5
+        # and a high logloss instead of crashing the worker; the quality gate holds its versions.
+        p = np.where(np.isnan(p), 0.5, p)
         losses = _logloss_terms(p, y)
         self._life.n += p.size
         self._life.positives += int(y.sum())

@@ -41,6 +41,18 @@ class Settings(BaseSettings):
     # 0 picks a free port (printed, and written to --ready-file).
     metrics_port: int = Field(default=9400, ge=0, le=65535)
     window_examples: int = Field(default=10_000, ge=10)
+    # A positive reaches the model at its click ("click") or at the end of the window ("window").
+    positives: Literal["click", "window"] = "window"
+    # Rows changed since the last delta are published this often (0 = only full versions), and
+    # the dense weights with the first delta after dense_interval_s.
+    delta_interval_s: float = Field(default=0.5, ge=0)
+    dense_interval_s: float = Field(default=5.0, ge=0)
+    # The quality gate (consumers/quality_gate.py).
+    gate: bool = True
+    gate_margin: float = Field(default=0.02, ge=0)
+    rollback_drop: float = Field(default=0.05, gt=0)
+    # The scorer's HTTP port (streamrec serve); 0 picks a free one.
+    serve_port: int = Field(default=8400, ge=0, le=65535)
 
     @field_validator("namespace")
     @classmethod

@@ -22,14 +22,14 @@ def settings_for(namespace: str, **overrides: Any) -> Settings:
 
 
 def replay_rows(stack: Endpoints, settings: Settings, rows: Sequence[Row], run_id: str,
-                final: bool = True) -> ReplayReport:
+                final: bool = True, rate: float | None = None) -> ReplayReport:
     create_topics(stack.kafka_bootstrap, [settings.impressions_topic, settings.clicks_topic,
                                           settings.dead_letter_topic], settings.partitions)
     producer = make_producer(stack.kafka_bootstrap, settings.kafka_client)
     try:
         return replay(rows, producer, impressions_topic=settings.impressions_topic, clicks_topic=settings.clicks_topic,
                       dead_letter_topic=settings.dead_letter_topic, partitions=settings.partitions,
-                      options=ReplayOptions(run_id=run_id, final_watermarks=final))
+                      options=ReplayOptions(run_id=run_id, final_watermarks=final, rate=rate))
     finally:
         producer.close()
 
@@ -67,10 +67,10 @@ class Running:
 
 
 def start_trainer(stack: Endpoints, settings: Settings, redis_url: str | None = None,
-                  on_publish: Any = None, probe: Any = None, **options: Any) -> Running:
+                  on_publish: Any = None, probe: Any = None, on_delta: Any = None, **options: Any) -> Running:
     opts = TrainerOptions(**{"model": "lr", "exit_at_end": True, "batch_size": 256, **options})
     trainer = Trainer(settings, opts, kafka_bootstrap=stack.kafka_bootstrap, redis_url=redis_url or stack.redis_url,
-                      on_publish=on_publish, probe=probe)
+                      on_publish=on_publish, probe=probe, on_delta=on_delta)
     running = Running(trainer, threading.Thread(target=lambda: None))
 
     def body() -> None:

@@ -84,6 +84,29 @@ def test_orphan_late_and_duplicate_clicks_are_counted_not_labelled():
     assert j.counts.positives == 1
 
 
+def test_positive_is_released_when_event_time_reaches_its_click():
+    j = Joiner(W, positives="click")
+    drive(j, [("i", imp(1, 0.0)), ("i", imp(2, 1.0)), ("c", clk(2, 3.0))])
+    assert j.take() == []  # the impressions topic is at t=1, before the click: it must wait
+    drive(j, [("i", imp(3, 3.5))])
+    [example] = j.take()
+    assert (example.impression_id, example.label, example.label_time) == ("i2", 1, 3.0)
+    assert j.open_impressions == 2
+    drive(j, [wm("clicks", 11.0), ("i", imp(4, 11.0))])
+    [negative] = j.take()
+    assert (negative.impression_id, negative.label, negative.label_time) == ("i1", 0, W)
+    drive(j, [("c", clk(2, 11.5))])
+    assert j.counts.duplicate_clicks == 1 and j.take() == []
+
+
+def test_positives_at_window_end_keep_impression_order():
+    j = Joiner(W)
+    drive(j, [("i", imp(1, 0.0)), ("i", imp(2, 1.0)), ("c", clk(2, 3.0)), ("i", imp(3, 3.5))])
+    assert j.take() == []
+    drive(j, [wm("clicks", 12.0), ("i", imp(4, 12.0))])
+    assert [(e.impression_id, e.label) for e in j.take()] == [("i1", 0), ("i2", 1)]
+
+
 def test_final_watermarks_release_everything():
     j = Joiner(W)
     drive(j, [("i", imp(1, 0.0)), ("i", imp(2, 1.0)), ("c", clk(2, 2.0))])
@@ -149,8 +172,9 @@ def _random_stream(seed: int, n: int) -> list[tuple[int, str, dict]]:
     return merged
 
 
-def _run(stream: list[tuple[int, str, dict]], snapshot_at: int | None = None) -> tuple[dict[str, int], Joiner]:
-    joiner = Joiner(W)
+def _run(stream: list[tuple[int, str, dict]], positives: str,
+         snapshot_at: int | None = None) -> tuple[dict[str, int], Joiner]:
+    joiner = Joiner(W, positives=positives)
     released: dict[str, int] = {}
     for index, (p, kind, event) in enumerate(stream):
         if snapshot_at is not None and index == snapshot_at:
@@ -166,8 +190,9 @@ def _run(stream: list[tuple[int, str, dict]], snapshot_at: int | None = None) ->
     return released, joiner
 
 
+@pytest.mark.parametrize("positives", ["click", "window"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_labels_do_not_depend_on_interleaving_or_restarts(seed):
+def test_labels_do_not_depend_on_interleaving_or_restarts(seed, positives):
     stream = _random_stream(seed, 400)
     truth = {}
     for _p, kind, event in stream:
@@ -179,8 +204,8 @@ def test_labels_do_not_depend_on_interleaving_or_restarts(seed):
             imp_time = int(event["impression_id"][1:]) * 0.5
             if event["event_time"] - imp_time <= W:
                 truth[event["impression_id"]] = 1
-    plain, joiner = _run(stream)
+    plain, joiner = _run(stream, positives)
     assert plain == truth
     assert joiner.finished([0, 1]) and joiner.open_impressions == 0
-    restarted, _ = _run(stream, snapshot_at=len(stream) // 2)
+    restarted, _ = _run(stream, positives, snapshot_at=len(stream) // 2)
     assert restarted == truth

@@ -10,6 +10,7 @@ import pytest
 
 from consumers.prequential import SpecOptions, batched, evaluate_rows, progressive_step
 from models import REGISTRY, create_model, model_from_bytes
+from models.base import load_tensors_blob
 from producers.generator import generate, write_stream
 from producers.readers import ReaderOptions, read_rows
 from stream.errors import ModelError
@@ -58,6 +59,51 @@ def test_safetensors_round_trip_gives_identical_predictions(name: str, learnable
     # Optimiser state travels too: both keep learning identically.
     np.testing.assert_array_equal(loaded.learn(batches[-1]), model.learn(batches[-1]))
     np.testing.assert_array_equal(loaded.predict_proba(batches[0]), model.predict_proba(batches[0]))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_deltas_applied_in_order_give_the_trainers_predictions(name: str, learnable: tuple[list, float]) -> None:
+    rows = learnable[0][:4000]
+    spec = SpecOptions(crosses=(("C5", "C6"),)).infer([r.features for r in rows[:500]])
+    trainer = create_model(name, spec, seed=5)
+    featurizer = Featurizer(spec)
+    batches = [featurizer.build([r.user_id for r in c], [r.item_id for r in c], [r.features for r in c],
+                                [r.label for r in c]) for c in batched(rows, 250)]
+    probe = batches[-1]
+    trainer.learn(batches[0])
+    trainer.delta_bytes(include_dense=True)  # the version below holds everything up to here
+    scorer = model_from_bytes(trainer.to_bytes())
+    for step, batch in enumerate(batches[1:-1], start=1):
+        trainer.learn(batch)
+        if step % 3 == 0:
+            dense = step % 6 == 0
+            delta = trainer.delta_bytes(include_dense=dense)
+            scorer.apply_delta(delta)
+            if dense:
+                np.testing.assert_array_equal(scorer.predict_proba(probe), trainer.predict_proba(probe))
+            elif name == "lr":  # no dense part: every delta is exact
+                np.testing.assert_array_equal(scorer.predict_proba(probe), trainer.predict_proba(probe))
+    scorer.apply_delta(trainer.delta_bytes(include_dense=True))
+    np.testing.assert_array_equal(scorer.predict_proba(probe), trainer.predict_proba(probe))
+    empty = load_tensors_blob(trainer.delta_bytes(include_dense=False))  # nothing learned since
+    assert all(v.numel() == 0 for v in empty.values()), {k: v.shape for k, v in empty.items()}
+    # a delta skipped is a gap: the state is then no longer the trainer's
+    trainer.learn(batches[1])
+    trainer.delta_bytes(include_dense=True)
+    trainer.learn(batches[2])
+    scorer.apply_delta(trainer.delta_bytes(include_dense=True))
+    assert not np.array_equal(scorer.predict_proba(batches[1]), trainer.predict_proba(batches[1]))
+    with pytest.raises(ModelError, match="not streamrec delta"):
+        scorer.apply_delta(trainer.to_bytes())
+
+
+def test_all_finite_sees_a_nan_weight(learnable: tuple[list, float]) -> None:
+    rows = learnable[0][:500]
+    spec = SpecOptions().infer([r.features for r in rows])
+    model = create_model("wide_deep", spec)
+    assert model.all_finite()
+    model.tensors()["deep.0.weight"][0, 0] = float("nan")
+    assert not model.all_finite()
 
 
 @pytest.mark.parametrize("name", MODELS)

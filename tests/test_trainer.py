@@ -72,13 +72,15 @@ def test_trainer_learns_publishes_versions_and_exports_metrics(stack, namespace,
     for number in store.versions():
         loaded = model_from_bytes(store.load(number, with_state=False).weights)
         assert np.array_equal(loaded.predict_proba(_probe(rows, loaded.spec)), at_publish[number])
-    announced = []
+    announced, deltas = [], []
     deadline = time.monotonic() + 5
     while len(announced) < head and time.monotonic() < deadline:
         message = pubsub.get_message(timeout=0.5)
         if message and message["type"] == "message":
-            announced.append(orjson.loads(message["data"])["version"])
+            data = orjson.loads(message["data"])
+            (announced if "version" in data else deltas).append(data.get("version", data.get("delta")))
     assert announced == list(range(1, head + 1))
+    assert deltas == list(range(1, len(deltas) + 1)) and len(deltas) == report["deltas_published"]
     pubsub.close()
 
     # Prometheus: the scraped values are the run's own

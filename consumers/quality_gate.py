@@ -1,0 +1,84 @@
+"""The quality gate: which new versions become live by themselves, and when to roll back.
+
+A version the trainer publishes becomes live automatically only if
+
+* every weight is finite (a NaN or an infinity would poison every prediction), and
+* its window AUC is not worse than the live version's (as recorded when that one was published)
+  by more than ``margin``.
+
+Otherwise it is *held*: it is stored (head moves, so training and resuming go on from it) but
+``live`` stays, the decision and its reason go into the version's meta, a counter and the log.
+
+Rollback watches the model that is serving while the trainer's newest version is live: then
+scorers follow the trainer's deltas, so the trainer's progressive window AUC is the served
+model's quality. If it falls ``rollback_drop`` below the live version's AUC at publish, the live
+pointer moves back to the newest earlier version kept, whose predictions are exactly what they
+were; the next version that passes the gate against it makes the model follow again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+HELD_NON_FINITE = "non_finite"
+HELD_AUC_DROP = "auc_drop"
+
+
+@dataclass(frozen=True)
+class GateOptions:
+    enabled: bool = True
+    margin: float = 0.02          # a candidate's window AUC may be this much below the live one's
+    rollback_drop: float = 0.05   # the served window AUC this far below live's at publish: roll back
+    # Fewer examples seen than this (candidate or live), and the window AUC is still the start-up
+    # transient (before the first window of negatives closes): promote without judging.
+    min_examples: int = 10_000
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str              # "passed", "first", "no_auc", or a HELD_* value
+    detail: str
+
+    def as_meta(self) -> dict[str, Any]:
+        return {"promoted": self.promote, "reason": self.reason, "detail": self.detail}
+
+
+def _window_auc(meta: dict[str, Any] | None) -> float | None:
+    if not meta:
+        return None
+    value = (meta.get("metrics") or {}).get("auc_window")
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def judge(candidate: dict[str, Any], finite: bool, live: dict[str, Any] | None, options: GateOptions) -> Decision:
+    """Promote or hold ``candidate`` (a version's meta) against ``live`` (the live version's meta)."""
+    if not finite:
+        return Decision(False, HELD_NON_FINITE, "a weight is NaN or infinite")
+    if not options.enabled:
+        return Decision(True, "passed", "gate disabled")
+    if live is None:
+        return Decision(True, "first", "no live version yet")
+    new, old = _window_auc(candidate), _window_auc(live)
+    if (new is None or old is None or candidate.get("examples_seen", 0) < options.min_examples
+            or live.get("examples_seen", 0) < options.min_examples):
+        return Decision(True, "no_auc", "window AUC not measurable yet")
+    if new < old - options.margin:
+        return Decision(False, HELD_AUC_DROP,
+                        f"window AUC {new:.4f} is below live version {live.get('version')}'s {old:.4f} "
+                        f"by more than {options.margin}")
+    return Decision(True, "passed", f"window AUC {new:.4f} vs live {old:.4f}")
+
+
+def should_roll_back(served_auc_window: float, live: dict[str, Any] | None, options: GateOptions) -> str | None:
+    """A reason to roll back if the served model's window AUC fell sharply, else None."""
+    old = _window_auc(live)
+    if (not options.enabled or old is None or not math.isfinite(served_auc_window)
+            or (live or {}).get("examples_seen", 0) < options.min_examples):
+        return None
+    if served_auc_window < old - options.rollback_drop:
+        return (f"window AUC fell to {served_auc_window:.4f}, {old - served_auc_window:.4f} below live version "
+                f"{live.get('version') if live else None}'s {old:.4f} at publish (rollback_drop {options.rollback_drop})")
+    return None

@@ -1,0 +1,386 @@
+"""The scorer: serves a model's live version from Redis and hot-swaps it while requests run.
+
+It follows the live pointer of one model (or of the namespace's champion model, see
+``streamrec models champion``) through the pub/sub announce channel, with polling as the
+fallback, and keeps the served model fresh with the trainer's deltas:
+
+* ``live`` is the trainer's newest version and not pinned: serve it plus every delta after it,
+  applied in order (the rows the trainer changed, published every half second);
+* otherwise (pinned, rolled back, or the newest version held by the quality gate): serve exactly
+  the live version, no deltas.
+
+A delta that is missing (expired, or lost while Redis was down) or out of line is a gap: the
+scorer reloads the full live version and goes on from the deltas after it.
+
+Swaps are atomic per request with two copies of the model: updates go to the standby copy,
+which then becomes active in one pointer assignment, and the old copy is brought up to date
+only after its last in-flight request has finished. A request reads one copy from start to end,
+so it is answered entirely by one state, and :class:`Prediction` names which (version, lineage,
+delta sequence number).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import redis
+
+from consumers.version_store import DeltaRecord, VersionStore, champion, champion_channel, connect
+from models import model_from_bytes
+from models.base import OnlineModel
+from stream.errors import StreamrecError
+from stream.features import Featurizer
+
+log = logging.getLogger(__name__)
+STOP_CHECK_S = 0.25
+
+
+class NotReady(StreamrecError):
+    """No live version to serve yet."""
+
+
+class BadRequest(StreamrecError):
+    """A request the scorer cannot score (its message says why)."""
+
+
+@dataclass(frozen=True)
+class Served:
+    """What one model copy holds: a version, plus the deltas applied on top of it."""
+
+    model: str
+    version: int
+    lineage: str | None
+    delta_seq: int           # the last delta of ``lineage`` reflected (the version's own, if none applied)
+    deltas_applied: int      # deltas applied on top of ``version``
+    event_time: float | None  # label time of the newest example reflected (trainer's event time)
+    watermark: float | None  # the trainer's join watermark: every label known before it is reflected
+    swapped_at: float        # unix time this state started serving
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "version": self.version, "lineage": self.lineage, "delta_seq": self.delta_seq,
+                "deltas_applied": self.deltas_applied, "event_time": self.event_time, "watermark": self.watermark}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    probabilities: np.ndarray
+    served: Served
+
+
+class _Copy:
+    """One copy of the served model and the number of requests reading it."""
+
+    def __init__(self, model: OnlineModel, served: Served) -> None:
+        self.model = model
+        self.served = served
+        self.readers = 0
+
+
+def _clone(model: OnlineModel) -> OnlineModel:
+    twin = type(model)(model.spec, model.config)
+    twin.load_tensors(model.tensors())  # load_tensors copies
+    return twin
+
+
+def parse_events(payload: Any) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """``[{"user_id", "item_id", "features": {...}}, ...]`` (or ``{"events": [...]}``) → columns."""
+    items = payload.get("events") if isinstance(payload, dict) else payload
+    if not isinstance(items, list) or not items:
+        raise BadRequest('send a non-empty JSON list of events, or {"events": [...]}')
+    users, item_ids, features = [], [], []
+    for index, event in enumerate(items):
+        if not isinstance(event, dict):
+            raise BadRequest(f"event {index} is not a JSON object")
+        user, item, feats = event.get("user_id"), event.get("item_id"), event.get("features", {})
+        if not isinstance(user, str) or not isinstance(item, str):
+            raise BadRequest(f"event {index}: user_id and item_id must be strings")
+        if not isinstance(feats, dict):
+            raise BadRequest(f"event {index}: features must be an object")
+        users.append(user)
+        item_ids.append(item)
+        features.append(feats)
+    return users, item_ids, features
+
+
+class Scorer:
+    """``Scorer(redis_url, namespace, model).predict(events)``; ``model=None`` serves the champion."""
+
+    def __init__(self, redis_url: str, namespace: str, model: str | None = None, *, follow: bool = True,
+                 deltas: bool = True, poll_s: float = 1.0, on_swap: Any = None) -> None:
+        self.redis_url = redis_url
+        self.namespace = namespace
+        self.fixed_model = model
+        self.follow = follow
+        self.use_deltas = deltas
+        self.poll_s = poll_s
+        self.on_swap = on_swap  # called with the new Served after every swap (benchmarks, metrics)
+        self.client = connect(redis_url)
+        self._stores: dict[str, VersionStore] = {}
+        self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
+        self._update_lock = threading.Lock()  # one updater at a time (follower thread or refresh())
+        self._active: _Copy | None = None
+        self._standby: _Copy | None = None
+        self._featurizer: Featurizer | None = None
+        self._stuck_at: tuple[int, str | None, int] | None = None  # gap seen at this state: wait for a version
+        self.swaps = {"full": 0, "delta": 0}
+        self.gaps = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pubsub: Any = None
+        self._subscribed: str | None = None
+
+    # ------------------------------------------------------------------ serving
+
+    @property
+    def served(self) -> Served | None:
+        active = self._active
+        return None if active is None else active.served
+
+    def model_age_seconds(self) -> float:
+        served = self.served
+        if served is None or served.event_time is None:
+            return math.nan
+        return time.time() - served.event_time
+
+    def predict(self, events: Any) -> Prediction:
+        """Click probabilities for events (see :func:`parse_events`), all from one model state."""
+        users, items, features = parse_events(events)
+        with self._lock:
+            copy = self._active
+            if copy is None:
+                raise NotReady(f"no live version of {self._model_label()} in namespace {self.namespace!r} yet")
+            copy.readers += 1
+            featurizer = self._featurizer
+        try:
+            assert featurizer is not None
+            try:
+                batch = featurizer.build(users, items, features)
+            except StreamrecError as exc:
+                raise BadRequest(str(exc)) from None
+            return Prediction(copy.model.predict_proba(batch), copy.served)
+        finally:
+            with self._lock:
+                copy.readers -= 1
+                if copy.readers == 0:
+                    self._drained.notify_all()
+
+    # ------------------------------------------------------------------ following
+
+    def _model_label(self) -> str:
+        return f"model {self.fixed_model!r}" if self.fixed_model else "the champion model"
+
+    def _store(self, model: str) -> VersionStore:
+        store = self._stores.get(model)
+        if store is None:
+            store = self._stores[model] = VersionStore(self.client, self.namespace, model)
+        return store
+
+    def current_model(self) -> str | None:
+        return self.fixed_model or champion(self.client, self.namespace)
+
+    def refresh(self) -> bool:
+        """Bring the served state up to date with Redis once; True if it changed."""
+        with self._update_lock:
+            model = self.current_model()
+            if model is None:
+                return False
+            store = self._store(model)
+            live, head, pinned = store.client.mget(store.live_key, store.head_key, store.pinned_key)
+            if live is None:
+                return False
+            live, head = int(live), None if head is None else int(head)
+            following = self.use_deltas and live == head and pinned is None
+            served = self.served
+            changed = False
+            if (served is None or served.model != model or served.version != live
+                    or (served.deltas_applied and not following)):
+                self._load_full(store, live)
+                changed = True
+            if following:
+                changed = self._apply_deltas(store) or changed
+            return changed
+
+    def _load_full(self, store: VersionStore, number: int) -> None:
+        version = store.load(number, with_state=False)
+        model = model_from_bytes(version.weights)
+        meta = version.meta
+        served = Served(store.model, number, meta.get("lineage"), int(meta.get("delta_seq") or 0), 0,
+                        meta.get("event_time"), meta.get("joiner_watermark"), time.time())
+        standby = _Copy(_clone(model), served)
+        featurizer = self._featurizer
+        if featurizer is None or featurizer.spec != model.spec:
+            featurizer = Featurizer(model.spec)
+        with self._lock:
+            self._active, self._standby, self._featurizer = _Copy(model, served), standby, featurizer
+        self._stuck_at = None
+        self.swaps["full"] += 1
+        log.info("serving %s version %d (full load)", store.model, number)
+        if self.on_swap is not None:
+            self.on_swap(served)
+
+    def _pending_deltas(self, store: VersionStore) -> list[DeltaRecord] | None:
+        """The deltas to apply now, in order; [] if none; None if there is a gap."""
+        served = self.served
+        head = store.delta_head()
+        if served is None or head is None or self._stuck_at == (served.version, served.lineage, served.delta_seq):
+            return []
+        lineage, newest = head["lineage"], int(head["seq"])
+        if lineage == served.lineage:
+            first = served.delta_seq + 1
+        elif served.deltas_applied == 0 and head.get("base_version") == served.version:
+            first = 1  # a trainer that started again from this very version
+        else:
+            return None
+        records = []
+        for seq in range(first, newest + 1):
+            record = store.load_delta(lineage, seq)
+            if record is None:
+                return None
+            records.append(record)
+        return records
+
+    def _apply_deltas(self, store: VersionStore) -> bool:
+        records = self._pending_deltas(store)
+        served = self.served
+        assert served is not None
+        if records is None:
+            if served.deltas_applied:
+                log.warning("gap in the deltas of %s after %s:%d; reloading version %d", store.model,
+                            served.lineage, served.delta_seq, served.version)
+                self._load_full(store, served.version)
+            # at the version itself, the missing deltas cannot be passed: wait for the next version
+            served = self.served
+            assert served is not None
+            self._stuck_at = (served.version, served.lineage, served.delta_seq)
+            self.gaps += 1
+            return True
+        if not records:
+            return False
+        last = records[-1]
+        new = replace(served, lineage=last.lineage, delta_seq=last.seq,
+                      deltas_applied=served.deltas_applied + len(records),
+                      event_time=last.meta.get("event_time") or served.event_time,
+                      watermark=last.meta.get("watermark") or served.watermark, swapped_at=time.time())
+        standby = self._standby
+        assert standby is not None
+        for record in records:
+            standby.model.apply_delta(record.weights)
+        standby.served = new
+        with self._lock:
+            old, self._active = self._active, standby
+            # the old copy is brought up to date once its last request is done
+            while old is not None and old.readers:
+                self._drained.wait()
+        if old is not None:
+            for record in records:
+                old.model.apply_delta(record.weights)
+            old.served = new
+        self._standby = old
+        self.swaps["delta"] += 1
+        if self.on_swap is not None:
+            self.on_swap(new)
+        return True
+
+    def start(self) -> Scorer:
+        """Load what is live now and, with ``follow``, keep following it in a thread. The
+        subscription is made before the first load, so no announcement falls in between."""
+        if self.follow:
+            try:
+                self._subscribe()
+            except redis.RedisError as exc:
+                log.warning("redis unavailable at start (%s); following will retry", exc)
+        try:
+            self.refresh()
+        except redis.RedisError as exc:
+            log.warning("redis unavailable at start (%s); following will retry", exc)
+        if self.follow and self._thread is None:
+            self._thread = threading.Thread(target=self._follow_loop, name="streamrec-scorer-follow", daemon=True)
+            self._thread.start()
+        return self
+
+    def _subscribe(self) -> None:
+        """(Re)subscribe to the champion channel and the current model's announcements."""
+        if self._pubsub is None:
+            self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            self._pubsub.subscribe(champion_channel(self.namespace))
+            self._subscribed = None
+        model = self.current_model()
+        if model is not None and model != self._subscribed:
+            if self._subscribed is not None:
+                self._pubsub.unsubscribe(self._store(self._subscribed).channel)
+            self._pubsub.subscribe(self._store(model).channel)
+            self._subscribed = model
+
+    def _drop_subscription(self) -> None:
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except redis.RedisError:
+                pass
+        self._pubsub, self._subscribed = None, None
+
+    def _follow_loop(self) -> None:
+        last_refresh = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self._subscribe()
+                assert self._pubsub is not None
+                # An announcement wakes us at once; without one, poll_s is the polling fallback.
+                # Waits are sliced so that close() is prompt.
+                message = self._pubsub.get_message(timeout=min(self.poll_s, STOP_CHECK_S))
+                if message is None and time.monotonic() - last_refresh < self.poll_s:
+                    continue
+                while self._pubsub.get_message(timeout=0) is not None:
+                    pass  # several announcements in a row: one refresh covers them all
+                last_refresh = time.monotonic()
+                self._subscribe()  # a new champion: listen to it before loading it
+                self.refresh()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("scorer lost redis (%s); retrying", exc)
+                self._drop_subscription()
+                self._stop.wait(self.poll_s)
+            except Exception:  # noqa: BLE001 - the follower must outlive a bad version; it is logged
+                log.exception("scorer refresh failed; serving the previous state")
+                self._stop.wait(self.poll_s)
+        self._drop_subscription()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+        self._drop_subscription()
+        self.client.close()
+
+    def __enter__(self) -> Scorer:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def predict_offline(store: VersionStore, served: dict[str, Any] | Served,
+                    users: Sequence[str], items: Sequence[str], features: Sequence[dict[str, Any]]) -> np.ndarray:
+    """What ``served`` (a response's version, lineage and delta_seq) predicts, rebuilt from Redis
+    alone: the version, then its lineage's deltas up to ``delta_seq``. For checks and audits."""
+    info = served.as_dict() if isinstance(served, Served) else served
+    version = store.load(int(info["version"]), with_state=False)
+    model = model_from_bytes(version.weights)
+    lineage, seq = version.meta.get("lineage"), int(version.meta.get("delta_seq") or 0)
+    if info.get("deltas_applied"):
+        target_lineage, target_seq = info["lineage"], int(info["delta_seq"])
+        first = seq + 1 if target_lineage == lineage else 1
+        for number in range(first, target_seq + 1):
+            record = store.load_delta(target_lineage, number)
+            if record is None:
+                raise StreamrecError(f"delta {target_lineage}:{number} is no longer in Redis")
+            model.apply_delta(record.weights)
+    return model.predict_proba(Featurizer(model.spec).build(list(users), list(items), list(features)))

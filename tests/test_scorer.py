@@ -1,0 +1,148 @@
+"""The Scorer against a real Redis: following the live pointer (pub/sub and polling), deltas,
+gaps, pins and the champion pointer. Versions are written with the real VersionStore."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import redis
+
+from consumers.prequential import SpecOptions, batched
+from consumers.scorer import NotReady, Scorer, predict_offline
+from consumers.version_store import VersionStore, set_champion
+from models import create_model
+from stream.features import Featurizer
+
+pytestmark = pytest.mark.integration
+
+
+def _wait_for(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def setup(learnable_rows):
+    rows = learnable_rows[:3000]
+    spec = SpecOptions().infer([r.features for r in rows[:500]])
+    featurizer = Featurizer(spec)
+    batches = [featurizer.build([r.user_id for r in c], [r.item_id for r in c], [r.features for r in c],
+                                [r.label for r in c]) for c in batched(rows, 300)]
+    probe_rows = rows[:64]
+    probe = ([r.user_id for r in probe_rows], [r.item_id for r in probe_rows], [r.features for r in probe_rows])
+    events = [{"user_id": u, "item_id": i, "features": f} for u, i, f in zip(*probe)]
+    return spec, batches, probe, events
+
+
+def _publish(store: VersionStore, model, parent, lineage="L", delta_seq=0, **meta) -> int:
+    return store.publish(parent=parent, meta={"examples_seen": 1, "lineage": lineage, "delta_seq": delta_seq,
+                                              "event_time": 100.0, **meta},
+                         weights=model.to_bytes(), trainer=b"", joiner=b"{}", keep=10)
+
+
+def _predict(model, probe) -> np.ndarray:
+    return model.predict_proba(Featurizer(model.spec).build(*probe))
+
+
+def test_scorer_follows_announcements_polls_as_fallback_and_honours_pins(stack, namespace, setup):
+    spec, batches, probe, events = setup
+    client = redis.Redis.from_url(stack.redis_url)
+    store = VersionStore(client, namespace, "lr")
+    first, second = create_model("lr", spec), create_model("lr", spec)
+    first.learn(batches[0])
+    for batch in batches[1:4]:
+        second.learn(batch)
+    with Scorer(stack.redis_url, namespace, "lr", poll_s=30) as slow_poll:
+        with pytest.raises(NotReady):
+            slow_poll.predict(events)
+        v1 = _publish(store, first, None)
+        _wait_for(lambda: slow_poll.served is not None)  # an announcement, not the 30 s poll
+        np.testing.assert_array_equal(slow_poll.predict(events).probabilities, _predict(first, probe))
+        v2 = _publish(store, second, v1, lineage="M")
+        _wait_for(lambda: slow_poll.served.version == v2)
+        answer = slow_poll.predict(events)
+        assert answer.served.version == v2
+        np.testing.assert_array_equal(answer.probabilities, _predict(second, probe))
+        store.set_live(v1, pin=True)  # a rollback by hand: announced
+        _wait_for(lambda: slow_poll.served.version == v1)
+        np.testing.assert_array_equal(slow_poll.predict(events).probabilities, _predict(first, probe))
+
+        with Scorer(stack.redis_url, namespace, "lr", poll_s=0.1) as fast_poll:
+            assert fast_poll.served.version == v1
+            client.set(store.live_key, v2)  # moved without an announcement: only polling sees it
+            _wait_for(lambda: fast_poll.served.version == v2)
+            time.sleep(0.5)
+            assert slow_poll.served.version == v1
+
+
+def test_deltas_apply_in_order_and_a_gap_falls_back_to_the_full_version(stack, namespace, setup):
+    spec, batches, probe, events = setup
+    client = redis.Redis.from_url(stack.redis_url)
+    store = VersionStore(client, namespace, "wide_deep")
+    trainer_model = create_model("wide_deep", spec)
+    trainer_model.learn(batches[0])
+    trainer_model.delta_bytes(include_dense=True)  # the version below holds everything so far
+    v1 = _publish(store, trainer_model, None, lineage="L", delta_seq=0)
+    at_v1 = _predict(trainer_model, probe)
+
+    def delta(seq: int, publish: bool = True) -> None:
+        trainer_model.learn(batches[seq])
+        blob = trainer_model.delta_bytes(include_dense=True)
+        if publish:
+            store.publish_delta(lineage="L", seq=seq, meta={"base_version": None, "event_time": 100.0 + seq},
+                                weights=blob, ttl_s=60)
+
+    swaps = []
+    with Scorer(stack.redis_url, namespace, "wide_deep", poll_s=0.1, on_swap=swaps.append) as scorer:
+        assert scorer.served.version == v1 and scorer.served.deltas_applied == 0
+        delta(1)
+        delta(2)
+        _wait_for(lambda: scorer.served.delta_seq == 2)
+        answer = scorer.predict(events)
+        assert (answer.served.version, answer.served.deltas_applied, answer.served.event_time) == (v1, 2, 102.0)
+        np.testing.assert_array_equal(answer.probabilities, _predict(trainer_model, probe))
+        np.testing.assert_array_equal(predict_offline(store, answer.served, *probe), answer.probabilities)
+        assert scorer.model_age_seconds() > 0
+
+        delta(3, publish=False)  # lost: the scorer must not apply 4 on top of 2
+        delta(4)
+        _wait_for(lambda: scorer.gaps == 1)
+        time.sleep(0.3)
+        answer = scorer.predict(events)
+        assert (answer.served.version, answer.served.deltas_applied) == (v1, 0)
+        np.testing.assert_array_equal(answer.probabilities, at_v1)
+        assert scorer.gaps == 1  # counted once, then it waits for a version
+
+        v2 = _publish(store, trainer_model, v1, lineage="L", delta_seq=4)
+        delta(5)
+        _wait_for(lambda: scorer.served.version == v2 and scorer.served.delta_seq == 5)
+        np.testing.assert_array_equal(scorer.predict(events).probabilities, _predict(trainer_model, probe))
+
+        store.set_live(v2, pin=True)  # pinned: exactly the version, no deltas
+        _wait_for(lambda: scorer.served.deltas_applied == 0)
+        np.testing.assert_array_equal(scorer.predict(events).probabilities,
+                                      predict_offline(store, {"version": v2}, *probe))
+    assert [s.version for s in swaps][:1] == [v1]
+
+
+def test_a_scorer_without_a_model_serves_the_champion(stack, namespace, setup):
+    spec, batches, probe, events = setup
+    client = redis.Redis.from_url(stack.redis_url)
+    lr, wide_deep = create_model("lr", spec), create_model("wide_deep", spec)
+    lr.learn(batches[0])
+    wide_deep.learn(batches[0])
+    _publish(VersionStore(client, namespace, "lr"), lr, None)
+    _publish(VersionStore(client, namespace, "wide_deep"), wide_deep, None)
+    with Scorer(stack.redis_url, namespace, None, poll_s=30) as scorer:
+        assert scorer.served is None  # no champion named yet
+        set_champion(client, namespace, "lr")
+        _wait_for(lambda: scorer.served is not None and scorer.served.model == "lr")
+        np.testing.assert_array_equal(scorer.predict(events).probabilities, _predict(lr, probe))
+        set_champion(client, namespace, "wide_deep")
+        _wait_for(lambda: scorer.served.model == "wide_deep")
+        np.testing.assert_array_equal(scorer.predict(events).probabilities, _predict(wide_deep, probe))

@@ -1,0 +1,252 @@
+"""`streamrec serve` in a subprocess while a trainer publishes versions and deltas: hot swaps
+under concurrent requests, exact answers, rollback, and the quality gate end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+from consumers.quality_gate import HELD_AUC_DROP, HELD_NON_FINITE, GateOptions
+from consumers.scorer import predict_offline
+from consumers.version_store import VersionStore
+from stream.demo import scrape
+from stream.kafka_client import create_topics
+from tests.streams import expected_digest, replay_rows, settings_for, start_trainer
+
+pytestmark = pytest.mark.integration
+
+
+def _env(stack, namespace: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env.update({"STREAMREC_REDIS_URL": stack.redis_url, "STREAMREC_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+                "STREAMREC_NAMESPACE": namespace})
+    return env
+
+
+@contextmanager
+def serving(stack, namespace: str, tmp_path: Path, *args: str) -> Iterator[str]:
+    """`streamrec serve` on a free port; yields its base URL; stopped by pid, also on failure."""
+    ready = tmp_path / f"serve-{time.monotonic_ns()}.json"
+    process = subprocess.Popen([sys.executable, "-m", "stream", "serve", "--port", "0", "--poll-s", "0.2",
+                                "--ready-file", str(ready), *args], env=_env(stack, namespace),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if process.poll() is not None:
+                raise AssertionError(f"serve exited: {process.stderr.read()}")
+            if time.monotonic() > deadline:
+                raise AssertionError("serve did not start in 60 s")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{json.loads(ready.read_text())['port']}"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_for(condition, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def _state(answer: dict) -> tuple:
+    return answer["version"], answer["lineage"], answer["delta_seq"], answer["deltas_applied"]
+
+
+def test_hot_swap_under_load_answers_every_request_from_one_exact_state(stack, namespace, learnable_rows, tmp_path):
+    rows = learnable_rows
+    settings = settings_for(namespace)
+    probe_rows = rows[:40]
+    probe = ([r.user_id for r in probe_rows], [r.item_id for r in probe_rows], [r.features for r in probe_rows])
+    events = [{"user_id": u, "item_id": i, "features": f} for u, i, f in zip(*probe)]
+    deltas: list[tuple[dict, np.ndarray]] = []
+    # Topics first, so the trainer joins at once and learns while the paced replay produces.
+    create_topics(stack.kafka_bootstrap, [settings.impressions_topic, settings.clicks_topic,
+                                          settings.dead_letter_topic], settings.partitions)
+    running = start_trainer(stack, settings, model="wide_deep", batch_size=128, publish_every_examples=1500,
+                            publish_every_s=60, keep_versions=100, delta_every_s=0.05, dense_every_s=0,
+                            gate=GateOptions(enabled=False), probe=list(zip(*probe)),
+                            on_delta=lambda meta, p: deltas.append((meta, p)))
+    store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "wide_deep")
+    answers: list[dict] = []
+    failures: list[str] = []
+    try:
+        with serving(stack, namespace, tmp_path, "--model", "wide_deep") as url:
+            assert httpx.get(f"{url}/healthz").status_code == 503  # nothing live yet
+            assert httpx.post(f"{url}/predict", json={"events": events}).status_code == 503
+            # The stream is paced so that versions and deltas land while requests run.
+            replayer = threading.Thread(target=replay_rows, args=(stack, settings, rows, "h"),
+                                        kwargs={"rate": 1500.0}, daemon=True)
+            replayer.start()
+            _wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60)
+            done = threading.Event()
+
+            def client() -> None:
+                with httpx.Client(base_url=url, timeout=30) as http:
+                    while not done.is_set():
+                        response = http.post("/predict", json={"events": events})
+                        if response.status_code != 200:
+                            failures.append(f"{response.status_code}: {response.text}")
+                        else:
+                            answers.append(response.json())
+
+            clients = [threading.Thread(target=client, daemon=True) for _ in range(2)]
+            for thread in clients:
+                thread.start()
+            report = running.wait(180)
+            time.sleep(1.0)  # the last versions and deltas reach the scorer under load too
+            done.set()
+            for thread in clients:
+                thread.join(30)
+            replayer.join(30)
+
+            assert failures == []
+            assert report["examples"] == len(rows) and report["deltas_published"] >= 5
+            states = {_state(a) for a in answers}
+            assert len({s[0] for s in states}) >= 3, states  # several versions were swapped in
+            assert any(s[3] > 0 for s in states), states  # and deltas applied on top of them
+            # No torn reads: every answer equals its named state rebuilt from Redis alone.
+            by_state: dict[tuple, np.ndarray] = {}
+            for answer in answers:
+                key = _state(answer)
+                if key not in by_state:
+                    by_state[key] = predict_offline(store, answer, *probe)
+                np.testing.assert_array_equal(np.array(answer["predictions"]), by_state[key])
+
+            # Deltas with the dense part reproduce the trainer's own predictions at that delta: a
+            # version cut before the delta, plus the deltas after the version's, up to that one.
+            checked = 0
+            for meta, trainer_predictions in deltas:
+                bases = [v for v in store.versions()
+                         if store.meta(v).get("lineage") == meta["lineage"] and store.meta(v)["delta_seq"] < meta["seq"]]
+                if not bases:
+                    continue
+                offline = predict_offline(store, {"version": bases[-1], "lineage": meta["lineage"],
+                                                  "delta_seq": meta["seq"], "deltas_applied": 1}, *probe)
+                np.testing.assert_array_equal(offline, trainer_predictions)
+                checked += 1
+            assert checked >= 3
+
+            # Rollback by hand: the scorer serves that version exactly (pinned, no deltas).
+            target = store.versions()[-3]
+            result = subprocess.run([sys.executable, "-m", "stream", "models", "--model", "wide_deep", "rollback",
+                                     str(target)], env=_env(stack, namespace), capture_output=True, text=True,
+                                    timeout=60)
+            assert result.returncode == 0, result.stderr
+            _wait_for(lambda: httpx.get(f"{url}/healthz").json()["version"] == target, 10)
+            answer = httpx.post(f"{url}/predict", json=events).json()
+            assert (answer["version"], answer["deltas_applied"]) == (target, 0)
+            np.testing.assert_array_equal(np.array(answer["predictions"]),
+                                          predict_offline(store, {"version": target}, *probe))
+            bad = httpx.post(f"{url}/predict", json={"events": [{"user_id": 1}]})
+            assert bad.status_code == 400 and "user_id and item_id must be strings" in bad.json()["error"]
+            metrics = httpx.get(f"{url}/metrics").text
+            assert "streamrec_served_model_age_seconds" in metrics and "streamrec_predict_latency_seconds" in metrics
+            assert f"streamrec_served_version {float(target)}" in metrics
+    finally:
+        running.stop()
+
+
+def test_gate_holds_nan_weights(stack, namespace, learnable_rows):
+    rows = learnable_rows[:3000]
+    settings = settings_for(namespace)
+    replay_rows(stack, settings, rows, "n")
+    running = start_trainer(stack, settings, model="wide_deep", publish_every_examples=1000, metrics_port=0,
+                            model_settings={"embedding.lr": "1e30"})  # diverges to inf/NaN in two steps
+    try:
+        report = running.wait()
+        scraped = scrape(running.trainer.metrics.port)
+    finally:
+        running.stop()
+    store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "wide_deep")
+    assert report["head_version"] >= 2
+    assert store.live() is None  # nothing non-finite ever went live
+    for number in store.versions():
+        assert store.meta(number)["gate"] == {"promoted": False, "reason": HELD_NON_FINITE,
+                                              "detail": "a weight is NaN or infinite"}
+    assert scraped["streamrec_versions_held_total{reason=non_finite}"] == report["head_version"]
+
+
+def test_gate_holds_a_collapsed_auc_and_rolls_back(stack, namespace, learnable_rows):
+    # The stream's meaning flips two thirds in: every label is inverted from then on.
+    flip_at = 8000
+    rows = [r if i < flip_at else dataclasses.replace(r, label=1 - r.label) for i, r in enumerate(learnable_rows)]
+    settings = settings_for(namespace)
+    replay_rows(stack, settings, rows, "f")
+    running = start_trainer(stack, settings, model="lr", publish_every_examples=1000, metrics_port=0,
+                            window_examples=1500, gate=GateOptions(min_examples=3000, margin=0.02, rollback_drop=0.05))
+    try:
+        report = running.wait()
+        scraped = scrape(running.trainer.metrics.port)
+    finally:
+        running.stop()
+    store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
+    gates = {v: store.meta(v)["gate"] for v in store.versions()}
+    held = [v for v, g in gates.items() if g["reason"] == HELD_AUC_DROP]
+    assert held, gates
+    live = store.live()
+    assert live < store.head() and store.meta(live)["examples_seen"] <= flip_at + 1000
+    assert report["rollbacks"] >= 1
+    assert scraped["streamrec_rollbacks_total"] == report["rollbacks"]
+    assert scraped["streamrec_versions_held_total{reason=auc_drop}"] >= len(held)
+
+
+def test_champion_and_challenger_learn_side_by_side_and_promote_picks_the_served_one(
+        stack, namespace, learnable_rows, tmp_path):
+    rows = learnable_rows[:5000]
+    settings = settings_for(namespace)
+    replay_rows(stack, settings, rows, "cc")
+    trainers = {name: start_trainer(stack, settings, model=name, publish_every_examples=2000, metrics_port=0)
+                for name in ("lr", "wide_deep")}
+    try:
+        reports = {name: running.wait() for name, running in trainers.items()}
+        scraped = {name: scrape(running.trainer.metrics.port) for name, running in trainers.items()}
+        labels = {name: running.trainer.metrics.labels["model"] for name, running in trainers.items()}
+    finally:
+        for running in trainers.values():
+            running.stop()
+    # each model saw every example of the same stream once: their AUCs are over the same examples
+    assert reports["lr"]["digest"] == reports["wide_deep"]["digest"] == expected_digest("cc", rows)
+    assert labels == {"lr": "lr", "wide_deep": "wide_deep"}
+    for name in ("lr", "wide_deep"):
+        assert scraped[name]["streamrec_auc_ratio{window=lifetime}"] == pytest.approx(reports[name]["auc"], abs=1e-12)
+    client = redis.Redis.from_url(stack.redis_url)
+    heads = {name: VersionStore(client, namespace, name).head() for name in ("lr", "wide_deep")}
+    assert all(heads.values())
+
+    def promote(name: str) -> None:
+        result = subprocess.run([sys.executable, "-m", "stream", "models", "--model", name, "promote",
+                                 str(heads[name])], env=_env(stack, namespace), capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0 and f"champion of {namespace}" in result.stdout, result.stderr
+
+    with serving(stack, namespace, tmp_path) as url:  # no --model: the champion
+        assert httpx.get(f"{url}/healthz").status_code == 503
+        promote("lr")
+        _wait_for(lambda: httpx.get(f"{url}/healthz").json().get("model") == "lr", 20)
+        promote("wide_deep")
+        _wait_for(lambda: httpx.get(f"{url}/healthz").json().get("model") == "wide_deep", 20)
+        answer = httpx.post(f"{url}/predict", json=[{"user_id": rows[0].user_id, "item_id": rows[0].item_id,
+                                                      "features": rows[0].features}]).json()
+        assert answer["model"] == "wide_deep" and answer["version"] == heads["wide_deep"]
