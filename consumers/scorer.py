@@ -34,12 +34,13 @@ import redis
 
 from consumers.version_store import DeltaRecord, VersionStore, champion, champion_channel, connect
 from models import model_from_bytes
-from models.base import OnlineModel
+from models.base import DELTA_FORMAT, OnlineModel, read_metadata
 from stream.errors import StreamrecError
 from stream.features import Featurizer
 
 log = logging.getLogger(__name__)
 STOP_CHECK_S = 0.25
+DEFER_S = 1.0  # how long a version cut after the newest delta waits for one before a full load
 
 
 class NotReady(StreamrecError):
@@ -62,6 +63,9 @@ class Served:
     event_time: float | None  # label time of the newest example reflected (trainer's event time)
     watermark: float | None  # the trainer's join watermark: every label known before it is reflected
     swapped_at: float        # unix time this state started serving
+    # the delta seq whose dense weights are served; the version's delta_seq when they are the
+    # version's own (its cut lies after that delta, so no later version can reuse them)
+    dense_at: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "version": self.version, "lineage": self.lineage, "delta_seq": self.delta_seq,
@@ -130,7 +134,8 @@ class Scorer:
         self._standby: _Copy | None = None
         self._featurizer: Featurizer | None = None
         self._stuck_at: tuple[int, str | None, int] | None = None  # gap seen at this state: wait for a version
-        self.swaps = {"full": 0, "delta": 0}
+        self._deferred: tuple[int, float] | None = None  # (version, since): cut after the newest delta
+        self.swaps = {"full": 0, "delta": 0, "rebase": 0}
         self.gaps = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -199,21 +204,26 @@ class Scorer:
             live, head = int(live), None if head is None else int(head)
             following = self.use_deltas and live == head and pinned is None
             served = self.served
-            changed = False
-            if (served is None or served.model != model or served.version != live
-                    or (served.deltas_applied and not following)):
+            if served is None or served.model != model or (served.deltas_applied and not following):
                 self._load_full(store, live)
-                changed = True
+            elif served.version != live and not (following and self._rebase(store, live)):
+                if self._deferred is not None and self._deferred[0] == live and \
+                        time.monotonic() - self._deferred[1] < DEFER_S:
+                    return False
+                self._load_full(store, live)
+            elif served.version == live and not following:
+                return False
             if following:
-                changed = self._apply_deltas(store) or changed
-            return changed
+                self._apply_deltas(store)
+            return self.served != served
 
     def _load_full(self, store: VersionStore, number: int) -> None:
         version = store.load(number, with_state=False)
         model = model_from_bytes(version.weights)
         meta = version.meta
-        served = Served(store.model, number, meta.get("lineage"), int(meta.get("delta_seq") or 0), 0,
-                        meta.get("event_time"), meta.get("joiner_watermark"), time.time())
+        seq = int(meta.get("delta_seq") or 0)
+        served = Served(store.model, number, meta.get("lineage"), seq, 0, meta.get("event_time"),
+                        meta.get("joiner_watermark"), time.time(), dense_at=seq)
         standby = _Copy(_clone(model), served)
         featurizer = self._featurizer
         if featurizer is None or featurizer.spec != model.spec:
@@ -221,10 +231,62 @@ class Scorer:
         with self._lock:
             self._active, self._standby, self._featurizer = _Copy(model, served), standby, featurizer
         self._stuck_at = None
+        self._deferred = None
         self.swaps["full"] += 1
         log.info("serving %s version %d (full load)", store.model, number)
         if self.on_swap is not None:
             self.on_swap(served)
+
+    def _rebase(self, store: VersionStore, number: int) -> bool:
+        """Serve version ``number`` without reloading it, when the served state already holds it:
+        same lineage, and its cut lies before the newest delta served. The rows are then exactly
+        version + the deltas after it; the dense weights too, if a delta after its cut carried
+        them, else the version's are copied in. A full load of a large model takes seconds on a
+        busy machine and versions come every few seconds: this keeps the deltas flowing.
+
+        A version cut after the newest delta is deferred until the next delta arrives (at most
+        ``DEFER_S``, then it is loaded in full)."""
+        served = self.served
+        assert served is not None
+        meta = store.meta(number)
+        if meta.get("lineage") != served.lineage:
+            return False
+        self._apply_deltas(store)  # catch up first: the version may be behind the newest delta
+        served = self.served
+        assert served is not None
+        seq = int(meta.get("delta_seq") or 0)
+        if seq >= served.delta_seq:
+            if self._deferred is None or self._deferred[0] != number:
+                self._deferred = (number, time.monotonic())
+            return False
+        self._deferred = None
+        new = replace(served, version=number, deltas_applied=served.delta_seq - seq, swapped_at=time.time())
+        if served.dense_at > seq:
+            self._swap_in(new, lambda model: None)
+        else:
+            blob = store.load(number, with_state=False).weights
+            self._swap_in(replace(new, dense_at=seq), lambda model: model.load_dense(blob))
+        self.swaps["rebase"] += 1
+        log.info("serving %s version %d (rebased, %d deltas on top)", store.model, number, new.deltas_applied)
+        return True
+
+    def _swap_in(self, new: Served, change: Any) -> None:
+        """Apply ``change`` to the standby copy, make it active, then (once the old copy's last
+        request has finished) apply it to the old copy, which becomes the standby."""
+        standby = self._standby
+        assert standby is not None
+        change(standby.model)
+        standby.served = new
+        with self._lock:
+            old, self._active = self._active, standby
+            while old is not None and old.readers:
+                self._drained.wait()
+        if old is not None:
+            change(old.model)
+            old.served = new
+        self._standby = old
+        if self.on_swap is not None:
+            self.on_swap(new)
 
     def _pending_deltas(self, store: VersionStore) -> list[DeltaRecord] | None:
         """The deltas to apply now, in order; [] if none; None if there is a gap."""
@@ -265,28 +327,19 @@ class Scorer:
         if not records:
             return False
         last = records[-1]
+        dense = [r.seq for r in records if read_metadata(r.weights, DELTA_FORMAT).get("dense") == "1"]
         new = replace(served, lineage=last.lineage, delta_seq=last.seq,
                       deltas_applied=served.deltas_applied + len(records),
                       event_time=last.meta.get("event_time") or served.event_time,
-                      watermark=last.meta.get("watermark") or served.watermark, swapped_at=time.time())
-        standby = self._standby
-        assert standby is not None
-        for record in records:
-            standby.model.apply_delta(record.weights)
-        standby.served = new
-        with self._lock:
-            old, self._active = self._active, standby
-            # the old copy is brought up to date once its last request is done
-            while old is not None and old.readers:
-                self._drained.wait()
-        if old is not None:
+                      watermark=last.meta.get("watermark") or served.watermark, swapped_at=time.time(),
+                      dense_at=dense[-1] if dense else served.dense_at)
+
+        def apply(model: OnlineModel) -> None:
             for record in records:
-                old.model.apply_delta(record.weights)
-            old.served = new
-        self._standby = old
+                model.apply_delta(record.weights)
+
+        self._swap_in(new, apply)
         self.swaps["delta"] += 1
-        if self.on_swap is not None:
-            self.on_swap(new)
         return True
 
     def start(self) -> Scorer:

@@ -45,7 +45,7 @@ class ScorerMetrics:
         delta = Gauge("streamrec_served_delta_seq", "The last delta applied to the served version", registry=r)
         delta.set_function(lambda: math.nan if scorer.served is None else scorer.served.delta_seq)
         swaps = Gauge("streamrec_scorer_swaps", "Model swaps since start", ("kind",), registry=r)
-        for kind in ("full", "delta"):
+        for kind in ("full", "delta", "rebase"):
             swaps.labels(kind=kind).set_function(lambda k=kind: scorer.swaps[k])
         gaps = Gauge("streamrec_scorer_delta_gaps", "Gaps seen in the delta sequence since start", registry=r)
         gaps.set_function(lambda: scorer.gaps)

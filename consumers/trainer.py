@@ -558,11 +558,14 @@ class Trainer:
         self.started_at = time.monotonic()
         last_quality = last_lag = 0.0
         finished = False
+        # A poll waits until it has poll_records or the timeout: short when deltas are on, so a
+        # quiet stream's clicks are not held back a whole poll before the next delta.
+        poll_timeout = min(0.2, opts.delta_every_s / 4) if opts.delta_every_s > 0 else 0.2
         try:
             consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
             self._start_learning()
             while not self.stop_event.is_set():
-                records = consumer.poll(opts.poll_records, 0.2)
+                records = consumer.poll(opts.poll_records, poll_timeout)
                 if records:
                     if self.first_record_at is None:
                         self.first_record_at = time.monotonic()
@@ -581,7 +584,7 @@ class Trainer:
                     self._cut()
                 if self._pending_delta is not None:
                     self._complete_delta(block=False)
-                elif self._delta_due():
+                if self._delta_due():
                     self._request_delta()
                 now = time.monotonic()
                 if now - last_quality >= QUALITY_EVERY_S:

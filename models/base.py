@@ -116,6 +116,19 @@ class OnlineModel(abc.ABC):
                     raise ModelError(f"delta holds {name!r}, which model {self.name!r} does not have")
                 current[name].copy_(value)
 
+    def dense_names(self) -> list[str]:
+        """Tensors outside the row groups that scoring needs (not optimiser state)."""
+        grouped = {name for _touched, names in self.row_groups().values() for name in names}
+        return [n for n in self.tensors() if n not in grouped and not n.startswith(self.optimizer_prefixes)]
+
+    def load_dense(self, blob: bytes) -> None:
+        """Copy the dense weights of a :meth:`to_bytes` blob in place (rows untouched)."""
+        stored = load_tensors_blob(blob)
+        current = self.tensors()
+        with torch.no_grad():
+            for name in self.dense_names():
+                current[name].copy_(stored[name])
+
     def to_bytes(self, extra_metadata: dict[str, str] | None = None) -> bytes:
         """Safetensors: dense tensors as they are; for each row group, only the touched rows.
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -162,6 +163,9 @@ def test_hot_swap_under_load_answers_every_request_from_one_exact_state(stack, n
             bad = httpx.post(f"{url}/predict", json={"events": [{"user_id": 1}]})
             assert bad.status_code == 400 and "user_id and item_id must be strings" in bad.json()["error"]
             metrics = httpx.get(f"{url}/metrics").text
+            swaps = {kind: float(re.search(rf'streamrec_scorer_swaps{{kind="{kind}"}} (\S+)', metrics).group(1))
+                     for kind in ("full", "delta", "rebase")}
+            assert swaps["delta"] >= 1 and swaps["rebase"] >= 1, swaps  # versions mostly arrive without a reload
             assert "streamrec_served_model_age_seconds" in metrics and "streamrec_predict_latency_seconds" in metrics
             assert f"streamrec_served_version {float(target)}" in metrics
     finally:
