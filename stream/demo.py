@@ -1,9 +1,10 @@
 """``streamrec demo``: the whole loop on one machine, with one command.
 
 Start (or reuse) the local stack; generate a synthetic stream with a known oracle AUC (or take
-``--data``); then run the replay producer and a trainer worker as two separate processes, as
-they would run in production, and show a live view scraped from the trainer's Prometheus
-endpoint. The trainer stops at the replay's final watermarks, after flushing the joiner, so every
+``--data``); then run the replay producer, a trainer worker and a scorer (``streamrec serve``)
+as separate processes, as they would run in production, and show a live view scraped from the
+trainer's and the scorer's Prometheus endpoints. At the end the scorer answers a request with
+the live version. The trainer stops at the replay's final watermarks, after flushing the joiner, so every
 impression is trained exactly once. Everything started here is stopped by pid on the way out,
 also on failure or Ctrl-C.
 """
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -80,16 +82,54 @@ def scrape(port: int, timeout_s: float = 1.0) -> dict[str, float]:
     return out
 
 
-def _live_line(metrics: dict[str, float]) -> str:
+def _live_line(metrics: dict[str, float], served: dict[str, float]) -> str:
     def get(key: str) -> float:
         return metrics.get(key, float("nan"))
 
     lag = sum(v for k, v in metrics.items() if k.startswith("streamrec_consumer_lag_messages"))
+    version, delta = served.get("streamrec_served_version", float("nan")), served.get("streamrec_served_delta_seq")
+    scorer = "scorer waiting" if version != version else f"serving v{version:.0f} (delta {delta:.0f})"
     return (f"examples {get('streamrec_examples_trained_total'):>10,.0f}   "
             f"{get('streamrec_examples_per_second'):>7,.0f} ex/s   "
             f"AUC window {get('streamrec_auc_ratio{window=recent}'):.4f}  "
             f"lifetime {get('streamrec_auc_ratio{window=lifetime}'):.4f}   "
-            f"version {get('streamrec_model_version'):.0f}   lag {lag:,.0f}")
+            f"version {get('streamrec_model_version'):.0f}   lag {lag:,.0f}   {scorer}")
+
+
+def _get_json(url: str, body: Any = None, timeout_s: float = 5.0) -> dict[str, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return {"status_code": exc.code, **json.loads(exc.read() or b"{}")}
+
+
+def _ask_scorer(port: int, live: int | None, data: Path, fmt: str, reader_options: ReaderOptions,
+                say: Callable[[str], None], wait_s: float = 15.0) -> dict[str, Any]:
+    """Wait until the scorer serves the live version, then score a few events with it."""
+    from producers.readers import read_rows
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if _get_json(f"http://127.0.0.1:{port}/healthz").get("version") == live:
+            break
+        time.sleep(0.2)
+    rows = []
+    for row in read_rows(data, fmt, reader_options):
+        rows.append({"user_id": row.user_id, "item_id": row.item_id, "features": row.features})
+        if len(rows) == 3:
+            break
+    started = time.perf_counter()
+    answer = _get_json(f"http://127.0.0.1:{port}/predict", {"events": rows})
+    millis = (time.perf_counter() - started) * 1e3
+    if "predictions" in answer:
+        say(f"scorer: version {answer['version']} (+{answer['deltas_applied']} deltas) scored 3 events in "
+            f"{millis:.1f} ms: {', '.join(f'{p:.3f}' for p in answer['predictions'])}")
+    else:
+        say(f"scorer did not answer: {answer}")
+    return {**{k: answer.get(k) for k in ("version", "deltas_applied", "predictions")}, "latency_ms": millis}
 
 
 def run_demo(settings: Settings, *, events: int, model: str, data: Path | None, fmt: str,
@@ -113,6 +153,9 @@ def run_demo(settings: Settings, *, events: int, model: str, data: Path | None, 
                "STREAMREC_REDIS_URL": endpoints.redis_url, "STREAMREC_NAMESPACE": namespace,
                "STREAMREC_HOME": str(settings.home), "STREAMREC_PARTITIONS": str(settings.partitions)}
         ready, train_report, replay_report = tmp / "ready.json", tmp / "train.json", tmp / "replay.json"
+        serve_ready = tmp / "serve.json"
+        scorer = _spawn("scorer", ["serve", "--model", model, "--port", "0", "--ready-file", str(serve_ready)], env, tmp)
+        cleanup.callback(scorer.stop)
         trainer = _spawn("trainer", ["train", "--model", model, "--exit-at-end", "--metrics-port", "0",
                                      "--worker-id", "demo-trainer", "--ready-file", str(ready),
                                      "--report-json", str(train_report)], env, tmp)
@@ -122,8 +165,9 @@ def run_demo(settings: Settings, *, events: int, model: str, data: Path | None, 
         producer = _spawn("replay", ["replay", str(data), "--format", fmt, "--limit", str(events), *reader_args,
                                      "--report-json", str(replay_report)], env, tmp)
         cleanup.callback(producer.stop)
-        say(f"replay pid {producer.process.pid} → topics {namespace}.* → trainer pid {trainer.process.pid}")
-        _watch(trainer, producer, ready, live, timeout_s)
+        say(f"replay pid {producer.process.pid} → topics {namespace}.* → trainer pid {trainer.process.pid} "
+            f"→ Redis → scorer pid {scorer.process.pid}")
+        _watch(trainer, producer, ready, serve_ready, live, timeout_s)
         if producer.process.returncode != 0:
             raise StackError(f"the replay producer failed (exit {producer.process.returncode}):\n{producer.tail()}")
         if trainer.process.returncode != 0:
@@ -132,26 +176,47 @@ def run_demo(settings: Settings, *, events: int, model: str, data: Path | None, 
         report = json.loads(train_report.read_text())
         say(f"replayed {produced['impressions']:,} impressions + {produced['clicks']:,} clicks "
             f"at {produced['events_per_second']:,.0f} events/s")
+        served: dict[str, Any] = {}
+        if scorer.process.poll() is None and serve_ready.exists():
+            from consumers.version_store import VersionStore, connect
+
+            client = connect(endpoints.redis_url)
+            live_version = VersionStore(client, namespace, model).live()
+            client.close()
+            served = _ask_scorer(int(json.loads(serve_ready.read_text())["port"]), live_version, data, fmt,
+                                 reader_options, say)
+        else:
+            say(f"the scorer stopped early:\n{scorer.tail()}")
         return {**report, "events_produced": produced["impressions"] + produced["clicks"],
                 "dead_letters": produced["dead_letters"] + report["dead_letters"],
-                "oracle_auc": oracle, "namespace": namespace}
+                "oracle_auc": oracle, "namespace": namespace, "served": served}
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
 
 
-def _watch(trainer: Child, producer: Child, ready: Path, live: Callable[[str], None] | None,
+def _port(ready: Path, key: str) -> int | None:
+    if not ready.exists():
+        return None
+    try:
+        return int(json.loads(ready.read_text())[key])
+    except (ValueError, KeyError):
+        return None  # written but not complete yet
+
+
+def _watch(trainer: Child, producer: Child, ready: Path, serve_ready: Path, live: Callable[[str], None] | None,
            timeout_s: float) -> None:
-    """Wait for both children; feed ``live`` a status line twice a second."""
+    """Wait for the trainer and the producer; feed ``live`` a status line twice a second."""
     deadline = time.monotonic() + timeout_s
-    port: int | None = None
+    port = serve_port = None
     while True:
-        if port is None and ready.exists():
-            try:
-                port = int(json.loads(ready.read_text())["metrics_port"])
-            except (ValueError, KeyError):
-                port = None  # written but not complete yet
+        port = port or _port(ready, "metrics_port")
+        serve_port = serve_port or _port(serve_ready, "port")
         if live is not None and port is not None and trainer.process.poll() is None:
             try:
-                live(_live_line(scrape(port)))
+                served = scrape(serve_port) if serve_port is not None else {}
+            except OSError:
+                served = {}
+            try:
+                live(_live_line(scrape(port), served))
             except OSError:
                 pass
         if trainer.process.poll() is not None:

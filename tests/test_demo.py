@@ -35,5 +35,8 @@ def test_demo_runs_the_loop_and_stops_its_stack(tmp_path: Path) -> None:
     assert report["events_consumed"] == report["events_produced"] > 4000
     assert report["dead_letters"] == 0
     assert report["auc"] > 0.55 and report["oracle_auc"] > report["auc"]
+    # the scorer followed the trainer and answered with the live (here: final) version
+    assert report["served"]["version"] == report["head_version"]
+    assert len(report["served"]["predictions"]) == 3 and all(0 < p < 1 for p in report["served"]["predictions"])
     assert not (home / "stack.json").exists()
     assert _stack_processes(home) <= before  # nothing it started is left

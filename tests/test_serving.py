@@ -44,12 +44,12 @@ def serving(stack, namespace: str, tmp_path: Path, *args: str) -> Iterator[str]:
     ready = tmp_path / f"serve-{time.monotonic_ns()}.json"
     process = subprocess.Popen([sys.executable, "-m", "stream", "serve", "--port", "0", "--poll-s", "0.2",
                                 "--ready-file", str(ready), *args], env=_env(stack, namespace),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"), text=True)
     try:
         deadline = time.monotonic() + 60
         while not ready.exists():
             if process.poll() is not None:
-                raise AssertionError(f"serve exited: {process.stderr.read()}")
+                raise AssertionError(f"serve exited: {(tmp_path / 'serve.log').read_text()}")
             if time.monotonic() > deadline:
                 raise AssertionError("serve did not start in 60 s")
             time.sleep(0.05)
@@ -89,6 +89,7 @@ def test_hot_swap_under_load_answers_every_request_from_one_exact_state(stack, n
                             publish_every_s=60, keep_versions=100, delta_every_s=0.05, dense_every_s=0,
                             gate=GateOptions(enabled=False), probe=list(zip(*probe)),
                             on_delta=lambda meta, p: deltas.append((meta, p)))
+    _wait_for(lambda: running.trainer.assignments >= 1, 60)  # in the group before events flow
     store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "wide_deep")
     answers: list[dict] = []
     failures: list[str] = []

@@ -65,3 +65,25 @@ def test_a_store_that_lost_its_history_continues_upwards(stack, namespace):
     client.delete(*client.keys(f"{store.prefix}:*"))  # as if Redis restarted empty
     assert _publish(store, 2) == 3
     assert store.meta(3)["history_lost"] is True and store.head() == 3
+
+
+def test_a_held_version_moves_head_but_not_live_and_is_kept_beside_it(stack, namespace):
+    store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
+    assert store.publish(parent=None, meta={}, weights=b"w", trainer=b"t", joiner=b"{}", keep=2, promote=False) == 1
+    assert store.head() == 1 and store.live() is None  # nothing held ever becomes live by itself
+    _publish(store, 1, keep=2)
+    for parent in (2, 3, 4):
+        store.publish(parent=parent, meta={}, weights=b"w", trainer=b"t", joiner=b"{}", keep=2, promote=False)
+    assert store.head() == 5 and store.live() == 2
+    assert store.versions() == [2, 4, 5]  # the live one survives retention
+
+
+def test_deltas_are_stored_in_order_and_expire(stack, namespace):
+    store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
+    store.publish_delta(lineage="abc", seq=1, meta={"base_version": 3}, weights=b"d1", ttl_s=60)
+    store.publish_delta(lineage="abc", seq=2, meta={"base_version": 3}, weights=b"d2", ttl_s=60)
+    assert store.delta_head() == {"lineage": "abc", "seq": 2, "base_version": 3}
+    record = store.load_delta("abc", 1)
+    assert record.weights == b"d1" and record.meta["seq"] == 1 and record.meta["model"] == "lr"
+    assert store.load_delta("abc", 3) is None
+    assert 0 < store.client.ttl(store.delta_key("abc", 2)) <= 60
