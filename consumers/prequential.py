@@ -77,7 +77,9 @@ def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512
         "auc_window": snap["auc_window"],
         "logloss": snap["logloss"],
         "normalized_entropy": snap["normalized_entropy"],
+        "normalized_entropy_window": snap["normalized_entropy_window"],
         "calibration": snap["calibration"],
+        "calibration_window": snap["calibration_window"],
         "examples_per_second": metrics.examples / wall if wall > 0 else float("nan"),
         "wall_seconds": wall,
     }

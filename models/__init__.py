@@ -6,12 +6,20 @@ import dataclasses
 from typing import Any
 
 from models.base import OnlineModel, config_from_json, load_tensors_blob, read_metadata
+from models.dcn import DCN
+from models.deep_crossing import DeepCrossing
+from models.deepfm import DeepFM
 from models.lr import LogisticRegressionFTRL
+from models.neuralcf import NeuralCF
+from models.nfm import NFM
+from models.pnn import IPNN, OPNN
+from models.two_tower import TwoTower
 from models.wide_deep import WideDeep
 from stream.errors import ConfigError, ModelError
 from stream.features import FeatureSpec
 
-REGISTRY: dict[str, type[OnlineModel]] = {cls.name: cls for cls in (LogisticRegressionFTRL, WideDeep)}
+REGISTRY: dict[str, type[OnlineModel]] = {cls.name: cls for cls in (
+    LogisticRegressionFTRL, WideDeep, DeepFM, NFM, DCN, DeepCrossing, IPNN, OPNN, NeuralCF, TwoTower)}
 
 
 def model_names() -> list[str]:

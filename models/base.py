@@ -33,6 +33,8 @@ class OnlineModel(abc.ABC):
     config_class: ClassVar[type]
     # tensors that only learning needs (optimiser moments): never in a delta, which is for scoring
     optimizer_prefixes: ClassVar[tuple[str, ...]] = ()
+    # False for pure collaborative filtering: only user and item ids are read
+    reads_context: ClassVar[bool] = True
 
     def __init__(self, spec: FeatureSpec, config: Any) -> None:
         self.spec = spec

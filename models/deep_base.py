@@ -1,0 +1,205 @@
+"""What every embedding model shares: sparse embeddings, an optional FTRL part, a dense network.
+
+A :class:`DeepModel` is three parts trained jointly on one logloss, each with the optimiser that
+suits it (as in Wide&Deep):
+
+* ``embedding``: one table for all fields (stream/features.py), rows trained sparsely with
+  row-wise Adagrad and mini-batch-aware L2 (models/embedding.py);
+* ``wide`` (if the model has a linear part): FTRL-Proximal over every field id, cross and the bias;
+* ``deep``: the model's own network (an ``nn.Module``) over the embedded fields ``(B, F, D)`` and
+  the dense inputs ``(B, Dd)``, trained with Adam.
+
+A model file only says what its network is (:meth:`DeepModel.build_deep`) and, if the network
+does not take ``(rows, dense)`` directly, how it is called (:meth:`DeepModel.deep_logit`).
+Learning, serialisation, deltas and the regulariser are here, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.base import OnlineModel
+from models.embedding import EmbeddingConfig, SparseEmbedding
+from models.ftrl import FTRLConfig, FTRLProximal
+from models.lr import wide_ids
+from stream.features import FeatureSpec, SparseBatch
+
+
+@dataclass(frozen=True)
+class DeepConfig:
+    """The settings every deep model has; model configs subclass it."""
+
+    ftrl: FTRLConfig = field(default_factory=FTRLConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    hidden: tuple[int, ...] = (256, 128)
+    dense_lr: float = 1e-3
+    seed: int = 0
+
+
+def init_linear(layer: nn.Linear, generator: torch.Generator) -> nn.Linear:
+    """PyTorch's default Linear initialisation, drawn from ``generator`` (seeded runs repeat)."""
+    nn.init.kaiming_uniform_(layer.weight, a=5**0.5, generator=generator)
+    bound = 1 / layer.in_features**0.5
+    nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+    return layer
+
+
+def mlp(input_dim: int, hidden: tuple[int, ...], generator: torch.Generator, out: int | None = 1) -> nn.Sequential:
+    """Linear + ReLU layers of widths ``hidden``, then a Linear to ``out`` (none if ``out`` is None)."""
+    layers: list[nn.Module] = []
+    dim = input_dim
+    for width in hidden:
+        layers += [init_linear(nn.Linear(dim, width), generator), nn.ReLU()]
+        dim = width
+    if out is not None:
+        layers.append(init_linear(nn.Linear(dim, out), generator))
+    return nn.Sequential(*layers)
+
+
+def pairs(fields: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index pairs (i < j) over ``fields`` fields, for pairwise interactions."""
+    i, j = torch.triu_indices(fields, fields, offset=1)
+    return i, j
+
+
+class AdamState:
+    """torch.optim.Adam over named parameters, with its state exposed as named tensors."""
+
+    def __init__(self, params: dict[str, nn.Parameter], lr: float) -> None:
+        self.params = params
+        self.optimizer = torch.optim.Adam(list(params.values()), lr=lr)
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, param in self.params.items():
+            state = self.optimizer.state.get(param)
+            if state:
+                out[f"{prefix}.{name}.exp_avg"] = state["exp_avg"]
+                out[f"{prefix}.{name}.exp_avg_sq"] = state["exp_avg_sq"]
+                out[f"{prefix}.{name}.step"] = state["step"].reshape(1).to(torch.float64)
+        return out
+
+    def load(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
+        for name, param in self.params.items():
+            key = f"{prefix}.{name}.exp_avg"
+            if key in tensors:
+                self.optimizer.state[param] = {
+                    "exp_avg": tensors[key].clone(), "exp_avg_sq": tensors[f"{prefix}.{name}.exp_avg_sq"].clone(),
+                    "step": tensors[f"{prefix}.{name}.step"].reshape(()).to(torch.float32).clone(),
+                }
+
+
+@dataclass
+class Backward:
+    probabilities: torch.Tensor
+    residual: torch.Tensor
+    w_unique: torch.Tensor | None
+    w_inverse: torch.Tensor | None
+    e_unique: torch.Tensor
+    e_inverse: torch.Tensor
+    leaf: torch.Tensor
+
+
+class DeepModel(OnlineModel):
+    """Embeddings + (optional) FTRL linear part + a network; subclasses define the network."""
+
+    optimizer_prefixes = ("adam.",)
+    has_wide: ClassVar[bool] = True  # the model has a linear part, trained with FTRL
+
+    def __init__(self, spec: FeatureSpec, config: Any) -> None:
+        super().__init__(spec, config)
+        generator = torch.Generator().manual_seed(config.seed)
+        self.wide = FTRLProximal(spec.wide_rows, config.ftrl) if self.has_wide else None
+        self.embedding = SparseEmbedding(spec.field_rows, config.embedding, generator)
+        self.deep = self.build_deep(spec, config, generator)
+        self.adam = AdamState(dict(self.deep.named_parameters()), config.dense_lr)
+
+    # ------------------------------------------------------------------ what a model file defines
+
+    def build_deep(self, spec: FeatureSpec, config: Any, generator: torch.Generator) -> nn.Module:
+        raise NotImplementedError
+
+    def deep_logit(self, rows: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """The network's logit (B,) from embedded fields (B, F, D) and dense inputs (B, Dd)."""
+        return self.deep(rows, dense).reshape(-1)
+
+    # ------------------------------------------------------------------ the shared step
+
+    def logits(self, batch: SparseBatch) -> torch.Tensor:
+        with torch.no_grad():
+            deep = self.deep_logit(self.embedding.weight[batch.ids], batch.dense).to(torch.float64)
+            if self.wide is not None:
+                deep = deep + self.wide.weights(wide_ids(self.spec, batch)).sum(dim=1)
+            return deep.to(torch.float32)
+
+    def learn(self, batch: SparseBatch) -> np.ndarray:
+        step = self.backward(batch)
+        self.adam.step()
+        self.embedding.step(step.e_unique, step.e_inverse, step.leaf)
+        if self.wide is not None:
+            self.wide.step_unique(step.w_unique, step.w_inverse, step.residual)
+        return step.probabilities.numpy()
+
+    def backward(self, batch: SparseBatch) -> Backward:
+        """Forward pass and gradients of the mean logloss, without changing any weight.
+
+        Afterwards the network's parameters and ``leaf`` hold d(mean logloss)/d(parameter) in
+        ``.grad``; ``residual`` (p - y) is the per-example gradient of each wide coordinate.
+        """
+        assert batch.labels is not None, "learn needs labels"
+        logit = torch.zeros(len(batch), dtype=torch.float64)
+        w_unique = w_inverse = None
+        if self.wide is not None:
+            w_unique, w_inverse = torch.unique(wide_ids(self.spec, batch), return_inverse=True)
+            logit = self.wide.weights(w_unique)[w_inverse].sum(dim=1)
+        e_unique, e_inverse, leaf = self.embedding.gather(batch.ids)
+        # F.embedding's CPU backward sums repeated rows in a fixed order, so seeded runs repeat
+        # bit for bit (plain indexing accumulates in parallel, in varying order).
+        rows = nn.functional.embedding(e_inverse, leaf)
+        deep = self.deep_logit(rows, batch.dense)
+        p = torch.sigmoid(logit + deep.detach().to(torch.float64))
+        residual = p - batch.labels.to(torch.float64)
+        # d(mean logloss)/d(deep logit) = (p - y) / B; FTRL takes the per-example sum.
+        deep.backward((residual / len(batch)).to(torch.float32))
+        return Backward(p, residual, w_unique, w_inverse, e_unique, e_inverse, leaf)
+
+    # ------------------------------------------------------------------ state
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"embedding.weight": self.embedding.weight, "embedding.accum": self.embedding.accum,
+               "embedding.counts": self.embedding.counts}
+        if self.wide is not None:
+            out.update({"wide.z": self.wide.z, "wide.n": self.wide.n})
+        out.update({f"deep.{k}": v.detach() for k, v in self.deep.state_dict().items()})
+        out.update(self.adam.tensors("adam"))
+        return out
+
+    def row_groups(self) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:
+        groups = {"embedding": (self.embedding.counts > 0, ("embedding.weight", "embedding.accum", "embedding.counts"))}
+        if self.wide is not None:
+            groups["wide"] = (self.wide.n > 0, ("wide.z", "wide.n"))
+        return groups
+
+    def dirty_rows(self) -> dict[str, torch.Tensor]:
+        dirty = {"embedding": self.embedding.dirty}
+        if self.wide is not None:
+            dirty["wide"] = self.wide.dirty
+        return dirty
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if self.wide is not None:
+            self.wide.z, self.wide.n = tensors["wide.z"].clone(), tensors["wide.n"].clone()
+        self.embedding.weight = tensors["embedding.weight"].clone()
+        self.embedding.accum = tensors["embedding.accum"].clone()
+        self.embedding.counts = tensors["embedding.counts"].clone()
+        self.deep.load_state_dict({k[len("deep."):]: v for k, v in tensors.items() if k.startswith("deep.")})
+        self.adam.load("adam", tensors)

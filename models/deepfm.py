@@ -1,0 +1,47 @@
+"""``deepfm``: a factorisation machine and an MLP over the same embeddings, plus an FTRL linear part.
+
+Guo et al., "DeepFM: A Factorization-Machine based Neural Network for CTR Prediction", IJCAI 2017.
+``logit = linear(x) + FM(x) + MLP(x)``: the FM's first-order term is the FTRL linear part (over
+field ids, crosses and the bias); its second-order term is the sum of pairwise inner products of
+field embeddings, ``0.5 * sum_d((sum_f v_fd)^2 - sum_f v_fd^2)``; the MLP reads the same
+embeddings concatenated with the dense inputs. No pre-training: one network, one loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.deep_base import DeepConfig, DeepModel, mlp
+from stream.features import FeatureSpec
+
+
+def fm_second_order(rows: torch.Tensor) -> torch.Tensor:
+    """Sum of pairwise inner products of the field embeddings (B, F, D) -> (B,), in O(F D)."""
+    total = rows.sum(dim=1)
+    return 0.5 * (total.pow(2) - rows.pow(2).sum(dim=1)).sum(dim=1)
+
+
+class _DeepFMNet(nn.Module):
+    def __init__(self, input_dim: int, hidden: tuple[int, ...], generator: torch.Generator) -> None:
+        super().__init__()
+        self.mlp = mlp(input_dim, hidden, generator)
+
+    def forward(self, rows: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        deep = self.mlp(torch.cat([rows.reshape(rows.shape[0], -1), dense], dim=1)).squeeze(1)
+        return fm_second_order(rows) + deep
+
+
+@dataclass(frozen=True)
+class DeepFMConfig(DeepConfig):
+    hidden: tuple[int, ...] = (200, 200)
+
+
+class DeepFM(DeepModel):
+    name = "deepfm"
+    config_class = DeepFMConfig
+
+    def build_deep(self, spec: FeatureSpec, config: DeepFMConfig, generator: torch.Generator) -> nn.Module:
+        return _DeepFMNet(len(spec.fields) * config.embedding.dim + spec.dense_dim, config.hidden, generator)
