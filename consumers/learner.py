@@ -89,11 +89,14 @@ def _unpack(message: bytes) -> tuple[bytes, dict[str, Any], list[np.ndarray], li
     return op, header, arrays, blobs
 
 
-def _batch_arrays(batch: Any) -> list[np.ndarray]:
+def _batch_message(op: bytes, batch: Any, labels: bool = True) -> bytes:
     arrays = [batch.ids.numpy(), batch.cross_ids.numpy(), batch.dense.numpy()]
-    if batch.labels is not None:
+    has_labels = labels and batch.labels is not None
+    if has_labels:
         arrays.append(batch.labels.numpy())
-    return arrays
+    if batch.history is not None:
+        arrays.append(batch.history.numpy())
+    return _pack(op, {"labels": has_labels, "history": batch.history is not None}, arrays)
 
 
 # ------------------------------------------------------------------------------ child process
@@ -130,9 +133,11 @@ def _child(conn: Connection, board: Any) -> None:
     posted = 0.0
     failure: str | None = None
 
-    def batch_of(arrays: list[np.ndarray]) -> SparseBatch:
+    def batch_of(header: dict[str, Any], arrays: list[np.ndarray]) -> SparseBatch:
         tensors = [torch.from_numpy(a.copy()) for a in arrays]
-        return SparseBatch(tensors[0], tensors[1], tensors[2], tensors[3] if len(tensors) > 3 else None)
+        labels = tensors.pop(3) if header.get("labels") else None
+        history = tensors.pop(3) if header.get("history") else None
+        return SparseBatch(tensors[0], tensors[1], tensors[2], labels, history)
 
     while True:
         try:
@@ -146,7 +151,7 @@ def _child(conn: Connection, board: Any) -> None:
             if failure is None:
                 try:
                     started = time.perf_counter()
-                    progressive_step(model, quality, batch_of(arrays))
+                    progressive_step(model, quality, batch_of(header, arrays))
                     seconds += time.perf_counter() - started
                     if started - posted >= POST_EVERY_S:  # for dashboards, without a round trip
                         _post(board, quality.snapshot(), seconds)
@@ -183,7 +188,7 @@ def _child(conn: Connection, board: Any) -> None:
                 reply = _pack(_OK, {"lineage": lineage, "seq": delta_seq, "base_version": base_version,
                                     "dense": header["dense"]}, arrays=probe_out, blobs=[blob])
             elif op == _PROBE:
-                probe = batch_of(arrays)
+                probe = batch_of(header, arrays)
                 reply = _pack(_OK, {})
             elif op == _QUALITY:
                 reply = _pack(_OK, {"snapshot": quality.snapshot(), "seconds": seconds})
@@ -289,7 +294,7 @@ class LearnerProcess:
         self.ready = True
 
     def learn(self, batch: Any) -> None:
-        self._send(_pack(_BATCH, {}, _batch_arrays(batch)))
+        self._send(_batch_message(_BATCH, batch))
 
     def _ask(self, kind: bytes, header: dict[str, Any]) -> None:
         if kind in self._awaiting or self._replies[kind]:
@@ -340,7 +345,7 @@ class LearnerProcess:
 
     def set_probe(self, batch: Any) -> None:
         """Predict this batch at every snapshot (returned as ``Snapshot.probe``)."""
-        self._request(_pack(_PROBE, {}, _batch_arrays(batch)[:3]))
+        self._request(_batch_message(_PROBE, batch, labels=False))
 
     def quality(self) -> tuple[dict[str, float], float]:
         """(streaming-metrics snapshot, seconds spent learning) after every batch sent so far."""

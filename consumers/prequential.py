@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from models import OnlineModel, create_model
+from consumers.history import UserHistory
+from models import OnlineModel, create_model, spec_for
 from producers.readers import ReaderOptions, ReadStats, Row, read_rows
 from stream.features import Featurizer, FeatureSpec, SparseBatch
 from stream.metrics import StreamingMetrics
@@ -56,15 +57,20 @@ def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512
                   on_batch: Callable[[int], None] | None = None) -> tuple[dict[str, Any], OnlineModel]:
     iterator = iter(rows)
     head = list(itertools.islice(iterator, SPEC_SAMPLE_ROWS))
-    spec = spec_options.infer([r.features for r in head])
+    spec = spec_for(model_name, spec_options.infer([r.features for r in head]))
     model = create_model(model_name, spec, seed=seed, settings=model_settings)
     featurizer = Featurizer(spec)
+    # sequence models: each user's clicks so far, from the stream itself (consumers/history.py)
+    history = UserHistory(spec.history_length) if spec.history_length else None
     metrics = StreamingMetrics(window)
     started = time.perf_counter()
     for chunk in batched(itertools.chain(head, iterator), batch_size):
-        batch = featurizer.build([r.user_id for r in chunk], [r.item_id for r in chunk],
-                                 [r.features for r in chunk], [r.label for r in chunk])
+        users, items, labels = [r.user_id for r in chunk], [r.item_id for r in chunk], [r.label for r in chunk]
+        batch = featurizer.build(users, items, [r.features for r in chunk], labels,
+                                 history.of(users) if history is not None else None)
         progressive_step(model, metrics, batch)
+        if history is not None:
+            history.add_clicks(users, items, labels)
         if on_batch:
             on_batch(len(chunk))
     wall = time.perf_counter() - started

@@ -94,12 +94,14 @@ def _clone(model: OnlineModel) -> OnlineModel:
     return copy.deepcopy(model)
 
 
-def parse_events(payload: Any) -> tuple[list[str], list[str], list[dict[str, Any]]]:
-    """``[{"user_id", "item_id", "features": {...}}, ...]`` (or ``{"events": [...]}``) → columns."""
+def parse_events(payload: Any) -> tuple[list[str], list[str], list[dict[str, Any]], list[list[str]]]:
+    """``[{"user_id", "item_id", "features": {...}, "history": [item ids]}, ...]`` (or
+    ``{"events": [...]}``) → columns. ``history`` (the user's recently clicked items, oldest
+    first) is optional; only sequence models (din) read it."""
     items = payload.get("events") if isinstance(payload, dict) else payload
     if not isinstance(items, list) or not items:
         raise BadRequest('send a non-empty JSON list of events, or {"events": [...]}')
-    users, item_ids, features = [], [], []
+    users, item_ids, features, histories = [], [], [], []
     for index, event in enumerate(items):
         if not isinstance(event, dict):
             raise BadRequest(f"event {index} is not a JSON object")
@@ -108,10 +110,14 @@ def parse_events(payload: Any) -> tuple[list[str], list[str], list[dict[str, Any
             raise BadRequest(f"event {index}: user_id and item_id must be strings")
         if not isinstance(feats, dict):
             raise BadRequest(f"event {index}: features must be an object")
+        history = event.get("history", [])
+        if not isinstance(history, list) or not all(isinstance(h, str) for h in history):
+            raise BadRequest(f"event {index}: history must be a list of item ids (strings)")
         users.append(user)
         item_ids.append(item)
         features.append(feats)
-    return users, item_ids, features
+        histories.append(history)
+    return users, item_ids, features, histories
 
 
 class Scorer:
@@ -158,7 +164,7 @@ class Scorer:
 
     def predict(self, events: Any) -> Prediction:
         """Click probabilities for events (see :func:`parse_events`), all from one model state."""
-        users, items, features = parse_events(events)
+        users, items, features, histories = parse_events(events)
         with self._lock:
             copy = self._active
             if copy is None:
@@ -168,7 +174,7 @@ class Scorer:
         try:
             assert featurizer is not None
             try:
-                batch = featurizer.build(users, items, features)
+                batch = featurizer.build(users, items, features, histories=histories)
             except StreamrecError as exc:
                 raise BadRequest(str(exc)) from None
             return Prediction(copy.model.predict_proba(batch), copy.served)

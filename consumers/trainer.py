@@ -31,12 +31,14 @@ import orjson
 import redis
 import xxhash
 
+from consumers.history import UserHistory
 from consumers.joiner import Example, JoinCounts, Joiner
 from consumers.learner import LearnerProcess
 from consumers.prequential import SPEC_SAMPLE_ROWS, SpecOptions
 from consumers.quality_gate import HELD_NON_FINITE, GateOptions, judge, should_roll_back
 from consumers.trainer_metrics import TrainerMetrics
 from consumers.version_store import Version, VersionConflict, VersionStore, connect
+from models import spec_for
 from models.base import read_metadata
 from stream import events as ev
 from stream.errors import StreamrecError
@@ -119,6 +121,7 @@ class Trainer:
         self._resume_from: Version | None = None
         self._pending_cut: dict[str, Any] | None = None
         self.joiner = Joiner(options.window_s, options.max_pending, options.positives)
+        self.history: UserHistory | None = None  # sequence models: users' recent clicks
         self.counters = Counters()
         self.positions: dict[TopicPartitionKey, int] = {}
         self.head: int | None = None
@@ -177,6 +180,8 @@ class Trainer:
         self.featurizer = Featurizer(FeatureSpec.from_json(read_metadata(version.weights)["spec"]))
         if version.joiner is not None:
             self.joiner = Joiner.from_state(orjson.loads(version.joiner))
+        if version.history is not None:
+            self.history = UserHistory.from_state(orjson.loads(version.history))
         self.counters = Counters(**meta["counters"])
         self.newest_label_time = meta.get("event_time") or -np.inf
         self.positions = {(k.rsplit(":", 1)[0], int(k.rsplit(":", 1)[1])): int(v) for k, v in meta["offsets"].items()}
@@ -265,7 +270,9 @@ class Trainer:
     def _ensure_model(self, examples: list[Example]) -> None:
         if self.featurizer is None:
             spec = self.options.spec_options.infer([e.features for e in examples[:SPEC_SAMPLE_ROWS]])
-            self.featurizer = Featurizer(spec)
+            self.featurizer = Featurizer(spec_for(self.options.model, spec))
+        if self.featurizer.spec.history_length and self.history is None:
+            self.history = UserHistory(self.featurizer.spec.history_length)
         assert self.learner is not None
         if not self.learner.ready:
             self._start_learning()
@@ -282,9 +289,13 @@ class Trainer:
         self._ensure_model(examples)
         assert self.learner is not None and self.featurizer is not None
         labels = [e.label for e in examples]
-        batch = self.featurizer.build([e.user_id for e in examples], [e.item_id for e in examples],
-                                      [e.features for e in examples], labels)
+        users, items = [e.user_id for e in examples], [e.item_id for e in examples]
+        # each example sees its user's clicks before it; its own click joins the history after
+        histories = self.history.of(users) if self.history is not None else None
+        batch = self.featurizer.build(users, items, [e.features for e in examples], labels, histories)
         self.learner.learn(batch)
+        if self.history is not None:
+            self.history.add_clicks(users, items, labels)
         c = self.counters
         c.examples += len(examples)
         c.positives += sum(labels)
@@ -318,6 +329,7 @@ class Trainer:
             "counters": asdict(self.counters),
             "join": asdict(self.joiner.counts),
             "joiner": orjson.dumps(self.joiner.state()),
+            "history": None if self.history is None else orjson.dumps(self.history.state()),
             "joiner_watermark": watermark if np.isfinite(watermark) else None,
             "event_time": self._event_time(),
             "since": (self._since_publish_examples, self._since_publish_events),
@@ -357,7 +369,8 @@ class Trainer:
             meta["gate"] = decision.as_meta()
             number = self.store.publish(parent=self.head, meta=meta, weights=snapshot.weights,
                                         trainer=snapshot.metrics, joiner=cut["joiner"],
-                                        keep=self.options.keep_versions, promote=decision.promote)
+                                        keep=self.options.keep_versions, promote=decision.promote,
+                                        history=cut["history"])
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self.metrics.publish_failures.labels(**self.metrics.labels).inc()
             self._backoff_s = min(max(2 * self._backoff_s, 0.5), self.options.backoff_max_s)

@@ -8,6 +8,7 @@ Key layout (``P`` = ``streamrec:<namespace>:model:<model>``)::
                       weights  safetensors: the model's tensors (weights and optimiser state)
                       trainer  safetensors: the trainer's streaming-metrics state
                       joiner   JSON: the joiner's open impressions, early clicks and counters
+                      history  JSON: users' recent clicks (sequence models only)
     P:head          the newest version number (the trainer's lineage; resume point)
     P:live          the version scorers serve
     P:pinned        present: the trainer stops moving ``live`` (set by pin/rollback)
@@ -89,6 +90,7 @@ class Version:
     weights: bytes
     trainer: bytes | None = None
     joiner: bytes | None = None
+    history: bytes | None = None  # JSON: users' recent clicks (sequence models only)
 
 
 def connect(url: str, timeout_s: float = 5.0) -> redis.Redis:
@@ -154,7 +156,7 @@ class VersionStore:
         return orjson.loads(raw)
 
     def load(self, number: int, *, with_state: bool = True) -> Version:
-        fields = ["meta", "weights", "trainer", "joiner"] if with_state else ["meta", "weights"]
+        fields = ["meta", "weights", "trainer", "joiner", "history"] if with_state else ["meta", "weights"]
         values = self.client.hmget(self.version_key(number), fields)
         if values[0] is None or values[1] is None:
             raise StreamrecError(f"model {self.model!r} has no version {number} in namespace {self.namespace!r}")
@@ -186,7 +188,7 @@ class VersionStore:
             pipe.execute()
 
     def publish(self, *, parent: int | None, meta: dict[str, Any], weights: bytes, trainer: bytes,
-                joiner: bytes, keep: int, promote: bool = True) -> int:
+                joiner: bytes, keep: int, promote: bool = True, history: bytes | None = None) -> int:
         """Write version ``parent + 1`` and move head to it, atomically; live moves too unless
         pinned or ``promote`` is False (the quality gate held the version)."""
         number = (parent or 0) + 1
@@ -218,8 +220,10 @@ class VersionStore:
                 retained = sorted(kept + [number])
                 drop = [v for v in retained[:-keep] if v != new_live] if keep > 0 else []
                 pipe.multi()
-                pipe.hset(self.version_key(number), mapping={
-                    "meta": orjson.dumps(meta), "weights": weights, "trainer": trainer, "joiner": joiner})
+                fields = {"meta": orjson.dumps(meta), "weights": weights, "trainer": trainer, "joiner": joiner}
+                if history is not None:
+                    fields["history"] = history
+                pipe.hset(self.version_key(number), mapping=fields)
                 pipe.set(self.head_key, number)
                 if new_live is not None:
                     pipe.set(self.live_key, new_live)

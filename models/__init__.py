@@ -9,6 +9,7 @@ from models.base import OnlineModel, config_from_json, load_tensors_blob, read_m
 from models.dcn import DCN
 from models.deep_crossing import DeepCrossing
 from models.deepfm import DeepFM
+from models.din import DIN
 from models.lr import LogisticRegressionFTRL
 from models.neuralcf import NeuralCF
 from models.nfm import NFM
@@ -19,7 +20,13 @@ from stream.errors import ConfigError, ModelError
 from stream.features import FeatureSpec
 
 REGISTRY: dict[str, type[OnlineModel]] = {cls.name: cls for cls in (
-    LogisticRegressionFTRL, WideDeep, DeepFM, NFM, DCN, DeepCrossing, IPNN, OPNN, NeuralCF, TwoTower)}
+    LogisticRegressionFTRL, WideDeep, DeepFM, NFM, DCN, DeepCrossing, IPNN, OPNN, NeuralCF, TwoTower, DIN)}
+
+
+def spec_for(name: str, spec: FeatureSpec) -> FeatureSpec:
+    """``spec`` with what model ``name`` reads besides the fields (a sequence model's history)."""
+    length = getattr(REGISTRY.get(name), "history_length", 0)
+    return dataclasses.replace(spec, history_length=length) if length and not spec.history_length else spec
 
 
 def model_names() -> list[str]:

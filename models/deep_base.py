@@ -114,6 +114,8 @@ class DeepModel(OnlineModel):
 
     optimizer_prefixes = ("adam.",)
     has_wide: ClassVar[bool] = True  # the model has a linear part, trained with FTRL
+    # > 0: the model reads the user's last N clicked items (batch.history; models.spec_for)
+    history_length: ClassVar[int] = 0
 
     def __init__(self, spec: FeatureSpec, config: Any) -> None:
         super().__init__(spec, config)
@@ -128,15 +130,31 @@ class DeepModel(OnlineModel):
     def build_deep(self, spec: FeatureSpec, config: Any, generator: torch.Generator) -> nn.Module:
         raise NotImplementedError
 
-    def deep_logit(self, rows: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        """The network's logit (B,) from embedded fields (B, F, D) and dense inputs (B, Dd)."""
+    def deep_logit(self, rows: torch.Tensor, dense: torch.Tensor, history: torch.Tensor | None = None,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's logit (B,) from embedded fields (B, F, D) and dense inputs (B, Dd); for
+        sequence models also the embedded history (B, L, D) and its mask (B, L), zero where empty."""
         return self.deep(rows, dense).reshape(-1)
+
+    def _history(self, batch: SparseBatch) -> torch.Tensor:
+        """The batch's history ids (B, L), or an empty history if the batch has none."""
+        if batch.history is not None:
+            return batch.history
+        return torch.full((len(batch), max(self.spec.history_length, 1)), -1, dtype=torch.int64)
 
     # ------------------------------------------------------------------ the shared step
 
     def logits(self, batch: SparseBatch) -> torch.Tensor:
         with torch.no_grad():
-            deep = self.deep_logit(self.embedding.weight[batch.ids], batch.dense).to(torch.float64)
+            rows = self.embedding.weight[batch.ids]
+            if self.history_length:
+                history = self._history(batch)
+                mask = history >= 0
+                embedded = self.embedding.weight[history.clamp(min=0)] * mask.unsqueeze(-1)
+                deep = self.deep_logit(rows, batch.dense, embedded, mask)
+            else:
+                deep = self.deep_logit(rows, batch.dense)
+            deep = deep.to(torch.float64)
             if self.wide is not None:
                 deep = deep + self.wide.weights(wide_ids(self.spec, batch)).sum(dim=1)
             return deep.to(torch.float32)
@@ -161,11 +179,23 @@ class DeepModel(OnlineModel):
         if self.wide is not None:
             w_unique, w_inverse = torch.unique(wide_ids(self.spec, batch), return_inverse=True)
             logit = self.wide.weights(w_unique)[w_inverse].sum(dim=1)
-        e_unique, e_inverse, leaf = self.embedding.gather(batch.ids)
-        # F.embedding's CPU backward sums repeated rows in a fixed order, so seeded runs repeat
-        # bit for bit (plain indexing accumulates in parallel, in varying order).
-        rows = nn.functional.embedding(e_inverse, leaf)
-        deep = self.deep_logit(rows, batch.dense)
+        if self.history_length:
+            # history rows share the table with the fields: one gather, one sparse step
+            history = self._history(batch)
+            mask = history >= 0
+            fields = batch.ids.numel()
+            e_unique, e_inverse, leaf = self.embedding.gather(torch.cat([batch.ids.reshape(-1), history[mask]]))
+            rows = nn.functional.embedding(e_inverse[:fields].reshape(batch.ids.shape), leaf)
+            at = torch.zeros_like(history)
+            at[mask] = e_inverse[fields:]
+            embedded = nn.functional.embedding(at, leaf) * mask.unsqueeze(-1)
+            deep = self.deep_logit(rows, batch.dense, embedded, mask)
+        else:
+            e_unique, e_inverse, leaf = self.embedding.gather(batch.ids)
+            # F.embedding's CPU backward sums repeated rows in a fixed order, so seeded runs
+            # repeat bit for bit (plain indexing accumulates in parallel, in varying order).
+            rows = nn.functional.embedding(e_inverse, leaf)
+            deep = self.deep_logit(rows, batch.dense)
         p = torch.sigmoid(logit + deep.detach().to(torch.float64))
         residual = p - batch.labels.to(torch.float64)
         # d(mean logloss)/d(deep logit) = (p - y) / B; FTRL takes the per-example sum.

@@ -80,6 +80,9 @@ class FeatureSpec:
     cross_buckets: int = 1 << 18
     dense_numeric: bool = True
     seed: int = 0
+    # the user's last N clicked items, hashed like item_id (same embedding rows); 0 = none.
+    # Set by sequence models (models.spec_for); the trainer keeps the histories (consumers/history.py).
+    history_length: int = 0
     _offsets: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -129,6 +132,8 @@ class FeatureSpec:
     def to_json(self) -> str:
         data = {"fields": [asdict(f) for f in self.fields], "crosses": [list(c) for c in self.crosses],
                 "cross_buckets": self.cross_buckets, "dense_numeric": self.dense_numeric, "seed": self.seed}
+        if self.history_length:
+            data["history_length"] = self.history_length
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -138,6 +143,7 @@ class FeatureSpec:
             fields=tuple(FieldSpec(**f) for f in data["fields"]),
             crosses=tuple((a, b) for a, b in data["crosses"]),
             cross_buckets=data["cross_buckets"], dense_numeric=data["dense_numeric"], seed=data["seed"],
+            history_length=data.get("history_length", 0),
         )
 
     @classmethod
@@ -169,19 +175,23 @@ class FeatureSpec:
 @dataclass
 class SparseBatch:
     """One mini-batch: ``ids`` (B, F) field ids, ``cross_ids`` (B, C) wide-only ids,
-    ``dense`` (B, D) float inputs, ``labels`` (B,) in {0, 1} (absent when scoring)."""
+    ``dense`` (B, D) float inputs, ``labels`` (B,) in {0, 1} (absent when scoring),
+    ``history`` (B, L) the user's recently clicked items as item_id rows, -1 where empty
+    (present when the spec has a history)."""
 
     ids: torch.Tensor
     cross_ids: torch.Tensor
     dense: torch.Tensor
     labels: torch.Tensor | None = None
+    history: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
     def to(self, device: str | torch.device) -> SparseBatch:
         return SparseBatch(self.ids.to(device), self.cross_ids.to(device), self.dense.to(device),
-                           None if self.labels is None else self.labels.to(device))
+                           None if self.labels is None else self.labels.to(device),
+                           None if self.history is None else self.history.to(device))
 
 
 class Featurizer:
@@ -210,20 +220,48 @@ class Featurizer:
         self._caches: list[dict[Any, int]] = [{} for _ in range(self._cat_idx.size)]
 
     def build(self, user_ids: Sequence[str], item_ids: Sequence[str], features: Sequence[dict[str, Any]],
-              labels: Sequence[int] | np.ndarray | None = None) -> SparseBatch:
+              labels: Sequence[int] | np.ndarray | None = None,
+              histories: Sequence[Sequence[str]] | None = None) -> SparseBatch:
+        """``histories``: each example's recently clicked item ids (oldest first); only read when
+        the spec has a history, and then missing means empty."""
         cat_get, num_get = self._cat_get, self._num_get
         cats = [[u, i, *cat_get(f)] for u, i, f in zip(user_ids, item_ids, features)]
         nums = [num_get(f) for f in features] if self._num_names else None
-        return self._assemble(cats, nums, labels)
+        batch = self._assemble(cats, nums, labels)
+        if self.spec.history_length:
+            batch.history = self._history_ids(histories, len(cats))
+        return batch
 
-    def _categorical_ids(self, cats: list[list[Any]], n: int) -> np.ndarray:
+    def _history_ids(self, histories: Sequence[Sequence[str]] | None, n: int) -> torch.Tensor:
+        """(n, L) item_id rows of each example's last L clicked items, -1 where there are fewer."""
+        length = self.spec.history_length
+        out = np.full((n, length), -1, dtype=np.int64)
+        if not histories:
+            return torch.from_numpy(out)
+        recent = [list(h)[-length:] for h in histories]
+        flat = [item for h in recent for item in h]
+        if flat:
+            # the item column of _categorical_ids: same cache, same hash, so the same rows
+            rows = self._categorical_ids([[None, item] + [None] * (self._cat_idx.size - 2) for item in flat],
+                                         len(flat), only=1)[:, 1] + self.spec.offsets[1]
+            at = 0
+            for k, h in enumerate(recent):
+                out[k, : len(h)] = rows[at : at + len(h)]
+                at += len(h)
+        return torch.from_numpy(out)
+
+    def _categorical_ids(self, cats: list[list[Any]], n: int, only: int | None = None) -> np.ndarray:
         """(n, categorical fields) bucket ids. Streams repeat values, so each field keeps a cache
         of value → bucket and only values it has not seen are hashed (vectorised); a lookup per
-        value in C beats building and hashing the string matrix by about half."""
+        value in C beats building and hashing the string matrix by about half. ``only``: hash
+        just that column (the others come back as 0)."""
         if n == 0:
             return np.empty((0, self._cat_idx.size), dtype=np.int64)
         columns = []
         for j, column in enumerate(zip(*cats)):
+            if only is not None and j != only:
+                columns.append([0] * n)
+                continue
             cache = self._caches[j]
             found = list(map(cache.get, column))
             if None in found:

@@ -1,0 +1,56 @@
+"""Each user's recently clicked items, kept from the stream itself for sequence models (DIN).
+
+An example is featurised with the clicks its user made *before* it was learned, and its own
+click (if any) is added only after, so no label leaks into its own input. Bounded twice: the
+last ``length`` items per user, and at most ``max_users`` users (the least recently active one is
+forgotten first). The state is plain JSON and goes into every version with the joiner's, so a
+resumed worker continues with the same histories.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from typing import Any
+
+
+class UserHistory:
+    def __init__(self, length: int, max_users: int = 1_000_000) -> None:
+        if length < 1 or max_users < 1:
+            raise ValueError("length and max_users must be positive")
+        self.length = length
+        self.max_users = max_users
+        self._users: OrderedDict[str, deque[str]] = OrderedDict()
+
+    def of(self, users: Sequence[str]) -> list[list[str]]:
+        """The current history of each user (oldest first)."""
+        get = self._users.get
+        return [list(h) if (h := get(user)) is not None else [] for user in users]
+
+    def add_clicks(self, users: Sequence[str], items: Sequence[str], labels: Sequence[int]) -> None:
+        """Record the clicked (label 1) items, in order."""
+        for user, item, label in zip(users, items, labels):
+            if not label:
+                continue
+            history = self._users.get(user)
+            if history is None:
+                history = self._users[user] = deque(maxlen=self.length)
+                if len(self._users) > self.max_users:
+                    self._users.popitem(last=False)
+            else:
+                self._users.move_to_end(user)
+            history.append(item)
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def state(self) -> dict[str, Any]:
+        return {"length": self.length, "max_users": self.max_users,
+                "users": [[user, list(items)] for user, items in self._users.items()]}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> UserHistory:
+        history = cls(state["length"], state["max_users"])
+        for user, items in state["users"]:
+            history._users[user] = deque(items, maxlen=history.length)
+        return history
