@@ -13,6 +13,7 @@ import orjson
 import pytest
 import redis
 
+from consumers.trainer import Trainer, TrainerOptions
 from consumers.version_store import VersionStore
 from models import model_from_bytes
 from stream import events
@@ -244,3 +245,32 @@ def test_broker_outage_is_survived_and_training_resumes_at_the_right_offsets(sta
     assert report["examples"] == len(rows)
     assert report["digest"] == combine(expected_digest("a", first), expected_digest("b", second))
     assert report["join"]["duplicate_impressions"] == 0 and report["join"]["duplicate_clicks"] == 0
+
+
+def test_a_sequence_model_checkpoints_its_users_histories(stack, namespace, learnable_rows):
+    rows = learnable_rows[:3000]
+    settings = settings_for(namespace)
+    replay_rows(stack, settings, rows, "d")
+    running = start_trainer(stack, settings, model="din", publish_every_examples=1000)
+    try:
+        report = running.wait()
+        history = running.trainer.history
+    finally:
+        running.stop()
+    assert report["examples"] == len(rows) and report["digest"] == expected_digest("d", rows)
+    clicked_users = {r.user_id for r in rows if r.label}
+    assert history is not None and len(history) == len(clicked_users)
+    # every click is in its user's history (up to its length), in stream order per user
+    some_user = max(clicked_users, key=lambda u: sum(1 for r in rows if r.user_id == u and r.label))
+    assert set(history.of([some_user])[0]) <= {r.item_id for r in rows if r.user_id == some_user and r.label}
+    store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "din")
+    version = store.load(store.head())
+    assert orjson.loads(version.history) == orjson.loads(orjson.dumps(history.state()))
+    # a worker that starts again resumes with exactly these histories
+    again = Trainer(settings, TrainerOptions(model="din"), kafka_bootstrap=stack.kafka_bootstrap,
+                    redis_url=stack.redis_url)
+    try:
+        assert again.resume() == store.head()
+        assert again.history is not None and again.history.state() == history.state()
+    finally:
+        again.close()
