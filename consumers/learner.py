@@ -210,7 +210,7 @@ class LearnerProcess:
         self._conn, child_conn = context.Pipe(duplex=True)
         # The learner posts its latest metrics here every half second: readable without waiting
         # for the batches in flight (the exact, ordered answer is quality()).
-        self._board = context.Array("d", len(QUALITY_KEYS) + 1)
+        self._board = context.Array("d", [float("nan")] * len(QUALITY_KEYS) + [0.0])  # NaN: nothing posted yet
         self._process = context.Process(target=_child, args=(child_conn, self._board), name="streamrec-learner",
                                         daemon=True)
         self._process.start()

@@ -128,6 +128,7 @@ class Trainer:
         self.versions_published = 0
         self.assigned: set[TopicPartitionKey] = set()
         self.assignments = 0  # group (re)joins, counted for operators and tests
+        self._partition_count = 0
         self.stop_event = threading.Event()
         self._consumer: EventConsumer | None = None
         self._producer: EventProducer | None = None
@@ -423,15 +424,19 @@ class Trainer:
         gate = self.options.gate
         if not gate.enabled or self.head is None or self.learner is None or not self.learner.ready:
             return
+        snapshot, _seconds = self.learner.latest_quality()
+        if not snapshot["examples"] > 0:  # nothing posted by this learner yet
+            return
         try:
             live_meta = self._live_version_meta()
             if self._live_meta[0] != self.head or self.store.pinned():
                 return
-            snapshot, _seconds = self.learner.latest_quality()
             reason = should_roll_back(snapshot["auc_window"], live_meta, gate)
             if reason is None:
                 return
-            earlier = [v for v in self.store.versions() if v < self.head]
+            # back to the newest earlier version that went live through the gate (never a held one)
+            earlier = [v for v in self.store.versions()
+                       if v < self.head and (self.store.meta(v).get("gate") or {}).get("promoted", True)]
             if not earlier:
                 return
             target = earlier[-1]
@@ -454,9 +459,9 @@ class Trainer:
 
     def _request_delta(self) -> None:
         assert self.learner is not None
-        # Examples waiting for a full batch would wait past this delta: train them now.
-        if self.joiner.ready:
-            self._train(self.joiner.take())
+        # Examples waiting for a full batch would wait past this delta: train them now, in
+        # batches of the usual size (a resumed worker may hold thousands released before its cut).
+        self._train_ready(flush=True)
         now = time.monotonic()
         dense = now - self._last_dense_at >= self.options.dense_every_s
         watermark = self.joiner.watermark_time()
@@ -585,8 +590,7 @@ class Trainer:
                     self._since_publish_events += len(records)
                     self.joiner.advance(self._dispatch(records))
                     self._train_ready()
-                partitions = {p for _t, p in self.assigned}
-                if opts.exit_at_end and partitions and self.joiner.finished(partitions):
+                if opts.exit_at_end and self._stream_finished(consumer):
                     self.joiner.advance()
                     self._train_ready(flush=True)
                     finished = True
@@ -616,6 +620,19 @@ class Trainer:
             consumer.close()
             self._consumer = self._producer = None
         return self.report(finished)
+
+    def _stream_finished(self, consumer: EventConsumer) -> bool:
+        """Every partition of the topics has reached its final watermark in this worker.
+
+        Every partition, not only the assigned ones: a worker restarted after a crash is first
+        given part of the partitions while the group still counts its dead predecessor, and
+        those may already be finished in the state it resumed. (So --exit-at-end is for one
+        worker replaying a log; workers of a larger group run until stopped.)"""
+        if not self.assigned:
+            return False
+        if not self._partition_count:
+            self._partition_count = consumer.partition_count(self.settings.impressions_topic)
+        return bool(self._partition_count) and self.joiner.finished(range(self._partition_count))
 
     def _final_publish(self) -> None:
         while True:

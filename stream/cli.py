@@ -521,7 +521,8 @@ def _parse_crosses(crosses: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 @click.option("--keep-versions", type=click.IntRange(min=1), help="Versions kept in Redis (STREAMREC_KEEP_VERSIONS).")
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535),
               help="Prometheus port, 0 = any free one (STREAMREC_METRICS_PORT).")
-@click.option("--exit-at-end", is_flag=True, help="Stop after the final watermark of every partition (replays).")
+@click.option("--exit-at-end", is_flag=True,
+              help="Stop once every partition reached its final watermark (one worker replaying a log).")
 @click.option("--cross", "crosses", multiple=True, help="Wide-part feature cross A:B (repeatable; new models only).")
 @click.option("--buckets", type=click.IntRange(min=2), default=1 << 16, show_default=True,
               help="Hash buckets per categorical field (new models only).")

@@ -58,6 +58,9 @@ class EventConsumer(Protocol):
         """High watermarks; ``cached`` takes the ones the last fetches brought (no broker round trip,
         -1 where none is known yet): asking the broker while subscribed costs ~0.4 s per partition on Tansu."""
         ...
+    def partition_count(self, topic: str) -> int:
+        """Partitions of ``topic`` (0 if it is not known yet)."""
+        ...
     def close(self) -> None: ...
 
 
@@ -194,6 +197,10 @@ class _ConfluentConsumer:
             result[(topic, partition)] = high if high is not None and high >= 0 else -1
         return result
 
+    def partition_count(self, topic: str) -> int:
+        metadata = self._consumer.list_topics(topic, timeout=5).topics.get(topic)
+        return 0 if metadata is None or metadata.error is not None else len(metadata.partitions)
+
     def close(self) -> None:
         if self._consumer is not None:
             self._consumer.close()
@@ -298,6 +305,9 @@ class _KafkaPythonConsumer:
             return out
         ends = self._consumer.end_offsets([TopicPartition(t, p) for t, p in partitions])
         return {(tp.topic, tp.partition): off for tp, off in ends.items()}
+
+    def partition_count(self, topic: str) -> int:
+        return len(self._consumer.partitions_for_topic(topic) or ())
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
