@@ -10,6 +10,18 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
+SYNTHETIC_FIELDS = {"user_field": "C1", "item_field": "C2"}  # the generator's user and item columns
+
+
+def synthetic_rows(folder: Path, rows: int, seed: int) -> tuple[list[Any], dict[str, Any]]:
+    """``rows`` synthetic rows (producers/generator.py) written under ``folder`` and read back,
+    with the stream's summary (oracle AUC, click rate)."""
+    from producers.generator import generate, write_stream
+    from producers.readers import ReaderOptions, read_rows
+
+    data = folder / "synthetic.tsv"
+    summary = write_stream(generate(rows, seed=seed), data, seed=seed)
+    return list(read_rows(data, "criteo", ReaderOptions(**SYNTHETIC_FIELDS))), summary
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:

@@ -33,11 +33,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import write_result  # noqa: E402
+from bench._common import synthetic_rows, write_result  # noqa: E402
 from consumers.scorer import Scorer, Served  # noqa: E402
 from consumers.trainer import Trainer, TrainerOptions  # noqa: E402
-from producers.generator import generate, write_stream  # noqa: E402
-from producers.readers import ReaderOptions, Row, read_rows  # noqa: E402
+from producers.readers import Row  # noqa: E402
 from producers.replay import ReplayOptions, replay  # noqa: E402
 from stream.kafka_client import create_topics, make_producer  # noqa: E402
 from stream.local_stack import start_stack, stop_stack  # noqa: E402
@@ -68,9 +67,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
-        data = Path(tmp) / "stream.tsv"
-        write_stream(generate(args.rows, seed=0), data, seed=0)
-        rows = list(read_rows(data, "criteo", ReaderOptions(user_field="C1", item_field="C2")))
+        rows, _summary = synthetic_rows(Path(tmp), args.rows, seed=0)
         state = start_stack(home)
         try:
             settings = load_settings(namespace=f"fresh-{uuid.uuid4().hex[:6]}", home=home,

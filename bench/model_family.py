@@ -25,11 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import write_result  # noqa: E402
+from bench._common import synthetic_rows, write_result  # noqa: E402
 from bench.learning import river_pass, river_tokens  # noqa: E402
 from consumers.prequential import evaluate_rows  # noqa: E402
 from models import model_names, parse_settings  # noqa: E402
-from producers.generator import generate, write_stream  # noqa: E402
 from producers.readers import ReaderOptions, Row, read_rows  # noqa: E402
 from stream.metrics import exact_auc  # noqa: E402
 
@@ -85,9 +84,7 @@ def main() -> None:
     result: dict[str, object] = {"batch_size": args.batch_size}
     if args.rows:
         with tempfile.TemporaryDirectory() as tmp:
-            data = Path(tmp) / "synthetic.tsv"
-            summary = write_stream(generate(args.rows, seed=7), data, seed=7)
-            rows = list(read_rows(data, "criteo", ReaderOptions(user_field="C1", item_field="C2")))
+            rows, summary = synthetic_rows(Path(tmp), args.rows, seed=7)
         print(f"synthetic: {len(rows):,} rows, oracle AUC {summary['oracle_auc']:.4f}")
         result["synthetic"] = {"source": "producers/generator.py seed 7", "oracle_auc": summary["oracle_auc"],
                                **run_stream(rows, {}, args.batch_size)}

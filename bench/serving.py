@@ -32,13 +32,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import write_result  # noqa: E402
+from bench._common import synthetic_rows, write_result  # noqa: E402
 from consumers.prequential import SpecOptions, batched  # noqa: E402
 from consumers.scorer import Scorer  # noqa: E402
 from consumers.version_store import VersionStore, connect  # noqa: E402
 from models import create_model  # noqa: E402
-from producers.generator import generate, write_stream  # noqa: E402
-from producers.readers import ReaderOptions, read_rows  # noqa: E402
 from stream.features import Featurizer  # noqa: E402
 from stream.local_stack import start_stack, stop_stack  # noqa: E402
 
@@ -86,9 +84,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
-        data = Path(tmp) / "stream.tsv"
-        write_stream(generate(args.rows, seed=0), data, seed=0)
-        rows = list(read_rows(data, "criteo", ReaderOptions(user_field="C1", item_field="C2")))
+        rows, _summary = synthetic_rows(Path(tmp), args.rows, seed=0)
         spec = SpecOptions().infer([r.features for r in rows[:1000]])
         featurizer = Featurizer(spec)
         batches = [featurizer.build([r.user_id for r in c], [r.item_id for r in c], [r.features for r in c],

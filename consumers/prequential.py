@@ -18,7 +18,7 @@ import numpy as np
 from consumers.history import UserHistory
 from models import OnlineModel, create_model, spec_for
 from producers.readers import ReaderOptions, ReadStats, Row, read_rows
-from stream.features import Featurizer, FeatureSpec, SparseBatch
+from stream.features import FeatureSpec, Featurizer, SparseBatch
 from stream.metrics import StreamingMetrics
 
 SPEC_SAMPLE_ROWS = 1000

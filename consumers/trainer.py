@@ -42,7 +42,7 @@ from models import spec_for
 from models.base import read_metadata
 from stream import events as ev
 from stream.errors import StreamrecError
-from stream.features import Featurizer, FeatureSpec
+from stream.features import FeatureSpec, Featurizer
 from stream.kafka_client import EventConsumer, EventProducer, TopicPartitionKey, make_consumer, make_producer
 from stream.settings import Settings
 

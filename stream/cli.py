@@ -127,7 +127,7 @@ def stack() -> None:
 @click.pass_context
 def stack_up(ctx: click.Context) -> None:
     """Start Tansu and redis-server on free local ports (no-op if already running)."""
-    from stream.local_stack import start_stack, stack_status, stop_stack
+    from stream.local_stack import stack_status, start_stack, stop_stack
 
     settings = _settings(ctx)
     status = stack_status(settings.home)
@@ -202,7 +202,8 @@ def topics_create(ctx: click.Context, partitions: int | None) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Criteo-format TSV to write.")
 def generate(rows: int, seed: int, out: Path) -> None:
     """Write a synthetic Criteo-format stream with a known click probability, and its oracle AUC."""
-    from producers.generator import generate as make, oracle_path, write_stream
+    from producers.generator import generate as make
+    from producers.generator import oracle_path, write_stream
 
     with console.status(f"generating {rows:,} rows"):
         summary = write_stream(make(rows, seed), out, seed)
@@ -232,7 +233,8 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
     import itertools
 
     from producers.readers import ReadStats, read_rows
-    from producers.replay import ReplayOptions, replay as run_replay
+    from producers.replay import ReplayOptions
+    from producers.replay import replay as run_replay
     from stream.errors import ConfigError
     from stream.kafka_client import create_topics, make_producer
     from stream.local_stack import resolve_endpoints
@@ -631,14 +633,14 @@ def _status_lines(trainer: Any, every_s: float = 5.0) -> None:
 def demo(ctx: click.Context, events: int, model: str, data: Path | None, fmt: str, user_field: str | None,
          item_field: str | None, report_json: Path | None) -> None:
     """Run the local loop end to end on the embedded stack, then stop what it started."""
-    from producers.readers import ReaderOptions
-    from stream.demo import run_demo
-
     import contextlib
     import time
 
     from rich.live import Live
     from rich.text import Text
+
+    from producers.readers import ReaderOptions
+    from stream.demo import run_demo
 
     _check_model(model)
     settings = _settings(ctx)

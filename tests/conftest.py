@@ -51,10 +51,10 @@ def namespace() -> str:
 @pytest.fixture(scope="session")
 def learnable_rows() -> list:
     """12,000 rows of the synthetic stream (known signal), read back as Rows."""
+    import tempfile
+
     from producers.generator import generate, write_stream
     from producers.readers import ReaderOptions, read_rows
-
-    import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "learnable.tsv"

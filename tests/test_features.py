@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from stream.errors import ConfigError
-from stream.features import Featurizer, FeatureSpec, hash_strings
+from stream.features import FeatureSpec, Featurizer, hash_strings
 
 
 def test_hash_is_pinned_and_independent_of_batch_width() -> None:

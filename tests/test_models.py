@@ -162,9 +162,8 @@ def test_unknown_model_and_corrupt_weights_are_model_errors(learnable: tuple[lis
     with pytest.raises(ModelError):
         model_from_bytes(blob[:100])
     with pytest.raises(ModelError, match="not streamrec weights"):
-        from safetensors.torch import save
-
         import torch
+        from safetensors.torch import save
 
         model_from_bytes(save({"x": torch.zeros(1)}))
 
