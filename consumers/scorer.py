@@ -124,10 +124,12 @@ class Scorer:
     """``Scorer(redis_url, namespace, model).predict(events)``; ``model=None`` serves the champion."""
 
     def __init__(self, redis_url: str, namespace: str, model: str | None = None, *, follow: bool = True,
-                 deltas: bool = True, poll_s: float = 1.0, on_swap: Any = None) -> None:
+                 deltas: bool = True, poll_s: float = 1.0, on_swap: Any = None,
+                 default_model: str | None = None) -> None:
         self.redis_url = redis_url
         self.namespace = namespace
         self.fixed_model = model
+        self.default_model = default_model  # served while no champion is named (model=None)
         self.follow = follow
         self.use_deltas = deltas
         self.poll_s = poll_s
@@ -196,7 +198,7 @@ class Scorer:
         return store
 
     def current_model(self) -> str | None:
-        return self.fixed_model or champion(self.client, self.namespace)
+        return self.fixed_model or champion(self.client, self.namespace) or self.default_model
 
     def refresh(self) -> bool:
         """Bring the served state up to date with Redis once; True if it changed."""

@@ -447,7 +447,8 @@ def models_unpin(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.option("--model", help="Serve this model; default: the namespace's champion (`streamrec models champion`).")
+@click.option("--model", help="Serve this model; default: the namespace's champion (`streamrec models champion`), "
+                             "or STREAMREC_MODEL while none is named.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(min=0, max=65535), help="HTTP port, 0 = any free one (STREAMREC_SERVE_PORT).")
 @click.option("--no-deltas", is_flag=True, help="Serve full versions only, without the trainer's deltas.")
@@ -470,7 +471,8 @@ def serve(ctx: click.Context, model: str | None, host: str, port: int | None, no
     settings = _settings(ctx, serve_port=port)
     if model is not None:
         _check_model(model)
-    scorer = Scorer(resolve_redis_url(settings), settings.namespace, model, deltas=not no_deltas, poll_s=poll_s)
+    scorer = Scorer(resolve_redis_url(settings), settings.namespace, model, deltas=not no_deltas, poll_s=poll_s,
+                    default_model=settings.model)
     scorer.start()
     served = scorer.served
     console.print(f"serving {served.model} v{served.version}" if served else

@@ -251,7 +251,8 @@ def test_champion_and_challenger_learn_side_by_side_and_promote_picks_the_served
         assert result.returncode == 0 and f"champion of {namespace}" in result.stdout, result.stderr
 
     with serving(stack, namespace, tmp_path) as url:  # no --model: the champion
-        assert httpx.get(f"{url}/healthz").status_code == 503
+        # none named yet: the default model (STREAMREC_MODEL, wide_deep)
+        _wait_for(lambda: httpx.get(f"{url}/healthz").json().get("model") == "wide_deep", 20)
         promote("lr")
         _wait_for(lambda: httpx.get(f"{url}/healthz").json().get("model") == "lr", 20)
         promote("wide_deep")
