@@ -41,9 +41,10 @@ class Decision:
     promote: bool
     reason: str              # "passed", "first", "no_auc", or a HELD_* value
     detail: str
+    against: dict[str, Any] | None = None  # the live version judged against: {"version", "auc_window"}
 
     def as_meta(self) -> dict[str, Any]:
-        return {"promoted": self.promote, "reason": self.reason, "detail": self.detail}
+        return {"promoted": self.promote, "reason": self.reason, "detail": self.detail, "against": self.against}
 
 
 def _window_auc(meta: dict[str, Any] | None) -> float | None:
@@ -65,11 +66,12 @@ def judge(candidate: dict[str, Any], finite: bool, live: dict[str, Any] | None, 
     if (new is None or old is None or candidate.get("examples_seen", 0) < options.min_examples
             or live.get("examples_seen", 0) < options.min_examples):
         return Decision(True, "no_auc", "window AUC not measurable yet")
+    against = {"version": live.get("version"), "auc_window": old}
     if new < old - options.margin:
         return Decision(False, HELD_AUC_DROP,
                         f"window AUC {new:.4f} is below live version {live.get('version')}'s {old:.4f} "
-                        f"by more than {options.margin}")
-    return Decision(True, "passed", f"window AUC {new:.4f} vs live {old:.4f}")
+                        f"by more than {options.margin}", against)
+    return Decision(True, "passed", f"window AUC {new:.4f} vs live {old:.4f}", against)
 
 
 def should_roll_back(served_auc_window: float, live: dict[str, Any] | None, options: GateOptions) -> str | None:
