@@ -35,7 +35,7 @@ import redis
 
 from consumers.version_store import DeltaRecord, VersionStore, champion, champion_channel, connect
 from models import model_from_bytes
-from models.base import DELTA_FORMAT, OnlineModel, read_metadata
+from models.base import OnlineModel, load_tensors_blob, read_delta
 from stream.errors import StreamrecError
 from stream.features import Featurizer
 
@@ -273,8 +273,8 @@ class Scorer:
         if served.dense_at > seq:
             self._swap_in(new, lambda model: None)
         else:
-            blob = store.load(number, with_state=False).weights
-            self._swap_in(replace(new, dense_at=seq), lambda model: model.load_dense(blob))
+            stored = load_tensors_blob(store.load(number, with_state=False).weights)  # parsed once, for both copies
+            self._swap_in(replace(new, dense_at=seq), lambda model: model.load_dense(stored))
         self.swaps["rebase"] += 1
         log.info("serving %s version %d (rebased, %d deltas on top)", store.model, number, new.deltas_applied)
         return True
@@ -336,7 +336,8 @@ class Scorer:
         if not records:
             return False
         last = records[-1]
-        dense = [r.seq for r in records if read_metadata(r.weights, DELTA_FORMAT).get("dense") == "1"]
+        deltas = [read_delta(r.weights) for r in records]  # parsed once, applied to both copies
+        dense = [r.seq for r, delta in zip(records, deltas) if delta.dense]
         new = replace(served, lineage=last.lineage, delta_seq=last.seq,
                       deltas_applied=served.deltas_applied + len(records),
                       event_time=last.meta.get("event_time") or served.event_time,
@@ -344,8 +345,8 @@ class Scorer:
                       dense_at=dense[-1] if dense else served.dense_at)
 
         def apply(model: OnlineModel) -> None:
-            for record in records:
-                model.apply_delta(record.weights)
+            for delta in deltas:
+                model.apply_delta(delta)
 
         self._swap_in(new, apply)
         self.swaps["delta"] += 1
@@ -444,5 +445,5 @@ def predict_offline(store: VersionStore, served: dict[str, Any] | Served,
             record = store.load_delta(target_lineage, number)
             if record is None:
                 raise StreamrecError(f"delta {target_lineage}:{number} is no longer in Redis")
-            model.apply_delta(record.weights)
+            model.apply_delta(read_delta(record.weights))
     return model.predict_proba(Featurizer(model.spec).build(list(users), list(items), list(features)))

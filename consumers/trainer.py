@@ -90,6 +90,11 @@ class Counters:
     digest: int = 0  # sum mod 2^64 of xxh64("impression_id|label") over trained examples
 
 
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no infinities or NaN: an unknown time or metric is stored as null."""
+    return value if np.isfinite(value) else None
+
+
 def example_digest(impression_ids: list[str], labels: list[int]) -> int:
     """The digest contribution of some trained examples (order-free, counts repeats)."""
     total = 0
@@ -324,15 +329,14 @@ class Trainer:
         batches, and ask the learner for its half (model, metrics) as of the same point. The worker
         goes on polling and joining while the learner serialises; :meth:`_complete` publishes."""
         assert self.learner is not None
-        watermark = self.joiner.watermark_time()
         self._pending_cut = {
             "positions": dict(self.positions),
             "counters": asdict(self.counters),
             "join": asdict(self.joiner.counts),
             "joiner": orjson.dumps(self.joiner.state()),
             "history": None if self.history is None else orjson.dumps(self.history.state()),
-            "joiner_watermark": watermark if np.isfinite(watermark) else None,
-            "event_time": self._event_time(),
+            "joiner_watermark": _finite_or_none(self.joiner.watermark_time()),
+            "event_time": _finite_or_none(self.newest_label_time),
             "since": (self._since_publish_examples, self._since_publish_events),
             "started": time.perf_counter(),
         }
@@ -355,7 +359,7 @@ class Trainer:
             "examples_seen": cut["counters"]["examples"],
             "offsets": {f"{t}:{p}": o for (t, p), o in sorted(cut["positions"].items())},
             "joiner_watermark": cut["joiner_watermark"],
-            "metrics": {k: (v if np.isfinite(v) else None) for k, v in snapshot.quality.items()},
+            "metrics": {k: _finite_or_none(v) for k, v in snapshot.quality.items()},
             "counters": cut["counters"],
             "join": cut["join"],
             "event_time": cut["event_time"],
@@ -403,9 +407,6 @@ class Trainer:
             self.on_publish(number, meta, snapshot.probe)
         return number
 
-    def _event_time(self) -> float | None:
-        return float(self.newest_label_time) if np.isfinite(self.newest_label_time) else None
-
     def _live_version_meta(self) -> dict[str, Any] | None:
         """The live version's meta (cached while the pointer stays)."""
         live = self.store.live()
@@ -434,12 +435,9 @@ class Trainer:
             reason = should_roll_back(snapshot["auc_window"], live_meta, gate)
             if reason is None:
                 return
-            # back to the newest earlier version that went live through the gate (never a held one)
-            earlier = [v for v in self.store.versions()
-                       if v < self.head and (self.store.meta(v).get("gate") or {}).get("promoted", True)]
-            if not earlier:
+            target = self.store.previous_promoted(self.head)
+            if target is None:
                 return
-            target = earlier[-1]
             self.store.set_live(target, pin=False)
         except (redis.ConnectionError, redis.TimeoutError, StreamrecError) as exc:
             log.warning("rollback check failed: %s", exc)
@@ -464,10 +462,10 @@ class Trainer:
         self._train_ready(flush=True)
         now = time.monotonic()
         dense = now - self._last_dense_at >= self.options.dense_every_s
-        watermark = self.joiner.watermark_time()
         # every click before the watermark is in this delta (positives="click"); see bench/freshness.py
-        self._pending_delta = {"event_time": self._event_time(), "examples_seen": self.counters.examples,
-                               "watermark": watermark if np.isfinite(watermark) else None, "dense": dense}
+        self._pending_delta = {"event_time": _finite_or_none(self.newest_label_time),
+                               "examples_seen": self.counters.examples,
+                               "watermark": _finite_or_none(self.joiner.watermark_time()), "dense": dense}
         self.learner.request_delta(dense)
         self._last_delta_at = now
         if dense:

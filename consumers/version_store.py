@@ -149,6 +149,15 @@ class VersionStore:
     def versions(self) -> list[int]:
         return [int(v) for v in self.client.zrange(self.versions_key, 0, -1)]
 
+    def previous_promoted(self, before: int) -> int | None:
+        """The newest kept version older than ``before`` that went live through the quality gate
+        (versions from before the gate count as promoted): where a rollback goes, never to a
+        version the gate held."""
+        for number in reversed(self.versions()):
+            if number < before and (self.meta(number).get("gate") or {}).get("promoted", True):
+                return number
+        return None
+
     def meta(self, number: int) -> dict[str, Any]:
         raw = self.client.hget(self.version_key(number), "meta")
         if raw is None:

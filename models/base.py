@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,6 +27,15 @@ from stream.features import FeatureSpec, SparseBatch
 
 FORMAT = "streamrec-weights-1"
 DELTA_FORMAT = "streamrec-delta-1"
+
+
+@dataclass(frozen=True)
+class DeltaTensors:
+    """A parsed :meth:`OnlineModel.delta_bytes` blob (see :func:`read_delta`)."""
+
+    model: str
+    dense: bool  # carries the dense weights
+    tensors: dict[str, torch.Tensor]
 
 
 class OnlineModel(abc.ABC):
@@ -75,6 +85,23 @@ class OnlineModel(abc.ABC):
     def all_finite(self) -> bool:
         return all(bool(torch.isfinite(t).all()) for t in self.tensors().values() if t.is_floating_point())
 
+    def dense_names(self) -> list[str]:
+        """Tensors outside the row groups that scoring needs (not optimiser state)."""
+        grouped = {name for _touched, names in self.row_groups().values() for name in names}
+        return [n for n in self.tensors() if n not in grouped and not n.startswith(self.optimizer_prefixes)]
+
+    def _row_slices(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """For each row group, the rows where ``masks[group]`` is set (``<group>@rows``) and those
+        rows of each of its tensors (``<name>@touched``): the row-sparse form of a table."""
+        current = self.tensors()
+        out = {}
+        for group, (_touched, names) in self.row_groups().items():
+            rows = torch.nonzero(masks[group], as_tuple=True)[0]
+            out[f"{group}@rows"] = rows
+            for name in names:
+                out[f"{name}@touched"] = current[name].detach()[rows]
+        return out
+
     def delta_bytes(self, include_dense: bool, extra_metadata: dict[str, str] | None = None) -> bytes:
         """Safetensors of what changed since the previous delta: every row-group row learning
         touched since then, and (``include_dense``) the dense weights; then starts a new delta.
@@ -82,50 +109,40 @@ class OnlineModel(abc.ABC):
         Applied in order to a model equal to this one at the previous delta (:meth:`apply_delta`),
         it gives this model's predictions exactly, with the dense part as of the last delta that
         carried it. Optimiser state is left out: a scorer never learns."""
-        current = self.tensors()
         dirty = self.dirty_rows()
-        grouped: set[str] = set()
-        tensors: dict[str, torch.Tensor] = {}
-        for group, (_touched, names) in self.row_groups().items():
-            grouped.update(names)
-            rows = torch.nonzero(dirty[group], as_tuple=True)[0]
-            tensors[f"{group}@rows"] = rows
-            for name in names:
-                tensors[f"{name}@touched"] = current[name].detach()[rows]
+        tensors = self._row_slices(dirty)
         if include_dense:
-            for name, value in current.items():
-                if name not in grouped and not name.startswith(self.optimizer_prefixes):
-                    tensors[name] = value.detach()
+            current = self.tensors()
+            tensors.update({name: current[name].detach() for name in self.dense_names()})
         for mask in dirty.values():
             mask.zero_()
         meta = {"format": DELTA_FORMAT, "model": self.name, "dense": "1" if include_dense else "0"}
         return st_save({k: v.contiguous() for k, v in tensors.items()}, metadata={**meta, **(extra_metadata or {})})
 
-    def apply_delta(self, blob: bytes) -> None:
-        """Apply a :meth:`delta_bytes` blob in place (rows written, dense weights copied)."""
-        header = read_metadata(blob, DELTA_FORMAT)
-        if header.get("model") != self.name:
-            raise ModelError(f"a delta for model {header.get('model')!r} cannot apply to {self.name!r}")
-        stored = load_tensors_blob(blob)
+    def apply_delta(self, delta: DeltaTensors) -> None:
+        """Apply a delta (:func:`read_delta`) in place: rows written, dense weights copied. The
+        delta is only read, so one parsed delta can be applied to several copies of a model."""
+        if delta.model != self.name:
+            raise ModelError(f"a delta for model {delta.model!r} cannot apply to {self.name!r}")
         current = self.tensors()
+        stored = delta.tensors
         with torch.no_grad():
+            row_keys = set()
             for group, (_touched, names) in self.row_groups().items():
-                rows = stored.pop(f"{group}@rows")
+                rows = stored[f"{group}@rows"]
+                row_keys.add(f"{group}@rows")
                 for name in names:
-                    current[name][rows] = stored.pop(f"{name}@touched")
+                    current[name][rows] = stored[f"{name}@touched"]
+                    row_keys.add(f"{name}@touched")
             for name, value in stored.items():
+                if name in row_keys:
+                    continue
                 if name not in current:
                     raise ModelError(f"delta holds {name!r}, which model {self.name!r} does not have")
                 current[name].copy_(value)
 
-    def dense_names(self) -> list[str]:
-        """Tensors outside the row groups that scoring needs (not optimiser state)."""
-        grouped = {name for _touched, names in self.row_groups().values() for name in names}
-        return [n for n in self.tensors() if n not in grouped and not n.startswith(self.optimizer_prefixes)]
-
-    def load_dense(self, blob: bytes) -> None:
-        """Copy the dense weights of a :meth:`to_bytes` blob in place (rows untouched)."""
-        stored = load_tensors_blob(blob)
+    def load_dense(self, stored: dict[str, torch.Tensor]) -> None:
+        """Copy the dense weights of a loaded :meth:`to_bytes` blob in place (rows untouched)."""
         current = self.tensors()
         with torch.no_grad():
             for name in self.dense_names():
@@ -138,12 +155,10 @@ class OnlineModel(abc.ABC):
         examples), and untouched rows are exactly what the seeded constructor makes, so a version
         shrinks 16x (97 MB to 6.1 MB there) and a loader rebuilds the rest by constructing the model (:func:`models.model_from_bytes`).
         """
-        tensors = {k: v.detach() for k, v in self.tensors().items()}
-        for group, (mask, names) in self.row_groups().items():
-            rows = torch.nonzero(mask, as_tuple=True)[0]
-            tensors[f"{group}@rows"] = rows
-            for name in names:
-                tensors[f"{name}@touched"] = tensors.pop(name)[rows]
+        groups = self.row_groups()
+        grouped = {name for _touched, names in groups.values() for name in names}
+        tensors = {k: v.detach() for k, v in self.tensors().items() if k not in grouped}
+        tensors.update(self._row_slices({group: touched for group, (touched, _names) in groups.items()}))
         tensors = {k: v.contiguous() for k, v in tensors.items()}
         return st_save(tensors, metadata={**self.metadata(), **(extra_metadata or {})})
 
@@ -208,3 +223,9 @@ def load_tensors_blob(blob: bytes) -> dict[str, torch.Tensor]:
         return st_load(blob)
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
         raise ModelError(f"corrupt weights: {exc}") from None
+
+
+def read_delta(blob: bytes) -> DeltaTensors:
+    """Parse and check a delta blob once; apply it to any number of model copies."""
+    meta = read_metadata(blob, DELTA_FORMAT)
+    return DeltaTensors(meta.get("model", ""), meta.get("dense") == "1", load_tensors_blob(blob))

@@ -408,16 +408,15 @@ def models_champion(ctx: click.Context, name: str | None) -> None:
 @click.argument("version", type=int, required=False)
 @click.pass_context
 def models_rollback(ctx: click.Context, version: int | None) -> None:
-    """Serve VERSION (default: the kept version before the live one) and pin it."""
-    from stream.errors import StreamrecError
-
+    """Serve VERSION (default: the newest kept version before the live one that the quality gate
+    promoted) and pin it."""
     store = _store(ctx)
     if version is None:
         live = store.live()
-        older = [v for v in store.versions() if live is not None and v < live]
-        if not older:
-            raise StreamrecError(f"{store.model}: no kept version older than live v{live} (kept: {store.versions()})")
-        version = older[-1]
+        version = None if live is None else store.previous_promoted(live)
+        if version is None:
+            raise StreamrecError(f"{store.model}: no promoted version older than live v{live} "
+                                 f"(kept: {store.versions()})")
     store.set_live(version, pin=True)
     click.echo(f"{store.model}: rolled back to v{version}, pinned (`streamrec models unpin` resumes promotion)")
 
@@ -430,8 +429,6 @@ def models_pin(ctx: click.Context, version: int | None) -> None:
     store = _store(ctx)
     version = store.live() if version is None else version
     if version is None:
-        from stream.errors import StreamrecError
-
         raise StreamrecError(f"{store.model}: no live version to pin")
     store.set_live(version, pin=True)
     click.echo(f"{store.model}: live v{version}, pinned")

@@ -241,43 +241,40 @@ class Featurizer:
         recent = [list(h)[-length:] for h in histories]
         flat = [item for h in recent for item in h]
         if flat:
-            # the item column of _categorical_ids: same cache, same hash, so the same rows
-            rows = self._categorical_ids([[None, item] + [None] * (self._cat_idx.size - 2) for item in flat],
-                                         len(flat), only=1)[:, 1] + self.spec.offsets[1]
+            # hashed as the item_id column (same cache, same hash), so they are the same rows
+            rows = np.array(self._column_ids(1, flat), dtype=np.int64) + self.spec.offsets[1]
             at = 0
             for k, h in enumerate(recent):
                 out[k, : len(h)] = rows[at : at + len(h)]
                 at += len(h)
         return torch.from_numpy(out)
 
-    def _categorical_ids(self, cats: list[list[Any]], n: int, only: int | None = None) -> np.ndarray:
-        """(n, categorical fields) bucket ids. Streams repeat values, so each field keeps a cache
-        of value → bucket and only values it has not seen are hashed (vectorised); a lookup per
-        value in C beats building and hashing the string matrix by about half. ``only``: hash
-        just that column (the others come back as 0)."""
+    def _categorical_ids(self, cats: list[list[Any]], n: int) -> np.ndarray:
+        """(n, categorical fields) bucket ids."""
         if n == 0:
             return np.empty((0, self._cat_idx.size), dtype=np.int64)
-        columns = []
-        for j, column in enumerate(zip(*cats)):
-            if only is not None and j != only:
-                columns.append([0] * n)
-                continue
-            cache = self._caches[j]
-            found = list(map(cache.get, column))
-            if None in found:
-                if len(cache) > CACHE_LIMIT:
-                    cache.clear()
-                missing = [k for k, v in enumerate(found) if v is None]
-                values = [column[k] for k in missing]
-                table = np.array(values, dtype=np.str_)
-                with np.errstate(over="ignore"):
-                    h = _splitmix64(hash_strings(table, self.spec.seed) ^ self._cat_salt[j])
-                buckets = (h % self._cat_buckets[j]).astype(np.int64).tolist()
-                for k, value, bucket in zip(missing, values, buckets):
-                    cache[value] = bucket
-                    found[k] = bucket
-            columns.append(found)
-        return np.array(columns, dtype=np.int64).T
+        return np.array([self._column_ids(j, column) for j, column in enumerate(zip(*cats))], dtype=np.int64).T
+
+    def _column_ids(self, j: int, column: Sequence[Any]) -> list[int]:
+        """Bucket ids of one categorical column (the ``j``-th). Streams repeat values, so each
+        field keeps a cache of value → bucket and only values it has not seen are hashed
+        (vectorised); a lookup per value in C beats building and hashing the string matrix by
+        about half."""
+        cache = self._caches[j]
+        found = list(map(cache.get, column))
+        if None in found:
+            if len(cache) > CACHE_LIMIT:
+                cache.clear()
+            missing = [k for k, v in enumerate(found) if v is None]
+            values = [column[k] for k in missing]
+            table = np.array(values, dtype=np.str_)
+            with np.errstate(over="ignore"):
+                h = _splitmix64(hash_strings(table, self.spec.seed) ^ self._cat_salt[j])
+            buckets = (h % self._cat_buckets[j]).astype(np.int64).tolist()
+            for k, value, bucket in zip(missing, values, buckets):
+                cache[value] = bucket
+                found[k] = bucket
+        return found
 
     @staticmethod
     def _numbers(nums: list[Any], n: int, width: int) -> tuple[np.ndarray, np.ndarray]:

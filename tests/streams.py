@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from consumers.trainer import Trainer, TrainerOptions, example_digest
 from producers.readers import Row
 from producers.replay import ReplayOptions, ReplayReport, replay
+from stream.demo import scrape
 from stream.kafka_client import create_topics, make_producer
 from stream.local_stack import Endpoints
 from stream.settings import Settings, load_settings
 
 PARTITIONS = 2
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str = "the condition", every_s: float = 0.05) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every_s)
 
 
 def settings_for(namespace: str, **overrides: Any) -> Settings:
@@ -59,6 +70,14 @@ class Running:
         if "error" in self.result:
             raise self.result["error"]
         return self.result["report"]
+
+    def finish(self) -> tuple[dict[str, Any], dict[str, float]]:
+        """The report at the end of the stream and the worker's scraped /metrics; stopped either way."""
+        try:
+            report = self.wait()
+            return report, scrape(self.trainer.metrics.port)
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         self.trainer.stop_event.set()

@@ -11,7 +11,7 @@ import torch
 
 from consumers.prequential import SpecOptions, batched, evaluate_rows, progressive_step
 from models import REGISTRY, create_model, model_from_bytes
-from models.base import load_tensors_blob
+from models.base import load_tensors_blob, read_delta
 from producers.generator import generate, write_stream
 from producers.readers import ReaderOptions, read_rows
 from stream.errors import ModelError
@@ -115,12 +115,12 @@ def test_deltas_applied_in_order_give_the_trainers_predictions(name: str, learna
         if step % 3 == 0:
             dense = step % 6 == 0
             delta = trainer.delta_bytes(include_dense=dense)
-            scorer.apply_delta(delta)
+            scorer.apply_delta(read_delta(delta))
             if dense:
                 np.testing.assert_array_equal(scorer.predict_proba(probe), trainer.predict_proba(probe))
             elif name == "lr":  # no dense part: every delta is exact
                 np.testing.assert_array_equal(scorer.predict_proba(probe), trainer.predict_proba(probe))
-    scorer.apply_delta(trainer.delta_bytes(include_dense=True))
+    scorer.apply_delta(read_delta(trainer.delta_bytes(include_dense=True)))
     np.testing.assert_array_equal(scorer.predict_proba(probe), trainer.predict_proba(probe))
     empty = load_tensors_blob(trainer.delta_bytes(include_dense=False))  # nothing learned since
     assert all(v.numel() == 0 for v in empty.values()), {k: v.shape for k, v in empty.items()}
@@ -128,10 +128,10 @@ def test_deltas_applied_in_order_give_the_trainers_predictions(name: str, learna
     trainer.learn(batches[1])
     trainer.delta_bytes(include_dense=True)
     trainer.learn(batches[2])
-    scorer.apply_delta(trainer.delta_bytes(include_dense=True))
+    scorer.apply_delta(read_delta(trainer.delta_bytes(include_dense=True)))
     assert not np.array_equal(scorer.predict_proba(batches[1]), trainer.predict_proba(batches[1]))
     with pytest.raises(ModelError, match="not streamrec delta"):
-        scorer.apply_delta(trainer.to_bytes())
+        scorer.apply_delta(read_delta(trainer.to_bytes()))
 
 
 def test_all_finite_sees_a_nan_weight(learnable: tuple[list, float]) -> None:

@@ -3,6 +3,7 @@ gaps, pins and the champion pointer. Versions are written with the real VersionS
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -14,16 +15,12 @@ from consumers.scorer import NotReady, Scorer, predict_offline
 from consumers.version_store import VersionStore, set_champion
 from models import create_model
 from stream.features import Featurizer
+from tests.streams import wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def _wait_for(condition, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
+_wait_for = functools.partial(wait_for, timeout_s=5.0, every_s=0.02)
 
 
 @pytest.fixture

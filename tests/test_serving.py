@@ -26,7 +26,7 @@ from consumers.scorer import predict_offline
 from consumers.version_store import VersionStore
 from stream.demo import scrape
 from stream.kafka_client import create_topics
-from tests.streams import expected_digest, replay_rows, settings_for, start_trainer
+from tests.streams import expected_digest, replay_rows, settings_for, start_trainer, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -63,14 +63,6 @@ def serving(stack, namespace: str, tmp_path: Path, *args: str) -> Iterator[str]:
             process.wait()
 
 
-def _wait_for(condition, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-
-
 def _state(answer: dict) -> tuple:
     return answer["version"], answer["lineage"], answer["delta_seq"], answer["deltas_applied"]
 
@@ -89,7 +81,7 @@ def test_hot_swap_under_load_answers_every_request_from_one_exact_state(stack, n
                             publish_every_s=60, keep_versions=100, delta_every_s=0.05, dense_every_s=0,
                             gate=GateOptions(enabled=False), probe=list(zip(*probe)),
                             on_delta=lambda meta, p: deltas.append((meta, p)))
-    _wait_for(lambda: running.trainer.assignments >= 1, 60)  # in the group before events flow
+    wait_for(lambda: running.trainer.assignments >= 1, 60)  # in the group before events flow
     store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "wide_deep")
     answers: list[dict] = []
     failures: list[str] = []
@@ -101,7 +93,7 @@ def test_hot_swap_under_load_answers_every_request_from_one_exact_state(stack, n
             replayer = threading.Thread(target=replay_rows, args=(stack, settings, rows, "h"),
                                         kwargs={"rate": 1500.0}, daemon=True)
             replayer.start()
-            _wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60)
+            wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60)
             done = threading.Event()
 
             def client() -> None:
@@ -156,7 +148,7 @@ def test_hot_swap_under_load_answers_every_request_from_one_exact_state(stack, n
                                      str(target)], env=_env(stack, namespace), capture_output=True, text=True,
                                     timeout=60)
             assert result.returncode == 0, result.stderr
-            _wait_for(lambda: httpx.get(f"{url}/healthz").json()["version"] == target, 10)
+            wait_for(lambda: httpx.get(f"{url}/healthz").json()["version"] == target, 10)
             answer = httpx.post(f"{url}/predict", json=events).json()
             assert (answer["version"], answer["deltas_applied"]) == (target, 0)
             np.testing.assert_array_equal(np.array(answer["predictions"]),
@@ -179,11 +171,7 @@ def test_gate_holds_nan_weights(stack, namespace, learnable_rows):
     replay_rows(stack, settings, rows, "n")
     running = start_trainer(stack, settings, model="wide_deep", publish_every_examples=1000, metrics_port=0,
                             model_settings={"embedding.lr": "1e30"})  # diverges to inf/NaN in two steps
-    try:
-        report = running.wait()
-        scraped = scrape(running.trainer.metrics.port)
-    finally:
-        running.stop()
+    report, scraped = running.finish()
     store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "wide_deep")
     assert report["head_version"] >= 2
     assert store.live() is None  # nothing non-finite ever went live
@@ -201,11 +189,7 @@ def test_gate_holds_a_collapsed_auc_and_rolls_back(stack, namespace, learnable_r
     replay_rows(stack, settings, rows, "f")
     running = start_trainer(stack, settings, model="lr", publish_every_examples=1000, metrics_port=0,
                             window_examples=1500, gate=GateOptions(min_examples=3000, margin=0.02, rollback_drop=0.05))
-    try:
-        report = running.wait()
-        scraped = scrape(running.trainer.metrics.port)
-    finally:
-        running.stop()
+    report, scraped = running.finish()
     store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
     gates = {v: store.meta(v)["gate"] for v in store.versions()}
     held = [v for v, g in gates.items() if g["reason"] == HELD_AUC_DROP]
@@ -254,11 +238,11 @@ def test_champion_and_challenger_learn_side_by_side_and_promote_picks_the_served
 
     with serving(stack, namespace, tmp_path) as url:  # no --model: the champion
         # none named yet: the default model (STREAMREC_MODEL, wide_deep)
-        _wait_for(lambda: httpx.get(f"{url}/healthz").json().get("model") == "wide_deep", 20)
+        wait_for(lambda: httpx.get(f"{url}/healthz").json().get("model") == "wide_deep", 20)
         promote("lr")
-        _wait_for(lambda: httpx.get(f"{url}/healthz").json().get("model") == "lr", 20)
+        wait_for(lambda: httpx.get(f"{url}/healthz").json().get("model") == "lr", 20)
         promote("wide_deep")
-        _wait_for(lambda: httpx.get(f"{url}/healthz").json().get("model") == "wide_deep", 20)
+        wait_for(lambda: httpx.get(f"{url}/healthz").json().get("model") == "wide_deep", 20)
         answer = httpx.post(f"{url}/predict", json=[{"user_id": rows[0].user_id, "item_id": rows[0].item_id,
                                                       "features": rows[0].features}]).json()
         assert answer["model"] == "wide_deep" and answer["version"] == heads["wide_deep"]

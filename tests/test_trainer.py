@@ -21,7 +21,7 @@ from stream.demo import scrape
 from stream.features import Featurizer
 from stream.kafka_client import create_topics, make_consumer, make_producer
 from stream.local_stack import _free_port, redis_binary
-from tests.streams import combine, expected_digest, replay_rows, settings_for, start_trainer
+from tests.streams import combine, expected_digest, replay_rows, settings_for, start_trainer, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -47,11 +47,7 @@ def test_trainer_learns_publishes_versions_and_exports_metrics(stack, namespace,
     running = start_trainer(stack, settings, model="wide_deep", metrics_port=0, publish_every_examples=1500,
                             keep_versions=3, on_publish=remember,
                             probe=[(r.user_id, r.item_id, r.features) for r in rows[:300]])
-    try:
-        report = running.wait()
-        scraped = scrape(running.trainer.metrics.port)
-    finally:
-        running.stop()
+    report, scraped = running.finish()
 
     # learning: every impression exactly once, with its label, and the stream's signal found
     assert report["examples"] == len(rows) and report["finished"]
@@ -118,11 +114,7 @@ def test_malformed_events_are_dead_lettered_and_training_goes_on(stack, namespac
     producer.close()
     replay_rows(stack, settings, rows, "r")
     running = start_trainer(stack, settings, metrics_port=0)
-    try:
-        report = running.wait()
-        scraped = scrape(running.trainer.metrics.port)
-    finally:
-        running.stop()
+    report, scraped = running.finish()
     assert report["dead_letters"] == len(bad)
     assert scraped["streamrec_dead_letters_total"] == len(bad)
     assert report["examples"] == len(rows) and report["digest"] == expected_digest("r", rows)
@@ -160,14 +152,6 @@ def _start_redis(port: int, data_dir: Path) -> subprocess.Popen:
             time.sleep(0.05)
 
 
-def _wait_for(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_redis_outage_is_survived_without_losing_anything(stack, namespace, learnable_rows, tmp_path):
     """Redis dies mid-run (SIGKILL) and comes back (from its append-only file): training never stops,
     publishing fails and is retried, and the final version holds every example exactly once."""
@@ -183,15 +167,15 @@ def test_redis_outage_is_survived_without_losing_anything(stack, namespace, lear
         running = start_trainer(stack, settings, redis_url=url, metrics_port=0, publish_every_s=0.2,
                                 publish_every_examples=500, backoff_max_s=1.0)
         store = VersionStore(redis.Redis.from_url(url), namespace, "lr")
-        _wait_for(lambda: store.head() and store.meta(store.head())["counters"]["impressions_read"] == len(first),
+        wait_for(lambda: store.head() and store.meta(store.head())["counters"]["impressions_read"] == len(first),
                   60, "a version that includes the first half")
         before = store.head()
         os.kill(redis_proc.pid, signal.SIGKILL)
         redis_proc.wait()
         trained_at_outage = running.trainer.counters.examples
         replay_rows(stack, settings, second, "b")
-        _wait_for(lambda: running.trainer.counters.impressions_read == len(rows), 60, "the second half read")
-        _wait_for(lambda: scrape(running.trainer.metrics.port)["streamrec_publish_failures_total"] >= 2, 30,
+        wait_for(lambda: running.trainer.counters.impressions_read == len(rows), 60, "the second half read")
+        wait_for(lambda: scrape(running.trainer.metrics.port)["streamrec_publish_failures_total"] >= 2, 30,
                   "failed publishes")
         assert running.thread.is_alive() and running.trainer.counters.examples > trained_at_outage
         assert running.trainer.head == before  # nothing published while Redis is away
@@ -228,7 +212,7 @@ def test_broker_outage_is_survived_and_training_resumes_at_the_right_offsets(sta
     running = start_trainer(stack, settings, metrics_port=0, publish_every_s=0.2, publish_every_examples=500)
     store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
     try:
-        _wait_for(lambda: store.head() and store.meta(store.head())["counters"]["impressions_read"] == len(first),
+        wait_for(lambda: store.head() and store.meta(store.head())["counters"]["impressions_read"] == len(first),
                   60, "a version that includes the first half")
         os.kill(broker_pid, signal.SIGSTOP)
         try:
@@ -237,7 +221,7 @@ def test_broker_outage_is_survived_and_training_resumes_at_the_right_offsets(sta
             os.kill(broker_pid, signal.SIGCONT)
         assert running.thread.is_alive()
         replay_rows(stack, settings, second, "b")
-        _wait_for(lambda: running.trainer.assignments >= 2 or not running.thread.is_alive(), 60, "a rejoin")
+        wait_for(lambda: running.trainer.assignments >= 2 or not running.thread.is_alive(), 60, "a rejoin")
         report = running.wait(180)
     finally:
         running.stop()
