@@ -52,15 +52,18 @@ def vw_pass(rows: list[Row]) -> dict[str, object]:
             "options": "--loss_function logistic --link logistic -b 24"}
 
 
-def run_stream(rows: list[Row], settings: dict[str, str], batch_size: int) -> dict[str, object]:
+def run_stream(rows: list[Row], settings: dict[str, str], batch_size: int,
+               names: list[str]) -> dict[str, object]:
     out: dict[str, object] = {"rows": len(rows)}
-    for name in model_names():
+    for name in names:
         applicable = {k: v for k, v in settings.items() if not (name == "lr" and not k.startswith("ftrl."))}
         report, _ = evaluate_rows(rows, name, batch_size=batch_size, model_settings=applicable)
         out[name] = {k: report[k] for k in ("auc", "auc_window", "logloss", "normalized_entropy", "calibration",
                                             "examples_per_second")}
+        out[name].update({k: v for k, v in report.items() if k.startswith("recall_")})  # youtube_dnn
+        recall = f"  recall@10 {report['recall_at_10']:.4f}" if "recall_at_10" in report else ""
         print(f"  {name:14s} AUC {report['auc']:.4f}  window {report['auc_window']:.4f}  logloss {report['logloss']:.4f}"
-              f"  {report['examples_per_second']:>9,.0f} ex/s", flush=True)
+              f"  {report['examples_per_second']:>9,.0f} ex/s{recall}", flush=True)
     # River gets the same FTRL settings as the models (a fair baseline)
     river_ftrl = {k.split(".", 1)[1]: float(v) for k, v in settings.items() if k.startswith("ftrl.")}
     for label, result in (("river_lr_ftrl", river_pass(rows, **river_ftrl)), ("vw_logistic", vw_pass(rows))):
@@ -80,21 +83,26 @@ def main() -> None:
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="Frappe only: a model setting applied to every model that has it.")
     parser.add_argument("--name", default="model_family")
+    parser.add_argument("--models", help="Comma-separated subset (default: every registered model).")
     args = parser.parse_args()
+    names = args.models.split(",") if args.models else model_names()
+    unknown = sorted(set(names) - set(model_names()))
+    if unknown:
+        parser.error(f"unknown models {unknown}; registered: {', '.join(model_names())}")
     result: dict[str, object] = {"batch_size": args.batch_size}
     if args.rows:
         with tempfile.TemporaryDirectory() as tmp:
             rows, summary = synthetic_rows(Path(tmp), args.rows, seed=7)
         print(f"synthetic: {len(rows):,} rows, oracle AUC {summary['oracle_auc']:.4f}")
         result["synthetic"] = {"source": "producers/generator.py seed 7", "oracle_auc": summary["oracle_auc"],
-                               **run_stream(rows, {}, args.batch_size)}
+                               **run_stream(rows, {}, args.batch_size, names)}
     if args.frappe:
         files = [args.frappe / "frappe.validation.libfm", args.frappe / "frappe.test.libfm"]
         rows = [r for f in files for r in read_rows(f, "libfm", ReaderOptions(user_field="f0", item_field="f1"))]
         settings = parse_settings(args.settings)
         print(f"frappe: {len(rows):,} rows, settings {settings or 'defaults'}")
         result["frappe"] = {"source": "hexiangnan/neural_factorization_machine data/frappe (validation+test, file order)",
-                            "settings": settings, **run_stream(rows, settings, args.batch_size)}
+                            "settings": settings, **run_stream(rows, settings, args.batch_size, names)}
     print(json.dumps({k: v for k, v in result.items() if k == "batch_size"}))
     write_result(args.name, result)
 

@@ -1,4 +1,5 @@
-"""Each user's recently clicked items, kept from the stream itself for sequence models (DIN).
+"""Recent behaviour kept from the stream itself for sequence models: each user's clicked items
+(DIN, DIEN, YouTube DNN), or each item's interactions (item-based AutoRec).
 
 An example is featurised with the clicks its user made *before* it was learned, and its own
 click (if any) is added only after, so no label leaks into its own input. Bounded twice: the
@@ -29,9 +30,11 @@ class UserHistory:
 
     def add_clicks(self, users: Sequence[str], items: Sequence[str], labels: Sequence[int]) -> None:
         """Record the clicked (label 1) items, in order."""
-        for user, item, label in zip(users, items, labels):
-            if not label:
-                continue
+        self.add([u for u, label in zip(users, labels) if label], [i for i, label in zip(items, labels) if label])
+
+    def add(self, users: Sequence[str], items: Sequence[str]) -> None:
+        """Record every pair, in order."""
+        for user, item in zip(users, items):
             history = self._users.get(user)
             if history is None:
                 history = self._users[user] = deque(maxlen=self.length)
@@ -53,4 +56,37 @@ class UserHistory:
         history = cls(state["length"], state["max_users"])
         for user, items in state["users"]:
             history._users[user] = deque(items, maxlen=history.length)
+        return history
+
+
+class BehaviourHistory:
+    """What a model's spec asks for (``history_kind``): the user's clicked items, keyed by user,
+    or the item's interactions, keyed by item: every user shown it, as ``u`` if they clicked and
+    ``~u`` if not (the featurizer turns that into the user's row with a sign).
+    ``before`` is read to featurise a batch, ``after`` records the batch once it has been learned."""
+
+    def __init__(self, kind: str, length: int, max_keys: int = 1_000_000) -> None:
+        self.kind = kind
+        self.store = UserHistory(length, max_keys)
+        self._by_item = kind == "item_interactions"
+
+    def before(self, users: Sequence[str], items: Sequence[str]) -> list[list[str]]:
+        return self.store.of(items if self._by_item else users)
+
+    def after(self, users: Sequence[str], items: Sequence[str], labels: Sequence[int]) -> None:
+        if self._by_item:
+            self.store.add(items, [u if label else f"~{u}" for u, label in zip(users, labels)])
+        else:
+            self.store.add_clicks(users, items, labels)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def state(self) -> dict[str, Any]:
+        return {**self.store.state(), "kind": self.kind}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> BehaviourHistory:
+        history = cls(state.get("kind", "user_clicks"), state["length"], state["max_users"])
+        history.store = UserHistory.from_state(state)
         return history

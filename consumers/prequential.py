@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from consumers.history import UserHistory
+from consumers.history import BehaviourHistory
 from models import OnlineModel, create_model, spec_for
 from producers.readers import ReaderOptions, ReadStats, Row, read_rows
 from stream.features import FeatureSpec, Featurizer, SparseBatch
@@ -60,17 +60,17 @@ def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512
     spec = spec_for(model_name, spec_options.infer([r.features for r in head]))
     model = create_model(model_name, spec, seed=seed, settings=model_settings)
     featurizer = Featurizer(spec)
-    # sequence models: each user's clicks so far, from the stream itself (consumers/history.py)
-    history = UserHistory(spec.history_length) if spec.history_length else None
+    # sequence models: the clicks so far, from the stream itself (consumers/history.py)
+    history = BehaviourHistory(spec.history_kind, spec.history_length) if spec.history_length else None
     metrics = StreamingMetrics(window)
     started = time.perf_counter()
     for chunk in batched(itertools.chain(head, iterator), batch_size):
         users, items, labels = [r.user_id for r in chunk], [r.item_id for r in chunk], [r.label for r in chunk]
         batch = featurizer.build(users, items, [r.features for r in chunk], labels,
-                                 history.of(users) if history is not None else None)
+                                 history.before(users, items) if history is not None else None)
         progressive_step(model, metrics, batch)
         if history is not None:
-            history.add_clicks(users, items, labels)
+            history.after(users, items, labels)
         if on_batch:
             on_batch(len(chunk))
     wall = time.perf_counter() - started
@@ -88,6 +88,7 @@ def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512
         "calibration_window": snap["calibration_window"],
         "examples_per_second": metrics.examples / wall if wall > 0 else float("nan"),
         "wall_seconds": wall,
+        **model.extra_metrics(),
     }
     return report, model
 

@@ -30,14 +30,16 @@ import numpy as np
 import orjson
 import redis
 import xxhash
+from prometheus_client import generate_latest
 
-from consumers.history import UserHistory
+from consumers.history import BehaviourHistory
 from consumers.joiner import Example, JoinCounts, Joiner
 from consumers.learner import LearnerProcess
 from consumers.prequential import SPEC_SAMPLE_ROWS, SpecOptions
 from consumers.quality_gate import HELD_NON_FINITE, GateOptions, judge, should_roll_back
 from consumers.trainer_metrics import TrainerMetrics
 from consumers.version_store import Version, VersionConflict, VersionStore, connect
+from consumers.worker_registry import Heartbeat, metrics_url
 from models import spec_for
 from models.base import read_metadata
 from stream import events as ev
@@ -65,6 +67,7 @@ class TrainerOptions:
     window_examples: int = 10_000
     exit_at_end: bool = False
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     poll_records: int = 5000
     seed: int = 0
     spec_options: SpecOptions = field(default_factory=SpecOptions)
@@ -121,12 +124,13 @@ class Trainer:
         self.group_id = f"streamrec-trainer-{settings.namespace}-{options.model}"
         self.store = VersionStore(connect(redis_url), settings.namespace, options.model)
         self.metrics = TrainerMetrics(options.model, options.worker_id)
+        self._heartbeat: Heartbeat | None = None
         self.learner: LearnerProcess | None = None
         self.featurizer: Featurizer | None = None  # None until the model exists
         self._resume_from: Version | None = None
         self._pending_cut: dict[str, Any] | None = None
         self.joiner = Joiner(options.window_s, options.max_pending, options.positives)
-        self.history: UserHistory | None = None  # sequence models: users' recent clicks
+        self.history: BehaviourHistory | None = None  # sequence models: recent clicks
         self.counters = Counters()
         self.positions: dict[TopicPartitionKey, int] = {}
         self.head: int | None = None
@@ -187,7 +191,7 @@ class Trainer:
         if version.joiner is not None:
             self.joiner = Joiner.from_state(orjson.loads(version.joiner))
         if version.history is not None:
-            self.history = UserHistory.from_state(orjson.loads(version.history))
+            self.history = BehaviourHistory.from_state(orjson.loads(version.history))
         self.counters = Counters(**meta["counters"])
         self.newest_label_time = meta.get("event_time") or -np.inf
         self.positions = {(k.rsplit(":", 1)[0], int(k.rsplit(":", 1)[1])): int(v) for k, v in meta["offsets"].items()}
@@ -278,7 +282,7 @@ class Trainer:
             spec = self.options.spec_options.infer([e.features for e in examples[:SPEC_SAMPLE_ROWS]])
             self.featurizer = Featurizer(spec_for(self.options.model, spec))
         if self.featurizer.spec.history_length and self.history is None:
-            self.history = UserHistory(self.featurizer.spec.history_length)
+            self.history = BehaviourHistory(self.featurizer.spec.history_kind, self.featurizer.spec.history_length)
         assert self.learner is not None
         if not self.learner.ready:
             self._start_learning()
@@ -296,12 +300,12 @@ class Trainer:
         assert self.learner is not None and self.featurizer is not None
         labels = [e.label for e in examples]
         users, items = [e.user_id for e in examples], [e.item_id for e in examples]
-        # each example sees its user's clicks before it; its own click joins the history after
-        histories = self.history.of(users) if self.history is not None else None
+        # each example sees the clicks before it; its own click joins the history after
+        histories = self.history.before(users, items) if self.history is not None else None
         batch = self.featurizer.build(users, items, [e.features for e in examples], labels, histories)
         self.learner.learn(batch)
         if self.history is not None:
-            self.history.add_clicks(users, items, labels)
+            self.history.after(users, items, labels)
         c = self.counters
         c.examples += len(examples)
         c.positives += sum(labels)
@@ -398,6 +402,10 @@ class Trainer:
                 # Live stays, head moves past it: scorers stop applying this trainer's deltas and
                 # serve the live version exactly again. That is a rollback of what was served.
                 self._count_rollback(number, self._live_meta[0], drop or decision.detail)
+                try:
+                    self.store.record_event("rollback", number, self._live_meta[0], drop or decision.detail)
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    log.warning("could not log the rollback event: %s", exc)
         assert self._consumer is not None
         try:
             self._consumer.commit(cut["positions"])
@@ -438,7 +446,7 @@ class Trainer:
             target = self.store.previous_promoted(self.head)
             if target is None:
                 return
-            self.store.set_live(target, pin=False)
+            self.store.set_live(target, pin=False, kind="rollback", reason=reason)
         except (redis.ConnectionError, redis.TimeoutError, StreamrecError) as exc:
             log.warning("rollback check failed: %s", exc)
             return
@@ -562,7 +570,12 @@ class Trainer:
         """Train until stopped (or, with ``exit_at_end``, until every partition's final watermark)."""
         opts = self.options
         if opts.metrics_port is not None and self.metrics.port is None:
-            self.metrics.serve(opts.metrics_port)
+            self.metrics.serve(opts.metrics_port, opts.metrics_host)
+        if self.metrics.port is not None and self._heartbeat is None:
+            self._heartbeat = Heartbeat(self.store.client, self.settings.namespace, role="trainer",
+                                        model=opts.model, worker=opts.worker_id,
+                                        url=metrics_url(opts.metrics_host, self.metrics.port),
+                                        final_metrics=lambda: generate_latest(self.metrics.registry)).start()
         # The learner process imports torch while this one resumes and joins the group.
         self.learner = LearnerProcess()
         self.resume()
@@ -680,6 +693,9 @@ class Trainer:
         }
 
     def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.close()
+            self._heartbeat = None
         if self.learner is not None:
             self.learner.close()
             self.learner = None

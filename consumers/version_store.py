@@ -17,6 +17,9 @@ Key layout (``P`` = ``streamrec:<namespace>:model:<model>``)::
                     hash {meta, weights}: the rows changed since delta seq-1 of the same learner
                     (models/base.py delta_bytes); expires after a few minutes
     P:delta_head    JSON {"lineage", "seq", "base_version"} of the newest delta
+    P:events        list, newest first, the last EVENTS_KEPT pointer events: JSON {"at", "kind",
+                    "version", "live", "reason"}; kind is published (live moved to it), held (the
+                    gate or a pin kept live where it was), promote, rollback or pin (set_live)
     P:announce      pub/sub channel: {"version": n, "live": m} after every publish and pointer move,
                     {"delta": seq, "lineage": l} after every delta
     streamrec:<namespace>:champion
@@ -49,6 +52,7 @@ from stream.errors import StreamrecError
 
 log = logging.getLogger(__name__)
 PUBLISH_ATTEMPTS = 5
+EVENTS_KEPT = 1000
 
 
 class VersionConflict(StreamrecError):
@@ -136,6 +140,10 @@ class VersionStore:
     def delta_key(self, lineage: str, seq: int) -> str:
         return f"{self.prefix}:delta:{lineage}:{seq}"
 
+    @property
+    def events_key(self) -> str:
+        return f"{self.prefix}:events"
+
     # ------------------------------------------------------------------ reads
 
     def head(self) -> int | None:
@@ -157,6 +165,21 @@ class VersionStore:
             if number < before and (self.meta(number).get("gate") or {}).get("promoted", True):
                 return number
         return None
+
+    def events(self, limit: int = EVENTS_KEPT) -> list[dict[str, Any]]:
+        """Pointer events, oldest first (the dashboard's version timeline)."""
+        return [orjson.loads(e) for e in reversed(self.client.lrange(self.events_key, 0, limit - 1))]
+
+    def record_event(self, kind: str, version: int, live: int | None, reason: str | None) -> None:
+        """Log a pointer event that :meth:`publish` and :meth:`set_live` do not log themselves."""
+        with self.client.pipeline(transaction=True) as pipe:
+            self._log_event(pipe, kind, version, live, reason)
+            pipe.execute()
+
+    def _log_event(self, pipe: Any, kind: str, version: int, live: int | None, reason: str | None) -> None:
+        event = {"at": time.time(), "kind": kind, "version": version, "live": live, "reason": reason}
+        pipe.lpush(self.events_key, orjson.dumps(event))
+        pipe.ltrim(self.events_key, 0, EVENTS_KEPT - 1)
 
     def meta(self, number: int) -> dict[str, Any]:
         raw = self.client.hget(self.version_key(number), "meta")
@@ -240,6 +263,11 @@ class VersionStore:
                 for old in drop:
                     pipe.delete(self.version_key(old))
                     pipe.zrem(self.versions_key, str(old))
+                if hold:
+                    reason = "pinned" if pinned else (meta.get("gate") or {}).get("reason")
+                    self._log_event(pipe, "held", number, new_live, reason)
+                else:
+                    self._log_event(pipe, "published", number, number, None)
                 pipe.publish(self.channel, orjson.dumps({"version": number, "live": new_live}))
                 try:
                     pipe.execute()
@@ -256,8 +284,9 @@ class VersionStore:
         """Let the trainer move ``live`` again (from its next version on)."""
         self.client.delete(self.pinned_key)
 
-    def set_live(self, number: int, *, pin: bool) -> None:
+    def set_live(self, number: int, *, pin: bool, kind: str = "promote", reason: str | None = None) -> None:
         """Point ``live`` at an existing version; ``pin`` keeps the trainer from moving it.
+        ``kind`` (promote, rollback, pin) and ``reason`` go to the event log.
 
         The version key is watched, so a publish that prunes it meanwhile makes this fail cleanly
         instead of leaving ``live`` on a deleted version."""
@@ -273,6 +302,7 @@ class VersionStore:
                 pipe.set(self.pinned_key, 1)
             else:
                 pipe.delete(self.pinned_key)
+            self._log_event(pipe, kind, number, number, reason)
             pipe.publish(self.channel, orjson.dumps({"version": None if head is None else int(head), "live": number}))
             try:
                 pipe.execute()

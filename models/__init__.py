@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from models.autorec import AutoRec
 from models.base import OnlineModel, config_from_json, load_tensors_blob, read_metadata
 from models.dcn import DCN
 from models.deep_crossing import DeepCrossing
 from models.deepfm import DeepFM
+from models.dien import DIEN
 from models.din import DIN
 from models.lr import LogisticRegressionFTRL
 from models.neuralcf import NeuralCF
@@ -16,17 +18,22 @@ from models.nfm import NFM
 from models.pnn import IPNN, OPNN
 from models.two_tower import TwoTower
 from models.wide_deep import WideDeep
+from models.youtube_dnn import YouTubeDNN
 from stream.errors import ConfigError, ModelError
 from stream.features import FeatureSpec
 
 REGISTRY: dict[str, type[OnlineModel]] = {cls.name: cls for cls in (
-    LogisticRegressionFTRL, WideDeep, DeepFM, NFM, DCN, DeepCrossing, IPNN, OPNN, NeuralCF, TwoTower, DIN)}
+    LogisticRegressionFTRL, WideDeep, DeepFM, NFM, DCN, DeepCrossing, IPNN, OPNN, NeuralCF, TwoTower, DIN, DIEN,
+    AutoRec, YouTubeDNN)}
 
 
 def spec_for(name: str, spec: FeatureSpec) -> FeatureSpec:
     """``spec`` with what model ``name`` reads besides the fields (a sequence model's history)."""
-    length = getattr(REGISTRY.get(name), "history_length", 0)
-    return dataclasses.replace(spec, history_length=length) if length and not spec.history_length else spec
+    cls = REGISTRY.get(name)
+    length = getattr(cls, "history_length", 0)
+    if not length or spec.history_length:
+        return spec
+    return dataclasses.replace(spec, history_length=length, history_kind=getattr(cls, "history_kind", "user_clicks"))
 
 
 def model_names() -> list[str]:

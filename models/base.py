@@ -67,6 +67,10 @@ class OnlineModel(abc.ABC):
         with torch.no_grad():
             return torch.sigmoid(self.logits(batch)).numpy().astype(np.float64)
 
+    def extra_metrics(self) -> dict[str, float]:
+        """Model-specific progressive metrics for reports (youtube_dnn's recall@k); none by default."""
+        return {}
+
     # ---------------------------------------------------------------- serialisation
 
     def metadata(self) -> dict[str, str]:

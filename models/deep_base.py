@@ -116,6 +116,8 @@ class DeepModel(OnlineModel):
     has_wide: ClassVar[bool] = True  # the model has a linear part, trained with FTRL
     # > 0: the model reads the user's last N clicked items (batch.history; models.spec_for)
     history_length: ClassVar[int] = 0
+    # what the history holds: the user's clicked items, or the item's clickers (stream/features.py)
+    history_kind: ClassVar[str] = "user_clicks"
 
     def __init__(self, spec: FeatureSpec, config: Any) -> None:
         super().__init__(spec, config)
@@ -133,14 +135,31 @@ class DeepModel(OnlineModel):
     def deep_logit(self, rows: torch.Tensor, dense: torch.Tensor, history: torch.Tensor | None = None,
                    mask: torch.Tensor | None = None) -> torch.Tensor:
         """The network's logit (B,) from embedded fields (B, F, D) and dense inputs (B, Dd); for
-        sequence models also the embedded history (B, L, D) and its mask (B, L), zero where empty."""
+        sequence models also the embedded history (B, L, D) and its mask (B, L), False where empty.
+        For ``item_interactions`` histories the rows come signed and the mask is the rating: +1.0
+        clicked, -1.0 shown without a click, 0.0 empty."""
         return self.deep(rows, dense).reshape(-1)
 
-    def _history(self, batch: SparseBatch) -> torch.Tensor:
-        """The batch's history ids (B, L), or an empty history if the batch has none."""
-        if batch.history is not None:
-            return batch.history
-        return torch.full((len(batch), max(self.spec.history_length, 1)), -1, dtype=torch.int64)
+    def auxiliary_loss(self, batch: SparseBatch, rows: torch.Tensor, history: torch.Tensor | None,
+                       mask: torch.Tensor | None) -> torch.Tensor | None:
+        """A loss learned beside the click logloss (DIEN's next-click loss, YouTube DNN's sampled
+        softmax), from the same embedded rows; called right after :meth:`deep_logit` while
+        learning, so a network may reuse what that forward pass kept. None: no extra loss."""
+        return None
+
+    def _mask_argument(self, mask: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+        return mask * sign if self.history_kind == "item_interactions" else mask
+
+    def _history(self, batch: SparseBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's history as (rows, mask, sign), each (B, L): embedding rows (0 where empty),
+        True where an entry is, and -1 for a negative interaction (stream/features.py encodes one
+        as ``-(row + 2)``; -1 is an empty slot), else 1. An empty history if the batch has none."""
+        history = batch.history
+        if history is None:
+            history = torch.full((len(batch), max(self.spec.history_length, 1)), -1, dtype=torch.int64)
+        negative = history <= -2
+        rows = torch.where(negative, -history - 2, history.clamp(min=0))
+        return rows, history != -1, torch.where(negative, -1.0, 1.0)
 
     # ------------------------------------------------------------------ the shared step
 
@@ -148,10 +167,9 @@ class DeepModel(OnlineModel):
         with torch.no_grad():
             rows = self.embedding.weight[batch.ids]
             if self.history_length:
-                history = self._history(batch)
-                mask = history >= 0
-                embedded = self.embedding.weight[history.clamp(min=0)] * mask.unsqueeze(-1)
-                deep = self.deep_logit(rows, batch.dense, embedded, mask)
+                history, mask, sign = self._history(batch)
+                embedded = self.embedding.weight[history] * (mask * sign).unsqueeze(-1)
+                deep = self.deep_logit(rows, batch.dense, embedded, self._mask_argument(mask, sign))
             else:
                 deep = self.deep_logit(rows, batch.dense)
             deep = deep.to(torch.float64)
@@ -181,25 +199,30 @@ class DeepModel(OnlineModel):
             logit = self.wide.weights(w_unique)[w_inverse].sum(dim=1)
         if self.history_length:
             # history rows share the table with the fields: one gather, one sparse step
-            history = self._history(batch)
-            mask = history >= 0
+            history, mask, sign = self._history(batch)
             fields = batch.ids.numel()
             e_unique, e_inverse, leaf = self.embedding.gather(torch.cat([batch.ids.reshape(-1), history[mask]]))
             rows = nn.functional.embedding(e_inverse[:fields].reshape(batch.ids.shape), leaf)
             at = torch.zeros_like(history)
             at[mask] = e_inverse[fields:]
-            embedded = nn.functional.embedding(at, leaf) * mask.unsqueeze(-1)
-            deep = self.deep_logit(rows, batch.dense, embedded, mask)
+            embedded = nn.functional.embedding(at, leaf) * (mask * sign).unsqueeze(-1)
+            deep = self.deep_logit(rows, batch.dense, embedded, self._mask_argument(mask, sign))
+            auxiliary = self.auxiliary_loss(batch, rows, embedded, mask)
         else:
             e_unique, e_inverse, leaf = self.embedding.gather(batch.ids)
             # F.embedding's CPU backward sums repeated rows in a fixed order, so seeded runs
             # repeat bit for bit (plain indexing accumulates in parallel, in varying order).
             rows = nn.functional.embedding(e_inverse, leaf)
             deep = self.deep_logit(rows, batch.dense)
+            auxiliary = self.auxiliary_loss(batch, rows, None, None)
         p = torch.sigmoid(logit + deep.detach().to(torch.float64))
         residual = p - batch.labels.to(torch.float64)
         # d(mean logloss)/d(deep logit) = (p - y) / B; FTRL takes the per-example sum.
-        deep.backward((residual / len(batch)).to(torch.float32))
+        grad = (residual / len(batch)).to(torch.float32)
+        if auxiliary is None:
+            deep.backward(grad)
+        else:
+            ((deep * grad).sum() + auxiliary).backward()
         return Backward(p, residual, w_unique, w_inverse, e_unique, e_inverse, leaf)
 
     # ------------------------------------------------------------------ state

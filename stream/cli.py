@@ -382,7 +382,7 @@ def models_promote(ctx: click.Context, version: int) -> None:
     from consumers.version_store import set_champion
 
     store = _store(ctx)
-    store.set_live(version, pin=store.pinned())
+    store.set_live(version, pin=store.pinned(), reason="by hand (streamrec models promote)")
     set_champion(store.client, store.namespace, store.model)
     click.echo(f"{store.model}: live v{version}{' (pinned)' if store.pinned() else ''}; champion of {store.namespace}")
 
@@ -417,7 +417,7 @@ def models_rollback(ctx: click.Context, version: int | None) -> None:
         if version is None:
             raise StreamrecError(f"{store.model}: no promoted version older than live v{live} "
                                  f"(kept: {store.versions()})")
-    store.set_live(version, pin=True)
+    store.set_live(version, pin=True, kind="rollback", reason="by hand (streamrec models rollback)")
     click.echo(f"{store.model}: rolled back to v{version}, pinned (`streamrec models unpin` resumes promotion)")
 
 
@@ -430,7 +430,7 @@ def models_pin(ctx: click.Context, version: int | None) -> None:
     version = store.live() if version is None else version
     if version is None:
         raise StreamrecError(f"{store.model}: no live version to pin")
-    store.set_live(version, pin=True)
+    store.set_live(version, pin=True, kind="pin", reason="by hand (streamrec models pin)")
     click.echo(f"{store.model}: live v{version}, pinned")
 
 
@@ -459,10 +459,9 @@ def serve(ctx: click.Context, model: str | None, host: str, port: int | None, no
     import os
     import socket
 
-    import uvicorn
-
     from consumers.scorer import Scorer
     from consumers.serve_app import create_app
+    from consumers.worker_registry import Heartbeat, metrics_url
     from stream.local_stack import resolve_redis_url
 
     settings = _settings(ctx, serve_port=port)
@@ -474,26 +473,96 @@ def serve(ctx: click.Context, model: str | None, host: str, port: int | None, no
     served = scorer.served
     console.print(f"serving {served.model} v{served.version}" if served else
                   f"waiting for a live version of {model or 'the champion model'} in {settings.namespace}")
-    # Bind here, so port 0 resolves to a real port before uvicorn starts, and a busy port is a clear error.
-    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
-    # and without it every response waited 40 ms for a delayed ACK (Nagle).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, settings.serve_port))
-    except OSError as exc:
+        sock = _listen(host, settings.serve_port, "--port (STREAMREC_SERVE_PORT)")
+    except StreamrecError:
         scorer.close()
-        raise StreamrecError(f"cannot listen on {host}:{settings.serve_port} ({exc.strerror}); choose another "
-                             "--port (STREAMREC_SERVE_PORT), or 0 for any free one") from None
+        raise
     bound = sock.getsockname()[1]
     console.print(f"listening on http://{host}:{bound} (/predict, /healthz, /metrics)")
     if ready_file is not None:
         _write_report(ready_file, {"pid": os.getpid(), "port": bound})
-    server = uvicorn.Server(uvicorn.Config(create_app(scorer), log_level="warning", access_log=False))
+    heartbeat = Heartbeat(scorer.client, settings.namespace, role="scorer", model=model or "champion",
+                          worker=f"{socket.gethostname()}-{os.getpid()}", url=metrics_url(host, bound)).start()
+
+    def stop() -> None:
+        heartbeat.close()
+        scorer.close()
+
+    _run_http(create_app(scorer), sock, on_exit=stop)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8500, show_default=True,
+              help="HTTP port, 0 = any free one.")
+@click.option("--prometheus", "prometheus_url", metavar="URL",
+              help="Read metrics from this Prometheus server instead of scraping the workers.")
+@click.option("--scrape", "scrape_urls", multiple=True, metavar="URL",
+              help="Also scrape this /metrics URL (repeatable); workers in Redis are found by themselves.")
+@click.option("--interval-s", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Sample every this many seconds.")
+@click.option("--ready-file", type=click.Path(path_type=Path), help="Write {pid, port} here once listening.")
+@click.pass_context
+def dashboard(ctx: click.Context, host: str, port: int, prometheus_url: str | None, scrape_urls: tuple[str, ...],
+              interval_s: float, ready_file: Path | None) -> None:
+    """Serve a live dashboard of the namespace's trainers and scorers (open the printed URL)."""
+    import os
+
+    import redis
+
+    from consumers.version_store import connect
+    from stream.dashboard import Collector, PrometheusSource, WorkerSource, create_app
+    from stream.errors import StackError
+    from stream.local_stack import resolve_redis_url
+
+    settings = _settings(ctx)
+    client: Any = None
+    try:
+        client = connect(resolve_redis_url(settings))
+        client.ping()
+    except (StackError, redis.RedisError) as exc:
+        if not (prometheus_url or scrape_urls):
+            raise StreamrecError(f"the dashboard finds workers through Redis, which is not reachable ({exc}); "
+                                 "set STREAMREC_REDIS_URL, run `streamrec stack up`, or pass --prometheus/--scrape")
+        console.print(f"[yellow]no Redis ({exc}): no version timeline, only the given targets[/]")
+        client = None
+    source = PrometheusSource(prometheus_url) if prometheus_url else WorkerSource(client, settings.namespace,
+                                                                                   scrape_urls)
+    collector = Collector(source, client, settings.namespace, interval_s=interval_s).start()
+    sock = _listen(host, port, "--port")
+    bound = sock.getsockname()[1]
+    console.print(f"dashboard on http://{host}:{bound}/ (namespace {settings.namespace}, source {source.name})")
+    if ready_file is not None:
+        _write_report(ready_file, {"pid": os.getpid(), "port": bound})
+    _run_http(create_app(collector), sock, on_exit=collector.close)
+
+
+def _listen(host: str, port: int, flag: str) -> Any:
+    """A bound socket, so port 0 resolves before the server starts and a busy port is a clear error.
+    proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+    without it every response waited 40 ms for a delayed ACK (Nagle)."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StreamrecError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another {flag}, "
+                             "or 0 for any free one") from None
+    return sock
+
+
+def _run_http(app: Any, sock: Any, on_exit: Callable[[], None]) -> None:
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     try:
         server.run(sockets=[sock])
     finally:
-        scorer.close()
+        on_exit()
         sock.close()
 
 
@@ -542,6 +611,7 @@ def _parse_crosses(crosses: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
               help="Window AUC a new version may lose against live and still go live (STREAMREC_GATE_MARGIN).")
 @click.option("--rollback-drop", type=click.FloatRange(min=0, min_open=True),
               help="Served window AUC drop that rolls back automatically (STREAMREC_ROLLBACK_DROP).")
+@click.option("--metrics-host", help="Address /metrics listens on; 0.0.0.0 for a cluster (STREAMREC_METRICS_HOST).")
 @click.option("--ready-file", type=click.Path(path_type=Path), help="Write {pid, metrics_port} here once serving.")
 @click.option("--report-json", type=click.Path(path_type=Path), help="Write the final report here.")
 @click.pass_context
@@ -550,7 +620,8 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
           keep_versions: int | None, metrics_port: int | None, exit_at_end: bool, crosses: tuple[str, ...],
           buckets: int, model_settings: tuple[str, ...], seed: int, positives: str | None,
           delta_every_s: float | None, dense_every_s: float | None, gate: bool | None, gate_margin: float | None,
-          rollback_drop: float | None, ready_file: Path | None, report_json: Path | None) -> None:
+          rollback_drop: float | None, metrics_host: str | None, ready_file: Path | None,
+          report_json: Path | None) -> None:
     """Run a trainer worker: join impressions and clicks, learn, publish versions to Redis."""
     import os
     import signal
@@ -566,7 +637,7 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
                          publish_interval_examples=publish_every_examples, publish_interval_s=publish_every_s,
                          keep_versions=keep_versions, metrics_port=metrics_port, positives=positives,
                          delta_interval_s=delta_every_s, dense_interval_s=dense_every_s, gate=gate,
-                         gate_margin=gate_margin, rollback_drop=rollback_drop)
+                         gate_margin=gate_margin, rollback_drop=rollback_drop, metrics_host=metrics_host)
     _check_model(settings.model)
     parsed_settings = _checked_settings(settings.model, model_settings)
     endpoints = resolve_endpoints(settings)
@@ -576,6 +647,7 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
         publish_every_examples=settings.publish_interval_examples, publish_every_s=settings.publish_interval_s,
         keep_versions=settings.keep_versions, max_pending=settings.max_pending_impressions,
         window_examples=settings.window_examples, exit_at_end=exit_at_end, metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
         seed=seed, spec_options=SpecOptions(cat_buckets=buckets, crosses=_parse_crosses(crosses), seed=seed),
         model_settings=parsed_settings, positives=settings.positives, delta_every_s=settings.delta_interval_s,
         dense_every_s=settings.dense_interval_s,
@@ -594,8 +666,8 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
         if options.metrics_port is not None:
             # Serve before the (possibly slow) resume so supervisors see the worker at once;
             # run() leaves a server that is already up alone.
-            port = trainer.metrics.serve(options.metrics_port)
-            console.print(f"metrics on http://127.0.0.1:{port}/metrics")
+            port = trainer.metrics.serve(options.metrics_port, options.metrics_host)
+            console.print(f"metrics on http://{options.metrics_host}:{port}/metrics")
             if ready_file is not None:
                 _write_report(ready_file, {"pid": os.getpid(), "metrics_port": port})
         ticker = threading.Thread(target=_status_lines, args=(trainer,), daemon=True)
@@ -628,11 +700,18 @@ def _status_lines(trainer: Any, every_s: float = 5.0) -> None:
 @click.option("--user-field", help="Raw field that is the user id (with --data).")
 @click.option("--item-field", help="Raw field that is the item id (with --data).")
 @click.option("--report-json", type=click.Path(path_type=Path), help="Write the summary here.")
+@click.option("--dashboard", "with_dashboard", is_flag=True,
+              help="Also serve the live dashboard, and keep it (and the stack) up after the run until Ctrl-C.")
+@click.option("--dashboard-port", type=click.IntRange(min=0, max=65535), default=8500, show_default=True)
+@click.option("--linger-s", type=click.FloatRange(min=0),
+              help="With --dashboard: stop this many seconds after the run instead of waiting for Ctrl-C.")
 @click.pass_context
 def demo(ctx: click.Context, events: int, model: str, data: Path | None, fmt: str, user_field: str | None,
-         item_field: str | None, report_json: Path | None) -> None:
+         item_field: str | None, report_json: Path | None, with_dashboard: bool, dashboard_port: int,
+         linger_s: float | None) -> None:
     """Run the local loop end to end on the embedded stack, then stop what it started."""
     import contextlib
+    import threading
     import time
 
     from rich.live import Live
@@ -653,10 +732,29 @@ def demo(ctx: click.Context, events: int, model: str, data: Path | None, fmt: st
             last_print[0] = time.monotonic()
             console.print(line)
 
+    def linger(url: str, report: dict[str, Any]) -> None:
+        if console.is_terminal:
+            view.stop()
+        _print_demo_summary(model, report)
+        until = "for " + f"{linger_s:g}s" if linger_s is not None else "until Ctrl-C"
+        console.print(f"the dashboard stays up at {url} {until}; the stack stops after it")
+        try:
+            time.sleep(linger_s) if linger_s is not None else threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
     with view if console.is_terminal else contextlib.nullcontext():
         report = run_demo(settings, events=events, model=model, data=data, fmt=fmt,
                           reader_options=ReaderOptions(user_field=user_field, item_field=item_field),
-                          say=lambda line: console.print(line), live=live)
+                          say=lambda line: console.print(line), live=live,
+                          dashboard_port=dashboard_port if with_dashboard else None, linger=linger)
+    if not with_dashboard:
+        _print_demo_summary(model, report)
+    click.echo(json.dumps(report, sort_keys=True))
+    _write_report(report_json, report)
+
+
+def _print_demo_summary(model: str, report: dict[str, Any]) -> None:
     oracle = f" (oracle {report['oracle_auc']:.4f})" if report.get("oracle_auc") else ""
     console.print(
         f"[bold]{model}[/]: {report['examples']:,} examples trained exactly once, "
@@ -664,8 +762,6 @@ def demo(ctx: click.Context, events: int, model: str, data: Path | None, fmt: st
         f"calibration {report['calibration']:.3f}; {report['versions_published']} versions published "
         f"(live v{report['head_version']}); {report['examples_per_second']:,.0f} examples/s end to end; "
         f"{report['dead_letters']} dead letters")
-    click.echo(json.dumps(report, sort_keys=True))
-    _write_report(report_json, report)
 
 
 def main() -> None:

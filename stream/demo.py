@@ -26,13 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from producers.generator import generate, write_stream
 from producers.readers import ReaderOptions
 from stream.errors import StackError
 from stream.kafka_client import create_topics
 from stream.local_stack import running_stack
+from stream.scrape import scrape
 from stream.settings import Settings
 
 STOP_GRACE_S = 5.0
@@ -68,18 +67,6 @@ def _spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Ch
         process = subprocess.Popen([sys.executable, "-m", "stream", *args], env=env, stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return Child(name, process, log_path)
-
-
-def scrape(port: int, timeout_s: float = 1.0) -> dict[str, float]:
-    """A worker's /metrics as ``{"name{label=value,...}": value}`` (model and worker labels dropped)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as response:
-        text = response.read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k not in ("model", "worker"))
-            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return out
 
 
 def _live_line(metrics: dict[str, float], served: dict[str, float]) -> str:
@@ -134,7 +121,11 @@ def _ask_scorer(port: int, live: int | None, data: Path, fmt: str, reader_option
 
 def run_demo(settings: Settings, *, events: int, model: str, data: Path | None, fmt: str,
              reader_options: ReaderOptions, say: Callable[[str], None],
-             live: Callable[[str], None] | None = None, timeout_s: float = 600.0) -> dict[str, Any]:
+             live: Callable[[str], None] | None = None, timeout_s: float = 600.0,
+             dashboard_port: int | None = None,
+             linger: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the loop; with ``dashboard_port``, also a live dashboard, and call ``linger(url, report)`` at
+    the end, before anything stops, so the user can keep looking at it."""
     with ExitStack() as cleanup:
         tmp = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="streamrec-demo-")))
         endpoints = cleanup.enter_context(running_stack(settings))
@@ -156,6 +147,15 @@ def run_demo(settings: Settings, *, events: int, model: str, data: Path | None, 
         serve_ready = tmp / "serve.json"
         scorer = _spawn("scorer", ["serve", "--model", model, "--port", "0", "--ready-file", str(serve_ready)], env, tmp)
         cleanup.callback(scorer.stop)
+        dashboard_url = None
+        if dashboard_port is not None:
+            dashboard_ready = tmp / "dashboard.json"
+            board = _spawn("dashboard", ["dashboard", "--port", str(dashboard_port), "--ready-file",
+                                         str(dashboard_ready)], env, tmp)
+            cleanup.callback(board.stop)
+            port = _wait_for_port(board, dashboard_ready, "port")
+            dashboard_url = f"http://127.0.0.1:{port}/"
+            say(f"live dashboard: {dashboard_url}")
         trainer = _spawn("trainer", ["train", "--model", model, "--exit-at-end", "--metrics-port", "0",
                                      "--worker-id", "demo-trainer", "--ready-file", str(ready),
                                      "--report-json", str(train_report)], env, tmp)
@@ -187,9 +187,12 @@ def run_demo(settings: Settings, *, events: int, model: str, data: Path | None, 
                                  reader_options, say)
         else:
             say(f"the scorer stopped early:\n{scorer.tail()}")
-        return {**report, "events_produced": produced["impressions"] + produced["clicks"],
-                "dead_letters": produced["dead_letters"] + report["dead_letters"],
-                "oracle_auc": oracle, "namespace": namespace, "served": served}
+        report = {**report, "events_produced": produced["impressions"] + produced["clicks"],
+                  "dead_letters": produced["dead_letters"] + report["dead_letters"],
+                  "oracle_auc": oracle, "namespace": namespace, "served": served, "dashboard": dashboard_url}
+        if dashboard_url is not None and linger is not None:
+            linger(dashboard_url, report)
+        return report
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
 
 
@@ -200,6 +203,17 @@ def _port(ready: Path, key: str) -> int | None:
         return int(json.loads(ready.read_text())[key])
     except (ValueError, KeyError):
         return None  # written but not complete yet
+
+
+def _wait_for_port(child: Child, ready: Path, key: str, timeout_s: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while (port := _port(ready, key)) is None:
+        if child.process.poll() is not None:
+            raise StackError(f"the {child.name} stopped (exit {child.process.returncode}):\n{child.tail()}")
+        if time.monotonic() > deadline:
+            raise StackError(f"the {child.name} did not start within {timeout_s:.0f}s:\n{child.tail()}")
+        time.sleep(0.1)
+    return port
 
 
 def _watch(trainer: Child, producer: Child, ready: Path, serve_ready: Path, live: Callable[[str], None] | None,

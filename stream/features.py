@@ -71,6 +71,9 @@ class FieldSpec:
     buckets: int
 
 
+HISTORY_KINDS = ("user_clicks", "item_interactions")
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """The fields of a stream and how each is hashed; saved with every model version."""
@@ -83,6 +86,9 @@ class FeatureSpec:
     # the user's last N clicked items, hashed like item_id (same embedding rows); 0 = none.
     # Set by sequence models (models.spec_for); the trainer keeps the histories (consumers/history.py).
     history_length: int = 0
+    # "user_clicks": the user's clicked items (item rows); "item_interactions": the users shown the
+    # item, user rows signed by whether they clicked (autorec).
+    history_kind: str = "user_clicks"
     _offsets: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -93,6 +99,8 @@ class FeatureSpec:
         for a, b in self.crosses:
             if a not in names or b not in names:
                 raise ConfigError(f"--cross {a}x{b}: both fields must exist; fields: {', '.join(names)}")
+        if self.history_kind not in HISTORY_KINDS:
+            raise ConfigError(f"history_kind must be one of {HISTORY_KINDS}, not {self.history_kind!r}")
         for f in self.fields:
             if f.buckets < 2:
                 raise ConfigError(f"field {f.name}: buckets must be at least 2")
@@ -134,6 +142,8 @@ class FeatureSpec:
                 "cross_buckets": self.cross_buckets, "dense_numeric": self.dense_numeric, "seed": self.seed}
         if self.history_length:
             data["history_length"] = self.history_length
+        if self.history_kind != "user_clicks":
+            data["history_kind"] = self.history_kind
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -144,6 +154,7 @@ class FeatureSpec:
             crosses=tuple((a, b) for a, b in data["crosses"]),
             cross_buckets=data["cross_buckets"], dense_numeric=data["dense_numeric"], seed=data["seed"],
             history_length=data.get("history_length", 0),
+            history_kind=data.get("history_kind", "user_clicks"),
         )
 
     @classmethod
@@ -233,16 +244,23 @@ class Featurizer:
         return batch
 
     def _history_ids(self, histories: Sequence[Sequence[str]] | None, n: int) -> torch.Tensor:
-        """(n, L) item_id rows of each example's last L clicked items, -1 where there are fewer."""
+        """(n, L) rows of each example's last L history entries, -1 where there are fewer: item_id
+        rows of the user's clicked items, or user_id rows of the item's interactions, where a user
+        shown the item who did not click (``~u``, consumers/history.py) is ``-(row + 2)``."""
         length = self.spec.history_length
         out = np.full((n, length), -1, dtype=np.int64)
         if not histories:
             return torch.from_numpy(out)
         recent = [list(h)[-length:] for h in histories]
-        flat = [item for h in recent for item in h]
+        flat = [entry for h in recent for entry in h]
         if flat:
-            # hashed as the item_id column (same cache, same hash), so they are the same rows
-            rows = np.array(self._column_ids(1, flat), dtype=np.int64) + self.spec.offsets[1]
+            by_item = self.spec.history_kind == "item_interactions"
+            column = 0 if by_item else 1
+            negative = np.array([by_item and entry.startswith("~") for entry in flat], dtype=bool)
+            values = [entry[1:] if neg else entry for entry, neg in zip(flat, negative)] if by_item else flat
+            # hashed as the item_id (or user_id) column (same cache, same hash): the same rows
+            rows = np.array(self._column_ids(column, values), dtype=np.int64) + self.spec.offsets[column]
+            rows = np.where(negative, -rows - 2, rows)
             at = 0
             for k, h in enumerate(recent):
                 out[k, : len(h)] = rows[at : at + len(h)]

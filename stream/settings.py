@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     max_pending_impressions: int = Field(default=1_000_000, ge=1)
     # 0 picks a free port (printed, and written to --ready-file).
     metrics_port: int = Field(default=9400, ge=0, le=65535)
+    # 0.0.0.0 lets Prometheus on another host (a cluster) scrape the worker.
+    metrics_host: str = "127.0.0.1"
     window_examples: int = Field(default=10_000, ge=10)
     # A positive reaches the model at its click ("click") or at the end of the window ("window").
     positives: Literal["click", "window"] = "window"

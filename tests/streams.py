@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from consumers.trainer import Trainer, TrainerOptions, example_digest
 from producers.readers import Row
 from producers.replay import ReplayOptions, ReplayReport, replay
-from stream.demo import scrape
 from stream.kafka_client import create_topics, make_producer
 from stream.local_stack import Endpoints
+from stream.scrape import scrape
 from stream.settings import Settings, load_settings
 
 PARTITIONS = 2
@@ -101,3 +108,37 @@ def start_trainer(stack: Endpoints, settings: Settings, redis_url: str | None = 
     running.thread = threading.Thread(target=body, daemon=True)
     running.thread.start()
     return running
+
+
+def cli_env(stack: Endpoints, namespace: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env.update({"STREAMREC_REDIS_URL": stack.redis_url, "STREAMREC_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+                "STREAMREC_NAMESPACE": namespace, **extra})
+    return env
+
+
+@contextmanager
+def cli_server(env: dict[str, str], tmp_path: Path, *args: str, timeout_s: float = 60.0) -> Iterator[str]:
+    """A `streamrec` server command (serve, dashboard) started with ``--port 0 --ready-file``;
+    yields its base URL; stopped by pid, also on failure."""
+    name = f"{args[0]}-{time.monotonic_ns()}"
+    ready, log = tmp_path / f"{name}.json", tmp_path / f"{name}.log"
+    with open(log, "w") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "stream", *args, "--port", "0", "--ready-file", str(ready)],
+                                   env=env, stdout=subprocess.DEVNULL, stderr=log_file, text=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ready.exists():
+            if process.poll() is not None:
+                raise AssertionError(f"{args[0]} exited: {log.read_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{args[0]} did not start in {timeout_s:.0f} s")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{json.loads(ready.read_text())['port']}"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,9 +17,11 @@ pytestmark = pytest.mark.integration
 
 
 def _stack_processes(home: Path) -> set[str]:
-    """Broker processes, and Redis servers whose --dir is this home."""
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in out.splitlines() if "tansu broker" in line or str(home) in line}
+    """Broker processes, Redis servers whose --dir is this home, and streamrec children."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=False).stdout
+    children = ("-m stream serve", "-m stream train", "-m stream dashboard", "-m stream replay")
+    return {line.split()[0] for line in out.splitlines()
+            if "tansu broker" in line or str(home) in line or any(c in line for c in children)}
 
 
 def test_demo_runs_the_loop_and_stops_its_stack(tmp_path: Path) -> None:
@@ -25,10 +30,35 @@ def test_demo_runs_the_loop_and_stops_its_stack(tmp_path: Path) -> None:
     env.update({"STREAMREC_HOME": str(home), "STREAMREC_PARTITIONS": "2"})
     report_path = tmp_path / "demo.json"
     before = _stack_processes(home)
-    result = subprocess.run([sys.executable, "-m", "stream", "demo", "--events", "4000", "--model", "lr",
-                             "--report-json", str(report_path)], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    process = subprocess.Popen([sys.executable, "-m", "stream", "demo", "--events", "4000", "--model", "lr",
+                                "--report-json", str(report_path), "--dashboard", "--dashboard-port", "0",
+                                "--linger-s", "30"], env={**env, "COLUMNS": "200"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        # With --dashboard the run ends by keeping the dashboard up: it saw the trainer and scorer.
+        lines = []
+        for line in process.stderr:  # the console (progress, summary) is on stderr, the JSON report on stdout
+            lines.append(line)
+            if "the dashboard stays up at" in line:
+                break
+        url = re.search(r"the dashboard stays up at (\S+)", "".join(lines))
+        assert url, "".join(lines)
+        with urllib.request.urlopen(url.group(1) + "api/metrics", timeout=5) as response:
+            board = json.loads(response.read())
+        roles = {w["role"]: w for w in board["workers"]}
+        assert set(roles) == {"trainer", "scorer"}
+        # The trainer is gone; its final numbers stayed in its registry record.
+        assert roles["trainer"]["stopped"] and roles["trainer"]["points"][-1][1]["examples"] == 4000
+        assert [e["kind"] for e in board["timeline"]["lr"]][:1] == ["published"]
+        process.send_signal(signal.SIGINT)  # Ctrl-C ends the wait and stops everything
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
     report = json.loads(report_path.read_text())
+    assert report["dashboard"] == url.group(1)
     assert report["examples"] == 4000 and report["finished"]
     assert report["versions_published"] >= 1 and report["head_version"] == report["versions_published"]
     assert report["join"]["positives"] + report["join"]["negatives"] == 4000

@@ -4,16 +4,11 @@ under concurrent requests, exact answers, rollback, and the quality gate end to 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -24,43 +19,28 @@ import redis
 from consumers.quality_gate import HELD_AUC_DROP, HELD_NON_FINITE, GateOptions
 from consumers.scorer import predict_offline
 from consumers.version_store import VersionStore
-from stream.demo import scrape
 from stream.kafka_client import create_topics
-from tests.streams import expected_digest, replay_rows, settings_for, start_trainer, wait_for
+from stream.scrape import scrape
+from tests.streams import (
+    cli_env,
+    cli_server,
+    expected_digest,
+    replay_rows,
+    settings_for,
+    start_trainer,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
 
 def _env(stack, namespace: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    env.update({"STREAMREC_REDIS_URL": stack.redis_url, "STREAMREC_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
-                "STREAMREC_NAMESPACE": namespace})
-    return env
+    return cli_env(stack, namespace)
 
 
-@contextmanager
-def serving(stack, namespace: str, tmp_path: Path, *args: str) -> Iterator[str]:
+def serving(stack, namespace: str, tmp_path: Path, *args: str):
     """`streamrec serve` on a free port; yields its base URL; stopped by pid, also on failure."""
-    ready = tmp_path / f"serve-{time.monotonic_ns()}.json"
-    process = subprocess.Popen([sys.executable, "-m", "stream", "serve", "--port", "0", "--poll-s", "0.2",
-                                "--ready-file", str(ready), *args], env=_env(stack, namespace),
-                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"), text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            if process.poll() is not None:
-                raise AssertionError(f"serve exited: {(tmp_path / 'serve.log').read_text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError("serve did not start in 60 s")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{json.loads(ready.read_text())['port']}"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    return cli_server(_env(stack, namespace), tmp_path, "serve", "--poll-s", "0.2", *args)
 
 
 def _state(answer: dict) -> tuple:

@@ -231,27 +231,35 @@ def test_broker_outage_is_survived_and_training_resumes_at_the_right_offsets(sta
     assert report["join"]["duplicate_impressions"] == 0 and report["join"]["duplicate_clicks"] == 0
 
 
-def test_a_sequence_model_checkpoints_its_users_histories(stack, namespace, learnable_rows):
+@pytest.mark.parametrize("model", ["din", "autorec"])
+def test_a_sequence_model_checkpoints_its_histories(stack, namespace, learnable_rows, model):
     rows = learnable_rows[:3000]
     settings = settings_for(namespace)
     replay_rows(stack, settings, rows, "d")
-    running = start_trainer(stack, settings, model="din", publish_every_examples=1000)
+    running = start_trainer(stack, settings, model=model, publish_every_examples=1000)
     try:
         report = running.wait()
         history = running.trainer.history
     finally:
         running.stop()
     assert report["examples"] == len(rows) and report["digest"] == expected_digest("d", rows)
-    clicked_users = {r.user_id for r in rows if r.label}
-    assert history is not None and len(history) == len(clicked_users)
-    # every click is in its user's history (up to its length), in stream order per user
-    some_user = max(clicked_users, key=lambda u: sum(1 for r in rows if r.user_id == u and r.label))
-    assert set(history.of([some_user])[0]) <= {r.item_id for r in rows if r.user_id == some_user and r.label}
-    store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "din")
+    assert history is not None
+    if model == "din":  # users' clicked items, in stream order per user
+        clicked_users = {r.user_id for r in rows if r.label}
+        assert len(history) == len(clicked_users)
+        some = max(clicked_users, key=lambda u: sum(1 for r in rows if r.user_id == u and r.label))
+        assert set(history.before([some], [""])[0]) <= {r.item_id for r in rows if r.user_id == some and r.label}
+    else:  # items' interactions: every impression, signed by its click
+        assert len(history) == len({r.item_id for r in rows})
+        some = max({r.item_id for r in rows}, key=lambda i: sum(1 for r in rows if r.item_id == i))
+        shown = [r.user_id if r.label else f"~{r.user_id}" for r in rows if r.item_id == some]
+        kept = history.before([""], [some])[0]
+        assert set(kept) <= set(shown) and len(kept) == min(len(shown), history.store.length)
+    store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, model)
     version = store.load(store.head())
     assert orjson.loads(version.history) == orjson.loads(orjson.dumps(history.state()))
     # a worker that starts again resumes with exactly these histories
-    again = Trainer(settings, TrainerOptions(model="din"), kafka_bootstrap=stack.kafka_bootstrap,
+    again = Trainer(settings, TrainerOptions(model=model), kafka_bootstrap=stack.kafka_bootstrap,
                     redis_url=stack.redis_url)
     try:
         assert again.resume() == store.head()

@@ -1,0 +1,129 @@
+"""``youtube_dnn``: the candidate-generation network of YouTube's recommender, a softmax over items.
+
+Covington et al., "Deep Neural Networks for YouTube Recommendations", RecSys 2016. A ReLU tower
+reads the average of the user's clicked items (kept from the stream, consumers/history.py;
+item_id rows), the user id, the context fields other than the candidate and the dense inputs, and
+outputs a user vector u; an item's vector is its item_id row. Training is extreme multiclass
+classification: for every click, a softmax over items with the clicked one as the class,
+approximated by a sampled softmax whose negatives are the other items of the same mini-batch
+(so they come at the stream's item frequencies, corrected by subtracting log Q, as in Yi et al.,
+RecSys 2019). The click score of a pair is the candidate's logit ``u . v_i + b``, which also
+learns the click logloss every model here learns, so it is a calibrated CTR.
+
+Besides AUC, it reports ``recall_at_10`` progressively: for each click, before learning from it,
+whether the clicked item ranks in the top 10 of every item seen so far by ``u . v``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.deep_base import DeepConfig, DeepModel, mlp
+from stream.features import FeatureSpec, SparseBatch
+
+RECALL_K = 10
+
+
+class _YouTubeNet(nn.Module):
+    def __init__(self, fields: int, dim: int, dense_dim: int, hidden: tuple[int, ...],
+                 generator: torch.Generator) -> None:
+        super().__init__()
+        # the user side: history average, user id, context fields (all but the candidate item), dense
+        self.tower = mlp(dim + (fields - 1) * dim + dense_dim, hidden, generator, out=dim)
+        # the click head: a scale and a bias on the candidate's logit, learned by the click logloss,
+        # since the softmax is blind to both (it only ranks items against each other)
+        self.scale = nn.Parameter(torch.ones(1))
+        self.bias = nn.Parameter(torch.zeros(1))
+        self.users: torch.Tensor | None = None  # the user vectors of the last learning pass
+
+    def user_vectors(self, rows: torch.Tensor, dense: torch.Tensor, history: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+        count = mask.sum(dim=1, keepdim=True).clamp(min=1)
+        watched = history.sum(dim=1) / count  # padded slots are zero rows
+        user_side = torch.cat([rows[:, :1], rows[:, 2:]], dim=1).reshape(rows.shape[0], -1)
+        return self.tower(torch.cat([watched, user_side, dense], dim=1))
+
+    def forward(self, rows: torch.Tensor, dense: torch.Tensor, history: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        users = self.user_vectors(rows, dense, history, mask)
+        self.users = users if torch.is_grad_enabled() else None
+        return self.scale * (users * rows[:, 1]).sum(dim=1) + self.bias
+
+
+@dataclass(frozen=True)
+class YouTubeDNNConfig(DeepConfig):
+    hidden: tuple[int, ...] = (256, 128)
+    dense_lr: float = 0.01
+    # the sampled-softmax loss beside the click logloss: on the synthetic stream 0.05 lifts recall@10
+    # from 0.089 (0) to 0.118 and keeps the click AUC; at 1.0 recall is 0.142 but the click AUC falls
+    # to 0.54, because the softmax only ranks items and pulls the shared logit off calibration.
+    softmax_weight: float = 0.05
+
+
+class YouTubeDNN(DeepModel):
+    name = "youtube_dnn"
+    config_class = YouTubeDNNConfig
+    has_wide = False
+    history_length = 20
+
+    def __init__(self, spec: FeatureSpec, config: YouTubeDNNConfig) -> None:
+        super().__init__(spec, config)
+        self.recall_hits = 0
+        self.recall_clicks = 0
+
+    def build_deep(self, spec: FeatureSpec, config: YouTubeDNNConfig, generator: torch.Generator) -> nn.Module:
+        return _YouTubeNet(len(spec.fields), config.embedding.dim, spec.dense_dim, config.hidden, generator)
+
+    def deep_logit(self, rows: torch.Tensor, dense: torch.Tensor, history: torch.Tensor | None = None,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+        assert history is not None and mask is not None
+        return self.deep(rows, dense, history, mask)
+
+    def auxiliary_loss(self, batch: SparseBatch, rows: torch.Tensor, history: torch.Tensor | None,
+                       mask: torch.Tensor | None) -> torch.Tensor | None:
+        users = self.deep.users
+        assert batch.labels is not None
+        clicked = batch.labels > 0
+        if self.config.softmax_weight == 0 or users is None or not bool(clicked.any()):
+            return None
+        items = batch.ids[:, 1]
+        unique, inverse, counts = torch.unique(items, return_inverse=True, return_counts=True)
+        # one row per distinct item of the batch: the candidates every click is scored against
+        first = torch.full((len(unique),), len(items)).scatter_reduce(0, inverse, torch.arange(len(items)), "amin")
+        candidates = rows[first, 1]
+        logits = users[clicked] @ candidates.T - torch.log(counts.to(users.dtype) / len(items))
+        return self.config.softmax_weight * nn.functional.cross_entropy(logits, inverse[clicked])
+
+    def learn(self, batch: SparseBatch) -> np.ndarray:
+        self._count_recall(batch)
+        return super().learn(batch)
+
+    def _count_recall(self, batch: SparseBatch) -> None:
+        """Progressive recall@k of the clicks in ``batch`` against every item seen before it."""
+        assert batch.labels is not None
+        clicked = batch.labels > 0
+        if not bool(clicked.any()):
+            return
+        start, size = int(self.spec.offsets[1]), self.spec.fields[1].buckets
+        seen = torch.nonzero(self.embedding.counts[start : start + size] > 0).squeeze(1) + start
+        with torch.no_grad():
+            history, hmask, _sign = self._history(batch)
+            history, hmask = history[clicked], hmask[clicked]
+            embedded = self.embedding.weight[history] * hmask.unsqueeze(-1)
+            rows = self.embedding.weight[batch.ids[clicked]]
+            users = self.deep.user_vectors(rows, batch.dense[clicked], embedded, hmask)
+            own = (users * rows[:, 1]).sum(dim=1)
+            scores = users @ self.embedding.weight[seen].T
+            # an item seen for the first time is not in the catalogue yet: a miss
+            known = torch.isin(batch.ids[clicked, 1], seen)
+            rank = (scores > own.unsqueeze(1)).sum(dim=1)
+        self.recall_hits += int((known & (rank < RECALL_K)).sum())
+        self.recall_clicks += int(clicked.sum())
+
+    def extra_metrics(self) -> dict[str, float]:
+        recall = self.recall_hits / self.recall_clicks if self.recall_clicks else float("nan")
+        return {f"recall_at_{RECALL_K}": recall, "recall_clicks": float(self.recall_clicks)}

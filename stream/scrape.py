@@ -1,0 +1,39 @@
+"""Reading Prometheus text exposition: the demo's live line, the dashboard and the tests share it.
+
+A scrape becomes ``{"name{label=value,...}": value}`` with the ``model`` and ``worker`` labels
+left out (they identify the worker, which the caller already knows) and labels sorted, so keys
+are stable: ``streamrec_auc_ratio{window=recent}``, ``streamrec_examples_trained_total``.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+IDENTITY_LABELS = ("model", "worker")
+
+
+def sample_key(name: str, labels: dict[str, str], drop: tuple[str, ...] = IDENTITY_LABELS) -> str:
+    kept = ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k not in drop)
+    return f"{name}{{{kept}}}" if kept else name
+
+
+def parse(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith("_created"):  # counters' creation times, noise for every reader here
+                continue
+            out[sample_key(sample.name, sample.labels)] = sample.value
+    return out
+
+
+def scrape_url(url: str, timeout_s: float = 1.0) -> dict[str, float]:
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        return parse(response.read().decode())
+
+
+def scrape(port: int, timeout_s: float = 1.0) -> dict[str, float]:
+    """A worker's /metrics on this host."""
+    return scrape_url(f"http://127.0.0.1:{port}/metrics", timeout_s)

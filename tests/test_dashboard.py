@@ -1,0 +1,158 @@
+"""`streamrec dashboard` in a real headless browser (Debian's chromium driven by playwright),
+against real trainers on the real broker and Redis: the page loads without console errors, its
+charts and tiles show exactly what the workers' /metrics say, they move while the stream
+advances, and the version timeline marks a rollback."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from pathlib import Path
+
+import pytest
+import redis
+
+from consumers.trainer_metrics import TrainerMetrics
+from consumers.version_store import VersionStore
+from consumers.worker_registry import Heartbeat, workers
+from stream.dashboard import TRAINER_VALUES, chart_values
+from stream.kafka_client import create_topics
+from stream.scrape import parse, scrape
+from tests.streams import cli_env, cli_server, replay_rows, settings_for, start_trainer, wait_for
+
+ASSETS = Path(__file__).resolve().parent.parent / "stream" / "dashboard_assets"
+
+
+def test_vendored_assets_match_their_pinned_hashes():
+    table = (ASSETS / "vendor" / "README.md").read_text()
+    pinned = dict(re.findall(r"\| `([^`]+)` \|[^|]+\|[^|]+\| `([0-9a-f]{64})` \|", table))
+    assert set(pinned) == {"uPlot.iife.min.js", "uPlot.min.css"}
+    for name, digest in pinned.items():
+        assert hashlib.sha256((ASSETS / "vendor" / name).read_bytes()).hexdigest() == digest, name
+    page = (ASSETS / "index.html").read_text()
+    assert "http" not in page.replace("http-equiv", ""), "the page must not load anything from the network"
+
+
+def test_chart_values_read_every_trainer_series_from_a_real_registry():
+    from prometheus_client import generate_latest
+
+    metrics = TrainerMetrics("lr", "w1")
+    metrics.record_quality({"auc": 0.7, "auc_window": 0.71, "logloss": 0.5, "logloss_window": 0.49,
+                            "normalized_entropy": 0.9, "normalized_entropy_window": 0.89,
+                            "calibration": 1.0, "calibration_window": 1.01})
+    metrics.record_join({"positives": 3, "negatives": 7})
+    metrics.examples.labels(**metrics.labels).inc(10)
+    metrics.lag.labels(**metrics.labels, topic="a").set(4)
+    metrics.lag.labels(**metrics.labels, topic="b").set(5)
+    values = chart_values("trainer", parse(generate_latest(metrics.registry).decode()))
+    assert values["auc_window"] == 0.71 and values["auc_lifetime"] == 0.7 and values["logloss"] == 0.49
+    assert values["positives"] == 3 and values["negatives"] == 7 and values["examples"] == 10
+    assert values["lag"] == 9 and values["dead_letters"] == 0 and values["held"] == 0
+    # Gauges with labels exist only once set: before the first publish the page shows "–".
+    missing = sorted(name for name in TRAINER_VALUES if values[name] is None)
+    assert missing == ["examples_per_second", "live_version", "version"], missing
+
+
+@pytest.mark.integration
+def test_worker_registry_lists_live_workers_and_forgets_closed_ones(stack, namespace):
+    client = redis.Redis.from_url(stack.redis_url)
+    beat = Heartbeat(client, namespace, role="trainer", model="lr", worker="w1", url="http://h:1/metrics").start()
+    try:
+        assert [(w["role"], w["model"], w["worker"], w["metrics_url"]) for w in workers(client, namespace)] == [
+            ("trainer", "lr", "w1", "http://h:1/metrics")]
+        client.delete(beat.key)  # as if its TTL ran out: a dead worker drops out of the index too
+        assert workers(client, namespace) == []
+        beat.beat()
+        assert len(workers(client, namespace)) == 1
+    finally:
+        beat.close()
+    assert workers(client, namespace) == []
+    client.close()
+
+
+@pytest.mark.integration
+def test_dashboard_in_a_browser_shows_the_workers_metrics_live(stack, namespace, learnable_rows, tmp_path,
+                                                               system_packages):
+    from playwright.sync_api import sync_playwright
+
+    settings = settings_for(namespace)
+    rows = learnable_rows[:9000]
+    create_topics(stack.kafka_bootstrap, [settings.impressions_topic, settings.clicks_topic,
+                                          settings.dead_letter_topic], settings.partitions)
+    trainers = {name: start_trainer(stack, settings, model=name, worker_id=f"{name}-w", exit_at_end=False,
+                                    metrics_port=0, publish_every_examples=1500, publish_every_s=60.0)
+                for name in ("lr", "nfm")}
+    replayer = threading.Thread(target=replay_rows, args=(stack, settings, rows, "dash"), kwargs={"rate": 1200},
+                                daemon=True)
+    try:
+        with cli_server(cli_env(stack, namespace), tmp_path, "dashboard", "--interval-s", "0.5") as url, \
+                sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1600})
+                problems: list[str] = []
+                page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+                page.on("pageerror", lambda e: problems.append(str(e)))
+                page.goto(url + "/")
+                replayer.start()
+
+                def value(key: str, name: str) -> float | None:
+                    raw = page.get_attribute(f'[data-testid="{key}:{name}"]', "data-value")
+                    return float(raw) if raw else None
+
+                lr_key = "trainer/lr/lr-w"
+                page.wait_for_selector(f'[data-testid="worker-{lr_key}"]', timeout=30_000)
+                wait_for(lambda: (value(lr_key, "examples") or 0) > 0, 60, "the first examples on the page", 0.2)
+                first_examples = value(lr_key, "examples")
+                first_points = page.evaluate("() => window.streamrec.charts.get('examples_per_second').plot.data[0].length")
+                # The charts move while the stream advances, without a reload.
+                wait_for(lambda: (value(lr_key, "examples") or 0) > first_examples + 1000, 60,
+                         "the examples tile to grow", 0.2)
+                assert page.evaluate("() => window.streamrec.charts.get('examples_per_second').plot.data[0].length") \
+                    > first_points
+                assert page.evaluate("() => window.streamrec.state.polls") > 2
+
+                # Once the stream is drained the workers' metrics stop moving; the page must then
+                # show exactly what each worker's /metrics says.
+                replayer.join(60)
+                for name, running in trainers.items():
+                    wait_for(lambda r=running: r.trainer.counters.examples == len(rows), 90, f"{name} to train all")
+
+                def page_matches(name: str) -> bool:
+                    scraped = scrape(trainers[name].trainer.metrics.port)
+                    key = f"trainer/{name}/{name}-w"
+                    label = f"{name}/{name}-w auc_window"
+                    shown = page.evaluate(f"() => window.streamrec.lastValue('auc', {label!r})")
+                    return (shown == scraped["streamrec_auc_ratio{window=recent}"]
+                            and value(key, "examples") == scraped["streamrec_examples_trained_total"] == len(rows)
+                            and value(key, "auc_lifetime") == scraped["streamrec_auc_ratio{window=lifetime}"]
+                            and value(key, "lag") == sum(v for k, v in scraped.items()
+                                                         if k.startswith("streamrec_consumer_lag_messages"))
+                            and value(key, "version") == scraped["streamrec_model_version"] > 0)
+
+                for name in trainers:
+                    wait_for(lambda n=name: page_matches(n), 30, f"the page to match {name}'s /metrics", 0.25)
+                # Champion and challenger are separate series on one AUC chart.
+                labels = page.evaluate("() => window.streamrec.charts.get('auc').labels")
+                assert {"lr/lr-w auc_window", "nfm/nfm-w auc_window", "lr/lr-w auc_lifetime"} <= set(labels)
+                assert 0.55 < page.evaluate("() => window.streamrec.lastValue('auc', 'lr/lr-w auc_lifetime')") < 1
+
+                # The timeline lists the published versions and marks a rollback made by hand.
+                store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
+                published = store.versions()
+                assert len(published) >= 2
+                wait_for(lambda: page.locator('#timeline tr[data-kind="published"]').count() >= len(published), 10,
+                         "the published versions in the timeline", 0.2)
+                store.set_live(published[0], pin=True, kind="rollback", reason="dashboard test")
+                page.wait_for_selector('#timeline tr[data-kind="rollback"]', timeout=10_000)
+                row = page.locator('#timeline tr[data-kind="rollback"]').first.inner_text()
+                assert "lr" in row and str(published[0]) in row and "dashboard test" in row
+                store.client.close()
+                page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+                assert problems == []
+            finally:
+                browser.close()
+    finally:
+        for running in trainers.values():
+            running.stop()
