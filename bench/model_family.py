@@ -3,7 +3,8 @@
 Two streams: the synthetic one (producers/generator.py, with its oracle AUC) and, with
 ``--frappe DIR``, the real Frappe data (a local copy of ``data/frappe/`` from
 hexiangnan/neural_factorization_machine, validation + test files in file order; fetched, never
-committed). Each model runs with its defaults (``--set`` values apply to all models, e.g. the
+committed). On the synthetic stream the sequence models remember each clicked item's category
+(``C3``) with it (``--history-field C3``); Frappe names no item attribute. Each model runs with its defaults (``--set`` values apply to all models, e.g. the
 Frappe FTRL settings from bench/learning.py). Baselines see the same rows in the same order:
 River's LogisticRegression with FTRL-Proximal, and Vowpal Wabbit's logistic regression
 (``vowpalwabbit`` package, skipped with a note when it is not installed). Progressive validation
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import synthetic_rows, write_result  # noqa: E402
 from bench.learning import river_pass, river_tokens  # noqa: E402
-from consumers.prequential import evaluate_rows  # noqa: E402
+from consumers.prequential import SpecOptions, evaluate_rows  # noqa: E402
 from models import model_names, parse_settings  # noqa: E402
 from producers.readers import ReaderOptions, Row, read_rows  # noqa: E402
 from stream.metrics import exact_auc  # noqa: E402
@@ -53,11 +54,12 @@ def vw_pass(rows: list[Row]) -> dict[str, object]:
 
 
 def run_stream(rows: list[Row], settings: dict[str, str], batch_size: int,
-               names: list[str]) -> dict[str, object]:
+               names: list[str], spec_options: SpecOptions = SpecOptions()) -> dict[str, object]:
     out: dict[str, object] = {"rows": len(rows)}
     for name in names:
         applicable = {k: v for k, v in settings.items() if not (name == "lr" and not k.startswith("ftrl."))}
-        report, _ = evaluate_rows(rows, name, batch_size=batch_size, model_settings=applicable)
+        report, _ = evaluate_rows(rows, name, batch_size=batch_size, model_settings=applicable,
+                                  spec_options=spec_options)
         out[name] = {k: report[k] for k in ("auc", "auc_window", "logloss", "normalized_entropy", "calibration",
                                             "examples_per_second")}
         out[name].update({k: v for k, v in report.items() if k.startswith("recall_")})  # youtube_dnn
@@ -94,8 +96,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             rows, summary = synthetic_rows(Path(tmp), args.rows, seed=7)
         print(f"synthetic: {len(rows):,} rows, oracle AUC {summary['oracle_auc']:.4f}")
+        # sequence models remember each clicked item's category (C3) with it, as DIN's cate_id
         result["synthetic"] = {"source": "producers/generator.py seed 7", "oracle_auc": summary["oracle_auc"],
-                               **run_stream(rows, {}, args.batch_size, names)}
+                               "history_fields": ["C3"],
+                               **run_stream(rows, {}, args.batch_size, names, SpecOptions(history_fields=("C3",)))}
     if args.frappe:
         files = [args.frappe / "frappe.validation.libfm", args.frappe / "frappe.test.libfm"]
         rows = [r for f in files for r in read_rows(f, "libfm", ReaderOptions(user_field="f0", item_field="f1"))]

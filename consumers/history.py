@@ -21,18 +21,18 @@ class UserHistory:
             raise ValueError("length and max_users must be positive")
         self.length = length
         self.max_users = max_users
-        self._users: OrderedDict[str, deque[str]] = OrderedDict()
+        self._users: OrderedDict[str, deque[Any]] = OrderedDict()  # entries: ids, or [item, value, ...]
 
-    def of(self, users: Sequence[str]) -> list[list[str]]:
+    def of(self, users: Sequence[str]) -> list[list[Any]]:
         """The current history of each user (oldest first)."""
         get = self._users.get
         return [list(h) if (h := get(user)) is not None else [] for user in users]
 
-    def add_clicks(self, users: Sequence[str], items: Sequence[str], labels: Sequence[int]) -> None:
+    def add_clicks(self, users: Sequence[str], items: Sequence[Any], labels: Sequence[int]) -> None:
         """Record the clicked (label 1) items, in order."""
         self.add([u for u, label in zip(users, labels) if label], [i for i, label in zip(items, labels) if label])
 
-    def add(self, users: Sequence[str], items: Sequence[str]) -> None:
+    def add(self, users: Sequence[str], items: Sequence[Any]) -> None:
         """Record every pair, in order."""
         for user, item in zip(users, items):
             history = self._users.get(user)
@@ -65,17 +65,22 @@ class BehaviourHistory:
     ``~u`` if not (the featurizer turns that into the user's row with a sign).
     ``before`` is read to featurise a batch, ``after`` records the batch once it has been learned."""
 
-    def __init__(self, kind: str, length: int, max_keys: int = 1_000_000) -> None:
+    def __init__(self, kind: str, length: int, max_keys: int = 1_000_000, fields: Sequence[str] = ()) -> None:
         self.kind = kind
+        self.fields = tuple(fields)  # remembered with each clicked item: entries are [item, value, ...]
         self.store = UserHistory(length, max_keys)
         self._by_item = kind == "item_interactions"
 
-    def before(self, users: Sequence[str], items: Sequence[str]) -> list[list[str]]:
+    def before(self, users: Sequence[str], items: Sequence[str]) -> list[list[Any]]:
         return self.store.of(items if self._by_item else users)
 
-    def after(self, users: Sequence[str], items: Sequence[str], labels: Sequence[int]) -> None:
+    def after(self, users: Sequence[str], items: Sequence[str], labels: Sequence[int],
+              features: Sequence[dict[str, Any]] | None = None) -> None:
         if self._by_item:
             self.store.add(items, [u if label else f"~{u}" for u, label in zip(users, labels)])
+        elif self.fields and features is not None:
+            entries = [[item, *(f.get(name) for name in self.fields)] for item, f in zip(items, features)]
+            self.store.add_clicks(users, entries, labels)
         else:
             self.store.add_clicks(users, items, labels)
 
@@ -83,10 +88,10 @@ class BehaviourHistory:
         return len(self.store)
 
     def state(self) -> dict[str, Any]:
-        return {**self.store.state(), "kind": self.kind}
+        return {**self.store.state(), "kind": self.kind, "fields": list(self.fields)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> BehaviourHistory:
-        history = cls(state.get("kind", "user_clicks"), state["length"], state["max_users"])
+        history = cls(state.get("kind", "user_clicks"), state["length"], state["max_users"], state.get("fields", ()))
         history.store = UserHistory.from_state(state)
         return history

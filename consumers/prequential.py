@@ -6,6 +6,7 @@ and to measure the learning core's own rate.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -39,10 +40,13 @@ class SpecOptions:
     crosses: tuple[tuple[str, str], ...] = ()
     dense_numeric: bool = True
     seed: int = 0
+    # sequence models: fields remembered with each clicked item (FeatureSpec.history_fields)
+    history_fields: tuple[str, ...] = ()
 
     def infer(self, sample: list[dict[str, Any]]) -> FeatureSpec:
-        return FeatureSpec.infer(sample, cat_buckets=self.cat_buckets, bucket_overrides=self.bucket_overrides,
+        spec = FeatureSpec.infer(sample, cat_buckets=self.cat_buckets, bucket_overrides=self.bucket_overrides,
                                  crosses=self.crosses, dense_numeric=self.dense_numeric, seed=self.seed)
+        return dataclasses.replace(spec, history_fields=self.history_fields) if self.history_fields else spec
 
 
 def batched(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
@@ -61,7 +65,8 @@ def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512
     model = create_model(model_name, spec, seed=seed, settings=model_settings)
     featurizer = Featurizer(spec)
     # sequence models: the clicks so far, from the stream itself (consumers/history.py)
-    history = BehaviourHistory(spec.history_kind, spec.history_length) if spec.history_length else None
+    history = (BehaviourHistory(spec.history_kind, spec.history_length, fields=spec.history_fields)
+               if spec.history_length else None)
     metrics = StreamingMetrics(window)
     started = time.perf_counter()
     for chunk in batched(itertools.chain(head, iterator), batch_size):
@@ -70,7 +75,7 @@ def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512
                                  history.before(users, items) if history is not None else None)
         progressive_step(model, metrics, batch)
         if history is not None:
-            history.after(users, items, labels)
+            history.after(users, items, labels, [r.features for r in chunk])
         if on_batch:
             on_batch(len(chunk))
     wall = time.perf_counter() - started

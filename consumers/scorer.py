@@ -97,7 +97,8 @@ def _clone(model: OnlineModel) -> OnlineModel:
 def parse_events(payload: Any) -> tuple[list[str], list[str], list[dict[str, Any]], list[list[str]]]:
     """``[{"user_id", "item_id", "features": {...}, "history": [item ids]}, ...]`` (or
     ``{"events": [...]}``) → columns. ``history`` (the user's recently clicked items, oldest
-    first) is optional; only sequence models (din) read it."""
+    first) is optional; only sequence models read it. With ``--history-field`` an entry may be
+    ``{"item_id": ..., "<field>": value}`` (a plain id then means the field is missing)."""
     items = payload.get("events") if isinstance(payload, dict) else payload
     if not isinstance(items, list) or not items:
         raise BadRequest('send a non-empty JSON list of events, or {"events": [...]}')
@@ -111,8 +112,9 @@ def parse_events(payload: Any) -> tuple[list[str], list[str], list[dict[str, Any
         if not isinstance(feats, dict):
             raise BadRequest(f"event {index}: features must be an object")
         history = event.get("history", [])
-        if not isinstance(history, list) or not all(isinstance(h, str) for h in history):
-            raise BadRequest(f"event {index}: history must be a list of item ids (strings)")
+        if not isinstance(history, list) or not all(isinstance(h, (str, dict)) for h in history):
+            raise BadRequest(f"event {index}: history must be a list of item ids (strings), or of objects "
+                             '{"item_id": ..., "<history field>": ...} for models trained with --history-field')
         users.append(user)
         item_ids.append(item)
         features.append(feats)

@@ -282,7 +282,8 @@ class Trainer:
             spec = self.options.spec_options.infer([e.features for e in examples[:SPEC_SAMPLE_ROWS]])
             self.featurizer = Featurizer(spec_for(self.options.model, spec))
         if self.featurizer.spec.history_length and self.history is None:
-            self.history = BehaviourHistory(self.featurizer.spec.history_kind, self.featurizer.spec.history_length)
+            spec = self.featurizer.spec
+            self.history = BehaviourHistory(spec.history_kind, spec.history_length, fields=spec.history_fields)
         assert self.learner is not None
         if not self.learner.ready:
             self._start_learning()
@@ -302,10 +303,11 @@ class Trainer:
         users, items = [e.user_id for e in examples], [e.item_id for e in examples]
         # each example sees the clicks before it; its own click joins the history after
         histories = self.history.before(users, items) if self.history is not None else None
-        batch = self.featurizer.build(users, items, [e.features for e in examples], labels, histories)
+        features = [e.features for e in examples]
+        batch = self.featurizer.build(users, items, features, labels, histories)
         self.learner.learn(batch)
         if self.history is not None:
-            self.history.after(users, items, labels)
+            self.history.after(users, items, labels, features)
         c = self.counters
         c.examples += len(examples)
         c.positives += sum(labels)

@@ -31,9 +31,13 @@ def spec_for(name: str, spec: FeatureSpec) -> FeatureSpec:
     """``spec`` with what model ``name`` reads besides the fields (a sequence model's history)."""
     cls = REGISTRY.get(name)
     length = getattr(cls, "history_length", 0)
-    if not length or spec.history_length:
+    kind = getattr(cls, "history_kind", "user_clicks")
+    if not length:  # remembered fields mean nothing to a model without a history
+        return dataclasses.replace(spec, history_fields=()) if spec.history_fields else spec
+    if spec.history_length:
         return spec
-    return dataclasses.replace(spec, history_length=length, history_kind=getattr(cls, "history_kind", "user_clicks"))
+    fields = spec.history_fields if kind == "user_clicks" else ()
+    return dataclasses.replace(spec, history_length=length, history_kind=kind, history_fields=fields)
 
 
 def model_names() -> list[str]:

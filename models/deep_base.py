@@ -151,15 +151,24 @@ class DeepModel(OnlineModel):
         return mask * sign if self.history_kind == "item_interactions" else mask
 
     def _history(self, batch: SparseBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The batch's history as (rows, mask, sign), each (B, L): embedding rows (0 where empty),
-        True where an entry is, and -1 for a negative interaction (stream/features.py encodes one
-        as ``-(row + 2)``; -1 is an empty slot), else 1. An empty history if the batch has none."""
+        """The batch's history as (rows (B, L, W), mask (B, L), sign (B, L)): each entry's W
+        embedding rows (its item and its ``history_fields``; 0 where empty), True where an entry
+        is, and -1 for a negative interaction (stream/features.py encodes one as ``-(row + 2)``;
+        -1 is an empty slot), else 1. An empty history if the batch has none."""
         history = batch.history
         if history is None:
             history = torch.full((len(batch), max(self.spec.history_length, 1)), -1, dtype=torch.int64)
-        negative = history <= -2
-        rows = torch.where(negative, -history - 2, history.clamp(min=0))
-        return rows, history != -1, torch.where(negative, -1.0, 1.0)
+        if history.dim() == 2:
+            history = history.unsqueeze(-1)
+        first = history[..., 0]
+        negative = first <= -2
+        rows = torch.where(negative.unsqueeze(-1), -history - 2, history.clamp(min=0))
+        return rows, first != -1, torch.where(negative, -1.0, 1.0)
+
+    def candidate_positions(self) -> list[int]:
+        """Where the candidate's item and its ``history_fields`` are among the fields: a history
+        entry is the sum of those rows, and so is the candidate it is compared with."""
+        return [1, *(self.spec.names.index(name) for name in self.spec.history_fields)]
 
     # ------------------------------------------------------------------ the shared step
 
@@ -168,7 +177,7 @@ class DeepModel(OnlineModel):
             rows = self.embedding.weight[batch.ids]
             if self.history_length:
                 history, mask, sign = self._history(batch)
-                embedded = self.embedding.weight[history] * (mask * sign).unsqueeze(-1)
+                embedded = self.embedding.weight[history].sum(dim=2) * (mask * sign).unsqueeze(-1)
                 deep = self.deep_logit(rows, batch.dense, embedded, self._mask_argument(mask, sign))
             else:
                 deep = self.deep_logit(rows, batch.dense)
@@ -201,11 +210,12 @@ class DeepModel(OnlineModel):
             # history rows share the table with the fields: one gather, one sparse step
             history, mask, sign = self._history(batch)
             fields = batch.ids.numel()
-            e_unique, e_inverse, leaf = self.embedding.gather(torch.cat([batch.ids.reshape(-1), history[mask]]))
+            present = history[mask]  # (entries, W)
+            e_unique, e_inverse, leaf = self.embedding.gather(torch.cat([batch.ids.reshape(-1), present.reshape(-1)]))
             rows = nn.functional.embedding(e_inverse[:fields].reshape(batch.ids.shape), leaf)
             at = torch.zeros_like(history)
-            at[mask] = e_inverse[fields:]
-            embedded = nn.functional.embedding(at, leaf) * (mask * sign).unsqueeze(-1)
+            at[mask] = e_inverse[fields:].reshape(present.shape)
+            embedded = nn.functional.embedding(at, leaf).sum(dim=2) * (mask * sign).unsqueeze(-1)
             deep = self.deep_logit(rows, batch.dense, embedded, self._mask_argument(mask, sign))
             auxiliary = self.auxiliary_loss(batch, rows, embedded, mask)
         else:

@@ -47,8 +47,9 @@ class AUGRUCell(nn.Module):
 
 class _DIENNet(nn.Module):
     def __init__(self, fields: int, dim: int, dense_dim: int, hidden: tuple[int, ...],
-                 generator: torch.Generator) -> None:
+                 generator: torch.Generator, candidate: list[int]) -> None:
         super().__init__()
+        self.candidate = candidate  # the item's field and the fields remembered with history items
         self.extractor = nn.GRU(dim, dim, batch_first=True)
         for name, param in self.extractor.named_parameters():  # seeded, like every other layer
             if "weight" in name:
@@ -65,7 +66,7 @@ class _DIENNet(nn.Module):
                 mask: torch.Tensor) -> torch.Tensor:
         states, _ = self.extractor(history)  # (B, L, D); right-padded: padded states are masked below
         self.states = states if torch.is_grad_enabled() else None
-        candidate = rows[:, 1]
+        candidate = rows[:, self.candidate].sum(dim=1)
         scores = torch.einsum("bld,de,be->bl", states, self.attention, candidate)
         scores = scores.masked_fill(~mask, float("-inf"))
         # a user with no clicks yet has all scores -inf: no attention, the interest stays at zero
@@ -91,7 +92,8 @@ class DIEN(DeepModel):
     history_length = 20
 
     def build_deep(self, spec: FeatureSpec, config: DIENConfig, generator: torch.Generator) -> nn.Module:
-        return _DIENNet(len(spec.fields), config.embedding.dim, spec.dense_dim, config.hidden, generator)
+        return _DIENNet(len(spec.fields), config.embedding.dim, spec.dense_dim, config.hidden, generator,
+                        self.candidate_positions())
 
     def deep_logit(self, rows: torch.Tensor, dense: torch.Tensor, history: torch.Tensor | None = None,
                    mask: torch.Tensor | None = None) -> torch.Tensor:

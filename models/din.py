@@ -58,14 +58,15 @@ def dice_mlp(input_dim: int, hidden: tuple[int, ...], generator: torch.Generator
 
 class _DINNet(nn.Module):
     def __init__(self, fields: int, dim: int, dense_dim: int, hidden: tuple[int, ...],
-                 attention_hidden: tuple[int, ...], generator: torch.Generator) -> None:
+                 attention_hidden: tuple[int, ...], generator: torch.Generator, candidate: list[int]) -> None:
         super().__init__()
+        self.candidate = candidate  # the item's field and the fields remembered with history items
         self.attention = dice_mlp(4 * dim, attention_hidden, generator)
         self.mlp = dice_mlp(fields * dim + dim + dense_dim, hidden, generator)
 
     def forward(self, rows: torch.Tensor, dense: torch.Tensor, history: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:
-        candidate = rows[:, 1].unsqueeze(1).expand_as(history)
+        candidate = rows[:, self.candidate].sum(dim=1).unsqueeze(1).expand_as(history)
         scores = self.attention(torch.cat([history, candidate, history - candidate, history * candidate], dim=2))
         weights = scores.squeeze(2) * mask  # empty slots weigh nothing
         interest = (weights.unsqueeze(2) * history).sum(dim=1)
@@ -87,7 +88,7 @@ class DIN(DeepModel):
 
     def build_deep(self, spec: FeatureSpec, config: DINConfig, generator: torch.Generator) -> nn.Module:
         return _DINNet(len(spec.fields), config.embedding.dim, spec.dense_dim, config.hidden, config.attention_hidden,
-                       generator)
+                       generator, self.candidate_positions())
 
     def deep_logit(self, rows: torch.Tensor, dense: torch.Tensor, history: torch.Tensor | None = None,
                    mask: torch.Tensor | None = None) -> torch.Tensor:

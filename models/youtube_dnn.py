@@ -113,7 +113,7 @@ class YouTubeDNN(DeepModel):
         with torch.no_grad():
             history, hmask, _sign = self._history(batch)
             history, hmask = history[clicked], hmask[clicked]
-            embedded = self.embedding.weight[history] * hmask.unsqueeze(-1)
+            embedded = self.embedding.weight[history].sum(dim=2) * hmask.unsqueeze(-1)
             rows = self.embedding.weight[batch.ids[clicked]]
             users = self.deep.user_vectors(rows, batch.dense[clicked], embedded, hmask)
             own = (users * rows[:, 1]).sum(dim=1)

@@ -7,6 +7,11 @@ Every row's click is drawn from ``p = sigmoid(logit)``, where the logit sums
   fields cannot represent,
 * user interest: each user has a sparse (Dirichlet) interest profile over item categories, so a
   user clicks items of their favourite categories far more often,
+* interest that moves: a user's impressions come in sessions of about ``SESSION_LENGTH``, each
+  with a focus category (drawn from their profile, or at random) whose items they click more
+  during it, and of which they are shown more (as a recommender following them would); only the
+  user's recent clicks reveal the current focus, which is what sequence models (DIN, DIEN) can
+  read and an id embedding cannot,
 * drift: the effects of ``C4`` rotate slowly over the stream,
 * new ids: users and items keep arriving, and new items are the popular ones.
 
@@ -35,6 +40,10 @@ CONTEXT_FIELDS = [
     (15, 0.3), (2000, 0.0), (30, 0.2), (400, 0.0), (9, 0.1), (80, 0.0), (50000, 0.0),
 ]
 TARGET_CTR = 0.22
+SESSION_LENGTH = 12      # a user's impressions per session, on average
+SESSION_BOOST = 1.5      # logit added to items of the session's focus category
+SESSION_EXPLORE = 0.5    # share of sessions whose focus ignores the user's profile
+SESSION_SHOWN = 0.4      # share of impressions drawn from the session's focus category
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,43 @@ def _vocab(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.array([f"{v:08x}" for v in rng.integers(0, 2**32, n)], dtype=object)
 
 
+def _session_focus(rng: np.random.Generator, user: np.ndarray, interests: np.ndarray) -> np.ndarray:
+    """Each row's focus category: the user's impressions, in stream order, are cut into sessions
+    of geometric length (mean SESSION_LENGTH), each with one focus."""
+    order = np.argsort(user, kind="stable")
+    sorted_users = user[order]
+    first = np.r_[True, sorted_users[1:] != sorted_users[:-1]]
+    # a new session at a user's first impression, then with probability 1/SESSION_LENGTH
+    new_session = first | (rng.random(len(user)) < 1.0 / SESSION_LENGTH)
+    session_sorted = np.cumsum(new_session) - 1
+    session_user = sorted_users[new_session]
+    profile = interests[session_user].cumsum(axis=1)
+    from_profile = (profile < rng.random((len(session_user), 1)) * profile[:, -1:]).sum(axis=1)
+    focus = np.where(rng.random(len(session_user)) < SESSION_EXPLORE,
+                     rng.integers(0, interests.shape[1], len(session_user)), from_profile)
+    out = np.empty(len(user), dtype=np.int64)
+    out[order] = focus[session_sorted]
+    return out
+
+
+def _newest_of_category(rng: np.random.Generator, category: np.ndarray, progress: np.ndarray, born: np.ndarray,
+                        item_category: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Per row an item of ``category`` already born at the row's time, recent ones more likely
+    (as in the main draw); ``fallback`` where the category has none yet."""
+    out = fallback.copy()
+    for c in range(N_CATEGORIES):
+        rows = np.flatnonzero(category == c)
+        members = np.flatnonzero(item_category == c)  # born is sorted, so these are in birth order
+        if not len(rows) or not len(members):
+            continue
+        available = np.searchsorted(born[members], progress[rows], side="right")
+        pick = available - 1 - np.minimum((available * rng.random(len(rows)) ** 2.0).astype(np.int64),
+                                          np.maximum(available - 1, 0))
+        ok = available > 0
+        out[rows[ok]] = members[pick[ok]]
+    return out
+
+
 def generate(rows: int, seed: int = 0) -> GeneratedStream:
     if rows < 1:
         raise ValueError("rows must be positive")
@@ -81,10 +127,15 @@ def generate(rows: int, seed: int = 0) -> GeneratedStream:
     item = available - 1 - np.minimum((available * rng.random(rows) ** 2.0).astype(np.int64), available - 1)
     item_category = rng.integers(0, N_CATEGORIES, n_items)
     item_quality = rng.normal(0.0, 0.5, n_items)
+    # Like a recommender following the user: part of each session's impressions come from its focus.
+    focus = _session_focus(rng, user, interests)
+    shown = rng.random(rows) < SESSION_SHOWN
+    item = np.where(shown, _newest_of_category(rng, focus, progress, born, item_category, item), item)
     category = item_category[item]
 
     logit = item_quality[item].copy()
     logit += 0.9 * np.log(interests[user, category] * N_CATEGORIES + 0.08)
+    logit += SESSION_BOOST * (category == focus)
 
     context = []
     for k, (card, scale) in enumerate(CONTEXT_FIELDS):

@@ -282,11 +282,14 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Model setting, e.g. ftrl.alpha=0.5 or hidden=128,64 (repeatable; a wrong key lists the known ones).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--history-field", "history_fields", multiple=True, metavar="FIELD",
+              help="Sequence models: remember this categorical field of each clicked item too, e.g. its "
+                   "category (repeatable; new models only).")
 @click.option("--report-json", type=click.Path(path_type=Path), help="Write the report here.")
 def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | None, columns: str | None,
              numeric_columns: str | None, strict: bool, limit: int | None, model: str, batch_size: int,
              window: int, crosses: tuple[str, ...], settings: tuple[str, ...], seed: int,
-             report_json: Path | None) -> None:
+             history_fields: tuple[str, ...], report_json: Path | None) -> None:
     """One prequential pass (predict, measure, learn) of a model over a log file."""
     from consumers.prequential import SpecOptions, evaluate_file
     from producers.readers import ReadStats
@@ -300,7 +303,9 @@ def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | Non
         report, _ = evaluate_file(path, fmt, model, limit=limit, stats=stats,
                                   reader_options=_reader(fmt, user_field, item_field, columns, numeric_columns, strict),
                                   batch_size=batch_size, window=window, seed=seed, model_settings=model_settings,
-                                  spec_options=SpecOptions(crosses=tuple(pairs), seed=seed), on_batch=advance)
+                                  spec_options=SpecOptions(crosses=tuple(pairs), seed=seed,
+                                                           history_fields=history_fields),
+                                  on_batch=advance)
     for error in stats.errors:
         console.print(f"[yellow]malformed[/]: {error}")
     console.print(f"{model}: {report['examples']:,} examples  AUC {report['auc']:.4f} (window {report['auc_window']:.4f})  "
@@ -611,6 +616,9 @@ def _parse_crosses(crosses: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
               help="Window AUC a new version may lose against live and still go live (STREAMREC_GATE_MARGIN).")
 @click.option("--rollback-drop", type=click.FloatRange(min=0, min_open=True),
               help="Served window AUC drop that rolls back automatically (STREAMREC_ROLLBACK_DROP).")
+@click.option("--history-field", "history_fields", multiple=True, metavar="FIELD",
+              help="Sequence models: remember this categorical field of each clicked item too, e.g. its "
+                   "category (repeatable; new models only).")
 @click.option("--metrics-host", help="Address /metrics listens on; 0.0.0.0 for a cluster (STREAMREC_METRICS_HOST).")
 @click.option("--ready-file", type=click.Path(path_type=Path), help="Write {pid, metrics_port} here once serving.")
 @click.option("--report-json", type=click.Path(path_type=Path), help="Write the final report here.")
@@ -620,8 +628,8 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
           keep_versions: int | None, metrics_port: int | None, exit_at_end: bool, crosses: tuple[str, ...],
           buckets: int, model_settings: tuple[str, ...], seed: int, positives: str | None,
           delta_every_s: float | None, dense_every_s: float | None, gate: bool | None, gate_margin: float | None,
-          rollback_drop: float | None, metrics_host: str | None, ready_file: Path | None,
-          report_json: Path | None) -> None:
+          rollback_drop: float | None, history_fields: tuple[str, ...], metrics_host: str | None,
+          ready_file: Path | None, report_json: Path | None) -> None:
     """Run a trainer worker: join impressions and clicks, learn, publish versions to Redis."""
     import os
     import signal
@@ -648,7 +656,8 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
         keep_versions=settings.keep_versions, max_pending=settings.max_pending_impressions,
         window_examples=settings.window_examples, exit_at_end=exit_at_end, metrics_port=settings.metrics_port,
         metrics_host=settings.metrics_host,
-        seed=seed, spec_options=SpecOptions(cat_buckets=buckets, crosses=_parse_crosses(crosses), seed=seed),
+        seed=seed, spec_options=SpecOptions(cat_buckets=buckets, crosses=_parse_crosses(crosses), seed=seed,
+                                 history_fields=history_fields),
         model_settings=parsed_settings, positives=settings.positives, delta_every_s=settings.delta_interval_s,
         dense_every_s=settings.dense_interval_s,
         gate=GateOptions(settings.gate, settings.gate_margin, settings.rollback_drop))

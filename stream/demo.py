@@ -30,7 +30,7 @@ from producers.generator import generate, write_stream
 from producers.readers import ReaderOptions
 from stream.errors import StackError
 from stream.kafka_client import create_topics
-from stream.local_stack import running_stack
+from stream.local_stack import child_preexec, running_stack
 from stream.scrape import scrape
 from stream.settings import Settings
 
@@ -65,7 +65,8 @@ def _spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Ch
     log_path = log_dir / f"{name}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "stream", *args], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   preexec_fn=child_preexec())
     return Child(name, process, log_path)
 
 

@@ -89,6 +89,9 @@ class FeatureSpec:
     # "user_clicks": the user's clicked items (item rows); "item_interactions": the users shown the
     # item, user rows signed by whether they clicked (autorec).
     history_kind: str = "user_clicks"
+    # categorical fields remembered with each clicked item (e.g. its category): a history entry
+    # is then the sum of the item's row and these fields' rows, as DIN's goods_id + cate_id
+    history_fields: tuple[str, ...] = ()
     _offsets: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -101,6 +104,11 @@ class FeatureSpec:
                 raise ConfigError(f"--cross {a}x{b}: both fields must exist; fields: {', '.join(names)}")
         if self.history_kind not in HISTORY_KINDS:
             raise ConfigError(f"history_kind must be one of {HISTORY_KINDS}, not {self.history_kind!r}")
+        kinds = {f.name: f.kind for f in self.fields}
+        for name in self.history_fields:
+            if kinds.get(name) != "cat" or name in ID_FIELDS:
+                raise ConfigError(f"--history-field {name}: must be one of the stream's categorical fields: "
+                                  + ", ".join(n for n, k in kinds.items() if k == "cat" and n not in ID_FIELDS))
         for f in self.fields:
             if f.buckets < 2:
                 raise ConfigError(f"field {f.name}: buckets must be at least 2")
@@ -144,6 +152,8 @@ class FeatureSpec:
             data["history_length"] = self.history_length
         if self.history_kind != "user_clicks":
             data["history_kind"] = self.history_kind
+        if self.history_fields:
+            data["history_fields"] = list(self.history_fields)
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -155,6 +165,7 @@ class FeatureSpec:
             cross_buckets=data["cross_buckets"], dense_numeric=data["dense_numeric"], seed=data["seed"],
             history_length=data.get("history_length", 0),
             history_kind=data.get("history_kind", "user_clicks"),
+            history_fields=tuple(data.get("history_fields", ())),
         )
 
     @classmethod
@@ -228,6 +239,10 @@ class Featurizer:
         self._num_buckets = buckets[self._num_idx].astype(np.int64)
         self._cat_salt = (self._cat_idx.astype(np.uint64) + np.uint64(1)) * _GOLDEN
         self._position = {name: i for i, name in enumerate(names)}
+        # each history field's categorical column (its cache and hash) and its id offset
+        categorical = {names[i]: j for j, i in enumerate(self._cat_idx)}
+        self._history_columns = [(1, int(spec.offsets[1]))] + [
+            (categorical[name], int(spec.offsets[self._position[name]])) for name in spec.history_fields]
         self._caches: list[dict[Any, int]] = [{} for _ in range(self._cat_idx.size)]
 
     def build(self, user_ids: Sequence[str], item_ids: Sequence[str], features: Sequence[dict[str, Any]],
@@ -243,29 +258,51 @@ class Featurizer:
             batch.history = self._history_ids(histories, len(cats))
         return batch
 
-    def _history_ids(self, histories: Sequence[Sequence[str]] | None, n: int) -> torch.Tensor:
-        """(n, L) rows of each example's last L history entries, -1 where there are fewer: item_id
-        rows of the user's clicked items, or user_id rows of the item's interactions, where a user
-        shown the item who did not click (``~u``, consumers/history.py) is ``-(row + 2)``."""
+    def _history_ids(self, histories: Sequence[Sequence[Any]] | None, n: int) -> torch.Tensor:
+        """Rows of each example's last L history entries, -1 where there are fewer: (n, L) for
+        item ids alone; (n, L, 1 + K) with K ``history_fields``, an entry then being
+        ``[item, value, ...]`` (consumers/history.py) or ``{"item_id": ..., field: value}`` (a
+        request), a missing value hashed like a missing field. For ``item_interactions`` the entries are user ids,
+        and a user shown the item who did not click (``~u``) is ``-(row + 2)``."""
         length = self.spec.history_length
-        out = np.full((n, length), -1, dtype=np.int64)
-        if not histories:
-            return torch.from_numpy(out)
-        recent = [list(h)[-length:] for h in histories]
-        flat = [entry for h in recent for entry in h]
-        if flat:
-            by_item = self.spec.history_kind == "item_interactions"
-            column = 0 if by_item else 1
-            negative = np.array([by_item and entry.startswith("~") for entry in flat], dtype=bool)
-            values = [entry[1:] if neg else entry for entry, neg in zip(flat, negative)] if by_item else flat
-            # hashed as the item_id (or user_id) column (same cache, same hash): the same rows
-            rows = np.array(self._column_ids(column, values), dtype=np.int64) + self.spec.offsets[column]
-            rows = np.where(negative, -rows - 2, rows)
-            at = 0
-            for k, h in enumerate(recent):
-                out[k, : len(h)] = rows[at : at + len(h)]
-                at += len(h)
-        return torch.from_numpy(out)
+        width = len(self._history_columns)
+        out = np.full((n, length, width), -1, dtype=np.int64)
+        if histories:
+            recent = [list(h)[-length:] for h in histories]
+            flat = [entry for h in recent for entry in h]
+            if flat:
+                rows = self._history_rows(flat)
+                at = 0
+                for k, h in enumerate(recent):
+                    out[k, : len(h)] = rows[at : at + len(h)]
+                    at += len(h)
+        return torch.from_numpy(out if self.spec.history_fields else out[:, :, 0])
+
+    def _history_rows(self, flat: list[Any]) -> np.ndarray:
+        if self.spec.history_kind == "item_interactions":
+            negative = np.array([entry.startswith("~") for entry in flat], dtype=bool)
+            users = [entry[1:] if neg else entry for entry, neg in zip(flat, negative)]
+            # hashed as the user_id column (same cache, same hash): the users' own rows
+            rows = np.array(self._column_ids(0, users), dtype=np.int64) + self.spec.offsets[0]
+            return np.where(negative, -rows - 2, rows)[:, None]
+        fields = self.spec.history_fields
+        if not fields:
+            columns = [flat]
+        else:
+            columns = [[], *([] for _ in fields)]
+            for entry in flat:
+                # a missing value is None, exactly as in the example's own fields (same bucket)
+                if isinstance(entry, str):
+                    values = [entry, *(None for _ in fields)]
+                elif isinstance(entry, dict):
+                    values = [entry.get("item_id"), *(entry.get(f) for f in fields)]
+                else:
+                    values = [*entry, *(None for _ in range(1 + len(fields) - len(entry)))]
+                for column, value in zip(columns, values):
+                    column.append(value)
+        # each column hashed as its field (same cache, same hash): the same rows as the fields
+        return np.stack([np.array(self._column_ids(j, column), dtype=np.int64) + offset
+                         for (j, offset), column in zip(self._history_columns, columns)], axis=1)
 
     def _categorical_ids(self, cats: list[list[Any]], n: int) -> np.ndarray:
         """(n, categorical fields) bucket ids."""

@@ -12,13 +12,15 @@ Redis runs with persistence off for the same reason: the local stack is for deve
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -98,15 +100,32 @@ def _wait_port(port: int, proc: subprocess.Popen, what: str, log_path: Path, tim
     raise StackError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s}s (log: {log_path})")
 
 
-def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen:
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """For ``preexec_fn`` (Linux): the child gets SIGTERM when the process that started it dies,
+    even of SIGKILL, which leaves that process no chance to stop its children itself."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    except OSError:
+        pass
+
+
+def child_preexec() -> Callable[[], None] | None:
+    return die_with_parent if sys.platform == "linux" else None
+
+
+def _spawn(cmd: list[str], log_path: Path, tied: bool) -> subprocess.Popen:
     with open(log_path, "ab") as log_file:
         # A new session: Ctrl-C in the terminal that ran `stack up` must not kill the stack.
-        return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, preexec_fn=child_preexec() if tied else None)
 
 
-def start_stack(home: Path, timeout_s: float = 30.0) -> StackState:
-    """Start broker and Redis, wait until both answer, write the state file."""
+def start_stack(home: Path, timeout_s: float = 30.0, tied: bool = False) -> StackState:
+    """Start broker and Redis, wait until both answer, write the state file. ``tied``: they
+    also stop when this process dies (a demo or a test session), not only by ``stop_stack``."""
     home.mkdir(parents=True, exist_ok=True)
     log_dir = home / "logs"
     log_dir.mkdir(exist_ok=True)
@@ -115,11 +134,11 @@ def start_stack(home: Path, timeout_s: float = 30.0) -> StackState:
     broker_log, redis_log = log_dir / "tansu.log", log_dir / "redis.log"
     url = f"tcp://127.0.0.1:{kafka_port}"
     broker = _spawn([broker_bin, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                     "--storage-engine", "memory://tansu/"], broker_log)
+                     "--storage-engine", "memory://tansu/"], broker_log, tied)
     redis_proc: subprocess.Popen | None = None
     try:
         redis_proc = _spawn([redis_bin, "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
-                             "--appendonly", "no", "--dir", str(home)], redis_log)
+                             "--appendonly", "no", "--dir", str(home)], redis_log, tied)
         _wait_port(kafka_port, broker, "Tansu broker", broker_log, timeout_s)
         _wait_port(redis_port, redis_proc, "redis-server", redis_log, timeout_s)
         state = StackState(
@@ -270,7 +289,7 @@ def running_stack(settings: Settings) -> Iterator[Endpoints]:
         return
     if read_state(settings.home) is not None:
         stop_stack(settings.home)  # stale state from a crashed run
-    state = start_stack(settings.home)
+    state = start_stack(settings.home, tied=True)
     try:
         yield Endpoints(settings.kafka_bootstrap or state.kafka_bootstrap, settings.redis_url or state.redis_url)
     finally:

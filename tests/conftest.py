@@ -33,7 +33,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
         yield Endpoints(bootstrap, redis_url)
         return
     home = tmp_path_factory.mktemp("stack-home")
-    state = start_stack(home)
+    state = start_stack(home, tied=True)  # gone with pytest, even if it is killed
     STARTED["stack"] = state
     try:
         yield Endpoints(bootstrap or state.kafka_bootstrap, redis_url or state.redis_url)

@@ -30,7 +30,7 @@ def test_demo_runs_the_loop_and_stops_its_stack(tmp_path: Path) -> None:
     env.update({"STREAMREC_HOME": str(home), "STREAMREC_PARTITIONS": "2"})
     report_path = tmp_path / "demo.json"
     before = _stack_processes(home)
-    process = subprocess.Popen([sys.executable, "-m", "stream", "demo", "--events", "4000", "--model", "lr",
+    process = subprocess.Popen([sys.executable, "-m", "stream", "demo", "--events", "10000", "--model", "lr",
                                 "--report-json", str(report_path), "--dashboard", "--dashboard-port", "0",
                                 "--linger-s", "30"], env={**env, "COLUMNS": "200"}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -48,21 +48,25 @@ def test_demo_runs_the_loop_and_stops_its_stack(tmp_path: Path) -> None:
         roles = {w["role"]: w for w in board["workers"]}
         assert set(roles) == {"trainer", "scorer"}
         # The trainer is gone; its final numbers stayed in its registry record.
-        assert roles["trainer"]["stopped"] and roles["trainer"]["points"][-1][1]["examples"] == 4000
+        assert roles["trainer"]["stopped"] and roles["trainer"]["points"][-1][1]["examples"] == 10000
         assert [e["kind"] for e in board["timeline"]["lr"]][:1] == ["published"]
         process.send_signal(signal.SIGINT)  # Ctrl-C ends the wait and stops everything
         out, err = process.communicate(timeout=120)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        if process.poll() is None:  # a failed assertion: let the demo stop what it started
+            process.send_signal(signal.SIGINT)
+            try:
+                process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
     assert process.returncode == 0, err
     report = json.loads(report_path.read_text())
     assert report["dashboard"] == url.group(1)
-    assert report["examples"] == 4000 and report["finished"]
+    assert report["examples"] == 10000 and report["finished"]
     assert report["versions_published"] >= 1 and report["head_version"] == report["versions_published"]
-    assert report["join"]["positives"] + report["join"]["negatives"] == 4000
-    assert report["events_consumed"] == report["events_produced"] > 4000
+    assert report["join"]["positives"] + report["join"]["negatives"] == 10000
+    assert report["events_consumed"] == report["events_produced"] > 10000
     assert report["dead_letters"] == 0
     assert report["auc"] > 0.55 and report["oracle_auc"] > report["auc"]
     # the scorer followed the trainer and answered with the live (here: final) version

