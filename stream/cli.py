@@ -553,6 +553,9 @@ def _listen(host: str, port: int, flag: str) -> Any:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        # listening now, not when uvicorn starts: a client told the port (--ready-file) may connect
+        # at once, and a bound socket that does not listen yet refuses it
+        sock.listen(2048)
     except OSError as exc:
         sock.close()
         raise StreamrecError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another {flag}, "
