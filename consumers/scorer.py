@@ -31,8 +31,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import orjson
 import redis
 
+from consumers.history import BehaviourHistory
 from consumers.version_store import DeltaRecord, VersionStore, champion, champion_channel, connect
 from models import model_from_bytes
 from models.base import OnlineModel, load_tensors_blob, read_delta
@@ -79,13 +81,19 @@ class Prediction:
     served: Served
 
 
+_KEEP = object()  # _swap_in: the copies keep their interactions
+
+
 class _Copy:
     """One copy of the served model and the number of requests reading it."""
 
-    def __init__(self, model: OnlineModel, served: Served) -> None:
+    def __init__(self, model: OnlineModel, served: Served, interactions: BehaviourHistory | None = None) -> None:
         self.model = model
         self.served = served
         self.readers = 0
+        # item-based models (autorec) read each item's interactions, which only the trainer sees:
+        # served from the version's checkpoint (as of that version; deltas carry none)
+        self.interactions = interactions
 
 
 def _clone(model: OnlineModel) -> OnlineModel:
@@ -174,9 +182,11 @@ class Scorer:
             if copy is None:
                 raise NotReady(f"no live version of {self._model_label()} in namespace {self.namespace!r} yet")
             copy.readers += 1
-            featurizer = self._featurizer
+            featurizer, interactions = self._featurizer, copy.interactions
         try:
             assert featurizer is not None
+            if interactions is not None:
+                histories = interactions.before(users, items)
             try:
                 batch = featurizer.build(users, items, features, histories=histories)
             except StreamrecError as exc:
@@ -235,12 +245,13 @@ class Scorer:
         seq = int(meta.get("delta_seq") or 0)
         served = Served(store.model, number, meta.get("lineage"), seq, 0, meta.get("event_time"),
                         meta.get("joiner_watermark"), time.time(), dense_at=seq)
-        standby = _Copy(_clone(model), served)
+        interactions = version_interactions(store, number, model.spec)
+        standby = _Copy(_clone(model), served, interactions)
         featurizer = self._featurizer
         if featurizer is None or featurizer.spec != model.spec:
             featurizer = Featurizer(model.spec)
         with self._lock:
-            self._active, self._standby, self._featurizer = _Copy(model, served), standby, featurizer
+            self._active, self._standby, self._featurizer = _Copy(model, served, interactions), standby, featurizer
         self._stuck_at = None
         self._deferred = None
         self.swaps["full"] += 1
@@ -272,22 +283,26 @@ class Scorer:
             return False
         self._deferred = None
         new = replace(served, version=number, deltas_applied=served.delta_seq - seq, swapped_at=time.time())
+        interactions = version_interactions(store, number, None if self._featurizer is None else self._featurizer.spec)
         if served.dense_at > seq:
-            self._swap_in(new, lambda model: None)
+            self._swap_in(new, lambda model: None, interactions)
         else:
             stored = load_tensors_blob(store.load(number, with_state=False).weights)  # parsed once, for both copies
-            self._swap_in(replace(new, dense_at=seq), lambda model: model.load_dense(stored))
+            self._swap_in(replace(new, dense_at=seq), lambda model: model.load_dense(stored), interactions)
         self.swaps["rebase"] += 1
         log.info("serving %s version %d (rebased, %d deltas on top)", store.model, number, new.deltas_applied)
         return True
 
-    def _swap_in(self, new: Served, change: Any) -> None:
+    def _swap_in(self, new: Served, change: Any, interactions: Any = _KEEP) -> None:
         """Apply ``change`` to the standby copy, make it active, then (once the old copy's last
-        request has finished) apply it to the old copy, which becomes the standby."""
+        request has finished) apply it to the old copy, which becomes the standby. A rebase also
+        brings its version's ``interactions``."""
         standby = self._standby
         assert standby is not None
         change(standby.model)
         standby.served = new
+        if interactions is not _KEEP:
+            standby.interactions = interactions
         with self._lock:
             old, self._active = self._active, standby
             while old is not None and old.readers:
@@ -295,6 +310,8 @@ class Scorer:
         if old is not None:
             change(old.model)
             old.served = new
+            if interactions is not _KEEP:
+                old.interactions = interactions
         self._standby = old
         if self.on_swap is not None:
             self.on_swap(new)
@@ -432,6 +449,16 @@ class Scorer:
         self.close()
 
 
+def version_interactions(store: VersionStore, number: int, spec: Any) -> BehaviourHistory | None:
+    """The items' interactions checkpointed with version ``number``, for item-based models."""
+    if spec is None or spec.history_kind != "item_interactions":
+        return None
+    raw = store.history(number)
+    if raw is None:
+        return BehaviourHistory(spec.history_kind, spec.history_length)
+    return BehaviourHistory.from_state(orjson.loads(raw))
+
+
 def predict_offline(store: VersionStore, served: dict[str, Any] | Served,
                     users: Sequence[str], items: Sequence[str], features: Sequence[dict[str, Any]]) -> np.ndarray:
     """What ``served`` (a response's version, lineage and delta_seq) predicts, rebuilt from Redis
@@ -448,4 +475,7 @@ def predict_offline(store: VersionStore, served: dict[str, Any] | Served,
             if record is None:
                 raise StreamrecError(f"delta {target_lineage}:{number} is no longer in Redis")
             model.apply_delta(read_delta(record.weights))
-    return model.predict_proba(Featurizer(model.spec).build(list(users), list(items), list(features)))
+    interactions = version_interactions(store, int(info["version"]), model.spec)
+    histories = interactions.before(list(users), list(items)) if interactions is not None else None
+    return model.predict_proba(Featurizer(model.spec).build(list(users), list(items), list(features),
+                                                            histories=histories))

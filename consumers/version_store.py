@@ -197,6 +197,10 @@ class VersionStore:
 
     # ------------------------------------------------------------------ writes
 
+    def history(self, number: int) -> bytes | None:
+        """A version's behaviour histories (JSON), or None if it has none."""
+        return self.client.hget(self.version_key(number), "history")
+
     def delta_head(self) -> dict[str, Any] | None:
         raw = self.client.get(self.delta_head_key)
         return None if raw is None else orjson.loads(raw)

@@ -43,9 +43,13 @@ def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
 
 
 def _write_report(path: Path | None, report: dict[str, Any]) -> None:
+    """Write JSON atomically (a temporary file renamed into place): a reader polling for a
+    --ready-file never sees it half written."""
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2, sort_keys=True))
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(json.dumps(report, indent=2, sort_keys=True))
+        partial.replace(path)
 
 
 def _check_model(name: str) -> None:

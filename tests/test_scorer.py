@@ -143,3 +143,41 @@ def test_a_scorer_without_a_model_serves_the_champion(stack, namespace, setup):
         set_champion(client, namespace, "wide_deep")
         _wait_for(lambda: scorer.served.model == "wide_deep")
         np.testing.assert_array_equal(scorer.predict(events).probabilities, _predict(wide_deep, probe))
+
+
+def test_an_item_based_model_is_served_with_its_versions_item_interactions(stack, namespace, learnable_rows):
+    """autorec reads each item's interactions, which only the trainer sees: the scorer serves them
+    from the version's checkpoint, exactly as predict_offline rebuilds them."""
+    import orjson
+
+    from consumers.history import BehaviourHistory
+    from models import model_from_bytes
+    from tests.streams import replay_rows, settings_for, start_trainer
+
+    rows = learnable_rows[:3000]
+    settings = settings_for(namespace)
+    replay_rows(stack, settings, rows, "ar")
+    running = start_trainer(stack, settings, model="autorec", publish_every_examples=1000)
+    try:
+        running.wait()
+    finally:
+        running.stop()
+    store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "autorec")
+    live = store.live()
+    popular = max({r.item_id for r in rows}, key=lambda i: sum(r.item_id == i for r in rows))
+    events = [{"user_id": r.user_id, "item_id": popular, "features": r.features} for r in rows[:8]]
+    columns = ([e["user_id"] for e in events], [e["item_id"] for e in events], [e["features"] for e in events])
+    with Scorer(stack.redis_url, namespace, "autorec", poll_s=0.1) as scorer:
+        _wait_for(lambda: scorer.served is not None and scorer.served.version == live)
+        answer = scorer.predict(events)
+    model = model_from_bytes(store.load(live, with_state=False).weights)
+    interactions = BehaviourHistory.from_state(orjson.loads(store.history(live)))
+    assert len(interactions.before([""], [popular])[0]) == 50  # the item's last 50 impressions
+    featurizer = Featurizer(model.spec)
+    expected = model.predict_proba(featurizer.build(*map(list, columns),
+                                                    histories=interactions.before(columns[0], columns[1])))
+    np.testing.assert_array_equal(answer.probabilities, expected)
+    np.testing.assert_array_equal(answer.probabilities, predict_offline(store, answer.served, *columns))
+    blind = model.predict_proba(featurizer.build(*map(list, columns)))  # what an empty history would give
+    assert not np.allclose(answer.probabilities, blind)
+    store.client.close()
