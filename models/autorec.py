@@ -67,8 +67,3 @@ class AutoRec(DeepModel):
         if len(config.hidden) != 1:
             raise ConfigError(f"autorec: hidden must be one code size, not {config.hidden}")
         return _ItemAutoRecNet(config.embedding.dim, config.hidden[0], generator)
-
-    def deep_logit(self, rows: torch.Tensor, dense: torch.Tensor, history: torch.Tensor | None = None,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
-        assert history is not None and mask is not None
-        return self.deep(rows, dense, history, mask)

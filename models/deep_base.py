@@ -10,7 +10,7 @@ suits it (as in Wide&Deep):
   the dense inputs ``(B, Dd)``, trained with Adam.
 
 A model file only says what its network is (:meth:`DeepModel.build_deep`) and, if the network
-does not take ``(rows, dense)`` directly, how it is called (:meth:`DeepModel.deep_logit`).
+does not take ``(rows, dense)`` (plus ``(history, mask)`` for sequence models) directly, how it is called (:meth:`DeepModel.deep_logit`).
 Learning, serialisation, deltas and the regulariser are here, once.
 """
 
@@ -137,8 +137,10 @@ class DeepModel(OnlineModel):
         """The network's logit (B,) from embedded fields (B, F, D) and dense inputs (B, Dd); for
         sequence models also the embedded history (B, L, D) and its mask (B, L), False where empty.
         For ``item_interactions`` histories the rows come signed and the mask is the rating: +1.0
-        clicked, -1.0 shown without a click, 0.0 empty."""
-        return self.deep(rows, dense).reshape(-1)
+        clicked, -1.0 shown without a click, 0.0 empty. By default the network takes exactly these."""
+        if history is None:
+            return self.deep(rows, dense).reshape(-1)
+        return self.deep(rows, dense, history, mask).reshape(-1)
 
     def auxiliary_loss(self, batch: SparseBatch, rows: torch.Tensor, history: torch.Tensor | None,
                        mask: torch.Tensor | None) -> torch.Tensor | None:

@@ -95,11 +95,6 @@ class DIEN(DeepModel):
         return _DIENNet(len(spec.fields), config.embedding.dim, spec.dense_dim, config.hidden, generator,
                         self.candidate_positions())
 
-    def deep_logit(self, rows: torch.Tensor, dense: torch.Tensor, history: torch.Tensor | None = None,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
-        assert history is not None and mask is not None
-        return self.deep(rows, dense, history, mask)
-
     def auxiliary_loss(self, batch: SparseBatch, rows: torch.Tensor, history: torch.Tensor | None,
                        mask: torch.Tensor | None) -> torch.Tensor | None:
         states = self.deep.states

@@ -89,8 +89,3 @@ class DIN(DeepModel):
     def build_deep(self, spec: FeatureSpec, config: DINConfig, generator: torch.Generator) -> nn.Module:
         return _DINNet(len(spec.fields), config.embedding.dim, spec.dense_dim, config.hidden, config.attention_hidden,
                        generator, self.candidate_positions())
-
-    def deep_logit(self, rows: torch.Tensor, dense: torch.Tensor, history: torch.Tensor | None = None,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
-        assert history is not None and mask is not None
-        return self.deep(rows, dense, history, mask)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -78,17 +77,17 @@ class YouTubeDNN(DeepModel):
     def build_deep(self, spec: FeatureSpec, config: YouTubeDNNConfig, generator: torch.Generator) -> nn.Module:
         return _YouTubeNet(len(spec.fields), config.embedding.dim, spec.dense_dim, config.hidden, generator)
 
-    def deep_logit(self, rows: torch.Tensor, dense: torch.Tensor, history: torch.Tensor | None = None,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
-        assert history is not None and mask is not None
-        return self.deep(rows, dense, history, mask)
-
     def auxiliary_loss(self, batch: SparseBatch, rows: torch.Tensor, history: torch.Tensor | None,
                        mask: torch.Tensor | None) -> torch.Tensor | None:
         users = self.deep.users
         assert batch.labels is not None
         clicked = batch.labels > 0
-        if self.config.softmax_weight == 0 or users is None or not bool(clicked.any()):
+        if users is None or not bool(clicked.any()):
+            return None
+        # this step's forward pass ran on the weights from before the batch: its user vectors and
+        # item rows are the progressive ones, so recall needs no forward pass of its own
+        self._count_recall(users[clicked].detach(), rows[clicked, 1].detach(), batch.ids[clicked, 1])
+        if self.config.softmax_weight == 0:
             return None
         items = batch.ids[:, 1]
         unique, inverse, counts = torch.unique(items, return_inverse=True, return_counts=True)
@@ -98,31 +97,19 @@ class YouTubeDNN(DeepModel):
         logits = users[clicked] @ candidates.T - torch.log(counts.to(users.dtype) / len(items))
         return self.config.softmax_weight * nn.functional.cross_entropy(logits, inverse[clicked])
 
-    def learn(self, batch: SparseBatch) -> np.ndarray:
-        self._count_recall(batch)
-        return super().learn(batch)
-
-    def _count_recall(self, batch: SparseBatch) -> None:
-        """Progressive recall@k of the clicks in ``batch`` against every item seen before it."""
-        assert batch.labels is not None
-        clicked = batch.labels > 0
-        if not bool(clicked.any()):
-            return
+    def _count_recall(self, users: torch.Tensor, item_rows: torch.Tensor, items: torch.Tensor) -> None:
+        """Progressive recall@k of clicks (their user vectors, clicked items' rows and ids)
+        against every item seen before them (rows whose counts the step has not moved yet)."""
         start, size = int(self.spec.offsets[1]), self.spec.fields[1].buckets
         seen = torch.nonzero(self.embedding.counts[start : start + size] > 0).squeeze(1) + start
         with torch.no_grad():
-            history, hmask, _sign = self._history(batch)
-            history, hmask = history[clicked], hmask[clicked]
-            embedded = self.embedding.weight[history].sum(dim=2) * hmask.unsqueeze(-1)
-            rows = self.embedding.weight[batch.ids[clicked]]
-            users = self.deep.user_vectors(rows, batch.dense[clicked], embedded, hmask)
-            own = (users * rows[:, 1]).sum(dim=1)
+            own = (users * item_rows).sum(dim=1)
             scores = users @ self.embedding.weight[seen].T
             # an item seen for the first time is not in the catalogue yet: a miss
-            known = torch.isin(batch.ids[clicked, 1], seen)
+            known = torch.isin(items, seen)
             rank = (scores > own.unsqueeze(1)).sum(dim=1)
         self.recall_hits += int((known & (rank < RECALL_K)).sum())
-        self.recall_clicks += int(clicked.sum())
+        self.recall_clicks += len(items)
 
     def extra_metrics(self) -> dict[str, float]:
         recall = self.recall_hits / self.recall_clicks if self.recall_clicks else float("nan")

@@ -22,7 +22,6 @@ import logging
 import threading
 import time
 import urllib.parse
-import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
 from importlib import resources
@@ -37,7 +36,7 @@ from starlette.routing import Route
 
 from consumers.version_store import VersionStore, champion
 from consumers.worker_registry import workers
-from stream.scrape import parse, sample_key
+from stream.scrape import fetch_text, parse, sample_key
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +120,7 @@ class WorkerSource:
                 out.append(({**target, "stopped": True}, parse(target["final_metrics"]), None))
                 continue
             try:
-                with urllib.request.urlopen(target["metrics_url"], timeout=self.timeout_s) as response:
-                    text = response.read().decode()
+                text = fetch_text(target["metrics_url"], self.timeout_s)
             except OSError as exc:
                 out.append((target, None, f"{target['metrics_url']}: {exc}"))
                 continue
@@ -155,8 +153,7 @@ class PrometheusSource:
     def sample(self) -> list[tuple[dict[str, Any], dict[str, float] | None, str | None]]:
         query = urllib.parse.urlencode({"query": self.QUERY})
         try:
-            with urllib.request.urlopen(f"{self.url}/api/v1/query?{query}", timeout=self.timeout_s) as response:
-                body = json.loads(response.read())
+            body = json.loads(fetch_text(f"{self.url}/api/v1/query?{query}", self.timeout_s))
         except (OSError, ValueError) as exc:
             return [({"role": "", "model": "", "worker": "prometheus", "metrics_url": self.url}, None,
                      f"{self.url}: {exc}")]

@@ -29,9 +29,13 @@ def parse(text: str) -> dict[str, float]:
     return out
 
 
-def scrape_url(url: str, timeout_s: float = 1.0) -> dict[str, float]:
+def fetch_text(url: str, timeout_s: float = 1.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout_s) as response:
-        return parse(response.read().decode())
+        return response.read().decode()
+
+
+def scrape_url(url: str, timeout_s: float = 1.0) -> dict[str, float]:
+    return parse(fetch_text(url, timeout_s))
 
 
 def scrape(port: int, timeout_s: float = 1.0) -> dict[str, float]:
