@@ -29,9 +29,12 @@ from typing import Any
 import numpy as np
 import orjson
 import redis
-import xxhash
 from prometheus_client import generate_latest
 
+from consumers import example_messages
+from consumers.example_messages import example_digest
+from consumers.example_queue import KIND as EXAMPLES_KIND
+from consumers.example_queue import ExampleQueue
 from consumers.history import BehaviourHistory
 from consumers.joiner import Example, JoinCounts, Joiner
 from consumers.learner import LearnerProcess
@@ -78,6 +81,9 @@ class TrainerOptions:
     dense_every_s: float = 5.0     # ... and the dense weights with the first delta after this long
     delta_ttl_s: float = 300.0
     gate: GateOptions = field(default_factory=GateOptions)
+    # read labelled examples from <ns>.examples (the join stage, consumers/join_worker.py) instead
+    # of joining impressions and clicks here
+    from_examples: bool = False
 
 
 @dataclass
@@ -98,14 +104,6 @@ def _finite_or_none(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def example_digest(impression_ids: list[str], labels: list[int]) -> int:
-    """The digest contribution of some trained examples (order-free, counts repeats)."""
-    total = 0
-    for impression_id, label in zip(impression_ids, labels):
-        total += xxhash.xxh64_intdigest(f"{impression_id}|{label}".encode())
-    return total & _MASK64
-
-
 class Trainer:
     def __init__(self, settings: Settings, options: TrainerOptions, *, kafka_bootstrap: str, redis_url: str,
                  on_publish: Callable[[int, dict[str, Any], np.ndarray | None], None] | None = None,
@@ -120,7 +118,11 @@ class Trainer:
         # (user, item, features) examples the learner predicts at every version cut; their
         # predictions reach on_publish (a check that a stored version reproduces its trainer)
         self.probe = probe
-        self.topics = {settings.impressions_topic: "impressions", settings.clicks_topic: "clicks"}
+        if options.from_examples:
+            self.topics = {settings.examples_topic: EXAMPLES_KIND}
+        else:
+            self.topics = {settings.impressions_topic: "impressions", settings.clicks_topic: "clicks"}
+        self._source_topic = next(iter(self.topics))
         self.group_id = f"streamrec-trainer-{settings.namespace}-{options.model}"
         self.store = VersionStore(connect(redis_url), settings.namespace, options.model)
         self.metrics = TrainerMetrics(options.model, options.worker_id)
@@ -129,7 +131,8 @@ class Trainer:
         self.featurizer: Featurizer | None = None  # None until the model exists
         self._resume_from: Version | None = None
         self._pending_cut: dict[str, Any] | None = None
-        self.joiner = Joiner(options.window_s, options.max_pending, options.positives)
+        self.joiner: Joiner | ExampleQueue = (
+            ExampleQueue() if options.from_examples else Joiner(options.window_s, options.max_pending, options.positives))
         self.history: BehaviourHistory | None = None  # sequence models: recent clicks
         self.counters = Counters()
         self.positions: dict[TopicPartitionKey, int] = {}
@@ -189,7 +192,14 @@ class Trainer:
         meta = version.meta
         self.featurizer = Featurizer(FeatureSpec.from_json(read_metadata(version.weights)["spec"]))
         if version.joiner is not None:
-            self.joiner = Joiner.from_state(orjson.loads(version.joiner))
+            state = orjson.loads(version.joiner)
+            was_examples = state.get("kind") == EXAMPLES_KIND
+            if was_examples != self.options.from_examples:
+                source = "<ns>.examples (train --from-examples)" if was_examples else "impressions and clicks"
+                raise StreamrecError(
+                    f"version {head} of {self.options.model} was trained from {source}; start this worker the "
+                    "same way, or train a new namespace or model name")
+            self.joiner = ExampleQueue.from_state(state) if was_examples else Joiner.from_state(state)
         if version.history is not None:
             self.history = BehaviourHistory.from_state(orjson.loads(version.history))
         self.counters = Counters(**meta["counters"])
@@ -233,6 +243,22 @@ class Trainer:
         # itself is checkpointed, so it never counts one twice.
         self._producer.send(self.settings.dead_letter_topic, ev.dead_letter(raw, reason, f"{topic}:{partition}:{offset}"))
         self.counters.dead_letters += 1
+
+    def _dispatch_examples(self, records: list[Any]) -> set[int]:
+        """Queue the labelled examples of one poll (--from-examples); dead-letter what is not one."""
+        assert isinstance(self.joiner, ExampleQueue)
+        last: dict[tuple[str, int], int] = {}
+        for record in records:
+            last[(record.topic, record.partition)] = record.offset
+            try:
+                partition, examples, final = example_messages.decode(record.value)
+            except ValueError as exc:
+                self._dead_letter(record.value, str(exc), record.topic, record.partition, record.offset)
+                continue
+            self.joiner.add(partition, examples, final)
+        for key, offset in last.items():
+            self.positions[key] = offset + 1
+        return set()
 
     def _dispatch(self, records: list[Any]) -> set[int]:
         """Decode, validate and join one poll's records; dead-letter the bad ones. The hot loop of
@@ -601,7 +627,10 @@ class Trainer:
                     if self.first_record_at is None:
                         self.first_record_at = time.monotonic()
                     self._since_publish_events += len(records)
-                    self.joiner.advance(self._dispatch(records))
+                    if opts.from_examples:
+                        self._dispatch_examples(records)
+                    else:
+                        self.joiner.advance(self._dispatch(records))
                     self._train_ready()
                 if opts.exit_at_end and self._stream_finished(consumer):
                     self.joiner.advance()
@@ -644,7 +673,7 @@ class Trainer:
         if not self.assigned:
             return False
         if not self._partition_count:
-            self._partition_count = consumer.partition_count(self.settings.impressions_topic)
+            self._partition_count = consumer.partition_count(self._source_topic)
         return bool(self._partition_count) and self.joiner.finished(range(self._partition_count))
 
     def _final_publish(self) -> None:

@@ -185,13 +185,13 @@ def topics() -> None:
 @click.option("--partitions", type=click.IntRange(min=1), help="Partitions per topic (STREAMREC_PARTITIONS).")
 @click.pass_context
 def topics_create(ctx: click.Context, partitions: int | None) -> None:
-    """Create <ns>.impressions, <ns>.clicks and <ns>.dead-letter with equal partition counts."""
+    """Create <ns>.impressions, <ns>.clicks, <ns>.dead-letter and <ns>.examples with equal partition counts."""
     from stream.kafka_client import create_topics
     from stream.local_stack import resolve_endpoints
 
     settings = _settings(ctx, partitions=partitions)
     endpoints = resolve_endpoints(settings)
-    names = [settings.impressions_topic, settings.clicks_topic, settings.dead_letter_topic]
+    names = [settings.impressions_topic, settings.clicks_topic, settings.dead_letter_topic, settings.examples_topic]
     created = create_topics(endpoints.kafka_bootstrap, names, settings.partitions)
     for name in names:
         click.echo(f"{name}: {'created' if name in created else 'exists'} ({settings.partitions} partitions)")
@@ -627,6 +627,9 @@ def _parse_crosses(crosses: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
               help="Sequence models: remember this categorical field of each clicked item too, e.g. its "
                    "category (repeatable; new models only).")
 @click.option("--metrics-host", help="Address /metrics listens on; 0.0.0.0 for a cluster (STREAMREC_METRICS_HOST).")
+@click.option("--from-examples", is_flag=True,
+              help="Read labelled examples from <ns>.examples, written by `streamrec join` workers, instead of "
+                   "joining impressions and clicks in this worker.")
 @click.option("--ready-file", type=click.Path(path_type=Path), help="Write {pid, metrics_port} here once serving.")
 @click.option("--report-json", type=click.Path(path_type=Path), help="Write the final report here.")
 @click.pass_context
@@ -636,7 +639,7 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
           buckets: int, model_settings: tuple[str, ...], seed: int, positives: str | None,
           delta_every_s: float | None, dense_every_s: float | None, gate: bool | None, gate_margin: float | None,
           rollback_drop: float | None, history_fields: tuple[str, ...], metrics_host: str | None,
-          ready_file: Path | None, report_json: Path | None) -> None:
+          from_examples: bool, ready_file: Path | None, report_json: Path | None) -> None:
     """Run a trainer worker: join impressions and clicks, learn, publish versions to Redis."""
     import os
     import signal
@@ -656,6 +659,12 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
     _check_model(settings.model)
     parsed_settings = _checked_settings(settings.model, model_settings)
     endpoints = resolve_endpoints(settings)
+    if from_examples:
+        from stream.kafka_client import create_topics, partition_count
+
+        # subscribing to a topic that does not exist yet would wait for a metadata refresh (minutes)
+        partitions = partition_count(endpoints.kafka_bootstrap, settings.impressions_topic)
+        create_topics(endpoints.kafka_bootstrap, [settings.examples_topic], partitions)
     options = TrainerOptions(
         model=settings.model, worker_id=worker_id or f"{socket.gethostname()}-{os.getpid()}",
         batch_size=settings.batch_size, window_s=settings.attribution_window_s,
@@ -667,7 +676,7 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
                                  history_fields=history_fields),
         model_settings=parsed_settings, positives=settings.positives, delta_every_s=settings.delta_interval_s,
         dense_every_s=settings.dense_interval_s,
-        gate=GateOptions(settings.gate, settings.gate_margin, settings.rollback_drop))
+        gate=GateOptions(settings.gate, settings.gate_margin, settings.rollback_drop), from_examples=from_examples)
     trainer = Trainer(settings, options, kafka_bootstrap=endpoints.kafka_bootstrap, redis_url=endpoints.redis_url,
                       on_publish=lambda n, meta, _probe: console.print(
                           f"published {settings.model} v{n}: {meta['examples_seen']:,} examples, "
@@ -698,6 +707,70 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
     _write_report(report_json, report)
 
 
+@cli.command()
+@click.option("--worker-id", default=None, help="Label of this worker in metrics (default: host-pid).")
+@click.option("--attribution-window-s", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds of event time an impression waits for its click (STREAMREC_ATTRIBUTION_WINDOW_S).")
+@click.option("--positives", type=click.Choice(["click", "window"]),
+              help="Release a positive at its click or at the window's end (STREAMREC_POSITIVES).")
+@click.option("--checkpoint-every-s", type=click.FloatRange(min=0, min_open=True),
+              help="Store each owned partition's state this often (STREAMREC_JOIN_CHECKPOINT_INTERVAL_S).")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535),
+              help="Prometheus port, 0 = any free one (STREAMREC_METRICS_PORT).")
+@click.option("--metrics-host", help="Address /metrics listens on; 0.0.0.0 for a cluster (STREAMREC_METRICS_HOST).")
+@click.option("--exit-at-end", is_flag=True,
+              help="Stop once every partition's replay has ended and its examples are written (by any worker).")
+@click.option("--ready-file", type=click.Path(path_type=Path), help="Write {pid, metrics_port} here once serving.")
+@click.option("--report-json", type=click.Path(path_type=Path), help="Write the final report here.")
+@click.pass_context
+def join(ctx: click.Context, worker_id: str | None, attribution_window_s: float | None, positives: str | None,
+         checkpoint_every_s: float | None, metrics_port: int | None, metrics_host: str | None, exit_at_end: bool,
+         ready_file: Path | None, report_json: Path | None) -> None:
+    """Run a join worker: label impressions with their clicks for every trainer (scale out: start more).
+
+    Workers share the partitions of one consumer group; each example is written once to
+    <ns>.examples, which `streamrec train --from-examples` reads."""
+    import os
+    import signal
+    import socket
+
+    from consumers.join_worker import JoinOptions, JoinWorker
+    from stream.kafka_client import create_topics, partition_count
+    from stream.local_stack import resolve_endpoints
+
+    settings = _settings(ctx, attribution_window_s=attribution_window_s, positives=positives,
+                         join_checkpoint_interval_s=checkpoint_every_s, metrics_port=metrics_port,
+                         metrics_host=metrics_host)
+    endpoints = resolve_endpoints(settings)
+    # examples:p holds what events of partition p became, so it has the sources' partition count
+    partitions = partition_count(endpoints.kafka_bootstrap, settings.impressions_topic)
+    create_topics(endpoints.kafka_bootstrap, [settings.examples_topic, settings.dead_letter_topic], partitions)
+    options = JoinOptions(worker_id=worker_id or f"{socket.gethostname()}-{os.getpid()}",
+                          window_s=settings.attribution_window_s, max_pending=settings.max_pending_impressions,
+                          positives=settings.positives, checkpoint_every_s=settings.join_checkpoint_interval_s,
+                          exit_at_end=exit_at_end, metrics_port=settings.metrics_port,
+                          metrics_host=settings.metrics_host)
+    worker = JoinWorker(settings, options, kafka_bootstrap=endpoints.kafka_bootstrap, redis_url=endpoints.redis_url)
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        worker.stop_event.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
+    try:
+        port = worker.metrics.serve(options.metrics_port, options.metrics_host)
+        console.print(f"metrics on http://{options.metrics_host}:{port}/metrics")
+        if ready_file is not None:
+            _write_report(ready_file, {"pid": os.getpid(), "metrics_port": port})
+        report = worker.run()
+    finally:
+        worker.close()
+    console.print(f"join worker {report['worker']}: {report['examples']:,} examples from partitions "
+                  f"{report['partitions']}, {report['dead_letters']} dead letters")
+    click.echo(json.dumps(report, sort_keys=True))
+    _write_report(report_json, report)
+
+
 def _status_lines(trainer: Any, every_s: float = 5.0) -> None:
     """A status line every few seconds for an operator watching a plain terminal."""
     while not trainer.stop_event.wait(every_s):
@@ -721,10 +794,12 @@ def _status_lines(trainer: Any, every_s: float = 5.0) -> None:
 @click.option("--dashboard-port", type=click.IntRange(min=0, max=65535), default=8500, show_default=True)
 @click.option("--linger-s", type=click.FloatRange(min=0),
               help="With --dashboard: stop this many seconds after the run instead of waiting for Ctrl-C.")
+@click.option("--join-workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Run the join as a stage of this many `streamrec join` workers (docs/scaling.md); 0 = in the trainer.")
 @click.pass_context
 def demo(ctx: click.Context, events: int, model: str, data: Path | None, fmt: str, user_field: str | None,
          item_field: str | None, report_json: Path | None, with_dashboard: bool, dashboard_port: int,
-         linger_s: float | None) -> None:
+         linger_s: float | None, join_workers: int) -> None:
     """Run the local loop end to end on the embedded stack, then stop what it started."""
     import contextlib
     import threading
@@ -763,7 +838,8 @@ def demo(ctx: click.Context, events: int, model: str, data: Path | None, fmt: st
         report = run_demo(settings, events=events, model=model, data=data, fmt=fmt,
                           reader_options=ReaderOptions(user_field=user_field, item_field=item_field),
                           say=lambda line: console.print(line), live=live,
-                          dashboard_port=dashboard_port if with_dashboard else None, linger=linger)
+                          dashboard_port=dashboard_port if with_dashboard else None, linger=linger,
+                          join_workers=join_workers)
     if not with_dashboard:
         _print_demo_summary(model, report)
     click.echo(json.dumps(report, sort_keys=True))

@@ -69,9 +69,12 @@ SUMMED_PREFIXES = {"lag": "streamrec_consumer_lag_messages", "held": "streamrec_
 
 def chart_values(role: str, samples: dict[str, float]) -> dict[str, float | None]:
     """The page's named values from one worker's samples (None where the worker has none)."""
-    names = TRAINER_VALUES if role == "trainer" else SCORER_VALUES
+    # join workers (`streamrec join`) export the trainer's event-side series under the same names
+    names = SCORER_VALUES if role == "scorer" else TRAINER_VALUES
     out: dict[str, float | None] = {name: _finite(samples.get(key)) for name, key in names.items()}  # type: ignore[arg-type]
-    if role == "trainer":
+    if role == "joiner":
+        out["examples_emitted"] = _finite(samples.get("streamrec_examples_emitted_total"))
+    if role != "scorer":
         for name, prefix in SUMMED_PREFIXES.items():
             parts = [v for k, v in samples.items() if k.startswith(prefix + "{") or k == prefix]
             out[name] = _finite(sum(parts)) if parts else None

@@ -124,9 +124,10 @@ def run_demo(settings: Settings, *, events: int, model: str, data: Path | None, 
              reader_options: ReaderOptions, say: Callable[[str], None],
              live: Callable[[str], None] | None = None, timeout_s: float = 600.0,
              dashboard_port: int | None = None,
-             linger: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+             linger: Callable[[str, dict[str, Any]], None] | None = None, join_workers: int = 0) -> dict[str, Any]:
     """Run the loop; with ``dashboard_port``, also a live dashboard, and call ``linger(url, report)`` at
-    the end, before anything stops, so the user can keep looking at it."""
+    the end, before anything stops, so the user can keep looking at it. With ``join_workers``, the join
+    runs as a stage of that many `streamrec join` processes and the trainer reads their examples."""
     with ExitStack() as cleanup:
         tmp = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="streamrec-demo-")))
         endpoints = cleanup.enter_context(running_stack(settings))
@@ -139,7 +140,8 @@ def run_demo(settings: Settings, *, events: int, model: str, data: Path | None, 
             oracle = summary["oracle_auc"]
             say(f"generated {events:,} rows (oracle AUC {oracle:.4f})")
         namespace = f"{settings.namespace}-demo-{uuid.uuid4().hex[:6]}"
-        topics = [f"{namespace}.impressions", f"{namespace}.clicks", f"{namespace}.dead-letter"]
+        topics = [f"{namespace}.impressions", f"{namespace}.clicks", f"{namespace}.dead-letter",
+                  f"{namespace}.examples"]
         create_topics(endpoints.kafka_bootstrap, topics, settings.partitions)
         env = {**os.environ, "STREAMREC_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
                "STREAMREC_REDIS_URL": endpoints.redis_url, "STREAMREC_NAMESPACE": namespace,
@@ -157,7 +159,14 @@ def run_demo(settings: Settings, *, events: int, model: str, data: Path | None, 
             port = _wait_for_port(board, dashboard_ready, "port")
             dashboard_url = f"http://127.0.0.1:{port}/"
             say(f"live dashboard: {dashboard_url}")
-        trainer = _spawn("trainer", ["train", "--model", model, "--exit-at-end", "--metrics-port", "0",
+        joins = []
+        for i in range(join_workers):
+            join = _spawn(f"join-{i}", ["join", "--exit-at-end", "--metrics-port", "0", "--worker-id", f"demo-join-{i}",
+                                        "--report-json", str(tmp / f"join-{i}.json")], env, tmp)
+            cleanup.callback(join.stop)
+            joins.append(join)
+        source = ["--from-examples"] if join_workers else []
+        trainer = _spawn("trainer", ["train", "--model", model, "--exit-at-end", "--metrics-port", "0", *source,
                                      "--worker-id", "demo-trainer", "--ready-file", str(ready),
                                      "--report-json", str(train_report)], env, tmp)
         cleanup.callback(trainer.stop)
@@ -166,13 +175,19 @@ def run_demo(settings: Settings, *, events: int, model: str, data: Path | None, 
         producer = _spawn("replay", ["replay", str(data), "--format", fmt, "--limit", str(events), *reader_args,
                                      "--report-json", str(replay_report)], env, tmp)
         cleanup.callback(producer.stop)
-        say(f"replay pid {producer.process.pid} → topics {namespace}.* → trainer pid {trainer.process.pid} "
+        stage = f"join pids {', '.join(str(j.process.pid) for j in joins)} → {namespace}.examples → " if joins else ""
+        say(f"replay pid {producer.process.pid} → topics {namespace}.* → {stage}trainer pid {trainer.process.pid} "
             f"→ Redis → scorer pid {scorer.process.pid}")
         _watch(trainer, producer, ready, serve_ready, live, timeout_s)
         if producer.process.returncode != 0:
             raise StackError(f"the replay producer failed (exit {producer.process.returncode}):\n{producer.tail()}")
         if trainer.process.returncode != 0:
             raise StackError(f"the trainer failed (exit {trainer.process.returncode}):\n{trainer.tail()}")
+        join_dead_letters = 0
+        for i, join in enumerate(joins):
+            if join.process.wait(60) != 0:
+                raise StackError(f"join worker {i} failed (exit {join.process.returncode}):\n{join.tail()}")
+            join_dead_letters += json.loads((tmp / f"join-{i}.json").read_text())["dead_letters"]
         produced = json.loads(replay_report.read_text())
         report = json.loads(train_report.read_text())
         say(f"replayed {produced['impressions']:,} impressions + {produced['clicks']:,} clicks "
@@ -189,7 +204,8 @@ def run_demo(settings: Settings, *, events: int, model: str, data: Path | None, 
         else:
             say(f"the scorer stopped early:\n{scorer.tail()}")
         report = {**report, "events_produced": produced["impressions"] + produced["clicks"],
-                  "dead_letters": produced["dead_letters"] + report["dead_letters"],
+                  "dead_letters": produced["dead_letters"] + report["dead_letters"] + join_dead_letters,
+                  "join_workers": join_workers,
                   "oracle_auc": oracle, "namespace": namespace, "served": served, "dashboard": dashboard_url}
         if dashboard_url is not None and linger is not None:
             linger(dashboard_url, report)

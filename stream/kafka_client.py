@@ -51,6 +51,9 @@ class EventConsumer(Protocol):
         on_revoke: RevokeCallback | None = None,
     ) -> None: ...
     def assign(self, partitions: Sequence[TopicPartitionKey]) -> None: ...
+    def assign_at(self, offsets: dict[TopicPartitionKey, int]) -> None:
+        """Assign (no group) starting at the given offsets."""
+        ...
     def seek(self, topic: str, partition: int, offset: int) -> None: ...
     def poll(self, max_records: int, timeout_s: float) -> list[Record]: ...
     def commit(self, offsets: dict[TopicPartitionKey, int]) -> None: ...
@@ -159,6 +162,11 @@ class _ConfluentConsumer:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
         self._consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in partitions])
+
+    def assign_at(self, offsets) -> None:  # noqa: ANN001
+        from confluent_kafka import TopicPartition
+
+        self._consumer.assign([TopicPartition(t, p, o) for (t, p), o in offsets.items()])
 
     def seek(self, topic: str, partition: int, offset: int) -> None:
         from confluent_kafka import TopicPartition
@@ -272,6 +280,13 @@ class _KafkaPythonConsumer:
         tps = [TopicPartition(t, p) for t, p in partitions]
         self._consumer.assign(tps)
         self._consumer.seek_to_beginning(*tps)
+
+    def assign_at(self, offsets) -> None:  # noqa: ANN001
+        from kafka import TopicPartition
+
+        self._consumer.assign([TopicPartition(t, p) for t, p in offsets])
+        for (t, p), o in offsets.items():
+            self._consumer.seek(TopicPartition(t, p), o)
 
     def seek(self, topic: str, partition: int, offset: int) -> None:
         from kafka import TopicPartition

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     gate: bool = True
     gate_margin: float = Field(default=0.02, ge=0)
     rollback_drop: float = Field(default=0.05, gt=0)
+    # How often a join worker makes its partitions' state durable (streamrec join).
+    join_checkpoint_interval_s: float = Field(default=1.0, gt=0)
     # The scorer's HTTP port (streamrec serve); 0 picks a free one.
     serve_port: int = Field(default=8400, ge=0, le=65535)
 
@@ -74,6 +76,11 @@ class Settings(BaseSettings):
     @property
     def dead_letter_topic(self) -> str:
         return f"{self.namespace}.dead-letter"
+
+    @property
+    def examples_topic(self) -> str:
+        """Labelled examples written by the join stage (`streamrec join`) for trainers to read."""
+        return f"{self.namespace}.examples"
 
 
 _KNOWN = {name.upper() for name in Settings.model_fields}

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 def _stack_processes(home: Path) -> set[str]:
     """Broker processes, Redis servers whose --dir is this home, and streamrec children."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=False).stdout
-    children = ("-m stream serve", "-m stream train", "-m stream dashboard", "-m stream replay")
+    children = ("-m stream serve", "-m stream train", "-m stream dashboard", "-m stream replay", "-m stream join")
     return {line.split()[0] for line in out.splitlines()
             if "tansu broker" in line or str(home) in line or any(c in line for c in children)}
 
@@ -74,3 +74,23 @@ def test_demo_runs_the_loop_and_stops_its_stack(tmp_path: Path) -> None:
     assert len(report["served"]["predictions"]) == 3 and all(0 < p < 1 for p in report["served"]["predictions"])
     assert not (home / "stack.json").exists()
     assert _stack_processes(home) <= before  # nothing it started is left
+
+
+def test_demo_with_a_join_stage_trains_every_event_once_and_stops_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env.update({"STREAMREC_HOME": str(home), "STREAMREC_PARTITIONS": "2"})
+    report_path = tmp_path / "demo.json"
+    before = _stack_processes(home)
+    done = subprocess.run([sys.executable, "-m", "stream", "demo", "--events", "6000", "--model", "lr",
+                           "--join-workers", "2", "--report-json", str(report_path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "join pids" in done.stderr and ".examples" in done.stderr
+    report = json.loads(report_path.read_text())
+    assert report["join_workers"] == 2
+    assert report["examples"] == 6000 and report["finished"] and report["dead_letters"] == 0
+    # the trainer read examples, not events: the join's counts are the join workers'
+    assert report["events_consumed"] == 0 and report["join"]["positives"] == 0
+    assert report["served"]["version"] == report["head_version"]
+    assert _stack_processes(home) <= before

@@ -97,7 +97,7 @@ def test_compose_runs_the_whole_loop_with_real_streamrec_commands(tmp_path):
             lines = [[re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", word) for word in service["command"]]]
         for args in lines:
             commands.add(_parses(args).name)
-    assert {"train", "serve", "replay", "generate", "dashboard", "create"} <= commands
+    assert {"train", "join", "serve", "replay", "generate", "dashboard", "create"} <= commands
     trainer_ports = {s["environment"]["STREAMREC_METRICS_PORT"] for n, s in services.items() if n in ("trainer", "challenger")}
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus-compose.yml").read_text())
     jobs = {job["job_name"]: job["dns_sd_configs"][0] for job in prometheus["scrape_configs"]}
@@ -159,7 +159,7 @@ def test_kubernetes_manifests_are_wired_to_streamrec(tmp_path):
             for probe in ("readinessProbe", "livenessProbe"):
                 if probe in container:
                     assert container[probe]["httpGet"]["port"] in ports
-    assert {"train", "serve", "dashboard", "replay", "generate", "create"} <= commands
+    assert {"train", "join", "serve", "dashboard", "replay", "generate", "create"} <= commands
     for service in (d for d in docs if d["kind"] == "Service"):
         selector = service["spec"]["selector"]
         matched = [t for _w, t in pods if selector.items() <= t["metadata"]["labels"].items()]
@@ -170,6 +170,11 @@ def test_kubernetes_manifests_are_wired_to_streamrec(tmp_path):
     models = next(e["value"] for e in trainer["spec"]["template"]["spec"]["containers"][0]["env"]
                   if e["name"] == "TRAINER_MODELS").split(",")
     assert trainer["spec"]["replicas"] <= len(models)  # one model per pod ordinal
+    # the join scales out in one consumer group and feeds every trainer
+    join = next(w for w, _t in pods if w["metadata"]["name"] == "join")
+    assert join["kind"] == "Deployment" and join["spec"]["replicas"] >= 2
+    trainer_args = " ".join(trainer["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert "--from-examples" in trainer_args
     from models import model_names
 
     assert set(models) <= set(model_names())

@@ -28,6 +28,8 @@ const STATS = {
             ["version", "head version", 0], ["live_version", "live version", 0], ["rollbacks", "rollbacks", 0]],
   scorer: [["served_version", "served version", 0], ["served_delta_seq", "delta", 0],
            ["predictions", "predictions", 0]],
+  joiner: [["examples_emitted", "examples written", 0], ["positives", "positives", 0], ["lag", "lag", 0],
+           ["dead_letters", "dead letters", 0]],
 };
 
 const state = { since: 0, workers: new Map(), timeline: {}, champion: null, errors: [], ticks: 0, polls: 0 };

@@ -1,0 +1,84 @@
+"""Messages on ``<ns>.examples``: labelled examples from the join stage (``streamrec join``).
+
+One message carries a run of examples of one source partition, in the order the joiner released
+them, as JSON::
+
+    {"schema": 1, "type": "examples", "partition": 3, "final": false,
+     "examples": [[impression_id, user_id, item_id, {features}, label, event_time, label_time], ...]}
+
+``final: true`` (with no examples) says the partition's replay has ended: every impression of it
+is in an earlier message. The message goes to the same partition index of ``<ns>.examples`` as
+its source, so a user's examples stay in order and one reader per partition sees them in order.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+import xxhash
+
+from consumers.joiner import Example
+
+SCHEMA_VERSION = 1
+MAX_EXAMPLES_PER_MESSAGE = 1000
+_MASK64 = (1 << 64) - 1
+
+
+def example_digest(impression_ids: list[str], labels: list[int]) -> int:
+    """The digest contribution of some examples: sum mod 2^64 of xxh64("impression_id|label"),
+    order-free and counting repeats. Trainers and join workers keep it to prove exactly once."""
+    total = 0
+    for impression_id, label in zip(impression_ids, labels):
+        total += xxhash.xxh64_intdigest(f"{impression_id}|{label}".encode())
+    return total & _MASK64
+
+
+def _time(t: float) -> float | str:
+    return t if math.isfinite(t) else ("inf" if t > 0 else "-inf")
+
+
+def encode(partition: int, examples: list[Example]) -> bytes:
+    return orjson.dumps({
+        "schema": SCHEMA_VERSION, "type": "examples", "partition": partition, "final": False,
+        "examples": [[e.impression_id, e.user_id, e.item_id, e.features, e.label, e.event_time, _time(e.label_time)]
+                     for e in examples],
+    })
+
+
+def encode_final(partition: int) -> bytes:
+    return orjson.dumps({"schema": SCHEMA_VERSION, "type": "examples", "partition": partition, "final": True,
+                         "examples": []})
+
+
+def decode(raw: bytes) -> tuple[int, list[Example], bool]:
+    """``(source partition, examples, final)``; ValueError with the reason for anything else."""
+    try:
+        message: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if type(message) is not dict or message.get("type") != "examples":
+        raise ValueError("not an examples message")
+    if message.get("schema") != SCHEMA_VERSION:
+        raise ValueError(f"unsupported schema {message.get('schema')!r}")
+    partition, rows = message.get("partition"), message.get("examples")
+    if type(partition) is not int or partition < 0 or type(rows) is not list:
+        raise ValueError("partition must be a non-negative integer and examples a list")
+    out = []
+    for row in rows:
+        if (type(row) is not list or len(row) != 7 or type(row[0]) is not str or type(row[1]) is not str
+                or type(row[2]) is not str or type(row[3]) is not dict or row[4] not in (0, 1)):
+            raise ValueError("an example must be [impression_id, user_id, item_id, {features}, 0|1, time, time]")
+        try:
+            out.append(Example(row[0], row[1], row[2], row[3], int(row[4]), float(row[5]), float(row[6])))
+        except (TypeError, ValueError):
+            raise ValueError("an example's times must be numbers") from None
+    return partition, out, bool(message.get("final"))
+
+
+def impression_ids(raw: bytes) -> tuple[list[str], bool]:
+    """The impression ids in one message, and whether it is a final marker (for a join worker's
+    read-back after a restart)."""
+    _partition, examples, final = decode(raw)
+    return [e.impression_id for e in examples], final

@@ -1,0 +1,155 @@
+"""The join stage: join workers in one consumer group, killed at random, write every example once."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import orjson
+import pytest
+import redis
+
+from consumers import example_messages
+from consumers.example_queue import ExampleQueue
+from consumers.join_worker import checkpoint_key
+from consumers.joiner import Example
+from consumers.worker_registry import workers as registered
+from stream.kafka_client import create_topics, make_consumer
+from stream.scrape import parse
+from tests.streams import (
+    PARTITIONS,
+    cli_env,
+    expected_digest,
+    replay_rows,
+    settings_for,
+    start_trainer,
+    wait_for,
+)
+
+
+def _examples(n: int, start: int = 0) -> list[Example]:
+    return [Example(f"i{k}", f"u{k % 7}", f"it{k % 5}", {"C3": f"c{k % 3}", "I1": k}, k % 2, float(k), k + 30.0)
+            for k in range(start, start + n)]
+
+
+def test_example_messages_round_trip_and_name_what_is_wrong():
+    examples = _examples(5)
+    partition, decoded, final = example_messages.decode(example_messages.encode(3, examples))
+    assert (partition, final) == (3, False) and decoded == examples
+    assert example_messages.decode(example_messages.encode_final(1)) == (1, [], True)
+    for raw, reason in ((b"{", "not JSON"), (b'{"type": "impression"}', "not an examples message"),
+                        (b'{"type": "examples", "schema": 9}', "unsupported schema"),
+                        (b'{"type": "examples", "schema": 1, "partition": 0, "examples": [[1]]}', "an example must")):
+        with pytest.raises(ValueError, match=reason):
+            example_messages.decode(raw)
+
+
+def test_example_queue_keeps_unread_examples_and_ended_partitions_across_a_restart():
+    queue = ExampleQueue()
+    queue.add(0, _examples(4), final=False)
+    queue.add(1, _examples(2, start=10), final=True)
+    assert queue.take(3) == _examples(3)
+    assert not queue.finished(range(2)) and queue.watermark_time() == 33.0  # partition 0's newest label
+    restored = ExampleQueue.from_state(orjson.loads(orjson.dumps(queue.state())))
+    assert restored.take() == _examples(1, start=3) + _examples(2, start=10)
+    restored.add(0, [], final=True)
+    assert restored.finished(range(2)) and restored.watermark_time() == float("inf")
+
+
+@pytest.mark.integration
+def test_join_workers_killed_at_random_write_every_example_exactly_once(stack, namespace, learnable_rows, tmp_path):
+    """Two join workers share the partitions; each is killed with SIGKILL at random moments of a
+    paced replay and restarted. A trainer reading <ns>.examples must train every row exactly once."""
+    rows = learnable_rows
+    settings = settings_for(namespace, consumer_session_timeout_ms=2000)
+    create_topics(stack.kafka_bootstrap, [settings.impressions_topic, settings.clicks_topic,
+                                          settings.dead_letter_topic, settings.examples_topic], PARTITIONS)
+    env = cli_env(stack, namespace, STREAMREC_PARTITIONS=str(PARTITIONS), STREAMREC_CONSUMER_SESSION_TIMEOUT_MS="2000")
+    client = redis.Redis.from_url(stack.redis_url)
+    workers: dict[str, subprocess.Popen] = {}
+    logs = []
+
+    def start(name: str) -> None:
+        log = tmp_path / f"{name}-{len(logs)}.log"
+        logs.append(log)
+        with open(log, "wb") as handle:
+            workers[name] = subprocess.Popen(
+                [sys.executable, "-m", "stream", "join", "--worker-id", name, "--exit-at-end", "--metrics-port", "0",
+                 "--checkpoint-every-s", "2", "--report-json", str(tmp_path / f"{name}.json")],
+                env=env, stdout=subprocess.DEVNULL, stderr=handle)
+
+    trainer = None
+    try:
+        start("a")
+        start("b")
+        # the trainer of one model: the one writer of its versions, reading the examples topic
+        trainer = start_trainer(stack, settings, from_examples=True, publish_every_examples=2000)
+        run = "j"
+        replayer = threading.Thread(target=replay_rows, args=(stack, settings, rows, run), kwargs={"rate": 2500})
+        replayer.start()
+        rng = random.Random(20261124)
+        kills = []
+        reader = make_consumer(stack.kafka_bootstrap, f"probe-{namespace}")
+        examples_end = [(settings.examples_topic, p) for p in range(PARTITIONS)]
+        ahead: list[str] = []
+
+        def written_after_checkpoint() -> bool:
+            """Some partition has examples past its checkpoint: note its owner."""
+            ends = reader.end_offsets(examples_end)
+            for (_topic, p), end in ends.items():
+                raw = client.hget(checkpoint_key(namespace, p), "state")
+                if raw is not None and end > orjson.loads(raw)["output_offset"]:
+                    ahead.append(orjson.loads(raw)["worker"])
+                    return True
+            return False
+
+        try:
+            wait_for(written_after_checkpoint, 60, "examples written after a checkpoint")
+        finally:
+            reader.close()
+        for attempt in range(3):
+            # the first kill hits a worker with examples written after its checkpoint (its successor
+            # must regenerate and skip them); the others land at random moments
+            if attempt:
+                time.sleep(rng.uniform(0.5, 2.0))
+            name = ahead[0] if attempt == 0 else rng.choice(sorted(workers))
+            workers[name].send_signal(signal.SIGKILL)
+            workers[name].wait()
+            kills.append((name, time.monotonic()))
+            start(name)
+        replayer.join(120)
+        report = trainer.wait(180)
+        for name, process in workers.items():
+            assert process.wait(60) == 0, f"join worker {name} failed"
+    finally:
+        for process in workers.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        if trainer is not None:
+            trainer.stop()
+    # every row once, with its label
+    assert report["examples"] == len(rows)
+    assert report["digest"] == expected_digest(run, rows)
+    # the stage's own checkpointed counters agree, and a takeover did regenerate written examples
+    states = [orjson.loads(client.hget(checkpoint_key(namespace, p), "state")) for p in range(PARTITIONS)]
+    assert sum(s["counters"]["examples"] for s in states) == len(rows)
+    assert f"{sum(s['counters']['digest'] for s in states) & ((1 << 64) - 1):016x}" == report["digest"]
+    assert sum(s["counters"]["impressions_read"] for s in states) == len(rows)
+    print("kills:", kills, "regenerated:", [s["counters"]["regenerated"] for s in states])
+    assert sum(s["counters"]["regenerated"] for s in states) > 0
+    finals = [json.loads((tmp_path / f"{name}.json").read_text()) for name in workers]
+    assert all(f["finished"] for f in finals)
+    # each surviving worker registered for the dashboard and left its final /metrics there
+    joiners = [w for w in registered(client, namespace) if w["role"] == "joiner"]
+    assert sorted(w["worker"] for w in joiners) == ["a", "b"]
+    for record in joiners:
+        samples = parse(record["final_metrics"])
+        assert samples["streamrec_join_checkpoints_total"] > 0
+        assert samples["streamrec_join_partitions"] == 0  # all handed back at the end
+    assert sum(parse(w["final_metrics"])["streamrec_examples_emitted_total"] for w in joiners) > 0
