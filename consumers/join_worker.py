@@ -422,14 +422,17 @@ class JoinWorker:
                             break
             self._checkpoint()
             self._export()
+            summary = self.report(finished)  # before closing: the close hands the partitions back
         finally:
             consumer.close()  # its revoke callback checkpoints through the producer: close that after
             self._producer.close()
             self._reader.close()
             self._producer = self._consumer = self._reader = None
-        return self.report(finished)
+        return summary
 
     def report(self, finished: bool) -> dict[str, Any]:
+        """Totals of the partitions owned now, over the whole stream (their checkpoints carry
+        what earlier owners counted)."""
         totals = ShardCounters()
         for shard in self.shards.values():
             for name, value in asdict(shard.counters).items():

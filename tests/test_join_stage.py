@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import time
 import orjson
 import pytest
 import redis
+from prometheus_client import generate_latest
 
 from consumers import example_messages
 from consumers.example_queue import ExampleQueue
@@ -153,3 +155,68 @@ def test_join_workers_killed_at_random_write_every_example_exactly_once(stack, n
         assert samples["streamrec_join_checkpoints_total"] > 0
         assert samples["streamrec_join_partitions"] == 0  # all handed back at the end
     assert sum(parse(w["final_metrics"])["streamrec_examples_emitted_total"] for w in joiners) > 0
+
+
+@pytest.mark.integration
+def test_join_worker_survives_a_redis_outage_and_dead_letters_bad_events(stack, namespace, learnable_rows, tmp_path):
+    """Redis dies mid-run and comes back: the worker keeps joining and writing, its checkpoints fail
+    and are retried, and every example still reaches the trainer exactly once."""
+    from consumers.join_worker import JoinOptions, JoinWorker
+    from stream import events
+    from stream.kafka_client import make_producer
+    from stream.local_stack import _free_port
+    from tests.streams import combine
+    from tests.test_trainer import _start_redis
+
+    rows = learnable_rows[:6000]
+    first, second = rows[:3000], rows[3000:]
+    settings = settings_for(namespace)
+    create_topics(stack.kafka_bootstrap, [settings.impressions_topic, settings.clicks_topic,
+                                          settings.dead_letter_topic, settings.examples_topic], PARTITIONS)
+    producer = make_producer(stack.kafka_bootstrap)
+    producer.send(settings.impressions_topic, b"{not json", b"u")
+    producer.send(settings.clicks_topic, events.encode(events.impression("i", 1.7e9, "u", "a", {})), b"u")
+    producer.close()
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    redis_proc = _start_redis(port, tmp_path)
+    worker = JoinWorker(settings, JoinOptions(worker_id="solo", exit_at_end=True, checkpoint_every_s=0.2),
+                        kafka_bootstrap=stack.kafka_bootstrap, redis_url=url)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(report=worker.run()), daemon=True)
+    try:
+        replay_rows(stack, settings, first, "a", final=False)
+        thread.start()
+        client = redis.Redis.from_url(url)
+
+        def checkpointed() -> int:
+            states = [client.hget(checkpoint_key(namespace, p), "state") for p in range(PARTITIONS)]
+            return sum(orjson.loads(s)["counters"]["impressions_read"] for s in states if s is not None)
+
+        wait_for(lambda: checkpointed() == len(first), 60, "checkpoints that hold the first half")
+        os.kill(redis_proc.pid, signal.SIGKILL)
+        redis_proc.wait()
+        replay_rows(stack, settings, second, "b")
+        wait_for(lambda: sum(s.counters.impressions_read for s in list(worker.shards.values())) == len(rows), 60,
+                 "the second half joined while Redis is away")
+        failures = "streamrec_join_checkpoint_failures_total"
+        wait_for(lambda: parse(generate_latest(worker.metrics.registry).decode())[failures] >= 2, 30,
+                 "failed checkpoints")
+        assert thread.is_alive()
+        redis_proc = _start_redis(port, tmp_path)
+        thread.join(60)
+        assert not thread.is_alive() and result["report"]["finished"]
+        assert result["report"]["dead_letters"] == 2
+        assert checkpointed() == len(rows)
+    finally:
+        worker.stop_event.set()
+        thread.join(30) if thread.is_alive() else None
+        worker.close()
+        if redis_proc.poll() is None:
+            redis_proc.kill()
+            redis_proc.wait()
+    trainer = start_trainer(stack, settings, from_examples=True, metrics_port=0)
+    report, scraped = trainer.finish()
+    assert report["examples"] == len(rows)
+    assert report["digest"] == combine(expected_digest("a", first), expected_digest("b", second))
+    assert scraped["streamrec_examples_trained_total"] == len(rows)
