@@ -720,12 +720,14 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
 @click.option("--metrics-host", help="Address /metrics listens on; 0.0.0.0 for a cluster (STREAMREC_METRICS_HOST).")
 @click.option("--exit-at-end", is_flag=True,
               help="Stop once every partition's replay has ended and its examples are written (by any worker).")
+@click.option("--status", "show_status", is_flag=True,
+              help="Print each partition's checkpoint (owner, epoch, offsets, examples) and exit.")
 @click.option("--ready-file", type=click.Path(path_type=Path), help="Write {pid, metrics_port} here once serving.")
 @click.option("--report-json", type=click.Path(path_type=Path), help="Write the final report here.")
 @click.pass_context
 def join(ctx: click.Context, worker_id: str | None, attribution_window_s: float | None, positives: str | None,
          checkpoint_every_s: float | None, metrics_port: int | None, metrics_host: str | None, exit_at_end: bool,
-         ready_file: Path | None, report_json: Path | None) -> None:
+         show_status: bool, ready_file: Path | None, report_json: Path | None) -> None:
     """Run a join worker: label impressions with their clicks for every trainer (scale out: start more).
 
     Workers share the partitions of one consumer group; each example is written once to
@@ -744,6 +746,9 @@ def join(ctx: click.Context, worker_id: str | None, attribution_window_s: float 
     endpoints = resolve_endpoints(settings)
     # examples:p holds what events of partition p became, so it has the sources' partition count
     partitions = partition_count(endpoints.kafka_bootstrap, settings.impressions_topic)
+    if show_status:
+        _print_join_status(settings, endpoints.redis_url, partitions)
+        return
     create_topics(endpoints.kafka_bootstrap, [settings.examples_topic, settings.dead_letter_topic], partitions)
     options = JoinOptions(worker_id=worker_id or f"{socket.gethostname()}-{os.getpid()}",
                           window_s=settings.attribution_window_s, max_pending=settings.max_pending_impressions,
@@ -769,6 +774,30 @@ def join(ctx: click.Context, worker_id: str | None, attribution_window_s: float 
                   f"{report['partitions']}, {report['dead_letters']} dead letters")
     click.echo(json.dumps(report, sort_keys=True))
     _write_report(report_json, report)
+
+
+def _print_join_status(settings: Settings, redis_url: str, partitions: int) -> None:
+    import orjson
+    import redis
+
+    from consumers.join_worker import checkpoint_key
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        click.echo(f"{'partition':>9}  {'owner':<24} {'epoch':>5} {'impressions':>11} {'clicks':>9} "
+                   f"{'examples':>9} {'positives':>9}  ended")
+        for p in range(partitions):
+            raw = client.hget(checkpoint_key(settings.namespace, p), "state")
+            if raw is None:
+                click.echo(f"{p:>9}  (no checkpoint yet)")
+                continue
+            state = orjson.loads(raw)
+            counters = state["counters"]
+            click.echo(f"{p:>9}  {state.get('worker', '?'):<24} {state.get('epoch', 0):>5} "
+                       f"{state['offsets'].get('impressions', 0):>11} {state['offsets'].get('clicks', 0):>9} "
+                       f"{counters['examples']:>9} {counters['positives']:>9}  {'yes' if state['final_sent'] else 'no'}")
+    finally:
+        client.close()
 
 
 def _status_lines(trainer: Any, every_s: float = 5.0) -> None:

@@ -147,6 +147,12 @@ def test_join_workers_killed_at_random_write_every_example_exactly_once(stack, n
     assert sum(s["counters"]["regenerated"] for s in states) > 0
     finals = [json.loads((tmp_path / f"{name}.json").read_text()) for name in workers]
     assert all(f["finished"] for f in finals)
+    status = subprocess.run([sys.executable, "-m", "stream", "join", "--status"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    lines = [line.split() for line in status.stdout.splitlines()[1:]]
+    assert [int(line[0]) for line in lines] == list(range(PARTITIONS))
+    assert sum(int(line[5]) for line in lines) == len(rows) and all(line[-1] == "yes" for line in lines)
     # each surviving worker registered for the dashboard and left its final /metrics there
     joiners = [w for w in registered(client, namespace) if w["role"] == "joiner"]
     assert sorted(w["worker"] for w in joiners) == ["a", "b"]
