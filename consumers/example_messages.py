@@ -13,13 +13,12 @@ its source, so a user's examples stay in order and one reader per partition sees
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import orjson
 import xxhash
 
-from consumers.joiner import Example
+from consumers.joiner import Example, example_row
 
 SCHEMA_VERSION = 1
 MAX_EXAMPLES_PER_MESSAGE = 1000
@@ -35,15 +34,10 @@ def example_digest(impression_ids: list[str], labels: list[int]) -> int:
     return total & _MASK64
 
 
-def _time(t: float) -> float | str:
-    return t if math.isfinite(t) else ("inf" if t > 0 else "-inf")
-
-
 def encode(partition: int, examples: list[Example]) -> bytes:
     return orjson.dumps({
         "schema": SCHEMA_VERSION, "type": "examples", "partition": partition, "final": False,
-        "examples": [[e.impression_id, e.user_id, e.item_id, e.features, e.label, e.event_time, _time(e.label_time)]
-                     for e in examples],
+        "examples": [example_row(e) for e in examples],
     })
 
 
@@ -75,10 +69,3 @@ def decode(raw: bytes) -> tuple[int, list[Example], bool]:
         except (TypeError, ValueError):
             raise ValueError("an example's times must be numbers") from None
     return partition, out, bool(message.get("final"))
-
-
-def impression_ids(raw: bytes) -> tuple[list[str], bool]:
-    """The impression ids in one message, and whether it is a final marker (for a join worker's
-    read-back after a restart)."""
-    _partition, examples, final = decode(raw)
-    return [e.impression_id for e in examples], final

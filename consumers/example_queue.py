@@ -12,20 +12,16 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from consumers.joiner import Example, JoinCounts
+from consumers.joiner import Example, JoinCounts, ReleasedExamples, encode_time, example_from_row, example_row
 
 KIND = "examples"
 
 
-def _encode_time(t: float) -> float | str:
-    return t if math.isfinite(t) else ("inf" if t > 0 else "-inf")
-
-
-class ExampleQueue:
+class ExampleQueue(ReleasedExamples):
     def __init__(self) -> None:
+        super().__init__()
         # join outcomes are counted where the join happens, by the join workers
         self.counts = JoinCounts()
-        self._ready: list[Example] = []
         self._final: set[int] = set()
         self._label_time: dict[int, float] = {}  # newest label time read per source partition
 
@@ -39,17 +35,6 @@ class ExampleQueue:
 
     def advance(self, partitions: Iterable[int] | None = None) -> None:
         """Nothing to close: examples arrive labelled."""
-
-    def take(self, limit: int | None = None) -> list[Example]:
-        if limit is None or limit >= len(self._ready):
-            out, self._ready = self._ready, []
-        else:
-            out, self._ready = self._ready[:limit], self._ready[limit:]
-        return out
-
-    @property
-    def ready(self) -> int:
-        return len(self._ready)
 
     @property
     def open_impressions(self) -> int:
@@ -67,16 +52,15 @@ class ExampleQueue:
     def state(self) -> dict[str, Any]:
         return {
             "kind": KIND,
-            "ready": [[e.impression_id, e.user_id, e.item_id, e.features, e.label, e.event_time,
-                       _encode_time(e.label_time)] for e in self._ready],
+            "ready": [example_row(e) for e in self._ready],
             "final": sorted(self._final),
-            "label_time": {str(p): _encode_time(t) for p, t in self._label_time.items()},
+            "label_time": {str(p): encode_time(t) for p, t in self._label_time.items()},
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> ExampleQueue:
         queue = cls()
-        queue._ready = [Example(*row[:6], float(row[6])) for row in state["ready"]]
+        queue._ready = [example_from_row(row) for row in state["ready"]]
         queue._final = set(state["final"])
         queue._label_time = {int(p): float(t) for p, t in state["label_time"].items()}
         return queue

@@ -7,19 +7,17 @@ in the join stage; they carry ``model="join"`` (the stage serves every model) an
 
 from __future__ import annotations
 
-from typing import Any
+from prometheus_client import Counter, Gauge
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
-
-from consumers.trainer_metrics import JOIN_OUTCOMES
-from stream.errors import StackError
+from consumers.trainer_metrics import JOIN_OUTCOMES, MetricsEndpoint
 
 STAGE_LABEL = "join"
 
 
-class JoinMetrics:
+class JoinMetrics(MetricsEndpoint):
     def __init__(self, worker: str) -> None:
-        self.registry = r = CollectorRegistry()
+        super().__init__()
+        r = self.registry
         labels = ("model", "worker")
         self.events = Counter("streamrec_events_consumed", "Events read from Kafka", labels + ("topic",), registry=r)
         self.join = Counter("streamrec_join_outcomes", "Join results by outcome", labels + ("outcome",), registry=r)
@@ -46,20 +44,3 @@ class JoinMetrics:
             self.join.labels(**self.labels, outcome=outcome)
         for metric in (self.dead_letters, self.examples, self.checkpoints, self.checkpoint_failures, self.skipped):
             metric.labels(**self.labels)
-        self._server: Any = None
-        self.port: int | None = None
-
-    def serve(self, port: int, addr: str = "127.0.0.1") -> int:
-        try:
-            self._server, _thread = start_http_server(port, addr=addr, registry=self.registry)
-        except OSError as exc:
-            raise StackError(f"cannot serve metrics on {addr}:{port} ({exc.strerror}); choose another "
-                             "--metrics-port (STREAMREC_METRICS_PORT), or 0 for any free port") from None
-        self.port = int(self._server.server_address[1])
-        return self.port
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

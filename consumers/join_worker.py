@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,9 +41,11 @@ import redis
 from prometheus_client import generate_latest
 
 from consumers import example_messages
-from consumers.example_messages import example_digest
 from consumers.join_metrics import STAGE_LABEL, JoinMetrics
 from consumers.joiner import Example, Joiner
+from consumers.redis_retry import retry_while_unavailable
+from consumers.trainer_metrics import JOIN_OUTCOMES
+from consumers.worker_counters import Counters
 from consumers.worker_registry import Heartbeat, metrics_url
 from stream import events as ev
 from stream.errors import StackError
@@ -58,6 +59,15 @@ READ_BACK_TIMEOUT_S = 60.0
 
 def checkpoint_key(namespace: str, partition: int) -> str:
     return f"streamrec:{namespace}:join:{partition}"
+
+
+def read_checkpoints(client: redis.Redis, namespace: str, partitions: int) -> dict[int, dict[str, Any]]:
+    """The stored checkpoint of each partition that has one (--exit-at-end, `streamrec join --status`)."""
+    with client.pipeline(transaction=False) as pipe:
+        for p in range(partitions):
+            pipe.hget(checkpoint_key(namespace, p), "state")
+        raws = pipe.execute()
+    return {p: orjson.loads(raw) for p, raw in enumerate(raws) if raw is not None}
 
 
 @dataclass(frozen=True)
@@ -74,14 +84,7 @@ class JoinOptions:
 
 
 @dataclass
-class ShardCounters:
-    impressions_read: int = 0
-    clicks_read: int = 0
-    watermarks_read: int = 0
-    dead_letters: int = 0
-    examples: int = 0
-    positives: int = 0
-    digest: int = 0
+class ShardCounters(Counters):
     regenerated: int = 0  # examples a predecessor had written after its checkpoint, not written again
 
 
@@ -122,18 +125,6 @@ class JoinWorker:
 
     # ------------------------------------------------------------------ ownership
 
-    def _retry(self, what: str, action: Callable[[], Any]) -> Any:
-        delay = 0.5
-        while True:
-            try:
-                return action()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if self.stop_event.is_set():
-                    raise
-                log.warning("redis unavailable while %s (%s); retrying in %.1fs", what, exc, delay)
-                self.stop_event.wait(delay)
-                delay = min(delay * 2, 30.0)
-
     def _on_assign(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
         self.assignments += 1
         seeks: dict[TopicPartitionKey, int] = {}
@@ -159,7 +150,7 @@ class JoinWorker:
                 epoch, state = pipe.execute()
             return int(epoch), state
 
-        epoch, raw = self._retry(f"claiming partition {p}", claim)
+        epoch, raw = retry_while_unavailable(f"claiming partition {p}", claim, self.stop_event)
         if raw is None:
             shard = Shard(p, epoch, Joiner(self.options.window_s, self.options.max_pending, self.options.positives),
                           ShardCounters(), {}, 0)
@@ -219,7 +210,6 @@ class JoinWorker:
 
     def _dispatch(self, records: list[Any]) -> set[int]:
         touched: set[int] = set()
-        loads, plainly_valid, JSONDecodeError = orjson.loads, ev.plainly_valid, orjson.JSONDecodeError
         for record in records:
             topic, p = record.topic, record.partition
             shard = self.shards.get(p)
@@ -228,28 +218,14 @@ class JoinWorker:
                 continue  # revoked meanwhile: its new owner reads it again
             shard.offsets[kind] = record.offset + 1
             touched.add(p)
-            try:
-                event = loads(record.value)
-            except JSONDecodeError:
-                event = None
-            if not plainly_valid(event):
-                event, problem = ev.decode_event(record.value)
-                if event is None:
-                    self._dead_letter(shard, record.value, problem or "invalid", topic, p, record.offset)
-                    continue
-            etype = event["type"]
-            joiner, counters = shard.joiner, shard.counters
-            if etype == "impression" and kind == "impressions":
-                counters.impressions_read += 1
-                joiner.impression(p, event)
-            elif etype == "click" and kind == "clicks":
-                counters.clicks_read += 1
-                joiner.click(p, event)
-            elif etype == "watermark":
-                counters.watermarks_read += 1
-                joiner.watermark(p, kind, event["event_time"], event.get("final", False))
+            event, problem = ev.decode_event(record.value)
+            if event is None:
+                self._dead_letter(shard, record.value, problem or "invalid", topic, p, record.offset)
+            elif (etype := shard.joiner.offer(p, kind, event)) is None:
+                self._dead_letter(shard, record.value, f"{event['type']} event on the {kind} topic", topic, p,
+                                  record.offset)
             else:
-                self._dead_letter(shard, record.value, f"{etype} event on the {kind} topic", topic, p, record.offset)
+                shard.counters.count_read(etype)
         return touched
 
     def _emit(self, shard: Shard) -> None:
@@ -270,10 +246,7 @@ class JoinWorker:
                     shard.counters.regenerated += 1
                     self.metrics.skipped.labels(**self.metrics.labels).inc()
                 pairs.append((example.impression_id, label))
-            counters = shard.counters
-            counters.examples += len(released)
-            counters.positives += sum(label for _id, label in pairs)
-            counters.digest = (counters.digest + example_digest([i for i, _ in pairs], [label for _, label in pairs])) & _MASK64
+            shard.counters.count_examples([i for i, _ in pairs], [label for _, label in pairs])
             topic = self.settings.examples_topic
             size = example_messages.MAX_EXAMPLES_PER_MESSAGE
             for start in range(0, len(fresh), size):
@@ -342,16 +315,6 @@ class JoinWorker:
                 return False
         return True
 
-    def partition_states(self) -> dict[int, dict[str, Any]]:
-        """Every partition's stored checkpoint (for --exit-at-end, `streamrec join --status`, tests)."""
-        count = self._partition_count
-        out = {}
-        for p in range(count):
-            raw = self.redis.hget(checkpoint_key(self.settings.namespace, p), "state")
-            if raw is not None:
-                out[p] = orjson.loads(raw)
-        return out
-
     # ------------------------------------------------------------------ the loop
 
     def _export(self) -> None:
@@ -366,8 +329,7 @@ class JoinWorker:
                 now["clicks_read"] - before.get("clicks_read", 0))
             m.dead_letters.labels(**labels).inc(now["dead_letters"] - before.get("dead_letters", 0))
             m.examples.labels(**labels).inc(now["examples"] - before.get("examples", 0))
-            for outcome in ("positives", "negatives", "late_clicks", "orphan_clicks", "duplicate_clicks",
-                            "duplicate_impressions", "evicted"):
+            for outcome in JOIN_OUTCOMES:
                 m.join.labels(**labels, outcome=outcome).inc(now[outcome] - before.get(outcome, 0))
             shard.exported = now
             open_impressions += shard.joiner.open_impressions
@@ -379,7 +341,7 @@ class JoinWorker:
         if not self._partition_count or any(not s.final_sent for s in self.shards.values()):
             return False
         try:
-            states = self.partition_states()
+            states = read_checkpoints(self.redis, self.settings.namespace, self._partition_count)
         except (redis.ConnectionError, redis.TimeoutError):
             return False
         return len(states) == self._partition_count and all(s["final_sent"] for s in states.values())

@@ -94,7 +94,8 @@ class _Partition:
         return min(self.impressions_time, self.clicks_time)
 
 
-def _encode_time(t: float) -> float | str:
+def encode_time(t: float) -> float | str:
+    """JSON has no infinities: they are stored as strings."""
     return t if math.isfinite(t) else ("inf" if t > 0 else "-inf")
 
 
@@ -102,10 +103,39 @@ def _decode_time(t: float | str) -> float:
     return float(t)
 
 
+def example_row(e: Example) -> list[Any]:
+    """An example as a JSON-able row (checkpoints, the examples topic)."""
+    return [e.impression_id, e.user_id, e.item_id, e.features, e.label, e.event_time, encode_time(e.label_time)]
+
+
+def example_from_row(row: list[Any]) -> Example:
+    # rows written before examples carried their label time have six fields
+    return Example(*row[:6], *(_decode_time(t) for t in row[6:]))
+
+
+class ReleasedExamples:
+    """Labelled examples waiting to be trained, in release order."""
+
+    def __init__(self) -> None:
+        self._ready: list[Example] = []
+
+    def take(self, limit: int | None = None) -> list[Example]:
+        """Labelled examples in the order they were released (at most ``limit``)."""
+        if limit is None or limit >= len(self._ready):
+            out, self._ready = self._ready, []
+        else:
+            out, self._ready = self._ready[:limit], self._ready[limit:]
+        return out
+
+    @property
+    def ready(self) -> int:
+        return len(self._ready)
+
+
 POSITIVE_RELEASES = ("click", "window")
 
 
-class Joiner:
+class Joiner(ReleasedExamples):
     def __init__(self, window_s: float, max_pending: int = 1_000_000, positives: str = "window") -> None:
         if window_s <= 0:
             raise ValueError("window_s must be positive")
@@ -118,8 +148,8 @@ class Joiner:
         self.positives = positives
         self._at_click = positives == "click"
         self.counts = JoinCounts()
+        super().__init__()
         self._partitions: dict[int, _Partition] = {}
-        self._ready: list[Example] = []
         self._open = 0
 
     def _part(self, partition: int) -> _Partition:
@@ -181,6 +211,20 @@ class Joiner:
             self.counts.orphan_clicks += 1  # the impressions here are past this click: none will come
         else:
             part.early_clicks[impression_id] = t
+
+    def offer(self, partition: int, topic_kind: str, event: dict[str, Any]) -> str | None:
+        """Take one valid event read from partition ``partition`` of the ``topic_kind`` topic; return
+        its type, or None when that type does not belong on that topic (the caller dead-letters it)."""
+        etype = event["type"]
+        if etype == "impression" and topic_kind == "impressions":
+            self.impression(partition, event)
+        elif etype == "click" and topic_kind == "clicks":
+            self.click(partition, event)
+        elif etype == "watermark":
+            self.watermark(partition, topic_kind, event["event_time"], event.get("final", False))
+        else:
+            return None
+        return etype
 
     def watermark(self, partition: int, topic_kind: str, event_time: float, final: bool) -> None:
         part = self._part(partition)
@@ -267,18 +311,6 @@ class Joiner:
         self.counts.evicted += 1
         self._close(oldest_part, oldest_id, held, max(held[0], oldest_part.time))
 
-    def take(self, limit: int | None = None) -> list[Example]:
-        """Labelled examples in the order they were closed (at most ``limit``)."""
-        if limit is None or limit >= len(self._ready):
-            out, self._ready = self._ready, []
-        else:
-            out, self._ready = self._ready[:limit], self._ready[limit:]
-        return out
-
-    @property
-    def ready(self) -> int:
-        return len(self._ready)
-
     @property
     def open_impressions(self) -> int:
         return self._open
@@ -296,16 +328,15 @@ class Joiner:
             "max_pending": self.max_pending,
             "positives": self.positives,
             "counts": asdict(self.counts),
-            "ready": [[e.impression_id, e.user_id, e.item_id, e.features, e.label, e.event_time,
-                       _encode_time(e.label_time)] for e in self._ready],
+            "ready": [example_row(e) for e in self._ready],
             "partitions": {
                 str(p): {
                     "pending": [[k, *v] for k, v in part.pending.items()],
                     "early_clicks": [[k, t] for k, t in part.early_clicks.items()],
                     "closed": [[k, *v] for k, v in part.closed.items()],
                     "clicked": part.clicked,
-                    "impressions_time": _encode_time(part.impressions_time),
-                    "clicks_time": _encode_time(part.clicks_time),
+                    "impressions_time": encode_time(part.impressions_time),
+                    "clicks_time": encode_time(part.clicks_time),
                 }
                 for p, part in self._partitions.items()
             },
@@ -315,7 +346,7 @@ class Joiner:
     def from_state(cls, state: dict[str, Any]) -> Joiner:
         joiner = cls(state["window_s"], state["max_pending"], state.get("positives", "window"))
         joiner.counts = JoinCounts(**state["counts"])
-        joiner._ready = [Example(*row[:6], *(_decode_time(t) for t in row[6:])) for row in state["ready"]]
+        joiner._ready = [example_from_row(row) for row in state["ready"]]
         for p, data in state["partitions"].items():
             part = _Partition(
                 pending=OrderedDict((row[0], list(row[1:])) for row in data["pending"]),

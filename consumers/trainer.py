@@ -32,7 +32,6 @@ import redis
 from prometheus_client import generate_latest
 
 from consumers import example_messages
-from consumers.example_messages import example_digest
 from consumers.example_queue import KIND as EXAMPLES_KIND
 from consumers.example_queue import ExampleQueue
 from consumers.history import BehaviourHistory
@@ -40,8 +39,10 @@ from consumers.joiner import Example, JoinCounts, Joiner
 from consumers.learner import LearnerProcess
 from consumers.prequential import SPEC_SAMPLE_ROWS, SpecOptions
 from consumers.quality_gate import HELD_NON_FINITE, GateOptions, judge, should_roll_back
+from consumers.redis_retry import retry_while_unavailable
 from consumers.trainer_metrics import TrainerMetrics
 from consumers.version_store import Version, VersionConflict, VersionStore, connect
+from consumers.worker_counters import Counters
 from consumers.worker_registry import Heartbeat, metrics_url
 from models import spec_for
 from models.base import read_metadata
@@ -52,7 +53,6 @@ from stream.kafka_client import EventConsumer, EventProducer, TopicPartitionKey,
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
-_MASK64 = (1 << 64) - 1
 LAG_EVERY_S = 2.0
 QUALITY_EVERY_S = 1.0
 
@@ -84,19 +84,6 @@ class TrainerOptions:
     # read labelled examples from <ns>.examples (the join stage, consumers/join_worker.py) instead
     # of joining impressions and clicks here
     from_examples: bool = False
-
-
-@dataclass
-class Counters:
-    """What the worker has done, all part of every version (so it survives restarts exactly)."""
-
-    impressions_read: int = 0
-    clicks_read: int = 0
-    watermarks_read: int = 0
-    dead_letters: int = 0
-    examples: int = 0
-    positives: int = 0
-    digest: int = 0  # sum mod 2^64 of xxh64("impression_id|label") over trained examples
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -170,17 +157,9 @@ class Trainer:
     # ------------------------------------------------------------------ resume
 
     def _redis_retry(self, what: str, action: Callable[[], Any]) -> Any:
-        delay = 0.5
-        while True:
-            try:
-                return action()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if self.stop_event.is_set():
-                    raise
-                log.warning("redis unavailable while %s (%s); retrying in %.1fs", what, exc, delay)
-                self.metrics.publish_failures.labels(**self.metrics.labels).inc()
-                self.stop_event.wait(delay)
-                delay = min(delay * 2, self.options.backoff_max_s)
+        return retry_while_unavailable(
+            what, action, self.stop_event, backoff_max_s=self.options.backoff_max_s,
+            on_failure=lambda: self.metrics.publish_failures.labels(**self.metrics.labels).inc())
 
     def resume(self) -> int | None:
         """Read the head version (if any): joiner, counters and offsets now; the model and metrics
@@ -262,41 +241,25 @@ class Trainer:
 
     def _dispatch(self, records: list[Any]) -> set[int]:
         """Decode, validate and join one poll's records; dead-letter the bad ones. The hot loop of
-        the worker: locals, and a JSON parse plus a few type checks per valid event."""
-        joiner, topics = self.joiner, self.topics
-        impression, click = joiner.impression, joiner.click
-        loads, plainly_valid, JSONDecodeError = orjson.loads, ev.plainly_valid, orjson.JSONDecodeError
+        the worker: a JSON parse plus a few type checks per valid event (events.plainly_valid)."""
+        assert isinstance(self.joiner, Joiner)
+        offer, topics, decode = self.joiner.offer, self.topics, ev.decode_event
         last: dict[tuple[str, int], int] = {}
-        impressions = clicks = watermarks = 0
+        read = {"impression": 0, "click": 0, "watermark": 0}
         for record in records:
             topic, partition = record.topic, record.partition
             last[(topic, partition)] = record.offset
             kind = topics.get(topic)
-            try:
-                event = loads(record.value)
-            except JSONDecodeError:
-                event = None
-            if not plainly_valid(event):
-                event, problem = ev.decode_event(record.value)
-                if event is None:
-                    self._dead_letter(record.value, problem or "invalid", topic, partition, record.offset)
-                    continue
-            etype = event["type"]
-            if etype == "impression" and kind == "impressions":
-                impressions += 1
-                impression(partition, event)
-            elif etype == "click" and kind == "clicks":
-                clicks += 1
-                click(partition, event)
-            elif etype == "watermark":
-                watermarks += 1
-                joiner.watermark(partition, kind, event["event_time"], event.get("final", False))
+            event, problem = decode(record.value)
+            if event is None:
+                self._dead_letter(record.value, problem or "invalid", topic, partition, record.offset)
+            elif (etype := offer(partition, kind, event)) is None:
+                self._dead_letter(record.value, f"{event['type']} event on the {kind} topic", topic, partition,
+                                  record.offset)
             else:
-                self._dead_letter(record.value, f"{etype} event on the {kind} topic", topic, partition, record.offset)
-        counters = self.counters
-        counters.impressions_read += impressions
-        counters.clicks_read += clicks
-        counters.watermarks_read += watermarks
+                read[etype] += 1
+        for etype, n in read.items():
+            self.counters.count_read(etype, n)
         for key, offset in last.items():
             self.positions[key] = offset + 1
         return {partition for _topic, partition in last}
@@ -334,10 +297,7 @@ class Trainer:
         self.learner.learn(batch)
         if self.history is not None:
             self.history.after(users, items, labels, features)
-        c = self.counters
-        c.examples += len(examples)
-        c.positives += sum(labels)
-        c.digest = (c.digest + example_digest([e.impression_id for e in examples], labels)) & _MASK64
+        self.counters.count_examples([e.impression_id for e in examples], labels)
         self._since_publish_examples += len(examples)
         self.newest_label_time = max(self.newest_label_time, max(e.label_time for e in examples))
 
@@ -734,4 +694,4 @@ class Trainer:
         self.store.client.close()
 
 
-__all__ = ["Trainer", "TrainerOptions", "VersionConflict", "example_digest"]
+__all__ = ["Trainer", "TrainerOptions", "VersionConflict"]

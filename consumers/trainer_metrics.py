@@ -21,9 +21,34 @@ JOIN_OUTCOMES = ("positives", "negatives", "late_clicks", "orphan_clicks", "dupl
                  "duplicate_impressions", "evicted")
 
 
-class TrainerMetrics:
-    def __init__(self, model: str, worker: str) -> None:
+class MetricsEndpoint:
+    """A worker's own registry, served over HTTP on ``/metrics``."""
+
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._server: Any = None
+        self.port: int | None = None
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> int:
+        """Start the HTTP endpoint; ``port`` 0 picks a free one. Returns the port."""
+        try:
+            self._server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as exc:
+            raise StackError(f"cannot serve metrics on {addr}:{port} ({exc.strerror}); choose another "
+                             "--metrics-port (STREAMREC_METRICS_PORT), or 0 for any free port") from None
+        self.port = int(self._server.server_address[1])
+        return self.port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class TrainerMetrics(MetricsEndpoint):
+    def __init__(self, model: str, worker: str) -> None:
+        super().__init__()
         r, labels = self.registry, _LABELS
 
         def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> Gauge:
@@ -60,9 +85,6 @@ class TrainerMetrics:
         self.labels = {"model": model, "worker": worker}
         self._last_publish_monotonic: float | None = None
         self._lock = threading.Lock()
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
-        self.port: int | None = None
         # seconds since the last publish is computed on scrape, so it grows while a worker is stuck
         self.seconds_since_publish.labels(**self.labels).set_function(self._seconds_since_publish)
         for outcome in JOIN_OUTCOMES:  # present from the start, so rate() works from zero
@@ -80,22 +102,6 @@ class TrainerMetrics:
         with self._lock:
             last = self._last_publish_monotonic
         return math.nan if last is None else time.monotonic() - last
-
-    def serve(self, port: int, addr: str = "127.0.0.1") -> int:
-        """Start the HTTP endpoint; ``port`` 0 picks a free one. Returns the port."""
-        try:
-            self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
-        except OSError as exc:
-            raise StackError(f"cannot serve metrics on {addr}:{port} ({exc.strerror}); choose another "
-                             "--metrics-port (STREAMREC_METRICS_PORT), or 0 for any free port") from None
-        self.port = int(self._server.server_address[1])
-        return self.port
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
     # ------------------------------------------------------------------ updates
 

@@ -777,21 +777,20 @@ def join(ctx: click.Context, worker_id: str | None, attribution_window_s: float 
 
 
 def _print_join_status(settings: Settings, redis_url: str, partitions: int) -> None:
-    import orjson
     import redis
 
-    from consumers.join_worker import checkpoint_key
+    from consumers.join_worker import read_checkpoints
 
     client = redis.Redis.from_url(redis_url)
     try:
+        states = read_checkpoints(client, settings.namespace, partitions)
         click.echo(f"{'partition':>9}  {'owner':<24} {'epoch':>5} {'impressions':>11} {'clicks':>9} "
                    f"{'examples':>9} {'positives':>9}  ended")
         for p in range(partitions):
-            raw = client.hget(checkpoint_key(settings.namespace, p), "state")
-            if raw is None:
+            state = states.get(p)
+            if state is None:
                 click.echo(f"{p:>9}  (no checkpoint yet)")
                 continue
-            state = orjson.loads(raw)
             counters = state["counters"]
             click.echo(f"{p:>9}  {state.get('worker', '?'):<24} {state.get('epoch', 0):>5} "
                        f"{state['offsets'].get('impressions', 0):>11} {state['offsets'].get('clicks', 0):>9} "

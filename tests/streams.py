@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consumers.trainer import Trainer, TrainerOptions, example_digest
+from consumers.example_messages import example_digest
+from consumers.trainer import Trainer, TrainerOptions
 from producers.readers import Row
 from producers.replay import ReplayOptions, ReplayReport, replay
 from stream.kafka_client import create_topics, make_producer

@@ -24,10 +24,15 @@ def _stack_processes(home: Path) -> set[str]:
             if "tansu broker" in line or str(home) in line or any(c in line for c in children)}
 
 
+def _demo_env(home: Path) -> dict[str, str]:
+    """The caller's environment without STREAMREC_ settings, with its own home and 2 partitions."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    return {**env, "STREAMREC_HOME": str(home), "STREAMREC_PARTITIONS": "2"}
+
+
 def test_demo_runs_the_loop_and_stops_its_stack(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    env.update({"STREAMREC_HOME": str(home), "STREAMREC_PARTITIONS": "2"})
+    env = _demo_env(home)
     report_path = tmp_path / "demo.json"
     before = _stack_processes(home)
     process = subprocess.Popen([sys.executable, "-m", "stream", "demo", "--events", "10000", "--model", "lr",
@@ -78,8 +83,7 @@ def test_demo_runs_the_loop_and_stops_its_stack(tmp_path: Path) -> None:
 
 def test_demo_with_a_join_stage_trains_every_event_once_and_stops_it(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    env.update({"STREAMREC_HOME": str(home), "STREAMREC_PARTITIONS": "2"})
+    env = _demo_env(home)
     report_path = tmp_path / "demo.json"
     before = _stack_processes(home)
     done = subprocess.run([sys.executable, "-m", "stream", "demo", "--events", "6000", "--model", "lr",

@@ -1,0 +1,35 @@
+"""What a worker has read and produced, checkpointed with its state so restarts count nothing twice.
+
+A trainer keeps one set in every version; a join worker keeps one per source partition in that
+partition's checkpoint (consumers/join_worker.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from consumers.example_messages import example_digest
+
+_MASK64 = (1 << 64) - 1
+# event type -> the counter of such events read
+_READ = {"impression": "impressions_read", "click": "clicks_read", "watermark": "watermarks_read"}
+
+
+@dataclass
+class Counters:
+    impressions_read: int = 0
+    clicks_read: int = 0
+    watermarks_read: int = 0
+    dead_letters: int = 0
+    examples: int = 0
+    positives: int = 0
+    digest: int = 0  # sum mod 2^64 of xxh64("impression_id|label") over the examples
+
+    def count_read(self, event_type: str, n: int = 1) -> None:
+        field = _READ[event_type]
+        setattr(self, field, getattr(self, field) + n)
+
+    def count_examples(self, impression_ids: list[str], labels: list[int]) -> None:
+        self.examples += len(labels)
+        self.positives += sum(labels)
+        self.digest = (self.digest + example_digest(impression_ids, labels)) & _MASK64
