@@ -1,9 +1,12 @@
 """One prequential pass: streamrec's lr and wide_deep vs River's LR + FTRL on the same rows.
 
-    python bench/learning.py --rows 1000000 --river-rows 100000 [--frappe DIR]
+    python bench/learning.py --rows 1000000 --river-rows 1000000 [--frappe DIR]
 
-Writes bench/results/learning.json. River is timed on the first --river-rows rows and streamrec's
-rate on those same rows is reported beside it (the ratio is what to compare on a noisy machine).
+Writes bench/results/learning.json. ``*_from_file`` is what ``streamrec evaluate`` runs (the
+columnar reader, producers/columns.py); ``lr_from_file_row_reader`` the row reader it replaced.
+River is timed on the first --river-rows rows, already read into memory, and streamrec's rate on
+those same rows in memory is reported beside it (the ratios are what to compare on a noisy
+machine); ``lr_from_file_speed_over_river`` sets lr reading the file against River not reading it.
 --frappe DIR points at a local copy of data/frappe/ from hexiangnan/neural_factorization_machine
 (fetched for benchmarking, never committed): validation + test splits, in file order.
 """
@@ -24,24 +27,32 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import write_result  # noqa: E402
-from consumers.prequential import evaluate_rows  # noqa: E402
+from consumers.prequential import SpecOptions, evaluate_file, evaluate_rows  # noqa: E402
 from models.embedding import EmbeddingConfig, SparseEmbedding  # noqa: E402
 from producers.generator import generate, oracle_path, write_stream  # noqa: E402
 from producers.readers import ReaderOptions, Row, read_rows  # noqa: E402
 from stream.metrics import exact_auc  # noqa: E402
 
+# The Wide&Deep recipe: cross-product features in the wide part. These three are the stream's
+# interactions a model over single fields cannot represent (producers/generator.py): the user's
+# interest in the item's category, and two context crosses.
+CROSSES = (("user_id", "C3"), ("C5", "C6"), ("C7", "C3"))
 
-def river_tokens(row: Row) -> dict[str, float]:
+
+def river_tokens(row: Row, crosses: tuple[tuple[str, str], ...] = ()) -> dict[str, float]:
     x = {"user=" + row.user_id: 1.0, "item=" + row.item_id: 1.0}
     for name, value in row.features.items():
         if isinstance(value, str):
             x[f"{name}={value}"] = 1.0
         elif value is not None:
             x[f"{name}#{int(math.log(value) ** 2) if value > 2 else int(value)}"] = 1.0
+    for a, b in crosses:
+        left = row.user_id if a == "user_id" else row.features.get(a)
+        x[f"{a}x{b}={left}|{row.features.get(b)}"] = 1.0
     return x
 
 
-def river_pass(rows: list[Row], **ftrl: float) -> dict[str, float]:
+def river_pass(rows: list[Row], crosses: tuple[tuple[str, str], ...] = (), **ftrl: float) -> dict[str, float]:
     from river import linear_model, optim
 
     params = {"alpha": 0.05, "beta": 1.0, "l1": 1.0, "l2": 1.0, **ftrl}
@@ -49,7 +60,7 @@ def river_pass(rows: list[Row], **ftrl: float) -> dict[str, float]:
     predictions = np.empty(len(rows))
     started = time.perf_counter()
     for i, row in enumerate(rows):
-        x = river_tokens(row)
+        x = river_tokens(row, crosses)
         predictions[i] = model.predict_proba_one(x).get(True, 0.5)
         model.learn_one(x, bool(row.label))
     wall = time.perf_counter() - started
@@ -114,18 +125,33 @@ def synthetic_pass(args: argparse.Namespace) -> dict[str, object]:
         out.update({"source": "producers.generator seed 7", "oracle_auc": oracle["oracle_auc"]})
         opts = ReaderOptions(user_field="C1", item_field="C2")
         for name in ("lr", "wide_deep"):
-            report, _ = evaluate_rows(read_rows(data, "criteo", opts), name, batch_size=args.batch_size)
+            # what `streamrec evaluate` runs: the columnar reader (producers/columns.py)
+            report, _ = evaluate_file(data, "criteo", name, reader_options=opts, batch_size=args.batch_size)
             out[f"{name}_from_file"] = report
             print(name, "from file", report, flush=True)
+        for name in ("lr", "wide_deep"):
+            report, _ = evaluate_file(data, "criteo", name, reader_options=opts, batch_size=args.batch_size,
+                                      spec_options=SpecOptions(crosses=CROSSES))
+            out[f"{name}_from_file_with_crosses"] = {**report, "crosses": [list(c) for c in CROSSES]}
+            print(name, "from file with crosses", report, flush=True)
+        report, _ = evaluate_rows(read_rows(data, "criteo", opts), "lr", batch_size=args.batch_size)
+        out["lr_from_file_row_reader"] = report
+        print("lr from file, row reader", report, flush=True)
         rows = list(read_rows(data, "criteo", opts))[: args.river_rows]
         same = {}
         for name in ("lr", "wide_deep"):
             report, _ = evaluate_rows(rows, name, batch_size=args.batch_size)
             same[name] = report
         same["river_lr_ftrl"] = river_pass(rows)
+        same["river_lr_ftrl_with_crosses"] = {**river_pass(rows, CROSSES), "crosses": [list(c) for c in CROSSES]}
         for name in ("lr", "wide_deep"):
             same[f"{name}_speed_over_river"] = same[name]["examples_per_second"] / same["river_lr_ftrl"]["examples_per_second"]
         out["same_rows_in_memory"] = same
+        river = same["river_lr_ftrl"]
+        # River reads prepared rows (its parsing is not timed); lr reads and parses the file
+        out["lr_from_file_speed_over_river"] = out["lr_from_file"]["examples_per_second"] / river["examples_per_second"]
+        out["wide_deep_from_file_speed_over_river"] = (out["wide_deep_from_file"]["examples_per_second"]
+                                                      / river["examples_per_second"])
         print("same rows", json.dumps(same, indent=1), flush=True)
     return out
 
@@ -133,7 +159,7 @@ def synthetic_pass(args: argparse.Namespace) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--river-rows", type=int, default=100_000)
+    parser.add_argument("--river-rows", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--frappe", type=Path, help="folder with frappe.validation.libfm and frappe.test.libfm")
     args = parser.parse_args()

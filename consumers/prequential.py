@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from consumers.history import BehaviourHistory
-from models import OnlineModel, create_model, spec_for
+from models import REGISTRY, OnlineModel, create_model, spec_for
+from producers.columns import COLUMNAR_FORMATS, ColumnChunk, columnar_fields, first_rows, read_columns
 from producers.readers import ReaderOptions, ReadStats, Row, read_rows
+from stream.errors import ConfigError
 from stream.features import FeatureSpec, Featurizer, SparseBatch
 from stream.metrics import StreamingMetrics
 
@@ -78,9 +84,12 @@ def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512
             history.after(users, items, labels, [r.features for r in chunk])
         if on_batch:
             on_batch(len(chunk))
-    wall = time.perf_counter() - started
+    return _report(model_name, metrics, time.perf_counter() - started, model), model
+
+
+def _report(model_name: str, metrics: StreamingMetrics, wall: float, model: OnlineModel) -> dict[str, Any]:
     snap = metrics.snapshot()
-    report = {
+    return {
         "model": model_name,
         "examples": metrics.examples,
         "auc": snap["auc"],
@@ -95,13 +104,108 @@ def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512
         "wall_seconds": wall,
         **model.extra_metrics(),
     }
-    return report, model
+
+
+def reads_history(model_name: str) -> bool:
+    """Whether the model reads the user's history (sequence models), which the columnar path
+    does not keep."""
+    return bool(getattr(REGISTRY.get(model_name), "history_length", 0))
+
+
+def evaluate_columns(chunks: Iterable[ColumnChunk], model_name: str, *, batch_size: int = 512,
+                     window: int = 10_000, spec_options: SpecOptions = SpecOptions(), seed: int = 0,
+                     model_settings: dict[str, str] | None = None,
+                     on_batch: Callable[[int], None] | None = None) -> tuple[dict[str, Any], OnlineModel]:
+    """:func:`evaluate_rows` over column chunks: the same mini-batches, predictions and report.
+    Reading and featurizing run a chunk or two ahead in a thread (pyarrow, numpy and torch
+    release the GIL), so on two cores parsing overlaps learning."""
+    if reads_history(model_name):
+        raise ConfigError(f"model {model_name!r} reads user histories; use the row path (evaluate_rows)")
+    iterator = iter(chunks)
+    first = next(iterator, None)
+    spec = spec_for(model_name, spec_options.infer(first.feature_dicts(SPEC_SAMPLE_ROWS) if first else []))
+    model = create_model(model_name, spec, seed=seed, settings=model_settings)
+    featurizer = Featurizer(spec)
+    metrics = StreamingMetrics(window)
+    batches = map(featurizer.build_columns, itertools.chain([first] if first else [], iterator))
+    started = time.perf_counter()
+    pending: SparseBatch | None = None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(model.threads_beside_reader or threads)
+    try:
+        with read_ahead(batches) as ready:
+            for batch in ready:
+                if pending is not None:
+                    batch = SparseBatch.concat(pending, batch)
+                whole = len(batch) - len(batch) % batch_size
+                for start in range(0, whole, batch_size):
+                    progressive_step(model, metrics, batch.rows(start, start + batch_size))
+                    if on_batch:
+                        on_batch(batch_size)
+                pending = batch.rows(whole, len(batch)) if whole < len(batch) else None
+    finally:
+        torch.set_num_threads(threads)
+    if pending is not None:
+        progressive_step(model, metrics, pending)
+        if on_batch:
+            on_batch(len(pending))
+    return _report(model_name, metrics, time.perf_counter() - started, model), model
+
+
+@contextmanager
+def read_ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Iterator[Any]]:
+    """``items`` produced by a thread up to ``depth`` ahead of the consumer; an exception in the
+    thread is raised in the consumer, and leaving early stops the thread."""
+    ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(message: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(message, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(("error", exc))
+
+    def consume() -> Iterator[Any]:
+        while True:
+            kind, value = ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+
+    thread = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        yield consume()
+    finally:
+        stop.set()
+        thread.join()
 
 
 def evaluate_file(path: Path, fmt: str, model_name: str, *, limit: int | None = None,
                   reader_options: ReaderOptions = ReaderOptions(), stats: ReadStats | None = None,
                   **kwargs: Any) -> tuple[dict[str, Any], OnlineModel]:
     stats = stats if stats is not None else ReadStats()
+    if fmt in COLUMNAR_FORMATS and not reads_history(model_name) and columnar_fields(fmt, reader_options):
+        chunks: Iterable[ColumnChunk] = read_columns(path, fmt, reader_options, stats)
+        if limit is not None:
+            chunks = first_rows(chunks, limit)
+        report, model = evaluate_columns(chunks, model_name, **kwargs)
+        report["malformed_rows"] = stats.malformed
+        return report, model
     rows: Iterable[Row] = read_rows(path, fmt, reader_options, stats)
     if limit is not None:
         rows = itertools.islice(rows, limit)

@@ -45,6 +45,9 @@ class OnlineModel(abc.ABC):
     optimizer_prefixes: ClassVar[tuple[str, ...]] = ()
     # False for pure collaborative filtering: only user and item ids are read
     reads_context: ClassVar[bool] = True
+    # torch threads while a reading thread parses ahead (consumers/prequential.evaluate_columns):
+    # None keeps torch's default; a step lighter than parsing does better leaving the core to it
+    threads_beside_reader: ClassVar[int | None] = None
 
     def __init__(self, spec: FeatureSpec, config: Any) -> None:
         self.spec = spec

@@ -25,7 +25,7 @@ from torch import nn
 
 from models.base import OnlineModel
 from models.embedding import EmbeddingConfig, SparseEmbedding
-from models.ftrl import FTRLConfig, FTRLProximal
+from models.ftrl import CoordinateState, FTRLConfig, FTRLProximal
 from models.lr import wide_ids
 from stream.features import FeatureSpec, SparseBatch
 
@@ -102,7 +102,7 @@ class AdamState:
 class Backward:
     probabilities: torch.Tensor
     residual: torch.Tensor
-    w_unique: torch.Tensor | None
+    wide: CoordinateState | None
     w_inverse: torch.Tensor | None
     e_unique: torch.Tensor
     e_inverse: torch.Tensor
@@ -193,7 +193,7 @@ class DeepModel(OnlineModel):
         self.adam.step()
         self.embedding.step(step.e_unique, step.e_inverse, step.leaf)
         if self.wide is not None:
-            self.wide.step_unique(step.w_unique, step.w_inverse, step.residual)
+            self.wide.apply(step.wide, self.wide.summed(step.wide.ids.shape[0], step.w_inverse, step.residual))
         return step.probabilities.numpy()
 
     def backward(self, batch: SparseBatch) -> Backward:
@@ -204,10 +204,11 @@ class DeepModel(OnlineModel):
         """
         assert batch.labels is not None, "learn needs labels"
         logit = torch.zeros(len(batch), dtype=torch.float64)
-        w_unique = w_inverse = None
+        wide = w_inverse = None
         if self.wide is not None:
-            w_unique, w_inverse = torch.unique(wide_ids(self.spec, batch), return_inverse=True)
-            logit = self.wide.weights(w_unique)[w_inverse].sum(dim=1)
+            w_unique, w_inverse = self.wide.unique(wide_ids(self.spec, batch))
+            wide = self.wide.gather(w_unique)
+            logit = wide.w.index_select(0, w_inverse.reshape(-1)).view(w_inverse.shape).sum(dim=1)
         if self.history_length:
             # history rows share the table with the fields: one gather, one sparse step
             history, mask, sign = self._history(batch)
@@ -235,7 +236,7 @@ class DeepModel(OnlineModel):
             deep.backward(grad)
         else:
             ((deep * grad).sum() + auxiliary).backward()
-        return Backward(p, residual, w_unique, w_inverse, e_unique, e_inverse, leaf)
+        return Backward(p, residual, wide, w_inverse, e_unique, e_inverse, leaf)
 
     # ------------------------------------------------------------------ state
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from models.batch_unique import BatchUnique
+
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
@@ -35,6 +37,7 @@ class SparseEmbedding:
         self.accum = torch.full((rows,), config.adagrad_init)  # row-wise Adagrad: one scalar per row
         self.counts = torch.zeros(rows)
         self.dirty = torch.zeros(rows, dtype=torch.bool)  # rows stepped since the last delta
+        self.unique = BatchUnique(rows)
 
     def gather(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rows for ``ids``: ``(unique ids, inverse index, leaf tensor of unique rows)``.
@@ -42,8 +45,8 @@ class SparseEmbedding:
         Index the leaf with ``inverse`` to get per-occurrence vectors; after backward, the leaf's
         ``.grad`` holds each unique row's summed gradient.
         """
-        unique, inverse = torch.unique(ids, return_inverse=True)
-        leaf = self.weight[unique].requires_grad_(True)
+        unique, inverse = self.unique(ids)
+        leaf = self.weight.index_select(0, unique).requires_grad_(True)
         return unique, inverse, leaf
 
     def step(self, unique: torch.Tensor, inverse: torch.Tensor, leaf: torch.Tensor) -> None:
@@ -51,14 +54,14 @@ class SparseEmbedding:
         if grad is None:
             return
         occurrences = torch.bincount(inverse.reshape(-1), minlength=unique.shape[0]).to(self.counts.dtype)
-        counts = self.counts[unique] + occurrences
-        self.counts[unique] = counts
+        counts = self.counts.index_select(0, unique) + occurrences
+        self.counts.index_copy_(0, unique, counts)
         rows = leaf.detach()
         grad = grad + self.config.l2 * rows / counts.unsqueeze(1)
-        accum = self.accum[unique] + grad.pow(2).mean(dim=1)
-        self.accum[unique] = accum
-        self.weight[unique] = rows - self.config.lr * grad / accum.sqrt().unsqueeze(1)
-        self.dirty[unique] = True
+        accum = self.accum.index_select(0, unique) + grad.pow(2).mean(dim=1)
+        self.accum.index_copy_(0, unique, accum)
+        self.weight.index_copy_(0, unique, rows - self.config.lr * grad / accum.sqrt().unsqueeze(1))
+        self.dirty.index_fill_(0, unique, True)
 
     def full_table_l2_step(self) -> None:
         """The costly alternative, for benchmarks only: shrink every row on every step."""

@@ -24,12 +24,15 @@ import json
 import operator
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
 from stream.errors import ConfigError
+
+if TYPE_CHECKING:
+    from producers.columns import CategoricalColumn, ColumnChunk
 
 FieldKind = Literal["cat", "num"]
 ID_FIELDS = ("user_id", "item_id")
@@ -210,6 +213,21 @@ class SparseBatch:
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
+    def rows(self, start: int, stop: int) -> SparseBatch:
+        """Examples ``start:stop`` (views, no copy)."""
+        return SparseBatch(self.ids[start:stop], self.cross_ids[start:stop], self.dense[start:stop],
+                           None if self.labels is None else self.labels[start:stop],
+                           None if self.history is None else self.history[start:stop])
+
+    @staticmethod
+    def concat(first: SparseBatch, second: SparseBatch) -> SparseBatch:
+        def cat(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+            return None if a is None or b is None else torch.cat([a, b])
+
+        return SparseBatch(torch.cat([first.ids, second.ids]), torch.cat([first.cross_ids, second.cross_ids]),
+                           torch.cat([first.dense, second.dense]), cat(first.labels, second.labels),
+                           cat(first.history, second.history))
+
     def to(self, device: str | torch.device) -> SparseBatch:
         return SparseBatch(self.ids.to(device), self.cross_ids.to(device), self.dense.to(device),
                            None if self.labels is None else self.labels.to(device),
@@ -253,7 +271,9 @@ class Featurizer:
         cat_get, num_get = self._cat_get, self._num_get
         cats = [[u, i, *cat_get(f)] for u, i, f in zip(user_ids, item_ids, features)]
         nums = [num_get(f) for f in features] if self._num_names else None
-        batch = self._assemble(cats, nums, labels)
+        n = len(cats)
+        numbers = self._numeric_buckets(*self._numbers(nums, n, self._num_idx.size)) if nums is not None else None
+        batch = self._assemble(self._categorical_ids(cats, n), numbers, labels)
         if self.spec.history_length:
             batch.history = self._history_ids(histories, len(cats))
         return batch
@@ -346,24 +366,76 @@ class Featurizer:
                 raise ConfigError(f"a numeric field holds a non-number: {exc}") from None
         return values, np.isnan(values)
 
-    def _assemble(self, cats: list[list[Any]], nums: list[Any] | None,
-                  labels: Sequence[int] | np.ndarray | None) -> SparseBatch:
+    def build_columns(self, chunk: ColumnChunk) -> SparseBatch:
+        """The batch of a whole :class:`~producers.columns.ColumnChunk`: the same ids as
+        :meth:`build` on the same rows, but each column's distinct values are hashed or bucketed
+        once (plus one entry for "missing"), and each field is then one take, with no per-row
+        Python work."""
+        n = len(chunk)
         spec = self.spec
-        n = len(cats)
+        names = spec.names
+        by_field = np.empty((len(names), n), dtype=np.int64)  # field-major: each take writes one row
+        for j, at in enumerate(self._cat_idx):
+            name = names[at]
+            column = (chunk.users if name == "user_id" else chunk.items if name == "item_id"
+                      else chunk.categorical.get(name))
+            by_field[at] = self._dictionary_ids(j, column, n)
+        dense = np.zeros((spec.dense_dim, n), dtype=np.float32)
+        for j, (at, name) in enumerate(zip(self._num_idx, self._num_names)):
+            column = chunk.numeric.get(name)
+            distinct = np.append(column.values, 0.0) if column is not None else np.zeros(1)
+            missing = np.zeros(len(distinct), dtype=bool)
+            missing[-1] = True  # the entry past the end stands for "missing"
+            buckets, values = self._numeric_buckets(distinct, missing)
+            codes = column.codes if column is not None else np.zeros(n, dtype=np.int64)
+            by_field[at] = (buckets % self._num_buckets[j])[codes]
+            if spec.dense_numeric:
+                dense[j] = values[codes]
+        by_field += spec.offsets[:, None]
+        return self._batch(np.ascontiguousarray(by_field.T), np.ascontiguousarray(dense.T), chunk.labels)
+
+    def _dictionary_ids(self, j: int, column: CategoricalColumn | None, n: int) -> np.ndarray:
+        """Bucket ids of the ``j``-th categorical column from its dictionary; a missing value is
+        hashed as the row path hashes ``None``."""
+        if column is None:
+            values, codes = np.empty(0, dtype=object), np.zeros(n, dtype=np.int64)
+        else:
+            values, codes = column.values, column.codes
+        table = np.append(np.asarray(values, dtype=np.str_), "None")
+        with np.errstate(over="ignore"):
+            h = _splitmix64(hash_strings(table, self.spec.seed) ^ self._cat_salt[j])
+        return (h % self._cat_buckets[j]).astype(np.int64)[codes]
+
+    @staticmethod
+    def _numeric_buckets(values: np.ndarray, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Log bucket (before the field's modulo) and dense input of every number; missing: 0, 0."""
+        values = np.where(missing, 0.0, values)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            high = np.floor(np.log(np.maximum(values, 2.0)) ** 2) + 20
+        low = np.floor(np.clip(values, -15, 2)) + 16
+        bucket = np.where(missing, 0, np.where(values > 2, high, low)).astype(np.int64)
+        return bucket, np.log1p(np.maximum(values, 0.0))
+
+    def _assemble(self, cat_ids: np.ndarray, numbers: tuple[np.ndarray, np.ndarray] | None,
+                  labels: Sequence[int] | np.ndarray | None) -> SparseBatch:
+        """``numbers``: each numeric field's log bucket and dense input (:meth:`_numeric_buckets`)."""
+        spec = self.spec
+        n = cat_ids.shape[0]
         ids = np.empty((n, len(spec.fields)), dtype=np.int64)
-        ids[:, self._cat_idx] = self._categorical_ids(cats, n)
+        ids[:, self._cat_idx] = cat_ids
         dense = np.zeros((n, spec.dense_dim), dtype=np.float32)
-        if nums is not None:
-            values, missing = self._numbers(nums, n, self._num_idx.size)
-            values = np.where(missing, 0.0, values)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                high = np.floor(np.log(np.maximum(values, 2.0)) ** 2) + 20
-            low = np.floor(np.clip(values, -15, 2)) + 16
-            bucket = np.where(missing, 0, np.where(values > 2, high, low)).astype(np.int64)
+        if numbers is not None:
+            bucket, values = numbers
             ids[:, self._num_idx] = bucket % self._num_buckets
             if spec.dense_numeric:
-                dense[:] = np.log1p(np.maximum(values, 0.0))
+                dense[:] = values
         ids += spec.offsets
+        return self._batch(ids, dense, labels)
+
+    def _batch(self, ids: np.ndarray, dense: np.ndarray, labels: Sequence[int] | np.ndarray | None) -> SparseBatch:
+        """The batch of field ids (offsets added) and dense inputs, with the wide crosses."""
+        spec = self.spec
+        n = ids.shape[0]
         cross = np.empty((n, len(spec.crosses)), dtype=np.int64)
         base = spec.field_rows
         with np.errstate(over="ignore"):
