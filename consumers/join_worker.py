@@ -218,14 +218,15 @@ class JoinWorker:
                 continue  # revoked meanwhile: its new owner reads it again
             shard.offsets[kind] = record.offset + 1
             touched.add(p)
-            event, problem = ev.decode_event(record.value)
-            if event is None:
-                self._dead_letter(shard, record.value, problem or "invalid", topic, p, record.offset)
-            elif (etype := shard.joiner.offer(p, kind, event)) is None:
-                self._dead_letter(shard, record.value, f"{event['type']} event on the {kind} topic", topic, p,
-                                  record.offset)
-            else:
-                shard.counters.count_read(etype)
+            events, bad = ev.decode_events(record.value)
+            for event in events:
+                if (etype := shard.joiner.offer(p, kind, event)) is None:
+                    self._dead_letter(shard, ev.encode(event), f"{event['type']} event on the {kind} topic", topic,
+                                      p, record.offset)
+                else:
+                    shard.counters.count_read(etype)
+            for raw, problem in bad:
+                self._dead_letter(shard, raw, problem, topic, p, record.offset)
         return touched
 
     def _emit(self, shard: Shard) -> None:

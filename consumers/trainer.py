@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -84,6 +84,24 @@ class TrainerOptions:
     # read labelled examples from <ns>.examples (the join stage, consumers/join_worker.py) instead
     # of joining impressions and clicks here
     from_examples: bool = False
+
+
+SLICE_BYTES = 1 << 20
+
+
+def slices(records: list[Any], limit: int = SLICE_BYTES) -> Iterator[list[Any]]:
+    """A poll's records in runs of about ``limit`` bytes. A poll can bring a whole replay's worth
+    of event batches; joined and trained a slice at a time, the learner process gets batches
+    while the worker decodes the next slice instead of idling through the whole poll (on the
+    200k-row bench the learner waited about 2 s in 9)."""
+    start, size = 0, 0
+    for k, record in enumerate(records):
+        size += len(record.value)
+        if size >= limit:
+            yield records[start : k + 1]
+            start, size = k + 1, 0
+    if start < len(records):
+        yield records[start:]
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -240,24 +258,26 @@ class Trainer:
         return set()
 
     def _dispatch(self, records: list[Any]) -> set[int]:
-        """Decode, validate and join one poll's records; dead-letter the bad ones. The hot loop of
-        the worker: a JSON parse plus a few type checks per valid event (events.plainly_valid)."""
+        """Decode, validate and join one poll's records (each a single event or an event batch);
+        dead-letter the bad events. The hot loop of the worker: a JSON parse per message plus a
+        few type checks per valid event (events.plainly_valid)."""
         assert isinstance(self.joiner, Joiner)
-        offer, topics, decode = self.joiner.offer, self.topics, ev.decode_event
+        offer, topics, decode = self.joiner.offer, self.topics, ev.decode_events
         last: dict[tuple[str, int], int] = {}
         read = {"impression": 0, "click": 0, "watermark": 0}
         for record in records:
             topic, partition = record.topic, record.partition
             last[(topic, partition)] = record.offset
             kind = topics.get(topic)
-            event, problem = decode(record.value)
-            if event is None:
-                self._dead_letter(record.value, problem or "invalid", topic, partition, record.offset)
-            elif (etype := offer(partition, kind, event)) is None:
-                self._dead_letter(record.value, f"{event['type']} event on the {kind} topic", topic, partition,
-                                  record.offset)
-            else:
-                read[etype] += 1
+            events, bad = decode(record.value)
+            for event in events:
+                if (etype := offer(partition, kind, event)) is None:
+                    self._dead_letter(ev.encode(event), f"{event['type']} event on the {kind} topic", topic,
+                                      partition, record.offset)
+                else:
+                    read[etype] += 1
+            for raw, problem in bad:
+                self._dead_letter(raw, problem, topic, partition, record.offset)
         for etype, n in read.items():
             self.counters.count_read(etype, n)
         for key, offset in last.items():
@@ -587,11 +607,12 @@ class Trainer:
                     if self.first_record_at is None:
                         self.first_record_at = time.monotonic()
                     self._since_publish_events += len(records)
-                    if opts.from_examples:
-                        self._dispatch_examples(records)
-                    else:
-                        self.joiner.advance(self._dispatch(records))
-                    self._train_ready()
+                    for part in slices(records):
+                        if opts.from_examples:
+                            self._dispatch_examples(part)
+                        else:
+                            self.joiner.advance(self._dispatch(part))
+                        self._train_ready()
                 if opts.exit_at_end and self._stream_finished(consumer):
                     self.joiner.advance()
                     self._train_ready(flush=True)

@@ -11,6 +11,13 @@ clicks does not hold its impressions open until the end.
 
 Pacing: as fast as possible (default), ``rate`` events per second, or ``speedup`` times event
 time. An event that fails validation goes to the dead-letter topic with its reason and is counted.
+
+Batching: up to ``events_per_message`` impressions (or clicks) of one partition leave as one
+message, a JSON array (stream/events.py); the replay computes each user's partition with Kafka's
+murmur2, exactly where a keyed message would go. Every partition's buffer is sent before a
+watermark (so a watermark still follows every event before it) and before the pacer sleeps (so a
+paced replay delays no event by more than its pacing). ``events_per_message=1`` sends every event
+as a keyed message of its own, for consumers that expect one event per message.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from dataclasses import asdict, dataclass
 
 from producers.readers import Row
 from stream import events
-from stream.kafka_client import EventProducer
+from stream.kafka_client import EventProducer, key_partition
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,8 @@ class ReplayOptions:
     watermark_every_s: float = 5.0
     # False leaves the stream open (more will follow): trainers keep the last window's impressions.
     final_watermarks: bool = True
+    # events of one partition per message (1: a keyed message per event); see the module docstring
+    events_per_message: int = 256
 
 
 @dataclass
@@ -52,13 +61,43 @@ class ReplayReport:
         return asdict(self)
 
 
+class _Batcher:
+    """Per (topic, partition) buffers of events; a full buffer leaves as one message."""
+
+    def __init__(self, send: Callable[..., None], size: int, partitions: int) -> None:
+        if size < 1:
+            raise ValueError("events_per_message must be at least 1")
+        self._send, self.size, self.partitions = send, size, partitions
+        self._buffers: dict[tuple[str, int], list[events.Event]] = {}
+        self._partition_of: dict[bytes, int] = {}
+
+    def add(self, topic: str, key: bytes, event: events.Event) -> None:
+        if self.size == 1:
+            self._send(topic, events.encode(event), key)
+            return
+        partition = self._partition_of.get(key)
+        if partition is None:
+            partition = self._partition_of[key] = key_partition(key, self.partitions)
+        buffer = self._buffers.setdefault((topic, partition), [])
+        buffer.append(event)
+        if len(buffer) >= self.size:
+            self._send(topic, events.encode_batch(buffer), None, partition)
+            self._buffers[(topic, partition)] = []
+
+    def flush(self) -> None:
+        for (topic, partition), buffer in self._buffers.items():
+            if buffer:
+                self._send(topic, events.encode_batch(buffer), None, partition)
+        self._buffers.clear()
+
+
 class _Pacer:
     def __init__(self, options: ReplayOptions) -> None:
         self.rate, self.speedup = options.rate, options.speedup
         self.started = time.perf_counter()
         self.first_event_time: float | None = None
 
-    def wait(self, sent: int, event_time: float) -> None:
+    def wait(self, sent: int, event_time: float, before_sleep: Callable[[], None] = lambda: None) -> None:
         if self.rate:
             ahead = sent / self.rate - (time.perf_counter() - self.started)
         elif self.speedup:
@@ -68,6 +107,7 @@ class _Pacer:
         else:
             return
         if ahead > 0.002:
+            before_sleep()
             time.sleep(ahead)
 
 
@@ -81,10 +121,11 @@ def replay(rows: Iterable[Row], producer: EventProducer, *, impressions_topic: s
     run_id = options.run_id or uuid.uuid4().hex[:8]
     report = ReplayReport()
     pacer = _Pacer(options)
-    pending: list[tuple[float, int, bytes, bytes]] = []  # (event_time, seq, key, payload) of clicks
+    pending: list[tuple[float, int, bytes, events.Event]] = []  # (event_time, seq, key, click) of clicks
     send = producer.send
     encode = events.encode
     validate = events.validate
+    batcher = _Batcher(send, options.events_per_message, partitions)
     started = time.perf_counter()
     sent = 0
     last_time = float("-inf")
@@ -93,8 +134,8 @@ def replay(rows: Iterable[Row], producer: EventProducer, *, impressions_topic: s
     def emit_clicks_until(limit: float) -> None:
         nonlocal sent
         while pending and pending[0][0] <= limit:
-            _t, _seq, key, payload = heapq.heappop(pending)
-            send(clicks_topic, payload, key)
+            _t, _seq, key, click = heapq.heappop(pending)
+            batcher.add(clicks_topic, key, click)
             report.clicks += 1
             sent += 1
 
@@ -110,26 +151,28 @@ def replay(rows: Iterable[Row], producer: EventProducer, *, impressions_topic: s
         if row.event_time >= next_watermark:
             # Rows arrive in event-time order and every click up to now is out: nothing earlier
             # than this row's time can follow on either topic.
+            batcher.flush()
             mark = events.encode(events.watermark(row.event_time))
             for topic in (impressions_topic, clicks_topic):
                 for partition in range(partitions):
                     send(topic, mark, None, partition)
             next_watermark = row.event_time + options.watermark_every_s
-        pacer.wait(sent, row.event_time)
+        pacer.wait(sent, row.event_time, batcher.flush)
         key = row.user_id.encode()
-        send(impressions_topic, encode(event), key)
+        batcher.add(impressions_topic, key, event)
         report.impressions += 1
         sent += 1
         last_time = max(last_time, row.event_time)
         if row.label:
             delay = min(rng.expovariate(1.0 / options.click_delay_mean_s), options.click_delay_max_s)
             click = events.click(f"{impression_id}-c", impression_id, row.event_time + delay, row.user_id)
-            heapq.heappush(pending, (click["event_time"], index, key, encode(click)))
+            heapq.heappush(pending, (click["event_time"], index, key, click))
         if on_progress is not None and index % 1024 == 1023:
             on_progress(1024)
     emit_clicks_until(float("inf"))
     if pending:  # pragma: no cover - emit_clicks_until drains everything
         raise AssertionError("clicks left unsent")
+    batcher.flush()
     if options.final_watermarks:
         final = events.encode(events.watermark(last_time if last_time > float("-inf") else 0.0, final=True))
         for topic in (impressions_topic, clicks_topic):

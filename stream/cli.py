@@ -227,12 +227,16 @@ def generate(rows: int, seed: int, out: Path) -> None:
               help="Event-time seconds between watermarks on every partition.")
 @click.option("--partitions", type=click.IntRange(min=1), help="Partitions per topic if they must be created.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the click delays.")
+@click.option("--events-per-message", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Events of one partition per Kafka message (a JSON array); 1 sends each event as a keyed "
+                   "message of its own.")
 @click.option("--report-json", type=click.Path(path_type=Path), help="Write the report here.")
 @click.pass_context
 def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, item_field: str | None,
            columns: str | None, numeric_columns: str | None, strict: bool, limit: int | None,
            rate: float | None, speedup: float | None, click_delay_mean_s: float, click_delay_max_s: float,
-           watermark_every_s: float, partitions: int | None, seed: int, report_json: Path | None) -> None:
+           watermark_every_s: float, partitions: int | None, seed: int, events_per_message: int,
+           report_json: Path | None) -> None:
     """Replay a log as impression and click events onto Kafka."""
     import itertools
 
@@ -240,7 +244,7 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
     from producers.replay import ReplayOptions
     from producers.replay import replay as run_replay
     from stream.errors import ConfigError
-    from stream.kafka_client import create_topics, make_producer
+    from stream.kafka_client import create_topics, make_producer, partition_count
     from stream.local_stack import resolve_endpoints
 
     if rate is not None and speedup is not None:
@@ -260,10 +264,12 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
         with _progress("replay", total) as advance:
             report = run_replay(rows, producer, impressions_topic=settings.impressions_topic,
                                 clicks_topic=settings.clicks_topic, dead_letter_topic=settings.dead_letter_topic,
-                                partitions=settings.partitions,
+                                # the topic's own count: batches are placed by murmur2 modulo it
+                                partitions=partition_count(endpoints.kafka_bootstrap, settings.impressions_topic),
                                 options=ReplayOptions(rate=rate, speedup=speedup, click_delay_mean_s=click_delay_mean_s,
                                                       click_delay_max_s=click_delay_max_s, seed=seed,
-                                                      watermark_every_s=watermark_every_s),
+                                                      watermark_every_s=watermark_every_s,
+                                                      events_per_message=events_per_message),
                                 on_progress=advance)
     finally:
         producer.close()

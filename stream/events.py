@@ -14,8 +14,17 @@ seconds since the Unix epoch. Impressions and clicks are keyed by ``user_id`` so
 events share a partition. A ``watermark`` with ``final: true`` marks the end of a replay: a
 trainer that sees it on a partition may close every open attribution window there.
 
-Invalid events are never raised: :func:`decode_event` returns the reason, and consumers send
-the raw bytes with that reason to the dead-letter topic.
+A Kafka message holds one event, or a JSON array of events (an *event batch*): the replay
+producer sends impressions and clicks of one partition in batches (``--events-per-message``,
+default 256) because a message's fixed cost (produce, fetch, consume, a Python object per
+record) was the largest single cost of the whole loop. Every event of a batch must belong to the
+partition the batch is on (the producer computes the keyed partition itself, with Kafka's
+murmur2), and a batch keeps the partition's event-time order. The replay sends watermarks alone.
+Consumers treat a batch as its events in order, and a checkpoint's offsets are message offsets,
+so a batch is trained whole or not at all.
+
+Invalid events are never raised: :func:`decode_events` returns each bad event's reason, and
+consumers send its bytes with that reason to the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -134,6 +143,35 @@ def validate(event: Any) -> str | None:
         if isinstance(value, float) and (value != value or abs(value) == float("inf")):
             return f"feature {name!r} must be finite"
     return None
+
+
+def encode_batch(batch: list[Event]) -> bytes:
+    return orjson.dumps(batch)
+
+
+def decode_events(raw: bytes) -> tuple[list[Event], list[tuple[bytes, str]]]:
+    """Decode and validate one message, a single event or an event batch: ``(valid events in
+    order, [(bad event's bytes, reason), ...])``. A message that is not JSON, or neither an
+    object nor an array, is one bad event (its own bytes)."""
+    try:
+        decoded = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return [], [(raw, f"not valid JSON: {exc}")]
+    if type(decoded) is not list:
+        problem = validate(decoded)
+        return ([], [(raw, problem)]) if problem else ([decoded], [])
+    good: list[Event] = []
+    bad: list[tuple[bytes, str]] = []
+    for event in decoded:
+        if plainly_valid(event):
+            good.append(event)
+            continue
+        problem = validate(event)
+        if problem:
+            bad.append((orjson.dumps(event), problem))
+        else:
+            good.append(event)
+    return good, bad
 
 
 def decode_event(raw: bytes) -> tuple[Event | None, str | None]:

@@ -331,6 +331,15 @@ class _KafkaPythonConsumer:
 # --------------------------------------------------------------------------- factories and admin
 
 
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as Java, kafka-python and librdkafka's
+    ``murmur2_random`` compute it) gives a non-empty ``key``: for producers that batch events of
+    one partition into a message and so must choose the partition themselves."""
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 def make_producer(bootstrap: str, client: str = "auto") -> EventProducer:
     if resolve_client(client) == "confluent":
         return _ConfluentProducer(bootstrap)

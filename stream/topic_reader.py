@@ -25,7 +25,7 @@ def records_until_final_watermarks(consumer: EventConsumer, topics: Sequence[str
             # Cheap byte test first; decode only the candidates to be sure.
             if b'"watermark"' in record.value:
                 event = orjson.loads(record.value)
-                if event.get("type") == "watermark":
+                if isinstance(event, dict) and event.get("type") == "watermark":
                     if event.get("final"):
                         waiting.discard((record.topic, record.partition))
                     continue

@@ -50,3 +50,20 @@ def test_dead_letter_record_keeps_payload_and_reason() -> None:
     assert record["reason"] == "not valid JSON"
     assert record["source"] == "impressions"
     assert record["payload"].endswith("broken")
+
+
+def test_an_event_batch_decodes_to_its_events_in_order_and_names_each_bad_one() -> None:
+    click = events.click("c-1", "i-1", 1.7e9 + 2, "u1")
+    bad = _impression(user_id="")
+    raw = events.encode_batch([_impression(), bad, click, 7, events.watermark(1.7e9)])
+    good, problems = events.decode_events(raw)
+    assert good == [_impression(), click, events.watermark(1.7e9)]
+    assert [(orjson.loads(r), reason.split(" ")[0]) for r, reason in problems] == [(bad, "'user_id'"), (7, "event")]
+    assert events.decode_events(events.encode_batch([])) == ([], [])
+
+
+def test_a_single_event_message_still_decodes() -> None:
+    assert events.decode_events(events.encode(_impression())) == ([_impression()], [])
+    good, [(raw, reason)] = events.decode_events(b"{not json")
+    assert good == [] and raw == b"{not json" and "not valid JSON" in reason
+    assert "not a JSON object" in events.decode_events(b"5")[1][0][1]

@@ -158,8 +158,12 @@ def test_join_workers_killed_at_random_write_every_example_exactly_once(stack, n
     assert sorted(w["worker"] for w in joiners) == ["a", "b"]
     for record in joiners:
         samples = parse(record["final_metrics"])
-        assert samples["streamrec_join_checkpoints_total"] > 0
+        # a worker restarted near the end may never be given a partition (the survivor took them
+        # over and the stream ended first): then it has nothing to checkpoint
+        if samples["streamrec_examples_emitted_total"] > 0:
+            assert samples["streamrec_join_checkpoints_total"] > 0
         assert samples["streamrec_join_partitions"] == 0  # all handed back at the end
+    assert sum(parse(w["final_metrics"])["streamrec_join_checkpoints_total"] for w in joiners) > 0
     assert sum(parse(w["final_metrics"])["streamrec_examples_emitted_total"] for w in joiners) > 0
 
 

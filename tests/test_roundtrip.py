@@ -11,7 +11,7 @@ import pytest
 from producers.readers import ReaderOptions, parse_mapping, read_rows
 from producers.replay import ReplayOptions, replay
 from stream import events
-from stream.kafka_client import Record, create_topics, make_consumer, make_producer
+from stream.kafka_client import Record, create_topics, key_partition, make_consumer, make_producer
 from stream.local_stack import Endpoints
 from stream.topic_reader import records_until_final_watermarks
 
@@ -19,8 +19,19 @@ pytestmark = pytest.mark.integration
 PARTITIONS = 3
 
 
-@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
-def test_replay_round_trip_exactly_once(stack: Endpoints, namespace: str, criteo_file: Path, client: str) -> None:
+def _events(records: list[Record]) -> list[tuple[events.Event, Record]]:
+    out = []
+    for record in records:
+        good, bad = events.decode_events(record.value)
+        assert not bad
+        out += [(event, record) for event in good]
+    return out
+
+
+@pytest.mark.parametrize(("client", "per_message"), [("confluent", 256), ("kafka-python", 256), ("confluent", 1),
+                                                     ("kafka-python", 1)])
+def test_replay_round_trip_exactly_once(stack: Endpoints, namespace: str, criteo_file: Path, client: str,
+                                        per_message: int) -> None:
     topics = [f"{namespace}.impressions", f"{namespace}.clicks", f"{namespace}.dead-letter"]
     create_topics(stack.kafka_bootstrap, topics, PARTITIONS)
     opts = ReaderOptions(user_field="C1", item_field="C2")
@@ -29,7 +40,7 @@ def test_replay_round_trip_exactly_once(stack: Endpoints, namespace: str, criteo
     try:
         report = replay(rows, producer, impressions_topic=topics[0], clicks_topic=topics[1],
                         dead_letter_topic=topics[2], partitions=PARTITIONS,
-                        options=ReplayOptions(seed=1, run_id="rt"))
+                        options=ReplayOptions(seed=1, run_id="rt", events_per_message=per_message))
     finally:
         producer.close()
     positives = sum(r.label for r in rows)
@@ -40,15 +51,21 @@ def test_replay_round_trip_exactly_once(stack: Endpoints, namespace: str, criteo
         records = list(records_until_final_watermarks(consumer, topics[:2], PARTITIONS, timeout_s=60))
     finally:
         consumer.close()
-    impressions = [r for r in records if r.topic == topics[0]]
-    clicks = [r for r in records if r.topic == topics[1]]
+    impressions = _events([r for r in records if r.topic == topics[0]])
+    clicks = _events([r for r in records if r.topic == topics[1]])
     assert len(impressions) == len(rows) and len(clicks) == positives
+    messages = len({(r.topic, r.partition, r.offset) for _e, r in impressions + clicks})
+    if per_message == 1:
+        assert messages == len(rows) + positives
+    else:
+        assert messages < (len(rows) + positives) / 10  # batched
 
     by_id = {}
-    for record in impressions:
-        event, problem = events.decode_event(record.value)
-        assert problem is None
-        assert record.key == event["user_id"].encode()
+    for event, record in impressions:
+        # the replay's own murmur2 puts a batch where the client's partitioner puts a keyed message
+        assert record.partition == key_partition(event["user_id"].encode(), PARTITIONS)
+        if per_message == 1:
+            assert record.key == event["user_id"].encode()
         by_id[event["event_id"]] = (event, record.partition)
     assert len(by_id) == len(rows)  # no duplicates
     for index, row in enumerate(rows):
@@ -57,9 +74,7 @@ def test_replay_round_trip_exactly_once(stack: Endpoints, namespace: str, criteo
             row.user_id, row.item_id, row.event_time, row.features)
 
     clicked = set()
-    for record in clicks:
-        click, problem = events.decode_event(record.value)
-        assert problem is None
+    for click, record in clicks:
         impression, partition = by_id[click["impression_id"]]
         assert record.partition == partition  # co-partitioned with its impression
         assert click["event_time"] > impression["event_time"]
