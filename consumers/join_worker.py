@@ -218,14 +218,10 @@ class JoinWorker:
                 continue  # revoked meanwhile: its new owner reads it again
             shard.offsets[kind] = record.offset + 1
             touched.add(p)
-            events, bad = ev.decode_events(record.value)
-            for event in events:
-                if (etype := shard.joiner.offer(p, kind, event)) is None:
-                    self._dead_letter(shard, ev.encode(event), f"{event['type']} event on the {kind} topic", topic,
-                                      p, record.offset)
-                else:
-                    shard.counters.count_read(etype)
-            for raw, problem in bad:
+            taken, dead = shard.joiner.offer_message(p, kind, record.value)
+            for etype, n in taken.items():
+                shard.counters.count_read(etype, n)
+            for raw, problem in dead:
                 self._dead_letter(shard, raw, problem, topic, p, record.offset)
         return touched
 

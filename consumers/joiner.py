@@ -45,6 +45,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from stream.events import decode_events, encode
+
 INF = math.inf
 
 
@@ -225,6 +227,20 @@ class Joiner(ReleasedExamples):
         else:
             return None
         return etype
+
+    def offer_message(self, partition: int, topic_kind: str, raw: bytes) -> tuple[dict[str, int], list[tuple[bytes, str]]]:
+        """Decode one message (an event or an event batch, stream/events.py) and offer its valid
+        events in order: how many of each type were taken, and the ``(bytes, reason)`` of every
+        event to dead-letter (invalid, or of a type that does not belong on this topic)."""
+        taken = {"impression": 0, "click": 0, "watermark": 0}
+        good, dead = decode_events(raw)
+        for event in good:
+            etype = self.offer(partition, topic_kind, event)
+            if etype is None:
+                dead.append((encode(event), f"{event['type']} event on the {topic_kind} topic"))
+            else:
+                taken[etype] += 1
+        return taken, dead
 
     def watermark(self, partition: int, topic_kind: str, event_time: float, final: bool) -> None:
         part = self._part(partition)

@@ -22,7 +22,7 @@ import torch
 
 from consumers.history import BehaviourHistory
 from models import REGISTRY, OnlineModel, create_model, spec_for
-from producers.columns import COLUMNAR_FORMATS, ColumnChunk, columnar_fields, first_rows, read_columns
+from producers.columns import ColumnChunk, columnar_fields, first_rows, read_columns
 from producers.readers import ReaderOptions, ReadStats, Row, read_rows
 from stream.errors import ConfigError
 from stream.features import FeatureSpec, Featurizer, SparseBatch
@@ -199,7 +199,7 @@ def evaluate_file(path: Path, fmt: str, model_name: str, *, limit: int | None = 
                   reader_options: ReaderOptions = ReaderOptions(), stats: ReadStats | None = None,
                   **kwargs: Any) -> tuple[dict[str, Any], OnlineModel]:
     stats = stats if stats is not None else ReadStats()
-    if fmt in COLUMNAR_FORMATS and not reads_history(model_name) and columnar_fields(fmt, reader_options):
+    if columnar_fields(fmt, reader_options) and not reads_history(model_name):
         chunks: Iterable[ColumnChunk] = read_columns(path, fmt, reader_options, stats)
         if limit is not None:
             chunks = first_rows(chunks, limit)

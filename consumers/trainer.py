@@ -262,21 +262,16 @@ class Trainer:
         dead-letter the bad events. The hot loop of the worker: a JSON parse per message plus a
         few type checks per valid event (events.plainly_valid)."""
         assert isinstance(self.joiner, Joiner)
-        offer, topics, decode = self.joiner.offer, self.topics, ev.decode_events
+        offer, topics = self.joiner.offer_message, self.topics
         last: dict[tuple[str, int], int] = {}
         read = {"impression": 0, "click": 0, "watermark": 0}
         for record in records:
             topic, partition = record.topic, record.partition
             last[(topic, partition)] = record.offset
-            kind = topics.get(topic)
-            events, bad = decode(record.value)
-            for event in events:
-                if (etype := offer(partition, kind, event)) is None:
-                    self._dead_letter(ev.encode(event), f"{event['type']} event on the {kind} topic", topic,
-                                      partition, record.offset)
-                else:
-                    read[etype] += 1
-            for raw, problem in bad:
+            taken, dead = offer(partition, topics.get(topic), record.value)
+            for etype, n in taken.items():
+                read[etype] += n
+            for raw, problem in dead:
                 self._dead_letter(raw, problem, topic, partition, record.offset)
         for etype, n in read.items():
             self.counters.count_read(etype, n)

@@ -103,7 +103,6 @@ class Backward:
     probabilities: torch.Tensor
     residual: torch.Tensor
     wide: CoordinateState | None
-    w_inverse: torch.Tensor | None
     e_unique: torch.Tensor
     e_inverse: torch.Tensor
     leaf: torch.Tensor
@@ -193,7 +192,7 @@ class DeepModel(OnlineModel):
         self.adam.step()
         self.embedding.step(step.e_unique, step.e_inverse, step.leaf)
         if self.wide is not None:
-            self.wide.apply(step.wide, self.wide.summed(step.wide.ids.shape[0], step.w_inverse, step.residual))
+            self.wide.step_examples(step.wide, step.residual)
         return step.probabilities.numpy()
 
     def backward(self, batch: SparseBatch) -> Backward:
@@ -204,11 +203,10 @@ class DeepModel(OnlineModel):
         """
         assert batch.labels is not None, "learn needs labels"
         logit = torch.zeros(len(batch), dtype=torch.float64)
-        wide = w_inverse = None
+        wide = None
         if self.wide is not None:
-            w_unique, w_inverse = self.wide.unique(wide_ids(self.spec, batch))
-            wide = self.wide.gather(w_unique)
-            logit = wide.w.index_select(0, w_inverse.reshape(-1)).view(w_inverse.shape).sum(dim=1)
+            wide = self.wide.gather(wide_ids(self.spec, batch))
+            logit = wide.logits()
         if self.history_length:
             # history rows share the table with the fields: one gather, one sparse step
             history, mask, sign = self._history(batch)
@@ -236,7 +234,7 @@ class DeepModel(OnlineModel):
             deep.backward(grad)
         else:
             ((deep * grad).sum() + auxiliary).backward()
-        return Backward(p, residual, wide, w_inverse, e_unique, e_inverse, leaf)
+        return Backward(p, residual, wide, e_unique, e_inverse, leaf)
 
     # ------------------------------------------------------------------ state
 

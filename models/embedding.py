@@ -37,7 +37,7 @@ class SparseEmbedding:
         self.accum = torch.full((rows,), config.adagrad_init)  # row-wise Adagrad: one scalar per row
         self.counts = torch.zeros(rows)
         self.dirty = torch.zeros(rows, dtype=torch.bool)  # rows stepped since the last delta
-        self.unique = BatchUnique(rows)
+        self._unique = BatchUnique(rows)
 
     def gather(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rows for ``ids``: ``(unique ids, inverse index, leaf tensor of unique rows)``.
@@ -45,7 +45,7 @@ class SparseEmbedding:
         Index the leaf with ``inverse`` to get per-occurrence vectors; after backward, the leaf's
         ``.grad`` holds each unique row's summed gradient.
         """
-        unique, inverse = self.unique(ids)
+        unique, inverse = self._unique(ids)
         leaf = self.weight.index_select(0, unique).requires_grad_(True)
         return unique, inverse, leaf
 

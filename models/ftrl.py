@@ -43,6 +43,13 @@ class CoordinateState:
     n: torch.Tensor
     sqrt_n: torch.Tensor
     w: torch.Tensor
+    # where each occurrence of a (B, K) batch falls among ``ids``; None for a plain update
+    inverse: torch.Tensor | None = None
+
+    def logits(self) -> torch.Tensor:
+        """Each example's sum of weights (B,), float64."""
+        assert self.inverse is not None
+        return self.w.index_select(0, self.inverse.reshape(-1)).view(self.inverse.shape).sum(dim=1)
 
 
 class FTRLProximal:
@@ -53,7 +60,7 @@ class FTRLProximal:
         self.n = torch.zeros(size, dtype=torch.float64)
         # coordinates updated since the last delta was taken (models/base.py, delta_bytes)
         self.dirty = torch.zeros(size, dtype=torch.bool)
-        self.unique = BatchUnique(size)
+        self._unique = BatchUnique(size)
 
     def _weight(self, z: torch.Tensor, sqrt_n: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -65,14 +72,17 @@ class FTRLProximal:
         z = self.z.index_select(0, flat)
         return self._weight(z, torch.sqrt(self.n.index_select(0, flat))).view(ids.shape)
 
-    def gather(self, ids: torch.Tensor) -> CoordinateState:
-        """The state and weights of the *distinct* coordinates ``ids`` (1-D)."""
+    def _gather(self, ids: torch.Tensor, inverse: torch.Tensor | None = None) -> CoordinateState:
         z, n = self.z.index_select(0, ids), self.n.index_select(0, ids)
         sqrt_n = torch.sqrt(n)
-        return CoordinateState(ids, z, n, sqrt_n, self._weight(z, sqrt_n))
+        return CoordinateState(ids, z, n, sqrt_n, self._weight(z, sqrt_n), inverse)
 
-    def apply(self, state: CoordinateState, grads: torch.Tensor) -> None:
-        """Step the gathered coordinates by their gradients (one per distinct coordinate)."""
+    def gather(self, ids: torch.Tensor) -> CoordinateState:
+        """The state of the coordinates of a (B, K) batch of ids, for :meth:`CoordinateState.logits`
+        and then :meth:`step_examples`."""
+        return self._gather(*self._unique(ids))
+
+    def _apply(self, state: CoordinateState, grads: torch.Tensor) -> None:
         grads = grads.to(torch.float64)
         n = state.n + grads * grads
         sigma = (torch.sqrt(n) - state.sqrt_n) / self.config.alpha
@@ -82,21 +92,17 @@ class FTRLProximal:
 
     def update(self, ids: torch.Tensor, grads: torch.Tensor) -> None:
         """Apply per-coordinate gradients ``grads`` to the *unique* coordinates ``ids``."""
-        self.apply(self.gather(ids), grads)
+        self._apply(self._gather(ids), grads)
 
     def step(self, ids: torch.Tensor, example_grads: torch.Tensor) -> None:
         """Sum the per-example gradients over every occurrence of each id in ``ids`` (B, K); update."""
-        unique, inverse = self.unique(ids)
-        self.step_unique(unique, inverse, example_grads)
+        self.step_examples(self.gather(ids), example_grads)
 
-    def step_unique(self, unique: torch.Tensor, inverse: torch.Tensor, example_grads: torch.Tensor) -> None:
-        """As :meth:`step`, with the distinct ids and inverse (:class:`BatchUnique`) already computed."""
-        self.apply(self.gather(unique), self.summed(unique.shape[0], inverse, example_grads))
-
-    @staticmethod
-    def summed(distinct: int, inverse: torch.Tensor, example_grads: torch.Tensor) -> torch.Tensor:
-        """Each distinct coordinate's gradient: the per-example gradients (B,) summed over its
-        occurrences in ``inverse`` (B, K)."""
-        per_occurrence = example_grads.to(torch.float64).unsqueeze(1).expand(inverse.shape)
-        out = torch.zeros(distinct, dtype=torch.float64)
-        return out.index_add_(0, inverse.reshape(-1), per_occurrence.reshape(-1))
+    def step_examples(self, state: CoordinateState, example_grads: torch.Tensor) -> None:
+        """As :meth:`step`, on the state :meth:`gather` read for the forward pass: each distinct
+        coordinate's gradient is the per-example gradients (B,) summed over its occurrences."""
+        assert state.inverse is not None
+        per_occurrence = example_grads.to(torch.float64).unsqueeze(1).expand(state.inverse.shape)
+        summed = torch.zeros(state.ids.shape[0], dtype=torch.float64)
+        summed.index_add_(0, state.inverse.reshape(-1), per_occurrence.reshape(-1))
+        self._apply(state, summed)

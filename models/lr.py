@@ -45,11 +45,9 @@ class LogisticRegressionFTRL(OnlineModel):
     def learn(self, batch: SparseBatch) -> np.ndarray:
         assert batch.labels is not None, "learn needs labels"
         ids = wide_ids(self.spec, batch)
-        unique, inverse = self.wide.unique(ids)
-        state = self.wide.gather(unique)
-        logit = state.w.index_select(0, inverse.reshape(-1)).view(inverse.shape).sum(dim=1)
-        p = torch.sigmoid(logit)
-        self.wide.apply(state, self.wide.summed(unique.shape[0], inverse, p - batch.labels.to(torch.float64)))
+        state = self.wide.gather(ids)
+        p = torch.sigmoid(state.logits())
+        self.wide.step_examples(state, p - batch.labels.to(torch.float64))
         return p.numpy()
 
     def tensors(self) -> dict[str, torch.Tensor]:

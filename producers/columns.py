@@ -167,6 +167,7 @@ def read_criteo_columns(path: Path, opts: ReaderOptions, stats: ReadStats,
         lines = np.arange(lines_done + 1, lines_done + 1 + n + len(ahead))
         lines = lines[~np.isin(lines, ahead)][:n]
         lines_done = int(lines[-1]) if n else lines_done + len(ahead)
+        skipped[:] = [s for s in ahead if s > lines_done]  # the rest belong to later batches
         label = _dictionary(batch.column(0))
         label_values = np.append(label.values.astype(object), None)
         valid = np.isin(label_values, ["0", "1"])[label.codes]
@@ -226,9 +227,9 @@ def _integers(array: Any) -> tuple[NumericColumn, np.ndarray]:
 
 
 def columnar_fields(fmt: str, opts: ReaderOptions) -> bool:
-    """Whether the columnar reader covers these options: the user and item must come from
+    """Whether the columnar reader covers this format and these options: the user and item must come from
     categorical fields (an integer field as an id would need the row readers' text form)."""
-    if fmt != "criteo":
+    if fmt not in COLUMNAR_FORMATS:
         return False
     return all(name is None or name in CRITEO_CAT_FIELDS for name in (opts.user_field, opts.item_field))
 

@@ -174,18 +174,6 @@ def decode_events(raw: bytes) -> tuple[list[Event], list[tuple[bytes, str]]]:
     return good, bad
 
 
-def decode_event(raw: bytes) -> tuple[Event | None, str | None]:
-    """Decode and validate one message: ``(event, None)`` or ``(None, reason)``."""
-    try:
-        event = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return None, f"not valid JSON: {exc}"
-    problem = validate(event)
-    if problem:
-        return None, problem
-    return event, None
-
-
 def dead_letter(raw: bytes, reason: str, source: str) -> bytes:
     """The dead-letter record: the reason, where it came from, and the payload as text."""
     return orjson.dumps(

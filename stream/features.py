@@ -342,10 +342,7 @@ class Featurizer:
                 cache.clear()
             missing = [k for k, v in enumerate(found) if v is None]
             values = [column[k] for k in missing]
-            table = np.array(values, dtype=np.str_)
-            with np.errstate(over="ignore"):
-                h = _splitmix64(hash_strings(table, self.spec.seed) ^ self._cat_salt[j])
-            buckets = (h % self._cat_buckets[j]).astype(np.int64).tolist()
+            buckets = self._buckets(j, np.array(values, dtype=np.str_)).tolist()
             for k, value, bucket in zip(missing, values, buckets):
                 cache[value] = bucket
                 found[k] = bucket
@@ -401,10 +398,13 @@ class Featurizer:
             values, codes = np.empty(0, dtype=object), np.zeros(n, dtype=np.int64)
         else:
             values, codes = column.values, column.codes
-        table = np.append(np.asarray(values, dtype=np.str_), "None")
+        return self._buckets(j, np.append(np.asarray(values, dtype=np.str_), "None"))[codes]
+
+    def _buckets(self, j: int, values: np.ndarray) -> np.ndarray:
+        """The ``j``-th categorical field's bucket of each string in ``values`` (before its offset)."""
         with np.errstate(over="ignore"):
-            h = _splitmix64(hash_strings(table, self.spec.seed) ^ self._cat_salt[j])
-        return (h % self._cat_buckets[j]).astype(np.int64)[codes]
+            h = _splitmix64(hash_strings(values, self.spec.seed) ^ self._cat_salt[j])
+        return (h % self._cat_buckets[j]).astype(np.int64)
 
     @staticmethod
     def _numeric_buckets(values: np.ndarray, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
