@@ -127,6 +127,9 @@ def _child(conn: Connection, board: Any) -> None:
     from stream.metrics import StreamingMetrics
 
     torch.set_num_threads(1)  # the other core polls and joins
+    # The first torch optimiser imports torch._dynamo (about 1.9 s here). Done now, it overlaps
+    # the worker's group join instead of delaying the first batch.
+    import torch._dynamo  # noqa: F401
     model = quality = probe = None
     lineage, delta_seq, base_version = "", 0, None
     seconds = 0.0
@@ -276,7 +279,9 @@ class LearnerProcess:
         """Move the replies of asynchronous requests that have arrived (``block``: all of them)."""
         while self._awaiting and (block or not self._inbox.empty()):
             kind = self._awaiting.popleft()
-            self._replies[kind].append(self._reply())
+            reply = self._reply()  # raises the learner's error, an init's included
+            if kind != _INIT:
+                self._replies[kind].append(reply)
 
     def _request(self, message: bytes) -> tuple[dict[str, Any], list[np.ndarray], list[bytes]]:
         self._collect(block=True)  # replies come in order: those already asked for are first
@@ -284,8 +289,11 @@ class LearnerProcess:
         return self._reply()
 
     def init(self, model: str, spec_json: str, seed: int, window: int, settings: dict[str, str] | None = None) -> None:
-        self._request(_pack(_INIT, {"model": model, "spec": spec_json, "seed": seed, "window": window,
-                                    "settings": settings or {}}))
+        """Create the model, without waiting: batches queue behind the request (the pipe is
+        ordered), and a failure is raised by the next request that waits."""
+        self._send(_pack(_INIT, {"model": model, "spec": spec_json, "seed": seed, "window": window,
+                                 "settings": settings or {}}))
+        self._awaiting.append(_INIT)
         self.ready = True
 
     def resume(self, weights: bytes, metrics: bytes | None, window: int, base_version: int) -> None:

@@ -61,6 +61,15 @@ def mlp(input_dim: int, hidden: tuple[int, ...], generator: torch.Generator, out
     return nn.Sequential(*layers)
 
 
+def leaf_rows(leaf: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``leaf[index]`` as (*index.shape, D), differentiable in ``leaf``. index_select's backward is
+    an index_add_, which sums repeated rows serially on the CPU: seeded runs repeat bit for bit
+    (as with F.embedding, whose sort-based backward was a quarter of a wide_deep step: 3.0 ms
+    against 0.76 ms on a 512 x 41 batch, same gradient to the bit), whereas plain indexing
+    accumulates in parallel, in varying order."""
+    return leaf.index_select(0, index.reshape(-1)).reshape(*index.shape, leaf.shape[1])
+
+
 def pairs(fields: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Index pairs (i < j) over ``fields`` fields, for pairwise interactions."""
     i, j = torch.triu_indices(fields, fields, offset=1)
@@ -213,17 +222,15 @@ class DeepModel(OnlineModel):
             fields = batch.ids.numel()
             present = history[mask]  # (entries, W)
             e_unique, e_inverse, leaf = self.embedding.gather(torch.cat([batch.ids.reshape(-1), present.reshape(-1)]))
-            rows = nn.functional.embedding(e_inverse[:fields].reshape(batch.ids.shape), leaf)
+            rows = leaf_rows(leaf, e_inverse[:fields].reshape(batch.ids.shape))
             at = torch.zeros_like(history)
             at[mask] = e_inverse[fields:].reshape(present.shape)
-            embedded = nn.functional.embedding(at, leaf).sum(dim=2) * (mask * sign).unsqueeze(-1)
+            embedded = leaf_rows(leaf, at).sum(dim=2) * (mask * sign).unsqueeze(-1)
             deep = self.deep_logit(rows, batch.dense, embedded, self._mask_argument(mask, sign))
             auxiliary = self.auxiliary_loss(batch, rows, embedded, mask)
         else:
             e_unique, e_inverse, leaf = self.embedding.gather(batch.ids)
-            # F.embedding's CPU backward sums repeated rows in a fixed order, so seeded runs
-            # repeat bit for bit (plain indexing accumulates in parallel, in varying order).
-            rows = nn.functional.embedding(e_inverse, leaf)
+            rows = leaf_rows(leaf, e_inverse)
             deep = self.deep_logit(rows, batch.dense)
             auxiliary = self.auxiliary_loss(batch, rows, None, None)
         p = torch.sigmoid(logit + deep.detach().to(torch.float64))
