@@ -199,7 +199,8 @@ class DeepModel(OnlineModel):
     def learn(self, batch: SparseBatch) -> np.ndarray:
         step = self.backward(batch)
         self.adam.step()
-        self.embedding.step(step.e_unique, step.e_inverse, step.leaf)
+        # rows step on the per-example sum, as FTRL does (models/embedding.py says why)
+        self.embedding.step(step.e_unique, step.e_inverse, step.leaf, scale=float(len(batch)))
         if self.wide is not None:
             self.wide.step_examples(step.wide, step.residual)
         return step.probabilities.numpy()
