@@ -60,7 +60,7 @@ class SparseEmbedding:
         """Step the rows of :meth:`gather` on ``scale * leaf.grad`` plus the regulariser."""
         if leaf.grad is None:
             return
-        grad = leaf.grad * scale if scale != 1.0 else leaf.grad
+        grad = leaf.grad * scale
         occurrences = torch.bincount(inverse.reshape(-1), minlength=unique.shape[0]).to(self.counts.dtype)
         counts = self.counts.index_select(0, unique) + occurrences
         self.counts.index_copy_(0, unique, counts)

@@ -85,13 +85,10 @@ class ColumnChunk:
 
     def feature_dicts(self, limit: int) -> list[dict[str, Any]]:
         """The first ``limit`` rows' feature dicts as the row readers build them (to infer a spec)."""
-        n = min(limit, len(self))
-        columns: dict[str, list[Any]] = {}
-        for name, number in self.numeric.items():
-            columns[name] = NumericColumn(number.codes[:n], number.values).to_list()
-        for name, column in self.categorical.items():
-            columns[name] = CategoricalColumn(column.codes[:n], column.values).to_list()
-        return [{name: columns[name][k] for name in columns} for k in range(n)]
+        first = self.head(limit)
+        columns: dict[str, list[Any]] = {name: c.to_list() for name, c in first.numeric.items()}
+        columns.update((name, c.to_list()) for name, c in first.categorical.items())
+        return [{name: columns[name][k] for name in columns} for k in range(len(first))]
 
 
 def _identity_column(column: CategoricalColumn | None, first_row: int, n: int, fallback: str | None) -> CategoricalColumn:

@@ -61,6 +61,9 @@ class ReplayReport:
         return asdict(self)
 
 
+PARTITION_CACHE_LIMIT = 1 << 20
+
+
 class _Batcher:
     """Per (topic, partition) buffers of events; a full buffer leaves as one message."""
 
@@ -77,6 +80,10 @@ class _Batcher:
             return
         partition = self._partition_of.get(key)
         if partition is None:
+            # murmur2 runs in Python, so users' partitions are remembered; a log with millions of
+            # users starts the cache over rather than grow it without bound
+            if len(self._partition_of) >= PARTITION_CACHE_LIMIT:
+                self._partition_of.clear()
             partition = self._partition_of[key] = key_partition(key, self.partitions)
         buffer = self._buffers.setdefault((topic, partition), [])
         buffer.append(event)
@@ -123,7 +130,6 @@ def replay(rows: Iterable[Row], producer: EventProducer, *, impressions_topic: s
     pacer = _Pacer(options)
     pending: list[tuple[float, int, bytes, events.Event]] = []  # (event_time, seq, key, click) of clicks
     send = producer.send
-    encode = events.encode
     validate = events.validate
     batcher = _Batcher(send, options.events_per_message, partitions)
     started = time.perf_counter()
@@ -144,7 +150,7 @@ def replay(rows: Iterable[Row], producer: EventProducer, *, impressions_topic: s
         event = events.impression(impression_id, row.event_time, row.user_id, row.item_id, row.features)
         problem = validate(event)
         if problem:
-            send(dead_letter_topic, events.dead_letter(encode(event), problem, "replay"), None)
+            send(dead_letter_topic, events.dead_letter(events.encode(event), problem, "replay"), None)
             report.dead_letters += 1
             continue
         emit_clicks_until(row.event_time)
