@@ -9,7 +9,7 @@ fields::
     per example        one id per field: ids[b, f] = offset[f] + hash(f, value) % buckets[f]
 
 :class:`SparseBatch` holds ``ids`` (B, F): for single-valued fields the keys/values/offsets
-layout of a jagged batch degenerates to this dense matrix, which feeds ``F.embedding`` directly.
+layout of a jagged batch degenerates to this dense matrix, which indexes the embedding table directly.
 
 Categorical values are hashed with a seeded FNV-1a over their UTF-32 code points, computed one
 character position at a time across the whole (B, F) matrix (no per-feature Python loop), then
