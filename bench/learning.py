@@ -6,7 +6,9 @@ Writes bench/results/learning.json. ``*_from_file`` is what ``streamrec evaluate
 columnar reader, producers/columns.py); ``lr_from_file_row_reader`` the row reader it replaced.
 River is timed on the first --river-rows rows, already read into memory, and streamrec's rate on
 those same rows in memory is reported beside it (the ratios are what to compare on a noisy
-machine); ``lr_from_file_speed_over_river`` sets lr reading the file against River not reading it.
+machine): as row objects (``lr``, the row path) and as the parsed columns ``evaluate`` works on
+(``lr_columns``: neither side's parsing timed). ``lr_from_file_speed_over_river`` sets lr reading
+and parsing the file against River not reading it.
 --frappe DIR points at a local copy of data/frappe/ from hexiangnan/neural_factorization_machine
 (fetched for benchmarking, never committed): validation + test splits, in file order.
 """
@@ -27,8 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import write_result  # noqa: E402
-from consumers.prequential import SpecOptions, evaluate_file, evaluate_rows  # noqa: E402
+from consumers.prequential import SpecOptions, evaluate_columns, evaluate_file, evaluate_rows  # noqa: E402
 from models.embedding import EmbeddingConfig, SparseEmbedding  # noqa: E402
+from producers.columns import first_rows, read_columns  # noqa: E402
 from producers.generator import generate, oracle_path, write_stream  # noqa: E402
 from producers.readers import ReaderOptions, Row, read_rows  # noqa: E402
 from stream.metrics import exact_auc  # noqa: E402
@@ -142,9 +145,16 @@ def synthetic_pass(args: argparse.Namespace) -> dict[str, object]:
         for name in ("lr", "wide_deep"):
             report, _ = evaluate_rows(rows, name, batch_size=args.batch_size)
             same[name] = report
+        # The same rows as parsed columns in memory: what `evaluate` runs after pyarrow has read
+        # the file. Neither side's parsing is timed, each does its own featurizing.
+        chunks = list(first_rows(read_columns(data, "criteo", opts), args.river_rows))
+        for name in ("lr", "wide_deep"):
+            report, _ = evaluate_columns(chunks, name, batch_size=args.batch_size)
+            same[f"{name}_columns"] = report
+        del chunks
         same["river_lr_ftrl"] = river_pass(rows)
         same["river_lr_ftrl_with_crosses"] = {**river_pass(rows, CROSSES), "crosses": [list(c) for c in CROSSES]}
-        for name in ("lr", "wide_deep"):
+        for name in ("lr", "wide_deep", "lr_columns", "wide_deep_columns"):
             same[f"{name}_speed_over_river"] = same[name]["examples_per_second"] / same["river_lr_ftrl"]["examples_per_second"]
         out["same_rows_in_memory"] = same
         river = same["river_lr_ftrl"]
