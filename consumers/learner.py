@@ -36,6 +36,11 @@ _INIT, _RESUME, _BATCH, _SNAPSHOT, _DELTA, _QUALITY, _PROBE, _STOP = (
 _OK, _ERROR = b"o", b"e"
 OUTBOX_DEPTH = 8
 
+# The other core polls and joins. Predictions compared bit for bit with the learner's must use
+# the same count: on some CPUs (seen on an AVX-512/AMX Xeon) MKL splits a matrix-vector product's
+# reduction across threads, and 1 and 2 threads then differ in the last bit of float32.
+LEARNER_THREADS = 1
+
 
 class LearnerError(StreamrecError):
     """The learner process failed or went away."""
@@ -126,7 +131,7 @@ def _child(conn: Connection, board: Any) -> None:
     from stream.features import FeatureSpec, SparseBatch
     from stream.metrics import StreamingMetrics
 
-    torch.set_num_threads(1)  # the other core polls and joins
+    torch.set_num_threads(LEARNER_THREADS)
     # The first torch optimiser imports torch._dynamo (about 1.9 s here). Done now, it overlaps
     # the worker's group join instead of delaying the first batch.
     import torch._dynamo  # noqa: F401

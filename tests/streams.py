@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from consumers.example_messages import example_digest
 from consumers.trainer import Trainer, TrainerOptions
 from producers.readers import Row
@@ -143,3 +145,17 @@ def cli_server(env: dict[str, str], tmp_path: Path, *args: str, timeout_s: float
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def learner_threads() -> Iterator[None]:
+    """Torch threads as in the learner process, for predictions compared bit for bit with the
+    trainer's own (consumers/learner.py, LEARNER_THREADS)."""
+    from consumers.learner import LEARNER_THREADS
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(LEARNER_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

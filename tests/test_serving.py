@@ -25,6 +25,7 @@ from tests.streams import (
     cli_env,
     cli_server,
     expected_digest,
+    learner_threads,
     replay_rows,
     settings_for,
     start_trainer,
@@ -118,8 +119,9 @@ def test_hot_swap_under_load_answers_every_request_from_one_exact_state(stack, n
                          if store.meta(v).get("lineage") == meta["lineage"] and store.meta(v)["delta_seq"] < meta["seq"]]
                 if not bases:
                     continue
-                offline = predict_offline(store, {"version": bases[-1], "lineage": meta["lineage"],
-                                                  "delta_seq": meta["seq"], "deltas_applied": 1}, *probe)
+                with learner_threads():
+                    offline = predict_offline(store, {"version": bases[-1], "lineage": meta["lineage"],
+                                                      "delta_seq": meta["seq"], "deltas_applied": 1}, *probe)
                 np.testing.assert_array_equal(offline, trainer_predictions)
                 checked += 1
             assert checked >= 3

@@ -22,7 +22,15 @@ from stream.demo import scrape
 from stream.features import Featurizer
 from stream.kafka_client import create_topics, make_consumer, make_producer
 from stream.local_stack import _free_port, redis_binary
-from tests.streams import combine, expected_digest, replay_rows, settings_for, start_trainer, wait_for
+from tests.streams import (
+    combine,
+    expected_digest,
+    learner_threads,
+    replay_rows,
+    settings_for,
+    start_trainer,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +77,8 @@ def test_trainer_learns_publishes_versions_and_exports_metrics(stack, namespace,
     # a loaded version predicts exactly what the trainer predicted when it published it
     for number in store.versions():
         loaded = model_from_bytes(store.load(number, with_state=False).weights)
-        assert np.array_equal(loaded.predict_proba(_probe(rows, loaded.spec)), at_publish[number])
+        with learner_threads():
+            assert np.array_equal(loaded.predict_proba(_probe(rows, loaded.spec)), at_publish[number])
     announced, deltas = [], []
     deadline = time.monotonic() + 5
     while len(announced) < head and time.monotonic() < deadline:
