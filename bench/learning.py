@@ -50,9 +50,12 @@ def river_tokens(row: Row, crosses: tuple[tuple[str, str], ...] = ()) -> dict[st
         elif value is not None:
             x[f"{name}#{int(math.log(value) ** 2) if value > 2 else int(value)}"] = 1.0
     for a, b in crosses:
-        left = row.user_id if a == "user_id" else row.features.get(a)
-        x[f"{a}x{b}={left}|{row.features.get(b)}"] = 1.0
+        x[f"{a}x{b}={_raw(row, a)}|{_raw(row, b)}"] = 1.0
     return x
+
+
+def _raw(row: Row, name: str) -> object:
+    return row.user_id if name == "user_id" else row.item_id if name == "item_id" else row.features.get(name)
 
 
 def river_pass(rows: list[Row], crosses: tuple[tuple[str, str], ...] = (), **ftrl: float) -> dict[str, float]:
@@ -99,6 +102,10 @@ def regulariser_cost(steps: int = 200) -> dict[str, float]:
 
 
 FRAPPE_TUNED = {"ftrl.alpha": "0.5", "ftrl.l1": "0.1", "ftrl.l2": "0.1"}
+# Frappe's negatives are random apps shown in a real log's context (user and context kept), so
+# what tells them apart is the user's own apps and which apps go with which context: the
+# Wide&Deep recipe's memorising crosses, user x item and item x each context field.
+FRAPPE_CROSSES = (("user_id", "item_id"), *(("item_id", f"f{k}") for k in range(2, 10)))
 
 
 def frappe_pass(folder: Path) -> dict[str, object]:
@@ -113,9 +120,19 @@ def frappe_pass(folder: Path) -> dict[str, object]:
     deep = {**FRAPPE_TUNED, "dense_lr": "0.01"}
     out["wide_deep_tuned"], _ = evaluate_rows(rows, "wide_deep", batch_size=64, model_settings=deep)
     out["wide_deep_tuned"].update(settings=deep, batch_size=64)
+    crossed = SpecOptions(crosses=FRAPPE_CROSSES)
+    out["lr_tuned_crosses"], _ = evaluate_rows(rows, "lr", batch_size=512, model_settings=FRAPPE_TUNED,
+                                               spec_options=crossed)
+    out["wide_deep_tuned_crosses"], _ = evaluate_rows(rows, "wide_deep", batch_size=64, model_settings=FRAPPE_TUNED,
+                                                      spec_options=crossed)
+    for name in ("lr_tuned_crosses", "wide_deep_tuned_crosses"):
+        out[name].update(settings=FRAPPE_TUNED, crosses=[list(c) for c in FRAPPE_CROSSES])
+    out["wide_deep_tuned_crosses"]["batch_size"] = 64
     out["river_lr_ftrl"] = river_pass(rows)
     out["river_lr_ftrl_l1_0"] = river_pass(rows, l1=0.0)
     out["river_lr_ftrl_tuned"] = river_pass(rows, alpha=0.5, l1=0.1, l2=0.1)
+    out["river_lr_ftrl_tuned_crosses"] = {**river_pass(rows, FRAPPE_CROSSES, alpha=0.5, l1=0.1, l2=0.1),
+                                          "crosses": [list(c) for c in FRAPPE_CROSSES]}
     return out
 
 
