@@ -37,8 +37,8 @@ class BatchUnique:
         # every occurrence of that id then reads back the same one
         self._scratch.scatter_(0, flat, positions)
         survivor = self._scratch.index_select(0, flat)
-        rank = torch.cumsum(survivor == positions, 0, dtype=torch.int32)
-        inverse = rank.index_select(0, survivor).sub_(1).long()
+        rank = torch.cumsum(survivor == positions, 0)  # int64, as the inverse must be
+        inverse = rank.index_select(0, survivor).sub_(1)
         # every occurrence writes its id to its distinct slot (repeats write the same value):
         # cheaper than selecting the first occurrences with a mask
         distinct = torch.empty(int(rank[-1]), dtype=torch.int64).index_copy_(0, inverse, flat)

@@ -63,9 +63,11 @@ class FTRLProximal:
         self._unique = BatchUnique(size)
 
     def _weight(self, z: torch.Tensor, sqrt_n: torch.Tensor) -> torch.Tensor:
+        # sign(z) l1 - z is z's clamp to [-l1, l1] minus z, and 0 where |z| <= l1; in place and
+        # without a mask: 5 ops on fresh tensors instead of 9 (a tenth of lr's step).
         c = self.config
-        w = (torch.sign(z) * c.l1 - z) / ((c.beta + sqrt_n) / c.alpha + c.l2)
-        return torch.where(z.abs() <= c.l1, 0.0, w)
+        denominator = (sqrt_n + c.beta).div_(c.alpha).add_(c.l2)
+        return z.clamp(-c.l1, c.l1).sub_(z).div_(denominator)
 
     def weights(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
@@ -85,8 +87,8 @@ class FTRLProximal:
     def _apply(self, state: CoordinateState, grads: torch.Tensor) -> None:
         grads = grads.to(torch.float64)
         n = state.n + grads * grads
-        sigma = (torch.sqrt(n) - state.sqrt_n) / self.config.alpha
-        self.z.index_copy_(0, state.ids, state.z + grads - sigma * state.w)
+        sigma = torch.sqrt(n).sub_(state.sqrt_n).div_(self.config.alpha)
+        self.z.index_copy_(0, state.ids, (state.z + grads).sub_(sigma.mul_(state.w)))
         self.n.index_copy_(0, state.ids, n)
         self.dirty.index_fill_(0, state.ids, True)
 
