@@ -135,10 +135,19 @@ def evaluate_columns(chunks: Iterable[ColumnChunk], model_name: str, *, batch_si
     try:
         with read_ahead(batches) as ready:
             for batch in ready:
+                first_row = 0
                 if pending is not None:
-                    batch = SparseBatch.concat(pending, batch)
-                whole = len(batch) - len(batch) % batch_size
-                for start in range(0, whole, batch_size):
+                    # only the rows that complete the pending mini-batch are copied, not the chunk
+                    needed = batch_size - len(pending)
+                    if len(batch) < needed:
+                        pending = SparseBatch.concat(pending, batch)
+                        continue
+                    progressive_step(model, metrics, SparseBatch.concat(pending, batch.rows(0, needed)))
+                    if on_batch:
+                        on_batch(batch_size)
+                    first_row, pending = needed, None
+                whole = first_row + (len(batch) - first_row) // batch_size * batch_size
+                for start in range(first_row, whole, batch_size):
                     progressive_step(model, metrics, batch.rows(start, start + batch_size))
                     if on_batch:
                         on_batch(batch_size)

@@ -88,8 +88,9 @@ class StreamingMetrics:
         self._ring_loss = np.zeros(window, dtype=np.float64)
         self._ring_next = 0
         self._ring_filled = 0
-        self._pos_bins = np.zeros(LIFETIME_BINS, dtype=np.int64)
-        self._neg_bins = np.zeros(LIFETIME_BINS, dtype=np.int64)
+        # negatives' bins, then positives': one np.add.at at label * LIFETIME_BINS + bin per batch
+        self._bins = np.zeros(2 * LIFETIME_BINS, dtype=np.int64)
+        self._neg_bins, self._pos_bins = self._bins[:LIFETIME_BINS], self._bins[LIFETIME_BINS:]
         self._life = _Sums()
 
     # ------------------------------------------------------------------ update
@@ -101,17 +102,18 @@ class StreamingMetrics:
             raise ValueError(f"{p.size} predictions but {y.size} labels")
         if p.size == 0:
             return
-        # A diverged model predicts NaN. Scored as 0.5 (no information), it shows up as AUC 0.5
-        # and a high logloss instead of crashing the worker; the quality gate holds its versions.
-        p = np.where(np.isnan(p), 0.5, p)
+        prediction_sum = float(p.sum())
+        if prediction_sum != prediction_sum:
+            # A diverged model predicts NaN. Scored as 0.5 (no information), it shows up as AUC
+            # 0.5 and a high logloss instead of crashing the worker; the quality gate holds its versions.
+            p = np.where(np.isnan(p), 0.5, p)
+            prediction_sum = float(p.sum())
         losses = _logloss_terms(p, y)
         self._life.n += p.size
         self._life.positives += int(y.sum())
-        self._life.prediction_sum += float(p.sum())
+        self._life.prediction_sum += prediction_sum
         self._life.logloss_sum += float(losses.sum())
-        bins = self._bin(p)
-        np.add.at(self._pos_bins, bins[y == 1], 1)
-        np.add.at(self._neg_bins, bins[y == 0], 1)
+        np.add.at(self._bins, self._bin(p) + y.astype(np.int64) * LIFETIME_BINS, 1)
         self._ring_write(p, y, losses)
 
     @staticmethod
@@ -124,10 +126,16 @@ class StreamingMetrics:
     def _ring_write(self, p: np.ndarray, y: np.ndarray, losses: np.ndarray) -> None:
         if p.size >= self.window:
             p, y, losses = p[-self.window:], y[-self.window:], losses[-self.window:]
-        idx = (self._ring_next + np.arange(p.size)) % self.window
-        self._ring_scores[idx] = p
-        self._ring_labels[idx] = y
-        self._ring_loss[idx] = losses
+        start, stop = self._ring_next, self._ring_next + p.size
+        if stop <= self.window:  # the common case: no wrap, plain slices
+            self._ring_scores[start:stop] = p
+            self._ring_labels[start:stop] = y
+            self._ring_loss[start:stop] = losses
+        else:
+            idx = (start + np.arange(p.size)) % self.window
+            self._ring_scores[idx] = p
+            self._ring_labels[idx] = y
+            self._ring_loss[idx] = losses
         self._ring_next = int((self._ring_next + p.size) % self.window)
         self._ring_filled = min(self.window, self._ring_filled + p.size)
 

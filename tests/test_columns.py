@@ -80,11 +80,13 @@ def test_featurized_columns_equal_featurized_rows(tmp_path: Path, model: str) ->
     assert torch.equal(torch.cat([b.labels for b in by_columns]), by_rows.labels)
 
 
-@pytest.mark.parametrize("model", ["lr", "wide_deep"])
-def test_columnar_pass_reports_what_the_row_pass_reports(tmp_path: Path, model: str) -> None:
+# batch 64: chunks hold several mini-batches and a remainder; batch 512: a mini-batch spans chunks
+@pytest.mark.parametrize(("model", "batch_size"), [("lr", 64), ("wide_deep", 64), ("lr", 512), ("wide_deep", 512)])
+def test_columnar_pass_reports_what_the_row_pass_reports(tmp_path: Path, model: str, batch_size: int) -> None:
     path = _stream_file(tmp_path)
-    rows, _ = evaluate_rows(read_rows(path, "criteo", OPTS), model, batch_size=64)
-    columns, _ = evaluate_columns(read_columns(path, "criteo", OPTS, block_bytes=SMALL_BLOCKS), model, batch_size=64)
+    rows, _ = evaluate_rows(read_rows(path, "criteo", OPTS), model, batch_size=batch_size)
+    columns, _ = evaluate_columns(read_columns(path, "criteo", OPTS, block_bytes=SMALL_BLOCKS), model,
+                                  batch_size=batch_size)
     assert columns["examples"] == rows["examples"] == 2996
     for key in ("auc", "auc_window", "logloss", "normalized_entropy", "calibration"):
         assert columns[key] == pytest.approx(rows[key], rel=1e-12, abs=1e-12), key
