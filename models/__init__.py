@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from models.autorec import AutoRec
@@ -51,9 +52,30 @@ def create_model(name: str, spec: FeatureSpec, seed: int = 0, settings: dict[str
     if name not in REGISTRY:
         raise ModelError(f"unknown model {name!r}; registered: {', '.join(model_names())}")
     cls = REGISTRY[name]
+    check_wide_options(name, settings or {}, spec.crosses)
     config = dataclasses.replace(cls.config_class(), seed=seed, **overrides)
     config = apply_settings(config, settings or {}, name)
     return cls(spec, config)
+
+
+def has_wide_part(name: str) -> bool:
+    """Whether model ``name`` has a linear part trained with FTRL (``lr`` is nothing else)."""
+    return bool(getattr(REGISTRY[name], "has_wide", True))
+
+
+def check_wide_options(name: str, settings: dict[str, str], crosses: Sequence[tuple[str, str]]) -> None:
+    """A model without a wide part would silently ignore FTRL settings and crosses (which feed only
+    the wide part): name the first such option instead."""
+    if has_wide_part(name):
+        return
+    with_wide = ", ".join(n for n in model_names() if has_wide_part(n))
+    for key in settings:
+        if key.split(".")[0] == "ftrl":
+            raise ConfigError(f"--set {key}: {name} has no wide (FTRL) part; models with one: {with_wide}")
+    if crosses:
+        a, b = crosses[0]
+        raise ConfigError(f"--cross {a}:{b}: {name} has no wide part, and crosses feed only the wide part; "
+                          f"models with one: {with_wide}")
 
 
 def config_keys(config: Any, prefix: str = "") -> list[str]:
@@ -95,8 +117,10 @@ def apply_settings(config: Any, settings: dict[str, str], model: str = "") -> An
             holders.append(inner)
         if not holders or path[-1] not in {f.name for f in dataclasses.fields(holders[-1])} or path[-1] == "seed" \
                 or dataclasses.is_dataclass(getattr(holders[-1], path[-1])):
-            raise ConfigError(f"--set {key}: {model or 'this model'} has no such setting; "
-                              f"known: {', '.join(config_keys(config))}")
+            known = config_keys(config)
+            if model in REGISTRY and not has_wide_part(model):
+                known = [k for k in known if k.split(".")[0] != "ftrl"]
+            raise ConfigError(f"--set {key}: {model or 'this model'} has no such setting; known: {', '.join(known)}")
         value = _coerce(text, getattr(holders[-1], path[-1]), key)
         for holder_index in range(len(path) - 1, -1, -1):
             value = dataclasses.replace(holders[holder_index], **{path[holder_index]: value})

@@ -60,11 +60,13 @@ def _check_model(name: str) -> None:
         raise ConfigError(f"--model {name!r} is not registered; choose one of {', '.join(model_names())}")
 
 
-def _checked_settings(model: str, pairs: tuple[str, ...]) -> dict[str, str]:
-    """Parse --set pairs and check them against the model's config now, before any work starts."""
-    from models import REGISTRY, apply_settings, parse_settings
+def _checked_settings(model: str, pairs: tuple[str, ...],
+                      crosses: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
+    """Parse --set pairs and check them and the crosses against the model now, before any work starts."""
+    from models import REGISTRY, apply_settings, check_wide_options, parse_settings
 
     parsed = parse_settings(pairs)
+    check_wide_options(model, parsed, crosses)
     apply_settings(REGISTRY[model].config_class(), parsed, model)
     return parsed
 
@@ -305,8 +307,8 @@ def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | Non
     from producers.readers import ReadStats
 
     _check_model(model)
-    model_settings = _checked_settings(model, settings)
     pairs = _parse_crosses(crosses)
+    model_settings = _checked_settings(model, settings, pairs)
     stats = ReadStats()
     total = limit or _count_lines(path)
     with _progress(f"evaluate {model}", total) as advance:
@@ -663,7 +665,8 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
                          delta_interval_s=delta_every_s, dense_interval_s=dense_every_s, gate=gate,
                          gate_margin=gate_margin, rollback_drop=rollback_drop, metrics_host=metrics_host)
     _check_model(settings.model)
-    parsed_settings = _checked_settings(settings.model, model_settings)
+    parsed_crosses = _parse_crosses(crosses)
+    parsed_settings = _checked_settings(settings.model, model_settings, parsed_crosses)
     endpoints = resolve_endpoints(settings)
     if from_examples:
         from stream.kafka_client import create_topics, partition_count
@@ -678,7 +681,7 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
         keep_versions=settings.keep_versions, max_pending=settings.max_pending_impressions,
         window_examples=settings.window_examples, exit_at_end=exit_at_end, metrics_port=settings.metrics_port,
         metrics_host=settings.metrics_host,
-        seed=seed, spec_options=SpecOptions(cat_buckets=buckets, crosses=_parse_crosses(crosses), seed=seed,
+        seed=seed, spec_options=SpecOptions(cat_buckets=buckets, crosses=parsed_crosses, seed=seed,
                                  history_fields=history_fields),
         model_settings=parsed_settings, positives=settings.positives, delta_every_s=settings.delta_interval_s,
         dense_every_s=settings.dense_interval_s,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from consumers.prequential import SpecOptions, batched, evaluate_rows, progressive_step
-from models import REGISTRY, create_model, model_from_bytes
+from models import REGISTRY, create_model, has_wide_part, model_from_bytes
 from models.base import load_tensors_blob, read_delta
 from producers.generator import generate, write_stream
 from producers.readers import ReaderOptions, read_rows
@@ -76,6 +77,8 @@ def small_batches(learnable: tuple[list, float]):
 @pytest.mark.parametrize("name", MODELS)
 def test_contract_shapes_seeds_unseen_ids_and_untouched_inputs(name: str, small_batches) -> None:
     spec, batches, unseen = small_batches
+    if not has_wide_part(name):  # it refuses crosses; the batches still carry cross ids, untouched
+        spec = dataclasses.replace(spec, crosses=())
     first, second = create_model(name, spec, seed=7), create_model(name, spec, seed=7)
     before = [(b.ids.clone(), b.cross_ids.clone(), b.dense.clone(), b.labels.clone()) for b in batches]
     for batch in batches:
@@ -92,10 +95,15 @@ def test_contract_shapes_seeds_unseen_ids_and_untouched_inputs(name: str, small_
                                   create_model(name, spec, seed=7).predict_proba(batches[0]))
 
 
+def _crosses(name: str) -> tuple[tuple[str, str], ...]:
+    """A cross for every model that takes one (models without a wide part refuse them)."""
+    return (("C5", "C6"),) if has_wide_part(name) else ()
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_safetensors_round_trip_gives_identical_predictions(name: str, learnable: tuple[list, float]) -> None:
     rows = learnable[0][:3000]
-    spec = SpecOptions(crosses=(("C5", "C6"),)).infer([r.features for r in rows[:500]])
+    spec = SpecOptions(crosses=_crosses(name)).infer([r.features for r in rows[:500]])
     model = create_model(name, spec, seed=3)
     featurizer = Featurizer(spec)
     metrics = StreamingMetrics(100)
@@ -118,7 +126,7 @@ def test_safetensors_round_trip_gives_identical_predictions(name: str, learnable
 @pytest.mark.parametrize("name", MODELS)
 def test_deltas_applied_in_order_give_the_trainers_predictions(name: str, learnable: tuple[list, float]) -> None:
     rows = learnable[0][:4000]
-    spec = SpecOptions(crosses=(("C5", "C6"),)).infer([r.features for r in rows[:500]])
+    spec = SpecOptions(crosses=_crosses(name)).infer([r.features for r in rows[:500]])
     trainer = create_model(name, spec, seed=5)
     featurizer = Featurizer(spec)
     batches = [featurizer.build([r.user_id for r in c], [r.item_id for r in c], [r.features for r in c],
@@ -220,3 +228,17 @@ def test_model_settings_are_applied_by_dotted_key_and_bad_ones_named() -> None:
     spec = SpecOptions().infer([{"C3": "a"}])
     model = create_model("wide_deep", spec, settings={"hidden": "16", "embedding.dim": "4"})
     assert model.config.hidden == (16,) and model.embedding.weight.shape[1] == 4
+
+
+def test_a_model_without_a_wide_part_refuses_ftrl_settings_and_crosses() -> None:
+    from stream.errors import ConfigError
+
+    crossed = SpecOptions(crosses=(("user_id", "C3"),)).infer([{"C3": "a"}])
+    with pytest.raises(ConfigError, match=r"--set ftrl.alpha: din has no wide \(FTRL\) part; models with one: .*wide_deep"):
+        create_model("din", SpecOptions().infer([{"C3": "a"}]), settings={"ftrl.alpha": "0.5"})
+    with pytest.raises(ConfigError, match="--cross user_id:C3: dcn has no wide part"):
+        create_model("dcn", crossed)
+    with pytest.raises(ConfigError, match="has no such setting; known: embedding.dim") as bad:
+        create_model("dcn", SpecOptions().infer([{"C3": "a"}]), settings={"embeding.dim": "4"})
+    assert "ftrl" not in str(bad.value)
+    assert create_model("deepfm", crossed, settings={"ftrl.alpha": "0.5"}).config.ftrl.alpha == 0.5
