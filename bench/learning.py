@@ -125,14 +125,15 @@ def frappe_pass(folder: Path) -> dict[str, object]:
                                                spec_options=crossed)
     out["wide_deep_tuned_crosses"], _ = evaluate_rows(rows, "wide_deep", batch_size=64, model_settings=FRAPPE_TUNED,
                                                       spec_options=crossed)
+    crosses = [list(c) for c in FRAPPE_CROSSES]
     for name in ("lr_tuned_crosses", "wide_deep_tuned_crosses"):
-        out[name].update(settings=FRAPPE_TUNED, crosses=[list(c) for c in FRAPPE_CROSSES])
+        out[name].update(settings=FRAPPE_TUNED, crosses=crosses)
     out["wide_deep_tuned_crosses"]["batch_size"] = 64
     out["river_lr_ftrl"] = river_pass(rows)
     out["river_lr_ftrl_l1_0"] = river_pass(rows, l1=0.0)
     out["river_lr_ftrl_tuned"] = river_pass(rows, alpha=0.5, l1=0.1, l2=0.1)
     out["river_lr_ftrl_tuned_crosses"] = {**river_pass(rows, FRAPPE_CROSSES, alpha=0.5, l1=0.1, l2=0.1),
-                                          "crosses": [list(c) for c in FRAPPE_CROSSES]}
+                                          "crosses": crosses}
     return out
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import synthetic_rows, write_result  # noqa: E402
 from bench.learning import river_pass, river_tokens  # noqa: E402
 from consumers.prequential import SpecOptions, evaluate_rows  # noqa: E402
-from models import has_wide_part, model_names, parse_settings  # noqa: E402
+from models import has_wide_part, is_wide_setting, model_names, parse_settings  # noqa: E402
 from producers.readers import ReaderOptions, Row, read_rows  # noqa: E402
 from stream.metrics import exact_auc  # noqa: E402
 
@@ -57,9 +57,9 @@ def run_stream(rows: list[Row], settings: dict[str, str], batch_size: int,
                names: list[str], spec_options: SpecOptions = SpecOptions()) -> dict[str, object]:
     out: dict[str, object] = {"rows": len(rows)}
     for name in names:
-        wide_only, wide = name == "lr", has_wide_part(name)
-        applicable = {k: v for k, v in settings.items() if k.startswith("ftrl.") and wide
-                      or not k.startswith("ftrl.") and not wide_only}
+        # FTRL settings to models with a wide part; the rest to every model but lr (all wide)
+        applicable = {k: v for k, v in settings.items()
+                      if (has_wide_part(name) if is_wide_setting(k) else name != "lr")}
         report, _ = evaluate_rows(rows, name, batch_size=batch_size, model_settings=applicable,
                                   spec_options=spec_options)
         out[name] = {k: report[k] for k in ("auc", "auc_window", "logloss", "normalized_entropy", "calibration",

@@ -130,6 +130,12 @@ def evaluate_columns(chunks: Iterable[ColumnChunk], model_name: str, *, batch_si
     batches = map(featurizer.build_columns, itertools.chain([first] if first else [], iterator))
     started = time.perf_counter()
     pending: SparseBatch | None = None
+
+    def learn(mini_batch: SparseBatch) -> None:
+        progressive_step(model, metrics, mini_batch)
+        if on_batch:
+            on_batch(len(mini_batch))
+
     threads = torch.get_num_threads()
     torch.set_num_threads(model.threads_beside_reader or threads)
     try:
@@ -142,22 +148,16 @@ def evaluate_columns(chunks: Iterable[ColumnChunk], model_name: str, *, batch_si
                     if len(batch) < needed:
                         pending = SparseBatch.concat(pending, batch)
                         continue
-                    progressive_step(model, metrics, SparseBatch.concat(pending, batch.rows(0, needed)))
-                    if on_batch:
-                        on_batch(batch_size)
+                    learn(SparseBatch.concat(pending, batch.rows(0, needed)))
                     first_row, pending = needed, None
                 whole = first_row + (len(batch) - first_row) // batch_size * batch_size
                 for start in range(first_row, whole, batch_size):
-                    progressive_step(model, metrics, batch.rows(start, start + batch_size))
-                    if on_batch:
-                        on_batch(batch_size)
+                    learn(batch.rows(start, start + batch_size))
                 pending = batch.rows(whole, len(batch)) if whole < len(batch) else None
     finally:
         torch.set_num_threads(threads)
     if pending is not None:
-        progressive_step(model, metrics, pending)
-        if on_batch:
-            on_batch(len(pending))
+        learn(pending)
     return _report(model_name, metrics, time.perf_counter() - started, model), model
 
 

@@ -58,6 +58,11 @@ def create_model(name: str, spec: FeatureSpec, seed: int = 0, settings: dict[str
     return cls(spec, config)
 
 
+def is_wide_setting(key: str) -> bool:
+    """Whether a dotted setting key configures the FTRL wide part (``ftrl.alpha``)."""
+    return key.split(".")[0] == "ftrl"
+
+
 def has_wide_part(name: str) -> bool:
     """Whether model ``name`` has a linear part trained with FTRL (``lr`` is nothing else)."""
     return bool(getattr(REGISTRY[name], "has_wide", True))
@@ -70,7 +75,7 @@ def check_wide_options(name: str, settings: dict[str, str], crosses: Sequence[tu
         return
     with_wide = ", ".join(n for n in model_names() if has_wide_part(n))
     for key in settings:
-        if key.split(".")[0] == "ftrl":
+        if is_wide_setting(key):
             raise ConfigError(f"--set {key}: {name} has no wide (FTRL) part; models with one: {with_wide}")
     if crosses:
         a, b = crosses[0]
@@ -119,7 +124,7 @@ def apply_settings(config: Any, settings: dict[str, str], model: str = "") -> An
                 or dataclasses.is_dataclass(getattr(holders[-1], path[-1])):
             known = config_keys(config)
             if model in REGISTRY and not has_wide_part(model):
-                known = [k for k in known if k.split(".")[0] != "ftrl"]
+                known = [k for k in known if not is_wide_setting(k)]
             raise ConfigError(f"--set {key}: {model or 'this model'} has no such setting; known: {', '.join(known)}")
         value = _coerce(text, getattr(holders[-1], path[-1]), key)
         for holder_index in range(len(path) - 1, -1, -1):

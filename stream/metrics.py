@@ -127,15 +127,11 @@ class StreamingMetrics:
         if p.size >= self.window:
             p, y, losses = p[-self.window:], y[-self.window:], losses[-self.window:]
         start, stop = self._ring_next, self._ring_next + p.size
-        if stop <= self.window:  # the common case: no wrap, plain slices
-            self._ring_scores[start:stop] = p
-            self._ring_labels[start:stop] = y
-            self._ring_loss[start:stop] = losses
-        else:
-            idx = (start + np.arange(p.size)) % self.window
-            self._ring_scores[idx] = p
-            self._ring_labels[idx] = y
-            self._ring_loss[idx] = losses
+        # a plain slice in the common case (no wrap) instead of a gather index
+        idx = slice(start, stop) if stop <= self.window else (start + np.arange(p.size)) % self.window
+        self._ring_scores[idx] = p
+        self._ring_labels[idx] = y
+        self._ring_loss[idx] = losses
         self._ring_next = int((self._ring_next + p.size) % self.window)
         self._ring_filled = min(self.window, self._ring_filled + p.size)
 
