@@ -163,8 +163,9 @@ def test_join_workers_killed_at_random_write_every_example_exactly_once(stack, n
         if samples["streamrec_examples_emitted_total"] > 0:
             assert samples["streamrec_join_checkpoints_total"] > 0
         assert samples["streamrec_join_partitions"] == 0  # all handed back at the end
-    assert sum(parse(w["final_metrics"])["streamrec_join_checkpoints_total"] for w in joiners) > 0
-    assert sum(parse(w["final_metrics"])["streamrec_examples_emitted_total"] for w in joiners) > 0
+        # The last incarnation of each may have come up after the stream was all written (a
+        # killed predecessor wrote it), so its counts can be zero; they cannot exceed the stream.
+        assert 0 <= samples["streamrec_examples_emitted_total"] <= len(rows)
 
 
 @pytest.mark.integration

@@ -4,6 +4,7 @@ under concurrent requests, exact answers, rollback, and the quality gate end to 
 from __future__ import annotations
 
 import dataclasses
+import random
 import re
 import subprocess
 import sys
@@ -166,13 +167,22 @@ def test_gate_holds_nan_weights(stack, namespace, learnable_rows):
 
 
 def test_gate_holds_a_collapsed_auc_and_rolls_back(stack, namespace, learnable_rows):
-    # The stream's meaning flips two thirds in: every label is inverted from then on.
-    flip_at = 8000
-    rows = [r if i < flip_at else dataclasses.replace(r, label=1 - r.label) for i, r in enumerate(learnable_rows)]
+    # One feature carries a strong signal (window AUC near 0.9, so a 2,000-example window's noise is
+    # far inside the gate's margin); two thirds in, the stream's meaning flips: every label inverts.
+    # rollback_drop equals the margin, so the first version held while the model follows is also a
+    # rollback, however the cut splits the flip (a smaller drop would hold without rolling back).
+    rng = random.Random(3)
+    flip_at, margin = 8000, 0.05
+    rows = []
+    for i, row in enumerate(learnable_rows):
+        on = rng.random() < 0.5
+        label = int(on == (rng.random() < 0.9)) ^ (i >= flip_at)
+        rows.append(dataclasses.replace(row, label=label, features={**row.features, "C26": "on" if on else "off"}))
     settings = settings_for(namespace)
     replay_rows(stack, settings, rows, "f")
     running = start_trainer(stack, settings, model="lr", publish_every_examples=1000, metrics_port=0,
-                            window_examples=1500, gate=GateOptions(min_examples=3000, margin=0.02, rollback_drop=0.05))
+                            window_examples=2000,
+                            gate=GateOptions(min_examples=3000, margin=margin, rollback_drop=margin))
     report, scraped = running.finish()
     store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
     gates = {v: store.meta(v)["gate"] for v in store.versions()}
@@ -185,7 +195,7 @@ def test_gate_holds_a_collapsed_auc_and_rolls_back(stack, namespace, learnable_r
         meta = store.meta(number)
         gate, auc = meta["gate"], meta["metrics"]["auc_window"]
         if gate["against"] is not None:
-            assert gate["promoted"] == (auc >= gate["against"]["auc_window"] - 0.02), (number, gate, auc)
+            assert gate["promoted"] == (auc >= gate["against"]["auc_window"] - margin), (number, gate, auc)
     assert report["rollbacks"] >= 1
     assert scraped["streamrec_rollbacks_total"] == report["rollbacks"]
     assert scraped["streamrec_versions_held_total{reason=auc_drop}"] >= len(held)
