@@ -16,6 +16,7 @@ and parsing the file against River not reading it.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import sys
@@ -58,17 +59,28 @@ def _raw(row: Row, name: str) -> object:
     return row.user_id if name == "user_id" else row.item_id if name == "item_id" else row.features.get(name)
 
 
-def river_pass(rows: list[Row], crosses: tuple[tuple[str, str], ...] = (), **ftrl: float) -> dict[str, float]:
+def river_pass(rows: list[Row], crosses: tuple[tuple[str, str], ...] = (), counts: tuple[str, ...] = (),
+               **ftrl: float) -> dict[str, float]:
+    """River's LR+FTRL, one pass; ``counts`` gives it the same count features as ``--count``
+    (log2 levels of how often the key's value was seen before and clicked), kept in dicts beside it."""
     from river import linear_model, optim
 
     params = {"alpha": 0.05, "beta": 1.0, "l1": 1.0, "l2": 1.0, **ftrl}
     model = linear_model.LogisticRegression(optimizer=optim.FTRLProximal(**params))
     predictions = np.empty(len(rows))
+    seen: collections.Counter[str] = collections.Counter()
+    clicks: collections.Counter[str] = collections.Counter()
     started = time.perf_counter()
     for i, row in enumerate(rows):
         x = river_tokens(row, crosses)
+        keys = [f"{key}={'|'.join(str(_raw(row, part)) for part in key.split(':'))}" for key in counts]
+        for key in keys:
+            x[f"count({key.partition('=')[0]})#{seen[key].bit_length()}|{clicks[key].bit_length()}"] = 1.0
         predictions[i] = model.predict_proba_one(x).get(True, 0.5)
         model.learn_one(x, bool(row.label))
+        seen.update(keys)
+        if row.label:
+            clicks.update(keys)
     wall = time.perf_counter() - started
     labels = np.array([r.label for r in rows])
     return {"auc": exact_auc(predictions, labels), "examples_per_second": len(rows) / wall, "wall_seconds": wall,
@@ -106,6 +118,10 @@ FRAPPE_TUNED = {"ftrl.alpha": "0.5", "ftrl.l1": "0.1", "ftrl.l2": "0.1"}
 # what tells them apart is the user's own apps and which apps go with which context: the
 # Wide&Deep recipe's memorising crosses, user x item and item x each context field.
 FRAPPE_CROSSES = (("user_id", "item_id"), *(("item_id", f"f{k}") for k in range(2, 10)))
+# A random app rarely comes back for the same user, an app the user uses does; and an app's
+# clicks so far tell a used app from a random one: counts of the pair, the app and the user, seen
+# and clicked (models/seen_counts.py).
+FRAPPE_COUNTS = ("user_id:item_id", "item_id", "user_id")
 
 
 def frappe_pass(folder: Path) -> dict[str, object]:
@@ -134,6 +150,21 @@ def frappe_pass(folder: Path) -> dict[str, object]:
     out["river_lr_ftrl_tuned"] = river_pass(rows, alpha=0.5, l1=0.1, l2=0.1)
     out["river_lr_ftrl_tuned_crosses"] = {**river_pass(rows, FRAPPE_CROSSES, alpha=0.5, l1=0.1, l2=0.1),
                                           "crosses": crosses}
+    # count features (models/seen_counts.py)
+    counted = SpecOptions(crosses=FRAPPE_CROSSES, counts=FRAPPE_COUNTS)
+    out["lr_tuned_crosses_counts"], _ = evaluate_rows(rows, "lr", batch_size=512, model_settings=FRAPPE_TUNED,
+                                                      spec_options=counted)
+    for batch in (64, 16):
+        name = f"wide_deep_tuned_crosses_counts_batch{batch}"
+        out[name], _ = evaluate_rows(rows, "wide_deep", batch_size=batch, model_settings=FRAPPE_TUNED,
+                                     spec_options=counted)
+        out[name]["batch_size"] = batch
+    for name in ("lr_tuned_crosses_counts", "wide_deep_tuned_crosses_counts_batch64",
+                 "wide_deep_tuned_crosses_counts_batch16"):
+        out[name].update(settings=FRAPPE_TUNED, crosses=crosses, counts=list(FRAPPE_COUNTS))
+    out["river_lr_ftrl_tuned_crosses_counts"] = {
+        **river_pass(rows, FRAPPE_CROSSES, FRAPPE_COUNTS, alpha=0.5, l1=0.1, l2=0.1),
+        "crosses": crosses, "counts": list(FRAPPE_COUNTS)}
     return out
 
 

@@ -44,6 +44,8 @@ class SpecOptions:
     cat_buckets: int = 1 << 16
     bucket_overrides: dict[str, int] = field(default_factory=dict)
     crosses: tuple[tuple[str, str], ...] = ()
+    counts: tuple[str, ...] = ()  # count features (FeatureSpec.counts)
+    count_rows: int = 1 << 22     # rows of a counted cross's table (FeatureSpec.count_rows)
     dense_numeric: bool = True
     seed: int = 0
     # sequence models: fields remembered with each clicked item (FeatureSpec.history_fields)
@@ -51,7 +53,8 @@ class SpecOptions:
 
     def infer(self, sample: list[dict[str, Any]]) -> FeatureSpec:
         spec = FeatureSpec.infer(sample, cat_buckets=self.cat_buckets, bucket_overrides=self.bucket_overrides,
-                                 crosses=self.crosses, dense_numeric=self.dense_numeric, seed=self.seed)
+                                 crosses=self.crosses, dense_numeric=self.dense_numeric, seed=self.seed,
+                                 counts=self.counts, count_rows=self.count_rows)
         return dataclasses.replace(spec, history_fields=self.history_fields) if self.history_fields else spec
 
 

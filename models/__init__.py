@@ -52,7 +52,7 @@ def create_model(name: str, spec: FeatureSpec, seed: int = 0, settings: dict[str
     if name not in REGISTRY:
         raise ModelError(f"unknown model {name!r}; registered: {', '.join(model_names())}")
     cls = REGISTRY[name]
-    check_wide_options(name, settings or {}, spec.crosses)
+    check_wide_options(name, settings or {}, spec.crosses, spec.counts)
     config = dataclasses.replace(cls.config_class(), seed=seed, **overrides)
     config = apply_settings(config, settings or {}, name)
     return cls(spec, config)
@@ -68,9 +68,10 @@ def has_wide_part(name: str) -> bool:
     return bool(getattr(REGISTRY[name], "has_wide", True))
 
 
-def check_wide_options(name: str, settings: dict[str, str], crosses: Sequence[tuple[str, str]]) -> None:
-    """A model without a wide part would silently ignore FTRL settings and crosses (which feed only
-    the wide part): name the first such option instead."""
+def check_wide_options(name: str, settings: dict[str, str], crosses: Sequence[tuple[str, str]],
+                       counts: Sequence[str] = ()) -> None:
+    """A model without a wide part would silently ignore FTRL settings, crosses and count features
+    (which feed only the wide part): name the first such option instead."""
     if has_wide_part(name):
         return
     with_wide = ", ".join(n for n in model_names() if has_wide_part(n))
@@ -81,6 +82,9 @@ def check_wide_options(name: str, settings: dict[str, str], crosses: Sequence[tu
         a, b = crosses[0]
         raise ConfigError(f"--cross {a}:{b}: {name} has no wide part, and crosses feed only the wide part; "
                           f"models with one: {with_wide}")
+    if counts:
+        raise ConfigError(f"--count {counts[0]}: {name} has no wide part, and count features feed only the wide "
+                          f"part; models with one: {with_wide}")
 
 
 def config_keys(config: Any, prefix: str = "") -> list[str]:

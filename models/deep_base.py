@@ -5,7 +5,8 @@ suits it (as in Wide&Deep):
 
 * ``embedding``: one table for all fields (stream/features.py), rows trained sparsely with
   row-wise Adagrad and mini-batch-aware L2 (models/embedding.py);
-* ``wide`` (if the model has a linear part): FTRL-Proximal over every field id, cross and the bias;
+* ``wide`` (if the model has a linear part): FTRL-Proximal over every field id, cross, count
+  feature bucket (models/seen_counts.py) and the bias;
 * ``deep``: the model's own network (an ``nn.Module``) over the embedded fields ``(B, F, D)`` and
   the dense inputs ``(B, Dd)``, trained with Adam.
 
@@ -27,6 +28,7 @@ from models.base import OnlineModel
 from models.embedding import EmbeddingConfig, SparseEmbedding
 from models.ftrl import CoordinateState, FTRLConfig, FTRLProximal
 from models.lr import wide_ids
+from models.seen_counts import SeenCounts
 from stream.features import FeatureSpec, SparseBatch
 
 
@@ -131,6 +133,7 @@ class DeepModel(OnlineModel):
         super().__init__(spec, config)
         generator = torch.Generator().manual_seed(config.seed)
         self.wide = FTRLProximal(spec.wide_rows, config.ftrl) if self.has_wide else None
+        self.seen = SeenCounts(spec) if self.has_wide and spec.counts else None
         self.embedding = SparseEmbedding(spec.field_rows, config.embedding, generator)
         self.deep = self.build_deep(spec, config, generator)
         self.adam = AdamState(dict(self.deep.named_parameters()), config.dense_lr)
@@ -193,7 +196,7 @@ class DeepModel(OnlineModel):
                 deep = self.deep_logit(rows, batch.dense)
             deep = deep.to(torch.float64)
             if self.wide is not None:
-                deep = deep + self.wide.weights(wide_ids(self.spec, batch)).sum(dim=1)
+                deep = deep + self.wide.weights(wide_ids(self.spec, batch, self.seen)).sum(dim=1)
             return deep.to(torch.float32)
 
     def learn(self, batch: SparseBatch) -> np.ndarray:
@@ -203,6 +206,8 @@ class DeepModel(OnlineModel):
         self.embedding.step(step.e_unique, step.e_inverse, step.leaf, scale=float(len(batch)))
         if self.wide is not None:
             self.wide.step_examples(step.wide, step.residual)
+        if self.seen is not None:
+            self.seen.record(batch)
         return step.probabilities.numpy()
 
     def backward(self, batch: SparseBatch) -> Backward:
@@ -215,7 +220,7 @@ class DeepModel(OnlineModel):
         logit = torch.zeros(len(batch), dtype=torch.float64)
         wide = None
         if self.wide is not None:
-            wide = self.wide.gather(wide_ids(self.spec, batch))
+            wide = self.wide.gather(wide_ids(self.spec, batch, self.seen))
             logit = wide.logits()
         if self.history_length:
             # history rows share the table with the fields: one gather, one sparse step
@@ -251,6 +256,8 @@ class DeepModel(OnlineModel):
                "embedding.counts": self.embedding.counts}
         if self.wide is not None:
             out.update({"wide.z": self.wide.z, "wide.n": self.wide.n})
+        if self.seen is not None:
+            out.update(self.seen.tensors())
         out.update({f"deep.{k}": v.detach() for k, v in self.deep.state_dict().items()})
         out.update(self.adam.tensors("adam"))
         return out
@@ -259,17 +266,23 @@ class DeepModel(OnlineModel):
         groups = {"embedding": (self.embedding.counts > 0, ("embedding.weight", "embedding.accum", "embedding.counts"))}
         if self.wide is not None:
             groups["wide"] = (self.wide.n > 0, ("wide.z", "wide.n"))
+        if self.seen is not None:
+            groups.update(self.seen.row_group())
         return groups
 
     def dirty_rows(self) -> dict[str, torch.Tensor]:
         dirty = {"embedding": self.embedding.dirty}
         if self.wide is not None:
             dirty["wide"] = self.wide.dirty
+        if self.seen is not None:
+            dirty["seen"] = self.seen.dirty
         return dirty
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         if self.wide is not None:
             self.wide.z, self.wide.n = tensors["wide.z"].clone(), tensors["wide.n"].clone()
+        if self.seen is not None:
+            self.seen.load(tensors)
         self.embedding.weight = tensors["embedding.weight"].clone()
         self.embedding.accum = tensors["embedding.accum"].clone()
         self.embedding.counts = tensors["embedding.counts"].clone()

@@ -1,7 +1,8 @@
 """``lr``: logistic regression trained with FTRL-Proximal (the wide part alone).
 
 McMahan et al., "Ad Click Prediction: a View from the Trenches", KDD 2013.
-Coordinates are every field id, every configured cross and a bias.
+Coordinates are every field id, every configured cross, the configured count features'
+buckets (models/seen_counts.py) and a bias.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 
 from models.base import OnlineModel
 from models.ftrl import FTRLConfig, FTRLProximal
+from models.seen_counts import SeenCounts
 from stream.features import FeatureSpec, SparseBatch
 
 
@@ -22,10 +24,12 @@ class LRConfig:
     seed: int = 0
 
 
-def wide_ids(spec: FeatureSpec, batch: SparseBatch) -> torch.Tensor:
-    """Every wide coordinate of each example: field ids, cross ids and the bias."""
+def wide_ids(spec: FeatureSpec, batch: SparseBatch, seen: SeenCounts | None = None) -> torch.Tensor:
+    """Every wide coordinate of each example: field ids, cross ids, count buckets and the bias."""
     bias = torch.full((len(batch), 1), spec.bias_id, dtype=torch.int64)
-    return torch.cat([batch.ids, batch.cross_ids, bias], dim=1)
+    if seen is None:
+        return torch.cat([batch.ids, batch.cross_ids, bias], dim=1)
+    return torch.cat([batch.ids, batch.cross_ids, seen.ids(batch), bias], dim=1)
 
 
 class LogisticRegressionFTRL(OnlineModel):
@@ -37,28 +41,42 @@ class LogisticRegressionFTRL(OnlineModel):
     def __init__(self, spec: FeatureSpec, config: LRConfig = LRConfig()) -> None:
         super().__init__(spec, config)
         self.wide = FTRLProximal(spec.wide_rows, config.ftrl)
+        self.seen = SeenCounts(spec) if spec.counts else None
 
     def logits(self, batch: SparseBatch) -> torch.Tensor:
-        ids = wide_ids(self.spec, batch)
+        ids = wide_ids(self.spec, batch, self.seen)
         return self.wide.weights(ids).sum(dim=1).to(torch.float32)
 
     def learn(self, batch: SparseBatch) -> np.ndarray:
         assert batch.labels is not None, "learn needs labels"
-        ids = wide_ids(self.spec, batch)
+        ids = wide_ids(self.spec, batch, self.seen)
         state = self.wide.gather(ids)
         p = torch.sigmoid(state.logits())
         self.wide.step_examples(state, p - batch.labels.to(torch.float64))
+        if self.seen is not None:
+            self.seen.record(batch)
         return p.numpy()
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"wide.z": self.wide.z, "wide.n": self.wide.n}
+        out = {"wide.z": self.wide.z, "wide.n": self.wide.n}
+        if self.seen is not None:
+            out.update(self.seen.tensors())
+        return out
 
     def row_groups(self) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:
-        return {"wide": (self.wide.n > 0, ("wide.z", "wide.n"))}
+        groups = {"wide": (self.wide.n > 0, ("wide.z", "wide.n"))}
+        if self.seen is not None:
+            groups.update(self.seen.row_group())
+        return groups
 
     def dirty_rows(self) -> dict[str, torch.Tensor]:
-        return {"wide": self.wide.dirty}
+        dirty = {"wide": self.wide.dirty}
+        if self.seen is not None:
+            dirty["seen"] = self.seen.dirty
+        return dirty
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.wide.z = tensors["wide.z"].clone()
         self.wide.n = tensors["wide.n"].clone()
+        if self.seen is not None:
+            self.seen.load(tensors)

@@ -60,13 +60,14 @@ def _check_model(name: str) -> None:
         raise ConfigError(f"--model {name!r} is not registered; choose one of {', '.join(model_names())}")
 
 
-def _checked_settings(model: str, pairs: tuple[str, ...],
-                      crosses: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
-    """Parse --set pairs and check them and the crosses against the model now, before any work starts."""
+def _checked_settings(model: str, pairs: tuple[str, ...], crosses: tuple[tuple[str, str], ...] = (),
+                      counts: tuple[str, ...] = ()) -> dict[str, str]:
+    """Parse --set pairs and check them, the crosses and the count features against the model now,
+    before any work starts."""
     from models import REGISTRY, apply_settings, check_wide_options, parse_settings
 
     parsed = parse_settings(pairs)
-    check_wide_options(model, parsed, crosses)
+    check_wide_options(model, parsed, crosses, counts)
     apply_settings(REGISTRY[model].config_class(), parsed, model)
     return parsed
 
@@ -291,6 +292,9 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
 @click.option("--window", type=click.IntRange(min=10), default=10_000, show_default=True,
               help="Examples in the window AUC.")
 @click.option("--cross", "crosses", multiple=True, help="Wide-part feature cross A:B (repeatable).")
+@click.option("--count", "counts", multiple=True, metavar="KEY",
+              help="Wide-part count feature: how often KEY (a field, or a cross A:B also given with --cross) "
+                   "was seen before, log2-bucketed (repeatable).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Model setting, e.g. ftrl.alpha=0.5 or hidden=128,64 (repeatable; a wrong key lists the known ones).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -300,7 +304,7 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
 @click.option("--report-json", type=click.Path(path_type=Path), help="Write the report here.")
 def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | None, columns: str | None,
              numeric_columns: str | None, strict: bool, limit: int | None, model: str, batch_size: int,
-             window: int, crosses: tuple[str, ...], settings: tuple[str, ...], seed: int,
+             window: int, crosses: tuple[str, ...], counts: tuple[str, ...], settings: tuple[str, ...], seed: int,
              history_fields: tuple[str, ...], report_json: Path | None) -> None:
     """One prequential pass (predict, measure, learn) of a model over a log file."""
     from consumers.prequential import SpecOptions, evaluate_file
@@ -308,14 +312,14 @@ def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | Non
 
     _check_model(model)
     pairs = _parse_crosses(crosses)
-    model_settings = _checked_settings(model, settings, pairs)
+    model_settings = _checked_settings(model, settings, pairs, counts)
     stats = ReadStats()
     total = limit or _count_lines(path)
     with _progress(f"evaluate {model}", total) as advance:
         report, _ = evaluate_file(path, fmt, model, limit=limit, stats=stats,
                                   reader_options=_reader(fmt, user_field, item_field, columns, numeric_columns, strict),
                                   batch_size=batch_size, window=window, seed=seed, model_settings=model_settings,
-                                  spec_options=SpecOptions(crosses=tuple(pairs), seed=seed,
+                                  spec_options=SpecOptions(crosses=tuple(pairs), counts=counts, seed=seed,
                                                            history_fields=history_fields),
                                   on_batch=advance)
     for error in stats.errors:
@@ -614,6 +618,8 @@ def _parse_crosses(crosses: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 @click.option("--exit-at-end", is_flag=True,
               help="Stop once every partition reached its final watermark (one worker replaying a log).")
 @click.option("--cross", "crosses", multiple=True, help="Wide-part feature cross A:B (repeatable; new models only).")
+@click.option("--count", "counts", multiple=True, metavar="KEY",
+              help="Wide-part count feature of a field or a --cross A:B (repeatable; new models only).")
 @click.option("--buckets", type=click.IntRange(min=2), default=1 << 16, show_default=True,
               help="Hash buckets per categorical field (new models only).")
 @click.option("--set", "model_settings", multiple=True, metavar="KEY=VALUE",
@@ -644,7 +650,7 @@ def _parse_crosses(crosses: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_size: int | None,
           attribution_window_s: float | None, publish_every_examples: int | None, publish_every_s: float | None,
           keep_versions: int | None, metrics_port: int | None, exit_at_end: bool, crosses: tuple[str, ...],
-          buckets: int, model_settings: tuple[str, ...], seed: int, positives: str | None,
+          counts: tuple[str, ...], buckets: int, model_settings: tuple[str, ...], seed: int, positives: str | None,
           delta_every_s: float | None, dense_every_s: float | None, gate: bool | None, gate_margin: float | None,
           rollback_drop: float | None, history_fields: tuple[str, ...], metrics_host: str | None,
           from_examples: bool, ready_file: Path | None, report_json: Path | None) -> None:
@@ -666,7 +672,7 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
                          gate_margin=gate_margin, rollback_drop=rollback_drop, metrics_host=metrics_host)
     _check_model(settings.model)
     parsed_crosses = _parse_crosses(crosses)
-    parsed_settings = _checked_settings(settings.model, model_settings, parsed_crosses)
+    parsed_settings = _checked_settings(settings.model, model_settings, parsed_crosses, counts)
     endpoints = resolve_endpoints(settings)
     if from_examples:
         from stream.kafka_client import create_topics, partition_count
@@ -681,7 +687,7 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
         keep_versions=settings.keep_versions, max_pending=settings.max_pending_impressions,
         window_examples=settings.window_examples, exit_at_end=exit_at_end, metrics_port=settings.metrics_port,
         metrics_host=settings.metrics_host,
-        seed=seed, spec_options=SpecOptions(cat_buckets=buckets, crosses=parsed_crosses, seed=seed,
+        seed=seed, spec_options=SpecOptions(cat_buckets=buckets, crosses=parsed_crosses, counts=counts, seed=seed,
                                  history_fields=history_fields),
         model_settings=parsed_settings, positives=settings.positives, delta_every_s=settings.delta_interval_s,
         dense_every_s=settings.dense_interval_s,

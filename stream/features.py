@@ -38,6 +38,7 @@ FieldKind = Literal["cat", "num"]
 ID_FIELDS = ("user_id", "item_id")
 DEFAULT_CAT_BUCKETS = 1 << 16
 DEFAULT_NUM_BUCKETS = 512
+COUNT_LEVELS = 32  # log2 levels of a count: 0, 1, 2-3, 4-7, ... (an int32 count needs 32)
 CACHE_LIMIT = 1 << 20  # values cached per field before the cache starts over
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -95,6 +96,13 @@ class FeatureSpec:
     # categorical fields remembered with each clicked item (e.g. its category): a history entry
     # is then the sum of the item's row and these fields' rows, as DIN's goods_id + cate_id
     history_fields: tuple[str, ...] = ()
+    # wide-only count features: for each key (a field, or a cross "A:B" among ``crosses``), how many
+    # earlier examples the model learned from had the same value and how many of them were clicks,
+    # log2 levels of both as one coordinate. The counts are model state (models/seen_counts.py).
+    counts: tuple[str, ...] = ()
+    # rows of a counted cross's table (a power of two): a cross's own 2**18 wide buckets collide
+    # too often to tell "never seen" from "seen" (Frappe: 0.948 AUC at 2**22 rows, 0.942 at 2**18)
+    count_rows: int = 1 << 22
     _offsets: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -104,7 +112,7 @@ class FeatureSpec:
             raise ConfigError(f"duplicate feature fields: {sorted(duplicates)}")
         for a, b in self.crosses:
             if a not in names or b not in names:
-                raise ConfigError(f"--cross {a}x{b}: both fields must exist; fields: {', '.join(names)}")
+                raise ConfigError(f"--cross {a}:{b}: both fields must exist; fields: {', '.join(names)}")
         if self.history_kind not in HISTORY_KINDS:
             raise ConfigError(f"history_kind must be one of {HISTORY_KINDS}, not {self.history_kind!r}")
         kinds = {f.name: f.kind for f in self.fields}
@@ -112,6 +120,17 @@ class FeatureSpec:
             if kinds.get(name) != "cat" or name in ID_FIELDS:
                 raise ConfigError(f"--history-field {name}: must be one of the stream's categorical fields: "
                                   + ", ".join(n for n, k in kinds.items() if k == "cat" and n not in ID_FIELDS))
+        crossed = [f"{a}:{b}" for a, b in self.crosses]
+        for key in self.counts:
+            if key not in names and key not in crossed:
+                hint = (f"; add --cross {key} first" if key.count(":") == 1 and all(p in names for p in key.split(":"))
+                        else "")
+                raise ConfigError(f"--count {key}: must be a field or a cross given with --cross{hint}; fields: "
+                                  f"{', '.join(names)}" + (f"; crosses: {', '.join(crossed)}" if crossed else ""))
+        if self.count_rows < 2 or self.count_rows & (self.count_rows - 1):
+            raise ConfigError(f"count_rows must be a power of two, not {self.count_rows}")
+        if len(set(self.counts)) != len(self.counts):
+            raise ConfigError(f"--count repeats a key: {', '.join(self.counts)}")
         for f in self.fields:
             if f.buckets < 2:
                 raise ConfigError(f"field {f.name}: buckets must be at least 2")
@@ -132,9 +151,21 @@ class FeatureSpec:
         return int(sum(f.buckets for f in self.fields))
 
     @property
+    def count_offset(self) -> int:
+        """The first wide coordinate of the count features (after the fields and crosses)."""
+        return self.field_rows + len(self.crosses) * self.cross_buckets
+
+    @property
     def wide_rows(self) -> int:
-        """Coordinates of the wide part: fields, then crosses, then one bias coordinate."""
-        return self.field_rows + len(self.crosses) * self.cross_buckets + 1
+        """Coordinates of the wide part: fields, crosses, count buckets, then one bias coordinate."""
+        return self.count_offset + len(self.counts) * COUNT_LEVELS**2 + 1
+
+    def count_keys(self) -> list[tuple[int, ...]]:
+        """For each count key, the positions among the fields of what it counts: one field, or
+        the two fields of a cross."""
+        names = self.names
+        return [(names.index(key),) if key in names else tuple(names.index(part) for part in key.split(":"))
+                for key in self.counts]
 
     @property
     def bias_id(self) -> int:
@@ -157,6 +188,9 @@ class FeatureSpec:
             data["history_kind"] = self.history_kind
         if self.history_fields:
             data["history_fields"] = list(self.history_fields)
+        if self.counts:
+            data["counts"] = list(self.counts)
+            data["count_rows"] = self.count_rows
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -169,13 +203,15 @@ class FeatureSpec:
             history_length=data.get("history_length", 0),
             history_kind=data.get("history_kind", "user_clicks"),
             history_fields=tuple(data.get("history_fields", ())),
+            counts=tuple(data.get("counts", ())), count_rows=data.get("count_rows", 1 << 22),
         )
 
     @classmethod
     def infer(cls, sample: Sequence[dict[str, Any]], *, cat_buckets: int = DEFAULT_CAT_BUCKETS,
               num_buckets: int = DEFAULT_NUM_BUCKETS, bucket_overrides: dict[str, int] | None = None,
               crosses: Sequence[tuple[str, str]] = (), cross_buckets: int = 1 << 18,
-              dense_numeric: bool = True, seed: int = 0) -> FeatureSpec:
+              dense_numeric: bool = True, seed: int = 0, counts: Sequence[str] = (),
+              count_rows: int = 1 << 22) -> FeatureSpec:
         """Fields and kinds from sample feature dicts: strings are categorical, numbers numeric.
 
         A field that is null in every sample row is categorical. Fields keep first-seen order.
@@ -194,7 +230,8 @@ class FeatureSpec:
             fields.append(FieldSpec(name, kind, overrides.pop(name, cat_buckets if kind == "cat" else num_buckets)))
         if overrides:
             raise ConfigError(f"--buckets names unknown fields: {', '.join(sorted(overrides))}")
-        return cls(tuple(fields), tuple(crosses), cross_buckets, dense_numeric, seed)
+        return cls(tuple(fields), tuple(crosses), cross_buckets, dense_numeric, seed, counts=tuple(counts),
+                   count_rows=count_rows)
 
 
 @dataclass

@@ -95,15 +95,18 @@ def test_contract_shapes_seeds_unseen_ids_and_untouched_inputs(name: str, small_
                                   create_model(name, spec, seed=7).predict_proba(batches[0]))
 
 
-def _crosses(name: str) -> tuple[tuple[str, str], ...]:
-    """A cross for every model that takes one (models without a wide part refuse them)."""
-    return (("C5", "C6"),) if has_wide_part(name) else ()
+def _wide_options(name: str) -> SpecOptions:
+    """A cross and count features of a field and of the cross for every model that takes them
+    (models without a wide part refuse them): their state must round-trip and travel in deltas."""
+    if not has_wide_part(name):
+        return SpecOptions()
+    return SpecOptions(crosses=(("C5", "C6"),), counts=("C3", "C5:C6"), count_rows=1 << 12)
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_safetensors_round_trip_gives_identical_predictions(name: str, learnable: tuple[list, float]) -> None:
     rows = learnable[0][:3000]
-    spec = SpecOptions(crosses=_crosses(name)).infer([r.features for r in rows[:500]])
+    spec = _wide_options(name).infer([r.features for r in rows[:500]])
     model = create_model(name, spec, seed=3)
     featurizer = Featurizer(spec)
     metrics = StreamingMetrics(100)
@@ -126,7 +129,7 @@ def test_safetensors_round_trip_gives_identical_predictions(name: str, learnable
 @pytest.mark.parametrize("name", MODELS)
 def test_deltas_applied_in_order_give_the_trainers_predictions(name: str, learnable: tuple[list, float]) -> None:
     rows = learnable[0][:4000]
-    spec = SpecOptions(crosses=_crosses(name)).infer([r.features for r in rows[:500]])
+    spec = _wide_options(name).infer([r.features for r in rows[:500]])
     trainer = create_model(name, spec, seed=5)
     featurizer = Featurizer(spec)
     batches = [featurizer.build([r.user_id for r in c], [r.item_id for r in c], [r.features for r in c],

@@ -282,3 +282,30 @@ def test_a_sequence_model_checkpoints_its_histories(stack, namespace, learnable_
         assert again.history is not None and again.history.state() == history.state()
     finally:
         again.close()
+
+
+def test_count_features_are_versioned_with_the_weights(stack, namespace, learnable_rows):
+    """The counts are model state: the trainer's last version (what a resuming worker and a scorer
+    load) holds one count per learned example and key, and one click per positive."""
+    rows = learnable_rows[:3000]
+    settings = settings_for(namespace)
+    replay_rows(stack, settings, rows, "k")
+    options = {"spec_options": SpecOptions(crosses=(("user_id", "item_id"),), counts=("user_id:item_id", "C3"),
+                                           count_rows=1 << 16)}
+    running = start_trainer(stack, settings, model="wide_deep", publish_every_examples=1000, **options)
+    try:
+        report = running.wait()
+    finally:
+        running.stop()
+    assert report["examples"] == len(rows)
+    store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "wide_deep")
+    model = model_from_bytes(store.load(store.head()).weights)
+    assert model.spec.counts == ("user_id:item_id", "C3")
+    assert int(model.seen.count.sum()) == 2 * len(rows)
+    assert int(model.seen.clicks.sum()) == 2 * sum(r.label for r in rows)
+    # the busiest C3 value's count is exact (a field counts in its own id range)
+    featurizer = Featurizer(model.spec)
+    busiest = max({r.features.get("C3") for r in rows}, key=lambda v: sum(r.features.get("C3") == v for r in rows))
+    row = next(r for r in rows if r.features.get("C3") == busiest)
+    at = model.seen.rows(featurizer.build([row.user_id], [row.item_id], [row.features]))[0, 1]
+    assert int(model.seen.count[at]) == sum(r.features.get("C3") == busiest for r in rows)

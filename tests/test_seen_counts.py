@@ -1,0 +1,118 @@
+"""Count features (models/seen_counts.py): read before the batch, seen and clicked levelled by
+log2, learned from, versioned, refused where they would be ignored."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from consumers.prequential import SpecOptions
+from models import create_model, model_from_bytes
+from stream.errors import ConfigError
+from stream.features import COUNT_LEVELS, FeatureSpec, Featurizer
+
+
+def _batch(featurizer: Featurizer, pairs: list[tuple[str, str]], labels: list[int] | None = None):
+    return featurizer.build([u for u, _ in pairs], [i for _, i in pairs], [{"C3": "x"} for _ in pairs], labels)
+
+
+def test_counts_are_read_before_the_batch_and_levelled_by_bit_length() -> None:
+    spec = SpecOptions(crosses=(("user_id", "item_id"),), counts=("item_id", "user_id:item_id"),
+                       count_rows=1 << 10).infer([{"C3": "x"}])
+    assert spec.wide_rows == spec.field_rows + spec.cross_buckets + 2 * COUNT_LEVELS**2 + 1
+    model = create_model("lr", spec)
+    featurizer = Featurizer(spec)
+    seen = model.seen
+    assert seen is not None
+    pairs = [("u1", "a")] * 3 + [("u2", "a"), ("u3", "b")]
+    batch = _batch(featurizer, pairs, [1, 0, 1, 0, 0])
+    levels = seen.ids(batch) - seen.first_level
+    assert levels.tolist() == [[0, 0]] * 5  # nothing learned yet; an example never counts itself
+    model.learn(batch)
+    later = _batch(featurizer, [("u1", "a"), ("u2", "a"), ("u3", "b"), ("u4", "c")])
+    # (seen level, clicked level) as seen * COUNT_LEVELS + clicked, levels 0, 1, 2..3, 4..7:
+    # item a seen 4 times, clicked twice (3, 2); pair u1×a seen 3 times, clicked twice (2, 2);
+    # u2×a and u3×b, and item b, seen once, not clicked (1, 0); u4×c and item c never seen
+    assert (seen.ids(later) - seen.first_level).tolist() == [[98, 66], [98, 32], [32, 32], [0, 0]]
+    assert int(seen.count.sum()) == 10 and int(seen.clicks.sum()) == 4
+    # prediction reads the counts and changes nothing
+    before = seen.count.clone()
+    model.predict_proba(later)
+    assert torch.equal(seen.count, before)
+
+
+def test_a_stream_where_repeats_click_is_learned_only_with_the_count() -> None:
+    """Each (user, item) pair's first showing is not clicked and every later one is: a pair's own
+    weight first learns the opposite of what comes next, the shared count level learns the rule."""
+    rng = random.Random(5)
+    pool = [(f"u{rng.randrange(3000)}", f"i{rng.randrange(3000)}") for _ in range(1500)]
+    seen: set[tuple[str, str]] = set()
+    pairs, labels = [], []
+    for _ in range(20_000):
+        pair = rng.choice(pool) if rng.random() < 0.5 else (f"u{rng.randrange(3000)}", f"i{rng.randrange(3000)}")
+        labels.append(int(pair in seen))
+        seen.add(pair)
+        pairs.append(pair)
+    aucs = {}
+    for counts in ((), ("user_id:item_id",)):
+        spec = SpecOptions(crosses=(("user_id", "item_id"),), counts=counts).infer([{"C3": "x"}])
+        model = create_model("lr", spec, settings={"ftrl.alpha": "0.5", "ftrl.l1": "0.1"})
+        featurizer = Featurizer(spec)
+        predictions = np.concatenate([model.learn(_batch(featurizer, pairs[at:at + 100], labels[at:at + 100]))
+                                      for at in range(0, len(pairs), 100)])
+        aucs[counts] = roc_auc_score(labels[5000:], predictions[5000:])
+    assert aucs[("user_id:item_id",)] > 0.99, aucs
+    assert aucs[()] < 0.9, aucs
+
+
+def test_counts_version_with_the_model(tmp_path: Path) -> None:
+    spec = SpecOptions(crosses=(("user_id", "item_id"),), counts=("user_id:item_id",),
+                       count_rows=1 << 10).infer([{"C3": "x"}])
+    assert FeatureSpec.from_json(spec.to_json()) == spec
+    assert json.loads(spec.to_json())["counts"] == ["user_id:item_id"]
+    model = create_model("wide_deep", spec, settings={"hidden": "8", "embedding.dim": "4"})
+    featurizer = Featurizer(spec)
+    batch = _batch(featurizer, [("u1", "a"), ("u1", "a"), ("u2", "b")], [1, 1, 0])
+    model.learn(batch)
+    loaded = model_from_bytes(model.to_bytes())
+    assert torch.equal(loaded.seen.count, model.seen.count) and int(model.seen.count.sum()) == 3
+    assert torch.equal(loaded.seen.clicks, model.seen.clicks) and int(model.seen.clicks.sum()) == 2
+    np.testing.assert_array_equal(loaded.predict_proba(batch), model.predict_proba(batch))
+
+
+def test_bad_count_keys_are_named() -> None:
+    sample = [{"C3": "x"}]
+    with pytest.raises(ConfigError, match="--count C9: must be a field or a cross"):
+        SpecOptions(counts=("C9",)).infer(sample)
+    with pytest.raises(ConfigError, match="--count user_id:C3: .*add --cross user_id:C3 first"):
+        SpecOptions(counts=("user_id:C3",)).infer(sample)
+    with pytest.raises(ConfigError, match="--count repeats a key"):
+        SpecOptions(counts=("C3", "C3")).infer(sample)
+    with pytest.raises(ConfigError, match="count_rows must be a power of two"):
+        SpecOptions(counts=("C3",), count_rows=1000).infer(sample)
+    with pytest.raises(ConfigError, match="--count C3: dcn has no wide part"):
+        create_model("dcn", SpecOptions(counts=("C3",)).infer(sample))
+
+
+def test_evaluate_cli_takes_counts_and_refuses_them_without_a_wide_part(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from producers.generator import generate, write_stream
+    from stream.cli import cli
+
+    data = tmp_path / "s.tsv"
+    write_stream(generate(2000, seed=2), data, seed=2)
+    common = ["evaluate", str(data), "--format", "criteo", "--user-field", "C1", "--item-field", "C2",
+              "--batch-size", "100", "--cross", "user_id:item_id", "--count", "user_id:item_id"]
+    report_path = tmp_path / "r.json"
+    result = CliRunner().invoke(cli, [*common, "--model", "lr", "--report-json", str(report_path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(report_path.read_text())["examples"] == 2000
+    refused = CliRunner().invoke(cli, [*common[:-4], "--count", "C3", "--model", "dcn"])
+    assert isinstance(refused.exception, ConfigError) and "--count C3: dcn has no wide part" in str(refused.exception)
