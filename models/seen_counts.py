@@ -22,52 +22,70 @@ counts from before the batch (progressive validation: an example never counts it
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from stream.features import COUNT_LEVELS, FeatureSpec, SparseBatch
 
-_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64: Fibonacci hashing
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing
+_ONE = torch.ones(1, dtype=torch.int32)
 
 
 class SeenCounts:
+    # The batches are small (a few hundred rows, one to three keys): numpy's per-call cost is a
+    # fraction of torch's there, so the tables are worked on through numpy views of the tensors.
     def __init__(self, spec: FeatureSpec) -> None:
         self.keys = spec.count_keys()
         self._field_rows = spec.field_rows
-        self._shift = 64 - (spec.count_rows.bit_length() - 1)
-        self._mask = spec.count_rows - 1
+        self._shift = np.uint64(64 - (spec.count_rows.bit_length() - 1))
         sizes = [spec.fields[key[0]].buckets if len(key) == 1 else spec.count_rows for key in self.keys]
-        self._field_offsets = [int(spec.offsets[key[0]]) for key in self.keys]
-        self._bases = [sum(sizes[:k]) for k in range(len(sizes))]
-        self.first_level = spec.count_offset + torch.arange(len(self.keys), dtype=torch.int64) * COUNT_LEVELS**2
+        bases = [sum(sizes[:k]) for k in range(len(sizes))]
+        # a field's row is its id + its base - its offset; a cross's is its hash + its base
+        self._add = np.array([base - (int(spec.offsets[key[0]]) if len(key) == 1 else 0)
+                              for base, key in zip(bases, self.keys)], dtype=np.int64)
+        self._first_level = spec.count_offset + np.arange(len(self.keys), dtype=np.int64) * COUNT_LEVELS**2
         self.count = torch.zeros(sum(sizes), dtype=torch.int32)
         self.clicks = torch.zeros(sum(sizes), dtype=torch.int32)
         self.dirty = torch.zeros(sum(sizes), dtype=torch.bool)  # rows counted since the last delta
+        self._last: tuple[SparseBatch, np.ndarray] | None = None
+
+    @property
+    def first_level(self) -> torch.Tensor:
+        """Each key's first wide coordinate (its level pair (0, 0))."""
+        return torch.from_numpy(self._first_level)
 
     def rows(self, batch: SparseBatch) -> torch.Tensor:
         """(B, K) table rows of the batch's counted values."""
-        out = torch.empty((len(batch), len(self.keys)), dtype=torch.int64)
-        for k, key in enumerate(self.keys):
-            if len(key) == 1:
-                out[:, k] = batch.ids[:, key[0]] - self._field_offsets[k] + self._bases[k]
-            else:
-                pair = batch.ids[:, key[0]] * self._field_rows + batch.ids[:, key[1]]  # exact: no overflow
-                # the top bits of pair * golden (mod 2**64); the mask drops the sign's extension
-                out[:, k] = ((pair * _GOLDEN) >> self._shift).bitwise_and_(self._mask) + self._bases[k]
+        return torch.from_numpy(self._rows(batch.ids.numpy()))
+
+    def _rows(self, ids: np.ndarray) -> np.ndarray:
+        out = np.empty((ids.shape[0], len(self.keys)), dtype=np.int64)
+        with np.errstate(over="ignore"):
+            for k, key in enumerate(self.keys):
+                if len(key) == 1:
+                    out[:, k] = ids[:, key[0]]
+                else:
+                    pair = (ids[:, key[0]] * self._field_rows + ids[:, key[1]]).view(np.uint64)  # exact
+                    out[:, k] = ((pair * _GOLDEN) >> self._shift).view(np.int64)  # its top bits
+        out += self._add
         return out
 
     def ids(self, batch: SparseBatch) -> torch.Tensor:
         """(B, K) wide coordinates: each key's levels of its value's counts before this batch."""
-        rows = self.rows(batch)
-        return self.first_level + level(self.count[rows]) * COUNT_LEVELS + level(self.clicks[rows])
+        at = self._rows(batch.ids.numpy())
+        self._last = (batch, at)  # learning records the batch it just read: its rows are known
+        seen, clicked = self.count.numpy()[at], self.clicks.numpy()[at]
+        return torch.from_numpy(self._first_level + level(seen) * COUNT_LEVELS + level(clicked))
 
     def record(self, batch: SparseBatch) -> None:
         """Count the batch's values and their clicks (after learning from it)."""
         assert batch.labels is not None, "counting needs labels"
-        rows = self.rows(batch)
-        flat = rows.reshape(-1)
-        self.count.index_put_((flat,), torch.ones(1, dtype=torch.int32).expand(flat.numel()), accumulate=True)
-        clicked = rows[batch.labels.to(torch.bool)].reshape(-1)
-        self.clicks.index_put_((clicked,), torch.ones(1, dtype=torch.int32).expand(clicked.numel()), accumulate=True)
+        last, self._last = self._last, None
+        at = last[1] if last is not None and last[0] is batch else self._rows(batch.ids.numpy())
+        flat = torch.from_numpy(at.reshape(-1))
+        clicked = torch.from_numpy(at[batch.labels.numpy().astype(bool)].reshape(-1))
+        self.count.index_add_(0, flat, _ONE.expand(flat.numel()))
+        self.clicks.index_add_(0, clicked, _ONE.expand(clicked.numel()))
         self.dirty.index_fill_(0, flat, True)
 
     # the model's state, under these names (models/lr.py, models/deep_base.py)
@@ -82,7 +100,7 @@ class SeenCounts:
         self.clicks = tensors["seen.clicks"].clone()
 
 
-def level(counts: torch.Tensor) -> torch.Tensor:
+def level(counts: np.ndarray) -> np.ndarray:
     """log2 level of each count: 0 -> 0, 1 -> 1, 2..3 -> 2, 4..7 -> 3, ... (its bit length)."""
     # frexp's exponent is the bit length; float64 holds every int32 exactly
-    return torch.frexp(counts.to(torch.float64)).exponent.clamp_(max=COUNT_LEVELS - 1).to(torch.int64)
+    return np.minimum(np.frexp(counts.astype(np.float64))[1], COUNT_LEVELS - 1).astype(np.int64)

@@ -293,8 +293,8 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
               help="Examples in the window AUC.")
 @click.option("--cross", "crosses", multiple=True, help="Wide-part feature cross A:B (repeatable).")
 @click.option("--count", "counts", multiple=True, metavar="KEY",
-              help="Wide-part count feature: how often KEY (a field, or a cross A:B also given with --cross) "
-                   "was seen before, log2-bucketed (repeatable).")
+              help="Wide-part count feature: how often KEY's value (KEY a field, or a cross A:B also given "
+                   "with --cross) was seen and clicked before, in log2 levels (repeatable).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Model setting, e.g. ftrl.alpha=0.5 or hidden=128,64 (repeatable; a wrong key lists the known ones).")
 @click.option("--seed", type=int, default=0, show_default=True)
