@@ -220,7 +220,7 @@ class DeepModel(OnlineModel):
         logit = torch.zeros(len(batch), dtype=torch.float64)
         wide = None
         if self.wide is not None:
-            wide = self.wide.gather(wide_ids(self.spec, batch, self.seen))
+            wide = self.wide.gather(wide_ids(self.spec, batch, self.seen, learning=True))
             logit = wide.logits()
         if self.history_length:
             # history rows share the table with the fields: one gather, one sparse step

@@ -24,12 +24,14 @@ class LRConfig:
     seed: int = 0
 
 
-def wide_ids(spec: FeatureSpec, batch: SparseBatch, seen: SeenCounts | None = None) -> torch.Tensor:
-    """Every wide coordinate of each example: field ids, cross ids, count buckets and the bias."""
+def wide_ids(spec: FeatureSpec, batch: SparseBatch, seen: SeenCounts | None = None,
+             learning: bool = False) -> torch.Tensor:
+    """Every wide coordinate of each example: field ids, cross ids, count levels and the bias
+    (``learning``: the counts include the batch's earlier examples, models/seen_counts.py)."""
     bias = torch.full((len(batch), 1), spec.bias_id, dtype=torch.int64)
     if seen is None:
         return torch.cat([batch.ids, batch.cross_ids, bias], dim=1)
-    return torch.cat([batch.ids, batch.cross_ids, seen.ids(batch), bias], dim=1)
+    return torch.cat([batch.ids, batch.cross_ids, seen.ids(batch, learning), bias], dim=1)
 
 
 class LogisticRegressionFTRL(OnlineModel):
@@ -49,7 +51,7 @@ class LogisticRegressionFTRL(OnlineModel):
 
     def learn(self, batch: SparseBatch) -> np.ndarray:
         assert batch.labels is not None, "learn needs labels"
-        ids = wide_ids(self.spec, batch, self.seen)
+        ids = wide_ids(self.spec, batch, self.seen, learning=True)
         state = self.wide.gather(ids)
         p = torch.sigmoid(state.logits())
         self.wide.step_examples(state, p - batch.labels.to(torch.float64))

@@ -16,8 +16,9 @@ Counts are state, like weights: two int32 tables, saved and versioned with the m
 scorers in deltas. A counted field uses its own id range (its hash buckets); a counted cross has
 ``spec.count_rows`` rows of its own, its two field ids hashed again (Fibonacci hashing), since
 telling "never seen" from "seen" needs fewer collisions than a cross's wide weight does. Counts
-change only in :meth:`record`, which learning calls after its step, so predictions read the
-counts from before the batch (progressive validation: an example never counts itself).
+change only in :meth:`record`, which learning calls after its step; while learning, each example
+also counts the batch's earlier examples, so the counts are exactly those of a stream taken one
+example at a time (progressive validation: an example never counts itself), whatever the batch size.
 """
 
 from __future__ import annotations
@@ -70,11 +71,19 @@ class SeenCounts:
         out += self._add
         return out
 
-    def ids(self, batch: SparseBatch) -> torch.Tensor:
-        """(B, K) wide coordinates: each key's levels of its value's counts before this batch."""
+    def ids(self, batch: SparseBatch, learning: bool = False) -> torch.Tensor:
+        """(B, K) wide coordinates: each key's levels of its value's counts before each example.
+
+        Scoring reads the counts as they are. Learning (``learning``, a labelled batch) also counts
+        the batch's earlier examples, as a stream taken one example at a time would have: the
+        counts, unlike the weights, then do not depend on the batch size."""
         at = self._rows(batch.ids.numpy())
-        self._last = (batch, at)  # learning records the batch it just read: its rows are known
         seen, clicked = self.count.numpy()[at], self.clicks.numpy()[at]
+        if learning:
+            assert batch.labels is not None, "learning needs labels"
+            earlier_seen, earlier_clicks = _earlier_in_batch(at, batch.labels.numpy())
+            seen, clicked = seen + earlier_seen, clicked + earlier_clicks
+            self._last = (batch, at)  # record() counts the batch it just read: its rows are known
         return torch.from_numpy(self._first_level + level(seen) * COUNT_LEVELS + level(clicked))
 
     def record(self, batch: SparseBatch) -> None:
@@ -98,6 +107,26 @@ class SeenCounts:
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
         self.count = tensors["seen.count"].clone()
         self.clicks = tensors["seen.clicks"].clone()
+
+
+def _earlier_in_batch(at: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each (example, key) of ``at`` (B, K table rows): how many earlier examples of the batch
+    had the same row, and how many of those were clicked. One stable sort: equal rows end up
+    together, in batch order, and each one's rank in its run is its count."""
+    b, k = at.shape
+    flat = at.T.reshape(-1)  # key-major, so batch order within each key; keys' rows never meet
+    order = np.argsort(flat, kind="stable")
+    grouped = flat[order]
+    position = np.arange(flat.size)
+    first = np.ones(flat.size, dtype=bool)
+    first[1:] = grouped[1:] != grouped[:-1]
+    start = np.maximum.accumulate(np.where(first, position, 0))
+    clicked = np.tile(labels.astype(np.int64), k)[order]
+    before = np.cumsum(clicked) - clicked
+    seen, clicks = np.empty(flat.size, dtype=np.int64), np.empty(flat.size, dtype=np.int64)
+    seen[order] = position - start
+    clicks[order] = before - before[start]
+    return seen.reshape(k, b).T, clicks.reshape(k, b).T
 
 
 def level(counts: np.ndarray) -> np.ndarray:

@@ -47,6 +47,31 @@ def test_counts_are_read_before_the_batch_and_levelled_by_bit_length() -> None:
     assert torch.equal(seen.count, before)
 
 
+def test_learning_counts_the_batch_s_earlier_examples_so_batch_size_does_not_matter() -> None:
+    spec = SpecOptions(crosses=(("user_id", "item_id"),), counts=("user_id:item_id", "item_id"),
+                       count_rows=1 << 12).infer([{"C3": "x"}])
+    featurizer = Featurizer(spec)
+    seen = create_model("lr", spec).seen
+    batch = _batch(featurizer, [("u1", "a")] * 3 + [("u2", "a")], [1, 0, 1, 0])
+    # pair u1×a: (0, 0), (1, 1), (2→2, 1→1); item a: then also u2's, after two clicks (2→2, 2→2)
+    assert (seen.ids(batch, learning=True) - seen.first_level).tolist() == [[0, 0], [33, 33], [65, 65], [0, 66]]
+    assert (seen.ids(batch) - seen.first_level).tolist() == [[0, 0]] * 4  # scoring reads the tables only
+    rng = random.Random(2)
+    pairs = [(f"u{rng.randrange(8)}", f"i{rng.randrange(6)}") for _ in range(600)]
+    labels = [rng.randrange(2) for _ in pairs]
+    by_size = {}
+    for size in (1, 7, 64):
+        counts = create_model("lr", spec).seen
+        levels = []
+        for at in range(0, len(pairs), size):
+            chunk = _batch(featurizer, pairs[at:at + size], labels[at:at + size])
+            levels.append(counts.ids(chunk, learning=True))
+            counts.record(chunk)
+        by_size[size] = torch.cat(levels)
+    assert torch.equal(by_size[1], by_size[7]) and torch.equal(by_size[1], by_size[64])
+    assert int(((by_size[1] - seen.first_level) // COUNT_LEVELS).max()) >= 5  # counts grew past 16
+
+
 def test_a_stream_where_repeats_click_is_learned_only_with_the_count() -> None:
     """Each (user, item) pair's first showing is not clicked and every later one is: a pair's own
     weight first learns the opposite of what comes next, the shared count level learns the rule."""
