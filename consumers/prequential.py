@@ -25,7 +25,7 @@ from models import REGISTRY, OnlineModel, create_model, spec_for
 from producers.columns import ColumnChunk, columnar_fields, first_rows, read_columns
 from producers.readers import ReaderOptions, ReadStats, Row, read_rows
 from stream.errors import ConfigError
-from stream.features import FeatureSpec, Featurizer, SparseBatch
+from stream.features import DEFAULT_COUNT_ROWS, FeatureSpec, Featurizer, SparseBatch
 from stream.metrics import StreamingMetrics
 
 SPEC_SAMPLE_ROWS = 1000
@@ -45,7 +45,7 @@ class SpecOptions:
     bucket_overrides: dict[str, int] = field(default_factory=dict)
     crosses: tuple[tuple[str, str], ...] = ()
     counts: tuple[str, ...] = ()  # count features (FeatureSpec.counts)
-    count_rows: int = 1 << 22     # rows of a counted cross's table (FeatureSpec.count_rows)
+    count_rows: int = DEFAULT_COUNT_ROWS  # rows of a counted cross's table (FeatureSpec.count_rows)
     dense_numeric: bool = True
     seed: int = 0
     # sequence models: fields remembered with each clicked item (FeatureSpec.history_fields)

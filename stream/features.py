@@ -39,6 +39,7 @@ ID_FIELDS = ("user_id", "item_id")
 DEFAULT_CAT_BUCKETS = 1 << 16
 DEFAULT_NUM_BUCKETS = 512
 COUNT_LEVELS = 32  # log2 levels of a count: 0, 1, 2-3, 4-7, ... (an int32 count needs 32)
+DEFAULT_COUNT_ROWS = 1 << 22  # rows of a counted cross's table (FeatureSpec.count_rows)
 CACHE_LIMIT = 1 << 20  # values cached per field before the cache starts over
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -102,7 +103,7 @@ class FeatureSpec:
     counts: tuple[str, ...] = ()
     # rows of a counted cross's table (a power of two): a cross's own 2**18 wide buckets collide
     # too often to tell "never seen" from "seen" (Frappe: 0.948 AUC at 2**22 rows, 0.942 at 2**18)
-    count_rows: int = 1 << 22
+    count_rows: int = DEFAULT_COUNT_ROWS
     _offsets: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -203,7 +204,7 @@ class FeatureSpec:
             history_length=data.get("history_length", 0),
             history_kind=data.get("history_kind", "user_clicks"),
             history_fields=tuple(data.get("history_fields", ())),
-            counts=tuple(data.get("counts", ())), count_rows=data.get("count_rows", 1 << 22),
+            counts=tuple(data.get("counts", ())), count_rows=data.get("count_rows", DEFAULT_COUNT_ROWS),
         )
 
     @classmethod
@@ -211,7 +212,7 @@ class FeatureSpec:
               num_buckets: int = DEFAULT_NUM_BUCKETS, bucket_overrides: dict[str, int] | None = None,
               crosses: Sequence[tuple[str, str]] = (), cross_buckets: int = 1 << 18,
               dense_numeric: bool = True, seed: int = 0, counts: Sequence[str] = (),
-              count_rows: int = 1 << 22) -> FeatureSpec:
+              count_rows: int = DEFAULT_COUNT_ROWS) -> FeatureSpec:
         """Fields and kinds from sample feature dicts: strings are categorical, numbers numeric.
 
         A field that is null in every sample row is categorical. Fields keep first-seen order.
