@@ -136,15 +136,20 @@ def frappe_pass(folder: Path) -> dict[str, object]:
     deep = {**FRAPPE_TUNED, "dense_lr": "0.01"}
     out["wide_deep_tuned"], _ = evaluate_rows(rows, "wide_deep", batch_size=64, model_settings=deep)
     out["wide_deep_tuned"].update(settings=deep, batch_size=64)
+
+    def tuned(model: str, batch_size: int, spec_options: SpecOptions) -> dict[str, object]:
+        """A pass at the tuned FTRL settings, its report annotated with what was run."""
+        report, _ = evaluate_rows(rows, model, batch_size=batch_size, model_settings=FRAPPE_TUNED,
+                                  spec_options=spec_options)
+        report.update(settings=FRAPPE_TUNED, batch_size=batch_size, crosses=[list(c) for c in spec_options.crosses])
+        if spec_options.counts:
+            report["counts"] = list(spec_options.counts)
+        return report
+
     crossed = SpecOptions(crosses=FRAPPE_CROSSES)
-    out["lr_tuned_crosses"], _ = evaluate_rows(rows, "lr", batch_size=512, model_settings=FRAPPE_TUNED,
-                                               spec_options=crossed)
-    out["wide_deep_tuned_crosses"], _ = evaluate_rows(rows, "wide_deep", batch_size=64, model_settings=FRAPPE_TUNED,
-                                                      spec_options=crossed)
+    out["lr_tuned_crosses"] = tuned("lr", 512, crossed)
+    out["wide_deep_tuned_crosses"] = tuned("wide_deep", 64, crossed)
     crosses = [list(c) for c in FRAPPE_CROSSES]
-    for name in ("lr_tuned_crosses", "wide_deep_tuned_crosses"):
-        out[name].update(settings=FRAPPE_TUNED, crosses=crosses)
-    out["wide_deep_tuned_crosses"]["batch_size"] = 64
     out["river_lr_ftrl"] = river_pass(rows)
     out["river_lr_ftrl_l1_0"] = river_pass(rows, l1=0.0)
     out["river_lr_ftrl_tuned"] = river_pass(rows, alpha=0.5, l1=0.1, l2=0.1)
@@ -152,16 +157,9 @@ def frappe_pass(folder: Path) -> dict[str, object]:
                                           "crosses": crosses}
     # count features (models/seen_counts.py)
     counted = SpecOptions(crosses=FRAPPE_CROSSES, counts=FRAPPE_COUNTS)
-    out["lr_tuned_crosses_counts"], _ = evaluate_rows(rows, "lr", batch_size=512, model_settings=FRAPPE_TUNED,
-                                                      spec_options=counted)
+    out["lr_tuned_crosses_counts"] = tuned("lr", 512, counted)
     for batch in (64, 16):
-        name = f"wide_deep_tuned_crosses_counts_batch{batch}"
-        out[name], _ = evaluate_rows(rows, "wide_deep", batch_size=batch, model_settings=FRAPPE_TUNED,
-                                     spec_options=counted)
-        out[name]["batch_size"] = batch
-    for name in ("lr_tuned_crosses_counts", "wide_deep_tuned_crosses_counts_batch64",
-                 "wide_deep_tuned_crosses_counts_batch16"):
-        out[name].update(settings=FRAPPE_TUNED, crosses=crosses, counts=list(FRAPPE_COUNTS))
+        out[f"wide_deep_tuned_crosses_counts_batch{batch}"] = tuned("wide_deep", batch, counted)
     out["river_lr_ftrl_tuned_crosses_counts"] = {
         **river_pass(rows, FRAPPE_CROSSES, FRAPPE_COUNTS, alpha=0.5, l1=0.1, l2=0.1),
         "crosses": crosses, "counts": list(FRAPPE_COUNTS)}
