@@ -16,8 +16,8 @@ SYNTHETIC_FIELDS = {"user_field": "C1", "item_field": "C2"}  # the generator's u
 def synthetic_rows(folder: Path, rows: int, seed: int) -> tuple[list[Any], dict[str, Any]]:
     """``rows`` synthetic rows (producers/generator.py) written under ``folder`` and read back,
     with the stream's summary (oracle AUC, click rate)."""
-    from producers.generator import generate, write_stream
-    from producers.readers import ReaderOptions, read_rows
+    from streamrec.producers.generator import generate, write_stream
+    from streamrec.producers.readers import ReaderOptions, read_rows
 
     data = folder / "synthetic.tsv"
     summary = write_stream(generate(rows, seed=seed), data, seed=seed)

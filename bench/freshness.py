@@ -34,13 +34,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import synthetic_rows, write_result  # noqa: E402
-from consumers.scorer import Scorer, Served  # noqa: E402
-from consumers.trainer import Trainer, TrainerOptions  # noqa: E402
-from producers.readers import Row  # noqa: E402
-from producers.replay import ReplayOptions, replay  # noqa: E402
-from stream.kafka_client import create_topics, make_producer  # noqa: E402
-from stream.local_stack import start_stack, stop_stack  # noqa: E402
-from stream.settings import load_settings  # noqa: E402
+from streamrec.consumers.trainer import Trainer, TrainerOptions  # noqa: E402
+from streamrec.local_stack import start_stack, stop_stack  # noqa: E402
+from streamrec.producers.readers import Row  # noqa: E402
+from streamrec.producers.replay import ReplayOptions, replay  # noqa: E402
+from streamrec.serving.scorer import Scorer, Served  # noqa: E402
+from streamrec.stream.kafka_client import create_topics, make_producer  # noqa: E402
+from streamrec.stream.settings import load_settings  # noqa: E402
 
 
 def live_rows(rows: list[Row], rate: float) -> Iterator[Row]:

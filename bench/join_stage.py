@@ -30,13 +30,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import SYNTHETIC_FIELDS, write_result  # noqa: E402
-from consumers.trainer import Trainer, TrainerOptions  # noqa: E402
-from producers.generator import generate, write_stream  # noqa: E402
-from producers.readers import ReaderOptions, read_rows  # noqa: E402
-from producers.replay import ReplayOptions, replay  # noqa: E402
-from stream.kafka_client import create_topics, make_producer  # noqa: E402
-from stream.local_stack import start_stack, stop_stack  # noqa: E402
-from stream.settings import load_settings  # noqa: E402
+from streamrec.consumers.trainer import Trainer, TrainerOptions  # noqa: E402
+from streamrec.local_stack import start_stack, stop_stack  # noqa: E402
+from streamrec.producers.generator import generate, write_stream  # noqa: E402
+from streamrec.producers.readers import ReaderOptions, read_rows  # noqa: E402
+from streamrec.producers.replay import ReplayOptions, replay  # noqa: E402
+from streamrec.stream.kafka_client import create_topics, make_producer  # noqa: E402
+from streamrec.stream.settings import load_settings  # noqa: E402
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -75,7 +75,7 @@ def run_once(data: Path, state, home: Path, model: str, join_workers: int, parti
     env.update({"STREAMREC_KAFKA_BOOTSTRAP": state.kafka_bootstrap, "STREAMREC_REDIS_URL": state.redis_url,
                 "STREAMREC_NAMESPACE": settings.namespace, "STREAMREC_HOME": str(home)})
     started = time.perf_counter()
-    workers = [subprocess.Popen([sys.executable, "-m", "stream", "join", "--exit-at-end", "--metrics-port", "0",
+    workers = [subprocess.Popen([sys.executable, "-m", "streamrec", "join", "--exit-at-end", "--metrics-port", "0",
                                  "--worker-id", f"join-{i}"], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL) for i in range(join_workers)]
     trainer = Trainer(settings, TrainerOptions(model=model, exit_at_end=True, publish_every_examples=10**9,

@@ -30,12 +30,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import write_result  # noqa: E402
-from consumers.prequential import SpecOptions, evaluate_columns, evaluate_file, evaluate_rows  # noqa: E402
-from models.embedding import EmbeddingConfig, SparseEmbedding  # noqa: E402
-from producers.columns import first_rows, read_columns  # noqa: E402
-from producers.generator import generate, oracle_path, write_stream  # noqa: E402
-from producers.readers import ReaderOptions, Row, read_rows  # noqa: E402
-from stream.metrics import exact_auc  # noqa: E402
+from streamrec.evaluation import evaluate_columns, evaluate_file, evaluate_rows
+from streamrec.models.embedding import EmbeddingConfig, SparseEmbedding  # noqa: E402
+from streamrec.producers.columns import first_rows, read_columns  # noqa: E402
+from streamrec.producers.generator import generate, oracle_path, write_stream  # noqa: E402
+from streamrec.producers.readers import ReaderOptions, Row, read_rows  # noqa: E402
+from streamrec.stream.feature_spec import SpecOptions  # noqa: E402
+from streamrec.stream.quality_metrics import exact_auc  # noqa: E402
 
 # The Wide&Deep recipe: cross-product features in the wide part. These three are the stream's
 # interactions a model over single fields cannot represent (producers/generator.py): the user's

@@ -28,10 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import synthetic_rows, write_result  # noqa: E402
 from bench.learning import river_pass, river_tokens  # noqa: E402
-from consumers.prequential import SpecOptions, evaluate_rows  # noqa: E402
-from models import has_wide_part, is_wide_setting, model_names, parse_settings  # noqa: E402
-from producers.readers import ReaderOptions, Row, read_rows  # noqa: E402
-from stream.metrics import exact_auc  # noqa: E402
+from streamrec.evaluation import evaluate_rows
+from streamrec.models import has_wide_part, is_wide_setting, model_names, parse_settings  # noqa: E402
+from streamrec.producers.readers import ReaderOptions, Row, read_rows  # noqa: E402
+from streamrec.stream.feature_spec import SpecOptions  # noqa: E402
+from streamrec.stream.quality_metrics import exact_auc  # noqa: E402
 
 
 def vw_pass(rows: list[Row]) -> dict[str, object]:

@@ -21,14 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import write_result  # noqa: E402
-from consumers.prequential import evaluate_file  # noqa: E402
-from consumers.trainer import Trainer, TrainerOptions  # noqa: E402
-from producers.generator import generate, write_stream  # noqa: E402
-from producers.readers import ReaderOptions, read_rows  # noqa: E402
-from producers.replay import replay  # noqa: E402
-from stream.kafka_client import create_topics, make_producer  # noqa: E402
-from stream.local_stack import start_stack, stop_stack  # noqa: E402
-from stream.settings import load_settings  # noqa: E402
+from streamrec.consumers.trainer import Trainer, TrainerOptions  # noqa: E402
+from streamrec.evaluation import evaluate_file  # noqa: E402
+from streamrec.local_stack import start_stack, stop_stack  # noqa: E402
+from streamrec.producers.generator import generate, write_stream  # noqa: E402
+from streamrec.producers.readers import ReaderOptions, read_rows  # noqa: E402
+from streamrec.producers.replay import replay  # noqa: E402
+from streamrec.stream.kafka_client import create_topics, make_producer  # noqa: E402
+from streamrec.stream.settings import load_settings  # noqa: E402
 
 
 def _cpu_seconds(pid: int) -> float:

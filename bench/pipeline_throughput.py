@@ -19,12 +19,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import write_result  # noqa: E402
-from producers.generator import generate, write_stream  # noqa: E402
-from producers.readers import ReaderOptions, read_rows  # noqa: E402
-from producers.replay import ReplayOptions, replay  # noqa: E402
-from stream import events  # noqa: E402
-from stream.kafka_client import create_topics, make_consumer, make_producer  # noqa: E402
-from stream.local_stack import start_stack, stop_stack  # noqa: E402
+from streamrec.local_stack import start_stack, stop_stack  # noqa: E402
+from streamrec.producers.generator import generate, write_stream  # noqa: E402
+from streamrec.producers.readers import ReaderOptions, read_rows  # noqa: E402
+from streamrec.producers.replay import ReplayOptions, replay  # noqa: E402
+from streamrec.stream import events  # noqa: E402
+from streamrec.stream.kafka_client import create_topics, make_consumer, make_producer  # noqa: E402
 
 
 def consume_all(bootstrap: str, client: str, topics: list[str], partitions: int, expected: int,

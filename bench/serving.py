@@ -33,12 +33,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import synthetic_rows, write_result  # noqa: E402
-from consumers.prequential import SpecOptions, batched  # noqa: E402
-from consumers.scorer import Scorer  # noqa: E402
-from consumers.version_store import VersionStore, connect  # noqa: E402
-from models import create_model  # noqa: E402
-from stream.features import Featurizer  # noqa: E402
-from stream.local_stack import start_stack, stop_stack  # noqa: E402
+from streamrec.evaluation import batched
+from streamrec.local_stack import start_stack, stop_stack  # noqa: E402
+from streamrec.models import create_model  # noqa: E402
+from streamrec.serving.scorer import Scorer  # noqa: E402
+from streamrec.stream.feature_spec import SpecOptions  # noqa: E402
+from streamrec.stream.featurizer import Featurizer  # noqa: E402
+from streamrec.stream.redis_connection import connect
+from streamrec.versions.store import VersionStore  # noqa: E402
 
 NAMESPACE = "bench-serving"
 
@@ -121,7 +123,7 @@ def main() -> None:
             ready = Path(tmp) / "ready.json"
             env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
             env.update({"STREAMREC_REDIS_URL": state.redis_url, "STREAMREC_NAMESPACE": NAMESPACE})
-            server = subprocess.Popen([sys.executable, "-m", "stream", "serve", "--model", "wide_deep", "--port", "0",
+            server = subprocess.Popen([sys.executable, "-m", "streamrec", "serve", "--model", "wide_deep", "--port", "0",
                                        "--ready-file", str(ready)], env=env, stdout=subprocess.DEVNULL)
             while not ready.exists():
                 if server.poll() is not None:

@@ -1,1 +1,1 @@
-"""Stream consumers: prequential evaluation, the trainer worker, the joiner, the weight publisher."""
+"""The Kafka workers: the trainer (join, learn, publish versions) and the join stage, with what they share."""

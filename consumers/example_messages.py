@@ -16,22 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-import xxhash
 
-from consumers.joiner import Example, example_row
+from streamrec.consumers.joiner import Example, example_row
 
 SCHEMA_VERSION = 1
 MAX_EXAMPLES_PER_MESSAGE = 1000
-_MASK64 = (1 << 64) - 1
-
-
-def example_digest(impression_ids: list[str], labels: list[int]) -> int:
-    """The digest contribution of some examples: sum mod 2^64 of xxh64("impression_id|label"),
-    order-free and counting repeats. Trainers and join workers keep it to prove exactly once."""
-    total = 0
-    for impression_id, label in zip(impression_ids, labels):
-        total += xxhash.xxh64_intdigest(f"{impression_id}|{label}".encode())
-    return total & _MASK64
 
 
 def encode(partition: int, examples: list[Example]) -> bytes:

@@ -12,7 +12,14 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from consumers.joiner import Example, JoinCounts, ReleasedExamples, encode_time, example_from_row, example_row
+from streamrec.consumers.joiner import (
+    Example,
+    JoinCounts,
+    ReleasedExamples,
+    encode_time,
+    example_from_row,
+    example_row,
+)
 
 KIND = "examples"
 

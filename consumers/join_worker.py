@@ -40,17 +40,23 @@ import orjson
 import redis
 from prometheus_client import generate_latest
 
-from consumers import example_messages
-from consumers.join_metrics import STAGE_LABEL, JoinMetrics
-from consumers.joiner import Example, Joiner
-from consumers.redis_retry import retry_while_unavailable
-from consumers.trainer_metrics import JOIN_OUTCOMES
-from consumers.worker_counters import Counters
-from consumers.worker_registry import Heartbeat, metrics_url
-from stream import events as ev
-from stream.errors import StackError
-from stream.kafka_client import EventConsumer, EventProducer, TopicPartitionKey, make_consumer, make_producer
-from stream.settings import Settings
+from streamrec.consumers import example_messages
+from streamrec.consumers.join_exporter import STAGE_LABEL, JoinMetrics
+from streamrec.consumers.joiner import Example, Joiner
+from streamrec.consumers.trainer_exporter import JOIN_OUTCOMES
+from streamrec.consumers.worker_counters import Counters
+from streamrec.stream import events as ev
+from streamrec.stream.errors import StackError
+from streamrec.stream.kafka_client import (
+    EventConsumer,
+    EventProducer,
+    TopicPartitionKey,
+    make_consumer,
+    make_producer,
+)
+from streamrec.stream.redis_connection import retry_while_unavailable
+from streamrec.stream.settings import Settings
+from streamrec.stream.worker_registry import Heartbeat, metrics_url
 
 log = logging.getLogger(__name__)
 _MASK64 = (1 << 64) - 1

@@ -45,7 +45,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from stream.events import decode_events, encode
+from streamrec.stream.events import decode_events, encode
 
 INF = math.inf
 

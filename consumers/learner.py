@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.errors import StreamrecError
+from streamrec.stream.errors import StreamrecError
 
 _INIT, _RESUME, _BATCH, _SNAPSHOT, _DELTA, _QUALITY, _PROBE, _STOP = (
     b"I", b"R", b"B", b"S", b"D", b"Q", b"T", b"X")
@@ -125,11 +125,11 @@ def _child(conn: Connection, board: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
-    from consumers.prequential import progressive_step
-    from consumers.trainer_state import load_metrics, metrics_blob
-    from models import create_model, model_from_bytes
-    from stream.features import FeatureSpec, SparseBatch
-    from stream.metrics import StreamingMetrics
+    from streamrec.models import create_model, model_from_bytes
+    from streamrec.models.progressive import progressive_step
+    from streamrec.stream.feature_spec import FeatureSpec
+    from streamrec.stream.quality_metrics import StreamingMetrics, load_metrics, metrics_blob
+    from streamrec.stream.sparse_batch import SparseBatch
 
     torch.set_num_threads(LEARNER_THREADS)
     # The first torch optimiser imports torch._dynamo (about 1.9 s here). Done now, it overlaps

@@ -31,26 +31,32 @@ import orjson
 import redis
 from prometheus_client import generate_latest
 
-from consumers import example_messages
-from consumers.example_queue import KIND as EXAMPLES_KIND
-from consumers.example_queue import ExampleQueue
-from consumers.history import BehaviourHistory
-from consumers.joiner import Example, JoinCounts, Joiner
-from consumers.learner import LearnerProcess
-from consumers.prequential import SPEC_SAMPLE_ROWS, SpecOptions
-from consumers.quality_gate import HELD_NON_FINITE, GateOptions, judge, should_roll_back
-from consumers.redis_retry import retry_while_unavailable
-from consumers.trainer_metrics import TrainerMetrics
-from consumers.version_store import Version, VersionConflict, VersionStore, connect
-from consumers.worker_counters import Counters
-from consumers.worker_registry import Heartbeat, metrics_url
-from models import spec_for
-from models.base import read_metadata
-from stream import events as ev
-from stream.errors import StreamrecError
-from stream.features import FeatureSpec, Featurizer
-from stream.kafka_client import EventConsumer, EventProducer, TopicPartitionKey, make_consumer, make_producer
-from stream.settings import Settings
+from streamrec.consumers import example_messages
+from streamrec.consumers.example_queue import KIND as EXAMPLES_KIND
+from streamrec.consumers.example_queue import ExampleQueue
+from streamrec.consumers.joiner import Example, JoinCounts, Joiner
+from streamrec.consumers.learner import LearnerProcess
+from streamrec.consumers.trainer_exporter import TrainerMetrics
+from streamrec.consumers.worker_counters import Counters
+from streamrec.models import spec_for
+from streamrec.models.base import read_metadata
+from streamrec.stream import events as ev
+from streamrec.stream.behaviour_history import BehaviourHistory
+from streamrec.stream.errors import StreamrecError
+from streamrec.stream.feature_spec import SPEC_SAMPLE_ROWS, FeatureSpec, SpecOptions
+from streamrec.stream.featurizer import Featurizer
+from streamrec.stream.kafka_client import (
+    EventConsumer,
+    EventProducer,
+    TopicPartitionKey,
+    make_consumer,
+    make_producer,
+)
+from streamrec.stream.redis_connection import connect, retry_while_unavailable
+from streamrec.stream.settings import Settings
+from streamrec.stream.worker_registry import Heartbeat, metrics_url
+from streamrec.versions.quality_gate import HELD_NON_FINITE, GateOptions, judge, should_roll_back
+from streamrec.versions.store import Version, VersionConflict, VersionStore
 
 log = logging.getLogger(__name__)
 LAG_EVERY_S = 2.0

@@ -8,11 +8,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from consumers.example_messages import example_digest
+import xxhash
 
 _MASK64 = (1 << 64) - 1
 # event type -> the counter of such events read
 _READ = {"impression": "impressions_read", "click": "clicks_read", "watermark": "watermarks_read"}
+
+
+def example_digest(impression_ids: list[str], labels: list[int]) -> int:
+    """The digest contribution of some examples: sum mod 2^64 of xxh64("impression_id|label"),
+    order-free and counting repeats. Trainers and join workers keep it to prove exactly once."""
+    total = 0
+    for impression_id, label in zip(impression_ids, labels):
+        total += xxhash.xxh64_intdigest(f"{impression_id}|{label}".encode())
+    return total & _MASK64
+
 
 
 @dataclass

@@ -6,22 +6,22 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from models.autorec import AutoRec
-from models.base import OnlineModel, config_from_json, load_tensors_blob, read_metadata
-from models.dcn import DCN
-from models.deep_crossing import DeepCrossing
-from models.deepfm import DeepFM
-from models.dien import DIEN
-from models.din import DIN
-from models.lr import LogisticRegressionFTRL
-from models.neuralcf import NeuralCF
-from models.nfm import NFM
-from models.pnn import IPNN, OPNN
-from models.two_tower import TwoTower
-from models.wide_deep import WideDeep
-from models.youtube_dnn import YouTubeDNN
-from stream.errors import ConfigError, ModelError
-from stream.features import FeatureSpec
+from streamrec.models.autorec import AutoRec
+from streamrec.models.base import OnlineModel, config_from_json, load_tensors_blob, read_metadata
+from streamrec.models.dcn import DCN
+from streamrec.models.deep_crossing import DeepCrossing
+from streamrec.models.deepfm import DeepFM
+from streamrec.models.dien import DIEN
+from streamrec.models.din import DIN
+from streamrec.models.lr import LogisticRegressionFTRL
+from streamrec.models.neuralcf import NeuralCF
+from streamrec.models.nfm import NFM
+from streamrec.models.pnn import IPNN, OPNN
+from streamrec.models.two_tower import TwoTower
+from streamrec.models.wide_deep import WideDeep
+from streamrec.models.youtube_dnn import YouTubeDNN
+from streamrec.stream.errors import ConfigError, ModelError
+from streamrec.stream.feature_spec import FeatureSpec
 
 REGISTRY: dict[str, type[OnlineModel]] = {cls.name: cls for cls in (
     LogisticRegressionFTRL, WideDeep, DeepFM, NFM, DCN, DeepCrossing, IPNN, OPNN, NeuralCF, TwoTower, DIN, DIEN,

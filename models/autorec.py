@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.deep_base import DeepConfig, DeepModel, init_linear
-from stream.errors import ConfigError
-from stream.features import FeatureSpec
+from streamrec.models.deep_base import DeepConfig, DeepModel, init_linear
+from streamrec.stream.errors import ConfigError
+from streamrec.stream.feature_spec import FeatureSpec
 
 
 class _ItemAutoRecNet(nn.Module):

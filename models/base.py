@@ -22,8 +22,9 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from stream.errors import ModelError
-from stream.features import FeatureSpec, SparseBatch
+from streamrec.stream.errors import ModelError
+from streamrec.stream.feature_spec import FeatureSpec
+from streamrec.stream.sparse_batch import SparseBatch
 
 FORMAT = "streamrec-weights-1"
 DELTA_FORMAT = "streamrec-delta-1"

@@ -24,12 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.base import OnlineModel
-from models.embedding import EmbeddingConfig, SparseEmbedding
-from models.ftrl import CoordinateState, FTRLConfig, FTRLProximal
-from models.lr import wide_ids
-from models.seen_counts import SeenCounts
-from stream.features import FeatureSpec, SparseBatch
+from streamrec.models.base import OnlineModel
+from streamrec.models.embedding import EmbeddingConfig, SparseEmbedding
+from streamrec.models.ftrl import CoordinateState, FTRLConfig, FTRLProximal
+from streamrec.models.seen_counts import SeenCounts
+from streamrec.models.wide_inputs import wide_ids
+from streamrec.stream.feature_spec import FeatureSpec
+from streamrec.stream.sparse_batch import SparseBatch
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from models.deep_base import DeepConfig, DeepModel, init_linear
-from models.embedding import EmbeddingConfig
-from stream.features import FeatureSpec
+from streamrec.models.deep_base import DeepConfig, DeepModel, init_linear
+from streamrec.models.embedding import EmbeddingConfig
+from streamrec.stream.feature_spec import FeatureSpec
 
 
 class ResidualUnit(nn.Module):

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from models.deep_base import DeepConfig, DeepModel, mlp
-from models.embedding import EmbeddingConfig
-from stream.features import FeatureSpec
+from streamrec.models.deep_base import DeepConfig, DeepModel, mlp
+from streamrec.models.embedding import EmbeddingConfig
+from streamrec.stream.feature_spec import FeatureSpec
 
 
 def fm_second_order(rows: torch.Tensor) -> torch.Tensor:

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.deep_base import DeepConfig, DeepModel, init_linear
-from models.din import dice_mlp
-from stream.features import FeatureSpec, SparseBatch
+from streamrec.models.deep_base import DeepConfig, DeepModel, init_linear
+from streamrec.models.dice import dice_mlp
+from streamrec.stream.feature_spec import FeatureSpec
+from streamrec.stream.sparse_batch import SparseBatch
 
 
 class AUGRUCell(nn.Module):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models.batch_unique import BatchUnique
+from streamrec.models.batch_unique import BatchUnique
 
 
 @dataclass(frozen=True)

@@ -12,26 +12,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.base import OnlineModel
-from models.ftrl import FTRLConfig, FTRLProximal
-from models.seen_counts import SeenCounts
-from stream.features import FeatureSpec, SparseBatch
+from streamrec.models.base import OnlineModel
+from streamrec.models.ftrl import FTRLConfig, FTRLProximal
+from streamrec.models.seen_counts import SeenCounts
+from streamrec.models.wide_inputs import wide_ids
+from streamrec.stream.feature_spec import FeatureSpec
+from streamrec.stream.sparse_batch import SparseBatch
 
 
 @dataclass(frozen=True)
 class LRConfig:
     ftrl: FTRLConfig = field(default_factory=FTRLConfig)
     seed: int = 0
-
-
-def wide_ids(spec: FeatureSpec, batch: SparseBatch, seen: SeenCounts | None = None,
-             learning: bool = False) -> torch.Tensor:
-    """Every wide coordinate of each example: field ids, cross ids, count levels and the bias
-    (``learning``: the counts include the batch's earlier examples, models/seen_counts.py)."""
-    bias = torch.full((len(batch), 1), spec.bias_id, dtype=torch.int64)
-    if seen is None:
-        return torch.cat([batch.ids, batch.cross_ids, bias], dim=1)
-    return torch.cat([batch.ids, batch.cross_ids, seen.ids(batch, learning), bias], dim=1)
 
 
 class LogisticRegressionFTRL(OnlineModel):

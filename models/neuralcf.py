@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.deep_base import DeepConfig, DeepModel, init_linear, mlp
-from stream.features import FeatureSpec
+from streamrec.models.deep_base import DeepConfig, DeepModel, init_linear, mlp
+from streamrec.stream.feature_spec import FeatureSpec
 
 
 class _NeuMFNet(nn.Module):

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.deep_base import DeepConfig, DeepModel, mlp
-from stream.features import FeatureSpec
+from streamrec.models.deep_base import DeepConfig, DeepModel, mlp
+from streamrec.stream.feature_spec import FeatureSpec
 
 
 def bi_interaction(rows: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.deep_base import DeepConfig, DeepModel, init_linear, mlp, pairs
-from stream.features import FeatureSpec
+from streamrec.models.deep_base import DeepConfig, DeepModel, init_linear, mlp, pairs
+from streamrec.stream.feature_spec import FeatureSpec
 
 
 class _PNNNet(nn.Module):

@@ -26,7 +26,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from stream.features import COUNT_LEVELS, FeatureSpec, SparseBatch
+from streamrec.stream.feature_spec import COUNT_LEVELS, FeatureSpec
+from streamrec.stream.sparse_batch import SparseBatch
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing
 _ONE = torch.ones(1, dtype=torch.int32)

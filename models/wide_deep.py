@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from models.deep_base import AdamState, DeepConfig, DeepModel, mlp
-from models.embedding import EmbeddingConfig
-from stream.features import FeatureSpec
+from streamrec.models.deep_base import AdamState, DeepConfig, DeepModel, mlp
+from streamrec.models.embedding import EmbeddingConfig
+from streamrec.stream.feature_spec import FeatureSpec
 
 __all__ = ["AdamState", "WideDeep", "WideDeepConfig", "mlp"]
 

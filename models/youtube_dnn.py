@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.deep_base import DeepConfig, DeepModel, mlp
-from stream.features import FeatureSpec, SparseBatch
+from streamrec.models.deep_base import DeepConfig, DeepModel, mlp
+from streamrec.stream.feature_spec import FeatureSpec
+from streamrec.stream.sparse_batch import SparseBatch
 
 RECALL_K = 10
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.metrics import exact_auc
+from streamrec.stream.quality_metrics import exact_auc
 
 N_CATEGORIES = 24
 # (cardinality, effect scale) for C4..C26; scale 0 fields are pure noise.

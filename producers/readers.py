@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from stream.errors import ConfigError, InputFormatError
+from streamrec.stream.errors import ConfigError, InputFormatError
 
 FORMATS = ("criteo", "avazu", "libsvm", "libfm", "csv", "jsonl")
 CRITEO_INT_FIELDS = tuple(f"I{i}" for i in range(1, 14))

@@ -29,9 +29,9 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
-from producers.readers import Row
-from stream import events
-from stream.kafka_client import EventProducer, key_partition
+from streamrec.producers.readers import Row
+from streamrec.stream import events
+from streamrec.stream.kafka_client import EventProducer, key_partition
 
 
 @dataclass(frozen=True)

@@ -1,3 +1,2 @@
-"""What every part of streamrec shares: events, features, settings, Kafka/Redis access, metrics."""
-
-__version__ = "0.1.0"
+"""The ground floor every other part stands on: errors, settings, events, features, streaming quality
+metrics, Kafka and Redis access, Prometheus plumbing and the worker registry."""

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from stream.errors import ConfigError, StackError
+from streamrec.stream.errors import ConfigError, StackError
 
 log = logging.getLogger(__name__)
 # librdkafka's own messages go through Python logging instead of straight to stderr.

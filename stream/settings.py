@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from stream.errors import ConfigError
+from streamrec.stream.errors import ConfigError
 
 KafkaClientName = Literal["auto", "confluent", "kafka-python"]
 

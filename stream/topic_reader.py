@@ -7,8 +7,8 @@ from collections.abc import Iterator, Sequence
 
 import orjson
 
-from stream.errors import StackError
-from stream.kafka_client import EventConsumer, Record
+from streamrec.stream.errors import StackError
+from streamrec.stream.kafka_client import EventConsumer, Record
 
 
 def records_until_final_watermarks(consumer: EventConsumer, topics: Sequence[str], partitions: int,

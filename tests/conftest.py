@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.local_stack import Endpoints, StackState, start_stack, stop_stack
+from streamrec.local_stack import Endpoints, StackState, start_stack, stop_stack
 
 # The embedded stack this session started (None when tests use configured endpoints).
 STARTED: dict[str, StackState] = {}
@@ -53,8 +53,8 @@ def learnable_rows() -> list:
     """12,000 rows of the synthetic stream (known signal), read back as Rows."""
     import tempfile
 
-    from producers.generator import generate, write_stream
-    from producers.readers import ReaderOptions, read_rows
+    from streamrec.producers.generator import generate, write_stream
+    from streamrec.producers.readers import ReaderOptions, read_rows
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "learnable.tsv"
@@ -64,7 +64,7 @@ def learnable_rows() -> list:
 
 @pytest.fixture
 def criteo_file(tmp_path: Path) -> Path:
-    from producers.generator import generate, write_stream
+    from streamrec.producers.generator import generate, write_stream
 
     path = tmp_path / "stream.tsv"
     write_stream(generate(3000, seed=5), path, seed=5)

@@ -17,14 +17,14 @@ from typing import Any
 
 import torch
 
-from consumers.example_messages import example_digest
-from consumers.trainer import Trainer, TrainerOptions
-from producers.readers import Row
-from producers.replay import ReplayOptions, ReplayReport, replay
-from stream.kafka_client import create_topics, make_producer
-from stream.local_stack import Endpoints
-from stream.scrape import scrape
-from stream.settings import Settings, load_settings
+from streamrec.consumers.trainer import Trainer, TrainerOptions
+from streamrec.consumers.worker_counters import example_digest
+from streamrec.local_stack import Endpoints
+from streamrec.producers.readers import Row
+from streamrec.producers.replay import ReplayOptions, ReplayReport, replay
+from streamrec.stream.kafka_client import create_topics, make_producer
+from streamrec.stream.prometheus import scrape
+from streamrec.stream.settings import Settings, load_settings
 
 PARTITIONS = 2
 
@@ -127,7 +127,7 @@ def cli_server(env: dict[str, str], tmp_path: Path, *args: str, timeout_s: float
     name = f"{args[0]}-{time.monotonic_ns()}"
     ready, log = tmp_path / f"{name}.json", tmp_path / f"{name}.log"
     with open(log, "w") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "stream", *args, "--port", "0", "--ready-file", str(ready)],
+        process = subprocess.Popen([sys.executable, "-m", "streamrec", *args, "--port", "0", "--ready-file", str(ready)],
                                    env=env, stdout=subprocess.DEVNULL, stderr=log_file, text=True)
     try:
         deadline = time.monotonic() + timeout_s
@@ -151,7 +151,7 @@ def cli_server(env: dict[str, str], tmp_path: Path, *args: str, timeout_s: float
 def learner_threads() -> Iterator[None]:
     """Torch threads as in the learner process, for predictions compared bit for bit with the
     trainer's own (consumers/learner.py, LEARNER_THREADS)."""
-    from consumers.learner import LEARNER_THREADS
+    from streamrec.consumers.learner import LEARNER_THREADS
 
     before = torch.get_num_threads()
     torch.set_num_threads(LEARNER_THREADS)

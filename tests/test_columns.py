@@ -10,20 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from consumers.prequential import (
-    SpecOptions,
-    evaluate_columns,
-    evaluate_file,
-    evaluate_rows,
-    read_ahead,
-)
-from models import spec_for
-from models.batch_unique import BatchUnique
-from producers.columns import first_rows, read_columns
-from producers.generator import criteo_lines, generate
-from producers.readers import ReaderOptions, ReadStats, read_rows
-from stream.errors import ConfigError, InputFormatError
-from stream.features import Featurizer
+from streamrec.evaluation import evaluate_columns, evaluate_file, evaluate_rows, read_ahead
+from streamrec.models import spec_for
+from streamrec.models.batch_unique import BatchUnique
+from streamrec.producers.columns import first_rows, read_columns
+from streamrec.producers.generator import criteo_lines, generate
+from streamrec.producers.readers import ReaderOptions, ReadStats, read_rows
+from streamrec.stream.errors import ConfigError, InputFormatError
+from streamrec.stream.feature_spec import SpecOptions
+from streamrec.stream.featurizer import Featurizer
 
 OPTS = ReaderOptions(user_field="C1", item_field="C2")
 SMALL_BLOCKS = 1 << 16  # about 250 rows a chunk: many chunks, none a multiple of the batch size

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from consumers.trainer_metrics import TrainerMetrics
-from consumers.version_store import VersionStore
-from consumers.worker_registry import Heartbeat, workers
-from stream.dashboard import TRAINER_VALUES, chart_values
-from stream.kafka_client import create_topics
-from stream.scrape import parse, scrape
+from streamrec.consumers.trainer_exporter import TrainerMetrics
+from streamrec.dashboard import TRAINER_VALUES, chart_values
+from streamrec.stream.kafka_client import create_topics
+from streamrec.stream.prometheus import parse, scrape
+from streamrec.stream.worker_registry import Heartbeat, workers
+from streamrec.versions.store import VersionStore
 from tests.streams import cli_env, cli_server, replay_rows, settings_for, start_trainer, wait_for
 
-ASSETS = Path(__file__).resolve().parent.parent / "stream" / "dashboard_assets"
+ASSETS = Path(__file__).resolve().parent.parent / "streamrec" / "dashboard_assets"
 
 
 def test_vendored_assets_match_their_pinned_hashes():

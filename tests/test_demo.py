@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 def _stack_processes(home: Path) -> set[str]:
     """Broker processes, Redis servers whose --dir is this home, and streamrec children."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=False).stdout
-    children = ("-m stream serve", "-m stream train", "-m stream dashboard", "-m stream replay", "-m stream join")
+    children = ("-m streamrec serve", "-m streamrec train", "-m streamrec dashboard", "-m streamrec replay", "-m streamrec join")
     return {line.split()[0] for line in out.splitlines()
             if "tansu broker" in line or str(home) in line or any(c in line for c in children)}
 
@@ -35,7 +35,7 @@ def test_demo_runs_the_loop_and_stops_its_stack(tmp_path: Path) -> None:
     env = _demo_env(home)
     report_path = tmp_path / "demo.json"
     before = _stack_processes(home)
-    process = subprocess.Popen([sys.executable, "-m", "stream", "demo", "--events", "10000", "--model", "lr",
+    process = subprocess.Popen([sys.executable, "-m", "streamrec", "demo", "--events", "10000", "--model", "lr",
                                 "--report-json", str(report_path), "--dashboard", "--dashboard-port", "0",
                                 "--linger-s", "30"], env={**env, "COLUMNS": "200"}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -86,7 +86,7 @@ def test_demo_with_a_join_stage_trains_every_event_once_and_stops_it(tmp_path: P
     env = _demo_env(home)
     report_path = tmp_path / "demo.json"
     before = _stack_processes(home)
-    done = subprocess.run([sys.executable, "-m", "stream", "demo", "--events", "6000", "--model", "lr",
+    done = subprocess.run([sys.executable, "-m", "streamrec", "demo", "--events", "6000", "--model", "lr",
                            "--join-workers", "2", "--report-json", str(report_path)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from consumers.scorer import Scorer
-from consumers.serve_app import ScorerMetrics
-from consumers.trainer_metrics import TrainerMetrics
+from streamrec.consumers.trainer_exporter import TrainerMetrics
+from streamrec.serving.http_app import ScorerMetrics
+from streamrec.serving.scorer import Scorer
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 SUFFIXES = ("", "_total", "_bucket", "_count", "_sum", "_created")

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from check_jsonschema.builtin_schemas import get_builtin_schema
 
-from stream.cli import cli
-from stream.settings import Settings
+from streamrec.cli import cli
+from streamrec.stream.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 SETTINGS = {f"STREAMREC_{name.upper()}" for name in Settings.model_fields}
@@ -175,7 +175,7 @@ def test_kubernetes_manifests_are_wired_to_streamrec(tmp_path):
     assert join["kind"] == "Deployment" and join["spec"]["replicas"] >= 2
     trainer_args = " ".join(trainer["spec"]["template"]["spec"]["containers"][0]["args"])
     assert "--from-examples" in trainer_args
-    from models import model_names
+    from streamrec.models import model_names
 
     assert set(models) <= set(model_names())
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from stream import events
+from streamrec.stream import events
 
 
 def _impression(**changes: object) -> dict:

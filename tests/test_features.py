@@ -3,8 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream.errors import ConfigError
-from stream.features import FeatureSpec, Featurizer, hash_strings
+from streamrec.stream.errors import ConfigError
+from streamrec.stream.feature_spec import FeatureSpec
+from streamrec.stream.featurizer import Featurizer, hash_strings
 
 
 def test_hash_is_pinned_and_independent_of_batch_width() -> None:

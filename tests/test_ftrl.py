@@ -8,9 +8,10 @@ import random
 import pytest
 import torch
 
-from models.ftrl import FTRLConfig, FTRLProximal
-from models.lr import LogisticRegressionFTRL, LRConfig
-from stream.features import FeatureSpec, FieldSpec, SparseBatch
+from streamrec.models.ftrl import FTRLConfig, FTRLProximal
+from streamrec.models.lr import LogisticRegressionFTRL, LRConfig
+from streamrec.stream.feature_spec import FeatureSpec, FieldSpec
+from streamrec.stream.sparse_batch import SparseBatch
 
 CONFIG = FTRLConfig(alpha=0.1, beta=1.0, l1=0.5, l2=0.3)
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from producers.generator import generate, oracle_path, write_stream
-from producers.readers import ReaderOptions, ReadStats, read_rows
-from stream.metrics import exact_auc
+from streamrec.producers.generator import generate, oracle_path, write_stream
+from streamrec.producers.readers import ReaderOptions, ReadStats, read_rows
+from streamrec.stream.quality_metrics import exact_auc
 
 
 def test_same_seed_same_stream_other_seed_differs() -> None:

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.embedding import EmbeddingConfig, SparseEmbedding
-from models.wide_deep import WideDeep, WideDeepConfig
-from stream.features import FeatureSpec, FieldSpec, SparseBatch
+from streamrec.models.embedding import EmbeddingConfig, SparseEmbedding
+from streamrec.models.wide_deep import WideDeep, WideDeepConfig
+from streamrec.stream.feature_spec import FeatureSpec, FieldSpec
+from streamrec.stream.sparse_batch import SparseBatch
 
 
 def _model() -> tuple[WideDeep, SparseBatch]:

@@ -6,10 +6,11 @@ import numpy as np
 import orjson
 import torch
 
-from consumers.history import UserHistory
-from consumers.prequential import SpecOptions, evaluate_rows
-from models import create_model, model_from_bytes, spec_for
-from stream.features import Featurizer
+from streamrec.evaluation import evaluate_rows
+from streamrec.models import create_model, model_from_bytes, spec_for
+from streamrec.stream.behaviour_history import UserHistory
+from streamrec.stream.feature_spec import SpecOptions
+from streamrec.stream.featurizer import Featurizer
 
 
 def test_history_keeps_the_last_clicks_of_the_most_recent_users_and_round_trips():
@@ -54,8 +55,8 @@ def test_history_items_share_the_item_rows_and_din_attends_to_them(learnable_row
 def test_history_fields_travel_with_each_clicked_item_and_share_the_fields_rows(learnable_rows):
     import pytest
 
-    from consumers.history import BehaviourHistory
-    from stream.errors import ConfigError
+    from streamrec.stream.behaviour_history import BehaviourHistory
+    from streamrec.stream.errors import ConfigError
 
     rows = learnable_rows[:1500]
     spec = spec_for("din", SpecOptions(history_fields=("C3",)).infer([r.features for r in rows[:500]]))
@@ -93,7 +94,7 @@ def test_history_fields_travel_with_each_clicked_item_and_share_the_fields_rows(
 def test_a_scoring_request_may_send_history_entries_with_their_fields():
     import pytest
 
-    from consumers.scorer import BadRequest, parse_events
+    from streamrec.serving.scorer import BadRequest, parse_events
 
     _users, _items, _features, histories = parse_events(
         [{"user_id": "u", "item_id": "i", "history": [{"item_id": "a", "C3": "x"}, "b"]}])

@@ -16,13 +16,13 @@ import pytest
 import redis
 from prometheus_client import generate_latest
 
-from consumers import example_messages
-from consumers.example_queue import ExampleQueue
-from consumers.join_worker import checkpoint_key
-from consumers.joiner import Example
-from consumers.worker_registry import workers as registered
-from stream.kafka_client import create_topics, make_consumer
-from stream.scrape import parse
+from streamrec.consumers import example_messages
+from streamrec.consumers.example_queue import ExampleQueue
+from streamrec.consumers.join_worker import checkpoint_key
+from streamrec.consumers.joiner import Example
+from streamrec.stream.kafka_client import create_topics, make_consumer
+from streamrec.stream.prometheus import parse
+from streamrec.stream.worker_registry import workers as registered
 from tests.streams import (
     PARTITIONS,
     cli_env,
@@ -81,7 +81,7 @@ def test_join_workers_killed_at_random_write_every_example_exactly_once(stack, n
         logs.append(log)
         with open(log, "wb") as handle:
             workers[name] = subprocess.Popen(
-                [sys.executable, "-m", "stream", "join", "--worker-id", name, "--exit-at-end", "--metrics-port", "0",
+                [sys.executable, "-m", "streamrec", "join", "--worker-id", name, "--exit-at-end", "--metrics-port", "0",
                  "--checkpoint-every-s", "2", "--report-json", str(tmp_path / f"{name}.json")],
                 env=env, stdout=subprocess.DEVNULL, stderr=handle)
 
@@ -147,7 +147,7 @@ def test_join_workers_killed_at_random_write_every_example_exactly_once(stack, n
     assert sum(s["counters"]["regenerated"] for s in states) > 0
     finals = [json.loads((tmp_path / f"{name}.json").read_text()) for name in workers]
     assert all(f["finished"] for f in finals)
-    status = subprocess.run([sys.executable, "-m", "stream", "join", "--status"], env=env, capture_output=True,
+    status = subprocess.run([sys.executable, "-m", "streamrec", "join", "--status"], env=env, capture_output=True,
                             text=True, timeout=60)
     assert status.returncode == 0, status.stderr
     lines = [line.split() for line in status.stdout.splitlines()[1:]]
@@ -172,10 +172,10 @@ def test_join_workers_killed_at_random_write_every_example_exactly_once(stack, n
 def test_join_worker_survives_a_redis_outage_and_dead_letters_bad_events(stack, namespace, learnable_rows, tmp_path):
     """Redis dies mid-run and comes back: the worker keeps joining and writing, its checkpoints fail
     and are retried, and every example still reaches the trainer exactly once."""
-    from consumers.join_worker import JoinOptions, JoinWorker
-    from stream import events
-    from stream.kafka_client import make_producer
-    from stream.local_stack import _free_port
+    from streamrec.consumers.join_worker import JoinOptions, JoinWorker
+    from streamrec.local_stack import _free_port
+    from streamrec.stream import events
+    from streamrec.stream.kafka_client import make_producer
     from tests.streams import combine
     from tests.test_trainer import _start_redis
 

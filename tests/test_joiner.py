@@ -5,8 +5,8 @@ import random
 import orjson
 import pytest
 
-from consumers.joiner import Joiner
-from stream import events
+from streamrec.consumers.joiner import Joiner
+from streamrec.stream import events
 
 W = 10.0
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from consumers.learner import LearnerError, LearnerProcess
-from consumers.prequential import SpecOptions
-from models import spec_for
-from stream.features import Featurizer
+from streamrec.consumers.learner import LearnerError, LearnerProcess
+from streamrec.models import spec_for
+from streamrec.stream.feature_spec import SpecOptions
+from streamrec.stream.featurizer import Featurizer
 
 
 def _batch(featurizer: Featurizer, n: int = 64):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from stream.metrics import StreamingMetrics, exact_auc
+from streamrec.stream.quality_metrics import StreamingMetrics, exact_auc
 
 
 def _stream(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from consumers.prequential import SpecOptions, batched, evaluate_rows, progressive_step
-from models import REGISTRY, create_model, has_wide_part, model_from_bytes
-from models.base import load_tensors_blob, read_delta
-from producers.generator import generate, write_stream
-from producers.readers import ReaderOptions, read_rows
-from stream.errors import ModelError
-from stream.features import Featurizer
-from stream.metrics import StreamingMetrics
+from streamrec.evaluation import batched, evaluate_rows
+from streamrec.models import REGISTRY, create_model, has_wide_part, model_from_bytes
+from streamrec.models.base import load_tensors_blob, read_delta
+from streamrec.models.progressive import progressive_step
+from streamrec.producers.generator import generate, write_stream
+from streamrec.producers.readers import ReaderOptions, read_rows
+from streamrec.stream.errors import ModelError
+from streamrec.stream.feature_spec import SpecOptions
+from streamrec.stream.featurizer import Featurizer
+from streamrec.stream.quality_metrics import StreamingMetrics
 
 MODELS = sorted(REGISTRY)
 
@@ -35,7 +37,7 @@ def _item_rate_auc(rows: list, window: int) -> float:
     impressions: about the most that ids alone tell on this stream."""
     from collections import defaultdict, deque
 
-    from stream.metrics import exact_auc
+    from streamrec.stream.quality_metrics import exact_auc
 
     seen: dict[str, deque] = defaultdict(lambda: deque(maxlen=50))
     scores = []
@@ -199,7 +201,7 @@ def test_unknown_model_and_corrupt_weights_are_model_errors(learnable: tuple[lis
 def test_evaluate_cli_writes_the_report(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from stream.cli import cli
+    from streamrec.cli import cli
 
     data = tmp_path / "s.tsv"
     write_stream(generate(3000, seed=2), data, seed=2)
@@ -215,9 +217,9 @@ def test_evaluate_cli_writes_the_report(tmp_path: Path) -> None:
 
 
 def test_model_settings_are_applied_by_dotted_key_and_bad_ones_named() -> None:
-    from models import apply_settings, parse_settings
-    from models.wide_deep import WideDeepConfig
-    from stream.errors import ConfigError
+    from streamrec.models import apply_settings, parse_settings
+    from streamrec.models.wide_deep import WideDeepConfig
+    from streamrec.stream.errors import ConfigError
 
     config = apply_settings(WideDeepConfig(), parse_settings(["ftrl.alpha=0.5", "hidden=64,32", "embedding.dim=4"]))
     assert config.ftrl.alpha == 0.5 and config.ftrl.beta == WideDeepConfig().ftrl.beta
@@ -234,7 +236,7 @@ def test_model_settings_are_applied_by_dotted_key_and_bad_ones_named() -> None:
 
 
 def test_a_model_without_a_wide_part_refuses_ftrl_settings_and_crosses() -> None:
-    from stream.errors import ConfigError
+    from streamrec.stream.errors import ConfigError
 
     crossed = SpecOptions(crosses=(("user_id", "C3"),)).infer([{"C3": "a"}])
     with pytest.raises(ConfigError, match=r"--set ftrl.alpha: din has no wide \(FTRL\) part; models with one: .*wide_deep"):

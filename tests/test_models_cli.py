@@ -10,7 +10,7 @@ import sys
 import pytest
 import redis
 
-from consumers.version_store import VersionStore
+from streamrec.versions.store import VersionStore
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 def _cli(stack, namespace, *args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     env.update({"STREAMREC_REDIS_URL": stack.redis_url, "STREAMREC_NAMESPACE": namespace})
-    return subprocess.run([sys.executable, "-m", "stream", "models", "--model", "lr", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "streamrec", "models", "--model", "lr", *args], env=env,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from stream.dashboard import Collector, PrometheusSource
-from stream.kafka_client import create_topics
-from stream.local_stack import _free_port
-from stream.scrape import scrape
+from streamrec.dashboard import Collector, PrometheusSource
+from streamrec.local_stack import _free_port
+from streamrec.stream.kafka_client import create_topics
+from streamrec.stream.prometheus import scrape
 from tests.streams import replay_rows, settings_for, start_trainer, wait_for
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"

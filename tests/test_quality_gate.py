@@ -1,6 +1,12 @@
 """The quality gate's decisions (pure)."""
 
-from consumers.quality_gate import HELD_AUC_DROP, HELD_NON_FINITE, GateOptions, judge, should_roll_back
+from streamrec.versions.quality_gate import (
+    HELD_AUC_DROP,
+    HELD_NON_FINITE,
+    GateOptions,
+    judge,
+    should_roll_back,
+)
 
 OPTIONS = GateOptions(margin=0.02, rollback_drop=0.05, min_examples=1000)
 

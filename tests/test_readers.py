@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from producers.readers import ColumnMapping, ReaderOptions, ReadStats, parse_mapping, read_rows
-from stream.errors import ConfigError, InputFormatError
+from streamrec.producers.readers import ColumnMapping, ReaderOptions, ReadStats, parse_mapping, read_rows
+from streamrec.stream.errors import ConfigError, InputFormatError
 
 CRITEO_GOOD = "1\t5\t\t3" + "\t1" * 10 + "\tu1\ta9" + "\tx" * 24 + "\n"
 

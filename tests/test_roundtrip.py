@@ -8,12 +8,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from producers.readers import ReaderOptions, parse_mapping, read_rows
-from producers.replay import ReplayOptions, replay
-from stream import events
-from stream.kafka_client import Record, create_topics, key_partition, make_consumer, make_producer
-from stream.local_stack import Endpoints
-from stream.topic_reader import records_until_final_watermarks
+from streamrec.local_stack import Endpoints
+from streamrec.producers.readers import ReaderOptions, parse_mapping, read_rows
+from streamrec.producers.replay import ReplayOptions, replay
+from streamrec.stream import events
+from streamrec.stream.kafka_client import Record, create_topics, key_partition, make_consumer, make_producer
+from streamrec.stream.topic_reader import records_until_final_watermarks
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 3

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import redis
 
-from consumers.prequential import SpecOptions, batched
-from consumers.scorer import NotReady, Scorer, predict_offline
-from consumers.version_store import VersionStore, set_champion
-from models import create_model
-from stream.features import Featurizer
+from streamrec.evaluation import batched
+from streamrec.models import create_model
+from streamrec.serving.scorer import NotReady, Scorer, predict_offline
+from streamrec.stream.feature_spec import SpecOptions
+from streamrec.stream.featurizer import Featurizer
+from streamrec.versions.store import VersionStore, set_champion
 from tests.streams import wait_for
 
 pytestmark = pytest.mark.integration
@@ -150,8 +151,8 @@ def test_an_item_based_model_is_served_with_its_versions_item_interactions(stack
     from the version's checkpoint, exactly as predict_offline rebuilds them."""
     import orjson
 
-    from consumers.history import BehaviourHistory
-    from models import model_from_bytes
+    from streamrec.models import model_from_bytes
+    from streamrec.stream.behaviour_history import BehaviourHistory
     from tests.streams import replay_rows, settings_for, start_trainer
 
     rows = learnable_rows[:3000]

@@ -12,10 +12,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from consumers.prequential import SpecOptions
-from models import create_model, model_from_bytes
-from stream.errors import ConfigError
-from stream.features import COUNT_LEVELS, FeatureSpec, Featurizer
+from streamrec.models import create_model, model_from_bytes
+from streamrec.stream.errors import ConfigError
+from streamrec.stream.feature_spec import COUNT_LEVELS, FeatureSpec, SpecOptions
+from streamrec.stream.featurizer import Featurizer
 
 
 def _batch(featurizer: Featurizer, pairs: list[tuple[str, str]], labels: list[int] | None = None):
@@ -128,8 +128,8 @@ def test_bad_count_keys_are_named() -> None:
 def test_evaluate_cli_takes_counts_and_refuses_them_without_a_wide_part(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from producers.generator import generate, write_stream
-    from stream.cli import cli
+    from streamrec.cli import cli
+    from streamrec.producers.generator import generate, write_stream
 
     data = tmp_path / "s.tsv"
     write_stream(generate(2000, seed=2), data, seed=2)

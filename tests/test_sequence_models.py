@@ -7,12 +7,13 @@ import numpy as np
 import orjson
 import torch
 
-from consumers.history import BehaviourHistory
-from consumers.prequential import SpecOptions, evaluate_rows
-from models import create_model, model_from_bytes, spec_for
-from models.dien import AUGRUCell
-from models.youtube_dnn import RECALL_K
-from stream.features import Featurizer
+from streamrec.evaluation import evaluate_rows
+from streamrec.models import create_model, model_from_bytes, spec_for
+from streamrec.models.dien import AUGRUCell
+from streamrec.models.youtube_dnn import RECALL_K
+from streamrec.stream.behaviour_history import BehaviourHistory
+from streamrec.stream.feature_spec import SpecOptions
+from streamrec.stream.featurizer import Featurizer
 
 
 def test_augru_keeps_its_state_where_attention_is_zero_and_moves_where_it_is_not():

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import redis
 
-from consumers.quality_gate import HELD_AUC_DROP, HELD_NON_FINITE, GateOptions
-from consumers.scorer import predict_offline
-from consumers.version_store import VersionStore
-from stream.kafka_client import create_topics
-from stream.scrape import scrape
+from streamrec.serving.scorer import predict_offline
+from streamrec.stream.kafka_client import create_topics
+from streamrec.stream.prometheus import scrape
+from streamrec.versions.quality_gate import HELD_AUC_DROP, HELD_NON_FINITE, GateOptions
+from streamrec.versions.store import VersionStore
 from tests.streams import (
     cli_env,
     cli_server,
@@ -129,7 +129,7 @@ def test_hot_swap_under_load_answers_every_request_from_one_exact_state(stack, n
 
             # Rollback by hand: the scorer serves that version exactly (pinned, no deltas).
             target = store.versions()[-3]
-            result = subprocess.run([sys.executable, "-m", "stream", "models", "--model", "wide_deep", "rollback",
+            result = subprocess.run([sys.executable, "-m", "streamrec", "models", "--model", "wide_deep", "rollback",
                                      str(target)], env=_env(stack, namespace), capture_output=True, text=True,
                                     timeout=60)
             assert result.returncode == 0, result.stderr
@@ -225,7 +225,7 @@ def test_champion_and_challenger_learn_side_by_side_and_promote_picks_the_served
     assert all(heads.values())
 
     def promote(name: str) -> None:
-        result = subprocess.run([sys.executable, "-m", "stream", "models", "--model", name, "promote",
+        result = subprocess.run([sys.executable, "-m", "streamrec", "models", "--model", name, "promote",
                                  str(heads[name])], env=_env(stack, namespace), capture_output=True, text=True,
                                 timeout=60)
         assert result.returncode == 0 and f"champion of {namespace}" in result.stdout, result.stderr

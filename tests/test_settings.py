@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from stream.errors import ConfigError
-from stream.settings import load_settings
+from streamrec.stream.errors import ConfigError
+from streamrec.stream.settings import load_settings
 
 
 def test_defaults_and_topic_names() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.local_stack import _pid_runs, read_state
+from streamrec.local_stack import _pid_runs, read_state
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     env["STREAMREC_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "stream", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "streamrec", *args], env=env, capture_output=True, text=True,
                           timeout=120)
 
 

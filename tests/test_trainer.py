@@ -14,15 +14,15 @@ import orjson
 import pytest
 import redis
 
-from consumers.prequential import SpecOptions
-from consumers.trainer import Trainer, TrainerOptions
-from consumers.version_store import VersionStore
-from models import model_from_bytes
-from stream import events
-from stream.demo import scrape
-from stream.features import Featurizer
-from stream.kafka_client import create_topics, make_consumer, make_producer
-from stream.local_stack import _free_port, redis_binary
+from streamrec.consumers.trainer import Trainer, TrainerOptions
+from streamrec.demo import scrape
+from streamrec.local_stack import _free_port, redis_binary
+from streamrec.models import model_from_bytes
+from streamrec.stream import events
+from streamrec.stream.feature_spec import SpecOptions
+from streamrec.stream.featurizer import Featurizer
+from streamrec.stream.kafka_client import create_topics, make_consumer, make_producer
+from streamrec.versions.store import VersionStore
 from tests.streams import (
     combine,
     expected_digest,

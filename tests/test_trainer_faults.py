@@ -13,7 +13,7 @@ import time
 import pytest
 import redis
 
-from consumers.version_store import VersionStore
+from streamrec.versions.store import VersionStore
 from tests.streams import PARTITIONS, expected_digest, replay_rows, settings_for
 
 pytestmark = pytest.mark.integration
@@ -30,7 +30,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_repeats_nothing(stack, name
                 "STREAMREC_HOME": str(tmp_path / "home")})
     # Small batches, small tables and frequent versions spread the run over seconds and put many
     # publish/commit windows in reach of a random kill.
-    command = [sys.executable, "-m", "stream", "train", "--model", "lr", "--exit-at-end", "--batch-size", "32",
+    command = [sys.executable, "-m", "streamrec", "train", "--model", "lr", "--exit-at-end", "--batch-size", "32",
                "--buckets", "4096", "--publish-every-examples", "400", "--publish-every-s", "0.1",
                "--metrics-port", "0", "--report-json", str(tmp_path / "report.json")]
     rng = random.Random(20261124)

@@ -6,9 +6,9 @@ import socket
 
 import pytest
 
-from consumers.trainer_metrics import TrainerMetrics
-from stream.demo import scrape
-from stream.errors import StackError
+from streamrec.consumers.trainer_exporter import TrainerMetrics
+from streamrec.demo import scrape
+from streamrec.stream.errors import StackError
 
 
 def test_endpoint_serves_named_series_and_refuses_a_busy_port():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from consumers.version_store import VersionConflict, VersionStore
-from stream.errors import StreamrecError
+from streamrec.stream.errors import StreamrecError
+from streamrec.versions.store import VersionConflict, VersionStore
 
 pytestmark = pytest.mark.integration
 

@@ -48,7 +48,7 @@ from typing import Any
 import orjson
 import redis
 
-from stream.errors import StreamrecError
+from streamrec.stream.errors import StreamrecError
 
 log = logging.getLogger(__name__)
 PUBLISH_ATTEMPTS = 5
@@ -95,10 +95,6 @@ class Version:
     trainer: bytes | None = None
     joiner: bytes | None = None
     history: bytes | None = None  # JSON: users' recent clicks (sequence models only)
-
-
-def connect(url: str, timeout_s: float = 5.0) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
 
 class VersionStore:

@@ -14,8 +14,8 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from stream.errors import StreamrecError
-from stream.settings import Settings, load_settings
+from streamrec.stream.errors import StreamrecError
+from streamrec.stream.settings import Settings, load_settings
 
 console = Console(stderr=True)
 
@@ -53,8 +53,8 @@ def _write_report(path: Path | None, report: dict[str, Any]) -> None:
 
 
 def _check_model(name: str) -> None:
-    from models import REGISTRY, model_names
-    from stream.errors import ConfigError
+    from streamrec.models import REGISTRY, model_names
+    from streamrec.stream.errors import ConfigError
 
     if name not in REGISTRY:
         raise ConfigError(f"--model {name!r} is not registered; choose one of {', '.join(model_names())}")
@@ -64,7 +64,7 @@ def _checked_settings(model: str, pairs: tuple[str, ...], crosses: tuple[tuple[s
                       counts: tuple[str, ...] = ()) -> dict[str, str]:
     """Parse --set pairs and check them, the crosses and the count features against the model now,
     before any work starts."""
-    from models import REGISTRY, apply_settings, check_wide_options, parse_settings
+    from streamrec.models import REGISTRY, apply_settings, check_wide_options, parse_settings
 
     parsed = parse_settings(pairs)
     check_wide_options(model, parsed, crosses, counts)
@@ -97,7 +97,7 @@ def with_reader_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _reader(fmt: str, user_field: str | None, item_field: str | None, columns: str | None,
             numeric_columns: str | None, strict: bool) -> Any:
-    from producers.readers import ReaderOptions, parse_mapping
+    from streamrec.producers.readers import ReaderOptions, parse_mapping
 
     return ReaderOptions(user_field=user_field, item_field=item_field, strict=strict,
                          mapping=parse_mapping(columns, numeric_columns))
@@ -134,7 +134,7 @@ def stack() -> None:
 @click.pass_context
 def stack_up(ctx: click.Context) -> None:
     """Start Tansu and redis-server on free local ports (no-op if already running)."""
-    from stream.local_stack import stack_status, start_stack, stop_stack
+    from streamrec.local_stack import stack_status, start_stack, stop_stack
 
     settings = _settings(ctx)
     status = stack_status(settings.home)
@@ -152,7 +152,7 @@ def stack_up(ctx: click.Context) -> None:
 @click.pass_context
 def stack_down(ctx: click.Context) -> None:
     """Stop exactly the processes `stack up` started."""
-    from stream.local_stack import stop_stack
+    from streamrec.local_stack import stop_stack
 
     stopped = stop_stack(_settings(ctx).home)
     console.print(f"stopped pids {stopped}" if stopped else "no local stack was running")
@@ -163,7 +163,7 @@ def stack_down(ctx: click.Context) -> None:
 @click.pass_context
 def stack_status_cmd(ctx: click.Context, as_json: bool) -> None:
     """Show whether the local stack runs and where; exit 1 if it does not."""
-    from stream.local_stack import stack_status
+    from streamrec.local_stack import stack_status
 
     status = stack_status(_settings(ctx).home)
     if as_json:
@@ -189,8 +189,8 @@ def topics() -> None:
 @click.pass_context
 def topics_create(ctx: click.Context, partitions: int | None) -> None:
     """Create <ns>.impressions, <ns>.clicks, <ns>.dead-letter and <ns>.examples with equal partition counts."""
-    from stream.kafka_client import create_topics
-    from stream.local_stack import resolve_endpoints
+    from streamrec.local_stack import resolve_endpoints
+    from streamrec.stream.kafka_client import create_topics
 
     settings = _settings(ctx, partitions=partitions)
     endpoints = resolve_endpoints(settings)
@@ -209,8 +209,8 @@ def topics_create(ctx: click.Context, partitions: int | None) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Criteo-format TSV to write.")
 def generate(rows: int, seed: int, out: Path) -> None:
     """Write a synthetic Criteo-format stream with a known click probability, and its oracle AUC."""
-    from producers.generator import generate as make
-    from producers.generator import oracle_path, write_stream
+    from streamrec.producers.generator import generate as make
+    from streamrec.producers.generator import oracle_path, write_stream
 
     with console.status(f"generating {rows:,} rows"):
         summary = write_stream(make(rows, seed), out, seed)
@@ -243,12 +243,12 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
     """Replay a log as impression and click events onto Kafka."""
     import itertools
 
-    from producers.readers import ReadStats, read_rows
-    from producers.replay import ReplayOptions
-    from producers.replay import replay as run_replay
-    from stream.errors import ConfigError
-    from stream.kafka_client import create_topics, make_producer, partition_count
-    from stream.local_stack import resolve_endpoints
+    from streamrec.local_stack import resolve_endpoints
+    from streamrec.producers.readers import ReadStats, read_rows
+    from streamrec.producers.replay import ReplayOptions
+    from streamrec.producers.replay import replay as run_replay
+    from streamrec.stream.errors import ConfigError
+    from streamrec.stream.kafka_client import create_topics, make_producer, partition_count
 
     if rate is not None and speedup is not None:
         raise ConfigError("--rate and --speedup exclude each other")
@@ -307,8 +307,9 @@ def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | Non
              window: int, crosses: tuple[str, ...], counts: tuple[str, ...], settings: tuple[str, ...], seed: int,
              history_fields: tuple[str, ...], report_json: Path | None) -> None:
     """One prequential pass (predict, measure, learn) of a model over a log file."""
-    from consumers.prequential import SpecOptions, evaluate_file
-    from producers.readers import ReadStats
+    from streamrec.evaluation import evaluate_file
+    from streamrec.producers.readers import ReadStats
+    from streamrec.stream.feature_spec import SpecOptions
 
     _check_model(model)
     pairs = _parse_crosses(crosses)
@@ -343,8 +344,9 @@ def models(ctx: click.Context, model: str | None) -> None:
 
 
 def _store(ctx: click.Context) -> Any:
-    from consumers.version_store import VersionStore, connect
-    from stream.local_stack import resolve_redis_url
+    from streamrec.local_stack import resolve_redis_url
+    from streamrec.stream.redis_connection import connect
+    from streamrec.versions.store import VersionStore
 
     settings = _settings(ctx)
     return VersionStore(connect(resolve_redis_url(settings)), settings.namespace, settings.model)
@@ -400,7 +402,7 @@ def models_show(ctx: click.Context, version: int) -> None:
 def models_promote(ctx: click.Context, version: int) -> None:
     """Serve VERSION now, and make this model the namespace's champion (what `streamrec serve`
     without --model serves). The trainer's next version goes live again unless pinned."""
-    from consumers.version_store import set_champion
+    from streamrec.versions.store import set_champion
 
     store = _store(ctx)
     store.set_live(version, pin=store.pinned(), reason="by hand (streamrec models promote)")
@@ -413,7 +415,7 @@ def models_promote(ctx: click.Context, version: int) -> None:
 @click.pass_context
 def models_champion(ctx: click.Context, name: str | None) -> None:
     """Show the champion model (served by `streamrec serve` without --model), or make NAME it."""
-    from consumers.version_store import champion, set_champion
+    from streamrec.versions.store import champion, set_champion
 
     store = _store(ctx)
     if name is None:
@@ -480,10 +482,10 @@ def serve(ctx: click.Context, model: str | None, host: str, port: int | None, no
     import os
     import socket
 
-    from consumers.scorer import Scorer
-    from consumers.serve_app import create_app
-    from consumers.worker_registry import Heartbeat, metrics_url
-    from stream.local_stack import resolve_redis_url
+    from streamrec.local_stack import resolve_redis_url
+    from streamrec.serving.http_app import create_app
+    from streamrec.serving.scorer import Scorer
+    from streamrec.stream.worker_registry import Heartbeat, metrics_url
 
     settings = _settings(ctx, serve_port=port)
     if model is not None:
@@ -532,10 +534,10 @@ def dashboard(ctx: click.Context, host: str, port: int, prometheus_url: str | No
 
     import redis
 
-    from consumers.version_store import connect
-    from stream.dashboard import Collector, PrometheusSource, WorkerSource, create_app
-    from stream.errors import StackError
-    from stream.local_stack import resolve_redis_url
+    from streamrec.dashboard import Collector, PrometheusSource, WorkerSource, create_app
+    from streamrec.local_stack import resolve_redis_url
+    from streamrec.stream.errors import StackError
+    from streamrec.stream.redis_connection import connect
 
     settings = _settings(ctx)
     client: Any = None
@@ -591,7 +593,7 @@ def _run_http(app: Any, sock: Any, on_exit: Callable[[], None]) -> None:
 
 
 def _parse_crosses(crosses: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    from stream.errors import ConfigError
+    from streamrec.stream.errors import ConfigError
 
     pairs = []
     for cross in crosses:
@@ -660,10 +662,10 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
     import socket
     import threading
 
-    from consumers.prequential import SpecOptions
-    from consumers.quality_gate import GateOptions
-    from consumers.trainer import Trainer, TrainerOptions
-    from stream.local_stack import resolve_endpoints
+    from streamrec.consumers.trainer import Trainer, TrainerOptions
+    from streamrec.local_stack import resolve_endpoints
+    from streamrec.stream.feature_spec import SpecOptions
+    from streamrec.versions.quality_gate import GateOptions
 
     settings = _settings(ctx, model=model, batch_size=batch_size, attribution_window_s=attribution_window_s,
                          publish_interval_examples=publish_every_examples, publish_interval_s=publish_every_s,
@@ -675,7 +677,7 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
     parsed_settings = _checked_settings(settings.model, model_settings, parsed_crosses, counts)
     endpoints = resolve_endpoints(settings)
     if from_examples:
-        from stream.kafka_client import create_topics, partition_count
+        from streamrec.stream.kafka_client import create_topics, partition_count
 
         # subscribing to a topic that does not exist yet would wait for a metadata refresh (minutes)
         partitions = partition_count(endpoints.kafka_bootstrap, settings.impressions_topic)
@@ -751,9 +753,9 @@ def join(ctx: click.Context, worker_id: str | None, attribution_window_s: float 
     import signal
     import socket
 
-    from consumers.join_worker import JoinOptions, JoinWorker
-    from stream.kafka_client import create_topics, partition_count
-    from stream.local_stack import resolve_endpoints
+    from streamrec.consumers.join_worker import JoinOptions, JoinWorker
+    from streamrec.local_stack import resolve_endpoints
+    from streamrec.stream.kafka_client import create_topics, partition_count
 
     settings = _settings(ctx, attribution_window_s=attribution_window_s, positives=positives,
                          join_checkpoint_interval_s=checkpoint_every_s, metrics_port=metrics_port,
@@ -794,7 +796,7 @@ def join(ctx: click.Context, worker_id: str | None, attribution_window_s: float 
 def _print_join_status(settings: Settings, redis_url: str, partitions: int) -> None:
     import redis
 
-    from consumers.join_worker import read_checkpoints
+    from streamrec.consumers.join_worker import read_checkpoints
 
     client = redis.Redis.from_url(redis_url)
     try:
@@ -851,8 +853,8 @@ def demo(ctx: click.Context, events: int, model: str, data: Path | None, fmt: st
     from rich.live import Live
     from rich.text import Text
 
-    from producers.readers import ReaderOptions
-    from stream.demo import run_demo
+    from streamrec.demo import run_demo
+    from streamrec.producers.readers import ReaderOptions
 
     _check_model(model)
     settings = _settings(ctx)

@@ -6,56 +6,28 @@ and to measure the learning core's own rate.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from consumers.history import BehaviourHistory
-from models import REGISTRY, OnlineModel, create_model, spec_for
-from producers.columns import ColumnChunk, columnar_fields, first_rows, read_columns
-from producers.readers import ReaderOptions, ReadStats, Row, read_rows
-from stream.errors import ConfigError
-from stream.features import DEFAULT_COUNT_ROWS, FeatureSpec, Featurizer, SparseBatch
-from stream.metrics import StreamingMetrics
-
-SPEC_SAMPLE_ROWS = 1000
-
-
-def progressive_step(model: OnlineModel, metrics: StreamingMetrics, batch: SparseBatch) -> np.ndarray:
-    """One prequential step: the model's pre-update predictions feed the metrics, then it learns."""
-    assert batch.labels is not None
-    probabilities = model.learn(batch)  # predictions are taken before the update (models/base.py)
-    metrics.update(probabilities, batch.labels.numpy())
-    return probabilities
-
-
-@dataclass(frozen=True)
-class SpecOptions:
-    cat_buckets: int = 1 << 16
-    bucket_overrides: dict[str, int] = field(default_factory=dict)
-    crosses: tuple[tuple[str, str], ...] = ()
-    counts: tuple[str, ...] = ()  # count features (FeatureSpec.counts)
-    count_rows: int = DEFAULT_COUNT_ROWS  # rows of a counted cross's table (FeatureSpec.count_rows)
-    dense_numeric: bool = True
-    seed: int = 0
-    # sequence models: fields remembered with each clicked item (FeatureSpec.history_fields)
-    history_fields: tuple[str, ...] = ()
-
-    def infer(self, sample: list[dict[str, Any]]) -> FeatureSpec:
-        spec = FeatureSpec.infer(sample, cat_buckets=self.cat_buckets, bucket_overrides=self.bucket_overrides,
-                                 crosses=self.crosses, dense_numeric=self.dense_numeric, seed=self.seed,
-                                 counts=self.counts, count_rows=self.count_rows)
-        return dataclasses.replace(spec, history_fields=self.history_fields) if self.history_fields else spec
+from streamrec.models import REGISTRY, OnlineModel, create_model, spec_for
+from streamrec.models.progressive import progressive_step
+from streamrec.producers.columns import columnar_fields, first_rows, read_columns
+from streamrec.producers.readers import ReaderOptions, ReadStats, Row, read_rows
+from streamrec.stream.behaviour_history import BehaviourHistory
+from streamrec.stream.columns import ColumnChunk
+from streamrec.stream.errors import ConfigError
+from streamrec.stream.feature_spec import SPEC_SAMPLE_ROWS, SpecOptions
+from streamrec.stream.featurizer import Featurizer
+from streamrec.stream.quality_metrics import StreamingMetrics
+from streamrec.stream.sparse_batch import SparseBatch
 
 
 def batched(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:

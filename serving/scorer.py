@@ -34,12 +34,13 @@ import numpy as np
 import orjson
 import redis
 
-from consumers.history import BehaviourHistory
-from consumers.version_store import DeltaRecord, VersionStore, champion, champion_channel, connect
-from models import model_from_bytes
-from models.base import OnlineModel, load_tensors_blob, read_delta
-from stream.errors import StreamrecError
-from stream.features import Featurizer
+from streamrec.models import model_from_bytes
+from streamrec.models.base import OnlineModel, load_tensors_blob, read_delta
+from streamrec.stream.behaviour_history import BehaviourHistory
+from streamrec.stream.errors import StreamrecError
+from streamrec.stream.featurizer import Featurizer
+from streamrec.stream.redis_connection import connect
+from streamrec.versions.store import DeltaRecord, VersionStore, champion, champion_channel
 
 log = logging.getLogger(__name__)
 STOP_CHECK_S = 0.25

@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from consumers.scorer import BadRequest, NotReady, Scorer
+from streamrec.serving.scorer import BadRequest, NotReady, Scorer
 
 
 class ScorerMetrics:

@@ -1,45 +1,29 @@
-"""Raw event fields -> hashed ids and a sparse batch, vectorised over the whole batch.
+"""Raw event fields -> hashed ids and a :class:`~streamrec.stream.sparse_batch.SparseBatch`, vectorised
+over the whole batch.
 
-Every example has the same fields: ``user_id``, ``item_id``, then the stream's feature fields.
-Each field owns a region of one id space, so one embedding table and one FTRL state serve all
-fields::
-
-    id space (rows)   [ user_id | item_id | C1 ......... | I1 ... ] [ crosses (wide only) ]
-    offsets            0         b_user    b_user+b_item   ...        field_rows
-    per example        one id per field: ids[b, f] = offset[f] + hash(f, value) % buckets[f]
-
-:class:`SparseBatch` holds ``ids`` (B, F): for single-valued fields the keys/values/offsets
-layout of a jagged batch degenerates to this dense matrix, which indexes the embedding table directly.
-
-Categorical values are hashed with a seeded FNV-1a over their UTF-32 code points, computed one
-character position at a time across the whole (B, F) matrix (no per-feature Python loop), then
-finalised with splitmix64: stable across processes and machines. Numeric values go to log
-buckets (``floor(ln(v)^2)`` above 2, as in the Criteo competition winners' recipe; integers below)
-and optionally also to dense inputs ``log1p(max(v, 0))``. Missing values are their own bucket.
+Per example, one id per field: ``ids[b, f] = offset[f] + hash(f, value) % buckets[f]``
+(:class:`~streamrec.stream.feature_spec.FeatureSpec` holds the offsets). Categorical values are
+hashed with a seeded FNV-1a over their UTF-32 code points, one character position at a time
+across the whole matrix, then finalised with splitmix64: stable across processes and machines.
+Numeric values go to log buckets (``floor(ln(v)^2)`` above 2, as in the Criteo competition
+winners' recipe; integers below) and optionally to dense inputs ``log1p(max(v, 0))``. Missing
+values are their own bucket.
 """
 
 from __future__ import annotations
 
-import json
 import operator
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from stream.errors import ConfigError
+from streamrec.stream.columns import CategoricalColumn, ColumnChunk
+from streamrec.stream.errors import ConfigError
+from streamrec.stream.feature_spec import ID_FIELDS, FeatureSpec
+from streamrec.stream.sparse_batch import SparseBatch
 
-if TYPE_CHECKING:
-    from producers.columns import CategoricalColumn, ColumnChunk
-
-FieldKind = Literal["cat", "num"]
-ID_FIELDS = ("user_id", "item_id")
-DEFAULT_CAT_BUCKETS = 1 << 16
-DEFAULT_NUM_BUCKETS = 512
-COUNT_LEVELS = 32  # log2 levels of a count: 0, 1, 2-3, 4-7, ... (an int32 count needs 32)
-DEFAULT_COUNT_ROWS = 1 << 22  # rows of a counted cross's table (FeatureSpec.count_rows)
 CACHE_LIMIT = 1 << 20  # values cached per field before the cache starts over
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -67,209 +51,6 @@ def hash_strings(values: np.ndarray, seed: int) -> np.ndarray:
             # not depend on the longest string in its batch.
             h = np.where(c != 0, (h ^ c) * _FNV_PRIME, h)
         return _splitmix64(h)
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    name: str
-    kind: FieldKind
-    buckets: int
-
-
-HISTORY_KINDS = ("user_clicks", "item_interactions")
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """The fields of a stream and how each is hashed; saved with every model version."""
-
-    fields: tuple[FieldSpec, ...]
-    crosses: tuple[tuple[str, str], ...] = ()
-    cross_buckets: int = 1 << 18
-    dense_numeric: bool = True
-    seed: int = 0
-    # the user's last N clicked items, hashed like item_id (same embedding rows); 0 = none.
-    # Set by sequence models (models.spec_for); the trainer keeps the histories (consumers/history.py).
-    history_length: int = 0
-    # "user_clicks": the user's clicked items (item rows); "item_interactions": the users shown the
-    # item, user rows signed by whether they clicked (autorec).
-    history_kind: str = "user_clicks"
-    # categorical fields remembered with each clicked item (e.g. its category): a history entry
-    # is then the sum of the item's row and these fields' rows, as DIN's goods_id + cate_id
-    history_fields: tuple[str, ...] = ()
-    # wide-only count features: for each key (a field, or a cross "A:B" among ``crosses``), how many
-    # earlier examples the model learned from had the same value and how many of them were clicks,
-    # log2 levels of both as one coordinate. The counts are model state (models/seen_counts.py).
-    counts: tuple[str, ...] = ()
-    # rows of a counted cross's table (a power of two): a cross's own 2**18 wide buckets collide
-    # too often to tell "never seen" from "seen" (Frappe, lr: 0.9490 AUC at 2**22 rows, 0.9459 at 2**18)
-    count_rows: int = DEFAULT_COUNT_ROWS
-    _offsets: np.ndarray = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        names = [f.name for f in self.fields]
-        duplicates = {n for n in names if names.count(n) > 1}
-        if duplicates:
-            raise ConfigError(f"duplicate feature fields: {sorted(duplicates)}")
-        for a, b in self.crosses:
-            if a not in names or b not in names:
-                raise ConfigError(f"--cross {a}:{b}: both fields must exist; fields: {', '.join(names)}")
-        if self.history_kind not in HISTORY_KINDS:
-            raise ConfigError(f"history_kind must be one of {HISTORY_KINDS}, not {self.history_kind!r}")
-        kinds = {f.name: f.kind for f in self.fields}
-        for name in self.history_fields:
-            if kinds.get(name) != "cat" or name in ID_FIELDS:
-                raise ConfigError(f"--history-field {name}: must be one of the stream's categorical fields: "
-                                  + ", ".join(n for n, k in kinds.items() if k == "cat" and n not in ID_FIELDS))
-        crossed = [f"{a}:{b}" for a, b in self.crosses]
-        for key in self.counts:
-            if key not in names and key not in crossed:
-                hint = (f"; add --cross {key} first" if key.count(":") == 1 and all(p in names for p in key.split(":"))
-                        else "")
-                raise ConfigError(f"--count {key}: must be a field or a cross given with --cross{hint}; fields: "
-                                  f"{', '.join(names)}" + (f"; crosses: {', '.join(crossed)}" if crossed else ""))
-        if self.count_rows < 2 or self.count_rows & (self.count_rows - 1):
-            raise ConfigError(f"count_rows must be a power of two, not {self.count_rows}")
-        if len(set(self.counts)) != len(self.counts):
-            raise ConfigError(f"--count repeats a key: {', '.join(self.counts)}")
-        for f in self.fields:
-            if f.buckets < 2:
-                raise ConfigError(f"field {f.name}: buckets must be at least 2")
-        sizes = np.array([f.buckets for f in self.fields], dtype=np.int64)
-        object.__setattr__(self, "_offsets", np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64))
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.fields)
-
-    @property
-    def offsets(self) -> np.ndarray:
-        return self._offsets
-
-    @property
-    def field_rows(self) -> int:
-        """Rows of the embedding tables (all fields)."""
-        return int(sum(f.buckets for f in self.fields))
-
-    @property
-    def count_offset(self) -> int:
-        """The first wide coordinate of the count features (after the fields and crosses)."""
-        return self.field_rows + len(self.crosses) * self.cross_buckets
-
-    @property
-    def wide_rows(self) -> int:
-        """Coordinates of the wide part: fields, crosses, count buckets, then one bias coordinate."""
-        return self.count_offset + len(self.counts) * COUNT_LEVELS**2 + 1
-
-    def count_keys(self) -> list[tuple[int, ...]]:
-        """For each count key, the positions among the fields of what it counts: one field, or
-        the two fields of a cross."""
-        names = self.names
-        return [(names.index(key),) if key in names else tuple(names.index(part) for part in key.split(":"))
-                for key in self.counts]
-
-    @property
-    def bias_id(self) -> int:
-        return self.wide_rows - 1
-
-    @property
-    def numeric_fields(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.fields if f.kind == "num")
-
-    @property
-    def dense_dim(self) -> int:
-        return len(self.numeric_fields) if self.dense_numeric else 0
-
-    def to_json(self) -> str:
-        data = {"fields": [asdict(f) for f in self.fields], "crosses": [list(c) for c in self.crosses],
-                "cross_buckets": self.cross_buckets, "dense_numeric": self.dense_numeric, "seed": self.seed}
-        if self.history_length:
-            data["history_length"] = self.history_length
-        if self.history_kind != "user_clicks":
-            data["history_kind"] = self.history_kind
-        if self.history_fields:
-            data["history_fields"] = list(self.history_fields)
-        if self.counts:
-            data["counts"] = list(self.counts)
-            data["count_rows"] = self.count_rows
-        return json.dumps(data, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> FeatureSpec:
-        data = json.loads(text)
-        return cls(
-            fields=tuple(FieldSpec(**f) for f in data["fields"]),
-            crosses=tuple((a, b) for a, b in data["crosses"]),
-            cross_buckets=data["cross_buckets"], dense_numeric=data["dense_numeric"], seed=data["seed"],
-            history_length=data.get("history_length", 0),
-            history_kind=data.get("history_kind", "user_clicks"),
-            history_fields=tuple(data.get("history_fields", ())),
-            counts=tuple(data.get("counts", ())), count_rows=data.get("count_rows", DEFAULT_COUNT_ROWS),
-        )
-
-    @classmethod
-    def infer(cls, sample: Sequence[dict[str, Any]], *, cat_buckets: int = DEFAULT_CAT_BUCKETS,
-              num_buckets: int = DEFAULT_NUM_BUCKETS, bucket_overrides: dict[str, int] | None = None,
-              crosses: Sequence[tuple[str, str]] = (), cross_buckets: int = 1 << 18,
-              dense_numeric: bool = True, seed: int = 0, counts: Sequence[str] = (),
-              count_rows: int = DEFAULT_COUNT_ROWS) -> FeatureSpec:
-        """Fields and kinds from sample feature dicts: strings are categorical, numbers numeric.
-
-        A field that is null in every sample row is categorical. Fields keep first-seen order.
-        """
-        kinds: dict[str, FieldKind | None] = {}
-        for features in sample:
-            for name, value in features.items():
-                if name in ID_FIELDS:
-                    raise ConfigError(f"feature field {name!r} clashes with the event's own {name}")
-                if kinds.get(name) is None:
-                    kinds[name] = None if value is None else ("cat" if isinstance(value, str) else "num")
-        overrides = dict(bucket_overrides or {})
-        fields = [FieldSpec(n, "cat", overrides.pop(n, cat_buckets)) for n in ID_FIELDS]
-        for name, kind in kinds.items():
-            kind = kind or "cat"
-            fields.append(FieldSpec(name, kind, overrides.pop(name, cat_buckets if kind == "cat" else num_buckets)))
-        if overrides:
-            raise ConfigError(f"--buckets names unknown fields: {', '.join(sorted(overrides))}")
-        return cls(tuple(fields), tuple(crosses), cross_buckets, dense_numeric, seed, counts=tuple(counts),
-                   count_rows=count_rows)
-
-
-@dataclass
-class SparseBatch:
-    """One mini-batch: ``ids`` (B, F) field ids, ``cross_ids`` (B, C) wide-only ids,
-    ``dense`` (B, D) float inputs, ``labels`` (B,) in {0, 1} (absent when scoring),
-    ``history`` (B, L) the user's recently clicked items as item_id rows, -1 where empty
-    (present when the spec has a history)."""
-
-    ids: torch.Tensor
-    cross_ids: torch.Tensor
-    dense: torch.Tensor
-    labels: torch.Tensor | None = None
-    history: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return int(self.ids.shape[0])
-
-    def rows(self, start: int, stop: int) -> SparseBatch:
-        """Examples ``start:stop`` (views, no copy)."""
-        return SparseBatch(self.ids[start:stop], self.cross_ids[start:stop], self.dense[start:stop],
-                           None if self.labels is None else self.labels[start:stop],
-                           None if self.history is None else self.history[start:stop])
-
-    @staticmethod
-    def concat(first: SparseBatch, second: SparseBatch) -> SparseBatch:
-        def cat(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
-            return None if a is None or b is None else torch.cat([a, b])
-
-        return SparseBatch(torch.cat([first.ids, second.ids]), torch.cat([first.cross_ids, second.cross_ids]),
-                           torch.cat([first.dense, second.dense]), cat(first.labels, second.labels),
-                           cat(first.history, second.history))
-
-    def to(self, device: str | torch.device) -> SparseBatch:
-        return SparseBatch(self.ids.to(device), self.cross_ids.to(device), self.dense.to(device),
-                           None if self.labels is None else self.labels.to(device),
-                           None if self.history is None else self.history.to(device))
 
 
 class Featurizer:

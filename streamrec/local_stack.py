@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
-from stream.errors import StackError
-from stream.settings import Settings
+from streamrec.stream.errors import StackError
+from streamrec.stream.settings import Settings
 
 STATE_FILE = "stack.json"
 
@@ -160,7 +160,7 @@ def start_stack(home: Path, timeout_s: float = 30.0, tied: bool = False) -> Stac
 def _wait_healthy(state: StackState, timeout_s: float) -> None:
     import redis
 
-    from stream.kafka_client import broker_reachable
+    from streamrec.stream.kafka_client import broker_reachable
 
     deadline = time.monotonic() + timeout_s
     while not broker_reachable(state.kafka_bootstrap, timeout_s=2.0):

@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from producers.generator import generate, write_stream
-from producers.readers import ReaderOptions
-from stream.errors import StackError
-from stream.kafka_client import create_topics
-from stream.local_stack import child_preexec, running_stack
-from stream.scrape import scrape
-from stream.settings import Settings
+from streamrec.local_stack import child_preexec, running_stack
+from streamrec.producers.generator import generate, write_stream
+from streamrec.producers.readers import ReaderOptions
+from streamrec.stream.errors import StackError
+from streamrec.stream.kafka_client import create_topics
+from streamrec.stream.prometheus import scrape
+from streamrec.stream.settings import Settings
 
 STOP_GRACE_S = 5.0
 
@@ -64,7 +64,7 @@ class Child:
 def _spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Child:
     log_path = log_dir / f"{name}.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "stream", *args], env=env, stdout=log,
+        process = subprocess.Popen([sys.executable, "-m", "streamrec", *args], env=env, stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    preexec_fn=child_preexec())
     return Child(name, process, log_path)
@@ -97,7 +97,7 @@ def _get_json(url: str, body: Any = None, timeout_s: float = 5.0) -> dict[str, A
 def _ask_scorer(port: int, live: int | None, data: Path, fmt: str, reader_options: ReaderOptions,
                 say: Callable[[str], None], wait_s: float = 15.0) -> dict[str, Any]:
     """Wait until the scorer serves the live version, then score a few events with it."""
-    from producers.readers import read_rows
+    from streamrec.producers.readers import read_rows
 
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
@@ -194,7 +194,8 @@ def run_demo(settings: Settings, *, events: int, model: str, data: Path | None, 
             f"at {produced['events_per_second']:,.0f} events/s")
         served: dict[str, Any] = {}
         if scorer.process.poll() is None and serve_ready.exists():
-            from consumers.version_store import VersionStore, connect
+            from streamrec.stream.redis_connection import connect
+            from streamrec.versions.store import VersionStore
 
             client = connect(endpoints.redis_url)
             live_version = VersionStore(client, namespace, model).live()

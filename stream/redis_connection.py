@@ -1,4 +1,4 @@
-"""Wait out a Redis outage: retry an action with exponential back-off until it succeeds or the worker stops."""
+"""Redis connections: one way to open a client, and waiting out an outage with exponential back-off."""
 
 from __future__ import annotations
 
@@ -28,3 +28,7 @@ def retry_while_unavailable(what: str, action: Callable[[], Any], stop_event: th
                 on_failure()
             stop_event.wait(delay)
             delay = min(delay * 2, backoff_max_s)
+
+
+def connect(url: str, timeout_s: float = 5.0) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)

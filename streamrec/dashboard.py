@@ -34,9 +34,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from consumers.version_store import VersionStore, champion
-from consumers.worker_registry import workers
-from stream.scrape import fetch_text, parse, sample_key
+from streamrec.stream.prometheus import fetch_text, parse, sample_key
+from streamrec.stream.worker_registry import workers
+from streamrec.versions.store import VersionStore, champion
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ ASSETS = {
 
 
 def create_app(collector: Collector) -> Starlette:
-    root = resources.files("stream") / "dashboard_assets"
+    root = resources.files("streamrec") / "dashboard_assets"
     bodies = {path: ((root / name).read_bytes(), kind) for path, (name, kind) in ASSETS.items()}
 
     def asset(request: Request) -> Response:

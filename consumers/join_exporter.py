@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-from consumers.trainer_metrics import JOIN_OUTCOMES, MetricsEndpoint
+from streamrec.consumers.trainer_exporter import JOIN_OUTCOMES
+from streamrec.stream.prometheus import MetricsEndpoint
 
 STAGE_LABEL = "join"
 

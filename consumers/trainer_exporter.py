@@ -10,40 +10,14 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
-from stream.errors import StackError
+from streamrec.stream.prometheus import MetricsEndpoint
 
 _LABELS = ("model", "worker")
 JOIN_OUTCOMES = ("positives", "negatives", "late_clicks", "orphan_clicks", "duplicate_clicks",
                  "duplicate_impressions", "evicted")
-
-
-class MetricsEndpoint:
-    """A worker's own registry, served over HTTP on ``/metrics``."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self._server: Any = None
-        self.port: int | None = None
-
-    def serve(self, port: int, addr: str = "127.0.0.1") -> int:
-        """Start the HTTP endpoint; ``port`` 0 picks a free one. Returns the port."""
-        try:
-            self._server, _thread = start_http_server(port, addr=addr, registry=self.registry)
-        except OSError as exc:
-            raise StackError(f"cannot serve metrics on {addr}:{port} ({exc.strerror}); choose another "
-                             "--metrics-port (STREAMREC_METRICS_PORT), or 0 for any free port") from None
-        self.port = int(self._server.server_address[1])
-        return self.port
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
 
 class TrainerMetrics(MetricsEndpoint):
