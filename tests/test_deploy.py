@@ -45,3 +45,12 @@ def test_the_dashboard_covers_every_model_metric_family():
                  "streamrec_rollbacks_total", "streamrec_served_model_age_seconds"):
         assert name in exprs, name
     assert dashboard["templating"]["list"][0]["name"] == "model"
+
+
+def test_the_image_copies_every_folder_that_installs_under_streamrec():
+    import tomllib
+
+    project = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    folders = set(project["tool"]["setuptools"]["package-dir"].values())
+    copied = set(re.findall(r"^COPY (\S+) \1$", (DEPLOY / "Dockerfile").read_text(), re.M))
+    assert folders and folders <= copied, sorted(folders - copied)
