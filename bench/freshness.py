@@ -74,9 +74,10 @@ def main() -> None:
                                      kafka_bootstrap=state.kafka_bootstrap, redis_url=state.redis_url)
             create_topics(state.kafka_bootstrap, [settings.impressions_topic, settings.clicks_topic,
                                                   settings.dead_letter_topic], settings.partitions)
-            trainer = Trainer(settings, TrainerOptions(
-                model=args.model, positives="click", window_s=args.window_s, delta_every_s=args.delta_every_s,
-                dense_every_s=5.0, publish_every_s=5.0, publish_every_examples=10**9, exit_at_end=True),
+            trainer = Trainer(settings, TrainerOptions.from_settings(
+                settings, model=args.model, positives="click", attribution_window_s=args.window_s,
+                delta_every_s=args.delta_every_s, dense_every_s=5.0, publish_every_s=5.0,
+                publish_every_examples=10**9, exit_at_end=True, metrics_port=None),
                 kafka_bootstrap=state.kafka_bootstrap, redis_url=state.redis_url)
             swaps: list[tuple[float, Served]] = []
             scorer = Scorer(state.redis_url, settings.namespace, args.model, poll_s=0.5,

@@ -78,8 +78,9 @@ def run_once(data: Path, state, home: Path, model: str, join_workers: int, parti
     workers = [subprocess.Popen([sys.executable, "-m", "streamrec", "join", "--exit-at-end", "--metrics-port", "0",
                                  "--worker-id", f"join-{i}"], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL) for i in range(join_workers)]
-    trainer = Trainer(settings, TrainerOptions(model=model, exit_at_end=True, publish_every_examples=10**9,
-                                               from_examples=join_workers > 0),
+    trainer = Trainer(settings, TrainerOptions.from_settings(settings, model=model, exit_at_end=True,
+                                                             publish_every_examples=10**9, metrics_port=None,
+                                                             from_examples=join_workers > 0),
                       kafka_bootstrap=state.kafka_bootstrap, redis_url=state.redis_url)
     cpu_before, broker_before = time.process_time(), _cpu_seconds(state.broker_pid)
     try:

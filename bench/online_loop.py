@@ -76,11 +76,10 @@ def main() -> None:
                                       dead_letter_topic=settings.dead_letter_topic, partitions=settings.partitions)
                 finally:
                     producer.close()
-                trainer = Trainer(settings, TrainerOptions(model=args.model, batch_size=args.batch_size,
-                                                           exit_at_end=True, publish_every_s=args.publish_every_s,
-                                                           publish_every_examples=10**9,
-                                                           positives=args.positives,
-                                                           delta_every_s=args.delta_every_s),
+                trainer = Trainer(settings, TrainerOptions.from_settings(
+                    settings, model=args.model, batch_size=args.batch_size, exit_at_end=True,
+                    publish_every_s=args.publish_every_s, publish_every_examples=10**9, positives=args.positives,
+                    delta_every_s=args.delta_every_s, metrics_port=None),
                                   kafka_bootstrap=state.kafka_bootstrap, redis_url=state.redis_url)
                 started = time.perf_counter()
                 cpu_before, broker_before = time.process_time(), _cpu_seconds(state.broker_pid)

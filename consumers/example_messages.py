@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from streamrec.consumers.joiner import Example, example_row
+from streamrec.consumers.example_source import Example, example_row
 
 SCHEMA_VERSION = 1
 MAX_EXAMPLES_PER_MESSAGE = 1000

@@ -1,9 +1,9 @@
 """What a trainer holds in place of a joiner when it reads ``<ns>.examples`` (``train --from-examples``).
 
-The join stage (consumers/join_worker.py) has already labelled the examples; the trainer only
-queues them between polls and batches, and knows which source partitions have ended. It offers
-the joiner's interface, so the trainer's loop, versions and resume work unchanged: examples read
-but not yet trained are part of its state, and so of every version.
+The join stage (consumers/join_worker.py) has already labelled the examples; the queue only
+holds them between polls and batches, and knows which source partitions have ended. It is an
+:class:`~streamrec.consumers.example_source.ExampleSource` like the joiner, so the trainer's
+loop, versions and resume are the same: examples read but not yet trained are part of its state.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from streamrec.consumers.joiner import (
+from streamrec.consumers import example_messages
+from streamrec.consumers.example_source import (
     Example,
     JoinCounts,
     ReleasedExamples,
@@ -25,12 +26,27 @@ KIND = "examples"
 
 
 class ExampleQueue(ReleasedExamples):
+    """Labelled examples read from ``<ns>.examples``, in order, until the trainer takes them."""
+
+    kind = KIND
+
     def __init__(self) -> None:
         super().__init__()
         # join outcomes are counted where the join happens, by the join workers
         self.counts = JoinCounts()
         self._final: set[int] = set()
         self._label_time: dict[int, float] = {}  # newest label time read per source partition
+
+    def offer_message(self, partition: int, topic_kind: str | None,
+                      raw: bytes) -> tuple[dict[str, int], list[tuple[bytes, str]]]:
+        """Queue one ``<ns>.examples`` message; anything else is one bad event with its reason.
+        Events read are counted by the join workers, so none are reported taken here."""
+        try:
+            source_partition, examples, final = example_messages.decode(raw)
+        except ValueError as exc:
+            return {}, [(raw, str(exc))]
+        self.add(source_partition, examples, final)
+        return {}, []
 
     def add(self, partition: int, examples: list[Example], final: bool) -> None:
         if examples:

@@ -12,7 +12,7 @@ Exactly once, per source partition ``p`` (the unit a worker owns):
 * A checkpoint (Redis hash ``streamrec:<ns>:join:<p>``) holds p's joiner state, its counters,
   the next offsets of ``impressions:p`` and ``clicks:p``, and the offset of ``examples:p`` that
   the owner's next message will get. It is written after the producer has delivered every
-  message before it: every ``join_checkpoint_interval_s``, when p is revoked, and at the end.
+  message before it: every ``join_checkpoint_every_s``, when p is revoked, and at the end.
 * A worker given p bumps p's epoch, loads the checkpoint, seeks both topics to its offsets and
   reads ``examples:p`` from the checkpoint's output offset to the end: what a predecessor wrote
   after its last checkpoint. Replaying the events regenerates exactly those examples (the join
@@ -31,67 +31,67 @@ stage's totals are exact whatever instant a worker died (tests/test_join_stage.p
 from __future__ import annotations
 
 import logging
-import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 import redis
-from prometheus_client import generate_latest
 
 from streamrec.consumers import example_messages
-from streamrec.consumers.join_exporter import STAGE_LABEL, JoinMetrics
-from streamrec.consumers.joiner import Example, Joiner
-from streamrec.consumers.trainer_exporter import JOIN_OUTCOMES
-from streamrec.consumers.worker_counters import Counters
-from streamrec.stream import events as ev
+from streamrec.consumers.example_source import Example
+from streamrec.consumers.join_exporter import STAGE_LABEL, TOTALS, JoinExporter, JoinReadings
+from streamrec.consumers.joiner import Joiner
+from streamrec.consumers.kafka_worker import KafkaWorker, WorkerIdentity
+from streamrec.consumers.worker_counters import MASK64, Counters
+from streamrec.stream import redis_keys
 from streamrec.stream.errors import StackError
-from streamrec.stream.kafka_client import (
-    EventConsumer,
-    EventProducer,
-    TopicPartitionKey,
-    make_consumer,
-    make_producer,
-)
-from streamrec.stream.redis_connection import retry_while_unavailable
+from streamrec.stream.kafka_client import EventConsumer, Record, TopicPartitionKey, make_consumer
+from streamrec.stream.redis_connection import connect, retry_while_unavailable
 from streamrec.stream.settings import Settings
-from streamrec.stream.worker_registry import Heartbeat, metrics_url
 
 log = logging.getLogger(__name__)
-_MASK64 = (1 << 64) - 1
 READ_BACK_TIMEOUT_S = 60.0
-
-
-def checkpoint_key(namespace: str, partition: int) -> str:
-    return f"streamrec:{namespace}:join:{partition}"
+# Settings a join worker takes from streamrec.stream.settings.Settings, under the same names.
+SETTINGS_FIELDS = ("attribution_window_s", "max_pending_impressions", "positives", "join_checkpoint_every_s",
+                   "metrics_port", "metrics_host")
 
 
 def read_checkpoints(client: redis.Redis, namespace: str, partitions: int) -> dict[int, dict[str, Any]]:
     """The stored checkpoint of each partition that has one (--exit-at-end, `streamrec join --status`)."""
     with client.pipeline(transaction=False) as pipe:
         for p in range(partitions):
-            pipe.hget(checkpoint_key(namespace, p), "state")
+            pipe.hget(redis_keys.join_checkpoint(namespace, p), "state")
         raws = pipe.execute()
     return {p: orjson.loads(raw) for p, raw in enumerate(raws) if raw is not None}
 
 
 @dataclass(frozen=True)
 class JoinOptions:
+    """One join worker's options; build them with :meth:`from_settings` (one name and default per setting)."""
+
+    attribution_window_s: float
+    max_pending_impressions: int   # per partition
+    positives: str
+    join_checkpoint_every_s: float
+    metrics_port: int | None
+    metrics_host: str
     worker_id: str = "join-0"
-    window_s: float = 30.0
-    max_pending: int = 1_000_000   # per partition
-    positives: str = "window"
-    checkpoint_every_s: float = 1.0
     poll_records: int = 5000
     exit_at_end: bool = False
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> JoinOptions:
+        return cls(**{**{name: getattr(settings, name) for name in SETTINGS_FIELDS}, **overrides})
 
 
 @dataclass
 class ShardCounters(Counters):
-    regenerated: int = 0  # examples a predecessor had written after its checkpoint, not written again
+    """A partition's counters, plus the examples a predecessor had written after its checkpoint
+    (regenerated here, not written again)."""
+
+    regenerated: int = 0
 
 
 @dataclass
@@ -107,32 +107,37 @@ class Shard:
     final_sent: bool = False
     # impression id -> label of examples a predecessor wrote after the checkpoint
     written: dict[str, int] = field(default_factory=dict)
-    exported: dict[str, int] = field(default_factory=dict)  # what reached Prometheus
+    baseline: dict[str, int] = field(default_factory=dict)  # the totals when this worker took p over
+
+    def totals(self) -> dict[str, int]:
+        counts = {**asdict(self.counters), **asdict(self.joiner.counts)}
+        return {name: counts[name] for name in TOTALS}
 
 
-class JoinWorker:
+class JoinWorker(KafkaWorker):
+    """Owns some source partitions in the join stage's consumer group, turns their events into
+    labelled examples written once to ``<ns>.examples``; see the module docstring."""
+
+    role = "joiner"
+
     def __init__(self, settings: Settings, options: JoinOptions, *, kafka_bootstrap: str, redis_url: str) -> None:
-        self.settings, self.options = settings, options
-        self.kafka_bootstrap = kafka_bootstrap
-        self.redis = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
-        self.topics = {settings.impressions_topic: "impressions", settings.clicks_topic: "clicks"}
-        self.group_id = f"streamrec-join-{settings.namespace}"
-        self.metrics = JoinMetrics(options.worker_id)
+        super().__init__(settings, WorkerIdentity(options.worker_id, options.metrics_port, options.metrics_host),
+                         kafka_bootstrap=kafka_bootstrap, redis_client=connect(redis_url),
+                         exporter=JoinExporter(options.worker_id), group_id=f"streamrec-join-{settings.namespace}",
+                         topics={settings.impressions_topic: "impressions", settings.clicks_topic: "clicks"},
+                         model_label=STAGE_LABEL, poll_records=options.poll_records)
+        self.options = options
         self.shards: dict[int, Shard] = {}
-        self.stop_event = threading.Event()
-        self.assignments = 0
-        self._consumer: EventConsumer | None = None
-        self._producer: EventProducer | None = None
+        self._retired = dict.fromkeys(TOTALS, 0)  # what this worker counted on partitions it handed back
         self._reader: EventConsumer | None = None
-        self._heartbeat: Heartbeat | None = None
         self._last_checkpoint = time.monotonic()
+        self._last_end_check = 0.0
         self._partition_count = 0
-        self.started_at = time.monotonic()
+        self.metrics.attach(self.readings)
 
     # ------------------------------------------------------------------ ownership
 
-    def _on_assign(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
-        self.assignments += 1
+    def on_assign(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
         seeks: dict[TopicPartitionKey, int] = {}
         for p in sorted({partition for _topic, partition in partitions}):
             if p in self.shards:
@@ -142,12 +147,11 @@ class JoinWorker:
             for topic, kind in self.topics.items():
                 if kind in shard.offsets:
                     seeks[(topic, p)] = shard.offsets[kind]
-        self.metrics.partitions.labels(**self.metrics.labels).set(len(self.shards))
         log.info("join worker %s owns partitions %s", self.options.worker_id, sorted(self.shards))
         return seeks
 
     def _take_over(self, p: int) -> Shard:
-        key = checkpoint_key(self.settings.namespace, p)
+        key = redis_keys.join_checkpoint(self.settings.namespace, p)
 
         def claim() -> tuple[int, bytes | None]:
             with self.redis.pipeline(transaction=True) as pipe:
@@ -158,8 +162,8 @@ class JoinWorker:
 
         epoch, raw = retry_while_unavailable(f"claiming partition {p}", claim, self.stop_event)
         if raw is None:
-            shard = Shard(p, epoch, Joiner(self.options.window_s, self.options.max_pending, self.options.positives),
-                          ShardCounters(), {}, 0)
+            shard = Shard(p, epoch, Joiner(self.options.attribution_window_s, self.options.max_pending_impressions,
+                                           self.options.positives), ShardCounters(), {}, 0)
         else:
             state = orjson.loads(raw)
             shard = Shard(p, epoch, Joiner.from_state(state["joiner"]), ShardCounters(**state["counters"]),
@@ -167,7 +171,7 @@ class JoinWorker:
                           written={k: v for k, v in state.get("written", ())})
         end = self._read_back(shard)
         shard.output_offset = end
-        shard.exported = {**asdict(shard.counters), **asdict(shard.joiner.counts)}
+        shard.baseline = shard.totals()
         log.info("partition %d: epoch %d, offsets %s, %d examples written after the checkpoint", p, epoch,
                  shard.offsets, len(shard.written))
         return shard
@@ -197,24 +201,27 @@ class JoinWorker:
                 shard.final_sent = shard.final_sent or final
         return end
 
-    def _on_revoke(self, partitions: list[TopicPartitionKey]) -> None:
+    def on_revoke(self, partitions: list[TopicPartitionKey]) -> None:
         gone = sorted({p for _topic, p in partitions} & set(self.shards))
         if gone:
             self._checkpoint(gone)
             for p in gone:
-                self.shards.pop(p, None)
-            self.metrics.partitions.labels(**self.metrics.labels).set(len(self.shards))
+                self._retire(p)
+
+    def _retire(self, p: int) -> None:
+        shard = self.shards.pop(p, None)
+        if shard is not None:
+            now = shard.totals()
+            for name in TOTALS:
+                self._retired[name] += now[name] - shard.baseline[name]
 
     # ------------------------------------------------------------------ events → examples
 
-    def _dead_letter(self, shard: Shard | None, raw: bytes, reason: str, topic: str, partition: int,
-                     offset: int) -> None:
-        assert self._producer is not None
-        self._producer.send(self.settings.dead_letter_topic, ev.dead_letter(raw, reason, f"{topic}:{partition}:{offset}"))
-        if shard is not None:
-            shard.counters.dead_letters += 1
+    def handle(self, records: Sequence[Record]) -> None:
+        for p in self._dispatch(records):
+            self._emit(self.shards[p])
 
-    def _dispatch(self, records: list[Any]) -> set[int]:
+    def _dispatch(self, records: Sequence[Record]) -> set[int]:
         touched: set[int] = set()
         for record in records:
             topic, p = record.topic, record.partition
@@ -228,12 +235,13 @@ class JoinWorker:
             for etype, n in taken.items():
                 shard.counters.count_read(etype, n)
             for raw, problem in dead:
-                self._dead_letter(shard, raw, problem, topic, p, record.offset)
+                self.dead_letter(raw, problem, topic, p, record.offset)
+                shard.counters.dead_letters += 1
         return touched
 
     def _emit(self, shard: Shard) -> None:
         """Write the examples the joiner released (except those a predecessor already wrote)."""
-        assert self._producer is not None
+        assert self.producer is not None
         shard.joiner.advance()
         released = shard.joiner.take()
         if released:
@@ -253,12 +261,12 @@ class JoinWorker:
             topic = self.settings.examples_topic
             size = example_messages.MAX_EXAMPLES_PER_MESSAGE
             for start in range(0, len(fresh), size):
-                self._producer.send(topic, example_messages.encode(shard.partition, fresh[start:start + size]),
-                                    partition=shard.partition)
+                self.producer.send(topic, example_messages.encode(shard.partition, fresh[start:start + size]),
+                                   partition=shard.partition)
                 shard.output_offset += 1
         if not shard.final_sent and shard.joiner.finished([shard.partition]):
-            self._producer.send(self.settings.examples_topic, example_messages.encode_final(shard.partition),
-                                partition=shard.partition)
+            self.producer.send(self.settings.examples_topic, example_messages.encode_final(shard.partition),
+                               partition=shard.partition)
             shard.output_offset += 1
             shard.final_sent = True
 
@@ -266,14 +274,15 @@ class JoinWorker:
 
     def _checkpoint(self, partitions: list[int] | None = None) -> None:
         """Deliver everything written so far, then store each shard's state under its epoch."""
-        if self._producer is None or self._consumer is None:
+        if self.producer is None or self.consumer is None:
             return
         shards = [self.shards[p] for p in (sorted(self.shards) if partitions is None else partitions)
                   if p in self.shards]
         if not shards:
             return
-        self._producer.flush()
+        self.producer.flush()
         commits: dict[TopicPartitionKey, int] = {}
+        labels = self.metrics.labels
         for shard in shards:
             state = orjson.dumps({
                 "joiner": shard.joiner.state(), "counters": asdict(shard.counters), "offsets": shard.offsets,
@@ -286,26 +295,26 @@ class JoinWorker:
             try:
                 stored = self._store(shard, state)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                self.metrics.checkpoint_failures.labels(**self.metrics.labels).inc()
+                self.metrics.checkpoint_failures.labels(**labels).inc()
                 log.warning("checkpoint of partition %d failed (%s); the next one includes it", shard.partition, exc)
                 continue
             if not stored:
-                self.metrics.checkpoint_failures.labels(**self.metrics.labels).inc()
+                self.metrics.checkpoint_failures.labels(**labels).inc()
                 log.warning("partition %d has a new owner; dropping it here", shard.partition)
-                self.shards.pop(shard.partition, None)
+                self._retire(shard.partition)
                 continue
-            self.metrics.checkpoints.labels(**self.metrics.labels).inc()
+            self.metrics.checkpoints.labels(**labels).inc()
             for topic, kind in self.topics.items():
                 if kind in shard.offsets:
                     commits[(topic, shard.partition)] = shard.offsets[kind]
         try:
-            self._consumer.commit(commits)
+            self.consumer.commit(commits)
         except Exception as exc:  # noqa: BLE001 - the checkpoint is the source of truth; commits are for lag tools
             log.debug("offset commit failed: %s", exc)
         self._last_checkpoint = time.monotonic()
 
     def _store(self, shard: Shard, state: bytes) -> bool:
-        key = checkpoint_key(self.settings.namespace, shard.partition)
+        key = redis_keys.join_checkpoint(self.settings.namespace, shard.partition)
         with self.redis.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(key)
@@ -320,27 +329,26 @@ class JoinWorker:
 
     # ------------------------------------------------------------------ the loop
 
-    def _export(self) -> None:
-        m, labels = self.metrics, self.metrics.labels
-        open_impressions = 0
-        for shard in self.shards.values():
-            now = {**asdict(shard.counters), **asdict(shard.joiner.counts)}
-            before = shard.exported
-            m.events.labels(**labels, topic=self.settings.impressions_topic).inc(
-                now["impressions_read"] - before.get("impressions_read", 0))
-            m.events.labels(**labels, topic=self.settings.clicks_topic).inc(
-                now["clicks_read"] - before.get("clicks_read", 0))
-            m.dead_letters.labels(**labels).inc(now["dead_letters"] - before.get("dead_letters", 0))
-            m.examples.labels(**labels).inc(now["examples"] - before.get("examples", 0))
-            for outcome in JOIN_OUTCOMES:
-                m.join.labels(**labels, outcome=outcome).inc(now[outcome] - before.get(outcome, 0))
-            shard.exported = now
-            open_impressions += shard.joiner.open_impressions
-        m.open_impressions.labels(**labels).set(open_impressions)
+    def start(self) -> None:
+        self._reader = make_consumer(self.kafka_bootstrap, f"{self.group_id}-read-back-{self.options.worker_id}",
+                                     self.settings.kafka_client, self.settings.consumer_session_timeout_ms)
 
-    def _all_finished(self, consumer: EventConsumer) -> bool:
+    def tick(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_checkpoint >= self.options.join_checkpoint_every_s:
+            self._checkpoint()
+        # a worker left without partitions (the group shrank at the end) may stop too
+        if self.options.exit_at_end and now - self._last_end_check >= 0.5:
+            self._last_end_check = now
+            if all(s.final_sent for s in self.shards.values()):
+                self._checkpoint()
+                return self._all_finished()
+        return False
+
+    def _all_finished(self) -> bool:
+        assert self.consumer is not None
         if not self._partition_count:
-            self._partition_count = consumer.partition_count(self.settings.impressions_topic)
+            self._partition_count = self.consumer.partition_count(self.settings.impressions_topic)
         if not self._partition_count or any(not s.final_sent for s in self.shards.values()):
             return False
         try:
@@ -349,51 +357,27 @@ class JoinWorker:
             return False
         return len(states) == self._partition_count and all(s["final_sent"] for s in states.values())
 
-    def run(self) -> dict[str, Any]:
-        opts = self.options
-        if opts.metrics_port is not None and self.metrics.port is None:
-            self.metrics.serve(opts.metrics_port, opts.metrics_host)
-        if self.metrics.port is not None and self._heartbeat is None:
-            self._heartbeat = Heartbeat(self.redis, self.settings.namespace, role="joiner", model=STAGE_LABEL,
-                                        worker=opts.worker_id, url=metrics_url(opts.metrics_host, self.metrics.port),
-                                        final_metrics=lambda: generate_latest(self.metrics.registry)).start()
-        client = self.settings.kafka_client
-        self._reader = make_consumer(self.kafka_bootstrap, f"{self.group_id}-read-back-{opts.worker_id}", client,
-                                     self.settings.consumer_session_timeout_ms)
-        consumer = make_consumer(self.kafka_bootstrap, self.group_id, client, self.settings.consumer_session_timeout_ms)
-        self._producer = make_producer(self.kafka_bootstrap, client)
-        self._consumer = consumer
-        finished = False
-        last_export = last_end_check = 0.0
-        try:
-            consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
-            while not self.stop_event.is_set():
-                records = consumer.poll(opts.poll_records, 0.2)
-                for p in self._dispatch(records) if records else ():
-                    self._emit(self.shards[p])
-                now = time.monotonic()
-                if now - self._last_checkpoint >= opts.checkpoint_every_s:
-                    self._checkpoint()
-                if now - last_export >= 1.0:
-                    self._export()
-                    last_export = now
-                # a worker left without partitions (the group shrank at the end) may stop too
-                if opts.exit_at_end and now - last_end_check >= 0.5:
-                    last_end_check = now
-                    if all(s.final_sent for s in self.shards.values()):
-                        self._checkpoint()
-                        if self._all_finished(consumer):
-                            finished = True
-                            break
-            self._checkpoint()
-            self._export()
-            summary = self.report(finished)  # before closing: the close hands the partitions back
-        finally:
-            consumer.close()  # its revoke callback checkpoints through the producer: close that after
-            self._producer.close()
+    def finish(self, finished: bool) -> dict[str, Any]:
+        self._checkpoint()
+        return self.report(finished)  # before closing: the close hands the partitions back
+
+    def close_extra(self) -> None:
+        if self._reader is not None:
             self._reader.close()
-            self._producer = self._consumer = self._reader = None
-        return summary
+            self._reader = None
+
+    # ------------------------------------------------------------------ reporting
+
+    def readings(self) -> JoinReadings:
+        """What /metrics shows now (called from the metrics server's thread)."""
+        shards = list(self.shards.values())
+        totals = dict(self._retired)
+        for shard in shards:
+            now = shard.totals()
+            for name in TOTALS:
+                totals[name] += now[name] - shard.baseline.get(name, now[name])
+        return JoinReadings(totals, sum(s.joiner.open_impressions for s in shards), len(shards),
+                            self.settings.impressions_topic, self.settings.clicks_topic)
 
     def report(self, finished: bool) -> dict[str, Any]:
         """Totals of the partitions owned now, over the whole stream (their checkpoints carry
@@ -405,15 +389,13 @@ class JoinWorker:
         return {"worker": self.options.worker_id, "partitions": sorted(self.shards),
                 "assignments": self.assignments, "finished": finished,
                 **{k: v for k, v in asdict(totals).items() if k != "digest"},
-                "digest": f"{totals.digest & _MASK64:016x}",
+                "digest": f"{totals.digest & MASK64:016x}",
                 "wall_seconds": time.monotonic() - self.started_at}
 
     def close(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.close()
-            self._heartbeat = None
-        self.metrics.close()
+        super().close()
         self.redis.close()
 
 
-__all__ = ["JoinOptions", "JoinWorker", "checkpoint_key"]
+__all__ = ["JoinOptions", "JoinWorker", "read_checkpoints"]
+

@@ -45,33 +45,17 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from streamrec.consumers.example_source import (
+    Example,
+    JoinCounts,
+    ReleasedExamples,
+    encode_time,
+    example_from_row,
+    example_row,
+)
 from streamrec.stream.events import decode_events, encode
 
 INF = math.inf
-
-
-@dataclass(slots=True)
-class Example:
-    impression_id: str
-    user_id: str
-    item_id: str
-    features: dict[str, Any]
-    label: int
-    event_time: float  # the impression's
-    label_time: float = -INF  # when the label became known: the click, or the window's end
-
-
-@dataclass
-class JoinCounts:
-    impressions: int = 0
-    clicks: int = 0
-    positives: int = 0
-    negatives: int = 0
-    late_clicks: int = 0
-    orphan_clicks: int = 0
-    duplicate_clicks: int = 0
-    duplicate_impressions: int = 0
-    evicted: int = 0
 
 
 @dataclass
@@ -96,48 +80,14 @@ class _Partition:
         return min(self.impressions_time, self.clicks_time)
 
 
-def encode_time(t: float) -> float | str:
-    """JSON has no infinities: they are stored as strings."""
-    return t if math.isfinite(t) else ("inf" if t > 0 else "-inf")
-
-
-def _decode_time(t: float | str) -> float:
-    return float(t)
-
-
-def example_row(e: Example) -> list[Any]:
-    """An example as a JSON-able row (checkpoints, the examples topic)."""
-    return [e.impression_id, e.user_id, e.item_id, e.features, e.label, e.event_time, encode_time(e.label_time)]
-
-
-def example_from_row(row: list[Any]) -> Example:
-    # rows written before examples carried their label time have six fields
-    return Example(*row[:6], *(_decode_time(t) for t in row[6:]))
-
-
-class ReleasedExamples:
-    """Labelled examples waiting to be trained, in release order."""
-
-    def __init__(self) -> None:
-        self._ready: list[Example] = []
-
-    def take(self, limit: int | None = None) -> list[Example]:
-        """Labelled examples in the order they were released (at most ``limit``)."""
-        if limit is None or limit >= len(self._ready):
-            out, self._ready = self._ready, []
-        else:
-            out, self._ready = self._ready[:limit], self._ready[limit:]
-        return out
-
-    @property
-    def ready(self) -> int:
-        return len(self._ready)
-
-
 POSITIVE_RELEASES = ("click", "window")
 
 
 class Joiner(ReleasedExamples):
+    """Joins one consumer's impressions and clicks, per partition, by event time (module docstring)."""
+
+    kind = "joiner"
+
     def __init__(self, window_s: float, max_pending: int = 1_000_000, positives: str = "window") -> None:
         if window_s <= 0:
             raise ValueError("window_s must be positive")
@@ -369,8 +319,8 @@ class Joiner(ReleasedExamples):
                 early_clicks=OrderedDict((k, t) for k, t in data["early_clicks"]),
                 closed=OrderedDict((row[0], list(row[1:])) for row in data["closed"]),
                 clicked=[list(row) for row in data.get("clicked", [])],
-                impressions_time=_decode_time(data["impressions_time"]),
-                clicks_time=_decode_time(data["clicks_time"]),
+                impressions_time=float(data["impressions_time"]),
+                clicks_time=float(data["clicks_time"]),
             )
             joiner._partitions[int(p)] = part
             joiner._open += len(part.pending)

@@ -199,7 +199,9 @@ def _child(conn: Connection, board: Any) -> None:
                 probe = batch_of(header, arrays)
                 reply = _pack(_OK, {})
             elif op == _QUALITY:
-                reply = _pack(_OK, {"snapshot": quality.snapshot(), "seconds": seconds})
+                snapshot = quality.snapshot()
+                _post(board, snapshot, seconds)  # the board is exact after an exact answer
+                reply = _pack(_OK, {"snapshot": snapshot, "seconds": seconds})
             else:
                 raise RuntimeError(f"unknown learner request {op!r}")
         except Exception:  # noqa: BLE001 - sent back to the worker, which raises it

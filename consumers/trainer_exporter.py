@@ -1,8 +1,15 @@
 """Prometheus metrics of one trainer worker, served on ``/metrics``.
 
-Names follow ``streamrec_<what>_<unit>``; every series carries ``model`` and ``worker`` labels
-(never a user or item id). Each worker owns its registry, so two workers in one process (tests)
-do not share series.
+Two kinds of series, each with ``model`` and ``worker`` labels (never a user or item id):
+
+* the stream's totals and state (examples, events, join outcomes, dead letters, quality, lag,
+  head and live version) are read from the worker when Prometheus scrapes (a ``Collector``), so
+  a resumed worker reports the stream's totals from its first scrape on: its counters come
+  from the version it resumed;
+* what this process did (publishes, their duration and failures, deltas, held versions,
+  rollbacks) are ordinary counters and histograms.
+
+Each worker owns its registry, so two workers in one process (tests) do not share series.
 """
 
 from __future__ import annotations
@@ -10,90 +17,147 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from streamrec.consumers.example_source import JoinCounts
+from streamrec.consumers.worker_counters import Counters
 from streamrec.stream.prometheus import MetricsEndpoint
 
-_LABELS = ("model", "worker")
+LABELS = ("model", "worker")
 JOIN_OUTCOMES = ("positives", "negatives", "late_clicks", "orphan_clicks", "duplicate_clicks",
                  "duplicate_impressions", "evicted")
+HELD_REASONS = ("non_finite", "auc_drop")
 
 
-class TrainerMetrics(MetricsEndpoint):
+@dataclass(frozen=True)
+class TrainerReadings:
+    """What the stream-level series show at one scrape."""
+
+    counters: Counters
+    join: JoinCounts
+    open_impressions: int
+    examples_per_second: float
+    impressions_topic: str
+    clicks_topic: str
+    quality: dict[str, float] | None = None  # the learner's latest streaming metrics, once it has any
+    lag: dict[str, int] = field(default_factory=dict)  # messages not yet read, per topic
+    head_version: int | None = None
+    live_version: int | None = None
+
+
+class _StreamSeries:
+    """The collector of the stream-level series: built from a :class:`TrainerReadings` per scrape."""
+
+    def __init__(self, labels: list[str], read: Callable[[], TrainerReadings | None]) -> None:
+        self.labels, self.read = labels, read
+
+    def describe(self) -> list[Metric]:
+        return []  # not known before a scrape; also keeps registration from calling read()
+
+    def collect(self) -> Iterator[Metric]:
+        r = self.read()
+        labels = self.labels
+
+        def counter(name: str, doc: str, value: float | None) -> CounterMetricFamily:
+            family = CounterMetricFamily(name, doc, labels=LABELS)
+            if value is not None:
+                family.add_metric(labels, value)
+            return family
+
+        def gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, doc, labels=LABELS)
+            if value is not None and not math.isnan(value):
+                family.add_metric(labels, value)
+            return family
+
+        yield counter("streamrec_examples_trained", "Labelled examples trained on", r and r.counters.examples)
+        yield counter("streamrec_dead_letters", "Malformed events sent to the dead-letter topic",
+                      r and r.counters.dead_letters)
+        events = CounterMetricFamily("streamrec_events_consumed", "Events read from Kafka",
+                                     labels=(*LABELS, "topic"))
+        join = CounterMetricFamily("streamrec_join_outcomes", "Join results by outcome", labels=(*LABELS, "outcome"))
+        lag = GaugeMetricFamily("streamrec_consumer_lag_messages", "Messages not yet read, per topic",
+                                labels=(*LABELS, "topic"))
+        quality = {name: GaugeMetricFamily(name, doc, labels=(*LABELS, "window")) for name, doc in (
+            ("streamrec_auc_ratio", "Progressive-validation ROC AUC"),
+            ("streamrec_logloss_nats", "Mean logloss per example"),
+            ("streamrec_normalized_entropy_ratio", "Logloss divided by the entropy of the observed click rate"),
+            ("streamrec_calibration_ratio", "Mean prediction / observed click rate"))}
+        if r is not None:
+            events.add_metric([*labels, r.impressions_topic], r.counters.impressions_read)
+            events.add_metric([*labels, r.clicks_topic], r.counters.clicks_read)
+            for outcome in JOIN_OUTCOMES:
+                join.add_metric([*labels, outcome], getattr(r.join, outcome))
+            for topic, value in r.lag.items():
+                lag.add_metric([*labels, topic], value)
+            if r.quality is not None and r.quality["examples"] > 0:
+                for window, suffix in (("lifetime", ""), ("recent", "_window")):
+                    for name, key in (("streamrec_auc_ratio", "auc"), ("streamrec_logloss_nats", "logloss"),
+                                      ("streamrec_normalized_entropy_ratio", "normalized_entropy"),
+                                      ("streamrec_calibration_ratio", "calibration")):
+                        quality[name].add_metric([*labels, window], r.quality[key + suffix])
+        yield events
+        yield join
+        yield lag
+        yield from quality.values()
+        yield gauge("streamrec_join_open_impressions", "Impressions waiting for a click or the window",
+                    None if r is None else r.open_impressions)
+        yield gauge("streamrec_examples_per_second", "Training rate", None if r is None else r.examples_per_second)
+        yield gauge("streamrec_head_version", "Newest version of the model (the trainer's resume point)",
+                    None if r is None else r.head_version)
+        yield gauge("streamrec_live_version", "The version the live pointer names",
+                    None if r is None else r.live_version)
+
+
+class TrainerExporter(MetricsEndpoint):
+    """The trainer's ``/metrics``: :meth:`attach` the function that reads the worker's state."""
+
     def __init__(self, model: str, worker: str) -> None:
         super().__init__()
-        r, labels = self.registry, _LABELS
-
-        def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> Gauge:
-            return Gauge(name, doc, labels + extra, registry=r)
+        r = self.registry
+        self.labels = {"model": model, "worker": worker}
+        self._read: Callable[[], TrainerReadings | None] = lambda: None
+        r.register(_StreamSeries([model, worker], lambda: self._read()))
 
         def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> Counter:
-            return Counter(name, doc, labels + extra, registry=r)
+            return Counter(name, doc, LABELS + extra, registry=r)
 
-        self.auc = gauge("streamrec_auc_ratio", "Progressive-validation ROC AUC", ("window",))
-        self.logloss = gauge("streamrec_logloss_nats", "Mean logloss per example", ("window",))
-        self.normalized_entropy = gauge("streamrec_normalized_entropy_ratio",
-                                        "Logloss divided by the entropy of the observed click rate", ("window",))
-        self.calibration = gauge("streamrec_calibration_ratio", "Mean prediction / observed click rate", ("window",))
-        self.examples = counter("streamrec_examples_trained", "Labelled examples trained on")
-        self.events = counter("streamrec_events_consumed", "Events read from Kafka", ("topic",))
-        self.join = counter("streamrec_join_outcomes", "Join results by outcome", ("outcome",))
-        self.dead_letters = counter("streamrec_dead_letters", "Malformed events sent to the dead-letter topic")
-        self.lag = gauge("streamrec_consumer_lag_messages", "Messages not yet read, per topic", ("topic",))
-        self.open_impressions = gauge("streamrec_join_open_impressions", "Impressions waiting for a click or the window")
-        self.live_version = gauge("streamrec_model_version", "Newest version this worker published")
-        self.last_publish = gauge("streamrec_last_publish_timestamp_seconds", "Unix time of the last publish")
         self.publish_failures = counter("streamrec_publish_failures", "Publishes that failed (Redis down, ...)")
         self.publish_duration = Histogram(
-            "streamrec_publish_duration_seconds", "Time to serialise and write one version", labels, registry=r,
+            "streamrec_publish_duration_seconds", "Time to serialise and write one version", LABELS, registry=r,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+        self.last_publish = Gauge("streamrec_last_publish_timestamp_seconds", "Unix time of the last publish",
+                                  LABELS, registry=r)
+        self.seconds_since_publish = Gauge("streamrec_seconds_since_publish_seconds",
+                                           "Seconds since the last publish", LABELS, registry=r)
         self.deltas = counter("streamrec_deltas_published", "Deltas (rows changed since the last) published")
         self.delta_bytes = counter("streamrec_delta_bytes", "Bytes of deltas published")
         self.versions_held = counter("streamrec_versions_held", "Versions the quality gate kept from going live",
                                      ("reason",))
         self.rollbacks = counter("streamrec_rollbacks", "Automatic rollbacks after the served AUC fell")
-        self.served_version = gauge("streamrec_live_version", "The version the live pointer names")
-        self.examples_per_second = gauge("streamrec_examples_per_second", "Training rate over the last interval")
-        self.seconds_since_publish = gauge("streamrec_seconds_since_publish_seconds", "Seconds since the last publish")
-        self.labels = {"model": model, "worker": worker}
         self._last_publish_monotonic: float | None = None
         self._lock = threading.Lock()
-        # seconds since the last publish is computed on scrape, so it grows while a worker is stuck
+        # computed on scrape, so it grows while a worker is stuck
         self.seconds_since_publish.labels(**self.labels).set_function(self._seconds_since_publish)
-        for outcome in JOIN_OUTCOMES:  # present from the start, so rate() works from zero
-            self.join.labels(**self.labels, outcome=outcome)
-        self.dead_letters.labels(**self.labels)
-        self.publish_failures.labels(**self.labels)
-        self.examples.labels(**self.labels)
-        self.deltas.labels(**self.labels)
-        self.delta_bytes.labels(**self.labels)
-        self.rollbacks.labels(**self.labels)
-        for reason in ("non_finite", "auc_drop"):
+        for metric in (self.publish_failures, self.deltas, self.delta_bytes, self.rollbacks):
+            metric.labels(**self.labels)  # present from the start, so rate() works from zero
+        for reason in HELD_REASONS:
             self.versions_held.labels(**self.labels, reason=reason)
+
+    def attach(self, read: Callable[[], TrainerReadings | None]) -> None:
+        self._read = read
 
     def _seconds_since_publish(self) -> float:
         with self._lock:
             last = self._last_publish_monotonic
         return math.nan if last is None else time.monotonic() - last
 
-    # ------------------------------------------------------------------ updates
-
-    def record_quality(self, snapshot: dict[str, float]) -> None:
-        for window, suffix in (("lifetime", ""), ("recent", "_window")):
-            self.auc.labels(**self.labels, window=window).set(snapshot["auc" + suffix])
-            self.logloss.labels(**self.labels, window=window).set(snapshot["logloss" + suffix])
-            self.normalized_entropy.labels(**self.labels, window=window).set(snapshot["normalized_entropy" + suffix])
-            self.calibration.labels(**self.labels, window=window).set(snapshot["calibration" + suffix])
-
-    def record_join(self, delta: dict[str, int]) -> None:
-        for outcome, n in delta.items():
-            if n:
-                self.join.labels(**self.labels, outcome=outcome).inc(n)
-
-    def record_publish(self, version: int, seconds: float) -> None:
+    def record_publish(self, seconds: float) -> None:
         self.publish_duration.labels(**self.labels).observe(seconds)
-        self.live_version.labels(**self.labels).set(version)
         self.last_publish.labels(**self.labels).set(time.time())
         with self._lock:
             self._last_publish_monotonic = time.monotonic()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-_MASK64 = (1 << 64) - 1
+MASK64 = (1 << 64) - 1
 # event type -> the counter of such events read
 _READ = {"impression": "impressions_read", "click": "clicks_read", "watermark": "watermarks_read"}
 
@@ -21,7 +21,7 @@ def example_digest(impression_ids: list[str], labels: list[int]) -> int:
     total = 0
     for impression_id, label in zip(impression_ids, labels):
         total += xxhash.xxh64_intdigest(f"{impression_id}|{label}".encode())
-    return total & _MASK64
+    return total & MASK64
 
 
 
@@ -42,4 +42,4 @@ class Counters:
     def count_examples(self, impression_ids: list[str], labels: list[int]) -> None:
         self.examples += len(labels)
         self.positives += sum(labels)
-        self.digest = (self.digest + example_digest(impression_ids, labels)) & _MASK64
+        self.digest = (self.digest + example_digest(impression_ids, labels)) & MASK64

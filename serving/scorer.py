@@ -36,11 +36,12 @@ import redis
 
 from streamrec.models import model_from_bytes
 from streamrec.models.base import OnlineModel, load_tensors_blob, read_delta
+from streamrec.stream import redis_keys
 from streamrec.stream.behaviour_history import BehaviourHistory
 from streamrec.stream.errors import StreamrecError
 from streamrec.stream.featurizer import Featurizer
 from streamrec.stream.redis_connection import connect
-from streamrec.versions.store import DeltaRecord, VersionStore, champion, champion_channel
+from streamrec.versions.store import DeltaRecord, VersionStore, champion
 
 log = logging.getLogger(__name__)
 STOP_CHECK_S = 0.25
@@ -220,11 +221,10 @@ class Scorer:
             if model is None:
                 return False
             store = self._store(model)
-            live, head, pinned = store.client.mget(store.live_key, store.head_key, store.pinned_key)
+            live, head, pinned = store.pointers()
             if live is None:
                 return False
-            live, head = int(live), None if head is None else int(head)
-            following = self.use_deltas and live == head and pinned is None
+            following = self.use_deltas and live == head and not pinned
             served = self.served
             if served is None or served.model != model or (served.deltas_applied and not following):
                 self._load_full(store, live)
@@ -243,9 +243,8 @@ class Scorer:
         version = store.load(number, with_state=False)
         model = model_from_bytes(version.weights)
         meta = version.meta
-        seq = int(meta.get("delta_seq") or 0)
-        served = Served(store.model, number, meta.get("lineage"), seq, 0, meta.get("event_time"),
-                        meta.get("joiner_watermark"), time.time(), dense_at=seq)
+        served = Served(store.model, number, meta.lineage, meta.delta_seq, 0, meta.event_time,
+                        meta.joiner_watermark, time.time(), dense_at=meta.delta_seq)
         interactions = version_interactions(store, number, model.spec)
         standby = _Copy(_clone(model), served, interactions)
         featurizer = self._featurizer
@@ -272,12 +271,12 @@ class Scorer:
         served = self.served
         assert served is not None
         meta = store.meta(number)
-        if meta.get("lineage") != served.lineage:
+        if meta.lineage != served.lineage:
             return False
         self._apply_deltas(store)  # catch up first: the version may be behind the newest delta
         served = self.served
         assert served is not None
-        seq = int(meta.get("delta_seq") or 0)
+        seq = meta.delta_seq
         if seq >= served.delta_seq:
             if self._deferred is None or self._deferred[0] != number:
                 self._deferred = (number, time.monotonic())
@@ -360,8 +359,8 @@ class Scorer:
         dense = [r.seq for r, delta in zip(records, deltas) if delta.dense]
         new = replace(served, lineage=last.lineage, delta_seq=last.seq,
                       deltas_applied=served.deltas_applied + len(records),
-                      event_time=last.meta.get("event_time") or served.event_time,
-                      watermark=last.meta.get("watermark") or served.watermark, swapped_at=time.time(),
+                      event_time=last.meta.event_time or served.event_time,
+                      watermark=last.meta.watermark or served.watermark, swapped_at=time.time(),
                       dense_at=dense[-1] if dense else served.dense_at)
 
         def apply(model: OnlineModel) -> None:
@@ -393,13 +392,13 @@ class Scorer:
         """(Re)subscribe to the champion channel and the current model's announcements."""
         if self._pubsub is None:
             self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-            self._pubsub.subscribe(champion_channel(self.namespace))
+            self._pubsub.subscribe(redis_keys.champion_channel(self.namespace))
             self._subscribed = None
         model = self.current_model()
         if model is not None and model != self._subscribed:
             if self._subscribed is not None:
-                self._pubsub.unsubscribe(self._store(self._subscribed).channel)
-            self._pubsub.subscribe(self._store(model).channel)
+                self._pubsub.unsubscribe(self._store(self._subscribed).keys.announce)
+            self._pubsub.subscribe(self._store(model).keys.announce)
             self._subscribed = model
 
     def _drop_subscription(self) -> None:
@@ -467,7 +466,7 @@ def predict_offline(store: VersionStore, served: dict[str, Any] | Served,
     info = served.as_dict() if isinstance(served, Served) else served
     version = store.load(int(info["version"]), with_state=False)
     model = model_from_bytes(version.weights)
-    lineage, seq = version.meta.get("lineage"), int(version.meta.get("delta_seq") or 0)
+    lineage, seq = version.meta.lineage, version.meta.delta_seq
     if info.get("deltas_applied"):
         target_lineage, target_seq = info["lineage"], int(info["delta_seq"])
         first = seq + 1 if target_lineage == lineage else 1

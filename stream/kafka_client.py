@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 from streamrec.stream.errors import ConfigError, StackError
 
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 # librdkafka's own messages go through Python logging instead of straight to stderr.
 _RDKAFKA_LOG = logging.getLogger("streamrec.librdkafka")
 
+KafkaClientName = Literal["auto", "confluent", "kafka-python"]
+CLIENT_NAMES: tuple[str, ...] = get_args(KafkaClientName)
 TopicPartitionKey = tuple[str, int]
 # Called with the partitions just assigned; may return start offsets for some of them (the
 # trainer resumes from the offsets stored with its last version, not from the group's commits).
@@ -74,7 +76,7 @@ def resolve_client(name: str) -> str:
         except ImportError:
             return "kafka-python"
         return "confluent"
-    if name not in ("confluent", "kafka-python"):
+    if name not in CLIENT_NAMES:
         raise ConfigError(f"kafka_client (STREAMREC_KAFKA_CLIENT): unknown client {name!r}; "
                           "use auto, confluent or kafka-python")
     return name

@@ -14,11 +14,13 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamrec.stream.errors import ConfigError
-
-KafkaClientName = Literal["auto", "confluent", "kafka-python"]
+from streamrec.stream.kafka_client import KafkaClientName
 
 
 class Settings(BaseSettings):
+    """Every setting of streamrec, each under one name: ``STREAMREC_<NAME>`` in the environment,
+    ``--<name>`` on the command line (underscores as dashes) where a command takes it."""
+
     model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="forbid", frozen=True)
 
     home: Path = Field(default_factory=lambda: Path.home() / ".streamrec")
@@ -34,8 +36,8 @@ class Settings(BaseSettings):
     model: str = "wide_deep"
     batch_size: int = Field(default=512, ge=1)
     attribution_window_s: float = Field(default=30.0, gt=0)
-    publish_interval_examples: int = Field(default=50_000, ge=1)
-    publish_interval_s: float = Field(default=5.0, gt=0)
+    publish_every_examples: int = Field(default=50_000, ge=1)
+    publish_every_s: float = Field(default=5.0, gt=0)
     keep_versions: int = Field(default=5, ge=1)
     max_pending_impressions: int = Field(default=1_000_000, ge=1)
     # 0 picks a free port (printed, and written to --ready-file).
@@ -46,15 +48,15 @@ class Settings(BaseSettings):
     # A positive reaches the model at its click ("click") or at the end of the window ("window").
     positives: Literal["click", "window"] = "window"
     # Rows changed since the last delta are published this often (0 = only full versions), and
-    # the dense weights with the first delta after dense_interval_s.
-    delta_interval_s: float = Field(default=0.5, ge=0)
-    dense_interval_s: float = Field(default=5.0, ge=0)
+    # the dense weights with the first delta after dense_every_s.
+    delta_every_s: float = Field(default=0.5, ge=0)
+    dense_every_s: float = Field(default=5.0, ge=0)
     # The quality gate (consumers/quality_gate.py).
     gate: bool = True
     gate_margin: float = Field(default=0.02, ge=0)
     rollback_drop: float = Field(default=0.05, gt=0)
     # How often a join worker makes its partitions' state durable (streamrec join).
-    join_checkpoint_interval_s: float = Field(default=1.0, gt=0)
+    join_checkpoint_every_s: float = Field(default=1.0, gt=0)
     # The scorer's HTTP port (streamrec serve); 0 picks a free one.
     serve_port: int = Field(default=8400, ge=0, le=65535)
 

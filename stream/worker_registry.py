@@ -27,17 +27,11 @@ from typing import Any
 import orjson
 import redis
 
+from streamrec.stream import redis_keys
+
 log = logging.getLogger(__name__)
 TTL_S = 15.0
 STOPPED_TTL_S = 600.0
-
-
-def index_key(namespace: str) -> str:
-    return f"streamrec:{namespace}:workers"
-
-
-def worker_key(namespace: str, role: str, model: str, worker: str) -> str:
-    return f"streamrec:{namespace}:worker:{role}:{model}:{worker}"
 
 
 def metrics_url(host: str, port: int, path: str = "/metrics") -> str:
@@ -54,7 +48,7 @@ def metrics_url(host: str, port: int, path: str = "/metrics") -> str:
 
 def workers(client: redis.Redis, namespace: str) -> list[dict[str, Any]]:
     """The workers alive now, sorted by role, model and worker id."""
-    keys = sorted(k.decode() for k in client.smembers(index_key(namespace)))
+    keys = sorted(k.decode() for k in client.smembers(redis_keys.workers_index(namespace)))
     if not keys:
         return []
     values = client.mget(keys)
@@ -65,7 +59,7 @@ def workers(client: redis.Redis, namespace: str) -> list[dict[str, Any]]:
         else:
             alive.append(orjson.loads(value))
     if gone:
-        client.srem(index_key(namespace), *gone)
+        client.srem(redis_keys.workers_index(namespace), *gone)
     return sorted(alive, key=lambda w: (w["role"], w["model"], w["worker"]))
 
 
@@ -76,7 +70,7 @@ class Heartbeat:
                  url: str, ttl_s: float = TTL_S, final_metrics: Callable[[], bytes] | None = None) -> None:
         self.client, self.namespace, self.ttl_s = client, namespace, ttl_s
         self.final_metrics = final_metrics
-        self.key = worker_key(namespace, role, model, worker)
+        self.key = redis_keys.worker(namespace, role, model, worker)
         self.record = {"role": role, "model": model, "worker": worker, "metrics_url": url, "pid": os.getpid(),
                        "started_at": time.time()}
         self._stop = threading.Event()
@@ -91,7 +85,7 @@ class Heartbeat:
         try:
             with self.client.pipeline(transaction=True) as pipe:
                 pipe.set(self.key, orjson.dumps(self.record), px=int(self.ttl_s * 1000))
-                pipe.sadd(index_key(self.namespace), self.key)
+                pipe.sadd(redis_keys.workers_index(self.namespace), self.key)
                 pipe.execute()
             return True
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -110,7 +104,7 @@ class Heartbeat:
         try:
             if self.final_metrics is None:
                 self.client.delete(self.key)
-                self.client.srem(index_key(self.namespace), self.key)
+                self.client.srem(redis_keys.workers_index(self.namespace), self.key)
                 return
             record = {**self.record, "stopped_at": time.time(), "final_metrics": self.final_metrics().decode()}
             self.client.set(self.key, orjson.dumps(record), px=int(STOPPED_TTL_S * 1000))

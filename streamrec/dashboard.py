@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from streamrec.stream import redis_keys
 from streamrec.stream.prometheus import fetch_text, parse, sample_key
 from streamrec.stream.worker_registry import workers
 from streamrec.versions.store import VersionStore, champion
@@ -50,7 +51,7 @@ TRAINER_VALUES: dict[str, str | tuple[str, ...]] = {
     "examples_per_second": "streamrec_examples_per_second",
     "examples": "streamrec_examples_trained_total",
     "dead_letters": "streamrec_dead_letters_total",
-    "version": "streamrec_model_version",
+    "version": "streamrec_head_version",
     "live_version": "streamrec_live_version",
     "rollbacks": "streamrec_rollbacks_total",
     "positives": "streamrec_join_outcomes_total{outcome=positives}",
@@ -237,8 +238,8 @@ class Collector:
         if self.client is None:
             return {}, None
         try:
-            for key in self.client.scan_iter(match=f"streamrec:{self.namespace}:model:*:events", count=100):
-                models.add(key.decode().split(":model:", 1)[1].rsplit(":events", 1)[0])
+            for key in self.client.scan_iter(match=redis_keys.model_events_pattern(self.namespace), count=100):
+                models.add(redis_keys.model_of_events_key(key.decode()))
             timeline = {m: VersionStore(self.client, self.namespace, m).events(200) for m in sorted(models)}
             return timeline, champion(self.client, self.namespace)
         except (redis.ConnectionError, redis.TimeoutError) as exc:

@@ -81,7 +81,7 @@ def _live_line(metrics: dict[str, float], served: dict[str, float]) -> str:
             f"{get('streamrec_examples_per_second'):>7,.0f} ex/s   "
             f"AUC window {get('streamrec_auc_ratio{window=recent}'):.4f}  "
             f"lifetime {get('streamrec_auc_ratio{window=lifetime}'):.4f}   "
-            f"version {get('streamrec_model_version'):.0f}   lag {lag:,.0f}   {scorer}")
+            f"version {get('streamrec_head_version'):.0f}   lag {lag:,.0f}   {scorer}")
 
 
 def _get_json(url: str, body: Any = None, timeout_s: float = 5.0) -> dict[str, Any]:

@@ -97,7 +97,8 @@ class Running:
 
 def start_trainer(stack: Endpoints, settings: Settings, redis_url: str | None = None,
                   on_publish: Any = None, probe: Any = None, on_delta: Any = None, **options: Any) -> Running:
-    opts = TrainerOptions(**{"model": "lr", "exit_at_end": True, "batch_size": 256, **options})
+    opts = TrainerOptions.from_settings(settings, **{"model": "lr", "exit_at_end": True, "batch_size": 256,
+                                                     "metrics_port": None, **options})
     trainer = Trainer(settings, opts, kafka_bootstrap=stack.kafka_bootstrap, redis_url=redis_url or stack.redis_url,
                       on_publish=on_publish, probe=probe, on_delta=on_delta)
     running = Running(trainer, threading.Thread(target=lambda: None))

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from streamrec.consumers.trainer_exporter import TrainerMetrics
+from streamrec.consumers.example_source import JoinCounts
+from streamrec.consumers.trainer_exporter import TrainerExporter, TrainerReadings
+from streamrec.consumers.worker_counters import Counters
 from streamrec.dashboard import TRAINER_VALUES, chart_values
 from streamrec.stream.kafka_client import create_topics
 from streamrec.stream.prometheus import parse, scrape
@@ -37,14 +39,14 @@ def test_vendored_assets_match_their_pinned_hashes():
 def test_chart_values_read_every_trainer_series_from_a_real_registry():
     from prometheus_client import generate_latest
 
-    metrics = TrainerMetrics("lr", "w1")
-    metrics.record_quality({"auc": 0.7, "auc_window": 0.71, "logloss": 0.5, "logloss_window": 0.49,
-                            "normalized_entropy": 0.9, "normalized_entropy_window": 0.89,
-                            "calibration": 1.0, "calibration_window": 1.01})
-    metrics.record_join({"positives": 3, "negatives": 7})
-    metrics.examples.labels(**metrics.labels).inc(10)
-    metrics.lag.labels(**metrics.labels, topic="a").set(4)
-    metrics.lag.labels(**metrics.labels, topic="b").set(5)
+    metrics = TrainerExporter("lr", "w1")
+    quality = {"examples": 10, "auc": 0.7, "auc_window": 0.71, "logloss": 0.5, "logloss_window": 0.49,
+               "normalized_entropy": 0.9, "normalized_entropy_window": 0.89,
+               "calibration": 1.0, "calibration_window": 1.01}
+    metrics.attach(lambda: TrainerReadings(
+        counters=Counters(examples=10), join=JoinCounts(positives=3, negatives=7), open_impressions=0,
+        examples_per_second=float("nan"), impressions_topic="i", clicks_topic="c", quality=quality,
+        lag={"a": 4, "b": 5}))
     values = chart_values("trainer", parse(generate_latest(metrics.registry).decode()))
     assert values["auc_window"] == 0.71 and values["auc_lifetime"] == 0.7 and values["logloss"] == 0.49
     assert values["positives"] == 3 and values["negatives"] == 7 and values["examples"] == 10
@@ -129,7 +131,7 @@ def test_dashboard_in_a_browser_shows_the_workers_metrics_live(stack, namespace,
                             and value(key, "auc_lifetime") == scraped["streamrec_auc_ratio{window=lifetime}"]
                             and value(key, "lag") == sum(v for k, v in scraped.items()
                                                          if k.startswith("streamrec_consumer_lag_messages"))
-                            and value(key, "version") == scraped["streamrec_model_version"] > 0)
+                            and value(key, "version") == scraped["streamrec_head_version"] > 0)
 
                 for name in trainers:
                     wait_for(lambda n=name: page_matches(n), 30, f"the page to match {name}'s /metrics", 0.25)

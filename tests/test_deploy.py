@@ -8,7 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from streamrec.consumers.trainer_exporter import TrainerMetrics
+from streamrec.consumers.join_exporter import JoinExporter
+from streamrec.consumers.trainer_exporter import TrainerExporter
 from streamrec.serving.http_app import ScorerMetrics
 from streamrec.serving.scorer import Scorer
 
@@ -18,7 +19,7 @@ SUFFIXES = ("", "_total", "_bucket", "_count", "_sum", "_created")
 
 def _exported() -> set[str]:
     scorer = Scorer("redis://127.0.0.1:1/0", "ns", "m", follow=False)  # never started: no connection
-    registries = [TrainerMetrics("m", "w").registry, ScorerMetrics(scorer).registry]
+    registries = [TrainerExporter("m", "w").registry, JoinExporter("w").registry, ScorerMetrics(scorer).registry]
     return {family.name + suffix for registry in registries for family in registry.collect() for suffix in SUFFIXES}
 
 

@@ -18,10 +18,10 @@ from prometheus_client import generate_latest
 
 from streamrec.consumers import example_messages
 from streamrec.consumers.example_queue import ExampleQueue
-from streamrec.consumers.join_worker import checkpoint_key
 from streamrec.consumers.joiner import Example
 from streamrec.stream.kafka_client import create_topics, make_consumer
 from streamrec.stream.prometheus import parse
+from streamrec.stream.redis_keys import join_checkpoint as checkpoint_key
 from streamrec.stream.worker_registry import workers as registered
 from tests.streams import (
     PARTITIONS,
@@ -191,7 +191,8 @@ def test_join_worker_survives_a_redis_outage_and_dead_letters_bad_events(stack, 
     port = _free_port()
     url = f"redis://127.0.0.1:{port}/0"
     redis_proc = _start_redis(port, tmp_path)
-    worker = JoinWorker(settings, JoinOptions(worker_id="solo", exit_at_end=True, checkpoint_every_s=0.2),
+    worker = JoinWorker(settings, JoinOptions.from_settings(settings, worker_id="solo", exit_at_end=True,
+                                                            join_checkpoint_every_s=0.2, metrics_port=None),
                         kafka_bootstrap=stack.kafka_bootstrap, redis_url=url)
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(report=worker.run()), daemon=True)

@@ -10,6 +10,7 @@ import sys
 import pytest
 import redis
 
+from streamrec.versions.meta import VersionMeta
 from streamrec.versions.store import VersionStore
 
 pytestmark = pytest.mark.integration
@@ -26,8 +27,8 @@ def test_models_commands_move_only_the_pointer(stack, namespace):
     store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
     parent = None
     for n in range(1, 5):
-        parent = store.publish(parent=parent, meta={"examples_seen": 100 * n, "metrics": {"auc": 0.6 + n / 100}},
-                               weights=b"w", trainer=b"t", joiner=b"{}", keep=3)
+        parent = store.publish(parent=parent, meta=VersionMeta(examples_seen=100 * n, metrics={"auc": 0.6 + n / 100}),
+                               weights=b"w", quality_state=b"t", source_state=b"{}", keep=3)
     listed = json.loads(_cli(stack, namespace, "list", "--json").stdout)
     assert [v["version"] for v in listed["versions"]] == [4, 3, 2]
     assert listed["live"] == listed["head"] == 4 and not listed["pinned"]
@@ -38,11 +39,11 @@ def test_models_commands_move_only_the_pointer(stack, namespace):
     result = _cli(stack, namespace, "rollback")
     assert result.returncode == 0, result.stderr
     assert store.live() == 3 and store.pinned()
-    store.publish(parent=4, meta={}, weights=b"w", trainer=b"t", joiner=b"{}", keep=3)
+    store.publish(parent=4, meta=VersionMeta(), weights=b"w", quality_state=b"t", source_state=b"{}", keep=3)
     assert store.live() == 3 and store.head() == 5  # pinned: the trainer's new version does not go live
 
     assert _cli(stack, namespace, "unpin").returncode == 0
-    store.publish(parent=5, meta={}, weights=b"w", trainer=b"t", joiner=b"{}", keep=3)
+    store.publish(parent=5, meta=VersionMeta(), weights=b"w", quality_state=b"t", source_state=b"{}", keep=3)
     assert store.live() == 6 and not store.pinned()
 
     assert _cli(stack, namespace, "promote", "5").returncode == 0

@@ -1,5 +1,6 @@
 """The quality gate's decisions (pure)."""
 
+from streamrec.versions.meta import VersionMeta
 from streamrec.versions.quality_gate import (
     HELD_AUC_DROP,
     HELD_NON_FINITE,
@@ -11,8 +12,8 @@ from streamrec.versions.quality_gate import (
 OPTIONS = GateOptions(margin=0.02, rollback_drop=0.05, min_examples=1000)
 
 
-def meta(version: int, auc_window: float | None, examples: int = 5000) -> dict:
-    return {"version": version, "examples_seen": examples, "metrics": {"auc_window": auc_window}}
+def meta(version: int, auc_window: float | None, examples: int = 5000) -> VersionMeta:
+    return VersionMeta(version=version, examples_seen=examples, metrics={"auc_window": auc_window})
 
 
 def test_non_finite_weights_are_held_even_without_a_live_version():

@@ -15,6 +15,7 @@ from streamrec.models import create_model
 from streamrec.serving.scorer import NotReady, Scorer, predict_offline
 from streamrec.stream.feature_spec import SpecOptions
 from streamrec.stream.featurizer import Featurizer
+from streamrec.versions.meta import DeltaMeta, VersionMeta
 from streamrec.versions.store import VersionStore, set_champion
 from tests.streams import wait_for
 
@@ -38,9 +39,9 @@ def setup(learnable_rows):
 
 
 def _publish(store: VersionStore, model, parent, lineage="L", delta_seq=0, **meta) -> int:
-    return store.publish(parent=parent, meta={"examples_seen": 1, "lineage": lineage, "delta_seq": delta_seq,
-                                              "event_time": 100.0, **meta},
-                         weights=model.to_bytes(), trainer=b"", joiner=b"{}", keep=10)
+    return store.publish(parent=parent, meta=VersionMeta(examples_seen=1, lineage=lineage, delta_seq=delta_seq,
+                                                         event_time=100.0, **meta),
+                         weights=model.to_bytes(), quality_state=b"", source_state=b"{}", keep=10)
 
 
 def _predict(model, probe) -> np.ndarray:
@@ -72,7 +73,7 @@ def test_scorer_follows_announcements_polls_as_fallback_and_honours_pins(stack, 
 
         with Scorer(stack.redis_url, namespace, "lr", poll_s=0.1) as fast_poll:
             assert fast_poll.served.version == v1
-            client.set(store.live_key, v2)  # moved without an announcement: only polling sees it
+            client.set(store.keys.live, v2)  # moved without an announcement: only polling sees it
             _wait_for(lambda: fast_poll.served.version == v2)
             time.sleep(0.5)
             assert slow_poll.served.version == v1
@@ -92,8 +93,7 @@ def test_deltas_apply_in_order_and_a_gap_falls_back_to_the_full_version(stack, n
         trainer_model.learn(batches[seq])
         blob = trainer_model.delta_bytes(include_dense=True)
         if publish:
-            store.publish_delta(lineage="L", seq=seq, meta={"base_version": None, "event_time": 100.0 + seq},
-                                weights=blob, ttl_s=60)
+            store.publish_delta(DeltaMeta(lineage="L", seq=seq, event_time=100.0 + seq), weights=blob, ttl_s=60)
 
     swaps = []
     with Scorer(stack.redis_url, namespace, "wide_deep", poll_s=0.1, on_swap=swaps.append) as scorer:

@@ -20,6 +20,7 @@ import redis
 from streamrec.serving.scorer import predict_offline
 from streamrec.stream.kafka_client import create_topics
 from streamrec.stream.prometheus import scrape
+from streamrec.versions.meta import DeltaMeta
 from streamrec.versions.quality_gate import HELD_AUC_DROP, HELD_NON_FINITE, GateOptions
 from streamrec.versions.store import VersionStore
 from tests.streams import (
@@ -55,7 +56,7 @@ def test_hot_swap_under_load_answers_every_request_from_one_exact_state(stack, n
     probe_rows = rows[:40]
     probe = ([r.user_id for r in probe_rows], [r.item_id for r in probe_rows], [r.features for r in probe_rows])
     events = [{"user_id": u, "item_id": i, "features": f} for u, i, f in zip(*probe)]
-    deltas: list[tuple[dict, np.ndarray]] = []
+    deltas: list[tuple[DeltaMeta, np.ndarray]] = []
     # Topics first, so the trainer joins at once and learns while the paced replay produces.
     create_topics(stack.kafka_bootstrap, [settings.impressions_topic, settings.clicks_topic,
                                           settings.dead_letter_topic], settings.partitions)
@@ -117,12 +118,12 @@ def test_hot_swap_under_load_answers_every_request_from_one_exact_state(stack, n
             checked = 0
             for meta, trainer_predictions in deltas:
                 bases = [v for v in store.versions()
-                         if store.meta(v).get("lineage") == meta["lineage"] and store.meta(v)["delta_seq"] < meta["seq"]]
+                         if store.meta(v).lineage == meta.lineage and store.meta(v).delta_seq < meta.seq]
                 if not bases:
                     continue
                 with learner_threads():
-                    offline = predict_offline(store, {"version": bases[-1], "lineage": meta["lineage"],
-                                                      "delta_seq": meta["seq"], "deltas_applied": 1}, *probe)
+                    offline = predict_offline(store, {"version": bases[-1], "lineage": meta.lineage,
+                                                      "delta_seq": meta.seq, "deltas_applied": 1}, *probe)
                 np.testing.assert_array_equal(offline, trainer_predictions)
                 checked += 1
             assert checked >= 3
@@ -161,7 +162,7 @@ def test_gate_holds_nan_weights(stack, namespace, learnable_rows):
     assert report["head_version"] >= 2
     assert store.live() is None  # nothing non-finite ever went live
     for number in store.versions():
-        assert store.meta(number)["gate"] == {"promoted": False, "reason": HELD_NON_FINITE,
+        assert store.meta(number).gate.as_dict() == {"promoted": False, "reason": HELD_NON_FINITE,
                                               "detail": "a weight is NaN or infinite", "against": None}
     assert scraped["streamrec_versions_held_total{reason=non_finite}"] == report["head_version"]
 
@@ -185,7 +186,7 @@ def test_gate_holds_a_collapsed_auc_and_rolls_back(stack, namespace, learnable_r
                             gate=GateOptions(min_examples=3000, margin=margin, rollback_drop=margin))
     report, scraped = running.finish()
     store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
-    gates = {v: store.meta(v)["gate"] for v in store.versions()}
+    gates = {v: store.meta(v).gate.as_dict() for v in store.versions()}
     held = [v for v, g in gates.items() if g["reason"] == HELD_AUC_DROP]
     assert held, gates
     live, head = store.live(), store.head()
@@ -193,7 +194,7 @@ def test_gate_holds_a_collapsed_auc_and_rolls_back(stack, namespace, learnable_r
     # every judged version obeyed the rule against the live version of its time
     for number in store.versions():
         meta = store.meta(number)
-        gate, auc = meta["gate"], meta["metrics"]["auc_window"]
+        gate, auc = meta.gate.as_dict(), meta.auc_window
         if gate["against"] is not None:
             assert gate["promoted"] == (auc >= gate["against"]["auc_window"] - margin), (number, gate, auc)
     assert report["rollbacks"] >= 1

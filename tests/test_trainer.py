@@ -48,7 +48,7 @@ def test_trainer_learns_publishes_versions_and_exports_metrics(stack, namespace,
     client = redis.Redis.from_url(stack.redis_url)
     store = VersionStore(client, namespace, "wide_deep")
     pubsub = client.pubsub()
-    pubsub.subscribe(store.channel)
+    pubsub.subscribe(store.keys.announce)
     at_publish: dict[int, np.ndarray] = {}
 
     def remember(number, _meta, probe):  # the trainer's own predictions when it cut the version
@@ -70,11 +70,11 @@ def test_trainer_learns_publishes_versions_and_exports_metrics(stack, namespace,
     assert store.live() == head
     assert store.versions() == [head - 2, head - 1, head]
     meta = store.meta(head)
-    assert meta["parent"] == head - 1 and meta["examples_seen"] == len(rows) and meta["model"] == "wide_deep"
-    assert meta["metrics"]["auc"] == pytest.approx(report["auc"], abs=1e-12)
-    assert set(meta["offsets"]) == {f"{t}:{p}" for t in (settings.impressions_topic, settings.clicks_topic)
-                                    for p in range(2)}
-    assert meta["joiner_watermark"] is None  # every partition saw its final watermark
+    assert meta.parent == head - 1 and meta.examples_seen == len(rows) and meta.model == "wide_deep"
+    assert meta.auc == pytest.approx(report["auc"], abs=1e-12)
+    assert set(meta.offsets) == {f"{t}:{p}" for t in (settings.impressions_topic, settings.clicks_topic)
+                                 for p in range(2)}
+    assert meta.joiner_watermark is None  # every partition saw its final watermark
     # a loaded version predicts exactly what the trainer predicted when it published it
     for number in store.versions():
         loaded = model_from_bytes(store.load(number, with_state=False).weights)
@@ -101,7 +101,7 @@ def test_trainer_learns_publishes_versions_and_exports_metrics(stack, namespace,
     assert scraped["streamrec_auc_ratio{window=lifetime}"] == pytest.approx(report["auc"], abs=1e-12)
     assert scraped["streamrec_auc_ratio{window=recent}"] == pytest.approx(report["auc_window"], abs=1e-12)
     assert scraped["streamrec_logloss_nats{window=lifetime}"] == pytest.approx(report["logloss"], abs=1e-12)
-    assert scraped["streamrec_model_version"] == head
+    assert scraped["streamrec_head_version"] == head
     assert scraped["streamrec_publish_duration_seconds_count"] == head
     assert scraped["streamrec_dead_letters_total"] == 0
     assert scraped[f"streamrec_consumer_lag_messages{{topic={settings.impressions_topic}}}"] == 0
@@ -178,7 +178,7 @@ def test_redis_outage_is_survived_without_losing_anything(stack, namespace, lear
         running = start_trainer(stack, settings, redis_url=url, metrics_port=0, publish_every_s=0.2,
                                 publish_every_examples=500, backoff_max_s=1.0)
         store = VersionStore(redis.Redis.from_url(url), namespace, "lr")
-        wait_for(lambda: store.head() and store.meta(store.head())["counters"]["impressions_read"] == len(first),
+        wait_for(lambda: store.head() and store.meta(store.head()).counters["impressions_read"] == len(first),
                   60, "a version that includes the first half")
         before = store.head()
         os.kill(redis_proc.pid, signal.SIGKILL)
@@ -196,8 +196,8 @@ def test_redis_outage_is_survived_without_losing_anything(stack, namespace, lear
         assert report["digest"] == combine(expected_digest("a", first), expected_digest("b", second))
         head = store.head()
         meta = store.meta(head)
-        assert head > before and meta["parent"] == head - 1 and "history_lost" not in meta
-        assert meta["examples_seen"] == len(rows)
+        assert head > before and meta.parent == head - 1 and not meta.history_lost
+        assert meta.examples_seen == len(rows)
     finally:
         if running is not None:
             running.stop()
@@ -223,7 +223,7 @@ def test_broker_outage_is_survived_and_training_resumes_at_the_right_offsets(sta
     running = start_trainer(stack, settings, metrics_port=0, publish_every_s=0.2, publish_every_examples=500)
     store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
     try:
-        wait_for(lambda: store.head() and store.meta(store.head())["counters"]["impressions_read"] == len(first),
+        wait_for(lambda: store.head() and store.meta(store.head()).counters["impressions_read"] == len(first),
                   60, "a version that includes the first half")
         os.kill(broker_pid, signal.SIGSTOP)
         try:
@@ -276,7 +276,8 @@ def test_a_sequence_model_checkpoints_its_histories(stack, namespace, learnable_
     version = store.load(store.head())
     assert orjson.loads(version.history) == orjson.loads(orjson.dumps(history.state()))
     # a worker that starts again resumes with exactly these histories
-    again = Trainer(settings, TrainerOptions(model=model, spec_options=SpecOptions(history_fields=fields)),
+    again = Trainer(settings, TrainerOptions.from_settings(settings, model=model, metrics_port=None,
+                                                           spec_options=SpecOptions(history_fields=fields)),
                     kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url)
     try:
         assert again.resume() == store.head()

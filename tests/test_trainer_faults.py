@@ -41,7 +41,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_repeats_nothing(stack, name
 
     def seen() -> int:
         head = store.head()
-        return store.meta(head)["examples_seen"] if head else 0
+        return store.meta(head).examples_seen if head else 0
 
     for attempt in range(kills + 1):
         log_path = tmp_path / f"trainer-{attempt}.log"
@@ -72,9 +72,9 @@ def test_sigkill_at_random_moments_loses_nothing_and_repeats_nothing(stack, name
     in_progress = {n for n in progress_at_kill if 0 < n < len(rows)}
     assert len(progress_at_kill) == kills and len(in_progress) >= 3, progress_at_kill
     meta = store.meta(store.head())
-    assert meta["counters"]["examples"] == meta["examples_seen"] == len(rows)
-    assert meta["counters"]["positives"] == sum(r.label for r in rows) == produced.clicks
-    assert f"{meta['counters']['digest']:016x}" == expected_digest("r", rows)
-    assert meta["join"]["late_clicks"] == meta["join"]["orphan_clicks"] == meta["join"]["duplicate_clicks"] == 0
+    assert meta.counters["examples"] == meta.examples_seen == len(rows)
+    assert meta.counters["positives"] == sum(r.label for r in rows) == produced.clicks
+    assert f"{meta.counters['digest']:016x}" == expected_digest("r", rows)
+    assert meta.join["late_clicks"] == meta.join["orphan_clicks"] == meta.join["duplicate_clicks"] == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["examples"] == len(rows) and report["examples_this_run"] < len(rows)  # it resumed

@@ -6,20 +6,24 @@ import socket
 
 import pytest
 
-from streamrec.consumers.trainer_exporter import TrainerMetrics
+from streamrec.consumers.example_source import JoinCounts
+from streamrec.consumers.trainer_exporter import TrainerExporter, TrainerReadings
+from streamrec.consumers.worker_counters import Counters
 from streamrec.demo import scrape
 from streamrec.stream.errors import StackError
 
 
 def test_endpoint_serves_named_series_and_refuses_a_busy_port():
-    metrics = TrainerMetrics("lr", "w1")
+    metrics = TrainerExporter("lr", "w1")
     port = metrics.serve(0)
     try:
-        metrics.record_join({"positives": 3, "negatives": 5})
-        metrics.record_publish(7, 0.02)
+        metrics.attach(lambda: TrainerReadings(
+            counters=Counters(), join=JoinCounts(positives=3, negatives=5), open_impressions=0,
+            examples_per_second=0.0, impressions_topic="i", clicks_topic="c", head_version=7))
+        metrics.record_publish(0.02)
         scraped = scrape(port)
         assert scraped["streamrec_join_outcomes_total{outcome=positives}"] == 3
-        assert scraped["streamrec_model_version"] == 7
+        assert scraped["streamrec_head_version"] == 7
         assert scraped["streamrec_publish_duration_seconds_count"] == 1
         assert 0 <= scraped["streamrec_seconds_since_publish_seconds"] < 5
         assert all(name.startswith("streamrec_") for name in scraped)
@@ -27,6 +31,6 @@ def test_endpoint_serves_named_series_and_refuses_a_busy_port():
             busy.bind(("127.0.0.1", 0))
             busy.listen()
             with pytest.raises(StackError, match="choose another --metrics-port"):
-                TrainerMetrics("lr", "w2").serve(busy.getsockname()[1])
+                TrainerExporter("lr", "w2").serve(busy.getsockname()[1])
     finally:
         metrics.close()

@@ -6,13 +6,15 @@ import pytest
 import redis
 
 from streamrec.stream.errors import StreamrecError
+from streamrec.versions.meta import DeltaMeta, VersionMeta
 from streamrec.versions.store import VersionConflict, VersionStore
 
 pytestmark = pytest.mark.integration
 
 
 def _publish(store: VersionStore, parent, keep=3, tag=b"w") -> int:
-    return store.publish(parent=parent, meta={"examples_seen": 1}, weights=tag, trainer=b"t", joiner=b"{}", keep=keep)
+    return store.publish(parent=parent, meta=VersionMeta(examples_seen=1), weights=tag, quality_state=b"t",
+                         source_state=b"{}", keep=keep)
 
 
 def test_versions_chain_retain_and_announce(stack, namespace):
@@ -24,9 +26,9 @@ def test_versions_chain_retain_and_announce(stack, namespace):
         parent = _publish(store, parent, tag=f"w{parent}".encode())
     assert store.head() == store.live() == 5
     assert store.versions() == [3, 4, 5]
-    assert not client.exists(store.version_key(2))
+    assert not client.exists(store.keys.version(2))
     version = store.load(4)
-    assert version.weights == b"w3" and version.meta["parent"] == 3 and version.meta["version"] == 4
+    assert version.weights == b"w3" and version.meta.parent == 3 and version.meta.version == 4
     with pytest.raises(StreamrecError, match="no version 2"):
         store.load(2)
 
@@ -62,28 +64,30 @@ def test_a_store_that_lost_its_history_continues_upwards(stack, namespace):
     store = VersionStore(client, namespace, "lr")
     _publish(store, None)
     _publish(store, 1)
-    client.delete(*client.keys(f"{store.prefix}:*"))  # as if Redis restarted empty
+    client.delete(*client.keys(f"{store.keys.prefix}:*"))  # as if Redis restarted empty
     assert _publish(store, 2) == 3
-    assert store.meta(3)["history_lost"] is True and store.head() == 3
+    assert store.meta(3).history_lost is True and store.head() == 3
 
 
 def test_a_held_version_moves_head_but_not_live_and_is_kept_beside_it(stack, namespace):
     store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
-    assert store.publish(parent=None, meta={}, weights=b"w", trainer=b"t", joiner=b"{}", keep=2, promote=False) == 1
+    assert store.publish(parent=None, meta=VersionMeta(), weights=b"w", quality_state=b"t", source_state=b"{}",
+                         keep=2, promote=False) == 1
     assert store.head() == 1 and store.live() is None  # nothing held ever becomes live by itself
     _publish(store, 1, keep=2)
     for parent in (2, 3, 4):
-        store.publish(parent=parent, meta={}, weights=b"w", trainer=b"t", joiner=b"{}", keep=2, promote=False)
+        store.publish(parent=parent, meta=VersionMeta(), weights=b"w", quality_state=b"t", source_state=b"{}",
+                         keep=2, promote=False)
     assert store.head() == 5 and store.live() == 2
     assert store.versions() == [2, 4, 5]  # the live one survives retention
 
 
 def test_deltas_are_stored_in_order_and_expire(stack, namespace):
     store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
-    store.publish_delta(lineage="abc", seq=1, meta={"base_version": 3}, weights=b"d1", ttl_s=60)
-    store.publish_delta(lineage="abc", seq=2, meta={"base_version": 3}, weights=b"d2", ttl_s=60)
+    store.publish_delta(DeltaMeta(lineage="abc", seq=1, base_version=3), weights=b"d1", ttl_s=60)
+    store.publish_delta(DeltaMeta(lineage="abc", seq=2, base_version=3), weights=b"d2", ttl_s=60)
     assert store.delta_head() == {"lineage": "abc", "seq": 2, "base_version": 3}
     record = store.load_delta("abc", 1)
-    assert record.weights == b"d1" and record.meta["seq"] == 1 and record.meta["model"] == "lr"
+    assert record.weights == b"d1" and record.meta.seq == 1 and record.meta.model == "lr"
     assert store.load_delta("abc", 3) is None
-    assert 0 < store.client.ttl(store.delta_key("abc", 2)) <= 60
+    assert 0 < store.client.ttl(store.keys.delta("abc", 2)) <= 60

@@ -22,12 +22,16 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from streamrec.versions.meta import GateRecord, VersionMeta
+
 HELD_NON_FINITE = "non_finite"
 HELD_AUC_DROP = "auc_drop"
 
 
 @dataclass(frozen=True)
 class GateOptions:
+    """The gate's settings (``--gate/--no-gate``, ``--gate-margin``, ``--rollback-drop``)."""
+
     enabled: bool = True
     margin: float = 0.02          # a candidate's window AUC may be this much below the live one's
     rollback_drop: float = 0.05   # the served window AUC this far below live's at publish: roll back
@@ -38,23 +42,23 @@ class GateOptions:
 
 @dataclass(frozen=True)
 class Decision:
+    """Promote or hold a version, and why."""
+
     promote: bool
     reason: str              # "passed", "first", "no_auc", or a HELD_* value
     detail: str
     against: dict[str, Any] | None = None  # the live version judged against: {"version", "auc_window"}
 
-    def as_meta(self) -> dict[str, Any]:
-        return {"promoted": self.promote, "reason": self.reason, "detail": self.detail, "against": self.against}
+    def as_record(self) -> GateRecord:
+        return GateRecord(self.promote, self.reason, self.detail, self.against)
 
 
-def _window_auc(meta: dict[str, Any] | None) -> float | None:
-    if not meta:
-        return None
-    value = (meta.get("metrics") or {}).get("auc_window")
+def _window_auc(meta: VersionMeta | None) -> float | None:
+    value = None if meta is None else meta.auc_window
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def judge(candidate: dict[str, Any], finite: bool, live: dict[str, Any] | None, options: GateOptions) -> Decision:
+def judge(candidate: VersionMeta, finite: bool, live: VersionMeta | None, options: GateOptions) -> Decision:
     """Promote or hold ``candidate`` (a version's meta) against ``live`` (the live version's meta)."""
     if not finite:
         return Decision(False, HELD_NON_FINITE, "a weight is NaN or infinite")
@@ -63,24 +67,24 @@ def judge(candidate: dict[str, Any], finite: bool, live: dict[str, Any] | None, 
     if live is None:
         return Decision(True, "first", "no live version yet")
     new, old = _window_auc(candidate), _window_auc(live)
-    if (new is None or old is None or candidate.get("examples_seen", 0) < options.min_examples
-            or live.get("examples_seen", 0) < options.min_examples):
+    if (new is None or old is None or candidate.examples_seen < options.min_examples
+            or live.examples_seen < options.min_examples):
         return Decision(True, "no_auc", "window AUC not measurable yet")
-    against = {"version": live.get("version"), "auc_window": old}
+    against = {"version": live.version, "auc_window": old}
     if new < old - options.margin:
         return Decision(False, HELD_AUC_DROP,
-                        f"window AUC {new:.4f} is below live version {live.get('version')}'s {old:.4f} "
+                        f"window AUC {new:.4f} is below live version {live.version}'s {old:.4f} "
                         f"by more than {options.margin}", against)
     return Decision(True, "passed", f"window AUC {new:.4f} vs live {old:.4f}", against)
 
 
-def should_roll_back(served_auc_window: float, live: dict[str, Any] | None, options: GateOptions) -> str | None:
+def should_roll_back(served_auc_window: float, live: VersionMeta | None, options: GateOptions) -> str | None:
     """A reason to roll back if the served model's window AUC fell sharply, else None."""
     old = _window_auc(live)
-    if (not options.enabled or old is None or not math.isfinite(served_auc_window)
-            or (live or {}).get("examples_seen", 0) < options.min_examples):
+    if (not options.enabled or live is None or old is None or not math.isfinite(served_auc_window)
+            or live.examples_seen < options.min_examples):
         return None
     if served_auc_window < old - options.rollback_drop:
         return (f"window AUC fell to {served_auc_window:.4f}, {old - served_auc_window:.4f} below live version "
-                f"{live.get('version') if live else None}'s {old:.4f} at publish (rollback_drop {options.rollback_drop})")
+                f"{live.version}'s {old:.4f} at publish (rollback_drop {options.rollback_drop})")
     return None

@@ -1,45 +1,24 @@
-"""Model versions in Redis: immutable versions, a head, a live pointer, announcements.
+"""Model versions in Redis: immutable versions, a head, a live pointer, deltas, announcements.
 
-Key layout (``P`` = ``streamrec:<namespace>:model:<model>``)::
+A version (``P:version:<n>``, ``P`` the model's key prefix in stream/redis_keys.py) is a hash
+written once: ``meta`` (JSON, :class:`~streamrec.versions.meta.VersionMeta`), ``weights``
+(safetensors of the model), ``trainer`` (safetensors of the streaming quality metrics),
+``joiner`` (JSON: the example source's state: open impressions, queued examples) and, for
+sequence models, ``history`` (JSON: recent behaviour). ``head`` names the newest version (the
+trainer's resume point), ``live`` the one scorers serve, ``pinned`` stops the trainer moving
+``live``. Deltas (``P:delta:<lineage>:<seq>``) carry the rows a learner changed since its
+previous delta and expire after a few minutes; a version records the ``lineage`` and
+``delta_seq`` it holds, so version + the lineage's later deltas is the trainer's model.
 
-    P:version:<n>   hash, immutable once written
-                      meta     JSON: model, version, parent, created_at, examples_seen, offsets
-                               ({"topic:partition": next offset}), joiner_watermark, metrics, ...
-                      weights  safetensors: the model's tensors (weights and optimiser state)
-                      trainer  safetensors: the trainer's streaming-metrics state
-                      joiner   JSON: the joiner's open impressions, early clicks and counters
-                      history  JSON: users' recent clicks (sequence models only)
-    P:head          the newest version number (the trainer's lineage; resume point)
-    P:live          the version scorers serve
-    P:pinned        present: the trainer stops moving ``live`` (set by pin/rollback)
-    P:versions      sorted set of the versions kept, scored by version number
-    P:delta:<lineage>:<seq>
-                    hash {meta, weights}: the rows changed since delta seq-1 of the same learner
-                    (models/base.py delta_bytes); expires after a few minutes
-    P:delta_head    JSON {"lineage", "seq", "base_version"} of the newest delta
-    P:events        list, newest first, the last EVENTS_KEPT pointer events: JSON {"at", "kind",
-                    "version", "live", "reason"}; kind is published (live moved to it), held (the
-                    gate or a pin kept live where it was), promote, rollback or pin (set_live)
-    P:announce      pub/sub channel: {"version": n, "live": m} after every publish and pointer move,
-                    {"delta": seq, "lineage": l} after every delta
-    streamrec:<namespace>:champion
-                    the model name that serves when a scorer follows the champion (``models champion``)
-
-A version records the ``lineage`` and ``delta_seq`` of the learner that made it: the deltas of
-that lineage after ``delta_seq`` apply on top of it, in order. A learner that starts again (a
-restart resumes from the head version) begins a new lineage whose deltas name that version as
-their ``base_version``. A scorer that finds a delta missing or out of line reloads a full version.
-
-A publish is one MULTI/EXEC transaction under WATCH of ``head``, ``live`` and ``pinned``: a reader
-never sees part of a version, a trainer killed mid-publish leaves nothing behind (Redis drops a
-transaction whose client disconnects before EXEC), a pin or promote that lands meanwhile makes it
-retry rather than be overwritten, and a second trainer publishing the same model from a stale
-parent fails with :class:`VersionConflict` instead of forking the lineage. Only the newest
-``keep`` versions are kept; the live version is never deleted.
+A publish is one MULTI/EXEC under WATCH of head, live and pinned: a reader never sees part of a
+version, a trainer killed mid-publish leaves nothing, a pin landing meanwhile makes it retry,
+and a second trainer publishing from a stale parent gets :class:`VersionConflict`. Only the
+newest ``keep`` versions are kept; the live one is never deleted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -48,7 +27,9 @@ from typing import Any
 import orjson
 import redis
 
+from streamrec.stream import redis_keys
 from streamrec.stream.errors import StreamrecError
+from streamrec.versions.meta import DeltaMeta, VersionMeta
 
 log = logging.getLogger(__name__)
 PUBLISH_ATTEMPTS = 5
@@ -61,110 +42,112 @@ class VersionConflict(StreamrecError):
 
 @dataclass(frozen=True)
 class DeltaRecord:
+    """One stored delta: its metadata and its safetensors (models/base.py ``delta_bytes``)."""
+
     lineage: str
     seq: int
-    meta: dict[str, Any]
+    meta: DeltaMeta
     weights: bytes
 
 
-def champion_key(namespace: str) -> str:
-    return f"streamrec:{namespace}:champion"
+@dataclass(frozen=True)
+class Version:
+    """One stored version. The worker-side state (``quality_state``, ``source_state``,
+    ``history``) is read only when a trainer resumes (``with_state``)."""
 
-
-def champion_channel(namespace: str) -> str:
-    return f"streamrec:{namespace}:champion:announce"
+    number: int
+    meta: VersionMeta
+    weights: bytes
+    quality_state: bytes | None = None  # safetensors of the streaming metrics (stream/quality_metrics.py)
+    source_state: bytes | None = None   # JSON of the joiner or example queue
+    history: bytes | None = None        # JSON of users' recent clicks (sequence models only)
 
 
 def champion(client: redis.Redis, namespace: str) -> str | None:
-    value = client.get(champion_key(namespace))
+    """The model a champion-following scorer serves, or None while none is named."""
+    value = client.get(redis_keys.champion(namespace))
     return None if value is None else value.decode()
 
 
 def set_champion(client: redis.Redis, namespace: str, model: str) -> None:
     with client.pipeline(transaction=True) as pipe:
-        pipe.set(champion_key(namespace), model)
-        pipe.publish(champion_channel(namespace), model)
+        pipe.set(redis_keys.champion(namespace), model)
+        pipe.publish(redis_keys.champion_channel(namespace), model)
         pipe.execute()
 
 
-@dataclass(frozen=True)
-class Version:
-    number: int
-    meta: dict[str, Any]
-    weights: bytes
-    trainer: bytes | None = None
-    joiner: bytes | None = None
-    history: bytes | None = None  # JSON: users' recent clicks (sequence models only)
-
-
 class VersionStore:
+    """The versions, pointers, deltas and event log of one model in one namespace."""
+
     def __init__(self, client: redis.Redis, namespace: str, model: str) -> None:
         self.client = client
         self.namespace = namespace
         self.model = model
-        self.prefix = f"streamrec:{namespace}:model:{model}"
-
-    # ------------------------------------------------------------------ keys
-
-    def version_key(self, number: int) -> str:
-        return f"{self.prefix}:version:{number}"
-
-    @property
-    def head_key(self) -> str:
-        return f"{self.prefix}:head"
-
-    @property
-    def live_key(self) -> str:
-        return f"{self.prefix}:live"
-
-    @property
-    def pinned_key(self) -> str:
-        return f"{self.prefix}:pinned"
-
-    @property
-    def versions_key(self) -> str:
-        return f"{self.prefix}:versions"
-
-    @property
-    def channel(self) -> str:
-        return f"{self.prefix}:announce"
-
-    @property
-    def delta_head_key(self) -> str:
-        return f"{self.prefix}:delta_head"
-
-    def delta_key(self, lineage: str, seq: int) -> str:
-        return f"{self.prefix}:delta:{lineage}:{seq}"
-
-    @property
-    def events_key(self) -> str:
-        return f"{self.prefix}:events"
+        self.keys = redis_keys.ModelKeys(namespace, model)
 
     # ------------------------------------------------------------------ reads
 
     def head(self) -> int | None:
-        value = self.client.get(self.head_key)
+        value = self.client.get(self.keys.head)
         return None if value is None else int(value)
 
     def live(self) -> int | None:
-        value = self.client.get(self.live_key)
+        value = self.client.get(self.keys.live)
         return None if value is None else int(value)
 
+    def pinned(self) -> bool:
+        return bool(self.client.exists(self.keys.pinned))
+
+    def pointers(self) -> tuple[int | None, int | None, bool]:
+        """(live, head, pinned), read together."""
+        live, head, pinned = self.client.mget(self.keys.live, self.keys.head, self.keys.pinned)
+        return (None if live is None else int(live), None if head is None else int(head), pinned is not None)
+
     def versions(self) -> list[int]:
-        return [int(v) for v in self.client.zrange(self.versions_key, 0, -1)]
+        return [int(v) for v in self.client.zrange(self.keys.versions, 0, -1)]
 
     def previous_promoted(self, before: int) -> int | None:
-        """The newest kept version older than ``before`` that went live through the quality gate
-        (versions from before the gate count as promoted): where a rollback goes, never to a
-        version the gate held."""
+        """The newest kept version older than ``before`` that went live through the quality gate:
+        where a rollback goes, never to a version the gate held."""
         for number in reversed(self.versions()):
-            if number < before and (self.meta(number).get("gate") or {}).get("promoted", True):
+            if number < before and self.meta(number).promoted:
                 return number
         return None
 
     def events(self, limit: int = EVENTS_KEPT) -> list[dict[str, Any]]:
         """Pointer events, oldest first (the dashboard's version timeline)."""
-        return [orjson.loads(e) for e in reversed(self.client.lrange(self.events_key, 0, limit - 1))]
+        return [orjson.loads(e) for e in reversed(self.client.lrange(self.keys.events, 0, limit - 1))]
+
+    def meta(self, number: int) -> VersionMeta:
+        raw = self.client.hget(self.keys.version(number), "meta")
+        if raw is None:
+            raise StreamrecError(f"model {self.model!r} has no version {number} in namespace {self.namespace!r}")
+        return VersionMeta.from_dict(orjson.loads(raw))
+
+    def load(self, number: int, *, with_state: bool = True) -> Version:
+        fields = ["meta", "weights", "trainer", "joiner", "history"] if with_state else ["meta", "weights"]
+        values = self.client.hmget(self.keys.version(number), fields)
+        if values[0] is None or values[1] is None:
+            raise StreamrecError(f"model {self.model!r} has no version {number} in namespace {self.namespace!r}")
+        return Version(number, VersionMeta.from_dict(orjson.loads(values[0])), values[1],
+                       *(values[2:] if with_state else (None, None)))
+
+    def history(self, number: int) -> bytes | None:
+        """A version's behaviour histories (JSON), or None if it has none."""
+        return self.client.hget(self.keys.version(number), "history")
+
+    def delta_head(self) -> dict[str, Any] | None:
+        raw = self.client.get(self.keys.delta_head)
+        return None if raw is None else orjson.loads(raw)
+
+    def load_delta(self, lineage: str, seq: int) -> DeltaRecord | None:
+        """A delta, or None if it expired or was never written (a gap)."""
+        meta, weights = self.client.hmget(self.keys.delta(lineage, seq), ["meta", "weights"])
+        if meta is None or weights is None:
+            return None
+        return DeltaRecord(lineage, seq, DeltaMeta.from_dict(orjson.loads(meta)), weights)
+
+    # ------------------------------------------------------------------ writes
 
     def record_event(self, kind: str, version: int, live: int | None, reason: str | None) -> None:
         """Log a pointer event that :meth:`publish` and :meth:`set_live` do not log themselves."""
@@ -174,101 +157,74 @@ class VersionStore:
 
     def _log_event(self, pipe: Any, kind: str, version: int, live: int | None, reason: str | None) -> None:
         event = {"at": time.time(), "kind": kind, "version": version, "live": live, "reason": reason}
-        pipe.lpush(self.events_key, orjson.dumps(event))
-        pipe.ltrim(self.events_key, 0, EVENTS_KEPT - 1)
+        pipe.lpush(self.keys.events, orjson.dumps(event))
+        pipe.ltrim(self.keys.events, 0, EVENTS_KEPT - 1)
 
-    def meta(self, number: int) -> dict[str, Any]:
-        raw = self.client.hget(self.version_key(number), "meta")
-        if raw is None:
-            raise StreamrecError(f"model {self.model!r} has no version {number} in namespace {self.namespace!r}")
-        return orjson.loads(raw)
-
-    def load(self, number: int, *, with_state: bool = True) -> Version:
-        fields = ["meta", "weights", "trainer", "joiner", "history"] if with_state else ["meta", "weights"]
-        values = self.client.hmget(self.version_key(number), fields)
-        if values[0] is None or values[1] is None:
-            raise StreamrecError(f"model {self.model!r} has no version {number} in namespace {self.namespace!r}")
-        return Version(number, orjson.loads(values[0]), values[1],
-                       *(values[2:] if with_state else (None, None)))
-
-    # ------------------------------------------------------------------ writes
-
-    def history(self, number: int) -> bytes | None:
-        """A version's behaviour histories (JSON), or None if it has none."""
-        return self.client.hget(self.version_key(number), "history")
-
-    def delta_head(self) -> dict[str, Any] | None:
-        raw = self.client.get(self.delta_head_key)
-        return None if raw is None else orjson.loads(raw)
-
-    def load_delta(self, lineage: str, seq: int) -> DeltaRecord | None:
-        """A delta, or None if it expired or was never written (a gap)."""
-        meta, weights = self.client.hmget(self.delta_key(lineage, seq), ["meta", "weights"])
-        if meta is None or weights is None:
-            return None
-        return DeltaRecord(lineage, seq, orjson.loads(meta), weights)
-
-    def publish_delta(self, *, lineage: str, seq: int, meta: dict[str, Any], weights: bytes, ttl_s: float) -> None:
-        meta = {**meta, "model": self.model, "lineage": lineage, "seq": seq, "created_at": time.time()}
-        head = {"lineage": lineage, "seq": seq, "base_version": meta.get("base_version")}
+    def publish_delta(self, meta: DeltaMeta, weights: bytes, ttl_s: float) -> None:
+        """Store a delta (``meta.lineage``, ``meta.seq``), make it the newest, announce it."""
+        meta = dataclasses.replace(meta, model=self.model, created_at=time.time())
+        head = {"lineage": meta.lineage, "seq": meta.seq, "base_version": meta.base_version}
         with self.client.pipeline(transaction=True) as pipe:
-            key = self.delta_key(lineage, seq)
-            pipe.hset(key, mapping={"meta": orjson.dumps(meta), "weights": weights})
+            key = self.keys.delta(meta.lineage, meta.seq)
+            pipe.hset(key, mapping={"meta": orjson.dumps(meta.to_dict()), "weights": weights})
             pipe.expire(key, max(1, int(ttl_s)))
-            pipe.set(self.delta_head_key, orjson.dumps(head))
-            pipe.publish(self.channel, orjson.dumps({"delta": seq, "lineage": lineage}))
+            pipe.set(self.keys.delta_head, orjson.dumps(head))
+            pipe.publish(self.keys.announce, orjson.dumps({"delta": meta.seq, "lineage": meta.lineage}))
             pipe.execute()
 
-    def publish(self, *, parent: int | None, meta: dict[str, Any], weights: bytes, trainer: bytes,
-                joiner: bytes, keep: int, promote: bool = True, history: bytes | None = None) -> int:
+    def publish(self, *, parent: int | None, meta: VersionMeta, weights: bytes, quality_state: bytes,
+                source_state: bytes, keep: int, promote: bool = True, history: bytes | None = None) -> int:
         """Write version ``parent + 1`` and move head to it, atomically; live moves too unless
         pinned or ``promote`` is False (the quality gate held the version)."""
         number = (parent or 0) + 1
-        meta = {**meta, "model": self.model, "version": number, "parent": parent, "created_at": time.time()}
+        meta = dataclasses.replace(meta, model=self.model, version=number, parent=parent, created_at=time.time())
+        keys = self.keys
         # head, live and pinned are all watched: a `models pin` or `promote` landing between the
         # reads below and EXEC makes the transaction retry with what it set, instead of being
         # overwritten. Only a moved head is a conflict (checked again on every attempt).
         for _attempt in range(PUBLISH_ATTEMPTS):
             with self.client.pipeline(transaction=True) as pipe:
-                pipe.watch(self.head_key, self.live_key, self.pinned_key)
-                current = pipe.get(self.head_key)
+                pipe.watch(keys.head, keys.live, keys.pinned)
+                current = pipe.get(keys.head)
                 current = None if current is None else int(current)
                 if current is None and parent is not None:
                     # Redis came back empty (a restart without persistence): keep the trainer's state
                     # and keep numbering upwards, so scorers never see a version number go back.
                     log.warning("model %r: head version missing in Redis (restarted empty?); "
                                 "continuing the lineage at version %d", self.model, number)
-                    meta["history_lost"] = True
+                    meta = dataclasses.replace(meta, history_lost=True)
                 elif current != parent:
                     pipe.reset()
                     raise VersionConflict(
                         f"model {self.model!r} in namespace {self.namespace!r} is at version {current}, but this "
                         f"trainer continues version {parent}: run one trainer per model (or a new namespace)")
-                pinned = pipe.exists(self.pinned_key)
-                live = pipe.get(self.live_key)
-                kept = [int(v) for v in pipe.zrange(self.versions_key, 0, -1)]
+                pinned = pipe.exists(keys.pinned)
+                live = pipe.get(keys.live)
+                kept = [int(v) for v in pipe.zrange(keys.versions, 0, -1)]
                 hold = pinned or not promote
                 new_live = int(live) if (hold and live is not None) else (None if hold else number)
                 retained = sorted(kept + [number])
                 drop = [v for v in retained[:-keep] if v != new_live] if keep > 0 else []
                 pipe.multi()
-                fields = {"meta": orjson.dumps(meta), "weights": weights, "trainer": trainer, "joiner": joiner}
+                # hash field names are those of the first versions, so old versions still load
+                fields = {"meta": orjson.dumps(meta.to_dict()), "weights": weights, "trainer": quality_state,
+                          "joiner": source_state}
                 if history is not None:
                     fields["history"] = history
-                pipe.hset(self.version_key(number), mapping=fields)
-                pipe.set(self.head_key, number)
+                pipe.hset(keys.version(number), mapping=fields)
+                pipe.set(keys.head, number)
                 if new_live is not None:
-                    pipe.set(self.live_key, new_live)
-                pipe.zadd(self.versions_key, {str(number): number})
+                    pipe.set(keys.live, new_live)
+                pipe.zadd(keys.versions, {str(number): number})
                 for old in drop:
-                    pipe.delete(self.version_key(old))
-                    pipe.zrem(self.versions_key, str(old))
+                    pipe.delete(keys.version(old))
+                    pipe.zrem(keys.versions, str(old))
                 if hold:
-                    reason = "pinned" if pinned else (meta.get("gate") or {}).get("reason")
+                    reason = "pinned" if pinned else (meta.gate.reason if meta.gate else None)
                     self._log_event(pipe, "held", number, new_live, reason)
                 else:
                     self._log_event(pipe, "published", number, number, None)
-                pipe.publish(self.channel, orjson.dumps({"version": number, "live": new_live}))
+                pipe.publish(keys.announce, orjson.dumps({"version": number, "live": new_live}))
                 try:
                     pipe.execute()
                     return number
@@ -277,12 +233,9 @@ class VersionStore:
         raise VersionConflict(f"model {self.model!r}: the pointers kept changing during {PUBLISH_ATTEMPTS} "
                               "publish attempts; run one trainer per model")
 
-    def pinned(self) -> bool:
-        return bool(self.client.exists(self.pinned_key))
-
     def unpin(self) -> None:
         """Let the trainer move ``live`` again (from its next version on)."""
-        self.client.delete(self.pinned_key)
+        self.client.delete(self.keys.pinned)
 
     def set_live(self, number: int, *, pin: bool, kind: str = "promote", reason: str | None = None) -> None:
         """Point ``live`` at an existing version; ``pin`` keeps the trainer from moving it.
@@ -290,20 +243,21 @@ class VersionStore:
 
         The version key is watched, so a publish that prunes it meanwhile makes this fail cleanly
         instead of leaving ``live`` on a deleted version."""
+        keys = self.keys
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.watch(self.version_key(number))
-            if not pipe.exists(self.version_key(number)):
+            pipe.watch(keys.version(number))
+            if not pipe.exists(keys.version(number)):
                 pipe.reset()
                 raise StreamrecError(f"model {self.model!r} has no version {number} (kept: {self.versions()})")
-            head = pipe.get(self.head_key)
+            head = pipe.get(keys.head)
             pipe.multi()
-            pipe.set(self.live_key, number)
+            pipe.set(keys.live, number)
             if pin:
-                pipe.set(self.pinned_key, 1)
+                pipe.set(keys.pinned, 1)
             else:
-                pipe.delete(self.pinned_key)
+                pipe.delete(keys.pinned)
             self._log_event(pipe, kind, number, number, reason)
-            pipe.publish(self.channel, orjson.dumps({"version": None if head is None else int(head), "live": number}))
+            pipe.publish(keys.announce, orjson.dumps({"version": None if head is None else int(head), "live": number}))
             try:
                 pipe.execute()
             except redis.WatchError:

@@ -1,0 +1,144 @@
+"""``streamrec generate``, ``replay`` and ``evaluate``: streams from files and files through models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from streamrec.cli.common import (
+    console,
+    count_lines,
+    progress_bar,
+    settings_from,
+    with_reader_options,
+    write_report,
+)
+from streamrec.stream.errors import ConfigError
+
+
+@click.command()
+@click.option("--rows", type=click.IntRange(min=1), default=1_000_000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Criteo-format TSV to write.")
+def generate(rows: int, seed: int, out: Path) -> None:
+    """Write a synthetic Criteo-format stream with a known click probability, and its oracle AUC."""
+    from streamrec.producers.generator import generate as make
+    from streamrec.producers.generator import oracle_path, write_stream
+
+    with console.status(f"generating {rows:,} rows"):
+        summary = write_stream(make(rows, seed), out, seed)
+    console.print(f"wrote {out} ({rows:,} rows, click rate {summary['positive_rate']:.3f}); "
+                  f"oracle AUC {summary['oracle_auc']:.4f} in {oracle_path(out)}")
+    console.print("replay it with: --format criteo --user-field C1 --item-field C2")
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@with_reader_options
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Events per second.")
+@click.option("--speedup", type=click.FloatRange(min=0, min_open=True), help="Pace by event time, X times faster.")
+@click.option("--click-delay-mean-s", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True)
+@click.option("--click-delay-max-s", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True)
+@click.option("--watermark-every-s", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Event-time seconds between watermarks on every partition.")
+@click.option("--partitions", type=click.IntRange(min=1), help="Partitions per topic if they must be created.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the click delays.")
+@click.option("--events-per-message", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Events of one partition per Kafka message (a JSON array); 1 sends each event as a keyed "
+                   "message of its own.")
+@click.option("--report-json", type=click.Path(path_type=Path), help="Write the report here.")
+@click.pass_context
+def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, item_field: str | None,
+           columns: str | None, numeric_columns: str | None, strict: bool, limit: int | None,
+           rate: float | None, speedup: float | None, click_delay_mean_s: float, click_delay_max_s: float,
+           watermark_every_s: float, partitions: int | None, seed: int, events_per_message: int,
+           report_json: Path | None) -> None:
+    """Replay a log as impression and click events onto Kafka."""
+    import itertools
+
+    from streamrec.local_stack import resolve_endpoints
+    from streamrec.producers.readers import ReaderOptions, ReadStats, parse_mapping, read_rows
+    from streamrec.producers.replay import ReplayOptions
+    from streamrec.producers.replay import replay as run_replay
+    from streamrec.stream.kafka_client import create_topics, make_producer, partition_count
+
+    if rate is not None and speedup is not None:
+        raise ConfigError("--rate and --speedup exclude each other")
+    settings = settings_from(ctx, partitions=partitions)
+    endpoints = resolve_endpoints(settings)
+    create_topics(endpoints.kafka_bootstrap,
+                  [settings.impressions_topic, settings.clicks_topic, settings.dead_letter_topic],
+                  settings.partitions)
+    stats = ReadStats()
+    options = ReaderOptions(user_field=user_field, item_field=item_field, strict=strict,
+                            mapping=parse_mapping(columns, numeric_columns))
+    rows = read_rows(path, fmt, options, stats)
+    if limit:
+        rows = itertools.islice(rows, limit)
+    producer = make_producer(endpoints.kafka_bootstrap, settings.kafka_client)
+    total = limit or count_lines(path)
+    try:
+        with progress_bar("replay", total) as advance:
+            report = run_replay(rows, producer, impressions_topic=settings.impressions_topic,
+                                clicks_topic=settings.clicks_topic, dead_letter_topic=settings.dead_letter_topic,
+                                # the topic's own count: batches are placed by murmur2 modulo it
+                                partitions=partition_count(endpoints.kafka_bootstrap, settings.impressions_topic),
+                                options=ReplayOptions(rate=rate, speedup=speedup, click_delay_mean_s=click_delay_mean_s,
+                                                      click_delay_max_s=click_delay_max_s, seed=seed,
+                                                      watermark_every_s=watermark_every_s,
+                                                      events_per_message=events_per_message),
+                                on_progress=advance)
+    finally:
+        producer.close()
+    result = {**report.as_dict(), "malformed_rows": stats.malformed}
+    for error in stats.errors:
+        console.print(f"[yellow]malformed[/]: {error}")
+    console.print(f"{report.impressions:,} impressions, {report.clicks:,} clicks, {report.dead_letters} dead letters, "
+                  f"{stats.malformed} malformed rows; {report.events_per_second:,.0f} events/s")
+    write_report(report_json, result)
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@with_reader_options
+@click.option("--model", default="wide_deep", show_default=True, help="Registered model name.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--window", type=click.IntRange(min=10), default=10_000, show_default=True,
+              help="Examples in the window AUC.")
+@click.option("--cross", "crosses", multiple=True, help="Wide-part feature cross A:B (repeatable).")
+@click.option("--count", "counts", multiple=True, metavar="KEY",
+              help="Wide-part count feature: how often KEY's value (KEY a field, or a cross A:B also given "
+                   "with --cross) was seen and clicked before, in log2 levels (repeatable).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Model setting, e.g. ftrl.alpha=0.5 or hidden=128,64 (repeatable; a wrong key lists the known ones).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--history-field", "history_fields", multiple=True, metavar="FIELD",
+              help="Sequence models: remember this categorical field of each clicked item too, e.g. its "
+                   "category (repeatable; new models only).")
+@click.option("--report-json", type=click.Path(path_type=Path), help="Write the report here.")
+def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | None, columns: str | None,
+             numeric_columns: str | None, strict: bool, limit: int | None, model: str, batch_size: int,
+             window: int, crosses: tuple[str, ...], counts: tuple[str, ...], settings: tuple[str, ...], seed: int,
+             history_fields: tuple[str, ...], report_json: Path | None) -> None:
+    """One prequential pass (predict, measure, learn) of a model over a log file."""
+    from streamrec import api
+    from streamrec.models import parse_settings
+
+    errors: list[str] = []
+    run = dict(format=fmt, model=model, user_field=user_field, item_field=item_field, columns=columns,
+               numeric_columns=numeric_columns, limit=limit, batch_size=batch_size, window=window, crosses=crosses,
+               counts=counts, settings=parse_settings(settings), history_fields=history_fields, seed=seed,
+               strict=strict, read_errors=errors)
+    # checked before the bar appears, so a wrong flag is the only output
+    api.checked_settings(model, run["settings"], tuple(api.parse_cross(c) for c in crosses), counts)
+    with progress_bar(f"evaluate {model}", limit or count_lines(path)) as advance:
+        report = api.evaluate(path, on_progress=advance, **run)
+    for error in errors:
+        console.print(f"[yellow]malformed[/]: {error}")
+    console.print(f"{model}: {report['examples']:,} examples  AUC {report['auc']:.4f} (window {report['auc_window']:.4f})  "
+                  f"logloss {report['logloss']:.4f}  NE {report['normalized_entropy']:.4f}  "
+                  f"calibration {report['calibration']:.3f}  {report['examples_per_second']:,.0f} ex/s")
+    click.echo(json.dumps(report, sort_keys=True))
+    write_report(report_json, report)

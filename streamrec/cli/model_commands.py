@@ -1,0 +1,140 @@
+"""``streamrec models``: list, inspect and move a model's pointers in Redis (no restart needed)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from streamrec.cli.common import settings_from
+from streamrec.stream.errors import StreamrecError
+from streamrec.versions.store import VersionStore
+
+
+@click.group()
+@click.option("--model", help="Model name (STREAMREC_MODEL).")
+@click.pass_context
+def models(ctx: click.Context, model: str | None) -> None:
+    """List, inspect and move the live pointer of a model's versions in Redis (no restart needed)."""
+    ctx.obj = {**(ctx.obj or {}), "model": model}
+
+
+def _store(ctx: click.Context) -> VersionStore:
+    from streamrec.local_stack import resolve_redis_url
+    from streamrec.stream.redis_connection import connect
+
+    settings = settings_from(ctx)
+    return VersionStore(connect(resolve_redis_url(settings)), settings.namespace, settings.model)
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def models_list(ctx: click.Context, as_json: bool) -> None:
+    """Kept versions, newest first, with lineage and metrics at publish."""
+    store = _store(ctx)
+    head, live, pinned = store.head(), store.live(), store.pinned()
+    rows = []
+    for number in reversed(store.versions()):
+        meta = store.meta(number)
+        rows.append({"version": number, "parent": meta.parent, "examples_seen": meta.examples_seen,
+                     "auc": meta.auc, "auc_window": meta.auc_window, "created_at": meta.created_at,
+                     "live": number == live, "head": number == head,
+                     "gate": None if meta.gate is None else meta.gate.as_dict()})
+    if as_json:
+        click.echo(json.dumps({"model": store.model, "namespace": store.namespace, "head": head, "live": live,
+                               "pinned": pinned, "versions": rows}, indent=2))
+        return
+    if not rows:
+        click.echo(f"no versions of {store.model!r} in namespace {store.namespace!r}")
+        return
+    click.echo(f"{store.model} in {store.namespace}: head v{head}, live v{live}{' (pinned)' if pinned else ''}")
+    for row in rows:
+        held = row["gate"] and not row["gate"].get("promoted")
+        marks = ",".join(m for m in ("live" if row["live"] else "", "head" if row["head"] else "",
+                                     f"held ({row['gate']['reason']})" if held else "") if m)
+        auc = "-" if row["auc"] is None else f"{row['auc']:.4f}"
+        window = "-" if row["auc_window"] is None else f"{row['auc_window']:.4f}"
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["created_at"] or 0))
+        click.echo(f"  v{row['version']:<5} parent v{row['parent']}  {row['examples_seen']:>12,} examples  "
+                   f"AUC {auc} (window {window})  {when}  {marks}")
+
+
+@models.command("show")
+@click.argument("version", type=int)
+@click.pass_context
+def models_show(ctx: click.Context, version: int) -> None:
+    """The metadata of one version (JSON)."""
+    click.echo(json.dumps(_store(ctx).meta(version).to_dict(), indent=2, sort_keys=True))
+
+
+@models.command("promote")
+@click.argument("version", type=int)
+@click.pass_context
+def models_promote(ctx: click.Context, version: int) -> None:
+    """Serve VERSION now, and make this model the namespace's champion (what `streamrec serve`
+    without --model serves). The trainer's next version goes live again unless pinned."""
+    from streamrec.versions.store import set_champion
+
+    store = _store(ctx)
+    store.set_live(version, pin=store.pinned(), reason="by hand (streamrec models promote)")
+    set_champion(store.client, store.namespace, store.model)
+    click.echo(f"{store.model}: live v{version}{' (pinned)' if store.pinned() else ''}; champion of {store.namespace}")
+
+
+@models.command("champion")
+@click.argument("name", required=False)
+@click.pass_context
+def models_champion(ctx: click.Context, name: str | None) -> None:
+    """Show the champion model (served by `streamrec serve` without --model), or make NAME it."""
+    from streamrec.api import check_model_name
+    from streamrec.versions.store import champion, set_champion
+
+    store = _store(ctx)
+    if name is None:
+        current = champion(store.client, store.namespace)
+        click.echo(current or f"no champion in namespace {store.namespace!r} (`streamrec models promote` sets one)")
+        return
+    check_model_name(name)
+    set_champion(store.client, store.namespace, name)
+    click.echo(f"champion of {store.namespace}: {name}")
+
+
+@models.command("rollback")
+@click.argument("version", type=int, required=False)
+@click.pass_context
+def models_rollback(ctx: click.Context, version: int | None) -> None:
+    """Serve VERSION (default: the newest kept version before the live one that the quality gate
+    promoted) and pin it."""
+    store = _store(ctx)
+    if version is None:
+        live = store.live()
+        version = None if live is None else store.previous_promoted(live)
+        if version is None:
+            raise StreamrecError(f"{store.model}: no promoted version older than live v{live} "
+                                 f"(kept: {store.versions()})")
+    store.set_live(version, pin=True, kind="rollback", reason="by hand (streamrec models rollback)")
+    click.echo(f"{store.model}: rolled back to v{version}, pinned (`streamrec models unpin` resumes promotion)")
+
+
+@models.command("pin")
+@click.argument("version", type=int, required=False)
+@click.pass_context
+def models_pin(ctx: click.Context, version: int | None) -> None:
+    """Keep serving VERSION (default: the live one) whatever the trainer publishes."""
+    store = _store(ctx)
+    version = store.live() if version is None else version
+    if version is None:
+        raise StreamrecError(f"{store.model}: no live version to pin")
+    store.set_live(version, pin=True, kind="pin", reason="by hand (streamrec models pin)")
+    click.echo(f"{store.model}: live v{version}, pinned")
+
+
+@models.command("unpin")
+@click.pass_context
+def models_unpin(ctx: click.Context) -> None:
+    """Let the trainer's next version go live again."""
+    store = _store(ctx)
+    store.unpin()
+    click.echo(f"{store.model}: unpinned; the next published version goes live")

@@ -1,0 +1,82 @@
+"""``streamrec stack`` (the embedded broker and Redis) and ``streamrec topics``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from streamrec.cli.common import console, settings_from
+
+
+@click.group()
+def stack() -> None:
+    """Start, stop or inspect the embedded local broker and Redis."""
+
+
+@stack.command("up")
+@click.pass_context
+def stack_up(ctx: click.Context) -> None:
+    """Start Tansu and redis-server on free local ports (no-op if already running)."""
+    from streamrec.local_stack import stack_status, start_stack, stop_stack
+
+    settings = settings_from(ctx)
+    status = stack_status(settings.home)
+    if status.get("running"):
+        console.print(f"already running: kafka {status['kafka_bootstrap']}  redis {status['redis_url']}")
+        return
+    if "broker_pid" in status:
+        stop_stack(settings.home)
+    state = start_stack(settings.home)
+    console.print(f"kafka {state.kafka_bootstrap} (pid {state.broker_pid})  "
+                  f"redis {state.redis_url} (pid {state.redis_pid})  state {settings.home / 'stack.json'}")
+
+
+@stack.command("down")
+@click.pass_context
+def stack_down(ctx: click.Context) -> None:
+    """Stop exactly the processes `stack up` started."""
+    from streamrec.local_stack import stop_stack
+
+    stopped = stop_stack(settings_from(ctx).home)
+    console.print(f"stopped pids {stopped}" if stopped else "no local stack was running")
+
+
+@stack.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def stack_status(ctx: click.Context, as_json: bool) -> None:
+    """Show whether the local stack runs and where; exit 1 if it does not."""
+    from streamrec.local_stack import stack_status as status_of
+
+    status = status_of(settings_from(ctx).home)
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+    elif status.get("running"):
+        click.echo(f"running: kafka {status['kafka_bootstrap']} (pid {status['broker_pid']}), "
+                   f"redis {status['redis_url']} (pid {status['redis_pid']})")
+    else:
+        click.echo("not running")
+    sys.exit(0 if status.get("running") else 1)
+
+
+@click.group()
+def topics() -> None:
+    """Manage the stream's topics."""
+
+
+@topics.command("create")
+@click.option("--partitions", type=click.IntRange(min=1), help="Partitions per topic (STREAMREC_PARTITIONS).")
+@click.pass_context
+def topics_create(ctx: click.Context, partitions: int | None) -> None:
+    """Create <ns>.impressions, <ns>.clicks, <ns>.dead-letter and <ns>.examples with equal partition counts."""
+    from streamrec.local_stack import resolve_endpoints
+    from streamrec.stream.kafka_client import create_topics
+
+    settings = settings_from(ctx, partitions=partitions)
+    endpoints = resolve_endpoints(settings)
+    names = [settings.impressions_topic, settings.clicks_topic, settings.dead_letter_topic, settings.examples_topic]
+    created = create_topics(endpoints.kafka_bootstrap, names, settings.partitions)
+    for name in names:
+        click.echo(f"{name}: {'created' if name in created else 'exists'} ({settings.partitions} partitions)")

@@ -1,0 +1,306 @@
+"""The long-running processes: ``streamrec train``, ``join``, ``serve`` and ``dashboard``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from streamrec.cli.common import console, listen, run_http, settings_from, write_report
+from streamrec.stream.errors import StreamrecError
+from streamrec.stream.feature_spec import DEFAULT_CAT_BUCKETS
+from streamrec.stream.settings import Settings
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and Ctrl-C ask the worker to stop cleanly (it publishes or checkpoints first)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _signum, _frame: stop.set())
+
+
+@click.command()
+@click.option("--model", help="Registered model name (STREAMREC_MODEL).")
+@click.option("--worker-id", default=None, help="Label of this worker in metrics and versions (default: host-pid).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Examples per step (STREAMREC_BATCH_SIZE).")
+@click.option("--attribution-window-s", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds of event time an impression waits for its click (STREAMREC_ATTRIBUTION_WINDOW_S).")
+@click.option("--publish-every-examples", type=click.IntRange(min=1),
+              help="Publish a version after this many examples (STREAMREC_PUBLISH_EVERY_EXAMPLES).")
+@click.option("--publish-every-s", type=click.FloatRange(min=0, min_open=True),
+              help="... or after this many seconds (STREAMREC_PUBLISH_EVERY_S).")
+@click.option("--keep-versions", type=click.IntRange(min=1), help="Versions kept in Redis (STREAMREC_KEEP_VERSIONS).")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535),
+              help="Prometheus port, 0 = any free one (STREAMREC_METRICS_PORT).")
+@click.option("--exit-at-end", is_flag=True,
+              help="Stop once every partition reached its final watermark (one worker replaying a log).")
+@click.option("--cross", "crosses", multiple=True, help="Wide-part feature cross A:B (repeatable; new models only).")
+@click.option("--count", "counts", multiple=True, metavar="KEY",
+              help="Wide-part count feature of a field or a --cross A:B (repeatable; new models only).")
+@click.option("--buckets", type=click.IntRange(min=2), default=DEFAULT_CAT_BUCKETS, show_default=True,
+              help="Hash buckets per categorical field (new models only).")
+@click.option("--set", "model_settings", multiple=True, metavar="KEY=VALUE",
+              help="Model setting, e.g. ftrl.alpha=0.5 (repeatable; new models only).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--positives", type=click.Choice(["click", "window"]),
+              help="Release a positive at its click or at the window's end (STREAMREC_POSITIVES).")
+@click.option("--delta-every-s", type=click.FloatRange(min=0),
+              help="Publish changed rows this often; 0 = full versions only (STREAMREC_DELTA_EVERY_S).")
+@click.option("--dense-every-s", type=click.FloatRange(min=0),
+              help="Include the dense weights in a delta this often (STREAMREC_DENSE_EVERY_S).")
+@click.option("--gate/--no-gate", default=None,
+              help="Quality gate: hold non-finite or worse versions, roll back on an AUC drop (STREAMREC_GATE).")
+@click.option("--gate-margin", type=click.FloatRange(min=0),
+              help="Window AUC a new version may lose against live and still go live (STREAMREC_GATE_MARGIN).")
+@click.option("--rollback-drop", type=click.FloatRange(min=0, min_open=True),
+              help="Served window AUC drop that rolls back automatically (STREAMREC_ROLLBACK_DROP).")
+@click.option("--history-field", "history_fields", multiple=True, metavar="FIELD",
+              help="Sequence models: remember this categorical field of each clicked item too, e.g. its "
+                   "category (repeatable; new models only).")
+@click.option("--metrics-host", help="Address /metrics listens on; 0.0.0.0 for a cluster (STREAMREC_METRICS_HOST).")
+@click.option("--from-examples", is_flag=True,
+              help="Read labelled examples from <ns>.examples, written by `streamrec join` workers, instead of "
+                   "joining impressions and clicks in this worker.")
+@click.option("--ready-file", type=click.Path(path_type=Path), help="Write {pid, metrics_port} here once serving.")
+@click.option("--report-json", type=click.Path(path_type=Path), help="Write the final report here.")
+@click.pass_context
+def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_size: int | None,
+          attribution_window_s: float | None, publish_every_examples: int | None, publish_every_s: float | None,
+          keep_versions: int | None, metrics_port: int | None, exit_at_end: bool, crosses: tuple[str, ...],
+          counts: tuple[str, ...], buckets: int, model_settings: tuple[str, ...], seed: int, positives: str | None,
+          delta_every_s: float | None, dense_every_s: float | None, gate: bool | None, gate_margin: float | None,
+          rollback_drop: float | None, history_fields: tuple[str, ...], metrics_host: str | None,
+          from_examples: bool, ready_file: Path | None, report_json: Path | None) -> None:
+    """Run a trainer worker: join impressions and clicks, learn, publish versions to Redis."""
+    from streamrec.api import checked_settings, parse_cross
+    from streamrec.consumers.trainer import Trainer, TrainerOptions
+    from streamrec.local_stack import resolve_endpoints
+    from streamrec.models import parse_settings
+    from streamrec.stream.feature_spec import SpecOptions
+
+    settings = settings_from(ctx, model=model, batch_size=batch_size, attribution_window_s=attribution_window_s,
+                             publish_every_examples=publish_every_examples, publish_every_s=publish_every_s,
+                             keep_versions=keep_versions, metrics_port=metrics_port, positives=positives,
+                             delta_every_s=delta_every_s, dense_every_s=dense_every_s, gate=gate,
+                             gate_margin=gate_margin, rollback_drop=rollback_drop, metrics_host=metrics_host)
+    pairs = tuple(parse_cross(c) for c in crosses)
+    parsed = checked_settings(settings.model, parse_settings(model_settings), pairs, counts)
+    endpoints = resolve_endpoints(settings)
+    if from_examples:
+        from streamrec.stream.kafka_client import create_topics, partition_count
+
+        # subscribing to a topic that does not exist yet would wait for a metadata refresh (minutes)
+        partitions = partition_count(endpoints.kafka_bootstrap, settings.impressions_topic)
+        create_topics(endpoints.kafka_bootstrap, [settings.examples_topic], partitions)
+    options = TrainerOptions.from_settings(
+        settings, worker_id=worker_id or _default_worker_id(), exit_at_end=exit_at_end, seed=seed,
+        spec_options=SpecOptions(cat_buckets=buckets, crosses=pairs, counts=counts, seed=seed,
+                                 history_fields=history_fields),
+        model_settings=parsed, from_examples=from_examples)
+    trainer = Trainer(settings, options, kafka_bootstrap=endpoints.kafka_bootstrap, redis_url=endpoints.redis_url,
+                      on_publish=lambda n, meta, _probe: console.print(
+                          f"published {settings.model} v{n}: {meta.examples_seen:,} examples, "
+                          f"AUC {meta.auc or float('nan'):.4f}"))
+    _stop_on_signals(trainer.stop_event)
+    try:
+        # Serve before the (possibly slow) resume so supervisors see the worker at once;
+        # run() leaves a server that is already up alone.
+        port = trainer.metrics.serve(options.metrics_port, options.metrics_host)
+        console.print(f"metrics on http://{options.metrics_host}:{port}/metrics")
+        if ready_file is not None:
+            write_report(ready_file, {"pid": os.getpid(), "metrics_port": port})
+        threading.Thread(target=_status_lines, args=(trainer,), daemon=True).start()
+        report = trainer.run()
+    finally:
+        trainer.close()
+    console.print(f"{report['model']}: {report['examples']:,} examples, AUC {report['auc']:.4f} "
+                  f"(window {report['auc_window']:.4f}), {report['versions_published']} versions, "
+                  f"{report['examples_per_second']:,.0f} ex/s")
+    click.echo(json.dumps(report, sort_keys=True))
+    write_report(report_json, report)
+
+
+def _status_lines(trainer: Any, every_s: float = 5.0) -> None:
+    """A status line every few seconds for an operator watching a plain terminal."""
+    while not trainer.stop_event.wait(every_s):
+        c = trainer.counters
+        console.print(f"[dim]{c.examples:,} examples, {trainer.source.open_impressions:,} open impressions, "
+                      f"head v{trainer.head}, {c.dead_letters} dead letters[/]")
+
+
+@click.command()
+@click.option("--worker-id", default=None, help="Label of this worker in metrics (default: host-pid).")
+@click.option("--attribution-window-s", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds of event time an impression waits for its click (STREAMREC_ATTRIBUTION_WINDOW_S).")
+@click.option("--positives", type=click.Choice(["click", "window"]),
+              help="Release a positive at its click or at the window's end (STREAMREC_POSITIVES).")
+@click.option("--checkpoint-every-s", type=click.FloatRange(min=0, min_open=True),
+              help="Store each owned partition's state this often (STREAMREC_JOIN_CHECKPOINT_EVERY_S).")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535),
+              help="Prometheus port, 0 = any free one (STREAMREC_METRICS_PORT).")
+@click.option("--metrics-host", help="Address /metrics listens on; 0.0.0.0 for a cluster (STREAMREC_METRICS_HOST).")
+@click.option("--exit-at-end", is_flag=True,
+              help="Stop once every partition's replay has ended and its examples are written (by any worker).")
+@click.option("--status", "show_status", is_flag=True,
+              help="Print each partition's checkpoint (owner, epoch, offsets, examples) and exit.")
+@click.option("--ready-file", type=click.Path(path_type=Path), help="Write {pid, metrics_port} here once serving.")
+@click.option("--report-json", type=click.Path(path_type=Path), help="Write the final report here.")
+@click.pass_context
+def join(ctx: click.Context, worker_id: str | None, attribution_window_s: float | None, positives: str | None,
+         checkpoint_every_s: float | None, metrics_port: int | None, metrics_host: str | None, exit_at_end: bool,
+         show_status: bool, ready_file: Path | None, report_json: Path | None) -> None:
+    """Run a join worker: label impressions with their clicks for every trainer (scale out: start more).
+
+    Workers share the partitions of one consumer group; each example is written once to
+    <ns>.examples, which `streamrec train --from-examples` reads."""
+    from streamrec.consumers.join_worker import JoinOptions, JoinWorker
+    from streamrec.local_stack import resolve_endpoints
+    from streamrec.stream.kafka_client import create_topics, partition_count
+
+    settings = settings_from(ctx, attribution_window_s=attribution_window_s, positives=positives,
+                             join_checkpoint_every_s=checkpoint_every_s, metrics_port=metrics_port,
+                             metrics_host=metrics_host)
+    endpoints = resolve_endpoints(settings)
+    # examples:p holds what events of partition p became, so it has the sources' partition count
+    partitions = partition_count(endpoints.kafka_bootstrap, settings.impressions_topic)
+    if show_status:
+        _print_join_status(settings, endpoints.redis_url, partitions)
+        return
+    create_topics(endpoints.kafka_bootstrap, [settings.examples_topic, settings.dead_letter_topic], partitions)
+    options = JoinOptions.from_settings(settings, worker_id=worker_id or _default_worker_id(), exit_at_end=exit_at_end)
+    worker = JoinWorker(settings, options, kafka_bootstrap=endpoints.kafka_bootstrap, redis_url=endpoints.redis_url)
+    _stop_on_signals(worker.stop_event)
+    try:
+        port = worker.serve_metrics()
+        console.print(f"metrics on http://{options.metrics_host}:{port}/metrics")
+        if ready_file is not None:
+            write_report(ready_file, {"pid": os.getpid(), "metrics_port": port})
+        report = worker.run()
+    finally:
+        worker.close()
+    console.print(f"join worker {report['worker']}: {report['examples']:,} examples from partitions "
+                  f"{report['partitions']}, {report['dead_letters']} dead letters")
+    click.echo(json.dumps(report, sort_keys=True))
+    write_report(report_json, report)
+
+
+def _print_join_status(settings: Settings, redis_url: str, partitions: int) -> None:
+    from streamrec.consumers.join_worker import read_checkpoints
+    from streamrec.stream.redis_connection import connect
+
+    client = connect(redis_url)
+    try:
+        states = read_checkpoints(client, settings.namespace, partitions)
+        click.echo(f"{'partition':>9}  {'owner':<24} {'epoch':>5} {'impressions':>11} {'clicks':>9} "
+                   f"{'examples':>9} {'positives':>9}  ended")
+        for p in range(partitions):
+            state = states.get(p)
+            if state is None:
+                click.echo(f"{p:>9}  (no checkpoint yet)")
+                continue
+            counters = state["counters"]
+            click.echo(f"{p:>9}  {state.get('worker', '?'):<24} {state.get('epoch', 0):>5} "
+                       f"{state['offsets'].get('impressions', 0):>11} {state['offsets'].get('clicks', 0):>9} "
+                       f"{counters['examples']:>9} {counters['positives']:>9}  {'yes' if state['final_sent'] else 'no'}")
+    finally:
+        client.close()
+
+
+@click.command()
+@click.option("--model", help="Serve this model; default: the namespace's champion (`streamrec models champion`), "
+                             "or STREAMREC_MODEL while none is named.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(min=0, max=65535), help="HTTP port, 0 = any free one (STREAMREC_SERVE_PORT).")
+@click.option("--no-deltas", is_flag=True, help="Serve full versions only, without the trainer's deltas.")
+@click.option("--poll-s", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+              help="Check Redis this often when no announcement arrives (the pub/sub fallback).")
+@click.option("--ready-file", type=click.Path(path_type=Path), help="Write {pid, port} here once listening.")
+@click.pass_context
+def serve(ctx: click.Context, model: str | None, host: str, port: int | None, no_deltas: bool, poll_s: float,
+          ready_file: Path | None) -> None:
+    """Serve predictions over HTTP (/predict, /healthz, /metrics), hot-swapping live versions."""
+    from streamrec.api import check_model_name
+    from streamrec.local_stack import resolve_redis_url
+    from streamrec.serving.http_app import create_app
+    from streamrec.serving.scorer import Scorer
+    from streamrec.stream.worker_registry import Heartbeat, metrics_url
+
+    settings = settings_from(ctx, serve_port=port)
+    if model is not None:
+        check_model_name(model)
+    scorer = Scorer(resolve_redis_url(settings), settings.namespace, model, deltas=not no_deltas, poll_s=poll_s,
+                    default_model=settings.model)
+    scorer.start()
+    served = scorer.served
+    console.print(f"serving {served.model} v{served.version}" if served else
+                  f"waiting for a live version of {model or 'the champion model'} in {settings.namespace}")
+    try:
+        sock = listen(host, settings.serve_port, "--port (STREAMREC_SERVE_PORT)")
+    except StreamrecError:
+        scorer.close()
+        raise
+    bound = sock.getsockname()[1]
+    console.print(f"listening on http://{host}:{bound} (/predict, /healthz, /metrics)")
+    if ready_file is not None:
+        write_report(ready_file, {"pid": os.getpid(), "port": bound})
+    heartbeat = Heartbeat(scorer.client, settings.namespace, role="scorer", model=model or "champion",
+                          worker=_default_worker_id(), url=metrics_url(host, bound)).start()
+
+    def stop() -> None:
+        heartbeat.close()
+        scorer.close()
+
+    run_http(create_app(scorer), sock, on_exit=stop)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8500, show_default=True,
+              help="HTTP port, 0 = any free one.")
+@click.option("--prometheus", "prometheus_url", metavar="URL",
+              help="Read metrics from this Prometheus server instead of scraping the workers.")
+@click.option("--scrape", "scrape_urls", multiple=True, metavar="URL",
+              help="Also scrape this /metrics URL (repeatable); workers in Redis are found by themselves.")
+@click.option("--interval-s", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Sample every this many seconds.")
+@click.option("--ready-file", type=click.Path(path_type=Path), help="Write {pid, port} here once listening.")
+@click.pass_context
+def dashboard(ctx: click.Context, host: str, port: int, prometheus_url: str | None, scrape_urls: tuple[str, ...],
+              interval_s: float, ready_file: Path | None) -> None:
+    """Serve a live dashboard of the namespace's trainers and scorers (open the printed URL)."""
+    import redis
+
+    from streamrec.dashboard import Collector, PrometheusSource, WorkerSource, create_app
+    from streamrec.local_stack import resolve_redis_url
+    from streamrec.stream.errors import StackError
+    from streamrec.stream.redis_connection import connect
+
+    settings = settings_from(ctx)
+    client: Any = None
+    try:
+        client = connect(resolve_redis_url(settings))
+        client.ping()
+    except (StackError, redis.RedisError) as exc:
+        if not (prometheus_url or scrape_urls):
+            raise StreamrecError(f"the dashboard finds workers through Redis, which is not reachable ({exc}); "
+                                 "set STREAMREC_REDIS_URL, run `streamrec stack up`, or pass --prometheus/--scrape")
+        console.print(f"[yellow]no Redis ({exc}): no version timeline, only the given targets[/]")
+        client = None
+    source = PrometheusSource(prometheus_url) if prometheus_url else WorkerSource(client, settings.namespace,
+                                                                                   scrape_urls)
+    collector = Collector(source, client, settings.namespace, interval_s=interval_s).start()
+    sock = listen(host, port, "--port")
+    bound = sock.getsockname()[1]
+    console.print(f"dashboard on http://{host}:{bound}/ (namespace {settings.namespace}, source {source.name})")
+    if ready_file is not None:
+        write_report(ready_file, {"pid": os.getpid(), "port": bound})
+    run_http(create_app(collector), sock, on_exit=collector.close)
