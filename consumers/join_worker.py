@@ -1,31 +1,16 @@
 """The join stage (``streamrec join``): workers in one consumer group turn events into labelled examples.
 
-Why a stage of its own: in a trainer worker, reading, validating and joining events costs more
-CPU than learning (docs/scaling.md has the profile), and it is the same work for every model.
-Join workers scale out in one consumer group on ``<ns>.impressions`` and ``<ns>.clicks``; each
-labelled example is written once to ``<ns>.examples`` (same partition index as its source),
-and every model's trainer (``streamrec train --from-examples``, the one writer of that model's
-versions) reads it from there.
+Reading, validating and joining events costs a trainer more CPU than learning, and it is the
+same work for every model, so join workers scale out in one consumer group on the impressions
+and clicks topics; each labelled example is written once to ``<ns>.examples`` (same partition
+index as its source), from which every model's trainer reads (``train --from-examples``).
 
-Exactly once, per source partition ``p`` (the unit a worker owns):
-
-* A checkpoint (Redis hash ``streamrec:<ns>:join:<p>``) holds p's joiner state, its counters,
-  the next offsets of ``impressions:p`` and ``clicks:p``, and the offset of ``examples:p`` that
-  the owner's next message will get. It is written after the producer has delivered every
-  message before it: every ``join_checkpoint_every_s``, when p is revoked, and at the end.
-* A worker given p bumps p's epoch, loads the checkpoint, seeks both topics to its offsets and
-  reads ``examples:p`` from the checkpoint's output offset to the end: what a predecessor wrote
-  after its last checkpoint. Replaying the events regenerates exactly those examples (the join
-  is a function of the partition's events, consumers/joiner.py), so the worker counts them
-  again but does not write them again, keyed by impression id.
-* A checkpoint is written only while p's epoch is still the one this worker got, so a worker
-  that lost p (paused past the session timeout) cannot overwrite its successor's state. It can
-  still append a few examples before it notices; Kafka transactions would close that gap, and
-  are not used because the embedded broker does not offer them.
-
-Counters per partition (impressions, clicks, examples, positives and a digest of the examples'
-(impression id, label) pairs, the same digest a trainer keeps) are in every checkpoint, so the
-stage's totals are exact whatever instant a worker died (tests/test_join_stage.py).
+Exactly once per source partition ``p``, the unit a worker owns: ``p``'s checkpoint (joiner
+state, counters, input offsets, the output offset; redis_keys.join_checkpoint) is written after
+the producer delivered everything before it, and only under the epoch the writer took. A worker
+that takes ``p`` over reads back what its predecessor wrote after the checkpoint, regenerates
+those examples from the events, counts them and does not write them again. docs/scaling.md has
+the protocol and its one gap (a paused worker may append a few examples before it notices).
 """
 
 from __future__ import annotations

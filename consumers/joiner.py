@@ -1,40 +1,15 @@
 """The impression/click joiner: impressions wait for their click or for the attribution window.
 
-One partition index ``p`` of the impressions topic and the same index of the clicks topic hold
-the same users (both are keyed by user id), so the joiner works per partition:
-
-* an impression is held until event time on partition ``p`` passes ``impression time + window``;
-  it is then released as a positive if its click arrived meanwhile, else as a negative;
-* a click that arrives before its impression waits for it; once the impressions of ``p`` have
-  passed the click's time, its impression can no longer come and the click is an *orphan*;
-* a click for an impression already closed as a negative is *late*; a second click for a positive
-  is a *duplicate*. Neither changes a label.
-
-When positives are released is a choice between freshness and quality:
-
-* ``positives="window"`` (the default): at the end of the window, like negatives. Release order
-  is impression order, every batch's label mix is natural, and the model never sees a positive
-  before the negatives shown beside it; the price is that a click reaches the model one window
-  later.
-* ``positives="click"``: as soon as event time on the partition reaches the click's time, so a
-  click reaches the model within a poll or two. Gated by the partition's event time, not by when
-  the click was read (released when read, a poll of thousands of clicks read ahead of the
-  impressions became all-positive batches, and AUC fell from 0.71 to 0.59). Even gated, the
-  model learns each positive one window before the negatives of the same moment: on the
-  synthetic stream, where new items rise fast, progressive AUC fell from 0.713 to 0.621
-  (``bench/online_loop.py --positives click``). This is the delayed-feedback bias; correcting it
-  (fake-negative weighting, Ktena et al. 2019) is future work.
-
-Event time on partition ``p`` is ``min(impressions time, clicks time)``, each the largest event
-time read there (from events or from the producer's watermarks). Taking the minimum of both
-topics is what makes the join deterministic: within a topic partition events arrive in event-time
-order, so once both topics are past ``t + window`` no click for an impression at ``t`` can still
-be in flight, however the consumer interleaves the two topics. A final watermark sets a topic
-partition's time to infinity and closes everything on it.
-
-State is bounded: beyond ``max_pending`` open impressions the oldest is closed as a negative
-(counted as *evicted*; released with the label it has so far). The whole state round-trips through plain JSON-able values
-(:meth:`Joiner.state` / :meth:`Joiner.from_state`), so it is part of every checkpoint.
+Per partition (impressions and clicks are both keyed by user id, so partition ``p`` of each
+holds the same users): an impression is released when event time on ``p`` passes its time plus
+the window, as a positive if its click came, else a negative; a click before its impression
+waits for it, and one whose impression can no longer come is an *orphan*; late and duplicate
+clicks change no label. Event time on ``p`` is the minimum of both topics' times (events and
+the producer's watermarks), which makes the join a deterministic function of the partition's
+events however the consumer interleaves the two topics. ``positives="click"`` releases a
+positive at its click instead of at the window's end (fresher, with delayed-feedback bias).
+State is bounded (``max_pending``: the oldest is closed as *evicted*) and round-trips through
+JSON, so it is part of every checkpoint. docs/joining.md has the full rules.
 """
 
 from __future__ import annotations

@@ -48,8 +48,10 @@ class LearnerError(StreamrecError):
 
 @dataclass(frozen=True)
 class Snapshot:
+    """The learner's half of a version: the model and metrics as of every batch sent before the request."""
+
     weights: bytes          # safetensors of the model (models/base.py)
-    metrics: bytes          # safetensors of the streaming metrics (consumers/trainer_state.py)
+    metrics: bytes          # safetensors of the streaming metrics (stream/quality_metrics.py)
     quality: dict[str, float]
     probe: np.ndarray | None  # predictions for the probe batch at the snapshot, if one is set
     finite: bool            # every weight is a finite number
@@ -59,6 +61,8 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Delta:
+    """The rows (and, every few seconds, dense weights) the learner changed since its previous delta."""
+
     weights: bytes          # models/base.py delta_bytes
     lineage: str
     seq: int                # 1, 2, ... within the lineage
@@ -132,7 +136,7 @@ def _child(conn: Connection, board: Any) -> None:
     from streamrec.stream.sparse_batch import SparseBatch
 
     torch.set_num_threads(LEARNER_THREADS)
-    # The first torch optimiser imports torch._dynamo (about 1.9 s here). Done now, it overlaps
+    # The first torch optimiser imports torch._dynamo, which takes seconds. Done now, it overlaps
     # the worker's group join instead of delaying the first batch.
     import torch._dynamo  # noqa: F401
     model = quality = probe = None

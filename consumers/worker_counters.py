@@ -27,6 +27,9 @@ def example_digest(impression_ids: list[str], labels: list[int]) -> int:
 
 @dataclass
 class Counters:
+    """Events read, dead letters, examples, positives and the examples' digest: checkpointed with the
+    worker's state."""
+
     impressions_read: int = 0
     clicks_read: int = 0
     watermarks_read: int = 0

@@ -6,7 +6,7 @@
   costs one forward pass instead of two.
 * ``tensors()`` / ``load_tensors()``: the complete state (weights and optimiser state) as named
   tensors; ``to_bytes`` / ``from_bytes`` wrap them in safetensors with the model name, its
-  config and its :class:`~stream.features.FeatureSpec` as metadata. Never pickle.
+  config and its :class:`~streamrec.stream.feature_spec.FeatureSpec` as metadata. Never pickle.
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ class DeltaTensors:
 
 
 class OnlineModel(abc.ABC):
+    """The contract every streamrec model keeps (module docstring): learn and predict on a
+    :class:`~streamrec.stream.sparse_batch.SparseBatch`, its whole state as named tensors, row-sparse
+    versions and deltas."""
+
     name: ClassVar[str]
     config_class: ClassVar[type]
     # tensors that only learning needs (optimiser moments): never in a delta, which is for scoring
@@ -159,9 +163,10 @@ class OnlineModel(abc.ABC):
     def to_bytes(self, extra_metadata: dict[str, str] | None = None) -> bytes:
         """Safetensors: dense tensors as they are; for each row group, only the touched rows.
 
-        A stream touches a small share of a hashed table (3.8% of 1.7M rows after 200k Criteo-like
-        examples), and untouched rows are exactly what the seeded constructor makes, so a version
-        shrinks 16x (97 MB to 6.1 MB there) and a loader rebuilds the rest by constructing the model (:func:`models.model_from_bytes`).
+        A stream touches a small share of a hashed table, and untouched rows are exactly what the
+        seeded constructor makes, so a version holds only the touched rows and a loader rebuilds
+        the rest by constructing the model (:func:`streamrec.models.model_from_bytes`;
+        ``bench/online_loop.py`` prints the sizes).
         """
         groups = self.row_groups()
         grouped = {name for _touched, names in groups.values() for name in names}

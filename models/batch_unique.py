@@ -1,13 +1,13 @@
 """The distinct ids of a batch and where each occurrence falls among them, in linear time.
 
 ``torch.unique(ids, return_inverse=True)`` sorts; on a CPU it was the largest single cost of a
-training step (about 0.85 ms of a 512-example batch with 40 fields). A table's ids are bounded
-by its row count, so a scratch array of that size finds duplicates without sorting: every
-occurrence writes its position into its id's slot, reads back the surviving position, and the
-occurrences that read back their own position are the distinct ids (about 5x faster).
+training step. A table's ids are bounded by its row count, so a scratch array of that size finds
+duplicates without sorting: every occurrence writes its position into its id's slot, reads back
+the surviving position, and the occurrences that read back their own position are the distinct
+ids (ARCHITECTURE.md, "Sparse steps", has the timings).
 
 ``index_select``/``scatter_`` are used rather than ``tensor[idx]`` indexing, which goes through
-the generic advanced-indexing path and is about 3x slower on a 1-D index.
+the generic advanced-indexing path and is slower on a 1-D index.
 """
 
 from __future__ import annotations

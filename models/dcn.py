@@ -19,6 +19,8 @@ from streamrec.stream.feature_spec import FeatureSpec
 
 
 class CrossNetwork(nn.Module):
+    """DCN's cross layers: ``x_{l+1} = x0 * (x_l . w_l) + b_l + x_l``."""
+
     def __init__(self, dim: int, layers: int, generator: torch.Generator) -> None:
         super().__init__()
         bound = 1 / dim**0.5
@@ -46,12 +48,16 @@ class _DCNNet(nn.Module):
 
 @dataclass(frozen=True)
 class DCNConfig(DeepConfig):
+    """DCN's settings: the number of cross layers and a dense learning rate of its own."""
+
     cross_layers: int = 3
     # No FTRL part learns the bias and the strong single features fast: Adam takes a larger step.
     dense_lr: float = 0.01
 
 
 class DCN(DeepModel):
+    """Deep & Cross Network (Wang et al., ADKDD 2017); see the module docstring."""
+
     name = "dcn"
     config_class = DCNConfig
     has_wide = False

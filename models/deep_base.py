@@ -3,7 +3,7 @@
 A :class:`DeepModel` is three parts trained jointly on one logloss, each with the optimiser that
 suits it (as in Wide&Deep):
 
-* ``embedding``: one table for all fields (stream/features.py), rows trained sparsely with
+* ``embedding``: one table for all fields (stream/featurizer.py), rows trained sparsely with
   row-wise Adagrad and mini-batch-aware L2 (models/embedding.py);
 * ``wide`` (if the model has a linear part): FTRL-Proximal over every field id, cross, count
   feature bucket (models/seen_counts.py) and the bias;
@@ -67,9 +67,8 @@ def mlp(input_dim: int, hidden: tuple[int, ...], generator: torch.Generator, out
 def leaf_rows(leaf: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``leaf[index]`` as (*index.shape, D), differentiable in ``leaf``. index_select's backward is
     an index_add_, which sums repeated rows serially on the CPU: seeded runs repeat bit for bit
-    (as with F.embedding, whose sort-based backward was a quarter of a wide_deep step: 3.0 ms
-    against 0.76 ms on a 512 x 41 batch, same gradient to the bit), whereas plain indexing
-    accumulates in parallel, in varying order."""
+    (as with F.embedding, whose sort-based backward costs several times more, for the same
+    gradient to the bit), whereas plain indexing accumulates in parallel, in varying order."""
     return leaf.index_select(0, index.reshape(-1)).reshape(*index.shape, leaf.shape[1])
 
 
@@ -112,6 +111,9 @@ class AdamState:
 
 @dataclass
 class Backward:
+    """What one backward pass leaves for the optimisers: the predictions, the residual ``p - y``, the wide
+    coordinates and the embedding rows touched."""
+
     probabilities: torch.Tensor
     residual: torch.Tensor
     wide: CoordinateState | None
@@ -127,7 +129,7 @@ class DeepModel(OnlineModel):
     has_wide: ClassVar[bool] = True  # the model has a linear part, trained with FTRL
     # > 0: the model reads the user's last N clicked items (batch.history; models.spec_for)
     history_length: ClassVar[int] = 0
-    # what the history holds: the user's clicked items, or the item's clickers (stream/features.py)
+    # what the history holds: the user's clicked items, or the item's clickers (stream/featurizer.py)
     history_kind: ClassVar[str] = "user_clicks"
 
     def __init__(self, spec: FeatureSpec, config: Any) -> None:
@@ -167,7 +169,7 @@ class DeepModel(OnlineModel):
     def _history(self, batch: SparseBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The batch's history as (rows (B, L, W), mask (B, L), sign (B, L)): each entry's W
         embedding rows (its item and its ``history_fields``; 0 where empty), True where an entry
-        is, and -1 for a negative interaction (stream/features.py encodes one as ``-(row + 2)``;
+        is, and -1 for a negative interaction (stream/featurizer.py encodes one as ``-(row + 2)``;
         -1 is an empty slot), else 1. An empty history if the batch has none."""
         history = batch.history
         if history is None:

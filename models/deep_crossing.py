@@ -19,6 +19,8 @@ from streamrec.stream.feature_spec import FeatureSpec
 
 
 class ResidualUnit(nn.Module):
+    """``ReLU(x + W1 ReLU(W0 x + b0) + b1)``."""
+
     def __init__(self, dim: int, hidden: int, generator: torch.Generator) -> None:
         super().__init__()
         self.inner = init_linear(nn.Linear(dim, hidden), generator)
@@ -41,6 +43,8 @@ class _DeepCrossingNet(nn.Module):
 
 @dataclass(frozen=True)
 class DeepCrossingConfig(DeepConfig):
+    """Deep Crossing's settings: how many residual units, their hidden width, the learning rates."""
+
     residual_units: int = 2
     unit_hidden: int = 64
     dense_lr: float = 0.01  # no FTRL part: see dcn.py
@@ -49,6 +53,8 @@ class DeepCrossingConfig(DeepConfig):
 
 
 class DeepCrossing(DeepModel):
+    """Deep Crossing (Shan et al., KDD 2016); see the module docstring."""
+
     name = "deep_crossing"
     config_class = DeepCrossingConfig
     has_wide = False

@@ -37,14 +37,17 @@ class _DeepFMNet(nn.Module):
 
 @dataclass(frozen=True)
 class DeepFMConfig(DeepConfig):
+    """DeepFM's settings: MLP widths and its embedding rows' learning rate."""
+
     hidden: tuple[int, ...] = (200, 200)
-    # The FM term sums every pair of fields (820 with Criteo's 41), so each row step moves the
-    # logit far more than in wide_deep: at the shared 0.05 deepfm fell below lr on the synthetic
-    # stream (AUC 0.7259 vs 0.7292 on 300k rows); at 0.02 it reaches 0.7362 (Frappe: 0.9073 vs 0.9104).
+    # The FM term sums every pair of fields, so each row step moves the logit far more than in
+    # wide_deep: smaller row steps (docs/defaults.md)
     embedding: EmbeddingConfig = field(default_factory=lambda: EmbeddingConfig(lr=0.02))
 
 
 class DeepFM(DeepModel):
+    """DeepFM (Guo et al., IJCAI 2017): FTRL linear part + FM + MLP over shared embeddings."""
+
     name = "deepfm"
     config_class = DeepFMConfig
 

@@ -4,7 +4,7 @@ GRU (AUGRU) that evolves the interest relevant to the candidate.
 Zhou et al., "Deep Interest Evolution Network for Click-Through Rate Prediction", AAAI 2019.
 
 * Interest extractor: a GRU over the user's last clicked items (oldest first; kept by the trainer
-  from the stream, consumers/history.py; the items share the item_id embedding rows). Its states
+  from the stream, stream/behaviour_history.py; the items share the item_id embedding rows). Its states
   get the paper's auxiliary loss: state t must tell the item clicked at t+1 from an item another
   user of the batch clicked (a negative drawn from the batch), so each state carries the interest
   that led to the next click.
@@ -81,12 +81,16 @@ class _DIENNet(nn.Module):
 
 @dataclass(frozen=True)
 class DIENConfig(DeepConfig):
+    """DIEN's settings: MLP widths, dense learning rate and the auxiliary loss's weight."""
+
     hidden: tuple[int, ...] = (200, 80)
     dense_lr: float = 0.01  # no FTRL part: see dcn.py
     auxiliary_weight: float = 1.0  # the paper's alpha on the next-click loss
 
 
 class DIEN(DeepModel):
+    """Deep Interest Evolution Network (Zhou et al., AAAI 2019); see the module docstring."""
+
     name = "dien"
     config_class = DIENConfig
     has_wide = False

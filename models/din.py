@@ -1,7 +1,7 @@
 """``din``: Deep Interest Network, attention over the user's clicked items against the candidate.
 
 Zhou et al., "Deep Interest Network for Click-Through Rate Prediction", KDD 2018. The user's
-last clicked items (kept by the trainer from the stream, consumers/history.py) share the
+last clicked items (kept by the trainer from the stream, stream/behaviour_history.py) share the
 item_id embedding rows. A local activation unit scores each history item against the candidate
 item from ``[h, c, h - c, h * c]``; the history is pooled with these weights, not normalised by a
 softmax, so the pooled vector keeps the intensity of the user's interest (section 4.3). The
@@ -40,12 +40,16 @@ class _DINNet(nn.Module):
 
 @dataclass(frozen=True)
 class DINConfig(DeepConfig):
+    """DIN's settings: MLP widths, the activation unit's hidden widths and the dense learning rate."""
+
     hidden: tuple[int, ...] = (200, 80)
     attention_hidden: tuple[int, ...] = (36,)
     dense_lr: float = 0.01  # no FTRL part: see dcn.py
 
 
 class DIN(DeepModel):
+    """Deep Interest Network (Zhou et al., KDD 2018); see the module docstring."""
+
     name = "din"
     config_class = DINConfig
     has_wide = False

@@ -13,8 +13,7 @@ Rows step on the *summed* per-example gradient (``scale`` = the batch size times
 loss's gradient), as the FTRL part does. On the mean loss's gradient a row's Adagrad accumulator
 stayed at its initial value (a gradient of order 1/B squared never outgrew 1e-2), so a row moved
 about ``lr * g / 0.1`` with ``g`` a 512th of an example's gradient: in one pass the embeddings
-barely learned, and wide_deep was no better than lr (AUC 0.7055 against 0.7056 on 1M rows; 0.719
-with the summed gradient).
+barely learned, and wide_deep was no better than lr (docs/defaults.md).
 """
 
 from __future__ import annotations
@@ -28,6 +27,9 @@ from streamrec.models.batch_unique import BatchUnique
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
+    """The embedding table's settings: dimension, row-wise Adagrad learning rate and initial
+    accumulator, mini-batch-aware L2, initial scale."""
+
     dim: int = 8
     lr: float = 0.05
     l2: float = 1e-4          # lambda of the mini-batch-aware regulariser

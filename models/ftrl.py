@@ -27,6 +27,8 @@ from streamrec.models.batch_unique import BatchUnique
 
 @dataclass(frozen=True)
 class FTRLConfig:
+    """FTRL-Proximal's per-coordinate learning rate (``alpha``, ``beta``) and its L1/L2 regularisation."""
+
     alpha: float = 0.05
     beta: float = 1.0
     l1: float = 1.0
@@ -53,6 +55,8 @@ class CoordinateState:
 
 
 class FTRLProximal:
+    """FTRL-Proximal state ``z``, ``n`` over a fixed number of coordinates; see the module docstring."""
+
     def __init__(self, size: int, config: FTRLConfig = FTRLConfig()) -> None:
         self.config = config
         # float64: z accumulates millions of small terms over a long stream.

@@ -1,7 +1,7 @@
 """``neuralcf``: NeuMF, generalised matrix factorisation beside an MLP over user and item.
 
 He et al., "Neural Collaborative Filtering", WWW 2017. Pure collaborative filtering: only the
-user and item embeddings are read (the first two fields of every stream, see stream/features.py);
+user and item embeddings are read (the first two fields of every stream, see stream/featurizer.py);
 context fields are ignored by design. GMF is their element-wise product, the MLP reads them
 concatenated, and one logistic layer reads both. The two branches share the embedding rows here
 (the paper allows either); the rows are trained sparsely like every other model's.
@@ -33,11 +33,15 @@ class _NeuMFNet(nn.Module):
 
 @dataclass(frozen=True)
 class NeuralCFConfig(DeepConfig):
+    """NeuMF's settings (the shared deep settings with its own dense learning rate)."""
+
     hidden: tuple[int, ...] = (64, 32, 16)
     dense_lr: float = 0.03  # no FTRL part, and only two fields to learn from
 
 
 class NeuralCF(DeepModel):
+    """NeuMF (He et al., WWW 2017); see the module docstring."""
+
     name = "neuralcf"
     config_class = NeuralCFConfig
     has_wide = False

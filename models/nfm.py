@@ -34,10 +34,14 @@ class _NFMNet(nn.Module):
 
 @dataclass(frozen=True)
 class NFMConfig(DeepConfig):
+    """NFM's settings: the hidden widths over the bi-interaction pooling."""
+
     hidden: tuple[int, ...] = (64,)
 
 
 class NFM(DeepModel):
+    """Neural Factorization Machines (He and Chua, SIGIR 2017); see the module docstring."""
+
     name = "nfm"
     config_class = NFMConfig
 

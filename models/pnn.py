@@ -48,6 +48,8 @@ class _PNNNet(nn.Module):
 
 @dataclass(frozen=True)
 class PNNConfig(DeepConfig):
+    """PNN's settings: hidden widths and a dense learning rate of its own."""
+
     hidden: tuple[int, ...] = (256, 128)
     dense_lr: float = 0.01  # no FTRL part: see dcn.py
 
@@ -62,9 +64,13 @@ class _PNN(DeepModel):
 
 
 class IPNN(_PNN):
+    """PNN with an inner-product layer (Qu et al., ICDM 2016)."""
+
     name = "ipnn"
 
 
 class OPNN(_PNN):
+    """PNN with an outer-product layer, superposed over fields (Qu et al., ICDM 2016)."""
+
     name = "opnn"
     outer = True

@@ -7,10 +7,7 @@ with the same value, log2 level of how many of them were clicked), levels being 
 ... FTRL learns one weight per pair of levels, shared by every value, so it says what "seen 5
 times, clicked twice" means for a click from the first time a value comes back, long before the
 value's own weight has learned as much: the historical counts of the GBDT+LR paper (He et al.,
-"Practical Lessons from Predicting Clicks on Ads at Facebook", 2014), kept online. On Frappe,
-where each app a user used comes with two apps drawn at random, a user×item pair that recurs is
-almost always one the user uses, and an app's clicks so far tell a used app from a random one
-(bench/learning.py measures the gain).
+"Practical Lessons from Predicting Clicks on Ads at Facebook", 2014), kept online.
 
 Counts are state, like weights: two int32 tables, saved and versioned with the model and sent to
 scorers in deltas. A counted field uses its own id range (its hash buckets); a counted cross has
@@ -36,6 +33,9 @@ _ONE = torch.ones(1, dtype=torch.int32)
 class SeenCounts:
     # The batches are small (a few hundred rows, one to three keys): numpy's per-call cost is a
     # fraction of torch's there, so the tables are worked on through numpy views of the tensors.
+    """How often each counted key was learned from and clicked so far (two int32 tables), as wide
+    coordinates; see the module docstring."""
+
     def __init__(self, spec: FeatureSpec) -> None:
         self.keys = spec.count_keys()
         self._field_rows = spec.field_rows

@@ -35,12 +35,16 @@ class _TwoTowerNet(nn.Module):
 
 @dataclass(frozen=True)
 class TwoTowerConfig(DeepConfig):
+    """The towers' settings: hidden widths, output dimension and the dense learning rate."""
+
     hidden: tuple[int, ...] = (128,)
     out_dim: int = 32
     dense_lr: float = 0.01  # no FTRL part: see dcn.py
 
 
 class TwoTower(DeepModel):
+    """A user tower and an item tower meeting in a dot product (DSSM; Yi et al., RecSys 2019)."""
+
     name = "two_tower"
     config_class = TwoTowerConfig
     has_wide = False

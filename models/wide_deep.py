@@ -23,15 +23,16 @@ __all__ = ["AdamState", "WideDeep", "WideDeepConfig", "mlp"]
 
 @dataclass(frozen=True)
 class WideDeepConfig(DeepConfig):
+    """Wide&Deep's settings: the shared deep settings, with embedding row steps suited to one pass."""
+
     # Row-wise Adagrad on the summed per-example gradient is scale-free, so lr is the step in
-    # embedding units; the shared 0.05 left the rows far too slow for one pass. Measured with
-    # `streamrec evaluate` (AUC at 0.05 -> 1.5): 1M synthetic rows seed 7 0.7180 -> 0.7312,
-    # 500k seed 11 0.7334 -> 0.7367, Frappe 0.8997 -> 0.9134, 20k rows 0.6356 -> 0.6441; 1.0 to
-    # 2.0 is a plateau, and with the crosses user_id:C3, C5:C6, C7:C3 it stays at 0.750.
+    # embedding units; the shared 0.05 left the rows far too slow for one pass (docs/defaults.md).
     embedding: EmbeddingConfig = field(default_factory=lambda: EmbeddingConfig(lr=1.5))
 
 
 class WideDeep(DeepModel):
+    """Wide & Deep (Cheng et al., DLRS 2016); see the module docstring."""
+
     name = "wide_deep"
     config_class = WideDeepConfig
 

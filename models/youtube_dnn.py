@@ -1,7 +1,7 @@
 """``youtube_dnn``: the candidate-generation network of YouTube's recommender, a softmax over items.
 
 Covington et al., "Deep Neural Networks for YouTube Recommendations", RecSys 2016. A ReLU tower
-reads the average of the user's clicked items (kept from the stream, consumers/history.py;
+reads the average of the user's clicked items (kept from the stream, stream/behaviour_history.py;
 item_id rows), the user id, the context fields other than the candidate and the dense inputs, and
 outputs a user vector u; an item's vector is its item_id row. Training is extreme multiclass
 classification: for every click, a softmax over items with the clicked one as the class,
@@ -56,15 +56,20 @@ class _YouTubeNet(nn.Module):
 
 @dataclass(frozen=True)
 class YouTubeDNNConfig(DeepConfig):
+    """The YouTube DNN's settings: tower widths, dense learning rate and the sampled-softmax loss's weight."""
+
     hidden: tuple[int, ...] = (256, 128)
     dense_lr: float = 0.01
-    # the sampled-softmax loss beside the click logloss: on the synthetic stream 0.05 lifts recall@10
-    # from 0.089 (0) to 0.118 and keeps the click AUC; at 1.0 recall is 0.142 but the click AUC falls
-    # to 0.54, because the softmax only ranks items and pulls the shared logit off calibration.
+    # the sampled-softmax loss beside the click logloss: a small weight lifts recall@10 and keeps
+    # the click AUC; a large one ranks items better but pulls the shared logit off calibration
+    # (docs/defaults.md)
     softmax_weight: float = 0.05
 
 
 class YouTubeDNN(DeepModel):
+    """Deep Neural Networks for YouTube Recommendations (Covington et al., RecSys 2016); see the module
+    docstring."""
+
     name = "youtube_dnn"
     config_class = YouTubeDNNConfig
     has_wide = False

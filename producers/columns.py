@@ -1,12 +1,11 @@
 """A log file as chunks of columns, parsed in C++ (pyarrow), for the prequential pass.
 
-``streamrec evaluate`` over a Criteo file spent more time turning text into Python rows (about
-9 µs a row) and rows back into arrays (about 7 µs) than ``lr`` spends learning (about 1.2 µs).
-Here pyarrow parses each block of the file into typed columns and dictionary-encodes the
+Turning text into Python rows and rows back into arrays costs more than ``lr`` spends learning
+them. Here pyarrow parses each block of the file into typed columns and dictionary-encodes the
 categorical ones, so the featurizer hashes each distinct value of a block once
-(:meth:`stream.features.Featurizer.build_columns`) instead of each row's value.
+(:meth:`streamrec.stream.featurizer.Featurizer.build_columns`) instead of each row's value.
 
-A chunk holds exactly what :func:`producers.readers.read_rows` would yield for the same lines
+A chunk holds exactly what :func:`streamrec.producers.readers.read_rows` yields for the same lines
 (the same rows, user and item ids, features and malformed-row accounting); the two paths are
 checked against each other in tests/test_columns.py. Formats without a columnar reader use the
 row readers.
@@ -36,7 +35,7 @@ BLOCK_BYTES = 1 << 23  # about 32k Criteo rows: large enough to vectorise, small
 
 def _identity_column(column: CategoricalColumn | None, first_row: int, n: int, fallback: str | None) -> CategoricalColumn:
     """The user (``fallback`` None: ``row<index>`` where missing) or item (``fallback``) column,
-    as :func:`producers.readers._identity` makes them."""
+    as :func:`streamrec.producers.readers._identity` makes them."""
     if column is None:
         column = CategoricalColumn(np.zeros(n, dtype=np.int64), np.empty(0, dtype=object))
     missing = np.flatnonzero(column.codes == len(column.values))

@@ -48,6 +48,8 @@ SESSION_SHOWN = 0.4      # share of impressions drawn from the session's focus c
 
 @dataclass(frozen=True)
 class GeneratedStream:
+    """A synthetic stream's rows with the true click probability of each, and its summary."""
+
     labels: np.ndarray          # (rows,) int8
     probabilities: np.ndarray   # (rows,) float64, the true click probability
     ints: np.ndarray            # (rows, 13) int64, -1 = missing

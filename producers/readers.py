@@ -15,7 +15,7 @@ Where a format names no user or item, ``user_field`` / ``item_field`` pick raw f
 ``row_index * seconds_per_row`` of event time.
 
 Malformed rows are counted with their line numbers in :class:`ReadStats`; with ``strict`` the
-first one raises :class:`~stream.errors.InputFormatError` naming file and line.
+first one raises :class:`~streamrec.stream.errors.InputFormatError` naming file and line.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ MAX_REPORTED_ERRORS = 20
 
 @dataclass(slots=True)
 class Row:
+    """One log row: an impression with its label, user, item, event time and features."""
+
     label: int
     user_id: str
     item_id: str
@@ -48,6 +50,8 @@ class Row:
 
 @dataclass
 class ReadStats:
+    """Rows read and malformed rows (with the first reasons), for reports."""
+
     rows: int = 0
     malformed: int = 0
     errors: list[str] = field(default_factory=list)  # "path:line: reason", the first few
@@ -62,6 +66,8 @@ class ReadStats:
 
 @dataclass(frozen=True)
 class ColumnMapping:
+    """Which csv/jsonl columns are the label, user, item, time and features (``--columns``)."""
+
     label: str = "label"
     user: str | None = None
     item: str | None = None
@@ -72,6 +78,8 @@ class ColumnMapping:
 
 @dataclass(frozen=True)
 class ReaderOptions:
+    """How a log is read: user and item fields, strictness, the event time of rows without one."""
+
     user_field: str | None = None
     item_field: str | None = None
     strict: bool = False

@@ -36,6 +36,8 @@ from streamrec.stream.kafka_client import EventProducer, key_partition
 
 @dataclass(frozen=True)
 class ReplayOptions:
+    """Pacing, click delays, watermarks and batching of a replay."""
+
     rate: float | None = None
     speedup: float | None = None
     click_delay_mean_s: float = 2.0
@@ -51,6 +53,8 @@ class ReplayOptions:
 
 @dataclass
 class ReplayReport:
+    """What a replay sent, and how fast."""
+
     impressions: int = 0
     clicks: int = 0
     dead_letters: int = 0

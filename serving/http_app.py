@@ -38,6 +38,8 @@ from streamrec.serving.scorer import BadRequest, NotReady, Scorer
 
 
 class ScorerMetrics:
+    """The scorer's Prometheus series (requests, latency, served state, swaps), in its own registry."""
+
     def __init__(self, scorer: Scorer) -> None:
         self.registry = r = CollectorRegistry()
         self.requests = Counter("streamrec_predict_requests", "Predict requests by outcome", ("status",), registry=r)

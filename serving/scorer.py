@@ -79,6 +79,8 @@ class Served:
 
 @dataclass(frozen=True)
 class Prediction:
+    """Click probabilities and the exact model state that produced them."""
+
     probabilities: np.ndarray
     served: Served
 
@@ -99,7 +101,7 @@ class _Copy:
 
 
 def _clone(model: OnlineModel) -> OnlineModel:
-    # An in-memory copy of tensors we built ourselves (no untrusted bytes are unpickled); 4x
+    # An in-memory copy of tensors we built ourselves (no untrusted bytes are unpickled); much
     # faster than constructing a second seeded model, which redraws every embedding row.
     return copy.deepcopy(model)
 

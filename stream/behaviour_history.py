@@ -16,6 +16,9 @@ from typing import Any
 
 
 class UserHistory:
+    """The last ``length`` entries per key (a user, or an item), at most ``max_users`` keys, the least
+    recently active forgotten first."""
+
     def __init__(self, length: int, max_users: int = 1_000_000) -> None:
         if length < 1 or max_users < 1:
             raise ValueError("length and max_users must be positive")

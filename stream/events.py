@@ -14,17 +14,9 @@ seconds since the Unix epoch. Impressions and clicks are keyed by ``user_id`` so
 events share a partition. A ``watermark`` with ``final: true`` marks the end of a replay: a
 trainer that sees it on a partition may close every open attribution window there.
 
-A Kafka message holds one event, or a JSON array of events (an *event batch*): the replay
-producer sends impressions and clicks of one partition in batches (``--events-per-message``,
-default 256) because a message's fixed cost (produce, fetch, consume, a Python object per
-record) was the largest single cost of the whole loop. Every event of a batch must belong to the
-partition the batch is on (the producer computes the keyed partition itself, with Kafka's
-murmur2), and a batch keeps the partition's event-time order. The replay sends watermarks alone.
-Consumers treat a batch as its events in order, and a checkpoint's offsets are message offsets,
-so a batch is trained whole or not at all.
-
-Invalid events are never raised: :func:`decode_events` returns each bad event's reason, and
-consumers send its bytes with that reason to the dead-letter topic.
+A Kafka message holds one event, or a JSON array of events of one partition in event-time order
+(an *event batch*, ARCHITECTURE.md "Contracts"). Invalid events are never raised:
+:func:`decode_events` returns each bad event's reason, and consumers dead-letter it.
 """
 
 from __future__ import annotations

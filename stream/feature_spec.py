@@ -34,6 +34,8 @@ SPEC_SAMPLE_ROWS = 1000  # rows a new model's spec is inferred from
 
 @dataclass(frozen=True)
 class FieldSpec:
+    """One field of the stream: its name, kind (categorical or numeric) and hash buckets."""
+
     name: str
     kind: FieldKind
     buckets: int
@@ -52,7 +54,7 @@ class FeatureSpec:
     dense_numeric: bool = True
     seed: int = 0
     # the user's last N clicked items, hashed like item_id (same embedding rows); 0 = none.
-    # Set by sequence models (models.spec_for); the trainer keeps the histories (consumers/history.py).
+    # Set by sequence models (models.spec_for); the trainer keeps the histories (stream/behaviour_history.py).
     history_length: int = 0
     # "user_clicks": the user's clicked items (item rows); "item_interactions": the users shown the
     # item, user rows signed by whether they clicked (autorec).
@@ -64,8 +66,8 @@ class FeatureSpec:
     # earlier examples the model learned from had the same value and how many of them were clicks,
     # log2 levels of both as one coordinate. The counts are model state (models/seen_counts.py).
     counts: tuple[str, ...] = ()
-    # rows of a counted cross's table (a power of two): a cross's own 2**18 wide buckets collide
-    # too often to tell "never seen" from "seen" (Frappe, lr: 0.9490 AUC at 2**22 rows, 0.9459 at 2**18)
+    # rows of a counted cross's table (a power of two): a cross's own wide buckets collide too
+    # often to tell "never seen" from "seen" (docs/defaults.md)
     count_rows: int = DEFAULT_COUNT_ROWS
     _offsets: np.ndarray = field(init=False, repr=False, compare=False)
 

@@ -100,7 +100,7 @@ class Featurizer:
     def _history_ids(self, histories: Sequence[Sequence[Any]] | None, n: int) -> torch.Tensor:
         """Rows of each example's last L history entries, -1 where there are fewer: (n, L) for
         item ids alone; (n, L, 1 + K) with K ``history_fields``, an entry then being
-        ``[item, value, ...]`` (consumers/history.py) or ``{"item_id": ..., field: value}`` (a
+        ``[item, value, ...]`` (stream/behaviour_history.py) or ``{"item_id": ..., field: value}`` (a
         request), a missing value hashed like a missing field. For ``item_interactions`` the entries are user ids,
         and a user shown the item who did not click (``~u``) is ``-(row + 2)``."""
         length = self.spec.history_length
@@ -191,7 +191,7 @@ class Featurizer:
         return values, np.isnan(values)
 
     def build_columns(self, chunk: ColumnChunk) -> SparseBatch:
-        """The batch of a whole :class:`~producers.columns.ColumnChunk`: the same ids as
+        """The batch of a whole :class:`~streamrec.stream.columns.ColumnChunk`: the same ids as
         :meth:`build` on the same rows, but each column's distinct values are hashed or bucketed
         once (plus one entry for "missing"), and each field is then one take, with no per-row
         Python work."""

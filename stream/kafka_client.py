@@ -34,6 +34,8 @@ RevokeCallback = Callable[[list[TopicPartitionKey]], None]
 
 @dataclass(frozen=True, slots=True)
 class Record:
+    """One Kafka message as the workers read it."""
+
     topic: str
     partition: int
     offset: int
@@ -42,12 +44,17 @@ class Record:
 
 
 class EventProducer(Protocol):
+    """What streamrec needs of a Kafka producer (both clients implement it)."""
+
     def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None: ...
     def flush(self, timeout_s: float = 30.0) -> None: ...
     def close(self) -> None: ...
 
 
 class EventConsumer(Protocol):
+    """What streamrec needs of a Kafka consumer: group subscription with assign/revoke callbacks, manual
+    assignment, seeks, polls, commits and high watermarks."""
+
     def subscribe(
         self, topics: Sequence[str], on_assign: AssignCallback | None = None,
         on_revoke: RevokeCallback | None = None,

@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     namespace: str = "streamrec"
     partitions: int = Field(default=2, ge=1, le=1024)
     # Tansu completes a group join only after about half the session timeout, so a short one
-    # makes workers start in ~1 s instead of ~23 s (docs/kafka.md).
+    # makes workers start at once instead of after tens of seconds (docs/kafka.md).
     consumer_session_timeout_ms: int = Field(default=6000, ge=1000)
     model: str = "wide_deep"
     batch_size: int = Field(default=512, ge=1)
@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     # the dense weights with the first delta after dense_every_s.
     delta_every_s: float = Field(default=0.5, ge=0)
     dense_every_s: float = Field(default=5.0, ge=0)
-    # The quality gate (consumers/quality_gate.py).
+    # The quality gate (versions/quality_gate.py).
     gate: bool = True
     gate_margin: float = Field(default=0.02, ge=0)
     rollback_drop: float = Field(default=0.05, gt=0)

@@ -1,17 +1,17 @@
 """``streamrec dashboard``: a live web page of what the trainers and scorers are doing.
 
 A collector thread samples every worker once per ``interval_s`` and keeps the last
-``history`` points per worker in memory; the page (``stream/dashboard_assets/``) asks
+``history`` points per worker in memory; the page (``streamrec/dashboard_assets/``) asks
 ``/api/metrics?since=T`` for the points after T once a second and extends its charts, so it
 never reloads. Two sources:
 
 * workers (default): each trainer and scorer announces its ``/metrics`` URL in Redis
-  (consumers/worker_registry.py), plus any ``--scrape URL``; the collector scrapes them itself.
+  (stream/worker_registry.py), plus any ``--scrape URL``; the collector scrapes them itself.
 * Prometheus (``--prometheus URL``): one instant query ``{__name__=~"streamrec_.+"}`` per tick,
   so the page works where only Prometheus can reach the workers (a cluster).
 
 The version timeline (published, held, promote, rollback, pin) comes from each model's event
-log in Redis (consumers/version_store.py ``P:events``). Front-end code is vendored in the
+log in Redis (versions/store.py ``P:events``). Front-end code is vendored in the
 package (uPlot, pinned), so the page works offline.
 """
 
@@ -88,6 +88,8 @@ def _finite(value: float | None) -> float | None:
 
 @dataclass
 class WorkerSeries:
+    """The sampled points of one worker, newest last, and whether it has stopped."""
+
     role: str
     model: str
     worker: str

@@ -39,6 +39,8 @@ STOP_GRACE_S = 5.0
 
 @dataclass
 class Child:
+    """A process the demo started, with its log; stopped by pid."""
+
     name: str
     process: subprocess.Popen
     log_path: Path

@@ -45,7 +45,7 @@ def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512
     spec = spec_for(model_name, spec_options.infer([r.features for r in head]))
     model = create_model(model_name, spec, seed=seed, settings=model_settings)
     featurizer = Featurizer(spec)
-    # sequence models: the clicks so far, from the stream itself (consumers/history.py)
+    # sequence models: the clicks so far, from the stream itself (stream/behaviour_history.py)
     history = (BehaviourHistory(spec.history_kind, spec.history_length, fields=spec.history_fields)
                if spec.history_length else None)
     metrics = StreamingMetrics(window)

@@ -34,6 +34,8 @@ STATE_FILE = "stack.json"
 
 @dataclass(frozen=True)
 class StackState:
+    """Where the embedded broker and Redis run, and their pids (``$STREAMREC_HOME/stack.json``)."""
+
     kafka_bootstrap: str
     redis_url: str
     broker_pid: int
@@ -246,6 +248,8 @@ def _reap(pids: list[int]) -> None:
 
 @dataclass(frozen=True)
 class Endpoints:
+    """The broker and Redis a command talks to."""
+
     kafka_bootstrap: str
     redis_url: str
 
