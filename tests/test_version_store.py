@@ -91,3 +91,24 @@ def test_deltas_are_stored_in_order_and_expire(stack, namespace):
     assert record.weights == b"d1" and record.meta.seq == 1 and record.meta.model == "lr"
     assert store.load_delta("abc", 3) is None
     assert 0 < store.client.ttl(store.keys.delta("abc", 2)) <= 60
+
+
+def test_a_version_written_by_older_code_still_loads(stack, namespace):
+    """Metas from before the typed records: no lineage, delta_seq, gate or join; unknown keys ignored."""
+    import orjson
+
+    client = redis.Redis.from_url(stack.redis_url)
+    store = VersionStore(client, namespace, "lr")
+    old_meta = {"model": "lr", "version": 1, "parent": None, "created_at": 1.0, "worker": "w", "examples_seen": 7,
+                "offsets": {"t:0": 3}, "joiner_watermark": None, "metrics": {"auc": 0.61, "auc_window": None},
+                "counters": {"examples": 7}, "retired_field": 1}
+    client.hset(store.keys.version(1), mapping={"meta": orjson.dumps(old_meta), "weights": b"w", "trainer": b"t",
+                                                "joiner": b"{}"})
+    client.set(store.keys.head, 1)
+    client.set(store.keys.live, 1)
+    client.zadd(store.keys.versions, {"1": 1})
+    meta = store.load(1).meta
+    assert meta.examples_seen == 7 and meta.auc == 0.61 and meta.auc_window is None
+    assert meta.lineage is None and meta.delta_seq == 0 and meta.gate is None and meta.promoted
+    assert store.previous_promoted(2) == 1
+    assert _publish(store, 1) == 2 and store.meta(2).parent == 1
