@@ -36,6 +36,7 @@ class JoinCounts:
     duplicate_clicks: int = 0
     duplicate_impressions: int = 0
     evicted: int = 0
+    refused_times: int = 0  # events and watermarks dead-lettered for an implausible time
 
 
 def encode_time(t: float) -> float | str:

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 READ_BACK_TIMEOUT_S = 60.0
 # Settings a join worker takes from streamrec.stream.settings.Settings, under the same names.
 SETTINGS_FIELDS = ("attribution_window_s", "max_pending_impressions", "positives", "join_checkpoint_every_s",
-                   "metrics_port", "metrics_host")
+                   "metrics_port", "metrics_host", "max_event_time_ahead_s")
 
 
 def read_checkpoints(client: redis.Redis, namespace: str, partitions: int) -> dict[int, dict[str, Any]]:
@@ -62,6 +62,7 @@ class JoinOptions:
     join_checkpoint_every_s: float
     metrics_port: int | None
     metrics_host: str
+    max_event_time_ahead_s: float
     worker_id: str = "join-0"
     poll_records: int = 5000
     exit_at_end: bool = False
@@ -148,7 +149,8 @@ class JoinWorker(KafkaWorker):
         epoch, raw = retry_while_unavailable(f"claiming partition {p}", claim, self.stop_event)
         if raw is None:
             shard = Shard(p, epoch, Joiner(self.options.attribution_window_s, self.options.max_pending_impressions,
-                                           self.options.positives), ShardCounters(), {}, 0)
+                                           self.options.positives, self.options.max_event_time_ahead_s),
+                          ShardCounters(), {}, 0)
         else:
             state = orjson.loads(raw)
             shard = Shard(p, epoch, Joiner.from_state(state["joiner"]), ShardCounters(**state["counters"]),
@@ -316,7 +318,8 @@ class JoinWorker(KafkaWorker):
 
     def start(self) -> None:
         self._reader = make_consumer(self.kafka_bootstrap, f"{self.group_id}-read-back-{self.options.worker_id}",
-                                     self.settings.kafka_client, self.settings.consumer_session_timeout_ms)
+                                     self.settings.kafka_client, self.settings.consumer_session_timeout_ms,
+                                     self.security)
 
     def tick(self) -> bool:
         now = time.monotonic()

@@ -8,13 +8,15 @@ clicks change no label. Event time on ``p`` is the minimum of both topics' times
 the producer's watermarks), which makes the join a deterministic function of the partition's
 events however the consumer interleaves the two topics. ``positives="click"`` releases a
 positive at its click instead of at the window's end (fresher, with delayed-feedback bias).
-State is bounded (``max_pending``: the oldest is closed as *evicted*) and round-trips through
-JSON, so it is part of every checkpoint. docs/joining.md has the full rules.
+Event times must be plausible (``max_ahead_s``), state is bounded per partition (``max_pending``:
+the oldest is closed as *evicted*), and it round-trips through JSON into every checkpoint.
+docs/joining.md has the full rules.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -31,6 +33,8 @@ from streamrec.consumers.example_source import (
 from streamrec.stream.events import decode_events, encode
 
 INF = math.inf
+# how far past its topic partition's time (or this machine's clock) an event may be (Joiner.implausible_time)
+MAX_EVENT_TIME_AHEAD_S = 86_400.0
 
 
 @dataclass
@@ -63,7 +67,8 @@ class Joiner(ReleasedExamples):
 
     kind = "joiner"
 
-    def __init__(self, window_s: float, max_pending: int = 1_000_000, positives: str = "window") -> None:
+    def __init__(self, window_s: float, max_pending: int = 1_000_000, positives: str = "window",
+                 max_ahead_s: float = MAX_EVENT_TIME_AHEAD_S) -> None:
         if window_s <= 0:
             raise ValueError("window_s must be positive")
         if max_pending < 1:
@@ -71,7 +76,8 @@ class Joiner(ReleasedExamples):
         if positives not in POSITIVE_RELEASES:
             raise ValueError(f"positives must be one of {POSITIVE_RELEASES}, not {positives!r}")
         self.window_s = float(window_s)
-        self.max_pending = int(max_pending)
+        self.max_pending = int(max_pending)  # open impressions per partition
+        self.max_ahead_s = float(max_ahead_s)
         self.positives = positives
         self._at_click = positives == "click"
         self.counts = JoinCounts()
@@ -106,8 +112,8 @@ class Joiner(ReleasedExamples):
                     part.clicked.append([early, impression_id])
         part.pending[impression_id] = [t, event["user_id"], event["item_id"], event["features"], label]
         self._open += 1
-        if self._open > self.max_pending:
-            self._evict_oldest()
+        if len(part.pending) > self.max_pending:
+            self._evict_oldest(part)
 
     def click(self, partition: int, event: dict[str, Any]) -> None:
         part = self._part(partition)
@@ -139,6 +145,23 @@ class Joiner(ReleasedExamples):
         else:
             part.early_clicks[impression_id] = t
 
+    def implausible_time(self, partition: int, topic_kind: str, event: dict[str, Any]) -> str | None:
+        """Why an event's time cannot be right, or None. An event (or watermark) more than
+        ``max_ahead_s`` past its topic partition's time, or past this machine's clock, would move
+        the partition's time and close every open impression on it as a negative. (A forged final
+        watermark with a plausible time cannot be told from the real one: only who may write the
+        topics can stop it, docs/security.md.)"""
+        t = float(event["event_time"])
+        part = self._partitions.get(partition)
+        seen = -INF if part is None else (part.impressions_time if topic_kind == "impressions" else part.clicks_time)
+        now = time.time()
+        if t > now + self.max_ahead_s:
+            return f"event_time {t:.0f} is {t - now:.0f} s ahead of this machine's clock (at most {self.max_ahead_s:g} s)"
+        if math.isfinite(seen) and t > seen + self.max_ahead_s:
+            return (f"event_time {t:.0f} is {t - seen:.0f} s ahead of partition {partition}'s {topic_kind} time "
+                    f"(at most {self.max_ahead_s:g} s)")
+        return None
+
     def offer(self, partition: int, topic_kind: str, event: dict[str, Any]) -> str | None:
         """Take one valid event read from partition ``partition`` of the ``topic_kind`` topic; return
         its type, or None when that type does not belong on that topic (the caller dead-letters it)."""
@@ -160,6 +183,11 @@ class Joiner(ReleasedExamples):
         taken = {"impression": 0, "click": 0, "watermark": 0}
         good, dead = decode_events(raw)
         for event in good:
+            problem = self.implausible_time(partition, topic_kind, event)
+            if problem is not None:
+                self.counts.refused_times += 1
+                dead.append((encode(event), problem))
+                continue
             etype = self.offer(partition, topic_kind, event)
             if etype is None:
                 dead.append((encode(event), f"{event['type']} event on the {topic_kind} topic"))
@@ -239,18 +267,13 @@ class Joiner(ReleasedExamples):
             self.counts.negatives += 1
         self._ready.append(Example(impression_id, user_id, item_id, features, label, t, label_time))
 
-    def _evict_oldest(self) -> None:
-        oldest_part, oldest_id, oldest_time = None, None, INF
-        for part in self._partitions.values():
-            if part.pending:
-                impression_id, held = next(iter(part.pending.items()))
-                if held[0] < oldest_time:
-                    oldest_part, oldest_id, oldest_time = part, impression_id, held[0]
-        assert oldest_part is not None and oldest_id is not None
-        held = oldest_part.pending.pop(oldest_id)
+    def _evict_oldest(self, part: _Partition) -> None:
+        """Close the partition's oldest open impression early; another partition's are not touched."""
+        oldest_id = next(iter(part.pending))
+        held = part.pending.pop(oldest_id)
         self._open -= 1
         self.counts.evicted += 1
-        self._close(oldest_part, oldest_id, held, max(held[0], oldest_part.time))
+        self._close(part, oldest_id, held, max(held[0], part.time))
 
     @property
     def open_impressions(self) -> int:
@@ -267,6 +290,7 @@ class Joiner(ReleasedExamples):
         return {
             "window_s": self.window_s,
             "max_pending": self.max_pending,
+            "max_ahead_s": self.max_ahead_s,
             "positives": self.positives,
             "counts": asdict(self.counts),
             "ready": [example_row(e) for e in self._ready],
@@ -285,7 +309,8 @@ class Joiner(ReleasedExamples):
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Joiner:
-        joiner = cls(state["window_s"], state["max_pending"], state.get("positives", "window"))
+        joiner = cls(state["window_s"], state["max_pending"], state.get("positives", "window"),
+                     state.get("max_ahead_s", MAX_EVENT_TIME_AHEAD_S))
         joiner.counts = JoinCounts(**state["counts"])
         joiner._ready = [example_from_row(row) for row in state["ready"]]
         for p, data in state["partitions"].items():

@@ -26,6 +26,7 @@ from streamrec.stream import events as ev
 from streamrec.stream.kafka_client import (
     EventConsumer,
     EventProducer,
+    KafkaSecurity,
     Record,
     TopicPartitionKey,
     make_consumer,
@@ -63,6 +64,7 @@ class KafkaWorker:
         self.model_label = model_label
         self.poll_records = poll_records
         self.poll_timeout_s = 0.2
+        self.security = KafkaSecurity.from_settings(settings)
         self.stop_event = threading.Event()
         self.assignments = 0  # group (re)joins, counted for operators and tests
         self.started_at = time.monotonic()
@@ -105,7 +107,7 @@ class KafkaWorker:
         """Serve ``/metrics`` (if a port is set) and announce it; idempotent. Returns the port."""
         identity = self.identity
         if identity.metrics_port is not None and self.metrics.port is None:
-            self.metrics.serve(identity.metrics_port, identity.metrics_host)
+            self.metrics.serve(identity.metrics_port, identity.metrics_host, self.settings.auth_token or None)
         if self.metrics.port is not None and self._heartbeat is None:
             self._heartbeat = Heartbeat(self.redis, self.settings.namespace, role=self.role, model=self.model_label,
                                         worker=identity.worker_id, url=metrics_url(identity.metrics_host,
@@ -122,8 +124,8 @@ class KafkaWorker:
         self.serve_metrics()
         self.start()
         client, timeout = self.settings.kafka_client, self.settings.consumer_session_timeout_ms
-        self.consumer = make_consumer(self.kafka_bootstrap, self.group_id, client, timeout)
-        self.producer = make_producer(self.kafka_bootstrap, client)
+        self.consumer = make_consumer(self.kafka_bootstrap, self.group_id, client, timeout, self.security)
+        self.producer = make_producer(self.kafka_bootstrap, client, self.security)
         finished = False
         try:
             self.consumer.subscribe(list(self.topics), on_assign=self._assigned, on_revoke=self.on_revoke)

@@ -60,7 +60,7 @@ SLICE_BYTES = 1 << 20
 # Settings a trainer takes from streamrec.stream.settings.Settings, under the same names.
 SETTINGS_FIELDS = ("model", "batch_size", "attribution_window_s", "publish_every_examples", "publish_every_s",
                    "keep_versions", "max_pending_impressions", "window_examples", "metrics_port", "metrics_host",
-                   "positives", "delta_every_s", "dense_every_s")
+                   "positives", "delta_every_s", "dense_every_s", "max_event_time_ahead_s")
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,7 @@ class TrainerOptions:
     positives: str            # when the joiner releases a positive: at its click, or window end
     delta_every_s: float      # publish the rows changed since the last delta this often (0: never)
     dense_every_s: float      # ... and the dense weights with the first delta after this long
+    max_event_time_ahead_s: float  # events further ahead of their partition's time are dead-lettered
     gate: GateOptions
     worker_id: str = "worker-0"
     exit_at_end: bool = False
@@ -161,7 +162,7 @@ class Trainer(KafkaWorker):
         self._resume_from: Version | None = None
         self.source: ExampleSource = (ExampleQueue() if options.from_examples else
                                       Joiner(options.attribution_window_s, options.max_pending_impressions,
-                                             options.positives))
+                                             options.positives, options.max_event_time_ahead_s))
         self.history: BehaviourHistory | None = None  # sequence models: recent clicks
         self.counters = Counters()
         self.positions: dict[TopicPartitionKey, int] = {}

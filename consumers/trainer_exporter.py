@@ -29,7 +29,7 @@ from streamrec.stream.prometheus import MetricsEndpoint
 
 LABELS = ("model", "worker")
 JOIN_OUTCOMES = ("positives", "negatives", "late_clicks", "orphan_clicks", "duplicate_clicks",
-                 "duplicate_impressions", "evicted")
+                 "duplicate_impressions", "evicted", "refused_times")
 HELD_REASONS = ("non_finite", "auc_drop")
 
 

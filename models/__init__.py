@@ -148,13 +148,49 @@ def parse_settings(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
     return out
 
 
+# What a stored model may ask for before anything is allocated: a version's metadata is input
+# like any other, and a corrupt or hostile one must not make a loader allocate terabytes.
+MAX_MODEL_BYTES = 64 << 30
+MAX_LAYER_WIDTH = 1 << 16
+
+
+def model_bytes_estimate(spec: FeatureSpec, config: Any) -> int:
+    """Roughly what a model built from ``spec`` and ``config`` holds in memory (the tables dominate)."""
+    dim = getattr(getattr(config, "embedding", None), "dim", 0)
+    embedding = spec.field_rows * (2 * 4 * dim + 8)  # weights + Adagrad state (float32), counts
+    wide = spec.wide_rows * 2 * 8                     # FTRL z and n (float64)
+    counts = 2 * 4 * sum(spec.count_rows if ":" in key else 0 for key in spec.counts)
+    return embedding + wide + counts
+
+
+def check_model_size(spec: FeatureSpec, config: Any, name: str) -> None:
+    """:class:`ModelError` if the model would be larger than :data:`MAX_MODEL_BYTES` or has a
+    layer wider than :data:`MAX_LAYER_WIDTH` (checked before a stored model is built)."""
+    estimate = model_bytes_estimate(spec, config)
+    if estimate > MAX_MODEL_BYTES:
+        raise ModelError(f"{name}: the stored spec asks for {spec.field_rows:,} embedding rows and {spec.wide_rows:,} "
+                         f"wide coordinates (about {estimate / 2**30:,.0f} GiB; at most {MAX_MODEL_BYTES >> 30} GiB): "
+                         "not loaded")
+    widths = [getattr(getattr(config, "embedding", None), "dim", 0), *getattr(config, "hidden", ())]
+    if any(not 0 <= int(w) <= MAX_LAYER_WIDTH for w in widths):
+        raise ModelError(f"{name}: the stored config has a layer of width {max(widths)} (at most {MAX_LAYER_WIDTH}): "
+                         "not loaded")
+
+
 def model_from_bytes(blob: bytes) -> OnlineModel:
-    """Rebuild a model from a safetensors blob written by :meth:`OnlineModel.to_bytes`."""
+    """Rebuild a model from a safetensors blob written by :meth:`OnlineModel.to_bytes`; the spec,
+    the config and every tensor's shape are checked before anything large is built or loaded."""
     meta = read_metadata(blob)
     name = meta.get("model", "")
     if name not in REGISTRY:
         raise ModelError(f"weights are for unknown model {name!r}; registered: {', '.join(model_names())}")
     cls = REGISTRY[name]
-    model = cls(FeatureSpec.from_json(meta["spec"]), config_from_json(cls.config_class, meta["config"]))
+    try:
+        spec = FeatureSpec.from_json(meta["spec"])
+        config = config_from_json(cls.config_class, meta["config"])
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise ModelError(f"{name}: the stored spec or config is unreadable ({exc})") from None
+    check_model_size(spec, config, name)
+    model = cls(spec, config)
     model.load_row_sparse(load_tensors_blob(blob))
     return model

@@ -176,18 +176,33 @@ class OnlineModel(abc.ABC):
         return st_save(tensors, metadata={**self.metadata(), **(extra_metadata or {})})
 
     def load_row_sparse(self, stored: dict[str, torch.Tensor]) -> None:
-        """Load what :meth:`to_bytes` wrote into a freshly constructed (seeded) model."""
+        """Load what :meth:`to_bytes` wrote into a freshly constructed (seeded) model. Every tensor's
+        shape and every row index is checked against the model first: a :class:`ModelError`
+        names the first that does not fit."""
         full = dict(stored)
         fresh = self.tensors()
-        for group, (_mask, names) in self.row_groups().items():
-            rows = full.pop(f"{group}@rows", None)
-            if rows is None:
-                continue
-            for name in names:
-                values = full.pop(f"{name}@touched")
-                table = fresh[name].detach().clone()
-                table[rows] = values
-                full[name] = table
+        try:
+            for group, (_mask, names) in self.row_groups().items():
+                rows = full.pop(f"{group}@rows", None)
+                if rows is None:
+                    continue
+                for name in names:
+                    table = fresh[name].detach()
+                    if rows.dim() != 1 or (len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= table.shape[0])):
+                        raise ModelError(f"stored rows of {group!r} fall outside its {table.shape[0]} rows")
+                    values = full.pop(f"{name}@touched")
+                    if values.shape != (len(rows), *table.shape[1:]):
+                        raise ModelError(f"stored {name!r} rows have shape {tuple(values.shape)}, expected "
+                                         f"{(len(rows), *table.shape[1:])}")
+                    table = table.clone()
+                    table[rows] = values.to(table.dtype)
+                    full[name] = table
+            for name, value in full.items():
+                if name in fresh and fresh[name].shape != value.shape and not name.startswith(self.optimizer_prefixes):
+                    raise ModelError(f"stored {name!r} has shape {tuple(value.shape)}, the model's is "
+                                     f"{tuple(fresh[name].shape)}")
+        except KeyError as exc:
+            raise ModelError(f"the stored weights lack {exc.args[0]!r}") from None
         self.load_tensors(full)
 
 

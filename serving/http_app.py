@@ -3,14 +3,15 @@
 * ``POST /predict`` — body ``{"events": [{"user_id", "item_id", "features": {...}}, ...]}`` (or
   the bare list). Answer: ``{"predictions": [...], "model", "version", "lineage", "delta_seq",
   "deltas_applied", "event_time"}``, all from one model state. 400 names what is wrong with a
-  request; 503 while no version is live.
+  request, 413 refuses a body over ``max_body_bytes``; 503 while no version is live.
 * ``GET /healthz`` — 200 with the served state once a version is loaded, else 503.
 * ``GET /metrics`` — Prometheus text: requests, latency, the served version and
   ``streamrec_served_model_age_seconds`` (now minus the label time of the newest example the
   served model reflects).
 
-Scoring runs in Starlette's thread pool, so a request never blocks the event loop, and torch
-releases the GIL while it computes.
+With an ``auth_token`` (``--auth-token``, ``STREAMREC_AUTH_TOKEN``) ``/predict`` and ``/metrics``
+answer 401 unless the request carries ``Authorization: Bearer <token>``; ``/healthz`` stays open
+for probes. Scoring runs in Starlette's thread pool, so a request never blocks the event loop.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from streamrec.serving.scorer import BadRequest, NotReady, Scorer
+from streamrec.stream.http_auth import bearer_ok
 
 
 class ScorerMetrics:
@@ -58,6 +60,9 @@ class ScorerMetrics:
             swaps.labels(kind=kind).set_function(lambda k=kind: scorer.swaps[k])
         gaps = Gauge("streamrec_scorer_delta_gaps", "Gaps seen in the delta sequence since start", registry=r)
         gaps.set_function(lambda: scorer.gaps)
+        bad = Gauge("streamrec_scorer_bad_versions", "Versions that could not be loaded (corrupt or too large)",
+                    registry=r)
+        bad.set_function(lambda: len(scorer.bad_versions))
         for status in ("ok", "bad_request", "not_ready"):
             self.requests.labels(status=status)
 
@@ -67,17 +72,51 @@ def _json(payload: Any, status: int = 200) -> Response:
                     media_type="application/json")
 
 
-def create_app(scorer: Scorer) -> Starlette:
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, read at most ``limit`` bytes far (a larger one is refused unread)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(scorer: Scorer, *, auth_token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
     metrics = ScorerMetrics(scorer)
+    for status in ("too_large", "unauthorized"):
+        metrics.requests.labels(status=status)
+
+    def denied(request: Request) -> Response | None:
+        if bearer_ok(request.headers.get("authorization"), auth_token):
+            return None
+        metrics.requests.labels(status="unauthorized").inc()
+        return _json({"error": "send Authorization: Bearer <token> (streamrec serve --auth-token)"}, 401)
 
     async def predict(request: Request) -> Response:
+        if (refused := denied(request)) is not None:
+            return refused
         started = time.perf_counter()
         try:
             try:
-                payload = orjson.loads(await request.body())
+                payload = orjson.loads(await _body(request, max_body_bytes))
             except orjson.JSONDecodeError as exc:
                 raise BadRequest(f"body is not JSON: {exc}") from None
             result = await run_in_threadpool(scorer.predict, payload)
+        except _TooLarge:
+            metrics.requests.labels(status="too_large").inc()
+            return _json({"error": f"request body over {max_body_bytes} bytes; send fewer events per request"}, 413)
         except BadRequest as exc:
             metrics.requests.labels(status="bad_request").inc()
             return _json({"error": str(exc)}, 400)
@@ -95,7 +134,9 @@ def create_app(scorer: Scorer) -> Starlette:
             return _json({"status": "waiting for a live version", "namespace": scorer.namespace}, 503)
         return _json({"status": "ok", **served.as_dict(), "model_age_seconds": scorer.model_age_seconds()})
 
-    async def prometheus(_request: Request) -> Response:
+    async def prometheus(request: Request) -> Response:
+        if (refused := denied(request)) is not None:
+            return refused
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/healthz", healthz),

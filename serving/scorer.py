@@ -106,14 +106,38 @@ def _clone(model: OnlineModel) -> OnlineModel:
     return copy.deepcopy(model)
 
 
-def parse_events(payload: Any) -> tuple[list[str], list[str], list[dict[str, Any]], list[list[str]]]:
+MAX_EVENTS_PER_REQUEST = 10_000
+MAX_FEATURES = 1024          # per event, as stream/events.py allows on the stream
+MAX_ID_CHARS = 256
+MAX_VALUE_CHARS = 4096       # a feature value's characters
+MAX_HISTORY = 1000           # history entries per event
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _check_value(index: int, name: str, value: Any) -> None:
+    if not isinstance(value, _SCALARS):
+        raise BadRequest(f"event {index}: feature {str(name)[:64]!r} must be a string, a number or null, "
+                         f"not {type(value).__name__}")
+    if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
+        raise BadRequest(f"event {index}: feature {str(name)[:64]!r} is {len(value)} characters; "
+                         f"at most {MAX_VALUE_CHARS}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadRequest(f"event {index}: feature {str(name)[:64]!r} must be finite")
+
+
+def parse_events(payload: Any) -> tuple[list[str], list[str], list[dict[str, Any]], list[list[Any]]]:
     """``[{"user_id", "item_id", "features": {...}, "history": [item ids]}, ...]`` (or
     ``{"events": [...]}``) → columns. ``history`` (the user's recently clicked items, oldest
     first) is optional; only sequence models read it. With ``--history-field`` an entry may be
-    ``{"item_id": ..., "<field>": value}`` (a plain id then means the field is missing)."""
+    ``{"item_id": ..., "<field>": value}`` (a plain id then means the field is missing).
+
+    Every shape is checked here, with bounds on counts and lengths: a request the model cannot
+    score is a :class:`BadRequest` naming the event and the field."""
     items = payload.get("events") if isinstance(payload, dict) else payload
     if not isinstance(items, list) or not items:
         raise BadRequest('send a non-empty JSON list of events, or {"events": [...]}')
+    if len(items) > MAX_EVENTS_PER_REQUEST:
+        raise BadRequest(f"{len(items)} events in one request; at most {MAX_EVENTS_PER_REQUEST}")
     users, item_ids, features, histories = [], [], [], []
     for index, event in enumerate(items):
         if not isinstance(event, dict):
@@ -121,12 +145,26 @@ def parse_events(payload: Any) -> tuple[list[str], list[str], list[dict[str, Any
         user, item, feats = event.get("user_id"), event.get("item_id"), event.get("features", {})
         if not isinstance(user, str) or not isinstance(item, str):
             raise BadRequest(f"event {index}: user_id and item_id must be strings")
+        if len(user) > MAX_ID_CHARS or len(item) > MAX_ID_CHARS:
+            raise BadRequest(f"event {index}: user_id and item_id may have at most {MAX_ID_CHARS} characters")
         if not isinstance(feats, dict):
             raise BadRequest(f"event {index}: features must be an object")
+        if len(feats) > MAX_FEATURES:
+            raise BadRequest(f"event {index}: {len(feats)} features; at most {MAX_FEATURES}")
+        for name, value in feats.items():
+            _check_value(index, name, value)
         history = event.get("history", [])
-        if not isinstance(history, list) or not all(isinstance(h, (str, dict)) for h in history):
-            raise BadRequest(f"event {index}: history must be a list of item ids (strings), or of objects "
-                             '{"item_id": ..., "<history field>": ...} for models trained with --history-field')
+        if (not isinstance(history, list) or len(history) > MAX_HISTORY
+                or not all(isinstance(h, (str, dict)) for h in history)):
+            raise BadRequest(f"event {index}: history must be a list of at most {MAX_HISTORY} item ids (strings), or "
+                             'of objects {"item_id": ..., "<history field>": ...} for models trained with --history-field')
+        for entry in history:
+            if isinstance(entry, str):
+                if len(entry) > MAX_ID_CHARS:
+                    raise BadRequest(f"event {index}: a history item id has more than {MAX_ID_CHARS} characters")
+            else:
+                for name, value in entry.items():
+                    _check_value(index, f"history.{name}", value)
         users.append(user)
         item_ids.append(item)
         features.append(feats)
@@ -159,6 +197,7 @@ class Scorer:
         self._stuck_at: tuple[int, str | None, int] | None = None  # gap seen at this state: wait for a version
         self._deferred: tuple[int, float] | None = None  # (version, since): cut after the newest delta
         self.swaps = {"full": 0, "delta": 0, "rebase": 0}
+        self.bad_versions: set[tuple[str, int]] = set()  # (model, version) that failed to load
         self.gaps = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -228,18 +267,47 @@ class Scorer:
                 return False
             following = self.use_deltas and live == head and not pinned
             served = self.served
+            if (model, live) in self.bad_versions:
+                # the live version does not load: keep serving what is served (or fall back once)
+                if served is None or served.model != model:
+                    self._load_newest_loadable(store, live)
+                return self.served != served
             if served is None or served.model != model or (served.deltas_applied and not following):
-                self._load_full(store, live)
+                if not self._load_or_report(store, live):
+                    self._load_newest_loadable(store, live)
+                    return self.served != served
             elif served.version != live and not (following and self._rebase(store, live)):
                 if self._deferred is not None and self._deferred[0] == live and \
                         time.monotonic() - self._deferred[1] < DEFER_S:
                     return False
-                self._load_full(store, live)
+                if not self._load_or_report(store, live):
+                    return False
             elif served.version == live and not following:
                 return False
             if following:
                 self._apply_deltas(store)
             return self.served != served
+
+    def _load_or_report(self, store: VersionStore, number: int) -> bool:
+        """Load ``number`` in full; a version that cannot be loaded (corrupt, or asking for more
+        than a model may hold) is logged, counted and remembered instead of stopping the scorer."""
+        try:
+            self._load_full(store, number)
+            return True
+        except StreamrecError as exc:
+            self.bad_versions.add((store.model, number))
+            log.error("%s version %d cannot be served (%s); serving the newest version that loads", store.model,
+                      number, exc)
+            return False
+
+    def _load_newest_loadable(self, store: VersionStore, below: int) -> None:
+        """With nothing of this model served yet: the newest kept version older than ``below`` that loads."""
+        served = self.served
+        if served is not None and served.model == store.model:
+            return
+        for number in sorted((v for v in store.versions() if v < below), reverse=True):
+            if (store.model, number) not in self.bad_versions and self._load_or_report(store, number):
+                return
 
     def _load_full(self, store: VersionStore, number: int) -> None:
         version = store.load(number, with_state=False)

@@ -28,6 +28,14 @@ import orjson
 SCHEMA_VERSION = 1
 EVENT_TYPES = ("impression", "click", "watermark")
 
+# Bounds on what one event or message may hold: past them an event is dead-lettered with the
+# reason, so no single event can make a worker hold or hash megabytes.
+MAX_ID_CHARS = 256          # event_id, impression_id, user_id, item_id
+MAX_FEATURES = 1024         # keys of an impression's feature map
+MAX_EVENT_BYTES = 64 * 1024  # one event as JSON (bounds every string value in it)
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # one Kafka message: larger ones are dead-lettered whole, unread
+MAX_DEAD_LETTER_PAYLOAD = 64 * 1024  # of a dead-lettered payload's bytes, what the record keeps
+
 Event = dict[str, Any]
 _PLAIN_TYPES = frozenset({str, int, type(None)})
 _INF, _NEG_INF = float("inf"), float("-inf")
@@ -74,6 +82,8 @@ def _nonempty_str(event: Event, key: str) -> str | None:
     value = event.get(key)
     if not isinstance(value, str) or not value:
         return f"'{key}' must be a non-empty string"
+    if len(value) > MAX_ID_CHARS:
+        return f"'{key}' is {len(value)} characters; at most {MAX_ID_CHARS}"
     return None
 
 
@@ -88,14 +98,16 @@ def plainly_valid(event: Any) -> bool:
         return False
     if kind == "impression":
         features = event.get("features")
-        return (type(event.get("event_id")) is str and type(event.get("user_id")) is str
-                and type(event.get("item_id")) is str and type(features) is dict
-                and bool(event["event_id"]) and bool(event["user_id"]) and bool(event["item_id"])
+        event_id, user_id, item_id = event.get("event_id"), event.get("user_id"), event.get("item_id")
+        return (type(event_id) is str and type(user_id) is str and type(item_id) is str and type(features) is dict
+                and 0 < len(event_id) <= MAX_ID_CHARS and 0 < len(user_id) <= MAX_ID_CHARS
+                and 0 < len(item_id) <= MAX_ID_CHARS and len(features) <= MAX_FEATURES
                 and set(map(type, features.values())) <= _PLAIN_TYPES)
     if kind == "click":
-        return (type(event.get("event_id")) is str and type(event.get("user_id")) is str
-                and type(event.get("impression_id")) is str
-                and bool(event["event_id"]) and bool(event["user_id"]) and bool(event["impression_id"]))
+        event_id, user_id, impression_id = event.get("event_id"), event.get("user_id"), event.get("impression_id")
+        return (type(event_id) is str and type(user_id) is str and type(impression_id) is str
+                and 0 < len(event_id) <= MAX_ID_CHARS and 0 < len(user_id) <= MAX_ID_CHARS
+                and 0 < len(impression_id) <= MAX_ID_CHARS)
     return False
 
 
@@ -127,6 +139,8 @@ def validate(event: Any) -> str | None:
     features = event.get("features")
     if not isinstance(features, dict):
         return "'features' must be an object"
+    if len(features) > MAX_FEATURES:
+        return f"'features' has {len(features)} keys; at most {MAX_FEATURES}"
     if set(map(type, features.values())) <= _PLAIN_TYPES:
         return None  # the common case, checked in C; the loop below finds the culprit otherwise
     for name, value in features.items():
@@ -143,19 +157,24 @@ def encode_batch(batch: list[Event]) -> bytes:
 
 def decode_events(raw: bytes) -> tuple[list[Event], list[tuple[bytes, str]]]:
     """Decode and validate one message, a single event or an event batch: ``(valid events in
-    order, [(bad event's bytes, reason), ...])``. A message that is not JSON, or neither an
-    object nor an array, is one bad event (its own bytes)."""
+    order, [(bad event's bytes, reason), ...])``. A message that is not JSON, neither an object
+    nor an array, or larger than :data:`MAX_MESSAGE_BYTES`, is one bad event (its own bytes)."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return [], [(raw, f"message is {len(raw)} bytes; at most {MAX_MESSAGE_BYTES}")]
     try:
         decoded = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return [], [(raw, f"not valid JSON: {exc}")]
     if type(decoded) is not list:
-        problem = validate(decoded)
+        problem = validate(decoded) or _too_large(len(raw))
         return ([], [(raw, problem)]) if problem else ([decoded], [])
     good: list[Event] = []
     bad: list[tuple[bytes, str]] = []
+    whole_message_small = len(raw) <= MAX_EVENT_BYTES  # then no event in it can be too large
     for event in decoded:
         problem = validate(event)  # which starts with the plainly_valid fast path
+        if problem is None and not whole_message_small:
+            problem = _too_large(len(orjson.dumps(event)))
         if problem:
             bad.append((orjson.dumps(event), problem))
         else:
@@ -163,8 +182,15 @@ def decode_events(raw: bytes) -> tuple[list[Event], list[tuple[bytes, str]]]:
     return good, bad
 
 
+def _too_large(size: int) -> str | None:
+    return f"event is {size} bytes as JSON; at most {MAX_EVENT_BYTES}" if size > MAX_EVENT_BYTES else None
+
+
 def dead_letter(raw: bytes, reason: str, source: str) -> bytes:
-    """The dead-letter record: the reason, where it came from, and the payload as text."""
-    return orjson.dumps(
-        {"reason": reason, "source": source, "payload": raw.decode("utf-8", errors="replace")}
-    )
+    """The dead-letter record: the reason, where it came from, and the payload as text (its first
+    :data:`MAX_DEAD_LETTER_PAYLOAD` bytes, with ``payload_bytes`` the whole size)."""
+    kept = raw[:MAX_DEAD_LETTER_PAYLOAD]
+    record: dict[str, Any] = {"reason": reason, "source": source, "payload": kept.decode("utf-8", errors="replace")}
+    if len(raw) > len(kept):
+        record["payload_bytes"] = len(raw)
+    return orjson.dumps(record)

@@ -38,19 +38,52 @@ def _splitmix64(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(31))
 
 
-def hash_strings(values: np.ndarray, seed: int) -> np.ndarray:
-    """Seeded 64-bit hash of every string in a ``<U`` array (any shape)."""
-    values = np.ascontiguousarray(values, dtype=np.str_)
-    width = values.dtype.itemsize // 4
-    codes = values.view(np.uint32).reshape(*values.shape, max(width, 1)).astype(np.uint64)
+_LOOP_WIDTH, _FEW = 64, 16
+_MASK64 = (1 << 64) - 1
+
+
+def _fnv1a(text: str, start: int) -> int:
+    """FNV-1a over the UTF-32 code points of ``text``, skipping NULs (what the array path computes)."""
+    h = start
+    prime = int(_FNV_PRIME)
+    for code in map(ord, text):
+        if code:
+            h = ((h ^ code) * prime) & _MASK64
+    return h
+
+
+def hash_strings(values: np.ndarray | Sequence[Any], seed: int) -> np.ndarray:
+    """Seeded 64-bit hash of every string in ``values`` (a ``<U`` array of any shape, or a sequence of
+    values, each hashed as ``str(value)``).
+
+    Strings are hashed in groups of one length, each group as a matrix exactly as wide as its
+    strings: a long value costs its own length, never its length times the number of values
+    beside it (one long string in a fixed-width array of many short ones did)."""
+    array = np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values
+    shape = array.shape
+    flat = [str(v) for v in array.reshape(-1).tolist()]
+    out = np.empty(len(flat), dtype=np.uint64)
+    by_length: dict[int, list[int]] = {}
+    for k, text in enumerate(flat):
+        by_length.setdefault(len(text), []).append(k)
     with np.errstate(over="ignore"):
-        h = np.full(values.shape, _FNV_OFFSET ^ _splitmix64(np.uint64(seed)), dtype=np.uint64)
-        for j in range(width):
-            c = codes[..., j]
-            # Padding NULs past a string's end leave the hash alone, so the hash of a value does
-            # not depend on the longest string in its batch.
-            h = np.where(c != 0, (h ^ c) * _FNV_PRIME, h)
-        return _splitmix64(h)
+        start = _FNV_OFFSET ^ _splitmix64(np.uint64(seed))
+        for width, positions in by_length.items():
+            if width > _LOOP_WIDTH and len(positions) < _FEW:
+                # a few long strings: a loop over their characters beats one array op per position
+                out[positions] = _splitmix64(np.array([_fnv1a(flat[k], int(start)) for k in positions],
+                                                      dtype=np.uint64))
+                continue
+            h = np.full(len(positions), start, dtype=np.uint64)
+            if width:
+                group = np.array([flat[k] for k in positions], dtype=f"<U{width}")
+                codes = group.view(np.uint32).reshape(len(positions), width).astype(np.uint64)
+                for j in range(width):
+                    c = codes[:, j]
+                    # a NUL leaves the hash alone, as the padding of a fixed-width array did
+                    h = np.where(c != 0, (h ^ c) * _FNV_PRIME, h)
+            out[positions] = _splitmix64(h)
+    return out.reshape(shape)
 
 
 class Featurizer:
@@ -169,7 +202,7 @@ class Featurizer:
                 cache.clear()
             missing = [k for k, v in enumerate(found) if v is None]
             values = [column[k] for k in missing]
-            buckets = self._buckets(j, np.array(values, dtype=np.str_)).tolist()
+            buckets = self._buckets(j, values).tolist()
             for k, value, bucket in zip(missing, values, buckets):
                 cache[value] = bucket
                 found[k] = bucket
@@ -181,13 +214,20 @@ class Featurizer:
         try:
             values = np.array(nums, dtype=np.float64).reshape(n, width)
         except (TypeError, ValueError):
-            # Strings among the numbers (CSV input): parse them, with "" and "None" as missing.
-            raw = np.array(nums, dtype=np.str_).reshape(n, width)
-            blank = (raw == "None") | (raw == "")
-            try:
-                values = np.where(blank, "nan", raw).astype(np.float64)
-            except ValueError as exc:
-                raise ConfigError(f"a numeric field holds a non-number: {exc}") from None
+            # Strings among the numbers (CSV input): parse them one by one, with "" and "None" as
+            # missing (no fixed-width string array: its width would be the longest value's).
+            parsed = []
+            for value in (v for row in nums for v in row):
+                if value is None or value in ("", "None"):
+                    parsed.append(np.nan)
+                    continue
+                try:
+                    parsed.append(float(value))
+                except (TypeError, ValueError):
+                    text = str(value)
+                    raise ConfigError(f"a numeric field holds a non-number: {text[:40]!r}"
+                                      + ("..." if len(text) > 40 else "")) from None
+            values = np.array(parsed, dtype=np.float64).reshape(n, width)
         return values, np.isnan(values)
 
     def build_columns(self, chunk: ColumnChunk) -> SparseBatch:
@@ -225,9 +265,9 @@ class Featurizer:
             values, codes = np.empty(0, dtype=object), np.zeros(n, dtype=np.int64)
         else:
             values, codes = column.values, column.codes
-        return self._buckets(j, np.append(np.asarray(values, dtype=np.str_), "None"))[codes]
+        return self._buckets(j, [*values, "None"])[codes]
 
-    def _buckets(self, j: int, values: np.ndarray) -> np.ndarray:
+    def _buckets(self, j: int, values: Sequence[Any] | np.ndarray) -> np.ndarray:
         """The ``j``-th categorical field's bucket of each string in ``values`` (before its offset)."""
         with np.errstate(over="ignore"):
             h = _splitmix64(hash_strings(values, self.spec.seed) ^ self._cat_salt[j])

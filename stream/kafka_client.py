@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from streamrec.stream.errors import ConfigError, StackError
 
@@ -24,6 +24,65 @@ log = logging.getLogger(__name__)
 _RDKAFKA_LOG = logging.getLogger("streamrec.librdkafka")
 
 KafkaClientName = Literal["auto", "confluent", "kafka-python"]
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How clients authenticate to the brokers (settings ``kafka_security_protocol`` and friends,
+    docs/security.md). PLAINTEXT, the default, adds nothing to a client's configuration."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ssl_ca_location: str = ""
+    ssl_certificate_location: str = ""
+    ssl_key_location: str = ""
+
+    @classmethod
+    def from_settings(cls, settings: object) -> KafkaSecurity:
+        s: Any = settings
+        return cls(s.kafka_security_protocol, s.kafka_sasl_mechanism, s.kafka_sasl_username, s.kafka_sasl_password,
+                   s.kafka_ssl_ca_location, s.kafka_ssl_certificate_location, s.kafka_ssl_key_location)
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol.startswith("SASL")
+
+    @property
+    def ssl(self) -> bool:
+        return self.protocol.endswith("SSL")
+
+    def confluent(self) -> dict[str, str]:
+        """librdkafka's keys (confluent-kafka and its AdminClient)."""
+        if self.protocol == "PLAINTEXT":
+            return {}
+        config = {"security.protocol": self.protocol}
+        if self.sasl:
+            config.update({"sasl.mechanism": self.sasl_mechanism, "sasl.username": self.sasl_username,
+                           "sasl.password": self.sasl_password})
+        if self.ssl:
+            config.update({k: v for k, v in (("ssl.ca.location", self.ssl_ca_location),
+                                             ("ssl.certificate.location", self.ssl_certificate_location),
+                                             ("ssl.key.location", self.ssl_key_location)) if v})
+        return config
+
+    def kafka_python(self) -> dict[str, str]:
+        """kafka-python's keyword arguments."""
+        if self.protocol == "PLAINTEXT":
+            return {}
+        config = {"security_protocol": self.protocol}
+        if self.sasl:
+            config.update({"sasl_mechanism": self.sasl_mechanism, "sasl_plain_username": self.sasl_username,
+                           "sasl_plain_password": self.sasl_password})
+        if self.ssl:
+            config.update({k: v for k, v in (("ssl_cafile", self.ssl_ca_location),
+                                             ("ssl_certfile", self.ssl_certificate_location),
+                                             ("ssl_keyfile", self.ssl_key_location)) if v})
+        return config
+
+
+PLAINTEXT = KafkaSecurity()
 CLIENT_NAMES: tuple[str, ...] = get_args(KafkaClientName)
 TopicPartitionKey = tuple[str, int]
 # Called with the partitions just assigned; may return start offsets for some of them (the
@@ -93,10 +152,11 @@ def resolve_client(name: str) -> str:
 
 
 class _ConfluentProducer:
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> None:
         from confluent_kafka import Producer
 
         self._producer = Producer({
+            **security.confluent(),
             "bootstrap.servers": bootstrap,
             "linger.ms": 5,
             "batch.num.messages": 10000,
@@ -137,10 +197,12 @@ class _ConfluentProducer:
 
 
 class _ConfluentConsumer:
-    def __init__(self, bootstrap: str, group_id: str, session_timeout_ms: int) -> None:
+    def __init__(self, bootstrap: str, group_id: str, session_timeout_ms: int,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
         from confluent_kafka import Consumer
 
         self._consumer = Consumer({
+            **security.confluent(),
             "bootstrap.servers": bootstrap,
             "group.id": group_id,
             "enable.auto.commit": False,
@@ -228,10 +290,11 @@ class _ConfluentConsumer:
 
 
 class _KafkaPythonProducer:
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> None:
         from kafka import KafkaProducer
 
         self._producer = KafkaProducer(
+            **security.kafka_python(),
             bootstrap_servers=bootstrap, linger_ms=5, batch_size=256 * 1024, acks=1,
             max_in_flight_requests_per_connection=5,
         )
@@ -248,11 +311,13 @@ class _KafkaPythonProducer:
 
 
 class _KafkaPythonConsumer:
-    def __init__(self, bootstrap: str, group_id: str, session_timeout_ms: int) -> None:
+    def __init__(self, bootstrap: str, group_id: str, session_timeout_ms: int,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
         from kafka import KafkaConsumer
         from kafka.coordinator.assignors.range import RangePartitionAssignor
 
         self._consumer = KafkaConsumer(
+            **security.kafka_python(),
             bootstrap_servers=bootstrap,
             group_id=group_id,
             enable_auto_commit=False,
@@ -349,28 +414,35 @@ def key_partition(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-def make_producer(bootstrap: str, client: str = "auto") -> EventProducer:
+def make_producer(bootstrap: str, client: str = "auto", security: KafkaSecurity = PLAINTEXT) -> EventProducer:
     if resolve_client(client) == "confluent":
-        return _ConfluentProducer(bootstrap)
-    return _KafkaPythonProducer(bootstrap)
+        return _ConfluentProducer(bootstrap, security)
+    return _KafkaPythonProducer(bootstrap, security)
 
 
 def make_consumer(bootstrap: str, group_id: str, client: str = "auto",
-                  session_timeout_ms: int = 6000) -> EventConsumer:
+                  session_timeout_ms: int = 6000, security: KafkaSecurity = PLAINTEXT) -> EventConsumer:
     if resolve_client(client) == "confluent":
-        return _ConfluentConsumer(bootstrap, group_id, session_timeout_ms)
-    return _KafkaPythonConsumer(bootstrap, group_id, session_timeout_ms)
+        return _ConfluentConsumer(bootstrap, group_id, session_timeout_ms, security)
+    return _KafkaPythonConsumer(bootstrap, group_id, session_timeout_ms, security)
 
 
-def create_topics(bootstrap: str, topics: Iterable[str], partitions: int, timeout_s: float = 30.0) -> list[str]:
+def _admin(bootstrap: str, security: KafkaSecurity) -> Any:
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": bootstrap, "logger": _RDKAFKA_LOG, **security.confluent()})
+
+
+def create_topics(bootstrap: str, topics: Iterable[str], partitions: int, timeout_s: float = 30.0,
+                  security: KafkaSecurity = PLAINTEXT) -> list[str]:
     """Create the topics that do not exist yet; return the ones created.
 
     An existing topic with a different partition count is an error: co-partitioning of
     impressions and clicks depends on equal counts.
     """
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _RDKAFKA_LOG})
+    admin = _admin(bootstrap, security)
     existing = admin.list_topics(timeout=timeout_s).topics
     created = []
     wanted = list(topics)
@@ -395,20 +467,16 @@ def create_topics(bootstrap: str, topics: Iterable[str], partitions: int, timeou
     raise StackError(f"topics {wanted} not visible with {partitions} partitions after {timeout_s}s")
 
 
-def partition_count(bootstrap: str, topic: str, timeout_s: float = 10.0) -> int:
-    from confluent_kafka.admin import AdminClient
-
-    meta = AdminClient({"bootstrap.servers": bootstrap, "logger": _RDKAFKA_LOG}).list_topics(topic, timeout=timeout_s).topics
+def partition_count(bootstrap: str, topic: str, timeout_s: float = 10.0, security: KafkaSecurity = PLAINTEXT) -> int:
+    meta = _admin(bootstrap, security).list_topics(topic, timeout=timeout_s).topics
     if topic not in meta or meta[topic].error is not None or not meta[topic].partitions:
         raise StackError(f"topic {topic} does not exist on {bootstrap}: run `streamrec topics create`")
     return len(meta[topic].partitions)
 
 
-def broker_reachable(bootstrap: str, timeout_s: float = 2.0) -> bool:
-    from confluent_kafka.admin import AdminClient
-
+def broker_reachable(bootstrap: str, timeout_s: float = 2.0, security: KafkaSecurity = PLAINTEXT) -> bool:
     try:
-        AdminClient({"bootstrap.servers": bootstrap, "logger": _RDKAFKA_LOG}).list_topics(timeout=timeout_s)
+        _admin(bootstrap, security).list_topics(timeout=timeout_s)
     except Exception:  # noqa: BLE001 - any failure means "not reachable" here
         return False
     return True

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     publish_every_examples: int = Field(default=50_000, ge=1)
     publish_every_s: float = Field(default=5.0, gt=0)
     keep_versions: int = Field(default=5, ge=1)
+    # open impressions per partition; past it the partition's oldest is closed early (evicted)
     max_pending_impressions: int = Field(default=1_000_000, ge=1)
     # 0 picks a free port (printed, and written to --ready-file).
     metrics_port: int = Field(default=9400, ge=0, le=65535)
@@ -59,6 +60,24 @@ class Settings(BaseSettings):
     join_checkpoint_every_s: float = Field(default=1.0, gt=0)
     # The scorer's HTTP port (streamrec serve); 0 picks a free one.
     serve_port: int = Field(default=8400, ge=0, le=65535)
+    # When set, serve's /predict and /metrics, the dashboard and every worker's /metrics ask for
+    # "Authorization: Bearer <token>" (stream/http_auth.py); the dashboard sends it when it scrapes.
+    auth_token: str = ""
+    # Hosts the dashboard may scrape, besides loopback: names, addresses or networks
+    # ("10.0.0.0/8"), comma-separated; "*" allows any (workers register their URLs in Redis).
+    dashboard_allow_hosts: str = ""
+    # An event more than this many seconds past its partition's time, or this machine's clock,
+    # is dead-lettered instead of moving event time (consumers/joiner.py).
+    max_event_time_ahead_s: float = Field(default=86_400.0, gt=0)
+    # Kafka security, passed to both clients (docs/security.md): PLAINTEXT, SSL, SASL_PLAINTEXT or
+    # SASL_SSL; SASL mechanism PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; CA, client certificate and key files.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ssl_ca_location: str = ""
+    kafka_ssl_certificate_location: str = ""
+    kafka_ssl_key_location: str = ""
 
     @field_validator("namespace")
     @classmethod

@@ -17,8 +17,10 @@ package (uPlot, pinned), so the page works offline.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import socket
 import threading
 import time
 import urllib.parse
@@ -31,10 +33,11 @@ import orjson
 import redis
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from streamrec.stream import redis_keys
+from streamrec.stream.http_auth import bearer_ok
 from streamrec.stream.prometheus import fetch_text, parse, sample_key
 from streamrec.stream.worker_registry import workers
 from streamrec.versions.store import VersionStore, champion
@@ -103,20 +106,59 @@ class WorkerSeries:
         return f"{self.role}/{self.model}/{self.worker}"
 
 
+class HostAllowList:
+    """Which hosts the dashboard may scrape: loopback, plus names, addresses and networks given
+    (``--allow-host``, ``STREAMREC_DASHBOARD_ALLOW_HOSTS``); ``*`` allows any. Workers register
+    their own URLs in Redis, so without this anyone who can write there could make the dashboard
+    fetch any URL (server-side request forgery)."""
+
+    def __init__(self, entries: tuple[str, ...] = ()) -> None:
+        self.any = "*" in entries
+        self.names = {e.lower() for e in entries if e and e != "*" and not _is_network(e)}
+        self.networks = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
+        self.networks += [ipaddress.ip_network(e, strict=False) for e in entries if _is_network(e)]
+
+    def allows(self, url: str) -> bool:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            return False
+        host = parsed.hostname.lower()
+        if self.any or host in self.names or host == "localhost":
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                address = ipaddress.ip_address(socket.gethostbyname(host))
+            except OSError:
+                return False
+        return any(address in network for network in self.networks)
+
+
+def _is_network(entry: str) -> bool:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
 class WorkerSource:
-    """Scrape the workers registered in Redis and any fixed URLs."""
+    """Scrape the workers registered in Redis (on allowed hosts) and any fixed URLs."""
 
     name = "workers"
 
     def __init__(self, client: redis.Redis | None, namespace: str, urls: tuple[str, ...] = (),
-                 timeout_s: float = 1.0) -> None:
+                 timeout_s: float = 1.0, token: str | None = None, allow: HostAllowList | None = None) -> None:
         self.client, self.namespace, self.urls, self.timeout_s = client, namespace, urls, timeout_s
+        self.token = token
+        self.allow = allow if allow is not None else HostAllowList()
 
     def targets(self) -> list[dict[str, Any]]:
         found = workers(self.client, self.namespace) if self.client is not None else []
         known = {w["metrics_url"] for w in found}
         for i, url in enumerate(u for u in self.urls if u not in known):
-            found.append({"role": "", "model": "", "worker": f"scrape-{i}", "metrics_url": url})
+            found.append({"role": "", "model": "", "worker": f"scrape-{i}", "metrics_url": url, "given": True})
         return found
 
     def sample(self) -> list[tuple[dict[str, Any], dict[str, float] | None, str | None]]:
@@ -125,8 +167,12 @@ class WorkerSource:
             if "final_metrics" in target:  # stopped cleanly: its last numbers, kept in Redis
                 out.append(({**target, "stopped": True}, parse(target["final_metrics"]), None))
                 continue
+            if not target.get("given") and not self.allow.allows(str(target["metrics_url"])):
+                out.append((target, None, f"{target['metrics_url']}: not scraped, its host is not allowed "
+                                          "(streamrec dashboard --allow-host)"))
+                continue
             try:
-                text = fetch_text(target["metrics_url"], self.timeout_s)
+                text = fetch_text(target["metrics_url"], self.timeout_s, self.token)
             except OSError as exc:
                 out.append((target, None, f"{target['metrics_url']}: {exc}"))
                 continue
@@ -269,15 +315,36 @@ ASSETS = {
 }
 
 
-def create_app(collector: Collector) -> Starlette:
+TOKEN_COOKIE = "streamrec_token"
+
+
+def create_app(collector: Collector, auth_token: str | None = None) -> Starlette:
+    """The page and its API. With ``auth_token`` every request needs ``Authorization: Bearer
+    <token>`` or the cookie a visit to ``/?token=<token>`` sets (browsers cannot send the header)."""
     root = resources.files("streamrec") / "dashboard_assets"
     bodies = {path: ((root / name).read_bytes(), kind) for path, (name, kind) in ASSETS.items()}
 
+    def refused(request: Request) -> Response | None:
+        if not auth_token or bearer_ok(request.headers.get("authorization"), auth_token):
+            return None
+        if bearer_ok(f"Bearer {request.cookies.get(TOKEN_COOKIE, '')}", auth_token):
+            return None
+        if bearer_ok(f"Bearer {request.query_params.get('token', '')}", auth_token):
+            response = RedirectResponse(request.url.path, status_code=303)
+            response.set_cookie(TOKEN_COOKIE, auth_token, httponly=True, samesite="strict")
+            return response
+        return JSONResponse({"error": "open /?token=<token> once, or send Authorization: Bearer <token>"},
+                            status_code=401)
+
     def asset(request: Request) -> Response:
+        if (denied := refused(request)) is not None:
+            return denied
         body, kind = bodies[request.url.path]
         return Response(body, media_type=kind, headers={"Cache-Control": "no-cache"})
 
     def metrics_api(request: Request) -> Response:
+        if (denied := refused(request)) is not None:
+            return denied
         try:
             since = float(request.query_params.get("since", "0"))
         except ValueError:

@@ -30,6 +30,7 @@ from streamrec.local_stack import child_preexec, running_stack
 from streamrec.producers.generator import generate, write_stream
 from streamrec.producers.readers import ReaderOptions
 from streamrec.stream.errors import StackError
+from streamrec.stream.http_auth import bearer_header
 from streamrec.stream.kafka_client import create_topics
 from streamrec.stream.prometheus import scrape
 from streamrec.stream.settings import Settings
@@ -86,9 +87,10 @@ def _live_line(metrics: dict[str, float], served: dict[str, float]) -> str:
             f"version {get('streamrec_head_version'):.0f}   lag {lag:,.0f}   {scorer}")
 
 
-def _get_json(url: str, body: Any = None, timeout_s: float = 5.0) -> dict[str, Any]:
+def _get_json(url: str, body: Any = None, timeout_s: float = 5.0, token: str | None = None) -> dict[str, Any]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json",
+                                                              **bearer_header(token)})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return json.loads(response.read())
@@ -97,7 +99,7 @@ def _get_json(url: str, body: Any = None, timeout_s: float = 5.0) -> dict[str, A
 
 
 def _ask_scorer(port: int, live: int | None, data: Path, fmt: str, reader_options: ReaderOptions,
-                say: Callable[[str], None], wait_s: float = 15.0) -> dict[str, Any]:
+                say: Callable[[str], None], wait_s: float = 15.0, token: str | None = None) -> dict[str, Any]:
     """Wait until the scorer serves the live version, then score a few events with it."""
     from streamrec.producers.readers import read_rows
 
@@ -112,7 +114,7 @@ def _ask_scorer(port: int, live: int | None, data: Path, fmt: str, reader_option
         if len(rows) == 3:
             break
     started = time.perf_counter()
-    answer = _get_json(f"http://127.0.0.1:{port}/predict", {"events": rows})
+    answer = _get_json(f"http://127.0.0.1:{port}/predict", {"events": rows}, token=token)
     millis = (time.perf_counter() - started) * 1e3
     if "predictions" in answer:
         say(f"scorer: version {answer['version']} (+{answer['deltas_applied']} deltas) scored 3 events in "
@@ -180,7 +182,7 @@ def run_demo(settings: Settings, *, events: int, model: str, data: Path | None, 
         stage = f"join pids {', '.join(str(j.process.pid) for j in joins)} → {namespace}.examples → " if joins else ""
         say(f"replay pid {producer.process.pid} → topics {namespace}.* → {stage}trainer pid {trainer.process.pid} "
             f"→ Redis → scorer pid {scorer.process.pid}")
-        _watch(trainer, producer, ready, serve_ready, live, timeout_s)
+        _watch(trainer, producer, ready, serve_ready, live, timeout_s, settings.auth_token or None)
         if producer.process.returncode != 0:
             raise StackError(f"the replay producer failed (exit {producer.process.returncode}):\n{producer.tail()}")
         if trainer.process.returncode != 0:
@@ -203,7 +205,7 @@ def run_demo(settings: Settings, *, events: int, model: str, data: Path | None, 
             live_version = VersionStore(client, namespace, model).live()
             client.close()
             served = _ask_scorer(int(json.loads(serve_ready.read_text())["port"]), live_version, data, fmt,
-                                 reader_options, say)
+                                 reader_options, say, token=settings.auth_token or None)
         else:
             say(f"the scorer stopped early:\n{scorer.tail()}")
         report = {**report, "events_produced": produced["impressions"] + produced["clicks"],
@@ -237,7 +239,7 @@ def _wait_for_port(child: Child, ready: Path, key: str, timeout_s: float = 30.0)
 
 
 def _watch(trainer: Child, producer: Child, ready: Path, serve_ready: Path, live: Callable[[str], None] | None,
-           timeout_s: float) -> None:
+           timeout_s: float, token: str | None = None) -> None:
     """Wait for the trainer and the producer; feed ``live`` a status line twice a second."""
     deadline = time.monotonic() + timeout_s
     port = serve_port = None
@@ -246,11 +248,11 @@ def _watch(trainer: Child, producer: Child, ready: Path, serve_ready: Path, live
         serve_port = serve_port or _port(serve_ready, "port")
         if live is not None and port is not None and trainer.process.poll() is None:
             try:
-                served = scrape(serve_port) if serve_port is not None else {}
+                served = scrape(serve_port, token=token) if serve_port is not None else {}
             except OSError:
                 served = {}
             try:
-                live(_live_line(scrape(port), served))
+                live(_live_line(scrape(port, token=token), served))
             except OSError:
                 pass
         if trainer.process.poll() is not None:

@@ -215,14 +215,30 @@ def read_state(home: Path) -> StackState | None:
         raise StackError(f"unreadable stack state {path}: {exc}; remove it and run `streamrec stack up`") from None
 
 
+def _answers(address: str) -> bool:
+    """Something accepts connections at ``host:port`` (or a redis:// URL's)."""
+    host_port = address.split("://", 1)[-1].split("/", 1)[0]
+    host, _, port = host_port.rpartition(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, int(port))) == 0
+
+
 def stack_status(home: Path) -> dict[str, object]:
+    """Whether the recorded broker and Redis run. A recorded pid that is gone while its port still
+    answers (a server restarted by hand on the same port) counts as running, and is reported in
+    ``stale_pids``: commands keep working, and `stack down` stops only the pids it started."""
     state = read_state(home)
     if state is None:
         return {"running": False}
-    broker_up = _pid_runs(state.broker_pid, state.broker_bin)
-    redis_up = _pid_runs(state.redis_pid, state.redis_bin)
+    broker_pid_up = _pid_runs(state.broker_pid, state.broker_bin)
+    redis_pid_up = _pid_runs(state.redis_pid, state.redis_bin)
+    broker_up = broker_pid_up or _answers(state.kafka_bootstrap)
+    redis_up = redis_pid_up or _answers(state.redis_url)
+    stale = [name for name, pid_up, up in (("broker", broker_pid_up, broker_up), ("redis", redis_pid_up, redis_up))
+             if up and not pid_up]
     return {"running": broker_up and redis_up, "broker_running": broker_up, "redis_running": redis_up,
-            **asdict(state)}
+            "stale_pids": stale, **asdict(state)}
 
 
 def stop_stack(home: Path) -> list[int]:

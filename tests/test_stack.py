@@ -60,3 +60,42 @@ def test_commands_without_stack_say_what_to_do(tmp_path: Path) -> None:
     result = _cli(tmp_path / "empty", "topics", "create")
     assert result.returncode == 4
     assert "streamrec stack up" in result.stderr
+
+
+def test_a_redis_restarted_by_hand_on_its_port_is_still_the_stack(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from streamrec.local_stack import redis_binary
+
+    home = tmp_path / "home"
+    by_hand = None
+    try:
+        assert _cli(home, "stack", "up").returncode == 0
+        state = read_state(home)
+        assert state is not None
+        os.kill(state.redis_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _pid_runs(state.redis_pid, state.redis_bin) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        port = state.redis_url.rsplit(":", 1)[1].split("/")[0]
+        by_hand = subprocess.Popen([redis_binary(), "--port", port, "--bind", "127.0.0.1", "--save", "",
+                                    "--appendonly", "no", "--dir", str(tmp_path)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            status = json.loads(_cli(home, "stack", "status", "--json").stdout)
+            if status["running"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert status["running"] and status["stale_pids"] == ["redis"]
+        listed = _cli(home, "models", "list")
+        assert listed.returncode == 0 and "no versions" in listed.stdout, listed.stderr
+        down = _cli(home, "stack", "down")
+        assert down.returncode == 0 and by_hand.poll() is None  # only the pids the stack started are stopped
+    finally:
+        if by_hand is not None:
+            by_hand.terminate()
+            by_hand.wait(10)
+        if read_state(home) is not None:
+            _cli(home, "stack", "down")

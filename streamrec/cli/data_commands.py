@@ -62,29 +62,31 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
     from streamrec.producers.readers import ReaderOptions, ReadStats, parse_mapping, read_rows
     from streamrec.producers.replay import ReplayOptions
     from streamrec.producers.replay import replay as run_replay
-    from streamrec.stream.kafka_client import create_topics, make_producer, partition_count
+    from streamrec.stream.kafka_client import KafkaSecurity, create_topics, make_producer, partition_count
 
     if rate is not None and speedup is not None:
         raise ConfigError("--rate and --speedup exclude each other")
     settings = settings_from(ctx, partitions=partitions)
     endpoints = resolve_endpoints(settings)
+    security = KafkaSecurity.from_settings(settings)
     create_topics(endpoints.kafka_bootstrap,
                   [settings.impressions_topic, settings.clicks_topic, settings.dead_letter_topic],
-                  settings.partitions)
+                  settings.partitions, security=security)
     stats = ReadStats()
     options = ReaderOptions(user_field=user_field, item_field=item_field, strict=strict,
                             mapping=parse_mapping(columns, numeric_columns))
     rows = read_rows(path, fmt, options, stats)
     if limit:
         rows = itertools.islice(rows, limit)
-    producer = make_producer(endpoints.kafka_bootstrap, settings.kafka_client)
+    producer = make_producer(endpoints.kafka_bootstrap, settings.kafka_client, security)
     total = limit or count_lines(path)
     try:
         with progress_bar("replay", total) as advance:
             report = run_replay(rows, producer, impressions_topic=settings.impressions_topic,
                                 clicks_topic=settings.clicks_topic, dead_letter_topic=settings.dead_letter_topic,
                                 # the topic's own count: batches are placed by murmur2 modulo it
-                                partitions=partition_count(endpoints.kafka_bootstrap, settings.impressions_topic),
+                                partitions=partition_count(endpoints.kafka_bootstrap, settings.impressions_topic,
+                                                           security=security),
                                 options=ReplayOptions(rate=rate, speedup=speedup, click_delay_mean_s=click_delay_mean_s,
                                                       click_delay_max_s=click_delay_max_s, seed=seed,
                                                       watermark_every_s=watermark_every_s,

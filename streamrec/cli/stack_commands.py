@@ -54,8 +54,10 @@ def stack_status(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(status, indent=2))
     elif status.get("running"):
+        stale = status.get("stale_pids") or []
+        note = f"; {' and '.join(stale)} answer(s) but not from the recorded pid (restarted by hand?)" if stale else ""
         click.echo(f"running: kafka {status['kafka_bootstrap']} (pid {status['broker_pid']}), "
-                   f"redis {status['redis_url']} (pid {status['redis_pid']})")
+                   f"redis {status['redis_url']} (pid {status['redis_pid']}){note}")
     else:
         click.echo("not running")
     sys.exit(0 if status.get("running") else 1)
@@ -72,11 +74,12 @@ def topics() -> None:
 def topics_create(ctx: click.Context, partitions: int | None) -> None:
     """Create <ns>.impressions, <ns>.clicks, <ns>.dead-letter and <ns>.examples with equal partition counts."""
     from streamrec.local_stack import resolve_endpoints
-    from streamrec.stream.kafka_client import create_topics
+    from streamrec.stream.kafka_client import KafkaSecurity, create_topics
 
     settings = settings_from(ctx, partitions=partitions)
     endpoints = resolve_endpoints(settings)
     names = [settings.impressions_topic, settings.clicks_topic, settings.dead_letter_topic, settings.examples_topic]
-    created = create_topics(endpoints.kafka_bootstrap, names, settings.partitions)
+    created = create_topics(endpoints.kafka_bootstrap, names, settings.partitions,
+                            security=KafkaSecurity.from_settings(settings))
     for name in names:
         click.echo(f"{name}: {'created' if name in created else 'exists'} ({settings.partitions} partitions)")

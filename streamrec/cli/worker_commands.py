@@ -96,11 +96,12 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
     parsed = checked_settings(settings.model, parse_settings(model_settings), pairs, counts)
     endpoints = resolve_endpoints(settings)
     if from_examples:
-        from streamrec.stream.kafka_client import create_topics, partition_count
+        from streamrec.stream.kafka_client import KafkaSecurity, create_topics, partition_count
 
         # subscribing to a topic that does not exist yet would wait for a metadata refresh (minutes)
-        partitions = partition_count(endpoints.kafka_bootstrap, settings.impressions_topic)
-        create_topics(endpoints.kafka_bootstrap, [settings.examples_topic], partitions)
+        security = KafkaSecurity.from_settings(settings)
+        partitions = partition_count(endpoints.kafka_bootstrap, settings.impressions_topic, security=security)
+        create_topics(endpoints.kafka_bootstrap, [settings.examples_topic], partitions, security=security)
     options = TrainerOptions.from_settings(
         settings, worker_id=worker_id or _default_worker_id(), exit_at_end=exit_at_end, seed=seed,
         spec_options=SpecOptions(cat_buckets=buckets, crosses=pairs, counts=counts, seed=seed,
@@ -114,7 +115,7 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
     try:
         # Serve before the (possibly slow) resume so supervisors see the worker at once;
         # run() leaves a server that is already up alone.
-        port = trainer.metrics.serve(options.metrics_port, options.metrics_host)
+        port = trainer.serve_metrics()
         console.print(f"metrics on http://{options.metrics_host}:{port}/metrics")
         if ready_file is not None:
             write_report(ready_file, {"pid": os.getpid(), "metrics_port": port})
@@ -164,18 +165,20 @@ def join(ctx: click.Context, worker_id: str | None, attribution_window_s: float 
     <ns>.examples, which `streamrec train --from-examples` reads."""
     from streamrec.consumers.join_worker import JoinOptions, JoinWorker
     from streamrec.local_stack import resolve_endpoints
-    from streamrec.stream.kafka_client import create_topics, partition_count
+    from streamrec.stream.kafka_client import KafkaSecurity, create_topics, partition_count
 
     settings = settings_from(ctx, attribution_window_s=attribution_window_s, positives=positives,
                              join_checkpoint_every_s=checkpoint_every_s, metrics_port=metrics_port,
                              metrics_host=metrics_host)
     endpoints = resolve_endpoints(settings)
     # examples:p holds what events of partition p became, so it has the sources' partition count
-    partitions = partition_count(endpoints.kafka_bootstrap, settings.impressions_topic)
+    security = KafkaSecurity.from_settings(settings)
+    partitions = partition_count(endpoints.kafka_bootstrap, settings.impressions_topic, security=security)
     if show_status:
         _print_join_status(settings, endpoints.redis_url, partitions)
         return
-    create_topics(endpoints.kafka_bootstrap, [settings.examples_topic, settings.dead_letter_topic], partitions)
+    create_topics(endpoints.kafka_bootstrap, [settings.examples_topic, settings.dead_letter_topic], partitions,
+                  security=security)
     options = JoinOptions.from_settings(settings, worker_id=worker_id or _default_worker_id(), exit_at_end=exit_at_end)
     worker = JoinWorker(settings, options, kafka_bootstrap=endpoints.kafka_bootstrap, redis_url=endpoints.redis_url)
     _stop_on_signals(worker.stop_event)
@@ -223,10 +226,12 @@ def _print_join_status(settings: Settings, redis_url: str, partitions: int) -> N
 @click.option("--no-deltas", is_flag=True, help="Serve full versions only, without the trainer's deltas.")
 @click.option("--poll-s", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
               help="Check Redis this often when no announcement arrives (the pub/sub fallback).")
+@click.option("--auth-token", help="Require Authorization: Bearer TOKEN on /predict and /metrics "
+                                   "(STREAMREC_AUTH_TOKEN).")
 @click.option("--ready-file", type=click.Path(path_type=Path), help="Write {pid, port} here once listening.")
 @click.pass_context
 def serve(ctx: click.Context, model: str | None, host: str, port: int | None, no_deltas: bool, poll_s: float,
-          ready_file: Path | None) -> None:
+          auth_token: str | None, ready_file: Path | None) -> None:
     """Serve predictions over HTTP (/predict, /healthz, /metrics), hot-swapping live versions."""
     from streamrec.api import check_model_name
     from streamrec.local_stack import resolve_redis_url
@@ -234,7 +239,7 @@ def serve(ctx: click.Context, model: str | None, host: str, port: int | None, no
     from streamrec.serving.scorer import Scorer
     from streamrec.stream.worker_registry import Heartbeat, metrics_url
 
-    settings = settings_from(ctx, serve_port=port)
+    settings = settings_from(ctx, serve_port=port, auth_token=auth_token)
     if model is not None:
         check_model_name(model)
     scorer = Scorer(resolve_redis_url(settings), settings.namespace, model, deltas=not no_deltas, poll_s=poll_s,
@@ -259,7 +264,7 @@ def serve(ctx: click.Context, model: str | None, host: str, port: int | None, no
         heartbeat.close()
         scorer.close()
 
-    run_http(create_app(scorer), sock, on_exit=stop)
+    run_http(create_app(scorer, auth_token=settings.auth_token or None), sock, on_exit=stop)
 
 
 @click.command()
@@ -272,19 +277,26 @@ def serve(ctx: click.Context, model: str | None, host: str, port: int | None, no
               help="Also scrape this /metrics URL (repeatable); workers in Redis are found by themselves.")
 @click.option("--interval-s", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
               help="Sample every this many seconds.")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="HOST|NETWORK",
+              help="Also scrape registered workers on this host or network, e.g. 10.0.0.0/8; '*' for any "
+                   "(STREAMREC_DASHBOARD_ALLOW_HOSTS, comma-separated; default: loopback only).")
+@click.option("--auth-token", help="Require this token to see the page (open /?token=TOKEN once) and send it "
+                                   "when scraping workers (STREAMREC_AUTH_TOKEN).")
 @click.option("--ready-file", type=click.Path(path_type=Path), help="Write {pid, port} here once listening.")
 @click.pass_context
 def dashboard(ctx: click.Context, host: str, port: int, prometheus_url: str | None, scrape_urls: tuple[str, ...],
-              interval_s: float, ready_file: Path | None) -> None:
+              interval_s: float, allow_hosts: tuple[str, ...], auth_token: str | None, ready_file: Path | None) -> None:
     """Serve a live dashboard of the namespace's trainers and scorers (open the printed URL)."""
     import redis
 
-    from streamrec.dashboard import Collector, PrometheusSource, WorkerSource, create_app
+    from streamrec.dashboard import Collector, HostAllowList, PrometheusSource, WorkerSource, create_app
     from streamrec.local_stack import resolve_redis_url
     from streamrec.stream.errors import StackError
     from streamrec.stream.redis_connection import connect
 
-    settings = settings_from(ctx)
+    settings = settings_from(ctx, auth_token=auth_token)
+    token = settings.auth_token or None
+    allowed = HostAllowList((*filter(None, settings.dashboard_allow_hosts.split(",")), *allow_hosts))
     client: Any = None
     try:
         client = connect(resolve_redis_url(settings))
@@ -295,12 +307,12 @@ def dashboard(ctx: click.Context, host: str, port: int, prometheus_url: str | No
                                  "set STREAMREC_REDIS_URL, run `streamrec stack up`, or pass --prometheus/--scrape")
         console.print(f"[yellow]no Redis ({exc}): no version timeline, only the given targets[/]")
         client = None
-    source = PrometheusSource(prometheus_url) if prometheus_url else WorkerSource(client, settings.namespace,
-                                                                                   scrape_urls)
+    source = (PrometheusSource(prometheus_url) if prometheus_url
+              else WorkerSource(client, settings.namespace, scrape_urls, token=token, allow=allowed))
     collector = Collector(source, client, settings.namespace, interval_s=interval_s).start()
     sock = listen(host, port, "--port")
     bound = sock.getsockname()[1]
     console.print(f"dashboard on http://{host}:{bound}/ (namespace {settings.namespace}, source {source.name})")
     if ready_file is not None:
         write_report(ready_file, {"pid": os.getpid(), "port": bound})
-    run_http(create_app(collector), sock, on_exit=collector.close)
+    run_http(create_app(collector, auth_token=token), sock, on_exit=collector.close)
