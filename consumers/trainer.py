@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,7 @@ from streamrec.versions.store import Version, VersionConflict, VersionStore
 log = logging.getLogger(__name__)
 LAG_EVERY_S = 2.0
 QUALITY_EVERY_S = 1.0
+RATE_WINDOW_S = 10.0  # /metrics' examples per second: over this much recent time, so it falls to 0 when idle
 SLICE_BYTES = 1 << 20
 # Settings a trainer takes from streamrec.stream.settings.Settings, under the same names.
 SETTINGS_FIELDS = ("model", "batch_size", "attribution_window_s", "publish_every_examples", "publish_every_s",
@@ -169,6 +171,7 @@ class Trainer(KafkaWorker):
         self.assigned: set[TopicPartitionKey] = set()
         self._partition_count = 0
         self._lag: dict[str, int] = {}
+        self._trained_at: deque[tuple[float, int]] = deque()  # (monotonic time, examples) once a second
         self._last_quality = self._last_lag = 0.0
         self.first_record_at: float | None = None  # rates start here, after the group join
         self._examples_at_start = 0
@@ -293,10 +296,13 @@ class Trainer(KafkaWorker):
             publisher.cut(learner, self._worker_cut())
         if publisher.delta_pending:
             publisher.complete_delta(learner, block=False)
-        if publisher.delta_due(learner):
+        if publisher.delta_due(learner, waiting=self.source.ready):
             self._request_delta()
         now = time.monotonic()
         if now - self._last_quality >= QUALITY_EVERY_S:
+            self._trained_at.append((now, self.counters.examples))
+            while len(self._trained_at) > 2 and now - self._trained_at[1][0] >= RATE_WINDOW_S:
+                self._trained_at.popleft()
             if now - self._last_lag >= LAG_EVERY_S:
                 self._measure_lag()
                 self._last_lag = now
@@ -366,6 +372,7 @@ class Trainer(KafkaWorker):
             self.history.after(users, items, labels, features)
         self.counters.count_examples([e.impression_id for e in examples], labels)
         self.publisher.unpublished_examples += len(examples)
+        self.publisher.learned_since_delta += len(examples)
         self.newest_label_time = max(self.newest_label_time, max(e.label_time for e in examples))
 
     def _train_ready(self, flush: bool = False) -> None:
@@ -428,14 +435,21 @@ class Trainer(KafkaWorker):
         """What /metrics shows now (called from the metrics server's thread)."""
         learner = self.learner
         quality = learner.latest_quality()[0] if learner is not None and learner.ready else None
-        elapsed = time.monotonic() - (self.first_record_at or self.started_at)
         return TrainerReadings(
             counters=dataclasses.replace(self.counters), join=dataclasses.replace(self.source.counts),
-            open_impressions=self.source.open_impressions,
-            examples_per_second=self._examples_this_run / elapsed if elapsed > 0 else 0.0,
+            open_impressions=self.source.open_impressions, examples_per_second=self._recent_rate(),
             impressions_topic=self.settings.impressions_topic, clicks_topic=self.settings.clicks_topic,
             quality=quality, lag=dict(self._lag), head_version=self.publisher.head,
             live_version=self.publisher.live_version)
+
+    def _recent_rate(self) -> float:
+        """Examples per second over the last ``RATE_WINDOW_S`` (0 when idle)."""
+        samples = list(self._trained_at)
+        now, examples = time.monotonic(), self.counters.examples
+        if not samples:
+            return 0.0
+        then, before = samples[0]
+        return (examples - before) / (now - then) if now > then else 0.0
 
     @property
     def _examples_this_run(self) -> int:

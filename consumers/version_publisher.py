@@ -92,6 +92,7 @@ class VersionPublisher:
         self.rollbacks = 0
         self.unpublished_examples = 0  # trained since the last cut
         self.unpublished_events = 0    # read since the last cut
+        self.learned_since_delta = 0   # examples sent to the learner since the last delta
         self._pending: _PendingCut | None = None
         self._pending_delta: DeltaMeta | None = None
         self._backoff = Backoff(max_s=options.backoff_max_s)
@@ -260,9 +261,13 @@ class VersionPublisher:
 
     # ------------------------------------------------------------------ deltas
 
-    def delta_due(self, learner: LearnerProcess) -> bool:
+    def delta_due(self, learner: LearnerProcess, waiting: int = 0) -> bool:
+        """A delta is due every ``delta_every_s`` while there is something new: examples learned
+        since the last one, or ``waiting`` examples the trainer would flush into it. An idle
+        trainer publishes none."""
         every = self.options.delta_every_s
         return (every > 0 and learner.ready and self._pending_delta is None
+                and bool(self.learned_since_delta or waiting)
                 and time.monotonic() - self._last_delta_at >= every)
 
     def request_delta(self, learner: LearnerProcess, draft: DeltaMeta) -> None:
@@ -272,6 +277,7 @@ class VersionPublisher:
         dense = now - self._last_dense_at >= self.options.dense_every_s
         self._pending_delta = dataclasses.replace(draft, dense=dense, worker=self.options.worker_id)
         learner.request_delta(dense)
+        self.learned_since_delta = 0
         self._last_delta_at = now
         if dense:
             self._last_dense_at = now

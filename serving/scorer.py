@@ -176,12 +176,10 @@ class Scorer:
     """``Scorer(redis_url, namespace, model).predict(events)``; ``model=None`` serves the champion."""
 
     def __init__(self, redis_url: str, namespace: str, model: str | None = None, *, follow: bool = True,
-                 deltas: bool = True, poll_s: float = 1.0, on_swap: Any = None,
-                 default_model: str | None = None) -> None:
+                 deltas: bool = True, poll_s: float = 1.0, on_swap: Any = None) -> None:
         self.redis_url = redis_url
         self.namespace = namespace
         self.fixed_model = model
-        self.default_model = default_model  # served while no champion is named (model=None)
         self.follow = follow
         self.use_deltas = deltas
         self.poll_s = poll_s
@@ -244,7 +242,9 @@ class Scorer:
     # ------------------------------------------------------------------ following
 
     def _model_label(self) -> str:
-        return f"model {self.fixed_model!r}" if self.fixed_model else "the champion model"
+        if self.fixed_model:
+            return f"model {self.fixed_model!r}"
+        return "the champion model (none is named until `streamrec models champion NAME`)"
 
     def _store(self, model: str) -> VersionStore:
         store = self._stores.get(model)
@@ -253,7 +253,8 @@ class Scorer:
         return store
 
     def current_model(self) -> str | None:
-        return self.fixed_model or champion(self.client, self.namespace) or self.default_model
+        """The fixed model, or the namespace's champion (None while none is named: nothing is served)."""
+        return self.fixed_model or champion(self.client, self.namespace)
 
     def refresh(self) -> bool:
         """Bring the served state up to date with Redis once; True if it changed."""

@@ -56,3 +56,5 @@ def test_models_commands_move_only_the_pointer(stack, namespace):
     assert store.live() == 5
     listed = _cli(stack, namespace, "list")
     assert "live v5 (pinned)" in listed.stdout
+    assert "vNone" not in listed.stdout and "parent" in listed.stdout.splitlines()[1]  # a header row
+    assert "champion" not in _cli(stack, namespace, "promote", "6").stdout  # promote moves the live pointer only

@@ -227,13 +227,21 @@ def test_champion_and_challenger_learn_side_by_side_and_promote_picks_the_served
 
     def promote(name: str) -> None:
         result = subprocess.run([sys.executable, "-m", "streamrec", "models", "--model", name, "promote",
-                                 str(heads[name])], env=_env(stack, namespace), capture_output=True, text=True,
-                                timeout=60)
+                                 str(heads[name]), "--champion"], env=_env(stack, namespace), capture_output=True,
+                                text=True, timeout=60)
         assert result.returncode == 0 and f"champion of {namespace}" in result.stdout, result.stderr
 
     with serving(stack, namespace, tmp_path) as url:  # no --model: the champion
-        # none named yet: the default model (STREAMREC_MODEL, wide_deep)
-        wait_for(lambda: httpx.get(f"{url}/healthz").json().get("model") == "wide_deep", 20)
+        # none named yet: nothing is served, and the answer says why
+        refused = httpx.post(f"{url}/predict", json=[{"user_id": "u", "item_id": "i"}])
+        assert refused.status_code == 503 and "models champion" in refused.json()["error"]
+        # promoting a version moves only the model's live pointer
+        plain = subprocess.run([sys.executable, "-m", "streamrec", "models", "--model", "lr", "promote",
+                                str(heads["lr"])], env=_env(stack, namespace), capture_output=True, text=True,
+                               timeout=60)
+        assert plain.returncode == 0 and "champion" not in plain.stdout
+        time.sleep(1.0)
+        assert httpx.get(f"{url}/healthz").status_code == 503
         promote("lr")
         wait_for(lambda: httpx.get(f"{url}/healthz").json().get("model") == "lr", 20)
         promote("wide_deep")

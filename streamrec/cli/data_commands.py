@@ -15,7 +15,7 @@ from streamrec.cli.common import (
     with_reader_options,
     write_report,
 )
-from streamrec.stream.errors import ConfigError
+from streamrec.stream.errors import ConfigError, StackError
 
 
 @click.command()
@@ -69,6 +69,14 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
     settings = settings_from(ctx, partitions=partitions)
     endpoints = resolve_endpoints(settings)
     security = KafkaSecurity.from_settings(settings)
+    if partitions is None:
+        # topics made before (`streamrec topics create --partitions N`) keep their count
+        try:
+            existing = partition_count(endpoints.kafka_bootstrap, settings.impressions_topic, security=security)
+        except StackError:
+            existing = 0
+        if existing:
+            settings = settings.model_copy(update={"partitions": existing})
     create_topics(endpoints.kafka_bootstrap,
                   [settings.impressions_topic, settings.clicks_topic, settings.dead_letter_topic],
                   settings.partitions, security=security)

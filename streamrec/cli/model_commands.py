@@ -38,7 +38,8 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
     rows = []
     for number in reversed(store.versions()):
         meta = store.meta(number)
-        rows.append({"version": number, "parent": meta.parent, "examples_seen": meta.examples_seen,
+        rows.append({"version": number, "parent": meta.parent, "lineage": meta.lineage,
+                     "examples_seen": meta.examples_seen,
                      "auc": meta.auc, "auc_window": meta.auc_window, "created_at": meta.created_at,
                      "live": number == live, "head": number == head,
                      "gate": None if meta.gate is None else meta.gate.as_dict()})
@@ -50,6 +51,8 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"no versions of {store.model!r} in namespace {store.namespace!r}")
         return
     click.echo(f"{store.model} in {store.namespace}: head v{head}, live v{live}{' (pinned)' if pinned else ''}")
+    click.echo(f"  {'version':<7} {'parent':<7} {'lineage':<12} {'examples':>12}  {'AUC':<6} {'(window)':<8}  "
+               f"{'published':<19}  marks")
     for row in rows:
         held = row["gate"] and not row["gate"].get("promoted")
         marks = ",".join(m for m in ("live" if row["live"] else "", "head" if row["head"] else "",
@@ -57,8 +60,9 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
         auc = "-" if row["auc"] is None else f"{row['auc']:.4f}"
         window = "-" if row["auc_window"] is None else f"{row['auc_window']:.4f}"
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["created_at"] or 0))
-        click.echo(f"  v{row['version']:<5} parent v{row['parent']}  {row['examples_seen']:>12,} examples  "
-                   f"AUC {auc} (window {window})  {when}  {marks}")
+        parent = "-" if row["parent"] is None else f"v{row['parent']}"
+        click.echo(f"  {'v' + str(row['version']):<7} {parent:<7} {row['lineage'] or '-':<12} "
+                   f"{row['examples_seen']:>12,}  {auc:<6} {window:<8}  {when:<19}  {marks}")
 
 
 @models.command("show")
@@ -71,16 +75,22 @@ def models_show(ctx: click.Context, version: int) -> None:
 
 @models.command("promote")
 @click.argument("version", type=int)
+@click.option("--champion", "make_champion", is_flag=True,
+              help="Also make this model the namespace's champion (what `streamrec serve` without --model serves).")
 @click.pass_context
-def models_promote(ctx: click.Context, version: int) -> None:
-    """Serve VERSION now, and make this model the namespace's champion (what `streamrec serve`
-    without --model serves). The trainer's next version goes live again unless pinned."""
+def models_promote(ctx: click.Context, version: int, make_champion: bool) -> None:
+    """Serve VERSION of this model now (its live pointer only; the champion stays unless --champion).
+    The trainer's next version goes live again unless pinned."""
     from streamrec.versions.store import set_champion
 
     store = _store(ctx)
     store.set_live(version, pin=store.pinned(), reason="by hand (streamrec models promote)")
-    set_champion(store.client, store.namespace, store.model)
-    click.echo(f"{store.model}: live v{version}{' (pinned)' if store.pinned() else ''}; champion of {store.namespace}")
+    pinned = " (pinned)" if store.pinned() else ""
+    if make_champion:
+        set_champion(store.client, store.namespace, store.model)
+        click.echo(f"{store.model}: live v{version}{pinned}; champion of {store.namespace}")
+    else:
+        click.echo(f"{store.model}: live v{version}{pinned}")
 
 
 @models.command("champion")
@@ -94,7 +104,8 @@ def models_champion(ctx: click.Context, name: str | None) -> None:
     store = _store(ctx)
     if name is None:
         current = champion(store.client, store.namespace)
-        click.echo(current or f"no champion in namespace {store.namespace!r} (`streamrec models promote` sets one)")
+        click.echo(current or f"no champion in namespace {store.namespace!r} (`streamrec models champion NAME` "
+                              "names one)")
         return
     check_model_name(name)
     set_champion(store.client, store.namespace, name)

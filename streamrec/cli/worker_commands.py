@@ -219,8 +219,8 @@ def _print_join_status(settings: Settings, redis_url: str, partitions: int) -> N
 
 
 @click.command()
-@click.option("--model", help="Serve this model; default: the namespace's champion (`streamrec models champion`), "
-                             "or STREAMREC_MODEL while none is named.")
+@click.option("--model", help="Serve this model; default: the namespace's champion (`streamrec models champion`); "
+                             "503 while none is named.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(min=0, max=65535), help="HTTP port, 0 = any free one (STREAMREC_SERVE_PORT).")
 @click.option("--no-deltas", is_flag=True, help="Serve full versions only, without the trainer's deltas.")
@@ -242,8 +242,7 @@ def serve(ctx: click.Context, model: str | None, host: str, port: int | None, no
     settings = settings_from(ctx, serve_port=port, auth_token=auth_token)
     if model is not None:
         check_model_name(model)
-    scorer = Scorer(resolve_redis_url(settings), settings.namespace, model, deltas=not no_deltas, poll_s=poll_s,
-                    default_model=settings.model)
+    scorer = Scorer(resolve_redis_url(settings), settings.namespace, model, deltas=not no_deltas, poll_s=poll_s)
     scorer.start()
     served = scorer.served
     console.print(f"serving {served.model} v{served.version}" if served else
