@@ -111,23 +111,27 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
                       on_publish=lambda n, meta, _probe: console.print(
                           f"published {settings.model} v{n}: {meta.examples_seen:,} examples, "
                           f"AUC {meta.auc or float('nan'):.4f}"))
-    _stop_on_signals(trainer.stop_event)
-    try:
-        # Serve before the (possibly slow) resume so supervisors see the worker at once;
-        # run() leaves a server that is already up alone.
-        port = trainer.serve_metrics()
-        console.print(f"metrics on http://{options.metrics_host}:{port}/metrics")
-        if ready_file is not None:
-            write_report(ready_file, {"pid": os.getpid(), "metrics_port": port})
-        threading.Thread(target=_status_lines, args=(trainer,), daemon=True).start()
-        report = trainer.run()
-    finally:
-        trainer.close()
+    threading.Thread(target=_status_lines, args=(trainer,), daemon=True).start()
+    report = _run_worker(trainer, options.metrics_host, ready_file)
     console.print(f"{report['model']}: {report['examples']:,} examples, AUC {report['auc']:.4f} "
                   f"(window {report['auc_window']:.4f}), {report['versions_published']} versions, "
                   f"{report['examples_per_second']:,.0f} ex/s")
     click.echo(json.dumps(report, sort_keys=True))
     write_report(report_json, report)
+
+
+def _run_worker(worker: Any, metrics_host: str, ready_file: Path | None) -> dict[str, Any]:
+    """A Kafka worker's life under the CLI: stop cleanly on SIGTERM/Ctrl-C, serve /metrics before
+    the (possibly slow) resume so supervisors see it at once, write the ready file, run, close."""
+    _stop_on_signals(worker.stop_event)
+    try:
+        port = worker.serve_metrics()  # run() leaves a server that is already up alone
+        console.print(f"metrics on http://{metrics_host}:{port}/metrics")
+        if ready_file is not None:
+            write_report(ready_file, {"pid": os.getpid(), "metrics_port": port})
+        return worker.run()
+    finally:
+        worker.close()
 
 
 def _status_lines(trainer: Any, every_s: float = 5.0) -> None:
@@ -181,15 +185,7 @@ def join(ctx: click.Context, worker_id: str | None, attribution_window_s: float 
                   security=security)
     options = JoinOptions.from_settings(settings, worker_id=worker_id or _default_worker_id(), exit_at_end=exit_at_end)
     worker = JoinWorker(settings, options, kafka_bootstrap=endpoints.kafka_bootstrap, redis_url=endpoints.redis_url)
-    _stop_on_signals(worker.stop_event)
-    try:
-        port = worker.serve_metrics()
-        console.print(f"metrics on http://{options.metrics_host}:{port}/metrics")
-        if ready_file is not None:
-            write_report(ready_file, {"pid": os.getpid(), "metrics_port": port})
-        report = worker.run()
-    finally:
-        worker.close()
+    report = _run_worker(worker, options.metrics_host, ready_file)
     console.print(f"join worker {report['worker']}: {report['examples']:,} examples from partitions "
                   f"{report['partitions']}, {report['dead_letters']} dead letters")
     click.echo(json.dumps(report, sort_keys=True))
