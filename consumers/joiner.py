@@ -145,7 +145,8 @@ class Joiner(ReleasedExamples):
         else:
             part.early_clicks[impression_id] = t
 
-    def implausible_time(self, partition: int, topic_kind: str, event: dict[str, Any]) -> str | None:
+    def implausible_time(self, partition: int, topic_kind: str, event: dict[str, Any],
+                         now: float | None = None) -> str | None:
         """Why an event's time cannot be right, or None. An event (or watermark) more than
         ``max_ahead_s`` past its topic partition's time, or past this machine's clock, would move
         the partition's time and close every open impression on it as a negative. (A forged final
@@ -154,7 +155,7 @@ class Joiner(ReleasedExamples):
         t = float(event["event_time"])
         part = self._partitions.get(partition)
         seen = -INF if part is None else (part.impressions_time if topic_kind == "impressions" else part.clicks_time)
-        now = time.time()
+        now = time.time() if now is None else now
         if t > now + self.max_ahead_s:
             return f"event_time {t:.0f} is {t - now:.0f} s ahead of this machine's clock (at most {self.max_ahead_s:g} s)"
         if math.isfinite(seen) and t > seen + self.max_ahead_s:
@@ -182,8 +183,9 @@ class Joiner(ReleasedExamples):
         event to dead-letter (invalid, or of a type that does not belong on this topic)."""
         taken = {"impression": 0, "click": 0, "watermark": 0}
         good, dead = decode_events(raw)
+        now = time.time()
         for event in good:
-            problem = self.implausible_time(partition, topic_kind, event)
+            problem = self.implausible_time(partition, topic_kind, event, now)
             if problem is not None:
                 self.counts.refused_times += 1
                 dead.append((encode(event), problem))

@@ -25,6 +25,7 @@ from streamrec.stream.feature_spec import ID_FIELDS, FeatureSpec
 from streamrec.stream.sparse_batch import SparseBatch
 
 CACHE_LIMIT = 1 << 20  # values cached per field before the cache starts over
+CACHED_VALUE_CHARS = 256  # longer values are hashed each time, never cached
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -38,7 +39,8 @@ def _splitmix64(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(31))
 
 
-_LOOP_WIDTH, _FEW = 64, 16
+_ARRAY_WIDTH = 64  # values up to this long share one fixed-width array
+_FEW = 16  # fewer long strings of one length than this: hashed in a Python loop
 _MASK64 = (1 << 64) - 1
 
 
@@ -56,34 +58,47 @@ def hash_strings(values: np.ndarray | Sequence[Any], seed: int) -> np.ndarray:
     """Seeded 64-bit hash of every string in ``values`` (a ``<U`` array of any shape, or a sequence of
     values, each hashed as ``str(value)``).
 
-    Strings are hashed in groups of one length, each group as a matrix exactly as wide as its
-    strings: a long value costs its own length, never its length times the number of values
-    beside it (one long string in a fixed-width array of many short ones did)."""
+    Values up to ``_ARRAY_WIDTH`` characters are hashed together in one fixed-width array (a
+    column at a time across all of them); longer ones in groups of one length, each as wide as its
+    strings. So a long value costs its own length, never its length times the values beside it."""
     array = np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values
     shape = array.shape
-    flat = [str(v) for v in array.reshape(-1).tolist()]
+    flat = [v if type(v) is str else str(v) for v in array.reshape(-1).tolist()]
+    lengths = np.fromiter(map(len, flat), dtype=np.int64, count=len(flat))
     out = np.empty(len(flat), dtype=np.uint64)
-    by_length: dict[int, list[int]] = {}
-    for k, text in enumerate(flat):
-        by_length.setdefault(len(text), []).append(k)
     with np.errstate(over="ignore"):
         start = _FNV_OFFSET ^ _splitmix64(np.uint64(seed))
-        for width, positions in by_length.items():
-            if width > _LOOP_WIDTH and len(positions) < _FEW:
-                # a few long strings: a loop over their characters beats one array op per position
-                out[positions] = _splitmix64(np.array([_fnv1a(flat[k], int(start)) for k in positions],
-                                                      dtype=np.uint64))
-                continue
-            h = np.full(len(positions), start, dtype=np.uint64)
-            if width:
-                group = np.array([flat[k] for k in positions], dtype=f"<U{width}")
-                codes = group.view(np.uint32).reshape(len(positions), width).astype(np.uint64)
-                for j in range(width):
-                    c = codes[:, j]
-                    # a NUL leaves the hash alone, as the padding of a fixed-width array did
-                    h = np.where(c != 0, (h ^ c) * _FNV_PRIME, h)
-            out[positions] = _splitmix64(h)
-    return out.reshape(shape)
+        short = np.flatnonzero(lengths <= _ARRAY_WIDTH)
+        if len(short) == len(flat):
+            out[:] = _fnv1a_array(np.array(flat, dtype=np.str_), start)
+        else:
+            if len(short):
+                out[short] = _fnv1a_array(np.array([flat[k] for k in short], dtype=np.str_), start)
+            by_length: dict[int, list[int]] = {}
+            for k in np.flatnonzero(lengths > _ARRAY_WIDTH).tolist():
+                by_length.setdefault(int(lengths[k]), []).append(k)
+            for width, positions in by_length.items():
+                if len(positions) < _FEW:
+                    # a few long strings: a loop over their characters beats one array op per position
+                    out[positions] = np.array([_fnv1a(flat[k], int(start)) for k in positions], dtype=np.uint64)
+                else:
+                    out[positions] = _fnv1a_array(np.array([flat[k] for k in positions], dtype=f"<U{width}"), start)
+        return _splitmix64(out).reshape(shape)
+
+
+def _fnv1a_array(strings: np.ndarray, start: np.uint64) -> np.ndarray:
+    """FNV-1a of each string of a 1-D ``<U`` array, one character position at a time across all of
+    them. Padding NULs past a string's end leave its hash alone, so a value's hash does not depend
+    on the longest string beside it."""
+    width = strings.dtype.itemsize // 4
+    h = np.full(strings.shape, start, dtype=np.uint64)
+    if width == 0 or strings.size == 0:
+        return h
+    codes = strings.view(np.uint32).reshape(strings.size, width).astype(np.uint64)
+    for j in range(width):
+        c = codes[:, j]
+        h = np.where(c != 0, (h ^ c) * _FNV_PRIME, h)
+    return h
 
 
 class Featurizer:
@@ -204,7 +219,8 @@ class Featurizer:
             values = [column[k] for k in missing]
             buckets = self._buckets(j, values).tolist()
             for k, value, bucket in zip(missing, values, buckets):
-                cache[value] = bucket
+                if not isinstance(value, str) or len(value) <= CACHED_VALUE_CHARS:  # the cache's memory stays bounded
+                    cache[value] = bucket
                 found[k] = bucket
         return found
 
