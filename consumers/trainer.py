@@ -177,6 +177,7 @@ class Trainer(KafkaWorker):
         self._examples_at_start = 0
         # label time (click, or window end) of the newest example trained: how fresh the model is
         self.newest_label_time = -np.inf
+        self.newest_ingested_at: float | None = None  # wall-clock time the newest example was learned
         self.metrics.attach(self.readings)
 
     @property
@@ -208,6 +209,7 @@ class Trainer(KafkaWorker):
             self.history = BehaviourHistory.from_state(orjson.loads(version.history))
         self.counters = Counters(**meta.counters)
         self.newest_label_time = meta.event_time if meta.event_time is not None else -np.inf
+        self.newest_ingested_at = meta.ingested_at
         self.positions = {(k.rsplit(":", 1)[0], int(k.rsplit(":", 1)[1])): int(v) for k, v in meta.offsets.items()}
         self.publisher.head = head
         self._resume_from = version
@@ -374,6 +376,7 @@ class Trainer(KafkaWorker):
         self.publisher.unpublished_examples += len(examples)
         self.publisher.learned_since_delta += len(examples)
         self.newest_label_time = max(self.newest_label_time, max(e.label_time for e in examples))
+        self.newest_ingested_at = time.time()
 
     def _train_ready(self, flush: bool = False) -> None:
         size = self.options.batch_size
@@ -396,7 +399,7 @@ class Trainer(KafkaWorker):
             join=dataclasses.replace(self.source.counts), source_state=orjson.dumps(self.source.state()),
             history=None if self.history is None else orjson.dumps(self.history.state()),
             watermark=finite_or_none(self.source.watermark_time()),
-            event_time=finite_or_none(self.newest_label_time))
+            event_time=finite_or_none(self.newest_label_time), ingested_at=self.newest_ingested_at)
 
     def _request_delta(self) -> None:
         assert self.learner is not None
@@ -405,8 +408,8 @@ class Trainer(KafkaWorker):
         self._train_ready(flush=True)
         # every click before the watermark is in this delta (positives="click"); see bench/freshness.py
         self.publisher.request_delta(self.learner, DeltaMeta(
-            event_time=finite_or_none(self.newest_label_time), examples_seen=self.counters.examples,
-            watermark=finite_or_none(self.source.watermark_time())))
+            event_time=finite_or_none(self.newest_label_time), ingested_at=self.newest_ingested_at,
+            examples_seen=self.counters.examples, watermark=finite_or_none(self.source.watermark_time())))
 
     def publish(self) -> int | None:
         """Publish everything up to now and wait for it (None: nothing new, no model, or Redis down)."""

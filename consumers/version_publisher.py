@@ -63,6 +63,7 @@ class WorkerCut:
     history: bytes | None                    # JSON of the behaviour histories (sequence models)
     watermark: float | None                  # every label before it is in the version
     event_time: float | None                 # label time of the newest example trained
+    ingested_at: float | None                # wall-clock time that example was learned
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ class VersionPublisher:
         meta = VersionMeta(
             worker=self.options.worker_id, examples_seen=cut.counters.examples,
             offsets={f"{t}:{p}": o for (t, p), o in sorted(cut.positions.items())},
-            joiner_watermark=cut.watermark, event_time=cut.event_time,
+            joiner_watermark=cut.watermark, event_time=cut.event_time, ingested_at=cut.ingested_at,
             metrics={k: finite_or_none(v) for k, v in snapshot.quality.items()},
             counters=dataclasses.asdict(cut.counters), join=dataclasses.asdict(cut.join),
             lineage=snapshot.lineage, delta_seq=snapshot.delta_seq)

@@ -6,8 +6,9 @@
   request, 413 refuses a body over ``max_body_bytes``; 503 while no version is live.
 * ``GET /healthz`` — 200 with the served state once a version is loaded, else 503.
 * ``GET /metrics`` — Prometheus text: requests, latency, the served version and
-  ``streamrec_served_model_age_seconds`` (now minus the label time of the newest example the
-  served model reflects).
+  ``streamrec_served_model_age_seconds`` (seconds since the trainer learned the newest example
+  the served model reflects) and ``streamrec_served_event_time_age_seconds`` (now minus that
+  example's label time, meaningful where the stream's clock is the wall clock).
 
 With an ``auth_token`` (``--auth-token``, ``STREAMREC_AUTH_TOKEN``) ``/predict`` and ``/metrics``
 answer 401 unless the request carries ``Authorization: Bearer <token>``; ``/healthz`` stays open
@@ -51,6 +52,9 @@ class ScorerMetrics:
         age = Gauge("streamrec_served_model_age_seconds",
                     "Now minus the label time of the newest example reflected in the served model", registry=r)
         age.set_function(scorer.model_age_seconds)
+        event_age = Gauge("streamrec_served_event_time_age_seconds",
+                          "Now minus the label time (event time) of the newest example reflected", registry=r)
+        event_age.set_function(scorer.event_time_age_seconds)
         version = Gauge("streamrec_served_version", "The version being served", registry=r)
         version.set_function(lambda: math.nan if scorer.served is None else scorer.served.version)
         delta = Gauge("streamrec_served_delta_seq", "The last delta applied to the served version", registry=r)
@@ -132,7 +136,8 @@ def create_app(scorer: Scorer, *, auth_token: str | None = None, max_body_bytes:
         served = scorer.served
         if served is None:
             return _json({"status": "waiting for a live version", "namespace": scorer.namespace}, 503)
-        return _json({"status": "ok", **served.as_dict(), "model_age_seconds": scorer.model_age_seconds()})
+        return _json({"status": "ok", **served.as_dict(), "model_age_seconds": scorer.model_age_seconds(),
+                      "event_time_age_seconds": scorer.event_time_age_seconds()})
 
     async def prometheus(request: Request) -> Response:
         if (refused := denied(request)) is not None:

@@ -71,10 +71,12 @@ class Served:
     # the delta seq whose dense weights are served; the version's delta_seq when they are the
     # version's own (its cut lies after that delta, so no later version can reuse them)
     dense_at: int = 0
+    ingested_at: float | None = None  # wall-clock time the trainer learned the newest example reflected
 
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "version": self.version, "lineage": self.lineage, "delta_seq": self.delta_seq,
-                "deltas_applied": self.deltas_applied, "event_time": self.event_time, "watermark": self.watermark}
+                "deltas_applied": self.deltas_applied, "event_time": self.event_time, "watermark": self.watermark,
+                "ingested_at": self.ingested_at}
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,16 @@ class Scorer:
         return None if active is None else active.served
 
     def model_age_seconds(self) -> float:
+        """Seconds since the trainer learned the newest example the served state reflects (NaN
+        when unknown: nothing served, or a version from before this was recorded)."""
+        served = self.served
+        if served is None or served.ingested_at is None:
+            return math.nan
+        return time.time() - served.ingested_at
+
+    def event_time_age_seconds(self) -> float:
+        """Now minus the newest reflected label's event time: meaningful only where the stream's
+        clock is the wall clock (a replay of an old log is years old by it)."""
         served = self.served
         if served is None or served.event_time is None:
             return math.nan
@@ -315,7 +327,7 @@ class Scorer:
         model = model_from_bytes(version.weights)
         meta = version.meta
         served = Served(store.model, number, meta.lineage, meta.delta_seq, 0, meta.event_time,
-                        meta.joiner_watermark, time.time(), dense_at=meta.delta_seq)
+                        meta.joiner_watermark, time.time(), dense_at=meta.delta_seq, ingested_at=meta.ingested_at)
         interactions = version_interactions(store, number, model.spec)
         standby = _Copy(_clone(model), served, interactions)
         featurizer = self._featurizer
@@ -431,6 +443,7 @@ class Scorer:
         new = replace(served, lineage=last.lineage, delta_seq=last.seq,
                       deltas_applied=served.deltas_applied + len(records),
                       event_time=last.meta.event_time or served.event_time,
+                      ingested_at=last.meta.ingested_at or served.ingested_at,
                       watermark=last.meta.watermark or served.watermark, swapped_at=time.time(),
                       dense_at=dense[-1] if dense else served.dense_at)
 

@@ -52,3 +52,37 @@ def test_replay_uses_the_partition_count_of_topics_made_before(stack, namespace,
                     "--report-json", str(report))
     assert replayed.returncode == 0, replayed.stderr
     assert json.loads(report.read_text())["impressions"] == 500
+
+
+def test_served_model_age_counts_from_ingest_not_from_the_streams_own_clock(stack, namespace,
+                                                                            learnable_rows) -> None:
+    import redis
+
+    from streamrec.models import create_model
+    from streamrec.serving.scorer import Scorer
+    from streamrec.stream.feature_spec import SpecOptions
+    from streamrec.versions.meta import VersionMeta
+    from streamrec.versions.store import VersionStore
+
+    spec = SpecOptions().infer([r.features for r in learnable_rows[:100]])
+    store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
+    # a replay of a years-old log: event time far behind the wall clock, learned five seconds ago
+    store.publish(parent=None, meta=VersionMeta(examples_seen=1, event_time=1.0e9, ingested_at=time.time() - 5.0),
+                  weights=create_model("lr", spec).to_bytes(), quality_state=b"", source_state=b"{}", keep=3)
+    with Scorer(stack.redis_url, namespace, "lr", follow=False) as scorer:
+        assert 5.0 <= scorer.model_age_seconds() < 60.0
+        assert scorer.event_time_age_seconds() > 1e8
+
+
+def test_a_trainers_versions_record_when_their_newest_example_was_learned(stack, namespace, learnable_rows) -> None:
+    import redis
+
+    from streamrec.versions.store import VersionStore
+
+    rows = learnable_rows[:1500]
+    settings = settings_for(namespace)
+    replay_rows(stack, settings, rows, "age")
+    before = time.time()
+    report = start_trainer(stack, settings, model="lr").wait()
+    meta = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr").meta(report["head_version"])
+    assert meta.ingested_at is not None and before <= meta.ingested_at <= time.time()

@@ -93,7 +93,8 @@ def test_deltas_apply_in_order_and_a_gap_falls_back_to_the_full_version(stack, n
         trainer_model.learn(batches[seq])
         blob = trainer_model.delta_bytes(include_dense=True)
         if publish:
-            store.publish_delta(DeltaMeta(lineage="L", seq=seq, event_time=100.0 + seq), weights=blob, ttl_s=60)
+            store.publish_delta(DeltaMeta(lineage="L", seq=seq, event_time=100.0 + seq,
+                                          ingested_at=time.time()), weights=blob, ttl_s=60)
 
     swaps = []
     with Scorer(stack.redis_url, namespace, "wide_deep", poll_s=0.1, on_swap=swaps.append) as scorer:

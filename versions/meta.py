@@ -47,6 +47,7 @@ class VersionMeta:
     offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> next offset
     joiner_watermark: float | None = None   # every label before it is in the version
     event_time: float | None = None         # label time of the newest example trained
+    ingested_at: float | None = None        # wall-clock time the trainer learned that example
     metrics: dict[str, float | None] = field(default_factory=dict)  # streaming quality at the cut
     counters: dict[str, int] = field(default_factory=dict)  # consumers/worker_counters.py
     join: dict[str, int] = field(default_factory=dict)      # join outcomes
@@ -94,6 +95,7 @@ class DeltaMeta:
 
     base_version: int | None = None  # the version the learner started from: deltas apply on top of it
     event_time: float | None = None
+    ingested_at: float | None = None  # wall-clock time the newest example in it was learned
     watermark: float | None = None
     examples_seen: int = 0
     dense: bool = False             # carries the dense weights
