@@ -292,10 +292,7 @@ class Trainer(KafkaWorker):
             self.source.advance()
             self._train_ready(flush=True)
             return True
-        if publisher.cutting:
-            publisher.complete(learner, block=False)
-        elif learner.ready and publisher.due():
-            publisher.cut(learner, self._worker_cut())
+        self._step_versions()
         if publisher.delta_pending:
             publisher.complete_delta(learner, block=False)
         if publisher.delta_due(learner, waiting=self.source.ready):
@@ -380,18 +377,21 @@ class Trainer(KafkaWorker):
 
     def _train_ready(self, flush: bool = False) -> None:
         size = self.options.batch_size
-        publisher = self.publisher
         while self.source.ready >= size:
             self._train(self.source.take(size))
             # Every polled record is already in the source, and examples not yet trained are part
             # of its state, so a version may be cut between any two batches.
-            assert self.learner is not None
-            if publisher.cutting:
-                publisher.complete(self.learner, block=False)
-            elif self.learner.ready and publisher.due():
-                publisher.cut(self.learner, self._worker_cut())
+            self._step_versions()
         if flush:
             self._train(self.source.take())
+
+    def _step_versions(self) -> None:
+        """Publish a pending cut whose learner half has come, or cut a version if one is due."""
+        assert self.learner is not None
+        if self.publisher.cutting:
+            self.publisher.complete(self.learner, block=False)
+        elif self.learner.ready and self.publisher.due():
+            self.publisher.cut(self.learner, self._worker_cut())
 
     def _worker_cut(self) -> WorkerCut:
         return WorkerCut(
