@@ -78,12 +78,14 @@ def _pid_runs(pid: int, binary: str) -> bool:
         return False
     except PermissionError:
         return False
-    try:
-        exe = os.readlink(f"/proc/{pid}/exe")
-    except OSError:
+    if not Path("/proc/self").exists():
         return True  # no /proc (macOS): trust the pid
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    if stat.split(") ", 1)[1].startswith("Z"):
+    try:
+        # A killed process nobody has reaped yet is a zombie: its exe link is gone, so read its state first.
+        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            return False
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except (OSError, IndexError):
         return False
     return os.path.realpath(exe) == os.path.realpath(binary) or exe.endswith(" (deleted)")
 

@@ -99,3 +99,23 @@ def test_a_redis_restarted_by_hand_on_its_port_is_still_the_stack(tmp_path: Path
             by_hand.wait(10)
         if read_state(home) is not None:
             _cli(home, "stack", "down")
+
+
+def test_a_killed_process_nobody_has_reaped_is_not_running() -> None:
+    # Where pid 1 does not reap orphans (some containers), a killed server lingers as a zombie.
+    import shutil
+    import signal
+    import time
+
+    sleeper = shutil.which("sleep")
+    assert sleeper is not None
+    proc = subprocess.Popen([sleeper, "30"])
+    try:
+        time.sleep(0.1)
+        assert _pid_runs(proc.pid, sleeper)
+        os.kill(proc.pid, signal.SIGKILL)
+        time.sleep(0.3)  # not reaped: the pid is a zombie until wait()
+        assert not _pid_runs(proc.pid, sleeper)
+    finally:
+        proc.kill()
+        proc.wait(10)
