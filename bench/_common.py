@@ -24,6 +24,12 @@ def synthetic_rows(folder: Path, rows: int, seed: int) -> tuple[list[Any], dict[
     return list(read_rows(data, "criteo", ReaderOptions(**SYNTHETIC_FIELDS))), summary
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of another process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import SYNTHETIC_FIELDS, write_result  # noqa: E402
+from bench._common import SYNTHETIC_FIELDS, process_cpu_seconds, write_result  # noqa: E402
 from streamrec.consumers.trainer import Trainer, TrainerOptions  # noqa: E402
 from streamrec.local_stack import start_stack, stop_stack  # noqa: E402
 from streamrec.producers.generator import generate, write_stream  # noqa: E402
@@ -37,11 +37,6 @@ from streamrec.producers.readers import ReaderOptions, read_rows  # noqa: E402
 from streamrec.producers.replay import ReplayOptions, replay  # noqa: E402
 from streamrec.stream.kafka_client import create_topics, make_producer  # noqa: E402
 from streamrec.stream.settings import load_settings  # noqa: E402
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _reap(process: subprocess.Popen, timeout_s: float = 120.0) -> float:
@@ -82,7 +77,7 @@ def run_once(data: Path, state, home: Path, model: str, join_workers: int, parti
                                                              publish_every_examples=10**9, metrics_port=None,
                                                              from_examples=join_workers > 0),
                       kafka_bootstrap=state.kafka_bootstrap, redis_url=state.redis_url)
-    cpu_before, broker_before = time.process_time(), _cpu_seconds(state.broker_pid)
+    cpu_before, broker_before = time.process_time(), process_cpu_seconds(state.broker_pid)
     try:
         report = trainer.run()
         trainer_cpu = time.process_time() - cpu_before
@@ -103,7 +98,7 @@ def run_once(data: Path, state, home: Path, model: str, join_workers: int, parti
         "wall_with_start_s": time.perf_counter() - started,
         "trainer_cpu_s_per_1k": 1000 * trainer_cpu / examples,
         "join_cpu_s_per_1k": 1000 * join_cpu / examples,
-        "broker_cpu_s_per_1k": 1000 * (_cpu_seconds(state.broker_pid) - broker_before) / examples,
+        "broker_cpu_s_per_1k": 1000 * (process_cpu_seconds(state.broker_pid) - broker_before) / examples,
         "digest": report["digest"],
     }
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import write_result  # noqa: E402
+from bench._common import process_cpu_seconds, write_result  # noqa: E402
 from streamrec.consumers.trainer import Trainer, TrainerOptions  # noqa: E402
 from streamrec.evaluation import evaluate_file  # noqa: E402
 from streamrec.local_stack import start_stack, stop_stack  # noqa: E402
@@ -29,14 +29,6 @@ from streamrec.producers.readers import ReaderOptions, read_rows  # noqa: E402
 from streamrec.producers.replay import replay  # noqa: E402
 from streamrec.stream.kafka_client import create_topics, make_producer  # noqa: E402
 from streamrec.stream.settings import load_settings  # noqa: E402
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of another process (Linux /proc)."""
-    import os
-
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -82,7 +74,7 @@ def main() -> None:
                     delta_every_s=args.delta_every_s, metrics_port=None),
                                   kafka_bootstrap=state.kafka_bootstrap, redis_url=state.redis_url)
                 started = time.perf_counter()
-                cpu_before, broker_before = time.process_time(), _cpu_seconds(state.broker_pid)
+                cpu_before, broker_before = time.process_time(), process_cpu_seconds(state.broker_pid)
                 try:
                     online = trainer.run()
                     # A version stores only the table rows the stream touched (models/base.py).
@@ -91,7 +83,7 @@ def main() -> None:
                     trainer.close()
                 total_wall = time.perf_counter() - started
                 trainer_cpu = time.process_time() - cpu_before
-                broker_cpu = _cpu_seconds(state.broker_pid) - broker_before
+                broker_cpu = process_cpu_seconds(state.broker_pid) - broker_before
                 print(f"run {repeat + 1}: replayed {produced.impressions + produced.clicks:,} events at "
                       f"{produced.events_per_second:,.0f}/s; trainer {online['examples_per_second']:,.0f} labelled "
                       f"ex/s, AUC {online['auc']:.4f}, {online['versions_published']} versions "

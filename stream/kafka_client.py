@@ -126,8 +126,10 @@ class EventConsumer(Protocol):
     def poll(self, max_records: int, timeout_s: float) -> list[Record]: ...
     def commit(self, offsets: dict[TopicPartitionKey, int]) -> None: ...
     def end_offsets(self, partitions: Sequence[TopicPartitionKey], cached: bool = False) -> dict[TopicPartitionKey, int]:
-        """High watermarks; ``cached`` takes the ones the last fetches brought (no broker round trip,
-        -1 where none is known yet): asking the broker while subscribed costs ~0.4 s per partition on Tansu."""
+        """High watermarks. Uncached, the broker's answer is confirmed by a fetch from it (a probe
+        consumer), so it is exact even on a broker whose ListOffsets trails the log. ``cached`` takes the
+        ones the last fetches brought (no broker round trip, -1 where none is known yet): asking the
+        broker while subscribed costs a round trip per partition, slow on Tansu."""
         ...
     def partition_count(self, topic: str) -> int:
         """Partitions of ``topic`` (0 if it is not known yet)."""
@@ -201,6 +203,7 @@ class _ConfluentConsumer:
                  security: KafkaSecurity = PLAINTEXT) -> None:
         from confluent_kafka import Consumer
 
+        self._probe_config = {**security.confluent(), "bootstrap.servers": bootstrap, "logger": _RDKAFKA_LOG}
         self._consumer = Consumer({
             **security.confluent(),
             "bootstrap.servers": bootstrap,
@@ -274,7 +277,7 @@ class _ConfluentConsumer:
             _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5,
                                                               cached=cached)
             result[(topic, partition)] = high if high is not None and high >= 0 else -1
-        return result
+        return result if cached else _confluent_fetched_ends(self._probe_config, result)
 
     def partition_count(self, topic: str) -> int:
         metadata = self._consumer.list_topics(topic, timeout=5).topics.get(topic)
@@ -284,6 +287,75 @@ class _ConfluentConsumer:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+
+
+# A broker's ListOffsets answer can trail the log: Tansu on S3 storage answers 1 for a partition of
+# thousands of records, while its fetch responses carry the true high watermark. Where the end must be
+# exact (reading back what a predecessor wrote), a fetch from the listed end confirms or corrects it.
+END_PROBE_TIMEOUT_S = 5.0
+
+
+def _confluent_fetched_ends(config: dict, listed: dict[TopicPartitionKey, int]) -> dict[TopicPartitionKey, int]:
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    wanted = {tp: end for tp, end in listed.items() if end >= 0}
+    if not wanted:
+        return listed
+    probe = Consumer({**config, "group.id": "streamrec-end-probe", "enable.auto.commit": False,
+                      "enable.partition.eof": True, "fetch.wait.max.ms": 10})
+    ends = dict(listed)
+    try:
+        probe.assign([TopicPartition(t, p, o) for (t, p), o in wanted.items()])
+        open_parts = set(wanted)
+        deadline = time.monotonic() + END_PROBE_TIMEOUT_S
+        while open_parts and time.monotonic() < deadline:
+            msg = probe.poll(0.2)
+            if msg is None:
+                continue
+            tp = (msg.topic(), msg.partition())
+            if msg.error() is not None:
+                if msg.error().code() == KafkaError._PARTITION_EOF and tp in open_parts:
+                    ends[tp] = max(wanted[tp], msg.offset())
+                    open_parts.discard(tp)
+                continue
+            if tp in open_parts:
+                _low, high = probe.get_watermark_offsets(TopicPartition(*tp), cached=True)
+                if high is not None and high > msg.offset():
+                    ends[tp] = high
+                    open_parts.discard(tp)
+        if open_parts:
+            raise StackError(f"could not confirm the end offsets of {sorted(open_parts)} in {END_PROBE_TIMEOUT_S}s")
+    finally:
+        probe.close()
+    return ends
+
+
+def _kafka_python_fetched_ends(config: dict, listed: dict[TopicPartitionKey, int]) -> dict[TopicPartitionKey, int]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    wanted = {tp: end for tp, end in listed.items() if end >= 0}
+    if not wanted:
+        return listed
+    probe = KafkaConsumer(**config, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10)
+    ends = dict(listed)
+    try:
+        probe.assign([TopicPartition(t, p) for t, p in wanted])
+        for (t, p), o in wanted.items():
+            probe.seek(TopicPartition(t, p), o)
+        open_parts = set(wanted)
+        deadline = time.monotonic() + END_PROBE_TIMEOUT_S
+        while open_parts and time.monotonic() < deadline:
+            probe.poll(timeout_ms=100, max_records=1)
+            for tp in list(open_parts):
+                high = probe.highwater(TopicPartition(*tp))
+                if high is not None:
+                    ends[tp] = max(wanted[tp], high)
+                    open_parts.discard(tp)
+        if open_parts:
+            raise StackError(f"could not confirm the end offsets of {sorted(open_parts)} in {END_PROBE_TIMEOUT_S}s")
+    finally:
+        probe.close(autocommit=False)
+    return ends
 
 
 # --------------------------------------------------------------------------- kafka-python
@@ -316,6 +388,7 @@ class _KafkaPythonConsumer:
         from kafka import KafkaConsumer
         from kafka.coordinator.assignors.range import RangePartitionAssignor
 
+        self._probe_config = {**security.kafka_python(), "bootstrap_servers": bootstrap}
         self._consumer = KafkaConsumer(
             **security.kafka_python(),
             bootstrap_servers=bootstrap,
@@ -393,7 +466,8 @@ class _KafkaPythonConsumer:
                 out[(topic, partition)] = -1 if high is None else high
             return out
         ends = self._consumer.end_offsets([TopicPartition(t, p) for t, p in partitions])
-        return {(tp.topic, tp.partition): off for tp, off in ends.items()}
+        listed = {(tp.topic, tp.partition): off for tp, off in ends.items()}
+        return _kafka_python_fetched_ends(self._probe_config, listed)
 
     def partition_count(self, topic: str) -> int:
         return len(self._consumer.partitions_for_topic(topic) or ())

