@@ -18,6 +18,13 @@ murmur2, exactly where a keyed message would go. Every partition's buffer is sen
 watermark (so a watermark still follows every event before it) and before the pacer sleeps (so a
 paced replay delays no event by more than its pacing). ``events_per_message=1`` sends every event
 as a keyed message of its own, for consumers that expect one event per message.
+
+Resuming (``ReplayOptions.resume``): a replay is deterministic given its rows, seed and run id, and
+each (topic, partition) receives its events in one fixed order: impressions by row index, clicks by
+(click time, row index). So a replay restarted with the same run id after a crash reads the last
+event of that run on every partition (:func:`resume_positions`) and sends only what comes after it
+there: nothing twice, nothing lost, whatever instant the crash hit. Watermarks are sent again;
+an old watermark moves no partition's time back.
 """
 
 from __future__ import annotations
@@ -29,9 +36,11 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
+import orjson
+
 from streamrec.producers.readers import Row
 from streamrec.stream import events
-from streamrec.stream.kafka_client import EventProducer, key_partition
+from streamrec.stream.kafka_client import EventConsumer, EventProducer, key_partition
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,75 @@ class ReplayOptions:
     final_watermarks: bool = True
     # events of one partition per message (1: a keyed message per event); see the module docstring
     events_per_message: int = 256
+    # where an earlier replay with this run id stopped (resume_positions); None sends everything
+    resume: ResumePositions | None = None
+
+
+# A partition's order key of its last event sent: an impression's row index, or a click's (time, row index).
+OrderKey = tuple[float, int]
+
+
+@dataclass(frozen=True)
+class ResumePositions:
+    """The order key of the last event a run sent to each (topic, partition); absent: nothing sent there."""
+
+    run_id: str
+    last: dict[tuple[str, int], OrderKey]
+
+    def sent(self, topic: str, partition: int, key: OrderKey) -> bool:
+        last = self.last.get((topic, partition))
+        return last is not None and key <= last
+
+    @property
+    def events_found(self) -> int:
+        return len(self.last)
+
+
+def _order_key(event: events.Event, run_id: str) -> OrderKey | None:
+    kind = event.get("type")
+    impression_id = event.get("impression_id") if kind == "click" else event.get("event_id") if kind == "impression" \
+        else None
+    if not isinstance(impression_id, str) or not impression_id.startswith(run_id + "-"):
+        return None
+    try:
+        index = int(impression_id[len(run_id) + 1:])
+    except ValueError:
+        return None
+    return (float(event["event_time"]), index) if kind == "click" else (0.0, index)
+
+
+def resume_positions(consumer: EventConsumer, topics: tuple[str, str], partitions: int, run_id: str,
+                     step: int = 64) -> ResumePositions:
+    """Where replay ``run_id`` stopped on each partition of ``(impressions, clicks)``: the newest
+    message of the run there (read backwards from the end, ``step`` messages at a time)."""
+    last: dict[tuple[str, int], OrderKey] = {}
+    tps = [(topic, p) for topic in topics for p in range(partitions)]
+    ends = consumer.end_offsets(tps)
+    for tp in tps:
+        end = ends[tp]
+        while end > 0 and tp not in last:
+            start = max(0, end - step)
+            consumer.assign_at({tp: start})
+            records: list = []
+            position = start
+            while position < end:
+                batch = consumer.poll(step, 1.0)
+                if not batch:
+                    break
+                records += [r for r in batch if r.offset < end]
+                position = max(position, max(r.offset for r in batch) + 1)
+            for record in sorted(records, key=lambda r: r.offset, reverse=True):
+                try:
+                    decoded = orjson.loads(record.value)
+                except orjson.JSONDecodeError:
+                    continue
+                keys = [k for k in (_order_key(e, run_id) for e in (decoded if isinstance(decoded, list) else [decoded])
+                                    if isinstance(e, dict)) if k is not None]
+                if keys:
+                    last[tp] = max(keys)
+                    break
+            end = start
+    return ResumePositions(run_id, last)
 
 
 @dataclass
@@ -77,11 +155,10 @@ class _Batcher:
         self._send, self.size, self.partitions = send, size, partitions
         self._buffers: dict[tuple[str, int], list[events.Event]] = {}
         self._partition_of: dict[bytes, int] = {}
+        # set when resuming: True for an event an earlier run already delivered to that partition
+        self.skip: Callable[[str, int, events.Event], bool] | None = None
 
-    def add(self, topic: str, key: bytes, event: events.Event) -> None:
-        if self.size == 1:
-            self._send(topic, events.encode(event), key)
-            return
+    def partition(self, key: bytes) -> int:
         partition = self._partition_of.get(key)
         if partition is None:
             # murmur2 runs in Python, so users' partitions are remembered; a log with millions of
@@ -89,11 +166,22 @@ class _Batcher:
             if len(self._partition_of) >= PARTITION_CACHE_LIMIT:
                 self._partition_of.clear()
             partition = self._partition_of[key] = key_partition(key, self.partitions)
+        return partition
+
+    def add(self, topic: str, key: bytes, event: events.Event) -> bool:
+        """Buffer (or send) ``event``; False if it was skipped as already delivered."""
+        partition = self.partition(key)
+        if self.skip is not None and self.skip(topic, partition, event):
+            return False
+        if self.size == 1:
+            self._send(topic, events.encode(event), key)
+            return True
         buffer = self._buffers.setdefault((topic, partition), [])
         buffer.append(event)
         if len(buffer) >= self.size:
             self._send(topic, events.encode_batch(buffer), None, partition)
             self._buffers[(topic, partition)] = []
+        return True
 
     def flush(self) -> None:
         for (topic, partition), buffer in self._buffers.items():
@@ -130,12 +218,20 @@ def replay(rows: Iterable[Row], producer: EventProducer, *, impressions_topic: s
         raise ValueError("choose either rate or speedup, not both")
     rng = random.Random(options.seed)
     run_id = options.run_id or uuid.uuid4().hex[:8]
+    resume = options.resume
+    if resume is not None and resume.run_id != run_id:
+        raise ValueError(f"resume positions of run {resume.run_id!r} given to run {run_id!r}")
     report = ReplayReport()
     pacer = _Pacer(options)
     pending: list[tuple[float, int, bytes, events.Event]] = []  # (event_time, seq, key, click) of clicks
     send = producer.send
     validate = events.validate
     batcher = _Batcher(send, options.events_per_message, partitions)
+    if resume is not None:
+        batcher.skip = lambda topic, partition, event: resume.sent(topic, partition, _order_key(event, run_id))
+    # dead letters of rows an earlier run of this id got past are not sent again
+    resumed_past = max((key[1] for (topic, _p), key in resume.last.items() if topic == impressions_topic),
+                       default=-1) if resume is not None else -1
     started = time.perf_counter()
     sent = 0
     last_time = float("-inf")
@@ -145,16 +241,17 @@ def replay(rows: Iterable[Row], producer: EventProducer, *, impressions_topic: s
         nonlocal sent
         while pending and pending[0][0] <= limit:
             _t, _seq, key, click = heapq.heappop(pending)
-            batcher.add(clicks_topic, key, click)
             report.clicks += 1
-            sent += 1
+            if batcher.add(clicks_topic, key, click):
+                sent += 1
 
     for index, row in enumerate(rows):
         impression_id = f"{run_id}-{index}"
         event = events.impression(impression_id, row.event_time, row.user_id, row.item_id, row.features)
         problem = validate(event)
         if problem:
-            send(dead_letter_topic, events.dead_letter(events.encode(event), problem, "replay"), None)
+            if index > resumed_past:
+                send(dead_letter_topic, events.dead_letter(events.encode(event), problem, "replay"), None)
             report.dead_letters += 1
             continue
         emit_clicks_until(row.event_time)
@@ -167,11 +264,12 @@ def replay(rows: Iterable[Row], producer: EventProducer, *, impressions_topic: s
                 for partition in range(partitions):
                     send(topic, mark, None, partition)
             next_watermark = row.event_time + options.watermark_every_s
-        pacer.wait(sent, row.event_time, batcher.flush)
         key = row.user_id.encode()
-        batcher.add(impressions_topic, key, event)
+        if batcher.skip is None or not batcher.skip(impressions_topic, batcher.partition(key), event):
+            pacer.wait(sent, row.event_time, batcher.flush)  # what was sent before is not paced again
+            batcher.add(impressions_topic, key, event)
+            sent += 1
         report.impressions += 1
-        sent += 1
         last_time = max(last_time, row.event_time)
         if row.label:
             delay = min(rng.expovariate(1.0 / options.click_delay_mean_s), options.click_delay_max_s)

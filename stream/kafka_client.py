@@ -164,7 +164,9 @@ class _ConfluentProducer:
             "batch.num.messages": 10000,
             "queue.buffering.max.messages": 1_000_000,
             "partitioner": "murmur2_random",
-            "enable.idempotence": False,
+            # Retries after a broker restart neither duplicate nor reorder a partition's messages:
+            # a resumed replay relies on each partition's order (producers/replay.py).
+            "enable.idempotence": True,
             "logger": _RDKAFKA_LOG,
         })
         self._errors: list[str] = []

@@ -48,24 +48,39 @@ def generate(rows: int, seed: int, out: Path) -> None:
 @click.option("--events-per-message", type=click.IntRange(min=1), default=256, show_default=True,
               help="Events of one partition per Kafka message (a JSON array); 1 sends each event as a keyed "
                    "message of its own.")
+@click.option("--run-id", help="Impression ids are RUN_ID-<row>; default: a random id (printed).")
+@click.option("--resume", is_flag=True,
+              help="Continue replay --run-id after a crash: send only what did not reach each partition.")
 @click.option("--report-json", type=click.Path(path_type=Path), help="Write the report here.")
 @click.pass_context
 def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, item_field: str | None,
            columns: str | None, numeric_columns: str | None, strict: bool, limit: int | None,
            rate: float | None, speedup: float | None, click_delay_mean_s: float, click_delay_max_s: float,
            watermark_every_s: float, partitions: int | None, seed: int, events_per_message: int,
-           report_json: Path | None) -> None:
+           run_id: str | None, resume: bool, report_json: Path | None) -> None:
     """Replay a log as impression and click events onto Kafka."""
     import itertools
+    import uuid
 
     from streamrec.local_stack import resolve_endpoints
     from streamrec.producers.readers import ReaderOptions, ReadStats, parse_mapping, read_rows
-    from streamrec.producers.replay import ReplayOptions
+    from streamrec.producers.replay import ReplayOptions, resume_positions
     from streamrec.producers.replay import replay as run_replay
-    from streamrec.stream.kafka_client import KafkaSecurity, create_topics, make_producer, partition_count
+    from streamrec.stream.kafka_client import (
+        KafkaSecurity,
+        create_topics,
+        make_consumer,
+        make_producer,
+        partition_count,
+    )
 
     if rate is not None and speedup is not None:
         raise ConfigError("--rate and --speedup exclude each other")
+    if resume and not run_id:
+        raise ConfigError("--resume needs the --run-id of the replay to continue")
+    if run_id is not None and (not run_id or "-" in run_id or len(run_id) > 64):
+        raise ConfigError("--run-id must be 1-64 characters without '-'")
+    run_id = run_id or uuid.uuid4().hex[:8]
     settings = settings_from(ctx, partitions=partitions)
     endpoints = resolve_endpoints(settings)
     security = KafkaSecurity.from_settings(settings)
@@ -86,6 +101,20 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
     rows = read_rows(path, fmt, options, stats)
     if limit:
         rows = itertools.islice(rows, limit)
+    topic_partitions = partition_count(endpoints.kafka_bootstrap, settings.impressions_topic, security=security)
+    positions = None
+    if resume:
+        reader = make_consumer(endpoints.kafka_bootstrap, f"{settings.namespace}-replay-resume", settings.kafka_client,
+                               security=security)
+        try:
+            positions = resume_positions(reader, (settings.impressions_topic, settings.clicks_topic),
+                                         topic_partitions, run_id)
+        finally:
+            reader.close()
+        console.print(f"resuming run {run_id}: {positions.events_found} of {2 * topic_partitions} partitions "
+                      "already hold some of its events")
+    else:
+        console.print(f"run id {run_id} (continue it after a crash with --run-id {run_id} --resume)")
     producer = make_producer(endpoints.kafka_bootstrap, settings.kafka_client, security)
     total = limit or count_lines(path)
     try:
@@ -93,12 +122,12 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
             report = run_replay(rows, producer, impressions_topic=settings.impressions_topic,
                                 clicks_topic=settings.clicks_topic, dead_letter_topic=settings.dead_letter_topic,
                                 # the topic's own count: batches are placed by murmur2 modulo it
-                                partitions=partition_count(endpoints.kafka_bootstrap, settings.impressions_topic,
-                                                           security=security),
+                                partitions=topic_partitions,
                                 options=ReplayOptions(rate=rate, speedup=speedup, click_delay_mean_s=click_delay_mean_s,
                                                       click_delay_max_s=click_delay_max_s, seed=seed,
                                                       watermark_every_s=watermark_every_s,
-                                                      events_per_message=events_per_message),
+                                                      events_per_message=events_per_message, run_id=run_id,
+                                                      resume=positions),
                                 on_progress=advance)
     finally:
         producer.close()

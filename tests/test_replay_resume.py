@@ -1,0 +1,68 @@
+"""A replay that stops at any instant and is resumed with its run id sends every event exactly once."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamrec.local_stack import Endpoints
+from streamrec.producers.replay import ReplayOptions, replay, resume_positions
+from streamrec.stream.kafka_client import create_topics, make_consumer, make_producer
+from tests.streams import expected_digest, settings_for, start_trainer
+
+pytestmark = pytest.mark.integration
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashingProducer:
+    """Passes ``budget`` messages to a real producer, then fails as a killed process would: what was
+    handed over may still be delivered, the rest never is."""
+
+    def __init__(self, inner, budget: int) -> None:  # noqa: ANN001
+        self.inner, self.budget = inner, budget
+
+    def send(self, topic, value, key=None, partition=None) -> None:  # noqa: ANN001
+        if self.budget == 0:
+            raise _Crash
+        self.budget -= 1
+        self.inner.send(topic, value, key, partition)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        self.inner.flush(timeout_s)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.mark.parametrize("crashes_after", [[0], [9], [3, 20, 41]])
+def test_a_replay_resumed_after_crashes_sends_each_event_once(
+        stack: Endpoints, namespace: str, learnable_rows: list, crashes_after: list[int]) -> None:
+    rows = learnable_rows[:3000]
+    settings = settings_for(namespace)
+    topics = (settings.impressions_topic, settings.clicks_topic)
+    create_topics(stack.kafka_bootstrap, [*topics, settings.dead_letter_topic], settings.partitions)
+    kwargs = {"impressions_topic": topics[0], "clicks_topic": topics[1],
+              "dead_letter_topic": settings.dead_letter_topic, "partitions": settings.partitions}
+    positions = None
+    for budget in [*crashes_after, None]:
+        inner = make_producer(stack.kafka_bootstrap)
+        producer = inner if budget is None else _CrashingProducer(inner, budget)
+        options = ReplayOptions(run_id="rr", events_per_message=64, watermark_every_s=2.0, resume=positions)
+        try:
+            report = replay(rows, producer, options=options, **kwargs)
+        except _Crash:
+            pass
+        finally:
+            producer.close()
+        reader = make_consumer(stack.kafka_bootstrap, f"{namespace}-resume")
+        try:
+            positions = resume_positions(reader, topics, settings.partitions, "rr")
+        finally:
+            reader.close()
+    assert report.impressions == len(rows)  # the last run went through the whole log
+    trained = start_trainer(stack, settings).wait()
+    assert trained["examples"] == len(rows)
+    assert trained["join"]["duplicate_impressions"] == 0 and trained["join"]["duplicate_clicks"] == 0
+    assert trained["digest"] == expected_digest("rr", rows)
