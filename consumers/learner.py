@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 
 from streamrec.stream.errors import StreamrecError
+from streamrec.stream.paired_window import PAIRED_KEYS, PairedWindow, no_reference
 
-_INIT, _RESUME, _BATCH, _SNAPSHOT, _DELTA, _QUALITY, _PROBE, _STOP = (
-    b"I", b"R", b"B", b"S", b"D", b"Q", b"T", b"X")
+_INIT, _RESUME, _BATCH, _SNAPSHOT, _DELTA, _QUALITY, _PROBE, _REFERENCE, _STOP = (
+    b"I", b"R", b"B", b"S", b"D", b"Q", b"T", b"F", b"X")
 _OK, _ERROR = b"o", b"e"
 OUTBOX_DEPTH = 8
 
@@ -112,7 +113,8 @@ def _batch_message(op: bytes, batch: Any, labels: bool = True) -> bytes:
 
 
 QUALITY_KEYS = ("examples", "positives", "auc", "auc_error_bound", "auc_window", "logloss", "logloss_window",
-                "normalized_entropy", "normalized_entropy_window", "calibration", "calibration_window")
+                "normalized_entropy", "normalized_entropy_window", "calibration", "calibration_window",
+                *PAIRED_KEYS)
 POST_EVERY_S = 0.5
 
 
@@ -140,10 +142,16 @@ def _child(conn: Connection, board: Any) -> None:
     # the worker's group join instead of delaying the first batch.
     import torch._dynamo  # noqa: F401
     model = quality = probe = None
+    # A frozen copy of the live version predicting the same examples (stream/paired_window.py).
+    reference: Any = None
+    paired: PairedWindow | None = None
     lineage, delta_seq, base_version = "", 0, None
     seconds = 0.0
     posted = 0.0
     failure: str | None = None
+
+    def snapshot_of_quality() -> dict[str, float]:
+        return {**quality.snapshot(), **(paired.summary() if paired is not None else no_reference())}
 
     def batch_of(header: dict[str, Any], arrays: list[np.ndarray]) -> SparseBatch:
         tensors = [torch.from_numpy(a.copy()) for a in arrays]
@@ -163,12 +171,27 @@ def _child(conn: Connection, board: Any) -> None:
             if failure is None:
                 try:
                     started = time.perf_counter()
-                    progressive_step(model, quality, batch_of(header, arrays))
+                    batch = batch_of(header, arrays)
+                    reference_p = reference.predict_proba(batch) if reference is not None else None
+                    probabilities = progressive_step(model, quality, batch)
+                    if paired is not None:
+                        paired.update(probabilities, reference_p, batch.labels.numpy())
                     seconds += time.perf_counter() - started
                     if started - posted >= POST_EVERY_S:  # for dashboards, without a round trip
-                        _post(board, quality.snapshot(), seconds)
+                        _post(board, snapshot_of_quality(), seconds)
                         posted = started
                 except Exception:  # noqa: BLE001 - reported at the next request
+                    failure = traceback.format_exc()
+            continue
+        if op == _REFERENCE:  # like a batch: no answer, a failure is reported at the next request
+            if failure is None:
+                try:
+                    if header.get("version") is None:
+                        reference = paired = None
+                    else:
+                        reference = model_from_bytes(blobs[0])
+                        paired = PairedWindow(int(header["version"]), int(header["window"]))
+                except Exception:  # noqa: BLE001
                     failure = traceback.format_exc()
             continue
         try:
@@ -185,12 +208,14 @@ def _child(conn: Connection, board: Any) -> None:
                                else StreamingMetrics(header["window"]))
                 # A new delta sequence starts from this state: deltas apply on top of base_version.
                 lineage, delta_seq, base_version = uuid.uuid4().hex[:12], 0, header.get("base_version")
+                reference = paired = None
                 reply = _pack(_OK, {"lineage": lineage})
+
             elif op == _SNAPSHOT:
                 # The probe's predictions are the model's at this very point, for checks that a
                 # stored version reproduces them.
                 probe_out = [model.predict_proba(probe)] if probe is not None else []
-                reply = _pack(_OK, {"quality": quality.snapshot(), "finite": model.all_finite(),
+                reply = _pack(_OK, {"quality": snapshot_of_quality(), "finite": model.all_finite(),
                                     "lineage": lineage, "delta_seq": delta_seq}, arrays=probe_out,
                               blobs=[model.to_bytes(), metrics_blob(quality)])
             elif op == _DELTA:
@@ -203,7 +228,7 @@ def _child(conn: Connection, board: Any) -> None:
                 probe = batch_of(header, arrays)
                 reply = _pack(_OK, {})
             elif op == _QUALITY:
-                snapshot = quality.snapshot()
+                snapshot = snapshot_of_quality()
                 _post(board, snapshot, seconds)  # the board is exact after an exact answer
                 reply = _pack(_OK, {"snapshot": snapshot, "seconds": seconds})
             else:
@@ -230,6 +255,7 @@ class LearnerProcess:
         self._process.start()
         child_conn.close()
         self.ready = False
+        self.reference_version: int | None = None  # the live version the learner compares with
         # Snapshots and deltas are asked for without waiting; their replies come in request order.
         self._awaiting: deque[bytes] = deque()
         self._replies: dict[bytes, deque[tuple[dict[str, Any], list[np.ndarray], list[bytes]]]] = {
@@ -306,11 +332,19 @@ class LearnerProcess:
                                  "settings": settings or {}}))
         self._awaiting.append(_INIT)
         self.ready = True
+        self.reference_version = None
 
     def resume(self, weights: bytes, metrics: bytes | None, window: int, base_version: int) -> None:
         self._request(_pack(_RESUME, {"window": window, "base_version": base_version},
                             blobs=[weights, metrics or b""]))
         self.ready = True
+        self.reference_version = None
+
+    def set_reference(self, version: int | None, weights: bytes = b"", window: int = 10_000) -> None:
+        """Compare the learning model from now on with ``weights`` (the live version ``version``) on
+        the same examples; None stops comparing. Takes effect after every batch sent before it."""
+        self._send(_pack(_REFERENCE, {"version": version, "window": window}, blobs=[weights] if weights else []))
+        self.reference_version = version
 
     def learn(self, batch: Any) -> None:
         self._send(_batch_message(_BATCH, batch))

@@ -106,7 +106,8 @@ class TrainerOptions:
     def publish_options(self) -> PublishOptions:
         return PublishOptions(self.publish_every_examples, self.publish_every_s, self.keep_versions,
                               self.delta_every_s, self.dense_every_s, self.gate, self.worker_id,
-                              delta_ttl_s=self.delta_ttl_s, backoff_max_s=self.backoff_max_s)
+                              delta_ttl_s=self.delta_ttl_s, backoff_max_s=self.backoff_max_s,
+                              paired_window=self.window_examples)
 
 
 def slices(records: Sequence[Record], limit: int = SLICE_BYTES) -> Iterator[Sequence[Record]]:

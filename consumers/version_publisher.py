@@ -6,9 +6,12 @@ A version is cut in two halves taken at the same point between two batches: the 
 before the request. The worker goes on polling while the learner serialises; :meth:`complete`
 publishes once the learner's half is there and then commits the offsets the version holds.
 
-The gate (versions/quality_gate.py) decides whether a new version goes live; while scorers
-follow the trainer's newest version plus its deltas, a sharp fall of the trainer's window AUC
-moves ``live`` back. Redis down: publishing retries after a :class:`Backoff`, training goes on,
+The gate (versions/quality_gate.py) decides whether a new version goes live, on the evidence of
+the learner's paired window: the learning model and a frozen copy of the live version predicting
+the same examples. The publisher keeps that copy in step with the live pointer (its own
+promotions and an operator's rollbacks, pins and promotions alike). While scorers follow the
+trainer's newest version plus its deltas, the learning model falling clearly behind the frozen
+live version cuts a version at once, which the gate holds: scorers serve the live version exactly. Redis down: publishing retries after a :class:`Backoff`, training goes on,
 and the next successful version includes everything since the last one.
 """
 
@@ -31,7 +34,7 @@ from streamrec.stream.errors import StreamrecError
 from streamrec.stream.kafka_client import TopicPartitionKey
 from streamrec.stream.redis_connection import Backoff
 from streamrec.versions.meta import DeltaMeta, VersionMeta, finite_or_none
-from streamrec.versions.quality_gate import HELD_NON_FINITE, GateOptions, judge, should_roll_back
+from streamrec.versions.quality_gate import GateOptions, judge, should_roll_back
 from streamrec.versions.store import VersionStore
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ class PublishOptions:
     worker_id: str
     delta_ttl_s: float = 300.0
     backoff_max_s: float = 30.0
+    paired_window: int = 10_000  # examples the learning model and the live version are compared on
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ class VersionPublisher:
         self._last_dense_at = -np.inf
         self._live: tuple[int | None, VersionMeta | None] = (None, None)
         self._labels = exporter.labels
+        self._rollback_reason: str | None = None  # set: cut at once, so the gate can hold what is served
+        self._promoted_by_gate: int | None = None  # the newest version this trainer's gate made live
 
     # ------------------------------------------------------------------ versions
 
@@ -117,7 +123,7 @@ class VersionPublisher:
     def due(self) -> bool:
         if self._pending is not None or not self._backoff.ready() or not self.unpublished:
             return False
-        return (self.unpublished_examples >= self.options.publish_every_examples
+        return (self._rollback_reason is not None or self.unpublished_examples >= self.options.publish_every_examples
                 or time.monotonic() - self._last_publish_at >= self.options.publish_every_s)
 
     def cut(self, learner: LearnerProcess, worker: WorkerCut) -> None:
@@ -148,7 +154,7 @@ class VersionPublisher:
             live_meta = self.live_meta()
             # scorers were following this trainer's deltas on top of the live version
             following = self.head is not None and self._live[0] == self.head
-            decision = judge(meta, snapshot.finite, live_meta, self.options.gate)
+            decision = judge(meta, snapshot.finite, live_meta, self.options.gate, following=following)
             meta = dataclasses.replace(meta, gate=decision.as_record())
             number = self.store.publish(parent=self.head, meta=meta, weights=snapshot.weights,
                                         quality_state=snapshot.metrics, source_state=cut.source_state,
@@ -162,8 +168,18 @@ class VersionPublisher:
             log.warning("publish failed (%s); training goes on, next try in %.1fs", exc, delay)
             return None
         self._backoff.succeeded()
+        self._rollback_reason = None
         self.head = number
         self.versions_published += 1
+        if decision.promote:
+            self._promoted_by_gate = number
+            try:
+                self.live_meta()  # the new version, unless an operator pinned another
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("could not read the live pointer after version %d: %s", number, exc)
+        compared = int(snapshot.quality.get("paired_examples") or 0)
+        self.sync_reference(learner, number, snapshot.weights,
+                            moved_on=decision.promote and compared >= self.options.gate.min_paired)
         self.exporter.record_publish(time.perf_counter() - pending.started)
         if not decision.promote:
             self._held(number, decision.reason, decision.detail, meta, live_meta, following)
@@ -179,15 +195,21 @@ class VersionPublisher:
               following: bool) -> None:
         self.exporter.versions_held.labels(**self._labels, reason=reason).inc()
         log.warning("version %d of %s held by the quality gate (%s): %s", number, self.store.model, reason, detail)
-        drop = should_roll_back(meta.auc_window or np.nan, live_meta, self.options.gate)
-        if following and (reason == HELD_NON_FINITE or drop is not None):
-            # Live stays, head moves past it: scorers stop applying this trainer's deltas and
-            # serve the live version exactly again. That is a rollback of what was served.
-            self._count_rollback(number, self._live[0], drop or detail)
+        drop = should_roll_back(meta.metrics, live_meta, self.options.gate)
+        if following:
+            # Head moves past live: scorers stop applying this trainer's deltas and serve a fixed
+            # version exactly again. That is a rollback of what was served: to the frozen version
+            # the gate compared with, proven better on the same examples, where that is not live.
+            target = (meta.gate.against or {}).get("version") if meta.gate is not None else None
             try:
-                self.store.record_event("rollback", number, self._live[0], drop or detail)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("could not log the rollback event: %s", exc)
+                if target is not None and target != self._live[0] and not self.store.pinned():
+                    self.store.set_live(target, pin=False, kind="rollback", reason=drop or detail)
+                    self.live_meta()
+                else:
+                    self.store.record_event("rollback", number, self._live[0], drop or detail)
+            except (redis.ConnectionError, redis.TimeoutError, StreamrecError) as exc:
+                log.warning("could not complete the rollback: %s", exc)
+            self._count_rollback(number, self._live[0], drop or detail)
 
     def publish_now(self, learner: LearnerProcess, take_cut: Callable[[], WorkerCut]) -> int | None:
         """Publish everything up to now and wait for it; None if nothing was published (nothing
@@ -236,23 +258,39 @@ class VersionPublisher:
         if not gate.enabled or self.head is None or not learner.ready:
             return
         snapshot, _seconds = learner.latest_quality()
-        if not snapshot["examples"] > 0:  # nothing posted by this learner yet
-            return
         try:
             live_meta = self.live_meta()
-            if self._live[0] != self.head or self.store.pinned():
+            self.sync_reference(learner)  # an operator may have moved the live pointer
+            if not snapshot["examples"] > 0 or self._live[0] != self.head or self.store.pinned():
                 return
-            reason = should_roll_back(snapshot["auc_window"], live_meta, gate)
-            if reason is None:
-                return
-            target = self.store.previous_promoted(self.head)
-            if target is None:
-                return
-            self.store.set_live(target, pin=False, kind="rollback", reason=reason)
         except (redis.ConnectionError, redis.TimeoutError, StreamrecError) as exc:
             log.warning("rollback check failed: %s", exc)
             return
-        self._count_rollback(self.head, target, reason)
+        reason = should_roll_back(snapshot, live_meta, gate)
+        if reason is not None and self._rollback_reason is None:
+            # The next cut is judged on the same evidence and held: scorers stop applying the
+            # deltas and serve the live version exactly (counted as a rollback in _held).
+            log.warning("%s: cutting a version now so the gate can hold it", reason)
+            self._rollback_reason = reason
+
+    def sync_reference(self, learner: LearnerProcess, published: int | None = None,
+                       weights: bytes | None = None, moved_on: bool = False) -> None:
+        """Make the learner compare with the live version (``weights``: those of ``published``,
+        just written, saving a read back from Redis). After the gate's own promotion the frozen
+        copy moves on only once it has been compared on enough examples (``moved_on``); a live
+        pointer someone else moved is followed at once."""
+        live = self._live[0]
+        if not self.options.gate.enabled or not learner.ready or live is None or learner.reference_version == live:
+            return
+        if live == self._promoted_by_gate and learner.reference_version is not None and not moved_on:
+            return
+        try:
+            data = weights if live == published and weights is not None else self.store.load(
+                live, with_state=False).weights
+        except (redis.ConnectionError, redis.TimeoutError, StreamrecError) as exc:
+            log.warning("could not load live version %s to compare with: %s", live, exc)
+            return
+        learner.set_reference(live, data, self.options.paired_window)
 
     def _count_rollback(self, source: int | None, target: int | None, reason: str) -> None:
         self.rollbacks += 1

@@ -164,9 +164,13 @@ class _ConfluentProducer:
             "batch.num.messages": 10000,
             "queue.buffering.max.messages": 1_000_000,
             "partitioner": "murmur2_random",
-            # Retries after a broker restart neither duplicate nor reorder a partition's messages:
-            # a resumed replay relies on each partition's order (producers/replay.py).
-            "enable.idempotence": True,
+            # One request in flight per broker: a retry after a broker restart cannot reorder a
+            # partition's messages, which a resumed replay relies on (producers/replay.py); at worst
+            # it repeats one, and the joiner drops repeated events. Not the idempotent producer:
+            # Tansu on S3 storage dropped retried batches of one after a restart
+            # (docs/local-stack.md, bench/results/crash_rounds_idempotent_producer.json).
+            "enable.idempotence": False,
+            "max.in.flight.requests.per.connection": 1,
             "logger": _RDKAFKA_LOG,
         })
         self._errors: list[str] = []
@@ -294,7 +298,7 @@ class _ConfluentConsumer:
 # A broker's ListOffsets answer can trail the log: Tansu on S3 storage answers 1 for a partition of
 # thousands of records, while its fetch responses carry the true high watermark. Where the end must be
 # exact (reading back what a predecessor wrote), a fetch from the listed end confirms or corrects it.
-END_PROBE_TIMEOUT_S = 5.0
+END_PROBE_TIMEOUT_S = 15.0
 
 
 def _confluent_fetched_ends(config: dict, listed: dict[TopicPartitionKey, int]) -> dict[TopicPartitionKey, int]:
@@ -303,8 +307,10 @@ def _confluent_fetched_ends(config: dict, listed: dict[TopicPartitionKey, int]) 
     wanted = {tp: end for tp, end in listed.items() if end >= 0}
     if not wanted:
         return listed
+    # The broker's default fetch wait: Tansu on S3 storage answers a fetch that must wait for its
+    # storage with nothing when the wait is short, and a short-waiting probe would never see a record.
     probe = Consumer({**config, "group.id": "streamrec-end-probe", "enable.auto.commit": False,
-                      "enable.partition.eof": True, "fetch.wait.max.ms": 10})
+                      "enable.partition.eof": True})
     ends = dict(listed)
     try:
         probe.assign([TopicPartition(t, p, o) for (t, p), o in wanted.items()])
@@ -338,7 +344,7 @@ def _kafka_python_fetched_ends(config: dict, listed: dict[TopicPartitionKey, int
     wanted = {tp: end for tp, end in listed.items() if end >= 0}
     if not wanted:
         return listed
-    probe = KafkaConsumer(**config, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10)
+    probe = KafkaConsumer(**config, group_id=None, enable_auto_commit=False)
     ends = dict(listed)
     try:
         probe.assign([TopicPartition(t, p) for t, p in wanted])

@@ -42,3 +42,47 @@ def test_a_failed_init_is_raised_by_the_next_request_that_waits() -> None:
             learner.quality()
     finally:
         learner.close()
+
+
+def _learn_rows(learner: LearnerProcess, featurizer: Featurizer, rows: list, batch_size: int = 256) -> None:
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        learner.learn(featurizer.build([r.user_id for r in chunk], [r.item_id for r in chunk],
+                                       [r.features for r in chunk], [r.label for r in chunk]))
+
+
+@pytest.mark.parametrize("candidate_trained", [False, True])
+def test_the_gate_holds_a_candidate_that_is_worse_on_the_same_examples_and_passes_a_better_one(
+        learnable_rows: list, candidate_trained: bool) -> None:
+    """A model trained on 6,000 examples against a fresh one, both predicting the next 4,000: the
+    fresh one as the candidate is held, the trained one as the candidate goes live."""
+    from streamrec.versions.meta import VersionMeta
+    from streamrec.versions.quality_gate import HELD_AUC_DROP, GateOptions, judge
+
+    spec = spec_for("lr", SpecOptions().infer([r.features for r in learnable_rows[:200]]))
+    featurizer = Featurizer(spec)
+    trained_rows, judged_rows = learnable_rows[:6000], learnable_rows[6000:10_000]
+    learners = {name: LearnerProcess() for name in ("trained", "fresh")}
+    try:
+        for learner in learners.values():
+            learner.init("lr", spec.to_json(), seed=0, window=10_000)
+        _learn_rows(learners["trained"], featurizer, trained_rows)
+        learners["trained"].request_snapshot()
+        trained = learners["trained"].take_snapshot(block=True)
+        learners["fresh"].request_snapshot()
+        fresh = learners["fresh"].take_snapshot(block=True)
+        # the candidate keeps learning; the reference is the other one, frozen
+        candidate = learners["trained" if candidate_trained else "fresh"]
+        candidate.set_reference(7, (fresh if candidate_trained else trained).weights, window=10_000)
+        _learn_rows(candidate, featurizer, judged_rows)
+        quality, _seconds = candidate.quality()
+    finally:
+        for learner in learners.values():
+            learner.close()
+    assert quality["paired_version"] == 7 and quality["paired_examples"] == len(judged_rows)
+    decision = judge(VersionMeta(version=8, examples_seen=20_000, metrics=quality), True, VersionMeta(version=7),
+                     GateOptions(min_examples=1000, min_paired=1000))
+    if candidate_trained:
+        assert decision.promote and decision.reason == "passed", decision
+    else:
+        assert not decision.promote and decision.reason == HELD_AUC_DROP, decision

@@ -1,7 +1,8 @@
 """The whole loop under kill -9 (bench/crash_rounds.py): replay, join worker, trainer, scorer, Redis
 and the S3 server under the broker, each killed while a paced log streams and restarted as an
 operator would; every impression is trained once with its label and the scorer serves the newest
-version. (Killing the embedded broker itself under write load loses acknowledged messages: docs/local-stack.md.)"""
+version. The broker is left out: Tansu on S3 storage has lost acknowledged messages when killed soon
+after its S3 server restarted (docs/local-stack.md), which no client can repair."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ class GateRecord:
     promoted: bool
     reason: str              # "passed", "first", "no_auc", or why it was held
     detail: str
-    against: dict[str, Any] | None = None  # the live version judged against: {"version", "auc_window"}
+    against: dict[str, Any] | None = None  # the paired evidence against the live version (quality_gate.py)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

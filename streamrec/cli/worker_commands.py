@@ -58,11 +58,14 @@ def _stop_on_signals(stop: threading.Event) -> None:
 @click.option("--dense-every-s", type=click.FloatRange(min=0),
               help="Include the dense weights in a delta this often (STREAMREC_DENSE_EVERY_S).")
 @click.option("--gate/--no-gate", default=None,
-              help="Quality gate: hold non-finite or worse versions, roll back on an AUC drop (STREAMREC_GATE).")
+              help="Quality gate: hold non-finite versions and versions worse than live on the same recent "
+                   "examples; roll back when the served model falls behind (STREAMREC_GATE; docs/serving.md).")
 @click.option("--gate-margin", type=click.FloatRange(min=0),
-              help="Window AUC a new version may lose against live and still go live (STREAMREC_GATE_MARGIN).")
+              help="AUC a new version may lose against live, on the same recent examples, and still go live "
+                   "(STREAMREC_GATE_MARGIN).")
 @click.option("--rollback-drop", type=click.FloatRange(min=0, min_open=True),
-              help="Served window AUC drop that rolls back automatically (STREAMREC_ROLLBACK_DROP).")
+              help="AUC the served model may fall behind the frozen live version, on the same examples, before "
+                   "it rolls back (STREAMREC_ROLLBACK_DROP).")
 @click.option("--history-field", "history_fields", multiple=True, metavar="FIELD",
               help="Sequence models: remember this categorical field of each clicked item too, e.g. its "
                    "category (repeatable; new models only).")
