@@ -29,6 +29,7 @@ from streamrec.producers.readers import ReaderOptions, read_rows  # noqa: E402
 from streamrec.producers.replay import replay  # noqa: E402
 from streamrec.stream.kafka_client import create_topics, make_producer  # noqa: E402
 from streamrec.stream.settings import load_settings  # noqa: E402
+from streamrec.versions.quality_gate import GateOptions  # noqa: E402
 
 
 def main() -> None:
@@ -40,6 +41,9 @@ def main() -> None:
     parser.add_argument("--positives", choices=["click", "window"], default="window",
                         help="When the joiner releases positives (consumers/joiner.py).")
     parser.add_argument("--delta-every-s", type=float, default=0.5, help="Delta cadence; 0 = full versions only.")
+    parser.add_argument("--gates", default="on",
+                        help="Comma-separated gate settings to run side by side, interleaved: on, off "
+                             "(on: the learner also scores every batch with a frozen copy of the live version).")
     parser.add_argument("--name", default="online_loop")
     parser.add_argument("--repeats", type=int, default=3, help="Online runs (fresh topics each); the median is reported.")
     args = parser.parse_args()
@@ -54,8 +58,9 @@ def main() -> None:
         print(f"evaluate (file only): {file_report['examples_per_second']:,.0f} ex/s, AUC {file_report['auc']:.4f}")
         state = start_stack(home)
         runs = []
+        gates = [g.strip() for g in args.gates.split(",") if g.strip()]
         try:
-            for repeat in range(args.repeats):
+            for repeat, gate in ((r, g) for r in range(args.repeats) for g in gates):
                 settings = load_settings(namespace=f"bench-{uuid.uuid4().hex[:6]}", home=home,
                                          kafka_bootstrap=state.kafka_bootstrap, redis_url=state.redis_url)
                 create_topics(state.kafka_bootstrap, [settings.impressions_topic, settings.clicks_topic,
@@ -71,7 +76,7 @@ def main() -> None:
                 trainer = Trainer(settings, TrainerOptions.from_settings(
                     settings, model=args.model, batch_size=args.batch_size, exit_at_end=True,
                     publish_every_s=args.publish_every_s, publish_every_examples=10**9, positives=args.positives,
-                    delta_every_s=args.delta_every_s, metrics_port=None),
+                    delta_every_s=args.delta_every_s, metrics_port=None, gate=GateOptions(enabled=gate == "on")),
                                   kafka_bootstrap=state.kafka_bootstrap, redis_url=state.redis_url)
                 started = time.perf_counter()
                 cpu_before, broker_before = time.process_time(), process_cpu_seconds(state.broker_pid)
@@ -79,12 +84,13 @@ def main() -> None:
                     online = trainer.run()
                     # A version stores only the table rows the stream touched (models/base.py).
                     version_bytes = len(trainer.store.load(trainer.head, with_state=False).weights)
+                    learner_cpu = process_cpu_seconds(trainer.learner.pid) if trainer.learner.pid else float("nan")
                 finally:
                     trainer.close()
                 total_wall = time.perf_counter() - started
                 trainer_cpu = time.process_time() - cpu_before
                 broker_cpu = process_cpu_seconds(state.broker_pid) - broker_before
-                print(f"run {repeat + 1}: replayed {produced.impressions + produced.clicks:,} events at "
+                print(f"run {repeat + 1} (gate {gate}): replayed {produced.impressions + produced.clicks:,} events at "
                       f"{produced.events_per_second:,.0f}/s; trainer {online['examples_per_second']:,.0f} labelled "
                       f"ex/s, AUC {online['auc']:.4f}, {online['versions_published']} versions "
                       f"({total_wall:.1f}s with the group join; worker process {trainer_cpu:.1f} CPU-s, "
@@ -93,11 +99,20 @@ def main() -> None:
                                                        "auc_window", "versions_published", "deltas_published",
                                                        "wall_seconds",
                                                        "examples", "dead_letters")},
-                             "wall_with_group_join_s": total_wall, "worker_cpu_s": trainer_cpu,
+                             "gate": gate, "wall_with_group_join_s": total_wall, "worker_cpu_s": trainer_cpu,
+                             "learner_cpu_s": learner_cpu,
                              "broker_cpu_s": broker_cpu, "replay_events_per_second": produced.events_per_second,
                              "version_weights_bytes": version_bytes})
         finally:
             stop_stack(home)
+    for gate in gates:
+        of_gate = [r for r in runs if r["gate"] == gate]
+        learn = sorted(r["learn_examples_per_second"] for r in of_gate)
+        cpu = sorted(r["worker_cpu_s"] for r in of_gate)
+        learner_cpu = sorted(r["learner_cpu_s"] for r in of_gate)
+        print(f"gate {gate}: learner median {learn[len(learn) // 2]:,.0f} ex/s and "
+              f"{1000 * learner_cpu[len(learner_cpu) // 2] / args.rows:.4f} CPU-s per 1k examples, worker process "
+              f"median {1000 * cpu[len(cpu) // 2] / args.rows:.4f} CPU-s per 1k examples")
     rates = sorted(r["examples_per_second"] for r in runs)
     median = rates[len(rates) // 2]
     ratio = median / file_report["examples_per_second"]

@@ -73,15 +73,15 @@ def criteo_file(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def system_packages() -> None:
-    """Debian's chromium and prometheus for the browser and Prometheus tests, installed if missing
-    (tests/system_packages.sh; .ci/run runs it up front)."""
+    """Debian's chromium, prometheus and redis-server (with TLS) for the browser, Prometheus and
+    Redis TLS tests, installed if missing (tests/system_packages.sh; .ci/run runs it up front)."""
     import shutil
     import subprocess
 
-    if all(shutil.which(b) for b in ("chromium", "prometheus", "promtool")):
+    if all(shutil.which(b) for b in ("chromium", "prometheus", "promtool", "redis-server", "openssl")):
         return
     script = Path(__file__).with_name("system_packages.sh")
     done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
-        pytest.fail(f"could not install Debian's chromium and prometheus (run {script} as root): "
+        pytest.fail(f"could not install Debian's chromium, prometheus and redis-server (run {script} as root): "
                     f"{done.stderr.strip()[-2000:]}")

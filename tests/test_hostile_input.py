@@ -4,8 +4,12 @@ refused with a reason (dead letter, 4xx, ModelError), nothing else changes, and 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import tracemalloc
+from pathlib import Path
 
 import orjson
 import pytest
@@ -342,3 +346,57 @@ def test_the_trainer_dead_letters_hostile_events_and_trains_every_good_one_once(
     assert report["examples"] == len(rows) and report["digest"] == expected_digest("hostile", rows)
     assert report["dead_letters"] == len(hostile) + 1
     assert report["join"]["refused_times"] == 1
+
+def test_redis_over_tls_with_a_password_and_a_certificate_authority(tmp_path: Path, system_packages: None) -> None:
+    """rediss:// against Debian's redis-server with TLS and requirepass: the CA in the URL is
+    trusted, a connection without it is refused, and the CLI works through such a URL."""
+    import shutil
+
+    from streamrec.local_stack import _free_port
+    from streamrec.stream.redis_connection import connect
+    from streamrec.versions.meta import VersionMeta
+    from streamrec.versions.store import VersionStore
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
+            "-subj", "/CN=streamrec-test-ca")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=127.0.0.1")
+    (tmp_path / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "1", "-extfile", "ext.cnf")
+    server = shutil.which("redis-server")
+    assert server is not None
+    port = _free_port()
+    process = subprocess.Popen([server, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                                "--tls-cert-file", str(tmp_path / "server.crt"),
+                                "--tls-key-file", str(tmp_path / "server.key"),
+                                "--tls-ca-cert-file", str(tmp_path / "ca.crt"), "--tls-auth-clients", "no",
+                                "--requirepass", "s3cret", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"rediss://:s3cret@127.0.0.1:{port}/0?ssl_ca_certs={tmp_path / 'ca.crt'}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                connect(url).ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        store = VersionStore(connect(url), "tls", "lr")
+        assert store.publish(parent=None, meta=VersionMeta(), weights=b"w", quality_state=b"", source_state=b"{}",
+                             keep=2) == 1
+        with pytest.raises(redis.ConnectionError, match="certificate verify failed|CERTIFICATE_VERIFY_FAILED"):
+            connect(f"rediss://:s3cret@127.0.0.1:{port}/0").ping()  # the server's CA is not trusted
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+        env.update({"STREAMREC_REDIS_URL": url, "STREAMREC_HOME": str(tmp_path / "home")})
+        listed = subprocess.run([sys.executable, "-m", "streamrec", "--namespace", "tls", "models", "--model", "lr",
+                                 "list"], env=env, capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0 and "v1" in listed.stdout, listed.stderr
+    finally:
+        process.terminate()
+        process.wait(10)

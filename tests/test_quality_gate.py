@@ -83,7 +83,9 @@ def test_rollback_only_when_the_served_model_is_clearly_behind_the_frozen_live_v
     assert should_roll_back(paired(5, 0.77, 0.80, gain=-0.01), live, OPTIONS) is None  # within rollback_drop
     reason = should_roll_back(paired(5, 0.70, 0.80, gain=-0.05), live, OPTIONS)
     assert reason is not None and "0.7000" in reason
-    assert should_roll_back(paired(4, 0.70, 0.80, gain=-0.05), live, OPTIONS) is None  # another reference
+    # against an earlier version of the lineage scorers followed since: counts; a newer one cannot be
+    assert should_roll_back(paired(4, 0.70, 0.80, gain=-0.05), live, OPTIONS) is not None
+    assert should_roll_back(paired(6, 0.70, 0.80, gain=-0.05), live, OPTIONS) is None
     assert should_roll_back(paired(5, 0.70, 0.80, gain=-0.05, examples=10), live, OPTIONS) is None
     assert should_roll_back(no_reference(), live, OPTIONS) is None
 

@@ -87,7 +87,7 @@ class PairedEvidence:
         return self.reference_auc - self.auc > threshold and significant
 
     def describe(self) -> str:
-        return (f"on the same {self.examples:,} examples: AUC {self.auc:.4f} vs live version "
+        return (f"on the same {self.examples:,} examples: AUC {self.auc:.4f} vs version "
                 f"{self.reference_version}'s {self.reference_auc:.4f}, log-loss gain "
                 f"{self.logloss_gain:+.4f} (standard error {self.logloss_gain_se:.4f})")
 
@@ -148,5 +148,5 @@ def should_roll_back(served_metrics: dict[str, Any], live: VersionMeta | None, o
             or evidence.examples < options.min_paired):
         return None
     if evidence.worse_by(options.rollback_drop, options.z):
-        return f"the served model fell behind the live version {evidence.describe()}"
+        return f"the served model fell behind {evidence.describe()}"
     return None
