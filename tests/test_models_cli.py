@@ -42,7 +42,17 @@ def test_models_commands_move_only_the_pointer(stack, namespace):
     store.publish(parent=4, meta=VersionMeta(), weights=b"w", quality_state=b"t", source_state=b"{}", keep=3)
     assert store.live() == 3 and store.head() == 5  # pinned: the trainer's new version does not go live
 
-    assert _cli(stack, namespace, "unpin").returncode == 0
+    announcements = store.client.pubsub()
+    announcements.subscribe(store.keys.announce)
+    assert announcements.get_message(timeout=2)["type"] == "subscribe"
+    unpinned = _cli(stack, namespace, "unpin")
+    assert unpinned.returncode == 0 and "live v5" in unpinned.stdout
+    # the newest version (promoted by the gate) goes live at once, and scorers are told
+    assert store.live() == 5 and not store.pinned()
+    message = announcements.get_message(timeout=5)
+    assert message is not None and json.loads(message["data"])["live"] == 5
+    announcements.close()
+    assert [e["kind"] for e in store.events()[-2:]] == ["promote", "unpin"]  # on the timeline
     store.publish(parent=5, meta=VersionMeta(), weights=b"w", quality_state=b"t", source_state=b"{}", keep=3)
     assert store.live() == 6 and not store.pinned()
 

@@ -233,9 +233,31 @@ class VersionStore:
         raise VersionConflict(f"model {self.model!r}: the pointers kept changing during {PUBLISH_ATTEMPTS} "
                               "publish attempts; run one trainer per model")
 
-    def unpin(self) -> None:
-        """Let the trainer move ``live`` again (from its next version on)."""
-        self.client.delete(self.keys.pinned)
+    def unpin(self) -> int | None:
+        """Let the trainer move ``live`` again, and serve at once what it would serve: the newest
+        version if the quality gate promoted it (else ``live`` stays until the gate promotes one).
+        Scorers are told in the same transaction. Return the live version."""
+        keys = self.keys
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(keys.head, keys.live)
+                    head, live = pipe.get(keys.head), pipe.get(keys.live)
+                    target = None if live is None else int(live)
+                    if head is not None and int(head) != target and self.meta(int(head)).promoted:
+                        target = int(head)
+                    pipe.multi()
+                    pipe.delete(keys.pinned)
+                    if target is not None and (live is None or target != int(live)):
+                        pipe.set(keys.live, target)
+                        self._log_event(pipe, "promote", target, target, "unpinned: the newest promoted version")
+                    self._log_event(pipe, "unpin", target or 0, target, None)
+                    pipe.publish(keys.announce, orjson.dumps({"version": None if head is None else int(head),
+                                                              "live": target}))
+                    pipe.execute()
+                    return target
+                except redis.WatchError:
+                    continue
 
     def set_live(self, number: int, *, pin: bool, kind: str = "promote", reason: str | None = None) -> None:
         """Point ``live`` at an existing version; ``pin`` keeps the trainer from moving it.

@@ -145,7 +145,7 @@ def models_pin(ctx: click.Context, version: int | None) -> None:
 @models.command("unpin")
 @click.pass_context
 def models_unpin(ctx: click.Context) -> None:
-    """Let the trainer's next version go live again."""
+    """Let the trainer's versions go live again; the newest promoted version goes live now."""
     store = _store(ctx)
-    store.unpin()
-    click.echo(f"{store.model}: unpinned; the next published version goes live")
+    live = store.unpin()
+    click.echo(f"{store.model}: unpinned; live v{live}, and the trainer's next promoted version goes live")

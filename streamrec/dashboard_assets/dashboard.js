@@ -4,7 +4,7 @@
 "use strict";
 
 const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"];
-const EVENT_COLOURS = { rollback: "#d62728", held: "#ff7f0e", promote: "#1f5fd6", pin: "#1f5fd6" };
+const EVENT_COLOURS = { rollback: "#d62728", held: "#ff7f0e", promote: "#1f5fd6", pin: "#1f5fd6", unpin: "#2ca02c" };
 const DASHES = [[], [6, 4], [2, 3], [10, 3, 2, 3]];
 
 // One chart per entry: trainer values (and scorer values) plotted per worker.
