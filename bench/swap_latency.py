@@ -6,8 +6,9 @@ A paced replay keeps an `lr` and a `wide_deep` trainer busy (`streamrec train`, 
 2 s, deltas every 0.5 s), a `streamrec serve` per model answers a steady trickle of /predict
 requests, and this script moves the live pointer of one model after the other through the same
 store calls `streamrec models rollback / unpin / pin / promote` make. Each move is timed from just
-before the call until that model's scorer reports, on /healthz, the live version exactly as the
-store now says it must be served: a pinned or rolled-back version with no deltas applied. On this
+before the call until that model's scorer reports, on /healthz, the move's target served as the
+store requires: a pinned or rolled-back version with no deltas applied; after an unpin, the
+target or a newer version the trainer published since. On this
 2-core machine the trainers, scorers, broker and Redis share the cores.
 """
 
@@ -76,13 +77,17 @@ def _move(store: VersionStore, operation: str) -> None:
         store.unpin()
 
 
-def _served_as_required(store: VersionStore, port: int) -> bool:
-    live, head, pinned = store.pointers()
+def _served_as_required(store: VersionStore, port: int, target: int) -> bool:
+    """The move's target is served as the store requires: a pinned version exactly (no deltas); after
+    an unpin, the target or a newer version the trainer has published since (scorers follow it)."""
     health = _healthz(port)
-    if health is None or health.get("version") != live:
+    if health is None:
         return False
-    following = live == head and not pinned
-    return following or health.get("deltas_applied", 0) == 0  # a fixed version is served exactly
+    live, head, pinned = store.pointers()
+    if pinned:
+        return health.get("version") == live == target and health.get("deltas_applied", 0) == 0
+    served = health.get("version")
+    return served is not None and served >= target and (served == live or live == head)
 
 
 def main() -> None:
@@ -152,9 +157,10 @@ def main() -> None:
                 operation = OPERATIONS[(i // len(MODELS)) % len(OPERATIONS)]
                 started = time.perf_counter()
                 _move(stores[model], operation)
+                target = stores[model].live()
                 arrived = None
                 while time.perf_counter() - started < 15:
-                    if _served_as_required(stores[model], ports[model]):
+                    if _served_as_required(stores[model], ports[model], target):
                         arrived = time.perf_counter() - started
                         break
                     time.sleep(0.005)

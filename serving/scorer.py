@@ -24,8 +24,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -100,6 +102,74 @@ class _Copy:
         # item-based models (autorec) read each item's interactions, which only the trainer sees:
         # served from the version's checkpoint (as of that version; deltas carry none)
         self.interactions = interactions
+
+
+class _ReadyVersions:
+    """Pristine copies of the versions a pointer move is most likely to ask for (the live version
+    and the promoted one before it), loaded by a background thread. A pin or a rollback then swaps
+    in a copy of one instead of building the model from its bytes, which is most of a full load."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._models: OrderedDict[tuple[str, int], tuple[OnlineModel, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._wanted: queue.Queue[tuple[VersionStore, int] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.hits = 0
+
+    def get(self, model: str, number: int) -> tuple[OnlineModel, Any] | None:
+        with self._lock:
+            found = self._models.get((model, number))
+            if found is not None:
+                self._models.move_to_end((model, number))
+                self.hits += 1
+            return found
+
+    def has(self, model: str, number: int) -> bool:
+        with self._lock:
+            return (model, number) in self._models
+
+    def put(self, model: str, number: int, pristine: OnlineModel, meta: Any) -> None:
+        if self.keep <= 0:
+            return
+        with self._lock:
+            self._models[(model, number)] = (pristine, meta)
+            self._models.move_to_end((model, number))
+            while len(self._models) > self.keep:
+                self._models.popitem(last=False)
+
+    def want(self, store: VersionStore, numbers: Sequence[int]) -> None:
+        if self.keep <= 0:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._load_loop, name="streamrec-scorer-ready", daemon=True)
+            self._thread.start()
+        for number in numbers[:self.keep]:
+            with self._lock:
+                if (store.model, number) in self._models:
+                    continue
+            self._wanted.put((store, number))
+
+    def _load_loop(self) -> None:
+        while True:
+            item = self._wanted.get()
+            if item is None:
+                return
+            store, number = item
+            with self._lock:
+                if (store.model, number) in self._models:
+                    continue
+            try:
+                version = store.load(number, with_state=False)
+                self.put(store.model, number, model_from_bytes(version.weights), version.meta)
+            except Exception as exc:  # noqa: BLE001 - a version that does not load is the follower's to report
+                log.debug("could not ready %s version %d: %s", store.model, number, exc)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._wanted.put(None)
+            self._thread.join(10)
+            self._thread = None
 
 
 def _clone(model: OnlineModel) -> OnlineModel:
@@ -178,7 +248,7 @@ class Scorer:
     """``Scorer(redis_url, namespace, model).predict(events)``; ``model=None`` serves the champion."""
 
     def __init__(self, redis_url: str, namespace: str, model: str | None = None, *, follow: bool = True,
-                 deltas: bool = True, poll_s: float = 1.0, on_swap: Any = None) -> None:
+                 deltas: bool = True, poll_s: float = 1.0, on_swap: Any = None, ready_versions: int = 2) -> None:
         self.redis_url = redis_url
         self.namespace = namespace
         self.fixed_model = model
@@ -203,6 +273,9 @@ class Scorer:
         self._thread: threading.Thread | None = None
         self._pubsub: Any = None
         self._subscribed: str | None = None
+        # pristine copies of the live and the previous promoted version (memory: that many more models)
+        self.ready = _ReadyVersions(ready_versions if follow else 0)
+        self._ready_for: tuple[str, int | None, int | None] | None = None  # (model, live, head) readied for
 
     # ------------------------------------------------------------------ serving
 
@@ -290,8 +363,9 @@ class Scorer:
                     self._load_newest_loadable(store, live)
                     return self.served != served
             elif served.version != live and not (following and self._rebase(store, live)):
+                # a version that is ready in memory loads at once; another waits a moment for a delta
                 if self._deferred is not None and self._deferred[0] == live and \
-                        time.monotonic() - self._deferred[1] < DEFER_S:
+                        time.monotonic() - self._deferred[1] < DEFER_S and not self.ready.has(model, live):
                     return False
                 if not self._load_or_report(store, live):
                     return False
@@ -323,9 +397,15 @@ class Scorer:
                 return
 
     def _load_full(self, store: VersionStore, number: int) -> None:
-        version = store.load(number, with_state=False)
-        model = model_from_bytes(version.weights)
-        meta = version.meta
+        ready = self.ready.get(store.model, number)
+        if ready is not None:
+            model, meta = _clone(ready[0]), ready[1]
+        else:
+            version = store.load(number, with_state=False)
+            model = model_from_bytes(version.weights)
+            meta = version.meta
+            if self.ready.keep:
+                self.ready.put(store.model, number, _clone(model), meta)
         served = Served(store.model, number, meta.lineage, meta.delta_seq, 0, meta.event_time,
                         meta.joiner_watermark, time.time(), dense_at=meta.delta_seq, ingested_at=meta.ingested_at)
         interactions = version_interactions(store, number, model.spec)
@@ -509,6 +589,7 @@ class Scorer:
                 last_refresh = time.monotonic()
                 self._subscribe()  # a new champion: listen to it before loading it
                 self.refresh()
+                self._ready_next()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("scorer lost redis (%s); retrying", exc)
                 self._drop_subscription()
@@ -518,11 +599,25 @@ class Scorer:
                 self._stop.wait(self.poll_s)
         self._drop_subscription()
 
+    def _ready_next(self) -> None:
+        """When the pointers moved: have the live version and the promoted one before it ready."""
+        model = self.current_model()
+        if model is None or not self.ready.keep:
+            return
+        store = self._store(model)
+        live, head, _pinned = store.pointers()
+        if live is None or self._ready_for == (model, live, head):
+            return
+        self._ready_for = (model, live, head)
+        previous = store.previous_promoted(live)
+        self.ready.want(store, [live] + ([previous] if previous is not None else []))
+
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None
+        self.ready.close()
         self._drop_subscription()
         self.client.close()
 

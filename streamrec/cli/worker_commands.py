@@ -227,10 +227,13 @@ def _print_join_status(settings: Settings, redis_url: str, partitions: int) -> N
               help="Check Redis this often when no announcement arrives (the pub/sub fallback).")
 @click.option("--auth-token", help="Require Authorization: Bearer TOKEN on /predict and /metrics "
                                    "(STREAMREC_AUTH_TOKEN).")
+@click.option("--ready-versions", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Keep this many recent versions (live, the promoted one before it) loaded in the background, so "
+                   "a pin or rollback swaps without building the model; each costs one more model in memory.")
 @click.option("--ready-file", type=click.Path(path_type=Path), help="Write {pid, port} here once listening.")
 @click.pass_context
 def serve(ctx: click.Context, model: str | None, host: str, port: int | None, no_deltas: bool, poll_s: float,
-          auth_token: str | None, ready_file: Path | None) -> None:
+          auth_token: str | None, ready_versions: int, ready_file: Path | None) -> None:
     """Serve predictions over HTTP (/predict, /healthz, /metrics), hot-swapping live versions."""
     from streamrec.api import check_model_name
     from streamrec.local_stack import resolve_redis_url
@@ -241,7 +244,8 @@ def serve(ctx: click.Context, model: str | None, host: str, port: int | None, no
     settings = settings_from(ctx, serve_port=port, auth_token=auth_token)
     if model is not None:
         check_model_name(model)
-    scorer = Scorer(resolve_redis_url(settings), settings.namespace, model, deltas=not no_deltas, poll_s=poll_s)
+    scorer = Scorer(resolve_redis_url(settings), settings.namespace, model, deltas=not no_deltas, poll_s=poll_s,
+                    ready_versions=ready_versions)
     scorer.start()
     served = scorer.served
     console.print(f"serving {served.model} v{served.version}" if served else
