@@ -97,8 +97,9 @@ def _order_key(event: events.Event, run_id: str) -> OrderKey | None:
 
 def resume_positions(consumer: EventConsumer, topics: tuple[str, str], partitions: int, run_id: str,
                      step: int = 64) -> ResumePositions:
-    """Where replay ``run_id`` stopped on each partition of ``(impressions, clicks)``: the newest
-    message of the run there (read backwards from the end, ``step`` messages at a time)."""
+    """Where replay ``run_id`` stopped on each partition of ``(impressions, clicks)``: the largest
+    order key of the run among the newest ``step`` messages that hold any of its events (read
+    backwards from the end)."""
     last: dict[tuple[str, int], OrderKey] = {}
     tps = [(topic, p) for topic in topics for p in range(partitions)]
     ends = consumer.end_offsets(tps)
@@ -115,16 +116,18 @@ def resume_positions(consumer: EventConsumer, topics: tuple[str, str], partition
                     break
                 records += [r for r in batch if r.offset < end]
                 position = max(position, max(r.offset for r in batch) + 1)
-            for record in sorted(records, key=lambda r: r.offset, reverse=True):
+            # The largest key of the chunk, not the newest message's: a message the broker refused
+            # once is sent again a little later, behind newer ones (stream/kafka_client.py).
+            keys = []
+            for record in records:
                 try:
                     decoded = orjson.loads(record.value)
                 except orjson.JSONDecodeError:
                     continue
-                keys = [k for k in (_order_key(e, run_id) for e in (decoded if isinstance(decoded, list) else [decoded])
-                                    if isinstance(e, dict)) if k is not None]
-                if keys:
-                    last[tp] = max(keys)
-                    break
+                keys += [k for k in (_order_key(e, run_id) for e in (decoded if isinstance(decoded, list) else [decoded])
+                                     if isinstance(e, dict)) if k is not None]
+            if keys:
+                last[tp] = max(keys)
             end = start
     return ResumePositions(run_id, last)
 

@@ -153,6 +153,21 @@ def resolve_client(name: str) -> str:
 # --------------------------------------------------------------------------- confluent-kafka
 
 
+def _final_delivery_errors() -> frozenset[int]:
+    """Delivery errors that sending again cannot cure (the message itself is wrong)."""
+    from confluent_kafka import KafkaError
+
+    return frozenset(getattr(KafkaError, name) for name in (
+        "MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "INVALID_RECORD", "CORRUPT_MESSAGE", "UNKNOWN_TOPIC_OR_PART",
+        "TOPIC_AUTHORIZATION_FAILED", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION") if hasattr(KafkaError, name))
+
+
+try:
+    _FINAL_DELIVERY_ERRORS = _final_delivery_errors()
+except ImportError:  # kafka-python only
+    _FINAL_DELIVERY_ERRORS = frozenset()
+
+
 class _ConfluentProducer:
     def __init__(self, bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> None:
         from confluent_kafka import Producer
@@ -174,12 +189,22 @@ class _ConfluentProducer:
             "logger": _RDKAFKA_LOG,
         })
         self._errors: list[str] = []
+        # Messages the broker refused (say, its storage was briefly down), to send again: a message
+        # given up while later ones of its partition arrive would leave a gap that nothing fills.
+        self._failed: list[tuple[str, int, bytes | None, bytes]] = []
+        self._last_refusal = ""
+        self._sends = 0
 
-    def _on_delivery(self, err, _msg) -> None:  # noqa: ANN001 - librdkafka callback
-        if err is not None:
+    def _on_delivery(self, err, msg) -> None:  # noqa: ANN001 - librdkafka callback
+        if err is None:
+            return
+        if err.code() in _FINAL_DELIVERY_ERRORS:
             self._errors.append(str(err))
+        else:
+            self._failed.append((msg.topic(), msg.partition(), msg.key(), msg.value()))
+            self._last_refusal = str(err)
 
-    def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
+    def _produce(self, topic: str, value: bytes, key: bytes | None, partition: int | None) -> None:
         kwargs = {} if partition is None else {"partition": partition}
         while True:
             try:
@@ -189,10 +214,32 @@ class _ConfluentProducer:
                 # Local queue full: let librdkafka drain it instead of dropping events.
                 self._producer.poll(0.05)
 
+    def _resend_failed(self) -> None:
+        failed, self._failed = self._failed, []
+        for topic, partition, key, value in failed:
+            self._produce(topic, value, key, partition)
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
+        self._sends += 1
+        if self._sends % 256 == 0:
+            self._producer.poll(0)  # serve delivery reports, so refused messages go again soon
+        if self._failed:
+            self._resend_failed()
+        self._produce(topic, value, key, partition)
+
     def flush(self, timeout_s: float = 30.0) -> None:
-        remaining = self._producer.flush(timeout_s)
-        if remaining:
-            raise StackError(f"{remaining} messages not delivered within {timeout_s}s")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = self._producer.flush(max(0.1, deadline - time.monotonic()))
+            if remaining:
+                raise StackError(f"{remaining} messages not delivered within {timeout_s}s")
+            if not self._failed:
+                break
+            if time.monotonic() > deadline:
+                raise StackError(f"{len(self._failed)} messages refused by the broker until the end "
+                                 f"({self._last_refusal})")
+            time.sleep(0.5)
+            self._resend_failed()
         if self._errors:
             raise StackError(f"delivery failed: {self._errors[0]} ({len(self._errors)} errors)")
 

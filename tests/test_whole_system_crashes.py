@@ -1,8 +1,8 @@
 """The whole loop under kill -9 (bench/crash_rounds.py): replay, join worker, trainer, scorer, Redis
 and the S3 server under the broker, each killed while a paced log streams and restarted as an
 operator would; every impression is trained once with its label and the scorer serves the newest
-version. The broker is left out: Tansu on S3 storage has lost acknowledged messages when killed soon
-after its S3 server restarted (docs/local-stack.md), which no client can repair."""
+version. The broker's own kills are in bench/crash_rounds.py (docs/local-stack.md); here its S3
+server is killed under it, which makes it refuse writes for a moment."""
 
 from __future__ import annotations
 
