@@ -335,7 +335,16 @@ class Trainer(KafkaWorker):
         if not self._partition_count:
             assert self.consumer is not None
             self._partition_count = self.consumer.partition_count(next(iter(self.topics)))
-        return bool(self._partition_count) and self.source.finished(range(self._partition_count))
+        return (bool(self._partition_count) and self.source.finished(range(self._partition_count))
+                and self._read_to_the_end())
+
+    def _read_to_the_end(self) -> bool:
+        """Every assigned partition read up to the high watermark its last fetch brought: a log
+        replayed again after a final watermark reopens the stream, and a worker resumed from a
+        state that had seen that watermark must still learn what came after it."""
+        assert self.consumer is not None
+        ends = self.consumer.end_offsets(sorted(self.assigned), cached=True)
+        return all(end >= 0 and self.positions.get(tp, 0) >= end for tp, end in ends.items())
 
     # ------------------------------------------------------------------ learning
 
