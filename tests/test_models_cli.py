@@ -68,3 +68,29 @@ def test_models_commands_move_only_the_pointer(stack, namespace):
     assert "live v5 (pinned)" in listed.stdout
     assert "vNone" not in listed.stdout and "parent" in listed.stdout.splitlines()[1]  # a header row
     assert "champion" not in _cli(stack, namespace, "promote", "6").stdout  # promote moves the live pointer only
+
+
+def test_annotate_describes_and_tags_a_version(stack, namespace):
+    store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
+    for parent in (None, 1):
+        store.publish(parent=parent, meta=VersionMeta(examples_seen=100), weights=b"w", quality_state=b"t",
+                      source_state=b"{}", keep=3)
+    done = _cli(stack, namespace, "annotate", "1", "-m", "before the feature change", "--tag", "baseline",
+                "--tag", "exp:42")
+    assert done.returncode == 0, done.stderr
+    assert store.annotation(1)["description"] == "before the feature change"
+    assert store.annotation(1)["tags"] == ["baseline", "exp:42"]
+    listed = _cli(stack, namespace, "list").stdout
+    assert "before the feature change #baseline #exp:42" in listed.splitlines()[-1]  # v1, the oldest row
+    assert json.loads(_cli(stack, namespace, "show", "1").stdout)["annotation"]["tags"] == ["baseline", "exp:42"]
+    assert json.loads(_cli(stack, namespace, "list", "--json").stdout)["versions"][0]["annotation"] is None
+    assert store.events()[-1]["kind"] == "annotate" and "#baseline" in store.events()[-1]["reason"]
+    # again: replaced, not merged
+    assert _cli(stack, namespace, "annotate", "1", "--tag", "rolled-back").returncode == 0
+    assert store.annotation(1)["tags"] == ["rolled-back"] and store.annotation(1)["description"] == ""
+    bad = _cli(stack, namespace, "annotate", "1", "--tag", "no spaces")
+    assert bad.returncode != 0 and "--tag" in bad.stderr
+    nothing = _cli(stack, namespace, "annotate", "1")
+    assert nothing.returncode != 0 and "--description or --tag" in nothing.stderr
+    missing = _cli(stack, namespace, "annotate", "9", "-m", "x")
+    assert missing.returncode != 0 and "no version 9" in missing.stderr

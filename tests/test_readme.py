@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -140,7 +141,7 @@ def test_every_everyday_use_line_runs_in_order(tmp_path: Path) -> None:
     replayed = 0
     try:
         for command in everyday_commands():
-            args = command.split()
+            args = shlex.split(command) if not command.startswith("curl") else command.split()
             if args[0] == "streamrec" and args[1:3] == ["stack", "up"] or args[1:3] in (["stack", "status"],
                                                                                      ["stack", "down"]):
                 session.run(args[1:])
@@ -179,8 +180,8 @@ def test_every_everyday_use_line_runs_in_order(tmp_path: Path) -> None:
                 assert status == 200 and len(json.loads(text)["predictions"]) == 1, text
                 session.stop("serve")
             elif args[1] == "models":
-                for part in " ".join(args[1:]).split(" / "):
-                    words = part.split()
+                for part in command.split(" ", 1)[1].split(" / "):
+                    words = shlex.split(part)
                     if words[0] != "models":  # "promote 12 / pin / unpin / show 12"
                         words = ["models", *words]
                     head = session.head_version()

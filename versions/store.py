@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +114,30 @@ class VersionStore:
             if number < before and self.meta(number).promoted:
                 return number
         return None
+
+    def annotate(self, number: int, description: str | None, tags: Sequence[str]) -> dict[str, Any]:
+        """Set a version's description and tags (``models annotate``); they sit beside its immutable
+        meta, and the change goes on the timeline. Return the annotation."""
+        keys = self.keys
+        annotation = {"description": description or "", "tags": sorted(set(tags)), "at": time.time()}
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.watch(keys.version(number))
+            if not pipe.exists(keys.version(number)):
+                pipe.reset()
+                raise StreamrecError(f"model {self.model!r} has no version {number} (kept: {self.versions()})")
+            pipe.multi()
+            pipe.hset(keys.version(number), "annotation", orjson.dumps(annotation))
+            self._log_event(pipe, "annotate", number, None, " ".join(
+                [annotation["description"], *(f"#{t}" for t in annotation["tags"])]).strip() or None)
+            try:
+                pipe.execute()
+            except redis.WatchError:
+                raise StreamrecError(f"model {self.model!r}: version {number} was removed meanwhile") from None
+        return annotation
+
+    def annotation(self, number: int) -> dict[str, Any] | None:
+        raw = self.client.hget(self.keys.version(number), "annotation")
+        return None if raw is None else orjson.loads(raw)
 
     def events(self, limit: int = EVENTS_KEPT) -> list[dict[str, Any]]:
         """Pointer events, oldest first (the dashboard's version timeline)."""

@@ -42,7 +42,8 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
                      "examples_seen": meta.examples_seen,
                      "auc": meta.auc, "auc_window": meta.auc_window, "created_at": meta.created_at,
                      "live": number == live, "head": number == head,
-                     "gate": None if meta.gate is None else meta.gate.as_dict()})
+                     "gate": None if meta.gate is None else meta.gate.as_dict(),
+                     "annotation": store.annotation(number)})
     if as_json:
         click.echo(json.dumps({"model": store.model, "namespace": store.namespace, "head": head, "live": live,
                                "pinned": pinned, "versions": rows}, indent=2))
@@ -52,7 +53,7 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
         return
     click.echo(f"{store.model} in {store.namespace}: head v{head}, live v{live}{' (pinned)' if pinned else ''}")
     click.echo(f"  {'version':<7} {'parent':<7} {'lineage':<12} {'examples':>12}  {'AUC':<6} {'(window)':<8}  "
-               f"{'published':<19}  marks")
+               f"{'published':<19}  marks / notes")
     for row in rows:
         held = row["gate"] and not row["gate"].get("promoted")
         marks = ",".join(m for m in ("live" if row["live"] else "", "head" if row["head"] else "",
@@ -61,16 +62,56 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
         window = "-" if row["auc_window"] is None else f"{row['auc_window']:.4f}"
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["created_at"] or 0))
         parent = "-" if row["parent"] is None else f"v{row['parent']}"
+        note = row["annotation"] or {}
+        text = " ".join([note.get("description", "")[:60], *(f"#{t}" for t in note.get("tags", ()))]).strip()
+        notes = "  ".join(x for x in (marks, text) if x)
         click.echo(f"  {'v' + str(row['version']):<7} {parent:<7} {row['lineage'] or '-':<12} "
-                   f"{row['examples_seen']:>12,}  {auc:<6} {window:<8}  {when:<19}  {marks}")
+                   f"{row['examples_seen']:>12,}  {auc:<6} {window:<8}  {when:<19}  {notes}")
 
 
 @models.command("show")
 @click.argument("version", type=int)
 @click.pass_context
 def models_show(ctx: click.Context, version: int) -> None:
-    """The metadata of one version (JSON)."""
-    click.echo(json.dumps(_store(ctx).meta(version).to_dict(), indent=2, sort_keys=True))
+    """The metadata of one version (JSON), with its annotation if it has one."""
+    store = _store(ctx)
+    shown = store.meta(version).to_dict()
+    annotation = store.annotation(version)
+    if annotation is not None:
+        shown["annotation"] = annotation
+    click.echo(json.dumps(shown, indent=2, sort_keys=True))
+
+
+MAX_DESCRIPTION_CHARS = 1000
+MAX_TAGS = 20
+MAX_TAG_CHARS = 64
+
+
+@models.command("annotate")
+@click.argument("version", type=int)
+@click.option("--description", "-m", help="What this version is (free text, up to 1000 characters).")
+@click.option("--tag", "tags", multiple=True, help="A tag (repeatable; letters, digits, . _ - :).")
+@click.pass_context
+def models_annotate(ctx: click.Context, version: int, description: str | None, tags: tuple[str, ...]) -> None:
+    """Describe and tag a version; `models list`, `models show` and the dashboard's timeline show it.
+    Annotating again replaces the description and tags."""
+    import re
+
+    from streamrec.stream.errors import ConfigError
+
+    if description is None and not tags:
+        raise ConfigError("--description or --tag: give at least one")
+    if description is not None and (len(description) > MAX_DESCRIPTION_CHARS or not description.isprintable()):
+        raise ConfigError(f"--description: at most {MAX_DESCRIPTION_CHARS} printable characters")
+    if len(tags) > MAX_TAGS:
+        raise ConfigError(f"--tag: at most {MAX_TAGS} tags")
+    for tag in tags:
+        if not re.fullmatch(rf"[A-Za-z0-9._:-]{{1,{MAX_TAG_CHARS}}}", tag):
+            raise ConfigError(f"--tag {tag!r}: 1-{MAX_TAG_CHARS} letters, digits, '.', '_', '-' or ':'")
+    store = _store(ctx)
+    annotation = store.annotate(version, description, tags)
+    click.echo(f"{store.model} v{version}: {annotation['description'] or '(no description)'}"
+               + "".join(f" #{t}" for t in annotation["tags"]))
 
 
 @models.command("promote")
