@@ -276,6 +276,7 @@ class Scorer:
         # pristine copies of the live and the previous promoted version (memory: that many more models)
         self.ready = _ReadyVersions(ready_versions if follow else 0)
         self._ready_for: tuple[str, int | None, int | None] | None = None  # (model, live, head) readied for
+        self._pointers_seen: tuple[str, int | None, int | None] | None = None  # the last refresh's read
 
     # ------------------------------------------------------------------ serving
 
@@ -349,6 +350,7 @@ class Scorer:
                 return False
             store = self._store(model)
             live, head, pinned = store.pointers()
+            self._pointers_seen = (model, live, head)
             if live is None:
                 return False
             following = self.use_deltas and live == head and not pinned
@@ -600,15 +602,14 @@ class Scorer:
         self._drop_subscription()
 
     def _ready_next(self) -> None:
-        """When the pointers moved: have the live version and the promoted one before it ready."""
-        model = self.current_model()
-        if model is None or not self.ready.keep:
+        """When the pointers the last refresh read moved: have the live version and the promoted
+        one before it ready."""
+        seen = self._pointers_seen
+        if seen is None or not self.ready.keep or seen[1] is None or seen == self._ready_for:
             return
+        self._ready_for = seen
+        model, live, _head = seen
         store = self._store(model)
-        live, head, _pinned = store.pointers()
-        if live is None or self._ready_for == (model, live, head):
-            return
-        self._ready_for = (model, live, head)
         previous = store.previous_promoted(live)
         self.ready.want(store, [live] + ([previous] if previous is not None else []))
 

@@ -11,6 +11,7 @@ session timeout is a setting and defaults low.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -153,6 +154,7 @@ def resolve_client(name: str) -> str:
 # --------------------------------------------------------------------------- confluent-kafka
 
 
+@functools.cache
 def _final_delivery_errors() -> frozenset[int]:
     """Delivery errors that sending again cannot cure (the message itself is wrong)."""
     from confluent_kafka import KafkaError
@@ -160,12 +162,6 @@ def _final_delivery_errors() -> frozenset[int]:
     return frozenset(getattr(KafkaError, name) for name in (
         "MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "INVALID_RECORD", "CORRUPT_MESSAGE", "UNKNOWN_TOPIC_OR_PART",
         "TOPIC_AUTHORIZATION_FAILED", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION") if hasattr(KafkaError, name))
-
-
-try:
-    _FINAL_DELIVERY_ERRORS = _final_delivery_errors()
-except ImportError:  # kafka-python only
-    _FINAL_DELIVERY_ERRORS = frozenset()
 
 
 class _ConfluentProducer:
@@ -198,7 +194,7 @@ class _ConfluentProducer:
     def _on_delivery(self, err, msg) -> None:  # noqa: ANN001 - librdkafka callback
         if err is None:
             return
-        if err.code() in _FINAL_DELIVERY_ERRORS:
+        if err.code() in _final_delivery_errors():
             self._errors.append(str(err))
         else:
             self._failed.append((msg.topic(), msg.partition(), msg.key(), msg.value()))

@@ -58,6 +58,10 @@ class StackState:
     commands: dict[str, list[str]] = field(default_factory=dict)
     ports: dict[str, list[int]] = field(default_factory=dict)
 
+    def address(self, name: str) -> str:
+        """Where process ``name`` (broker, redis, s3) answers."""
+        return {"broker": self.kafka_bootstrap, "redis": self.redis_url, "s3": self.s3_endpoint}[name]
+
     def processes(self) -> list[tuple[str, int, str]]:
         """(name, pid, binary) of every process the stack started, in the order to stop them."""
         named = [("broker", self.broker_pid, self.broker_bin), ("redis", self.redis_pid, self.redis_bin)]
@@ -285,9 +289,8 @@ def repair_stack(home: Path, timeout_s: float = 30.0) -> list[str]:
     state = read_state(home)
     if state is None or not state.commands:
         return []
-    addresses = {"broker": state.kafka_bootstrap, "redis": state.redis_url, "s3": state.s3_endpoint}
     dead = [name for name, pid, binary in state.processes()
-            if not _pid_runs(pid, binary) and not _answers(addresses[name])]
+            if not _pid_runs(pid, binary) and not _answers(state.address(name))]
     names = [name for name in START_ORDER if name in dead]
     if not names:
         return []
@@ -371,9 +374,8 @@ def stack_status(home: Path) -> dict[str, object]:
     state = read_state(home)
     if state is None:
         return {"running": False}
-    addresses = {"broker": state.kafka_bootstrap, "redis": state.redis_url, "s3": state.s3_endpoint}
     pid_up = {name: _pid_runs(pid, binary) for name, pid, binary in state.processes()}
-    up = {name: running or _answers(addresses[name]) for name, running in pid_up.items()}
+    up = {name: running or _answers(state.address(name)) for name, running in pid_up.items()}
     stale = [name for name, running in up.items() if running and not pid_up[name]]
     return {"running": all(up.values()), "broker_running": up["broker"], "redis_running": up["redis"],
             **({"s3_running": up["s3"]} if "s3" in up else {}), "stale_pids": stale, **asdict(state)}

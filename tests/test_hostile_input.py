@@ -282,6 +282,22 @@ def test_kafka_security_settings_reach_both_clients_configurations() -> None:
     Producer({"bootstrap.servers": "127.0.0.1:1", **sasl.confluent()})
 
 
+def _wait_until_redis_answers(url: str, process: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """PING ``url`` until the server ``process`` started answers (it may still be binding its port)."""
+    from streamrec.stream.redis_connection import connect
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            connect(url).ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise
+            time.sleep(0.05)
+
+
+
 @pytest.mark.integration
 def test_redis_with_a_password_works_and_refuses_without_it(tmp_path) -> None:
     import subprocess
@@ -297,15 +313,7 @@ def test_redis_with_a_password_works_and_refuses_without_it(tmp_path) -> None:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"redis://:s3cret@127.0.0.1:{port}/0"
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                connect(url).ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        _wait_until_redis_answers(url, process)
         store = VersionStore(connect(url), "secure", "lr")
         assert store.publish(parent=None, meta=VersionMeta(), weights=b"w", quality_state=b"", source_state=b"{}",
                              keep=2) == 1
@@ -378,15 +386,7 @@ def test_redis_over_tls_with_a_password_and_a_certificate_authority(tmp_path: Pa
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"rediss://:s3cret@127.0.0.1:{port}/0?ssl_ca_certs={tmp_path / 'ca.crt'}"
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                connect(url).ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.05)
+        _wait_until_redis_answers(url, process)
         store = VersionStore(connect(url), "tls", "lr")
         assert store.publish(parent=None, meta=VersionMeta(), weights=b"w", quality_state=b"", source_state=b"{}",
                              keep=2) == 1
