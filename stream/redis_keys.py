@@ -12,6 +12,8 @@ All keys of a namespace start with ``streamrec:<namespace>:``::
     champion, champion:announce          the model a champion-following scorer serves, and its channel
     join:<partition>                     hash: a join-stage partition's epoch and checkpoint
     workers, worker:<role>:<model>:<id>  the worker registry (stream/worker_registry.py)
+    dashboard:samples:<fine|coarse>      streams: the dashboard's sampled points (its history)
+    dashboard:writer                     which dashboard writes them (a lease)
 """
 
 from __future__ import annotations
@@ -97,3 +99,11 @@ def workers_index(namespace: str) -> str:
 
 def worker(namespace: str, role: str, model: str, worker_id: str) -> str:
     return f"{namespace_prefix(namespace)}:worker:{role}:{model}:{worker_id}"
+
+
+def dashboard_samples(namespace: str, resolution: str) -> str:
+    return f"{namespace_prefix(namespace)}:dashboard:samples:{resolution}"
+
+
+def dashboard_writer(namespace: str) -> str:
+    return f"{namespace_prefix(namespace)}:dashboard:writer"

@@ -25,6 +25,7 @@ import threading
 import time
 import urllib.parse
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -32,14 +33,19 @@ from typing import Any
 import orjson
 import redis
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from streamrec.dashboard_history import HistorySettings, SampleHistory
 from streamrec.stream import redis_keys
+from streamrec.stream.errors import ConfigError, StreamrecError
 from streamrec.stream.http_auth import bearer_ok
 from streamrec.stream.prometheus import fetch_text, parse, sample_key
 from streamrec.stream.worker_registry import workers
+from streamrec.versions.meta import VersionMeta
+from streamrec.versions.operator_actions import ACTIONS, apply_action, check_annotation
 from streamrec.versions.store import VersionStore, champion
 
 log = logging.getLogger(__name__)
@@ -91,15 +97,23 @@ def _finite(value: float | None) -> float | None:
 
 @dataclass
 class WorkerSeries:
-    """The sampled points of one worker, newest last, and whether it has stopped."""
+    """The sampled points of one worker, newest last (every tick, and one per coarse step for the
+    longer past), and whether it has stopped."""
 
     role: str
     model: str
     worker: str
     url: str
     points: deque = field(default_factory=lambda: deque(maxlen=3600))
+    coarse: deque = field(default_factory=lambda: deque(maxlen=2880))
     error: str | None = None
     stopped: bool = False
+
+    def points_since(self, since: float) -> list[list[Any]]:
+        """Points newer than ``since``: coarse ones where the fine ones no longer reach."""
+        fine_from = self.points[0][0] if self.points else float("inf")
+        older = [[t, v] for t, v in self.coarse if since < t < fine_from]
+        return older + [[t, v] for t, v in self.points if t > since]
 
     @property
     def key(self) -> str:
@@ -227,22 +241,30 @@ class PrometheusSource:
 
 
 class Collector:
-    """Samples the source every ``interval_s`` from a daemon thread; thread-safe reads."""
+    """Samples the source every ``interval_s`` from a daemon thread; thread-safe reads. With a
+    Redis client its points are kept there too (streamrec/dashboard_history.py) and loaded back
+    on start, so the page's past survives a restart of the dashboard."""
 
     def __init__(self, source: WorkerSource | PrometheusSource, client: redis.Redis | None, namespace: str,
-                 interval_s: float = 1.0, history: int = 3600) -> None:
+                 interval_s: float = 1.0, history: HistorySettings | None = None) -> None:
         self.source, self.client, self.namespace = source, client, namespace
-        self.interval_s, self.history = interval_s, history
+        self.interval_s = interval_s
+        self.history_settings = history or HistorySettings()
+        self.history = SampleHistory(client, namespace, self.history_settings) if client is not None else None
         self.series: dict[str, WorkerSeries] = {}
         self.errors: list[str] = []
         self.timeline: dict[str, list[dict[str, Any]]] = {}
+        self.models: dict[str, dict[str, Any]] = {}
         self.champion: str | None = None
         self.ticks = 0
+        self.restored = 0
+        self._last_coarse = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dashboard-collector", daemon=True)
 
     def start(self) -> Collector:
+        self.restore()
         self._thread.start()
         return self
 
@@ -250,6 +272,38 @@ class Collector:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        if self.history is not None:
+            self.history.release()
+
+    def restore(self) -> int:
+        """Load the stored past (both resolutions); return how many ticks were loaded."""
+        if self.history is None:
+            return 0
+        try:  # the streams are capped, so all they hold is what is wanted
+            coarse = self.history.load("coarse", 0)
+            fine = self.history.load("fine", 0)
+        except redis.RedisError as exc:
+            log.warning("dashboard history not loaded: %s", exc)
+            return 0
+        with self._lock:
+            for resolution, ticks in (("coarse", coarse), ("fine", fine)):
+                for at, rows in ticks:
+                    for key, (role, model, worker, url, stopped, values) in rows.items():
+                        series = self._series(key, role, model, worker, url)
+                        series.stopped = bool(stopped)
+                        (series.coarse if resolution == "coarse" else series.points).append((at, values))
+            if coarse:
+                self._last_coarse = coarse[-1][0]
+            self.restored = len(coarse) + len(fine)
+        return self.restored
+
+    def _series(self, key: str, role: str, model: str, worker: str, url: str) -> WorkerSeries:
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = WorkerSeries(role, model, worker, url,
+                                                     deque(maxlen=self.history_settings.fine_points),
+                                                     deque(maxlen=self.history_settings.coarse_points))
+        return series
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -264,46 +318,84 @@ class Collector:
         now = time.time()
         results = self.source.sample()
         errors = [error for _target, _samples, error in results if error]
-        timeline, champ = self._read_versions({t["model"] for t, _s, _e in results if t.get("role") == "trainer"},
-                                              errors)
+        timeline, models, champ = self._read_versions(
+            {t["model"] for t, _s, _e in results if t.get("role") == "trainer"}, errors)
+        coarse = now - self._last_coarse >= self.history_settings.coarse_step_s
+        rows: dict[str, list[Any]] = {}
         with self._lock:
             for target, samples, error in results:
                 if samples is None:
                     continue
                 key = f"{target['role']}/{target['model']}/{target['worker']}"
-                series = self.series.get(key)
-                if series is None:
-                    series = self.series[key] = WorkerSeries(target["role"], target["model"], target["worker"],
-                                                             target["metrics_url"],
-                                                             deque(maxlen=self.history))
+                series = self._series(key, target["role"], target["model"], target["worker"], target["metrics_url"])
                 series.error = error
                 series.stopped = bool(target.get("stopped"))
-                series.points.append((now, chart_values(target["role"], samples)))
-            self.errors, self.timeline, self.champion = errors, timeline, champ
+                values = chart_values(target["role"], samples)
+                series.points.append((now, values))
+                if coarse:
+                    series.coarse.append((now, values))
+                rows[key] = [series.role, series.model, series.worker, series.url, series.stopped, values]
+            self.errors, self.timeline, self.models, self.champion = errors, timeline, models, champ
             self.ticks += 1
+        if coarse:
+            self._last_coarse = now
+        if self.history is not None and rows:
+            self.history.append(now, rows, coarse)
 
-    def _read_versions(self, models: set[str], errors: list[str]) -> tuple[dict[str, list[dict[str, Any]]], str | None]:
+    def _read_versions(self, models: set[str], errors: list[str]
+                       ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]], str | None]:
         if self.client is None:
-            return {}, None
+            return {}, {}, None
         try:
             for key in self.client.scan_iter(match=redis_keys.model_events_pattern(self.namespace), count=100):
                 models.add(redis_keys.model_of_events_key(key.decode()))
-            timeline = {m: VersionStore(self.client, self.namespace, m).events(200) for m in sorted(models)}
-            return timeline, champion(self.client, self.namespace)
+            stores = [VersionStore(self.client, self.namespace, m) for m in sorted(models)]
+            timeline = {store.model: store.events(200) for store in stores}
+            return timeline, {store.model: model_panel(store) for store in stores}, champion(self.client, self.namespace)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             errors.append(f"redis: {exc}")
-            return self.timeline, self.champion
+            return self.timeline, self.models, self.champion
+
+    def known_models(self) -> set[str]:
+        """The models with versions or events in the namespace, as of the last tick."""
+        with self._lock:
+            return set(self.models)
 
     def snapshot(self, since: float = 0.0) -> dict[str, Any]:
         with self._lock:
             return {
                 "now": time.time(), "source": self.source.name, "namespace": self.namespace,
                 "interval_s": self.interval_s, "ticks": self.ticks, "errors": list(self.errors),
-                "champion": self.champion, "timeline": self.timeline,
+                "champion": self.champion, "timeline": self.timeline, "models": self.models,
+                "restored": self.restored,
                 "workers": [{"key": s.key, "role": s.role, "model": s.model, "worker": s.worker, "url": s.url,
-                             "stopped": s.stopped, "points": [[t, v] for t, v in s.points if t > since]}
+                             "stopped": s.stopped, "points": s.points_since(since)}
                             for s in sorted(self.series.values(), key=lambda s: s.key)],
             }
+
+
+PANEL_VERSIONS = 12
+
+
+def model_panel(store: VersionStore) -> dict[str, Any]:
+    """A model's pointers and its newest kept versions (gate outcome, annotation) for the page's
+    model panel, read in one round trip per model."""
+    live, head, pinned = store.pointers()
+    numbers = store.versions()[-PANEL_VERSIONS:]
+    with store.client.pipeline(transaction=False) as pipe:
+        for number in numbers:
+            pipe.hmget(store.keys.version(number), ["meta", "annotation"])
+        fields = pipe.execute()
+    versions = []
+    for number, (meta, annotation) in zip(reversed(numbers), reversed(fields)):
+        if meta is None:
+            continue
+        meta = VersionMeta.from_dict(orjson.loads(meta))
+        versions.append({"version": number, "created_at": meta.created_at, "examples_seen": meta.examples_seen,
+                         "auc": meta.auc, "auc_window": meta.auc_window, "promoted": meta.promoted,
+                         "gate_reason": None if meta.gate is None else meta.gate.reason,
+                         "annotation": None if annotation is None else orjson.loads(annotation)})
+    return {"live": live, "head": head, "pinned": pinned, "versions": versions}
 
 
 ASSETS = {
@@ -318,18 +410,31 @@ ASSETS = {
 TOKEN_COOKIE = "streamrec_token"
 
 
+ACTION_HEADER = "X-Streamrec-Action"
+MAX_OPERATOR_CHARS = 64
+MAX_REASON_CHARS = 300
+
+
 def create_app(collector: Collector, auth_token: str | None = None) -> Starlette:
     """The page and its API. With ``auth_token`` every request needs ``Authorization: Bearer
-    <token>`` or the cookie a visit to ``/?token=<token>`` sets (browsers cannot send the header)."""
+    <token>`` or the cookie a visit to ``/?token=<token>`` sets (browsers cannot send the header).
+
+    ``POST /api/actions`` moves a model's pointers (versions/operator_actions.py) and is on only
+    with a token and Redis: without a token anyone who reaches the port could roll a model back.
+    It also needs the ``X-Streamrec-Action`` header, which a page on another origin cannot send
+    without a CORS preflight this app never answers (so a foreign page cannot use the cookie)."""
     root = resources.files("streamrec") / "dashboard_assets"
     bodies = {path: ((root / name).read_bytes(), kind) for path, (name, kind) in ASSETS.items()}
+    actions_off = None if auth_token and collector.client is not None else (
+        "actions are off: start the dashboard with --auth-token (STREAMREC_AUTH_TOKEN)" if not auth_token
+        else "actions are off: the dashboard has no Redis")
 
     def refused(request: Request) -> Response | None:
         if not auth_token or bearer_ok(request.headers.get("authorization"), auth_token):
             return None
         if bearer_ok(f"Bearer {request.cookies.get(TOKEN_COOKIE, '')}", auth_token):
             return None
-        if bearer_ok(f"Bearer {request.query_params.get('token', '')}", auth_token):
+        if request.method == "GET" and bearer_ok(f"Bearer {request.query_params.get('token', '')}", auth_token):
             response = RedirectResponse(request.url.path, status_code=303)
             response.set_cookie(TOKEN_COOKIE, auth_token, httponly=True, samesite="strict")
             return response
@@ -349,11 +454,81 @@ def create_app(collector: Collector, auth_token: str | None = None) -> Starlette
             since = float(request.query_params.get("since", "0"))
         except ValueError:
             return JSONResponse({"error": "since must be a number (unix seconds)"}, status_code=400)
-        return Response(orjson.dumps(collector.snapshot(since)), media_type="application/json")
+        body = {**collector.snapshot(since), "actions": {"enabled": actions_off is None, "why_not": actions_off}}
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    async def actions_api(request: Request) -> Response:
+        if (denied := refused(request)) is not None:
+            return denied
+        if actions_off is not None:
+            return JSONResponse({"error": actions_off}, status_code=403)
+        if request.headers.get(ACTION_HEADER) != "1":
+            return JSONResponse({"error": f"send the header {ACTION_HEADER}: 1"}, status_code=403)
+        try:
+            body = orjson.loads(await request.body())
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            return JSONResponse({"error": f"the body must be a JSON object ({exc})"}, status_code=400)
+        try:
+            action = _parse_action(body, collector.known_models())
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        host = request.client.host if request.client else "?"
+        store = VersionStore(collector.client, collector.namespace, action.pop("model"))
+        try:
+            result = await run_in_threadpool(lambda: apply_action(store, by=f"dashboard {action.pop('by')} ({host})",
+                                                                  **action))
+        except StreamrecError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        except redis.RedisError as exc:
+            return JSONResponse({"error": f"redis: {exc}"}, status_code=503)
+        log.info("dashboard action by %s: %s", host, result.message)
+        return JSONResponse({"ok": True, "message": result.message, "live": result.live, "pinned": result.pinned,
+                             "champion": result.champion})
 
     def favicon(_request: Request) -> Response:
         return Response(status_code=204)
 
     routes = [Route(path, asset) for path in bodies]
-    routes += [Route("/api/metrics", metrics_api), Route("/favicon.ico", favicon)]
+    routes += [Route("/api/metrics", metrics_api), Route("/api/actions", actions_api, methods=["POST"]),
+               Route("/favicon.ico", favicon)]
     return Starlette(routes=routes)
+
+
+def _parse_action(body: dict[str, Any], known_models: Collection[str]) -> dict[str, Any]:
+    """The keyword arguments of :func:`apply_action` from a request body, naming a bad key."""
+    action = body.get("action")
+    if action not in ACTIONS:
+        raise ValueError(f"action: one of {', '.join(ACTIONS)}")
+    model = body.get("model")
+    if not isinstance(model, str) or model not in known_models:
+        raise ValueError(f"model: one of the namespace's models ({', '.join(sorted(known_models)) or 'none yet'})")
+    version = body.get("version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+        raise ValueError("version: a positive integer or null")
+    operator = body.get("by")
+    if not isinstance(operator, str) or not operator.strip() or len(operator) > MAX_OPERATOR_CHARS \
+            or not operator.isprintable():
+        raise ValueError(f"by: your name, 1-{MAX_OPERATOR_CHARS} printable characters")
+    reason = body.get("reason")
+    if action != "annotate" and (not isinstance(reason, str) or not reason.strip()):
+        raise ValueError("reason: say why (it goes on the timeline)")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS
+                               or not reason.isprintable()):
+        raise ValueError(f"reason: at most {MAX_REASON_CHARS} printable characters")
+    out: dict[str, Any] = {"model": model, "action": action, "version": version, "by": operator.strip(),
+                           "reason": reason.strip() if reason else None}
+    if action == "annotate":
+        tags = body.get("tags") or []
+        description = body.get("description")
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ValueError("tags: a list of strings")
+        if description is not None and not isinstance(description, str):
+            raise ValueError("description: text")
+        try:
+            check_annotation(description or None, tags)
+        except ConfigError as exc:
+            raise ValueError(str(exc).replace("--description", "description").replace("--tag", "tags")) from None
+        out.update(description=description or None, tags=tags)
+    return out

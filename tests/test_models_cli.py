@@ -58,8 +58,11 @@ def test_models_commands_move_only_the_pointer(stack, namespace):
 
     assert _cli(stack, namespace, "promote", "5").returncode == 0
     assert store.live() == 5 and not store.pinned()
-    assert _cli(stack, namespace, "pin").returncode == 0
+    assert _cli(stack, namespace, "pin", "--reason", "freeze for the launch").returncode == 0
     assert store.live() == 5 and store.pinned()
+    pinned = store.events()[-1]  # who and why go on the timeline
+    assert pinned["kind"] == "pin" and pinned["reason"] == "freeze for the launch"
+    assert pinned["by"].startswith("cli ") and "@" in pinned["by"]
 
     missing = _cli(stack, namespace, "promote", "1")
     assert missing.returncode == 1 and "no version 1" in missing.stderr

@@ -70,10 +70,17 @@ def champion(client: redis.Redis, namespace: str) -> str | None:
     return None if value is None else value.decode()
 
 
-def set_champion(client: redis.Redis, namespace: str, model: str) -> None:
+def set_champion(client: redis.Redis, namespace: str, model: str, *, by: str | None = None,
+                 reason: str | None = None) -> None:
+    """Make ``model`` the namespace's champion, tell champion-following scorers, and log a
+    ``champion`` event on that model's timeline."""
+    store = VersionStore(client, namespace, model)
     with client.pipeline(transaction=True) as pipe:
+        live = client.get(store.keys.live)
         pipe.set(redis_keys.champion(namespace), model)
         pipe.publish(redis_keys.champion_channel(namespace), model)
+        store._log_event(pipe, "champion", 0 if live is None else int(live), None if live is None else int(live),
+                         reason, by)
         pipe.execute()
 
 
@@ -115,7 +122,8 @@ class VersionStore:
                 return number
         return None
 
-    def annotate(self, number: int, description: str | None, tags: Sequence[str]) -> dict[str, Any]:
+    def annotate(self, number: int, description: str | None, tags: Sequence[str], *,
+                 by: str | None = None) -> dict[str, Any]:
         """Set a version's description and tags (``models annotate``); they sit beside its immutable
         meta, and the change goes on the timeline. Return the annotation."""
         keys = self.keys
@@ -128,7 +136,7 @@ class VersionStore:
             pipe.multi()
             pipe.hset(keys.version(number), "annotation", orjson.dumps(annotation))
             self._log_event(pipe, "annotate", number, None, " ".join(
-                [annotation["description"], *(f"#{t}" for t in annotation["tags"])]).strip() or None)
+                [annotation["description"], *(f"#{t}" for t in annotation["tags"])]).strip() or None, by)
             try:
                 pipe.execute()
             except redis.WatchError:
@@ -180,8 +188,11 @@ class VersionStore:
             self._log_event(pipe, kind, version, live, reason)
             pipe.execute()
 
-    def _log_event(self, pipe: Any, kind: str, version: int, live: int | None, reason: str | None) -> None:
+    def _log_event(self, pipe: Any, kind: str, version: int, live: int | None, reason: str | None,
+                   by: str | None = None) -> None:
         event = {"at": time.time(), "kind": kind, "version": version, "live": live, "reason": reason}
+        if by:  # who moved it by hand: the CLI's user@host, or the dashboard's operator and address
+            event["by"] = by
         pipe.lpush(self.keys.events, orjson.dumps(event))
         pipe.ltrim(self.keys.events, 0, EVENTS_KEPT - 1)
 
@@ -258,7 +269,7 @@ class VersionStore:
         raise VersionConflict(f"model {self.model!r}: the pointers kept changing during {PUBLISH_ATTEMPTS} "
                               "publish attempts; run one trainer per model")
 
-    def unpin(self) -> int | None:
+    def unpin(self, *, by: str | None = None, reason: str | None = None) -> int | None:
         """Let the trainer move ``live`` again, and serve at once what it would serve: the newest
         version if the quality gate promoted it (else ``live`` stays until the gate promotes one).
         Scorers are told in the same transaction. Return the live version."""
@@ -275,8 +286,8 @@ class VersionStore:
                     pipe.delete(keys.pinned)
                     if target is not None and (live is None or target != int(live)):
                         pipe.set(keys.live, target)
-                        self._log_event(pipe, "promote", target, target, "unpinned: the newest promoted version")
-                    self._log_event(pipe, "unpin", target or 0, target, None)
+                        self._log_event(pipe, "promote", target, target, "unpinned: the newest promoted version", by)
+                    self._log_event(pipe, "unpin", target or 0, target, reason, by)
                     pipe.publish(keys.announce, orjson.dumps({"version": None if head is None else int(head),
                                                               "live": target}))
                     pipe.execute()
@@ -284,7 +295,8 @@ class VersionStore:
                 except redis.WatchError:
                     continue
 
-    def set_live(self, number: int, *, pin: bool, kind: str = "promote", reason: str | None = None) -> None:
+    def set_live(self, number: int, *, pin: bool, kind: str = "promote", reason: str | None = None,
+                 by: str | None = None) -> None:
         """Point ``live`` at an existing version; ``pin`` keeps the trainer from moving it.
         ``kind`` (promote, rollback, pin) and ``reason`` go to the event log.
 
@@ -303,7 +315,7 @@ class VersionStore:
                 pipe.set(keys.pinned, 1)
             else:
                 pipe.delete(keys.pinned)
-            self._log_event(pipe, kind, number, number, reason)
+            self._log_event(pipe, kind, number, number, reason, by)
             pipe.publish(keys.announce, orjson.dumps({"version": None if head is None else int(head), "live": number}))
             try:
                 pipe.execute()

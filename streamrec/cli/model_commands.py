@@ -8,7 +8,6 @@ import time
 import click
 
 from streamrec.cli.common import settings_from
-from streamrec.stream.errors import StreamrecError
 from streamrec.versions.store import VersionStore
 
 
@@ -82,65 +81,60 @@ def models_show(ctx: click.Context, version: int) -> None:
     click.echo(json.dumps(shown, indent=2, sort_keys=True))
 
 
-MAX_DESCRIPTION_CHARS = 1000
-MAX_TAGS = 20
-MAX_TAG_CHARS = 64
-
-
 @models.command("annotate")
 @click.argument("version", type=int)
 @click.option("--description", "-m", help="What this version is (free text, up to 1000 characters).")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable; letters, digits, . _ - :).")
 @click.pass_context
 def models_annotate(ctx: click.Context, version: int, description: str | None, tags: tuple[str, ...]) -> None:
-    """Describe and tag a version; `models list`, `models show` and the dashboard's timeline show it.
+    """Describe and tag a version; `models list`, `models show` and the dashboard show it.
     Annotating again replaces the description and tags."""
-    import re
+    click.echo(_act(ctx, "annotate", version, description=description, tags=tags))
 
-    from streamrec.stream.errors import ConfigError
 
-    if description is None and not tags:
-        raise ConfigError("--description or --tag: give at least one")
-    if description is not None and (len(description) > MAX_DESCRIPTION_CHARS or not description.isprintable()):
-        raise ConfigError(f"--description: at most {MAX_DESCRIPTION_CHARS} printable characters")
-    if len(tags) > MAX_TAGS:
-        raise ConfigError(f"--tag: at most {MAX_TAGS} tags")
-    for tag in tags:
-        if not re.fullmatch(rf"[A-Za-z0-9._:-]{{1,{MAX_TAG_CHARS}}}", tag):
-            raise ConfigError(f"--tag {tag!r}: 1-{MAX_TAG_CHARS} letters, digits, '.', '_', '-' or ':'")
-    store = _store(ctx)
-    annotation = store.annotate(version, description, tags)
-    click.echo(f"{store.model} v{version}: {annotation['description'] or '(no description)'}"
-               + "".join(f" #{t}" for t in annotation["tags"]))
+REASON = click.option("--reason", "-r", help="Why (kept on the model's timeline with who did it).")
+
+
+def _act(ctx: click.Context, action: str, version: int | None = None, **kwargs: object) -> str:
+    from streamrec.versions.operator_actions import apply_action
+
+    return apply_action(_store(ctx), action, version, by=_operator(), **kwargs).message  # type: ignore[arg-type]
+
+
+def _operator() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"cli {user}@{socket.gethostname()}"
 
 
 @models.command("promote")
 @click.argument("version", type=int)
 @click.option("--champion", "make_champion", is_flag=True,
               help="Also make this model the namespace's champion (what `streamrec serve` without --model serves).")
+@REASON
 @click.pass_context
-def models_promote(ctx: click.Context, version: int, make_champion: bool) -> None:
+def models_promote(ctx: click.Context, version: int, make_champion: bool, reason: str | None) -> None:
     """Serve VERSION of this model now (its live pointer only; the champion stays unless --champion).
     The trainer's next version goes live again unless pinned."""
-    from streamrec.versions.store import set_champion
-
-    store = _store(ctx)
-    store.set_live(version, pin=store.pinned(), reason="by hand (streamrec models promote)")
-    pinned = " (pinned)" if store.pinned() else ""
+    click.echo(_act(ctx, "promote", version, reason=reason or "by hand (streamrec models promote)"))
     if make_champion:
-        set_champion(store.client, store.namespace, store.model)
-        click.echo(f"{store.model}: live v{version}{pinned}; champion of {store.namespace}")
-    else:
-        click.echo(f"{store.model}: live v{version}{pinned}")
+        click.echo(_act(ctx, "champion", reason=reason or "by hand (streamrec models promote --champion)"))
 
 
 @models.command("champion")
 @click.argument("name", required=False)
+@REASON
 @click.pass_context
-def models_champion(ctx: click.Context, name: str | None) -> None:
+def models_champion(ctx: click.Context, name: str | None, reason: str | None) -> None:
     """Show the champion model (served by `streamrec serve` without --model), or make NAME it."""
     from streamrec.api import check_model_name
-    from streamrec.versions.store import champion, set_champion
+    from streamrec.versions.operator_actions import apply_action
+    from streamrec.versions.store import champion
 
     store = _store(ctx)
     if name is None:
@@ -149,44 +143,33 @@ def models_champion(ctx: click.Context, name: str | None) -> None:
                               "names one)")
         return
     check_model_name(name)
-    set_champion(store.client, store.namespace, name)
-    click.echo(f"champion of {store.namespace}: {name}")
+    named = VersionStore(store.client, store.namespace, name)
+    click.echo(apply_action(named, "champion", by=_operator(),
+                            reason=reason or "by hand (streamrec models champion)").message)
 
 
 @models.command("rollback")
 @click.argument("version", type=int, required=False)
+@REASON
 @click.pass_context
-def models_rollback(ctx: click.Context, version: int | None) -> None:
+def models_rollback(ctx: click.Context, version: int | None, reason: str | None) -> None:
     """Serve VERSION (default: the newest kept version before the live one that the quality gate
     promoted) and pin it."""
-    store = _store(ctx)
-    if version is None:
-        live = store.live()
-        version = None if live is None else store.previous_promoted(live)
-        if version is None:
-            raise StreamrecError(f"{store.model}: no promoted version older than live v{live} "
-                                 f"(kept: {store.versions()})")
-    store.set_live(version, pin=True, kind="rollback", reason="by hand (streamrec models rollback)")
-    click.echo(f"{store.model}: rolled back to v{version}, pinned (`streamrec models unpin` resumes promotion)")
+    click.echo(_act(ctx, "rollback", version, reason=reason or "by hand (streamrec models rollback)"))
 
 
 @models.command("pin")
 @click.argument("version", type=int, required=False)
+@REASON
 @click.pass_context
-def models_pin(ctx: click.Context, version: int | None) -> None:
+def models_pin(ctx: click.Context, version: int | None, reason: str | None) -> None:
     """Keep serving VERSION (default: the live one) whatever the trainer publishes."""
-    store = _store(ctx)
-    version = store.live() if version is None else version
-    if version is None:
-        raise StreamrecError(f"{store.model}: no live version to pin")
-    store.set_live(version, pin=True, kind="pin", reason="by hand (streamrec models pin)")
-    click.echo(f"{store.model}: live v{version}, pinned")
+    click.echo(_act(ctx, "pin", version, reason=reason or "by hand (streamrec models pin)"))
 
 
 @models.command("unpin")
+@REASON
 @click.pass_context
-def models_unpin(ctx: click.Context) -> None:
+def models_unpin(ctx: click.Context, reason: str | None) -> None:
     """Let the trainer's versions go live again; the newest promoted version goes live now."""
-    store = _store(ctx)
-    live = store.unpin()
-    click.echo(f"{store.model}: unpinned; live v{live}, and the trainer's next promoted version goes live")
+    click.echo(_act(ctx, "unpin", reason=reason))

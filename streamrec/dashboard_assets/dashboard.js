@@ -4,7 +4,10 @@
 "use strict";
 
 const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"];
-const EVENT_COLOURS = { rollback: "#d62728", held: "#ff7f0e", promote: "#1f5fd6", pin: "#1f5fd6", unpin: "#2ca02c" };
+const EVENT_COLOURS = { rollback: "#d62728", held: "#ff7f0e", promote: "#1f5fd6", pin: "#1f5fd6", unpin: "#2ca02c",
+                        champion: "#9467bd" };
+const RANGES = [300, 900, 3600, 21600, 86400];
+const KEEP_S = 86400;  // the page forgets points older than its longest range
 const DASHES = [[], [6, 4], [2, 3], [10, 3, 2, 3]];
 
 // One chart per entry: trainer values (and scorer values) plotted per worker.
@@ -32,9 +35,11 @@ const STATS = {
            ["dead_letters", "dead letters", 0]],
 };
 
-const state = { since: 0, workers: new Map(), timeline: {}, champion: null, errors: [], ticks: 0, polls: 0 };
+const state = { since: 0, workers: new Map(), timeline: {}, models: {}, champion: null, errors: [], ticks: 0, polls: 0,
+                range: Number(localStorage.getItem("streamrec.range")) || 3600, now: Date.now() / 1000,
+                actions: { enabled: false, why_not: "" }, interval: 1 };
 const charts = new Map();   // chart id -> { plot, signature, labels }
-window.streamrec = { state, charts, lastValue };
+window.streamrec = { state, charts, lastValue, act };
 
 function worker(w) {
   let entry = state.workers.get(w.key);
@@ -61,7 +66,16 @@ function absorb(body) {
       }
       state.since = Math.max(state.since, t);
     }
+    const cut = entry.times.findIndex((t) => t >= body.now - KEEP_S);
+    if (cut > 0) {
+      entry.times.splice(0, cut);
+      for (const values of Object.values(entry.values)) values.splice(0, cut);
+    }
   }
+  state.now = body.now;
+  state.interval = body.interval_s;
+  state.models = body.models || {};
+  state.actions = body.actions || { enabled: false, why_not: "" };
   state.timeline = body.timeline || {};
   state.champion = body.champion;
   state.errors = body.errors || [];
@@ -101,7 +115,8 @@ function eventMarkers(u) {
   ctx.lineWidth = 2;
   for (const events of Object.values(state.timeline)) {
     for (const e of events) {
-      const colour = EVENT_COLOURS[e.kind];
+      // a version held because of a pin is not a gate failure: drawn grey, not orange
+      const colour = e.kind === "held" && e.reason === "pinned" ? "#9aa0a8" : EVENT_COLOURS[e.kind];
       if (!colour || e.at < xmin || e.at > xmax) continue;
       const x = Math.round(u.valToPos(e.at, "x", true));
       ctx.strokeStyle = colour;
@@ -112,6 +127,13 @@ function eventMarkers(u) {
     }
   }
   ctx.restore();
+}
+
+// The chosen range ends now; it starts no earlier than the first point, so a short run fills the chart.
+function xRange(u, dataMin) {
+  const from = state.now - state.range;
+  return [dataMin === null || dataMin === undefined ? from : Math.min(Math.max(from, dataMin), state.now - 1),
+          state.now];
 }
 
 function render(chart) {
@@ -134,7 +156,7 @@ function render(chart) {
     plotBox.innerHTML = "";
     const opts = {
       width: Math.max(520, box.clientWidth - 12), height: 240,
-      scales: { x: { time: true } },
+      scales: { x: { time: true, range: xRange } },
       series: [{}, ...series.map((s) => ({ label: s.label, stroke: PALETTE[s.w.index % PALETTE.length], dash: s.dash,
                                            width: 1.5, spanGaps: true }))],
       axes: [{}, { size: 56, values: (u, splits) => splits.map(compact) }],
@@ -186,8 +208,12 @@ function renderWorkers() {
                        `${w.role} ${w.model} / ${w.worker} <span class="state"></span></h3><dl>${rows}</dl>`;
       box.appendChild(card);
     }
-    card.querySelector(".state").textContent = w.stopped ? "(stopped)" : "";
+    const last = w.times.length ? w.times[w.times.length - 1] : 0;
+    const silent = !w.stopped && state.now - last > Math.max(5, 5 * state.interval);
+    card.querySelector(".state").textContent = w.stopped ? "(stopped)"
+      : silent ? `(not reporting since ${new Date(last * 1000).toLocaleTimeString()})` : "";
     card.dataset.stopped = String(Boolean(w.stopped));
+    card.classList.toggle("silent", silent);
     for (const [name, , digits] of STATS[w.role] || []) {
       const values = w.values[name] || [];
       const value = values.length ? values[values.length - 1] : null;
@@ -206,9 +232,10 @@ function renderTimeline() {
   body.innerHTML = "";
   for (const e of rows.slice(0, 100)) {
     const tr = document.createElement("tr");
-    tr.className = e.kind;
+    tr.className = e.kind === "held" && e.reason === "pinned" ? "held-by-pin" : e.kind;
     tr.dataset.kind = e.kind;
-    const cells = [new Date(e.at * 1000).toLocaleTimeString(), e.model, e.kind, e.version, e.live ?? "–", e.reason || ""];
+    const cells = [new Date(e.at * 1000).toLocaleTimeString(), e.model, e.kind, e.version, e.live ?? "–", e.reason || "",
+                   e.by || ""];
     for (const value of cells) {
       const td = document.createElement("td");
       td.textContent = String(value);
@@ -234,6 +261,127 @@ function renderHeader() {
   }
 }
 
+function annotationText(note) {
+  if (!note) return "";
+  return [note.description || "", ...(note.tags || []).map((t) => `#${t}`)].filter(Boolean).join(" ");
+}
+
+function cell(tr, text) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  tr.appendChild(td);
+  return td;
+}
+
+// One panel per model: its pointers, its newest versions with the gate's verdict and their
+// annotations, and the operator's actions (sent to /api/actions, which needs the dashboard's token).
+function renderModels() {
+  const box = document.getElementById("models");
+  const stateLine = document.getElementById("actions-state");
+  stateLine.textContent = state.actions.enabled ? "" : state.actions.why_not;
+  for (const [model, info] of Object.entries(state.models)) {
+    let panel = document.getElementById(`model-${model}`);
+    if (!panel) {
+      panel = document.createElement("div");
+      panel.className = "model";
+      panel.id = `model-${model}`;
+      panel.dataset.testid = `model-${model}`;
+      panel.innerHTML = `<h3></h3><table><thead><tr><th>version</th><th>published</th><th>AUC</th><th>window</th><th>gate</th>` +
+        `<th>notes</th></tr></thead><tbody></tbody></table><div class="form">` +
+        `<select data-role="version"></select>` +
+        `<input type="text" data-role="reason" placeholder="why (goes on the timeline)" maxlength="300">` +
+        ["promote", "pin", "unpin", "rollback", "champion"].map((a) =>
+          `<button data-action="${a}" data-testid="${model}:${a}">${a}</button>`).join("") +
+        `</div><div class="form"><input type="text" data-role="note" placeholder="description of the version" ` +
+        `maxlength="1000"><input type="text" data-role="tags" placeholder="tags, space-separated">` +
+        `<button data-action="annotate" data-testid="${model}:annotate">annotate</button></div>`;
+      const picker = panel.querySelector('select[data-role="version"]');
+      picker.addEventListener("change", () => { picker.dataset.chosen = picker.value; });
+      panel.querySelectorAll("button[data-action]").forEach((button) =>
+        button.addEventListener("click", () => act(model, button.dataset.action, panel)));
+      box.appendChild(panel);
+    }
+    const champion = state.champion === model ? ' <span class="badge">champion</span>' : "";
+    panel.querySelector("h3").innerHTML = `${model}: live v${info.live ?? "–"}${info.pinned ? " (pinned)" : ""}, ` +
+      `head v${info.head ?? "–"}${champion}`;
+    panel.dataset.live = String(info.live ?? "");
+    panel.dataset.pinned = String(Boolean(info.pinned));
+    const body = panel.querySelector("tbody");
+    body.innerHTML = "";
+    for (const v of info.versions) {
+      const tr = document.createElement("tr");
+      tr.dataset.version = String(v.version);
+      const marks = [v.version === info.live ? "live" : "", v.version === info.head ? "head" : ""].filter(Boolean);
+      cell(tr, `v${v.version}${marks.length ? ` (${marks.join(", ")})` : ""}`);
+      cell(tr, v.created_at ? new Date(v.created_at * 1000).toLocaleTimeString() : "");
+      cell(tr, v.auc === null || v.auc === undefined ? "–" : v.auc.toFixed(4));
+      cell(tr, v.auc_window === null || v.auc_window === undefined ? "–" : v.auc_window.toFixed(4));
+      cell(tr, v.promoted ? "passed" : `held (${v.gate_reason || "?"})`);
+      cell(tr, annotationText(v.annotation)).dataset.testid = `${model}:v${v.version}:notes`;
+      body.appendChild(tr);
+    }
+    const select = panel.querySelector('select[data-role="version"]');
+    const chosen = select.dataset.chosen || "";  // what the operator picked; else the live version
+    select.innerHTML = "";
+    for (const v of info.versions) {
+      const option = document.createElement("option");
+      option.value = String(v.version);
+      option.textContent = `v${v.version}`;
+      select.appendChild(option);
+    }
+    const keep = [...select.options].some((o) => o.value === chosen);
+    if (keep || info.live !== null) select.value = keep ? chosen : String(info.live);
+    panel.querySelectorAll("button[data-action]").forEach((button) => { button.disabled = !state.actions.enabled; });
+  }
+}
+
+async function act(model, action, panel) {
+  const result = document.getElementById("action-result");
+  const operator = document.getElementById("operator").value.trim();
+  localStorage.setItem("streamrec.operator", operator);
+  const body = { model, action, by: operator, reason: panel.querySelector('[data-role="reason"]').value.trim() || null,
+                 version: ["unpin", "champion"].includes(action) ? null
+                   : Number(panel.querySelector('[data-role="version"]').value) || null };
+  const missing = !operator ? "by: your name (above the panels)"
+    : action !== "annotate" && !body.reason ? "reason: say why (it goes on the timeline)" : null;
+  if (missing) {
+    result.className = "error";
+    result.textContent = `${action} not sent: ${missing}`;
+    result.dataset.ok = "false";
+    return;
+  }
+  if (action === "annotate") {
+    body.description = panel.querySelector('[data-role="note"]').value.trim() || null;
+    body.tags = panel.querySelector('[data-role="tags"]').value.split(/\s+/).filter(Boolean);
+  }
+  try {
+    const response = await fetch("api/actions", { method: "POST", cache: "no-store", body: JSON.stringify(body),
+      headers: { "Content-Type": "application/json", "X-Streamrec-Action": "1" } });
+    const answer = await response.json();
+    result.className = response.ok ? "" : "error";
+    result.textContent = response.ok ? answer.message : `${action} refused: ${answer.error}`;
+    result.dataset.ok = String(response.ok);
+  } catch (err) {
+    result.className = "error";
+    result.textContent = `${action} failed: ${err}`;
+    result.dataset.ok = "false";
+  }
+}
+
+function setRange(seconds) {
+  state.range = seconds;
+  localStorage.setItem("streamrec.range", String(seconds));
+  document.querySelectorAll("#range button").forEach((b) => b.classList.toggle("on", Number(b.dataset.range) === seconds));
+  for (const entry of charts.values()) {
+    const [min, max] = xRange(entry.plot, entry.plot.data[0].length ? entry.plot.data[0][0] : null);
+    entry.plot.setScale("x", { min, max });
+  }
+}
+
+document.querySelectorAll("#range button").forEach((b) => b.addEventListener("click", () => setRange(Number(b.dataset.range))));
+document.getElementById("operator").value = localStorage.getItem("streamrec.operator") || "";
+setRange(RANGES.includes(state.range) ? state.range : 3600);
+
 async function poll() {
   try {
     const response = await fetch(`api/metrics?since=${state.since}`, { cache: "no-store" });
@@ -242,6 +390,7 @@ async function poll() {
       state.polls += 1;
       renderHeader();
       renderWorkers();
+      renderModels();
       for (const chart of CHARTS) render(chart);
       renderTimeline();
     }
