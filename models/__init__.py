@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from streamrec.models.autorec import AutoRec
@@ -177,9 +180,36 @@ def check_model_size(spec: FeatureSpec, config: Any, name: str) -> None:
                          "not loaded")
 
 
-def model_from_bytes(blob: bytes) -> OnlineModel:
+class PristineModels:
+    """Freshly built (seeded, untrained) models kept by (model, spec, config), so that loading
+    another version of the same model copies one instead of drawing every initial row again.
+
+    A stored version holds only its touched rows; the others keep their seeded initial values, so
+    each load starts from a fresh model. Drawing a large embedding table costs several times a
+    memory copy of it, and a scorer loads many versions of one model: it keeps one of these
+    (``keep`` models, the most recently used) at the price of one more copy of each in memory."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._models: OrderedDict[tuple[str, str, str], OnlineModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def fresh(self, key: tuple[str, str, str], build: Callable[[], OnlineModel]) -> OnlineModel:
+        """A new model equal to ``build()``, copied from the kept one when there is one."""
+        with self._lock:
+            template = self._models.get(key)
+            if template is None:
+                template = self._models[key] = build()
+                while len(self._models) > self.keep:
+                    self._models.popitem(last=False)
+            self._models.move_to_end(key)
+        return copy.deepcopy(template)
+
+
+def model_from_bytes(blob: bytes, pristine: PristineModels | None = None) -> OnlineModel:
     """Rebuild a model from a safetensors blob written by :meth:`OnlineModel.to_bytes`; the spec,
-    the config and every tensor's shape are checked before anything large is built or loaded."""
+    the config and every tensor's shape are checked before anything large is built or loaded.
+    With ``pristine`` the fresh model is copied from one kept there instead of built."""
     meta = read_metadata(blob)
     name = meta.get("model", "")
     if name not in REGISTRY:
@@ -191,6 +221,9 @@ def model_from_bytes(blob: bytes) -> OnlineModel:
     except (KeyError, TypeError, ValueError, ConfigError) as exc:
         raise ModelError(f"{name}: the stored spec or config is unreadable ({exc})") from None
     check_model_size(spec, config, name)
-    model = cls(spec, config)
+    if pristine is None:
+        model = cls(spec, config)
+    else:
+        model = pristine.fresh((name, meta["spec"], meta["config"]), lambda: cls(spec, config))
     model.load_row_sparse(load_tensors_blob(blob))
     return model

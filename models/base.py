@@ -178,7 +178,8 @@ class OnlineModel(abc.ABC):
     def load_row_sparse(self, stored: dict[str, torch.Tensor]) -> None:
         """Load what :meth:`to_bytes` wrote into a freshly constructed (seeded) model. Every tensor's
         shape and every row index is checked against the model first: a :class:`ModelError`
-        names the first that does not fit."""
+        names the first that does not fit. The stored rows are written into the fresh model's own
+        tables (it is new, so nothing else holds them), which saves a copy of each table."""
         full = dict(stored)
         fresh = self.tensors()
         try:
@@ -194,9 +195,8 @@ class OnlineModel(abc.ABC):
                     if values.shape != (len(rows), *table.shape[1:]):
                         raise ModelError(f"stored {name!r} rows have shape {tuple(values.shape)}, expected "
                                          f"{(len(rows), *table.shape[1:])}")
-                    table = table.clone()
-                    table[rows] = values.to(table.dtype)
-                    full[name] = table
+                    table.index_copy_(0, rows.long(), values.to(table.dtype))
+                    full[name] = fresh[name]  # the model's own tensor, which load_tensors then keeps
             for name, value in full.items():
                 if name in fresh and fresh[name].shape != value.shape and not name.startswith(self.optimizer_prefixes):
                     raise ModelError(f"stored {name!r} has shape {tuple(value.shape)}, the model's is "
@@ -204,6 +204,12 @@ class OnlineModel(abc.ABC):
         except KeyError as exc:
             raise ModelError(f"the stored weights lack {exc.args[0]!r}") from None
         self.load_tensors(full)
+
+
+def own(loaded: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """What a model keeps of a loaded tensor: a copy, so it shares nothing with the caller's,
+    unless it is already the model's own (written in place by :meth:`OnlineModel.load_row_sparse`)."""
+    return loaded if loaded is current else loaded.clone()
 
 
 def config_from_json(config_class: type, text: str) -> Any:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from streamrec.models.base import OnlineModel
+from streamrec.models.base import OnlineModel, own
 from streamrec.models.embedding import EmbeddingConfig, SparseEmbedding
 from streamrec.models.ftrl import CoordinateState, FTRLConfig, FTRLProximal
 from streamrec.models.seen_counts import SeenCounts
@@ -283,11 +283,11 @@ class DeepModel(OnlineModel):
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         if self.wide is not None:
-            self.wide.z, self.wide.n = tensors["wide.z"].clone(), tensors["wide.n"].clone()
+            self.wide.z, self.wide.n = own(tensors["wide.z"], self.wide.z), own(tensors["wide.n"], self.wide.n)
         if self.seen is not None:
             self.seen.load(tensors)
-        self.embedding.weight = tensors["embedding.weight"].clone()
-        self.embedding.accum = tensors["embedding.accum"].clone()
-        self.embedding.counts = tensors["embedding.counts"].clone()
+        self.embedding.weight = own(tensors["embedding.weight"], self.embedding.weight)
+        self.embedding.accum = own(tensors["embedding.accum"], self.embedding.accum)
+        self.embedding.counts = own(tensors["embedding.counts"], self.embedding.counts)
         self.deep.load_state_dict({k[len("deep."):]: v for k, v in tensors.items() if k.startswith("deep.")})
         self.adam.load("adam", tensors)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from streamrec.models.base import OnlineModel
+from streamrec.models.base import OnlineModel, own
 from streamrec.models.ftrl import FTRLConfig, FTRLProximal
 from streamrec.models.seen_counts import SeenCounts
 from streamrec.models.wide_inputs import wide_ids
@@ -75,7 +75,7 @@ class LogisticRegressionFTRL(OnlineModel):
         return dirty
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.wide.z = tensors["wide.z"].clone()
-        self.wide.n = tensors["wide.n"].clone()
+        self.wide.z = own(tensors["wide.z"], self.wide.z)
+        self.wide.n = own(tensors["wide.n"], self.wide.n)
         if self.seen is not None:
             self.seen.load(tensors)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from streamrec.models.base import own
 from streamrec.stream.feature_spec import COUNT_LEVELS, FeatureSpec
 from streamrec.stream.sparse_batch import SparseBatch
 
@@ -106,8 +107,8 @@ class SeenCounts:
         return {"seen": (self.count > 0, ("seen.count", "seen.clicks"))}
 
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.count = tensors["seen.count"].clone()
-        self.clicks = tensors["seen.clicks"].clone()
+        self.count = own(tensors["seen.count"], self.count)
+        self.clicks = own(tensors["seen.clicks"], self.clicks)
 
 
 def _earlier_in_batch(at: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

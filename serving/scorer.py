@@ -36,7 +36,7 @@ import numpy as np
 import orjson
 import redis
 
-from streamrec.models import model_from_bytes
+from streamrec.models import PristineModels, model_from_bytes
 from streamrec.models.base import OnlineModel, load_tensors_blob, read_delta
 from streamrec.stream import redis_keys
 from streamrec.stream.behaviour_history import BehaviourHistory
@@ -78,7 +78,7 @@ class Served:
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "version": self.version, "lineage": self.lineage, "delta_seq": self.delta_seq,
                 "deltas_applied": self.deltas_applied, "event_time": self.event_time, "watermark": self.watermark,
-                "ingested_at": self.ingested_at}
+                "ingested_at": self.ingested_at, "swapped_at": self.swapped_at}
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,9 @@ class _ReadyVersions:
     and the promoted one before it), loaded by a background thread. A pin or a rollback then swaps
     in a copy of one instead of building the model from its bytes, which is most of a full load."""
 
-    def __init__(self, keep: int) -> None:
+    def __init__(self, keep: int, pristine: PristineModels | None = None) -> None:
         self.keep = keep
+        self.pristine = pristine
         self._models: OrderedDict[tuple[str, int], tuple[OnlineModel, Any]] = OrderedDict()
         self._lock = threading.Lock()
         self._wanted: queue.Queue[tuple[VersionStore, int] | None] = queue.Queue()
@@ -161,7 +162,7 @@ class _ReadyVersions:
                     continue
             try:
                 version = store.load(number, with_state=False)
-                self.put(store.model, number, model_from_bytes(version.weights), version.meta)
+                self.put(store.model, number, model_from_bytes(version.weights, self.pristine), version.meta)
             except Exception as exc:  # noqa: BLE001 - a version that does not load is the follower's to report
                 log.debug("could not ready %s version %d: %s", store.model, number, exc)
 
@@ -266,6 +267,7 @@ class Scorer:
         self._featurizer: Featurizer | None = None
         self._stuck_at: tuple[int, str | None, int] | None = None  # gap seen at this state: wait for a version
         self._deferred: tuple[int, float] | None = None  # (version, since): cut after the newest delta
+        self._delta_announced_at = float("-inf")  # monotonic time of the last delta announcement heard
         self.swaps = {"full": 0, "delta": 0, "rebase": 0}
         self.bad_versions: set[tuple[str, int]] = set()  # (model, version) that failed to load
         self.gaps = 0
@@ -273,8 +275,11 @@ class Scorer:
         self._thread: threading.Thread | None = None
         self._pubsub: Any = None
         self._subscribed: str | None = None
-        # pristine copies of the live and the previous promoted version (memory: that many more models)
-        self.ready = _ReadyVersions(ready_versions if follow else 0)
+        # a fresh model per served model, copied by every full load instead of drawn again
+        # (memory: one more model each), and pristine copies of the live and the previous
+        # promoted version (memory: that many more models)
+        self.pristine = PristineModels(keep=2)
+        self.ready = _ReadyVersions(ready_versions if follow else 0, self.pristine)
         self._ready_for: tuple[str, int | None, int | None] | None = None  # (model, live, head) readied for
         self._pointers_seen: tuple[str, int | None, int | None] | None = None  # the last refresh's read
 
@@ -366,8 +371,10 @@ class Scorer:
                     return self.served != served
             elif served.version != live and not (following and self._rebase(store, live)):
                 # a version that is ready in memory loads at once; another waits a moment for a delta
-                if self._deferred is not None and self._deferred[0] == live and \
-                        time.monotonic() - self._deferred[1] < DEFER_S and not self.ready.has(model, live):
+                # (only while the trainer is sending deltas: an idle one sends none to wait for)
+                now = time.monotonic()
+                if self._deferred is not None and self._deferred[0] == live and now - self._deferred[1] < DEFER_S \
+                        and now - self._delta_announced_at < DEFER_S and not self.ready.has(model, live):
                     return False
                 if not self._load_or_report(store, live):
                     return False
@@ -404,10 +411,9 @@ class Scorer:
             model, meta = _clone(ready[0]), ready[1]
         else:
             version = store.load(number, with_state=False)
-            model = model_from_bytes(version.weights)
+            model = model_from_bytes(version.weights, self.pristine)
             meta = version.meta
-            if self.ready.keep:
-                self.ready.put(store.model, number, _clone(model), meta)
+            self.ready.want(store, [number])  # its pristine copy is built in the background
         served = Served(store.model, number, meta.lineage, meta.delta_seq, 0, meta.event_time,
                         meta.joiner_watermark, time.time(), dense_at=meta.delta_seq, ingested_at=meta.ingested_at)
         interactions = version_interactions(store, number, model.spec)
@@ -586,8 +592,9 @@ class Scorer:
                 message = self._pubsub.get_message(timeout=min(self.poll_s, STOP_CHECK_S))
                 if message is None and time.monotonic() - last_refresh < self.poll_s:
                     continue
-                while self._pubsub.get_message(timeout=0) is not None:
-                    pass  # several announcements in a row: one refresh covers them all
+                while message is not None:  # several announcements in a row: one refresh covers them all
+                    self._note_announcement(message)
+                    message = self._pubsub.get_message(timeout=0)
                 last_refresh = time.monotonic()
                 self._subscribe()  # a new champion: listen to it before loading it
                 self.refresh()
@@ -600,6 +607,11 @@ class Scorer:
                 log.exception("scorer refresh failed; serving the previous state")
                 self._stop.wait(self.poll_s)
         self._drop_subscription()
+
+    def _note_announcement(self, message: dict[str, Any]) -> None:
+        data = message.get("data")
+        if message.get("type") == "message" and isinstance(data, bytes) and data.startswith(b'{"delta"'):
+            self._delta_announced_at = time.monotonic()
 
     def _ready_next(self) -> None:
         """When the pointers the last refresh read moved: have the live version and the promoted
