@@ -69,6 +69,25 @@ class ScorerMetrics:
         bad.set_function(lambda: len(scorer.bad_versions))
         for status in ("ok", "bad_request", "not_ready"):
             self.requests.labels(status=status)
+        r.register(_ServedModelInfo(scorer))
+
+
+class _ServedModelInfo:
+    """``streamrec_served_model_info{served_model="..."} 1``: which model a champion-following
+    scorer serves right now (the dashboard names it on the scorer's card)."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily("streamrec_served_model_info", "The model being served (label served_model)",
+                                   labels=("served_model",))
+        served = self.scorer.served
+        if served is not None:
+            family.add_metric([served.model], 1.0)
+        yield family
 
 
 def _json(payload: Any, status: int = 200) -> Response:

@@ -91,6 +91,17 @@ def chart_values(role: str, samples: dict[str, float]) -> dict[str, float | None
     return out
 
 
+SERVED_MODEL_PREFIX = "streamrec_served_model_info{served_model="
+
+
+def served_model(samples: dict[str, float]) -> str | None:
+    """The model a scorer's samples say it serves (``streamrec_served_model_info``), if any."""
+    for key, value in samples.items():
+        if key.startswith(SERVED_MODEL_PREFIX) and value == 1:
+            return key[len(SERVED_MODEL_PREFIX):].rstrip("}")
+    return None
+
+
 def _finite(value: float | None) -> float | None:
     return None if value is None or value != value or value in (float("inf"), float("-inf")) else float(value)
 
@@ -108,6 +119,7 @@ class WorkerSeries:
     coarse: deque = field(default_factory=lambda: deque(maxlen=2880))
     error: str | None = None
     stopped: bool = False
+    serves: str | None = None  # a scorer's served model (a champion follower's changes)
 
     def points_since(self, since: float) -> list[list[Any]]:
         """Points newer than ``since``: coarse ones where the fine ones no longer reach."""
@@ -330,6 +342,7 @@ class Collector:
                 series = self._series(key, target["role"], target["model"], target["worker"], target["metrics_url"])
                 series.error = error
                 series.stopped = bool(target.get("stopped"))
+                series.serves = served_model(samples) if target["role"] == "scorer" else None
                 values = chart_values(target["role"], samples)
                 series.points.append((now, values))
                 if coarse:
@@ -369,7 +382,7 @@ class Collector:
                 "champion": self.champion, "timeline": self.timeline, "models": self.models,
                 "restored": self.restored,
                 "workers": [{"key": s.key, "role": s.role, "model": s.model, "worker": s.worker, "url": s.url,
-                             "stopped": s.stopped, "points": s.points_since(since)}
+                             "stopped": s.stopped, "serves": s.serves, "points": s.points_since(since)}
                             for s in sorted(self.series.values(), key=lambda s: s.key)],
             }
 

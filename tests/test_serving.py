@@ -247,3 +247,8 @@ def test_champion_and_challenger_learn_side_by_side_and_promote_picks_the_served
         answer = httpx.post(f"{url}/predict", json=[{"user_id": rows[0].user_id, "item_id": rows[0].item_id,
                                                       "features": rows[0].features}]).json()
         assert answer["model"] == "wide_deep" and answer["version"] == heads["wide_deep"]
+        # its /metrics names the model it serves, for the dashboard's card
+        from streamrec.dashboard import served_model
+        from streamrec.stream.prometheus import parse
+
+        assert served_model(parse(httpx.get(f"{url}/metrics").text)) == "wide_deep"

@@ -59,6 +59,7 @@ def demo(ctx: click.Context, events: int, model: str, data: Path | None, fmt: st
         if console.is_terminal:
             view.stop()
         _print_summary(model, report)
+        write_report(report_json, report)  # now, in case the linger ends with a signal
         until = "for " + f"{linger_s:g}s" if linger_s is not None else "until Ctrl-C"
         console.print(f"the dashboard stays up at {url} {until}; the stack stops after it")
         try:

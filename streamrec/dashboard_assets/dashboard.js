@@ -55,6 +55,7 @@ function absorb(body) {
   for (const w of body.workers) {
     const entry = worker(w);
     entry.stopped = w.stopped;
+    entry.serves = w.serves;
     for (const [t, values] of w.points) {
       entry.times.push(t);
       for (const [name, value] of Object.entries(values)) {
@@ -205,11 +206,15 @@ function renderWorkers() {
       const rows = (STATS[w.role] || []).map(([name, label]) =>
         `<dt>${label}</dt><dd data-testid="${w.key}:${name}" data-name="${name}">–</dd>`).join("");
       card.innerHTML = `<h3><span class="swatch" style="background:${PALETTE[w.index % PALETTE.length]}"></span>` +
-                       `${w.role} ${w.model} / ${w.worker} <span class="state"></span></h3><dl>${rows}</dl>`;
+                       `${w.role} ${w.model} / ${w.worker} <span class="serves"></span> <span class="state"></span></h3>` +
+                       `<dl>${rows}</dl>`;
       box.appendChild(card);
     }
     const last = w.times.length ? w.times[w.times.length - 1] : 0;
     const silent = !w.stopped && state.now - last > Math.max(5, 5 * state.interval);
+    const serves = card.querySelector(".serves");
+    serves.textContent = w.role === "scorer" && w.serves && w.serves !== w.model ? `serving ${w.serves}` : "";
+    card.dataset.serves = w.serves || "";
     card.querySelector(".state").textContent = w.stopped ? "(stopped)"
       : silent ? `(not reporting since ${new Date(last * 1000).toLocaleTimeString()})` : "";
     card.dataset.stopped = String(Boolean(w.stopped));
