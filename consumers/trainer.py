@@ -372,9 +372,9 @@ class Trainer(KafkaWorker):
         assert self.learner is not None and self.featurizer is not None
         labels = [e.label for e in examples]
         users, items = [e.user_id for e in examples], [e.item_id for e in examples]
-        # each example sees the clicks before it; its own click joins the history after
-        histories = self.history.before(users, items) if self.history is not None else None
+        # each example sees the clicks before it, earlier ones of this batch too; its own joins after
         features = [e.features for e in examples]
+        histories = self.history.before_learning(users, items, labels, features) if self.history is not None else None
         batch = self.featurizer.build(users, items, features, labels, histories)
         self.learner.learn(batch)
         if self.history is not None:

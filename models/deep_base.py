@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from streamrec.models.base import OnlineModel, own
+from streamrec.models.behaviour import Behaviour, behaviour_of
 from streamrec.models.embedding import EmbeddingConfig, SparseEmbedding
 from streamrec.models.ftrl import CoordinateState, FTRLConfig, FTRLProximal
 from streamrec.models.seen_counts import SeenCounts
@@ -81,9 +82,14 @@ def pairs(fields: int) -> tuple[torch.Tensor, torch.Tensor]:
 class AdamState:
     """torch.optim.Adam over named parameters, with its state exposed as named tensors."""
 
-    def __init__(self, params: dict[str, nn.Parameter], lr: float) -> None:
+    def __init__(self, params: dict[str, nn.Parameter], lr: float, rates: dict[str, float] | None = None) -> None:
+        """``rates``: a learning rate of their own for the named parameters (a network's
+        ``learning_rates``), e.g. a few weights that must move fast within one pass."""
         self.params = params
-        self.optimizer = torch.optim.Adam(list(params.values()), lr=lr)
+        rates = {name: rate for name, rate in (rates or {}).items() if name in params}
+        groups = [{"params": [p for name, p in params.items() if name not in rates]}]
+        groups += [{"params": [params[name]], "lr": rate} for name, rate in rates.items()]
+        self.optimizer = torch.optim.Adam([g for g in groups if g["params"]], lr=lr)
 
     def step(self) -> None:
         self.optimizer.step()
@@ -131,6 +137,8 @@ class DeepModel(OnlineModel):
     history_length: ClassVar[int] = 0
     # what the history holds: the user's clicked items, or the item's clickers (stream/featurizer.py)
     history_kind: ClassVar[str] = "user_clicks"
+    # the network also reads the history field by field, with matches and recencies (models/behaviour.py)
+    reads_behaviour: ClassVar[bool] = False
 
     def __init__(self, spec: FeatureSpec, config: Any) -> None:
         super().__init__(spec, config)
@@ -139,7 +147,8 @@ class DeepModel(OnlineModel):
         self.seen = SeenCounts(spec) if self.has_wide and spec.counts else None
         self.embedding = SparseEmbedding(spec.field_rows, config.embedding, generator)
         self.deep = self.build_deep(spec, config, generator)
-        self.adam = AdamState(dict(self.deep.named_parameters()), config.dense_lr)
+        self.adam = AdamState(dict(self.deep.named_parameters()), config.dense_lr,
+                              getattr(self.deep, "learning_rates", None))
 
     # ------------------------------------------------------------------ what a model file defines
 
@@ -147,13 +156,17 @@ class DeepModel(OnlineModel):
         raise NotImplementedError
 
     def deep_logit(self, rows: torch.Tensor, dense: torch.Tensor, history: torch.Tensor | None = None,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
+                   mask: torch.Tensor | None = None, behaviour: Behaviour | None = None) -> torch.Tensor:
         """The network's logit (B,) from embedded fields (B, F, D) and dense inputs (B, Dd); for
         sequence models also the embedded history (B, L, D) and its mask (B, L), False where empty.
         For ``item_interactions`` histories the rows come signed and the mask is the rating: +1.0
-        clicked, -1.0 shown without a click, 0.0 empty. By default the network takes exactly these."""
+        clicked, -1.0 shown without a click, 0.0 empty. Models with ``reads_behaviour`` also get
+        the history field by field with its matches and recencies (models/behaviour.py). By
+        default the network takes exactly these."""
         if history is None:
             return self.deep(rows, dense).reshape(-1)
+        if behaviour is not None:
+            return self.deep(rows, dense, history, mask, behaviour).reshape(-1)
         return self.deep(rows, dense, history, mask).reshape(-1)
 
     def auxiliary_loss(self, batch: SparseBatch, rows: torch.Tensor, history: torch.Tensor | None,
@@ -181,6 +194,17 @@ class DeepModel(OnlineModel):
         rows = torch.where(negative.unsqueeze(-1), -history - 2, history.clamp(min=0))
         return rows, first != -1, torch.where(negative, -1.0, 1.0)
 
+    def _embed_history(self, entries: torch.Tensor, history: torch.Tensor, mask: torch.Tensor, sign: torch.Tensor,
+                       batch: SparseBatch, rows: torch.Tensor) -> tuple[torch.Tensor, Behaviour | None]:
+        """From the history's embedded rows (B, L, W, D): each entry's summed embedding (B, L, D),
+        signed, zero where empty; and, for networks that read it, the :class:`Behaviour`."""
+        if not self.reads_behaviour:
+            return entries.sum(dim=2) * (mask * sign).unsqueeze(-1), None
+        fields = entries * mask.unsqueeze(-1).unsqueeze(-1)
+        positions = self.candidate_positions()
+        behaviour = behaviour_of(history, mask, fields, batch.ids[:, positions], rows[:, positions])
+        return fields.sum(dim=2) * sign.unsqueeze(-1), behaviour
+
     def candidate_positions(self) -> list[int]:
         """Where the candidate's item and its ``history_fields`` are among the fields: a history
         entry is the sum of those rows, and so is the candidate it is compared with."""
@@ -193,8 +217,9 @@ class DeepModel(OnlineModel):
             rows = self.embedding.weight[batch.ids]
             if self.history_length:
                 history, mask, sign = self._history(batch)
-                embedded = self.embedding.weight[history].sum(dim=2) * (mask * sign).unsqueeze(-1)
-                deep = self.deep_logit(rows, batch.dense, embedded, self._mask_argument(mask, sign))
+                embedded, behaviour = self._embed_history(self.embedding.weight[history], history, mask, sign,
+                                                          batch, rows)
+                deep = self.deep_logit(rows, batch.dense, embedded, self._mask_argument(mask, sign), behaviour)
             else:
                 deep = self.deep_logit(rows, batch.dense)
             deep = deep.to(torch.float64)
@@ -234,8 +259,8 @@ class DeepModel(OnlineModel):
             rows = leaf_rows(leaf, e_inverse[:fields].reshape(batch.ids.shape))
             at = torch.zeros_like(history)
             at[mask] = e_inverse[fields:].reshape(present.shape)
-            embedded = leaf_rows(leaf, at).sum(dim=2) * (mask * sign).unsqueeze(-1)
-            deep = self.deep_logit(rows, batch.dense, embedded, self._mask_argument(mask, sign))
+            embedded, behaviour = self._embed_history(leaf_rows(leaf, at), history, mask, sign, batch, rows)
+            deep = self.deep_logit(rows, batch.dense, embedded, self._mask_argument(mask, sign), behaviour)
             auxiliary = self.auxiliary_loss(batch, rows, embedded, mask)
         else:
             e_unique, e_inverse, leaf = self.embedding.gather(batch.ids)

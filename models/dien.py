@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from streamrec.models.behaviour import Behaviour, RecencyMatch
 from streamrec.models.deep_base import DeepConfig, DeepModel, init_linear
 from streamrec.models.dice import dice_mlp
 from streamrec.stream.feature_spec import FeatureSpec
@@ -47,36 +48,47 @@ class AUGRUCell(nn.Module):
 
 
 class _DIENNet(nn.Module):
-    def __init__(self, fields: int, dim: int, dense_dim: int, hidden: tuple[int, ...],
-                 generator: torch.Generator, candidate: list[int]) -> None:
+    def __init__(self, fields: int, dim: int, dense_dim: int, config: DIENConfig, generator: torch.Generator,
+                 width: int, length: int) -> None:
         super().__init__()
-        self.candidate = candidate  # the item's field and the fields remembered with history items
-        self.extractor = nn.GRU(dim, dim, batch_first=True)
+        # the extractor reads each click field by field (item, category, ...), not their sum
+        self.extractor = nn.GRU(width * dim, dim, batch_first=True)
         for name, param in self.extractor.named_parameters():  # seeded, like every other layer
             if "weight" in name:
                 nn.init.uniform_(param, -(dim**-0.5), dim**-0.5, generator=generator)
             else:
                 nn.init.zeros_(param)
-        self.attention = nn.Parameter(torch.empty(dim, dim))
+        self.attention = nn.Parameter(torch.empty(dim, width * dim))
         nn.init.xavier_uniform_(self.attention, generator=generator)
+        # attention also sees whether the click matches the candidate, field by field, and how recent it is
+        self.match_attention = nn.Parameter(torch.zeros(width))
+        self.recency_attention = nn.Parameter(torch.zeros(length))
         self.evolution = AUGRUCell(dim, dim, generator)
-        self.mlp = dice_mlp(fields * dim + 2 * dim + dense_dim, hidden, generator)
+        self.mlp = dice_mlp(fields * dim + 2 * dim + dense_dim, config.hidden, generator)
+        self.match = RecencyMatch(length, width) if config.match_logit else None
+        self.learning_rates = {name: config.match_lr for name in ("match.weight", "match_attention",
+                                                                   "recency_attention")}
         self.states: torch.Tensor | None = None  # the extractor's states of the last learning pass
 
-    def forward(self, rows: torch.Tensor, dense: torch.Tensor, history: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
-        states, _ = self.extractor(history)  # (B, L, D); right-padded: padded states are masked below
+    def forward(self, rows: torch.Tensor, dense: torch.Tensor, history: torch.Tensor, mask: torch.Tensor,
+                behaviour: Behaviour) -> torch.Tensor:
+        b, length = mask.shape
+        entries = behaviour.fields.reshape(b, length, -1)  # (B, L, W * D)
+        states, _ = self.extractor(entries)  # oldest first, empty slots after: their states are masked below
         self.states = states if torch.is_grad_enabled() else None
-        candidate = rows[:, self.candidate].sum(dim=1)
+        candidate = behaviour.candidate.reshape(b, -1)
         scores = torch.einsum("bld,de,be->bl", states, self.attention, candidate)
+        scores = scores + behaviour.match @ self.match_attention + self.recency_attention[behaviour.recency]
         scores = scores.masked_fill(~mask, float("-inf"))
         # a user with no clicks yet has all scores -inf: no attention, the interest stays at zero
         attention = torch.where(mask.any(dim=1, keepdim=True), torch.softmax(scores, dim=1), torch.zeros_like(scores))
-        interest = torch.zeros_like(candidate)
-        for t in range(states.shape[1]):
+        interest = torch.zeros_like(states[:, 0])
+        for t in range(length):
             interest = self.evolution(states[:, t], interest, attention[:, t])
-        features = [rows.reshape(rows.shape[0], -1), interest, interest * candidate, dense]
-        return self.mlp(torch.cat(features, dim=1)).squeeze(1)
+        summed = behaviour.candidate.sum(dim=1)
+        features = [rows.reshape(b, -1), interest, interest * summed, dense]
+        logit = self.mlp(torch.cat(features, dim=1)).squeeze(1)
+        return logit if self.match is None else logit + self.match(behaviour)
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,8 @@ class DIENConfig(DeepConfig):
     hidden: tuple[int, ...] = (200, 80)
     dense_lr: float = 0.01  # no FTRL part: see dcn.py
     auxiliary_weight: float = 1.0  # the paper's alpha on the next-click loss
+    match_logit: bool = True    # the (field, recency) match weights in the logit (models/behaviour.py)
+    match_lr: float = 0.05      # the Adam rate of the match and recency weights
 
 
 class DIEN(DeepModel):
@@ -96,9 +110,11 @@ class DIEN(DeepModel):
     has_wide = False
     history_length = 20
 
+    reads_behaviour = True
+
     def build_deep(self, spec: FeatureSpec, config: DIENConfig, generator: torch.Generator) -> nn.Module:
-        return _DIENNet(len(spec.fields), config.embedding.dim, spec.dense_dim, config.hidden, generator,
-                        self.candidate_positions())
+        return _DIENNet(len(spec.fields), config.embedding.dim, spec.dense_dim, config, generator,
+                        len(self.candidate_positions()), spec.history_length)
 
     def auxiliary_loss(self, batch: SparseBatch, rows: torch.Tensor, history: torch.Tensor | None,
                        mask: torch.Tensor | None) -> torch.Tensor | None:

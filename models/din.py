@@ -16,26 +16,31 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from streamrec.models.behaviour import Behaviour, RecencyEmbedding, RecencyMatch, unit_inputs
 from streamrec.models.deep_base import DeepConfig, DeepModel
 from streamrec.models.dice import dice_mlp
 from streamrec.stream.feature_spec import FeatureSpec
 
 
 class _DINNet(nn.Module):
-    def __init__(self, fields: int, dim: int, dense_dim: int, hidden: tuple[int, ...],
-                 attention_hidden: tuple[int, ...], generator: torch.Generator, candidate: list[int]) -> None:
+    def __init__(self, fields: int, dim: int, dense_dim: int, config: DINConfig, generator: torch.Generator,
+                 width: int, length: int) -> None:
         super().__init__()
-        self.candidate = candidate  # the item's field and the fields remembered with history items
-        self.attention = dice_mlp(4 * dim, attention_hidden, generator)
-        self.mlp = dice_mlp(fields * dim + dim + dense_dim, hidden, generator)
+        self.recency = RecencyEmbedding(length, config.recency_dim, generator) if config.recency_dim else None
+        self.match = RecencyMatch(length, width) if config.match_logit else None
+        self.learning_rates = {"match.weight": config.match_lr}
+        unit = 4 * width * dim + width + config.recency_dim
+        self.attention = dice_mlp(unit, config.attention_hidden, generator)
+        self.mlp = dice_mlp(fields * dim + width * dim + dense_dim, config.hidden, generator)
 
-    def forward(self, rows: torch.Tensor, dense: torch.Tensor, history: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
-        candidate = rows[:, self.candidate].sum(dim=1).unsqueeze(1).expand_as(history)
-        scores = self.attention(torch.cat([history, candidate, history - candidate, history * candidate], dim=2))
-        weights = scores.squeeze(2) * mask  # empty slots weigh nothing
-        interest = (weights.unsqueeze(2) * history).sum(dim=1)
-        return self.mlp(torch.cat([rows.reshape(rows.shape[0], -1), interest, dense], dim=1)).squeeze(1)
+    def forward(self, rows: torch.Tensor, dense: torch.Tensor, history: torch.Tensor, mask: torch.Tensor,
+                behaviour: Behaviour) -> torch.Tensor:
+        scores = self.attention(unit_inputs(behaviour, self.recency))
+        weights = scores.squeeze(2) * mask  # empty slots weigh nothing; no softmax (the paper's 4.3)
+        entries = behaviour.fields.reshape(*behaviour.fields.shape[:2], -1)  # (B, L, W * D)
+        interest = (weights.unsqueeze(2) * entries).sum(dim=1)
+        logit = self.mlp(torch.cat([rows.reshape(rows.shape[0], -1), interest, dense], dim=1)).squeeze(1)
+        return logit if self.match is None else logit + self.match(behaviour)
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,9 @@ class DINConfig(DeepConfig):
     hidden: tuple[int, ...] = (200, 80)
     attention_hidden: tuple[int, ...] = (36,)
     dense_lr: float = 0.01  # no FTRL part: see dcn.py
+    recency_dim: int = 4        # width of each entry's recency embedding in the unit (0: none)
+    match_logit: bool = True    # the (field, recency) match weights in the logit (models/behaviour.py)
+    match_lr: float = 0.05      # their Adam rate: a handful of weights that must move within one pass
 
 
 class DIN(DeepModel):
@@ -55,6 +63,8 @@ class DIN(DeepModel):
     has_wide = False
     history_length = 20
 
+    reads_behaviour = True
+
     def build_deep(self, spec: FeatureSpec, config: DINConfig, generator: torch.Generator) -> nn.Module:
-        return _DINNet(len(spec.fields), config.embedding.dim, spec.dense_dim, config.hidden, config.attention_hidden,
-                       generator, self.candidate_positions())
+        return _DINNet(len(spec.fields), config.embedding.dim, spec.dense_dim, config, generator,
+                       len(self.candidate_positions()), spec.history_length)

@@ -54,10 +54,18 @@ class GeneratedStream:
     probabilities: np.ndarray   # (rows,) float64, the true click probability
     ints: np.ndarray            # (rows, 13) int64, -1 = missing
     cats: list[np.ndarray]      # 26 arrays of hex strings, "" = missing
+    # the true probability without what only behaviour reveals (producers/behaviour_generator.py)
+    blind_probabilities: np.ndarray | None = None
+    settings: dict[str, object] | None = None  # how it was generated, when not the default stream
 
     @property
     def oracle_auc(self) -> float:
         return exact_auc(self.probabilities, self.labels)
+
+    @property
+    def blind_auc(self) -> float | None:
+        """The best AUC without the user's behaviour (None where the stream does not define it)."""
+        return None if self.blind_probabilities is None else exact_auc(self.blind_probabilities, self.labels)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -205,6 +213,11 @@ def write_stream(stream: GeneratedStream, out: Path, seed: int) -> dict[str, obj
         "user_field": "C1",
         "item_field": "C2",
     }
+    if stream.blind_probabilities is not None:
+        summary["blind_auc"] = stream.blind_auc
+        summary["history_field"] = "C3"
+    if stream.settings is not None:
+        summary["settings"] = stream.settings
     oracle_path(out).write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -75,17 +75,42 @@ class BehaviourHistory:
         self._by_item = kind == "item_interactions"
 
     def before(self, users: Sequence[str], items: Sequence[str]) -> list[list[Any]]:
+        """Each example's history as stored now (for scoring: nothing of the batch itself)."""
         return self.store.of(items if self._by_item else users)
+
+    def before_learning(self, users: Sequence[str], items: Sequence[str], labels: Sequence[int],
+                        features: Sequence[dict[str, Any]] | None = None) -> list[list[Any]]:
+        """Each example's history in stream order while learning a batch: what is stored, plus
+        what the batch's *earlier* examples add (their labels are known: they come before it in
+        the stream). Without this, a user's clicks inside one batch would be invisible to their
+        later impressions of the same batch, and the latest click is often the one that matters."""
+        keys = items if self._by_item else users
+        out = self.store.of(keys)
+        pending: dict[str, list[Any]] = {}
+        for k, (key, entry) in enumerate(zip(keys, self._entries(users, items, labels, features))):
+            extra = pending.get(key)
+            if extra:
+                out[k] = out[k] + extra
+            if entry is not None:
+                pending.setdefault(key, []).append(entry)
+        return out
 
     def after(self, users: Sequence[str], items: Sequence[str], labels: Sequence[int],
               features: Sequence[dict[str, Any]] | None = None) -> None:
+        """Record a learned batch (in order)."""
+        keys = items if self._by_item else users
+        entries = self._entries(users, items, labels, features)
+        self.store.add([k for k, e in zip(keys, entries) if e is not None], [e for e in entries if e is not None])
+
+    def _entries(self, users: Sequence[str], items: Sequence[str], labels: Sequence[int],
+                 features: Sequence[dict[str, Any]] | None) -> list[Any]:
+        """What each example adds to its key's history (None: nothing, an impression not clicked)."""
         if self._by_item:
-            self.store.add(items, [u if label else f"~{u}" for u, label in zip(users, labels)])
-        elif self.fields and features is not None:
-            entries = [[item, *(f.get(name) for name in self.fields)] for item, f in zip(items, features)]
-            self.store.add_clicks(users, entries, labels)
-        else:
-            self.store.add_clicks(users, items, labels)
+            return [u if label else f"~{u}" for u, label in zip(users, labels)]
+        if self.fields and features is not None:
+            return [[item, *(f.get(name) for name in self.fields)] if label else None
+                    for item, f, label in zip(items, features, labels)]
+        return [item if label else None for item, label in zip(items, labels)]
 
     def __len__(self) -> int:
         return len(self.store)

@@ -53,7 +53,8 @@ def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512
     for chunk in batched(itertools.chain(head, iterator), batch_size):
         users, items, labels = [r.user_id for r in chunk], [r.item_id for r in chunk], [r.label for r in chunk]
         batch = featurizer.build(users, items, [r.features for r in chunk], labels,
-                                 history.before(users, items) if history is not None else None)
+                                 history.before_learning(users, items, labels, [r.features for r in chunk])
+                                 if history is not None else None)
         progressive_step(model, metrics, batch)
         if history is not None:
             history.after(users, items, labels, [r.features for r in chunk])

@@ -22,16 +22,41 @@ from streamrec.stream.errors import ConfigError, StackError
 @click.option("--rows", type=click.IntRange(min=1), default=1_000_000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Criteo-format TSV to write.")
-def generate(rows: int, seed: int, out: Path) -> None:
+@click.option("--behaviour", is_flag=True,
+              help="A behaviour stream: clicks follow the categories of each user's last clicks "
+                   "(producers/behaviour_generator.py); writes its history-blind AUC beside the oracle's.")
+@click.option("--match-strength", type=float, help="--behaviour: logit of a match with the latest click's category (2.0).")
+@click.option("--recency-decay", type=click.FloatRange(0, 1), help="--behaviour: weight of the k-th latest click, "
+                                                                    "decay**k (0.7).")
+@click.option("--history-length", type=click.IntRange(min=1), help="--behaviour: recent clicks the truth reads (5).")
+@click.option("--recent-share", type=click.FloatRange(0, 1),
+              help="--behaviour: share of candidates drawn from recent clicks' categories (0.3).")
+@click.option("--categories", type=click.IntRange(min=2), help="--behaviour: item categories (40).")
+def generate(rows: int, seed: int, out: Path, behaviour: bool, match_strength: float | None,
+             recency_decay: float | None, history_length: int | None, recent_share: float | None,
+             categories: int | None) -> None:
     """Write a synthetic Criteo-format stream with a known click probability, and its oracle AUC."""
     from streamrec.producers.generator import generate as make
     from streamrec.producers.generator import oracle_path, write_stream
 
+    given = {k: v for k, v in (("match_strength", match_strength), ("recency_decay", recency_decay),
+                               ("history_length", history_length), ("recent_share", recent_share),
+                               ("categories", categories)) if v is not None}
+    if given and not behaviour:
+        raise ConfigError(f"--{next(iter(given)).replace('_', '-')} shapes a behaviour stream: add --behaviour")
     with console.status(f"generating {rows:,} rows"):
-        summary = write_stream(make(rows, seed), out, seed)
+        if behaviour:
+            from streamrec.producers.behaviour_generator import BehaviourSettings, generate_behaviour
+
+            stream = generate_behaviour(rows, seed, BehaviourSettings(**given))
+        else:
+            stream = make(rows, seed)
+        summary = write_stream(stream, out, seed)
+    blind = f", history-blind AUC {summary['blind_auc']:.4f}" if "blind_auc" in summary else ""
     console.print(f"wrote {out} ({rows:,} rows, click rate {summary['positive_rate']:.3f}); "
-                  f"oracle AUC {summary['oracle_auc']:.4f} in {oracle_path(out)}")
-    console.print("replay it with: --format criteo --user-field C1 --item-field C2")
+                  f"oracle AUC {summary['oracle_auc']:.4f}{blind} in {oracle_path(out)}")
+    hint = " (sequence models: --history-field C3)" if behaviour else ""
+    console.print(f"replay it with: --format criteo --user-field C1 --item-field C2{hint}")
 
 
 @click.command()
