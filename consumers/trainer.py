@@ -374,7 +374,10 @@ class Trainer(KafkaWorker):
         users, items = [e.user_id for e in examples], [e.item_id for e in examples]
         # each example sees the clicks before it, earlier ones of this batch too; its own joins after
         features = [e.features for e in examples]
-        histories = self.history.before_learning(users, items, labels, features) if self.history is not None else None
+        histories = None
+        if self.history is not None:
+            self.history.attach_encoder(self.featurizer.history_rows)
+            histories = self.history.rows_before_learning(users, items, labels, features)
         batch = self.featurizer.build(users, items, features, labels, histories)
         self.learner.learn(batch)
         if self.history is not None:

@@ -71,15 +71,3 @@ class RecencyEmbedding(nn.Module):
 
     def forward(self, recency: torch.Tensor) -> torch.Tensor:
         return self.weight[recency]
-
-
-def unit_inputs(behaviour: Behaviour, recency: RecencyEmbedding | None) -> torch.Tensor:
-    """DIN's activation-unit input per entry, field by field: ``[h, c, h - c, h * c]`` for each
-    history field, the match indicators and the entry's recency embedding: (B, L, 4WD + W + R)."""
-    h = behaviour.fields
-    c = behaviour.candidate.unsqueeze(1).expand_as(h)
-    b, length = h.shape[0], h.shape[1]
-    parts = [torch.cat([h, c, h - c, h * c], dim=3).reshape(b, length, -1), behaviour.match]
-    if recency is not None:
-        parts.append(recency(behaviour.recency))
-    return torch.cat(parts, dim=2)

@@ -48,8 +48,9 @@ class DeepConfig:
 def init_linear(layer: nn.Linear, generator: torch.Generator) -> nn.Linear:
     """PyTorch's default Linear initialisation, drawn from ``generator`` (seeded runs repeat)."""
     nn.init.kaiming_uniform_(layer.weight, a=5**0.5, generator=generator)
-    bound = 1 / layer.in_features**0.5
-    nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+    if layer.bias is not None:
+        bound = 1 / layer.in_features**0.5
+        nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
     return layer
 
 
@@ -89,7 +90,7 @@ class AdamState:
         rates = {name: rate for name, rate in (rates or {}).items() if name in params}
         groups = [{"params": [p for name, p in params.items() if name not in rates]}]
         groups += [{"params": [params[name]], "lr": rate} for name, rate in rates.items()]
-        self.optimizer = torch.optim.Adam([g for g in groups if g["params"]], lr=lr)
+        self.optimizer = torch.optim.Adam([g for g in groups if g["params"]], lr=lr, foreach=True)
 
     def step(self) -> None:
         self.optimizer.step()

@@ -30,21 +30,31 @@ from streamrec.stream.feature_spec import FeatureSpec
 from streamrec.stream.sparse_batch import SparseBatch
 
 
-class AUGRUCell(nn.Module):
-    """A GRU cell whose update gate is scaled by an attention score per example."""
+class AUGRU(nn.Module):
+    """A GRU whose update gate is scaled by an attention score per example and step (DIEN's AUGRU:
+    ``u'_t = a_t * u_t``), run over a whole sequence.
+
+    The input projections of every step are one matrix product, and the sequence is split into
+    its steps once (``unbind``): slicing step t out of a (B, L, .) tensor inside the loop would
+    make backward write a full-size gradient per step."""
 
     def __init__(self, dim: int, hidden: int, generator: torch.Generator) -> None:
         super().__init__()
         self.x = init_linear(nn.Linear(dim, 3 * hidden), generator)
         self.h = init_linear(nn.Linear(hidden, 3 * hidden), generator)
+        self.hidden = hidden
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-        xr, xu, xn = self.x(x).chunk(3, dim=1)
-        hr, hu, hn = self.h(h).chunk(3, dim=1)
-        reset = torch.sigmoid(xr + hr)
-        update = attention.unsqueeze(1) * torch.sigmoid(xu + hu)
-        candidate = torch.tanh(xn + reset * hn)
-        return (1 - update) * h + update * candidate
+    def forward(self, inputs: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        """inputs (B, L, dim), attention (B, L) → the final state (B, hidden)."""
+        k = self.hidden
+        steps, weights = self.x(inputs).unbind(1), attention.unsqueeze(2).unbind(1)
+        h = inputs.new_zeros(inputs.shape[0], k)
+        for x, a in zip(steps, weights):
+            g = self.h(h)
+            gates = torch.sigmoid(x[:, :2 * k] + g[:, :2 * k])  # reset and update at once
+            candidate = torch.tanh(torch.addcmul(x[:, 2 * k:], gates[:, :k], g[:, 2 * k:]))
+            h = torch.addcmul(h, a * gates[:, k:], candidate - h)
+        return h
 
 
 class _DIENNet(nn.Module):
@@ -63,7 +73,7 @@ class _DIENNet(nn.Module):
         # attention also sees whether the click matches the candidate, field by field, and how recent it is
         self.match_attention = nn.Parameter(torch.zeros(width))
         self.recency_attention = nn.Parameter(torch.zeros(length))
-        self.evolution = AUGRUCell(dim, dim, generator)
+        self.evolution = AUGRU(dim, dim, generator)
         self.mlp = dice_mlp(fields * dim + 2 * dim + dense_dim, config.hidden, generator)
         self.match = RecencyMatch(length, width) if config.match_logit else None
         self.learning_rates = {name: config.match_lr for name in ("match.weight", "match_attention",
@@ -82,9 +92,7 @@ class _DIENNet(nn.Module):
         scores = scores.masked_fill(~mask, float("-inf"))
         # a user with no clicks yet has all scores -inf: no attention, the interest stays at zero
         attention = torch.where(mask.any(dim=1, keepdim=True), torch.softmax(scores, dim=1), torch.zeros_like(scores))
-        interest = torch.zeros_like(states[:, 0])
-        for t in range(length):
-            interest = self.evolution(states[:, t], interest, attention[:, t])
+        interest = self.evolution(states, attention)
         summed = behaviour.candidate.sum(dim=1)
         features = [rows.reshape(b, -1), interest, interest * summed, dense]
         logit = self.mlp(torch.cat(features, dim=1)).squeeze(1)

@@ -11,8 +11,10 @@ resumed worker continues with the same histories.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 
 class UserHistory:
@@ -31,21 +33,27 @@ class UserHistory:
         get = self._users.get
         return [list(h) if (h := get(user)) is not None else [] for user in users]
 
+    def entries(self, user: str) -> list[Any]:
+        """One key's history (oldest first); empty if unknown."""
+        return list(self._users.get(user, ()))
+
     def add_clicks(self, users: Sequence[str], items: Sequence[Any], labels: Sequence[int]) -> None:
         """Record the clicked (label 1) items, in order."""
         self.add([u for u, label in zip(users, labels) if label], [i for i, label in zip(items, labels) if label])
 
-    def add(self, users: Sequence[str], items: Sequence[Any]) -> None:
-        """Record every pair, in order."""
+    def add(self, users: Sequence[str], items: Sequence[Any]) -> list[str]:
+        """Record every pair, in order; return the users forgotten to make room."""
+        forgotten = []
         for user, item in zip(users, items):
             history = self._users.get(user)
             if history is None:
                 history = self._users[user] = deque(maxlen=self.length)
                 if len(self._users) > self.max_users:
-                    self._users.popitem(last=False)
+                    forgotten.append(self._users.popitem(last=False)[0])
             else:
                 self._users.move_to_end(user)
             history.append(item)
+        return forgotten
 
     def __len__(self) -> int:
         return len(self._users)
@@ -62,6 +70,16 @@ class UserHistory:
         return history
 
 
+def _appended(rows: np.ndarray, new: np.ndarray, length: int) -> np.ndarray:
+    """``rows`` (oldest first, -1 padding after) with ``new`` entries after its last one, the
+    oldest dropped beyond ``length``: a new (length, width) array."""
+    present = rows[rows[:, 0] != -1] if len(rows) else rows
+    joined = np.concatenate([present, new.astype(np.int64, copy=False)])[-length:]
+    out = np.full((length, new.shape[1]), -1, dtype=np.int64)
+    out[: len(joined)] = joined
+    return out
+
+
 class BehaviourHistory:
     """What a model's spec asks for (``history_kind``): the user's clicked items, keyed by user,
     or the item's interactions, keyed by item: every user shown it, as ``u`` if they clicked and
@@ -73,6 +91,55 @@ class BehaviourHistory:
         self.fields = tuple(fields)  # remembered with each clicked item: entries are [item, value, ...]
         self.store = UserHistory(length, max_keys)
         self._by_item = kind == "item_interactions"
+        # With an encoder (the featurizer's hashing of entries to rows), each key's history is also
+        # kept as a (length, width) array of rows, encoded once when an entry is added instead of
+        # on every later read: a history is read about `length` times per entry it holds.
+        self._encode: Callable[[list[Any]], np.ndarray] | None = None
+        self._rows: dict[str, np.ndarray] = {}
+
+    def attach_encoder(self, encode: Callable[[list[Any]], np.ndarray]) -> None:
+        """Keep encoded rows from now on (``encode``: entries → (n, width) row ids); see
+        :meth:`rows_before_learning`. Histories loaded from a state are encoded when first read.
+        Attaching the same encoder again keeps what is encoded."""
+        if self._encode != encode:
+            self._encode = encode
+            self._rows = {}
+
+    def rows_before_learning(self, users: Sequence[str], items: Sequence[str], labels: Sequence[int],
+                             features: Sequence[dict[str, Any]] | None = None) -> np.ndarray:
+        """:meth:`before_learning` as encoded rows: (n, length, width), oldest entry first, -1 in
+        empty slots (the featurizer takes it as is). Needs :meth:`attach_encoder`."""
+        assert self._encode is not None, "attach_encoder first"
+        keys = items if self._by_item else users
+        length = self.store.length
+        arrays = [self._key_rows(key) for key in keys]
+        entries = self._entries(users, items, labels, features)
+        added = [k for k, e in enumerate(entries) if e is not None]
+        if not added:
+            return np.stack(arrays)
+        fresh = self._encode([entries[k] for k in added])
+        pending: dict[str, list[np.ndarray]] = {}
+        at = dict(zip(added, fresh))
+        for k, key in enumerate(keys):
+            extra = pending.get(key)
+            if extra:  # earlier examples of this batch added to this key's history
+                arrays[k] = _appended(arrays[k], np.stack(extra), length)
+            if k in at:
+                pending.setdefault(key, []).append(at[k])
+        return np.stack(arrays)
+
+    def _key_rows(self, key: str) -> np.ndarray:
+        rows = self._rows.get(key)
+        if rows is None:
+            entries = self.store.entries(key)
+            rows = np.full((self.store.length, self._width()), -1, dtype=np.int64)
+            if entries and self._encode is not None:
+                rows = _appended(rows[:0], self._encode(entries), self.store.length)
+            self._rows[key] = rows
+        return rows
+
+    def _width(self) -> int:
+        return 1 if self._by_item else 1 + len(self.fields)
 
     def before(self, users: Sequence[str], items: Sequence[str]) -> list[list[Any]]:
         """Each example's history as stored now (for scoring: nothing of the batch itself)."""
@@ -100,7 +167,15 @@ class BehaviourHistory:
         """Record a learned batch (in order)."""
         keys = items if self._by_item else users
         entries = self._entries(users, items, labels, features)
-        self.store.add([k for k, e in zip(keys, entries) if e is not None], [e for e in entries if e is not None])
+        kept_keys = [k for k, e in zip(keys, entries) if e is not None]
+        kept = [e for e in entries if e is not None]
+        forgotten = self.store.add(kept_keys, kept)
+        if self._encode is not None and kept:
+            for key, row in zip(kept_keys, self._encode(kept)):
+                if key in self._rows:
+                    self._rows[key] = _appended(self._rows[key], row[None, :], self.store.length)
+            for key in forgotten:
+                self._rows.pop(key, None)
 
     def _entries(self, users: Sequence[str], items: Sequence[str], labels: Sequence[int],
                  features: Sequence[dict[str, Any]] | None) -> list[Any]:
@@ -108,7 +183,10 @@ class BehaviourHistory:
         if self._by_item:
             return [u if label else f"~{u}" for u, label in zip(users, labels)]
         if self.fields and features is not None:
-            return [[item, *(f.get(name) for name in self.fields)] if label else None
+            if len(self.fields) == 1:  # the usual case, without a generator per entry
+                name = self.fields[0]
+                return [[item, f.get(name)] if label else None for item, f, label in zip(items, features, labels)]
+            return [[item, *[f.get(name) for name in self.fields]] if label else None
                     for item, f, label in zip(items, features, labels)]
         return [item if label else None for item, label in zip(items, labels)]
 

@@ -153,17 +153,24 @@ class Featurizer:
         and a user shown the item who did not click (``~u``) is ``-(row + 2)``."""
         length = self.spec.history_length
         width = len(self._history_columns)
+        if isinstance(histories, np.ndarray):  # already rows (BehaviourHistory.rows_before_learning)
+            if histories.shape != (n, length, width):
+                raise ValueError(f"encoded histories of shape {histories.shape}, expected {(n, length, width)}")
+            return torch.from_numpy(histories if self.spec.history_fields else histories[:, :, 0])
         out = np.full((n, length, width), -1, dtype=np.int64)
         if histories:
-            recent = [list(h)[-length:] for h in histories]
+            recent = [h if len(h) <= length else list(h)[-length:] for h in histories]
             flat = [entry for h in recent for entry in h]
             if flat:
-                rows = self._history_rows(flat)
-                at = 0
-                for k, h in enumerate(recent):
-                    out[k, : len(h)] = rows[at : at + len(h)]
-                    at += len(h)
+                # entries fill each example's first len(h) slots, in the order flat lists them
+                sizes = np.fromiter(map(len, recent), np.int64, len(recent))
+                out[np.arange(length) < sizes[:, None]] = self._history_rows(flat)
         return torch.from_numpy(out if self.spec.history_fields else out[:, :, 0])
+
+    def history_rows(self, flat: list[Any]) -> np.ndarray:
+        """The rows (n, 1 + K) of history entries, as the history of a batch holds them: what a
+        BehaviourHistory keeps encoded (stream/behaviour_history.py ``attach_encoder``)."""
+        return self._history_rows(flat)
 
     def _history_rows(self, flat: list[Any]) -> np.ndarray:
         if self.spec.history_kind == "item_interactions":
@@ -173,8 +180,12 @@ class Featurizer:
             rows = np.array(self._column_ids(0, users), dtype=np.int64) + self.spec.offsets[0]
             return np.where(negative, -rows - 2, rows)[:, None]
         fields = self.spec.history_fields
+        width = 1 + len(fields)
         if not fields:
             columns = [flat]
+        elif set(map(type, flat)) == {list} and set(map(len, flat)) == {width}:
+            # the usual case, entries kept by the trainer ([item, value, ...]): transposed in C
+            columns = [list(column) for column in zip(*flat)]
         else:
             columns = [[], *([] for _ in fields)]
             for entry in flat:
@@ -188,8 +199,15 @@ class Featurizer:
                 for column, value in zip(columns, values):
                     column.append(value)
         # each column hashed as its field (same cache, same hash): the same rows as the fields
-        return np.stack([np.array(self._column_ids(j, column), dtype=np.int64) + offset
+        return np.stack([self._column_array(j, column) + offset
                          for (j, offset), column in zip(self._history_columns, columns)], axis=1)
+
+    def _column_array(self, j: int, column: Sequence[Any]) -> np.ndarray:
+        """:meth:`_column_ids` as an array, straight from the cache when every value is in it."""
+        try:
+            return np.fromiter(map(self._caches[j].get, column), np.int64, len(column))
+        except TypeError:  # a value not cached yet
+            return np.array(self._column_ids(j, column), dtype=np.int64)
 
     def _categorical_ids(self, cats: list[list[Any]], n: int) -> np.ndarray:
         """(n, categorical fields) bucket ids."""

@@ -180,8 +180,10 @@ class Model:
         self._ensure(features)
         assert self.online is not None and self._featurizer is not None
         label_list = [int(y) for y in labels]
-        histories = (self._history.before_learning(users, items, label_list, features)
-                     if self._history is not None else None)
+        histories = None
+        if self._history is not None:
+            self._history.attach_encoder(self._featurizer.history_rows)
+            histories = self._history.rows_before_learning(users, items, label_list, features)
         batch_ = self._featurizer.build(users, items, features, label_list, histories)
         self.metrics.update(self.online.learn(batch_), np.asarray(label_list, dtype=np.float64))
         if self._history is not None:

@@ -48,12 +48,15 @@ def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512
     # sequence models: the clicks so far, from the stream itself (stream/behaviour_history.py)
     history = (BehaviourHistory(spec.history_kind, spec.history_length, fields=spec.history_fields)
                if spec.history_length else None)
+    if history is not None:
+        history.attach_encoder(featurizer.history_rows)
     metrics = StreamingMetrics(window)
+    _import_optimiser_modules()
     started = time.perf_counter()
     for chunk in batched(itertools.chain(head, iterator), batch_size):
         users, items, labels = [r.user_id for r in chunk], [r.item_id for r in chunk], [r.label for r in chunk]
         batch = featurizer.build(users, items, [r.features for r in chunk], labels,
-                                 history.before_learning(users, items, labels, [r.features for r in chunk])
+                                 history.rows_before_learning(users, items, labels, [r.features for r in chunk])
                                  if history is not None else None)
         progressive_step(model, metrics, batch)
         if history is not None:
@@ -61,6 +64,15 @@ def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512
         if on_batch:
             on_batch(len(chunk))
     return _report(model_name, metrics, time.perf_counter() - started, model), model
+
+
+def _import_optimiser_modules() -> None:
+    """The first torch optimiser step imports torch._dynamo and more, which takes a second or two:
+    a cost of starting the process, kept out of the measured rate (the learner process imports
+    them while its worker joins the consumer group). One step on a throwaway parameter does it."""
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    parameter.grad = torch.zeros(1)
+    torch.optim.Adam([parameter]).step()
 
 
 def _report(model_name: str, metrics: StreamingMetrics, wall: float, model: OnlineModel) -> dict[str, Any]:
@@ -104,6 +116,7 @@ def evaluate_columns(chunks: Iterable[ColumnChunk], model_name: str, *, batch_si
     featurizer = Featurizer(spec)
     metrics = StreamingMetrics(window)
     batches = map(featurizer.build_columns, itertools.chain([first] if first else [], iterator))
+    _import_optimiser_modules()
     started = time.perf_counter()
     pending: SparseBatch | None = None
 

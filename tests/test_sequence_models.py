@@ -9,7 +9,7 @@ import torch
 
 from streamrec.evaluation import evaluate_rows
 from streamrec.models import create_model, model_from_bytes, spec_for
-from streamrec.models.dien import AUGRUCell
+from streamrec.models.dien import AUGRU
 from streamrec.models.youtube_dnn import RECALL_K
 from streamrec.stream.behaviour_history import BehaviourHistory
 from streamrec.stream.feature_spec import SpecOptions
@@ -17,11 +17,12 @@ from streamrec.stream.featurizer import Featurizer
 
 
 def test_augru_keeps_its_state_where_attention_is_zero_and_moves_where_it_is_not():
-    cell = AUGRUCell(4, 4, torch.Generator().manual_seed(0))
-    x, h = torch.randn(1, 4).expand(3, 4), torch.randn(1, 4).expand(3, 4)  # one input, three attentions
-    out = cell(x, h, torch.tensor([0.0, 0.5, 1.0]))
-    assert torch.equal(out[0], h[0])
-    moved = (out - h).abs().sum(dim=1)
+    augru = AUGRU(4, 4, torch.Generator().manual_seed(0))
+    x = torch.randn(1, 2, 4).expand(3, 2, 4)  # one sequence, three attentions on its second step
+    first = augru(x[:, :1], torch.ones(3, 1))
+    out = augru(x, torch.tensor([[1.0, 0.0], [1.0, 0.5], [1.0, 1.0]]))
+    assert torch.equal(out[0], first[0])  # no attention on step 2: the state after step 1 stays
+    moved = (out - first).abs().sum(dim=1)
     assert 0 < moved[1] < moved[2]
 
 
