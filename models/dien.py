@@ -14,6 +14,11 @@ Zhou et al., "Deep Interest Evolution Network for Click-Through Rate Prediction"
 * The final interest, every field embedding, the candidate-interest product and the dense inputs
   feed an MLP with Dice activations (models/din.py), as in DIN. Embeddings use mini-batch-aware
   regularisation like every model here.
+
+As in ``din`` (models/behaviour.py): the extractor reads each click field by field (item and its
+``--history-field`` values, concatenated, not summed), the attention score of a click adds a
+learned weight per field that *matches* the candidate and a learned bias per recency, and the
+recency-weighted match term goes into the logit; those few weights learn at ``match_lr``.
 """
 
 from __future__ import annotations

@@ -1,12 +1,19 @@
 """``din``: Deep Interest Network, attention over the user's clicked items against the candidate.
 
 Zhou et al., "Deep Interest Network for Click-Through Rate Prediction", KDD 2018. The user's
-last clicked items (kept by the trainer from the stream, stream/behaviour_history.py) share the
-item_id embedding rows. A local activation unit scores each history item against the candidate
-item from ``[h, c, h - c, h * c]``; the history is pooled with these weights, not normalised by a
-softmax, so the pooled vector keeps the intensity of the user's interest (section 4.3). The
-pooled interest, every field embedding and the dense inputs feed an MLP with Dice activations.
-Embeddings use the paper's mini-batch-aware regularisation (models/embedding.py).
+last clicked items (kept by the trainer from the stream, stream/behaviour_history.py), each with
+its ``--history-field`` values (the paper's goods_id + cate_id), share the fields' embedding rows.
+A local activation unit (:class:`ActivationUnit`) scores each clicked item against the candidate;
+the history is pooled with these weights, not normalised by a softmax, so the pooled vector keeps
+the intensity of the user's interest (section 4.3). The pooled interest, every field embedding and
+the dense inputs feed an MLP with Dice activations. Embeddings use the paper's mini-batch-aware
+regularisation (models/embedding.py).
+
+Beyond the paper, so that behaviour matching is learned within one pass on any stream
+(models/behaviour.py, measured in bench/sequence_learning.py): the unit compares entry and
+candidate field by field instead of as one summed vector, it is told which fields of the entry
+*equal* the candidate's (SIM's hard search, Pi et al. 2020, as a feature), and a recency-weighted
+match term adds "the candidate's category equals the k-th latest click's" to the logit directly.
 """
 
 from __future__ import annotations
