@@ -115,3 +115,22 @@ def test_a_scorer_predicts_what_the_offline_path_predicts_for_the_same_history(s
         assert not np.array_equal(bare, served)
     finally:
         scorer.close()
+
+
+def test_generate_behaviour_from_the_command_line(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "b.tsv"
+    done = subprocess.run([sys.executable, "-m", "streamrec", "generate", "--behaviour", "--rows", "3000",
+                           "--match-strength", "1.5", "--categories", "12", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "b.tsv.oracle.json").read_text())
+    assert summary["settings"]["match_strength"] == 1.5 and summary["settings"]["categories"] == 12
+    assert summary["blind_auc"] < summary["oracle_auc"] and "history-blind" in done.stdout + done.stderr
+    assert len(out.read_text().splitlines()) == 3000
+    refused = subprocess.run([sys.executable, "-m", "streamrec", "generate", "--rows", "10", "--match-strength", "1",
+                              "--out", str(tmp_path / "x.tsv")], capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "--match-strength" in refused.stderr and "--behaviour" in refused.stderr
