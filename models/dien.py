@@ -127,7 +127,7 @@ class DIEN(DeepModel):
 
     def build_deep(self, spec: FeatureSpec, config: DIENConfig, generator: torch.Generator) -> nn.Module:
         return _DIENNet(len(spec.fields), config.embedding.dim, spec.dense_dim, config, generator,
-                        len(self.candidate_positions()), spec.history_length)
+                        len(self.candidate_positions()), max(spec.history_length, 1))
 
     def auxiliary_loss(self, batch: SparseBatch, rows: torch.Tensor, history: torch.Tensor | None,
                        mask: torch.Tensor | None) -> torch.Tensor | None:

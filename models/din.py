@@ -103,4 +103,4 @@ class DIN(DeepModel):
 
     def build_deep(self, spec: FeatureSpec, config: DINConfig, generator: torch.Generator) -> nn.Module:
         return _DINNet(len(spec.fields), config.embedding.dim, spec.dense_dim, config, generator,
-                       len(self.candidate_positions()), spec.history_length)
+                       len(self.candidate_positions()), max(spec.history_length, 1))
