@@ -138,9 +138,11 @@ def _child(conn: Connection, board: Any) -> None:
     from streamrec.stream.sparse_batch import SparseBatch
 
     torch.set_num_threads(LEARNER_THREADS)
-    # The first torch optimiser imports torch._dynamo, which takes seconds. Done now, it overlaps
-    # the worker's group join instead of delaying the first batch.
-    import torch._dynamo  # noqa: F401
+    # Done now, the optimiser's first imports overlap the worker's group join instead of delaying
+    # the first batch.
+    from streamrec.models.deep_base import import_optimiser_modules
+
+    import_optimiser_modules()
     model = quality = probe = None
     # A frozen copy of the live version predicting the same examples (stream/paired_window.py).
     reference: Any = None

@@ -80,6 +80,15 @@ def pairs(fields: int) -> tuple[torch.Tensor, torch.Tensor]:
     return i, j
 
 
+def import_optimiser_modules() -> None:
+    """Make the imports the first torch optimiser step makes (torch._dynamo and more, a second or
+    two): a cost of starting a process, paid where it overlaps other work or is not measured. One
+    step on a throwaway parameter does it."""
+    parameter = nn.Parameter(torch.zeros(1))
+    parameter.grad = torch.zeros(1)
+    torch.optim.Adam([parameter], foreach=True).step()
+
+
 class AdamState:
     """torch.optim.Adam over named parameters, with its state exposed as named tensors."""
 

@@ -73,10 +73,23 @@ class UserHistory:
 def _appended(rows: np.ndarray, new: np.ndarray, length: int) -> np.ndarray:
     """``rows`` (oldest first, -1 padding after) with ``new`` entries after its last one, the
     oldest dropped beyond ``length``: a new (length, width) array."""
-    present = rows[rows[:, 0] != -1] if len(rows) else rows
+    present = rows[rows[:, 0] != -1]
     joined = np.concatenate([present, new.astype(np.int64, copy=False)])[-length:]
     out = np.full((length, new.shape[1]), -1, dtype=np.int64)
     out[: len(joined)] = joined
+    return out
+
+
+def _earlier_in_batch(keys: Sequence[str], added: Sequence[Any]) -> list[list[Any] | None]:
+    """For each example of a batch, what the batch's earlier examples added to its key's history
+    (None where nothing); ``added`` is what each example adds (None: nothing)."""
+    pending: dict[str, list[Any]] = {}
+    out: list[list[Any] | None] = []
+    for key, entry in zip(keys, added):
+        extra = pending.get(key)
+        out.append(list(extra) if extra else None)
+        if entry is not None:
+            pending.setdefault(key, []).append(entry)
     return out
 
 
@@ -111,30 +124,26 @@ class BehaviourHistory:
         empty slots (the featurizer takes it as is). Needs :meth:`attach_encoder`."""
         assert self._encode is not None, "attach_encoder first"
         keys = items if self._by_item else users
-        length = self.store.length
         arrays = [self._key_rows(key) for key in keys]
         entries = self._entries(users, items, labels, features)
         added = [k for k, e in enumerate(entries) if e is not None]
-        if not added:
-            return np.stack(arrays)
-        fresh = self._encode([entries[k] for k in added])
-        pending: dict[str, list[np.ndarray]] = {}
-        at = dict(zip(added, fresh))
-        for k, key in enumerate(keys):
-            extra = pending.get(key)
-            if extra:  # earlier examples of this batch added to this key's history
-                arrays[k] = _appended(arrays[k], np.stack(extra), length)
-            if k in at:
-                pending.setdefault(key, []).append(at[k])
+        if added:
+            encoded: list[Any] = [None] * len(entries)
+            for k, row in zip(added, self._encode([entries[k] for k in added])):
+                encoded[k] = row
+            for k, extra in enumerate(_earlier_in_batch(keys, encoded)):
+                if extra:
+                    arrays[k] = _appended(arrays[k], np.stack(extra), self.store.length)
         return np.stack(arrays)
 
     def _key_rows(self, key: str) -> np.ndarray:
         rows = self._rows.get(key)
         if rows is None:
-            entries = self.store.entries(key)
+            assert self._encode is not None
             rows = np.full((self.store.length, self._width()), -1, dtype=np.int64)
-            if entries and self._encode is not None:
-                rows = _appended(rows[:0], self._encode(entries), self.store.length)
+            entries = self.store.entries(key)
+            if entries:
+                rows = _appended(rows, self._encode(entries), self.store.length)
             self._rows[key] = rows
         return rows
 
@@ -153,13 +162,9 @@ class BehaviourHistory:
         later impressions of the same batch, and the latest click is often the one that matters."""
         keys = items if self._by_item else users
         out = self.store.of(keys)
-        pending: dict[str, list[Any]] = {}
-        for k, (key, entry) in enumerate(zip(keys, self._entries(users, items, labels, features))):
-            extra = pending.get(key)
+        for k, extra in enumerate(_earlier_in_batch(keys, self._entries(users, items, labels, features))):
             if extra:
                 out[k] = out[k] + extra
-            if entry is not None:
-                pending.setdefault(key, []).append(entry)
         return out
 
     def after(self, users: Sequence[str], items: Sequence[str], labels: Sequence[int],

@@ -164,15 +164,12 @@ class Featurizer:
             if flat:
                 # entries fill each example's first len(h) slots, in the order flat lists them
                 sizes = np.fromiter(map(len, recent), np.int64, len(recent))
-                out[np.arange(length) < sizes[:, None]] = self._history_rows(flat)
+                out[np.arange(length) < sizes[:, None]] = self.history_rows(flat)
         return torch.from_numpy(out if self.spec.history_fields else out[:, :, 0])
 
     def history_rows(self, flat: list[Any]) -> np.ndarray:
         """The rows (n, 1 + K) of history entries, as the history of a batch holds them: what a
         BehaviourHistory keeps encoded (stream/behaviour_history.py ``attach_encoder``)."""
-        return self._history_rows(flat)
-
-    def _history_rows(self, flat: list[Any]) -> np.ndarray:
         if self.spec.history_kind == "item_interactions":
             negative = np.array([entry.startswith("~") for entry in flat], dtype=bool)
             users = [entry[1:] if neg else entry for entry, neg in zip(flat, negative)]
@@ -203,10 +200,11 @@ class Featurizer:
                          for (j, offset), column in zip(self._history_columns, columns)], axis=1)
 
     def _column_array(self, j: int, column: Sequence[Any]) -> np.ndarray:
-        """:meth:`_column_ids` as an array, straight from the cache when every value is in it."""
+        """:meth:`_column_ids` as an array. When every value is cached (the usual case once a
+        stream is warm) straight from the cache, without a Python list of ints in between."""
         try:
             return np.fromiter(map(self._caches[j].get, column), np.int64, len(column))
-        except TypeError:  # a value not cached yet
+        except TypeError:  # a value not cached yet: get gave None
             return np.array(self._column_ids(j, column), dtype=np.int64)
 
     def _categorical_ids(self, cats: list[list[Any]], n: int) -> np.ndarray:
@@ -215,12 +213,7 @@ class Featurizer:
             return np.empty((0, self._cat_idx.size), dtype=np.int64)
         out = np.empty((self._cat_idx.size, n), dtype=np.int64)
         for j, column in enumerate(zip(*cats)):
-            try:
-                # every value cached (the usual case once a stream is warm): straight into the row,
-                # without a Python list of ints in between (a sixth of this step)
-                out[j] = np.fromiter(map(self._caches[j].get, column), np.int64, n)
-            except TypeError:  # a value not cached yet: get gave None
-                out[j] = self._column_ids(j, column)
+            out[j] = self._column_array(j, column)
         return out.T
 
     def _column_ids(self, j: int, column: Sequence[Any]) -> list[int]:

@@ -291,9 +291,9 @@ class Collector:
         """Load the stored past (both resolutions); return how many ticks were loaded."""
         if self.history is None:
             return 0
-        try:  # the streams are capped, so all they hold is what is wanted
-            coarse = self.history.load("coarse", 0)
-            fine = self.history.load("fine", 0)
+        try:
+            coarse = self.history.load("coarse")
+            fine = self.history.load("fine")
         except redis.RedisError as exc:
             log.warning("dashboard history not loaded: %s", exc)
             return 0
@@ -392,7 +392,7 @@ PANEL_VERSIONS = 12
 
 def model_panel(store: VersionStore) -> dict[str, Any]:
     """A model's pointers and its newest kept versions (gate outcome, annotation) for the page's
-    model panel, read in one round trip per model."""
+    model panel; the versions' fields are read in one pipelined round trip."""
     live, head, pinned = store.pointers()
     numbers = store.versions()[-PANEL_VERSIONS:]
     with store.client.pipeline(transaction=False) as pipe:
@@ -489,9 +489,9 @@ def create_app(collector: Collector, auth_token: str | None = None) -> Starlette
             return JSONResponse({"error": str(exc)}, status_code=400)
         host = request.client.host if request.client else "?"
         store = VersionStore(collector.client, collector.namespace, action.pop("model"))
+        by = f"dashboard {action.pop('by')} ({host})"
         try:
-            result = await run_in_threadpool(lambda: apply_action(store, by=f"dashboard {action.pop('by')} ({host})",
-                                                                  **action))
+            result = await run_in_threadpool(lambda: apply_action(store, by=by, **action))
         except StreamrecError as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)
         except redis.RedisError as exc:

@@ -75,11 +75,11 @@ class SampleHistory:
             log.warning("dashboard history not stored: %s", exc)
             return False
 
-    def load(self, resolution: str, since: float) -> list[tuple[float, dict[str, Row]]]:
-        """The stored ticks of one resolution newer than ``since``, oldest first."""
-        start = f"{max(0, int(since * 1000))}-0"  # stream ids start with the entry's time in ms
+    def load(self, resolution: str) -> list[tuple[float, dict[str, Row]]]:
+        """Every stored tick of one resolution, oldest first (the streams are capped, so that is
+        the past the dashboard keeps)."""
         out = []
-        for _id, fields in self.client.xrange(self.key(resolution), min=start, max="+"):
+        for _id, fields in self.client.xrange(self.key(resolution)):
             try:
                 tick = orjson.loads(fields[b"e"])
                 out.append((float(tick["t"]), dict(tick["rows"])))

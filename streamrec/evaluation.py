@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from streamrec.models import REGISTRY, OnlineModel, create_model, spec_for
+from streamrec.models.deep_base import import_optimiser_modules
 from streamrec.models.progressive import progressive_step
 from streamrec.producers.columns import columnar_fields, first_rows, read_columns
 from streamrec.producers.readers import ReaderOptions, ReadStats, Row, read_rows
@@ -51,7 +52,7 @@ def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512
     if history is not None:
         history.attach_encoder(featurizer.history_rows)
     metrics = StreamingMetrics(window)
-    _import_optimiser_modules()
+    import_optimiser_modules()  # kept out of the measured rate
     started = time.perf_counter()
     for chunk in batched(itertools.chain(head, iterator), batch_size):
         users, items, labels = [r.user_id for r in chunk], [r.item_id for r in chunk], [r.label for r in chunk]
@@ -64,15 +65,6 @@ def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512
         if on_batch:
             on_batch(len(chunk))
     return _report(model_name, metrics, time.perf_counter() - started, model), model
-
-
-def _import_optimiser_modules() -> None:
-    """The first torch optimiser step imports torch._dynamo and more, which takes a second or two:
-    a cost of starting the process, kept out of the measured rate (the learner process imports
-    them while its worker joins the consumer group). One step on a throwaway parameter does it."""
-    parameter = torch.nn.Parameter(torch.zeros(1))
-    parameter.grad = torch.zeros(1)
-    torch.optim.Adam([parameter]).step()
 
 
 def _report(model_name: str, metrics: StreamingMetrics, wall: float, model: OnlineModel) -> dict[str, Any]:
@@ -116,7 +108,7 @@ def evaluate_columns(chunks: Iterable[ColumnChunk], model_name: str, *, batch_si
     featurizer = Featurizer(spec)
     metrics = StreamingMetrics(window)
     batches = map(featurizer.build_columns, itertools.chain([first] if first else [], iterator))
-    _import_optimiser_modules()
+    import_optimiser_modules()  # kept out of the measured rate
     started = time.perf_counter()
     pending: SparseBatch | None = None
 

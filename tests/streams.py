@@ -149,6 +149,24 @@ def cli_server(env: dict[str, str], tmp_path: Path, *args: str, timeout_s: float
 
 
 @contextmanager
+def browser_page(height: int) -> Iterator[tuple[Any, list[str]]]:
+    """A page of Debian's chromium, headless through playwright (1400 px wide), and the console
+    errors, warnings and page errors it reports; the browser is closed on the way out."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": height})
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            yield page, problems
+        finally:
+            browser.close()
+
+
+@contextmanager
 def learner_threads() -> Iterator[None]:
     """Torch threads as in the learner process, for predictions compared bit for bit with the
     trainer's own (consumers/learner.py, LEARNER_THREADS)."""

@@ -21,7 +21,15 @@ from streamrec.stream.kafka_client import create_topics
 from streamrec.stream.prometheus import parse, scrape
 from streamrec.stream.worker_registry import Heartbeat, workers
 from streamrec.versions.store import VersionStore
-from tests.streams import cli_env, cli_server, replay_rows, settings_for, start_trainer, wait_for
+from tests.streams import (
+    browser_page,
+    cli_env,
+    cli_server,
+    replay_rows,
+    settings_for,
+    start_trainer,
+    wait_for,
+)
 
 ASSETS = Path(__file__).resolve().parent.parent / "streamrec" / "dashboard_assets"
 
@@ -76,8 +84,6 @@ def test_worker_registry_lists_live_workers_and_forgets_closed_ones(stack, names
 @pytest.mark.integration
 def test_dashboard_in_a_browser_shows_the_workers_metrics_live(stack, namespace, learnable_rows, tmp_path,
                                                                system_packages):
-    from playwright.sync_api import sync_playwright
-
     settings = settings_for(namespace)
     rows = learnable_rows[:9000]
     create_topics(stack.kafka_bootstrap, [settings.impressions_topic, settings.clicks_topic,
@@ -89,72 +95,64 @@ def test_dashboard_in_a_browser_shows_the_workers_metrics_live(stack, namespace,
                                 daemon=True)
     try:
         with cli_server(cli_env(stack, namespace), tmp_path, "dashboard", "--interval-s", "0.5") as url, \
-                sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1600})
-                problems: list[str] = []
-                page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
-                page.on("pageerror", lambda e: problems.append(str(e)))
-                page.goto(url + "/")
-                replayer.start()
+                browser_page(1600) as (page, problems):
+            page.goto(url + "/")
+            replayer.start()
 
-                def value(key: str, name: str) -> float | None:
-                    raw = page.get_attribute(f'[data-testid="{key}:{name}"]', "data-value")
-                    return float(raw) if raw else None
+            def value(key: str, name: str) -> float | None:
+                raw = page.get_attribute(f'[data-testid="{key}:{name}"]', "data-value")
+                return float(raw) if raw else None
 
-                lr_key = "trainer/lr/lr-w"
-                page.wait_for_selector(f'[data-testid="worker-{lr_key}"]', timeout=30_000)
-                wait_for(lambda: (value(lr_key, "examples") or 0) > 0, 60, "the first examples on the page", 0.2)
-                first_examples = value(lr_key, "examples")
-                first_points = page.evaluate("() => window.streamrec.charts.get('examples_per_second').plot.data[0].length")
-                # The charts move while the stream advances, without a reload.
-                wait_for(lambda: (value(lr_key, "examples") or 0) > first_examples + 1000, 60,
-                         "the examples tile to grow", 0.2)
-                assert page.evaluate("() => window.streamrec.charts.get('examples_per_second').plot.data[0].length") \
-                    > first_points
-                assert page.evaluate("() => window.streamrec.state.polls") > 2
+            lr_key = "trainer/lr/lr-w"
+            page.wait_for_selector(f'[data-testid="worker-{lr_key}"]', timeout=30_000)
+            wait_for(lambda: (value(lr_key, "examples") or 0) > 0, 60, "the first examples on the page", 0.2)
+            first_examples = value(lr_key, "examples")
+            first_points = page.evaluate("() => window.streamrec.charts.get('examples_per_second').plot.data[0].length")
+            # The charts move while the stream advances, without a reload.
+            wait_for(lambda: (value(lr_key, "examples") or 0) > first_examples + 1000, 60,
+                     "the examples tile to grow", 0.2)
+            assert page.evaluate("() => window.streamrec.charts.get('examples_per_second').plot.data[0].length") \
+                > first_points
+            assert page.evaluate("() => window.streamrec.state.polls") > 2
 
-                # Once the stream is drained the workers' metrics stop moving; the page must then
-                # show exactly what each worker's /metrics says.
-                replayer.join(60)
-                for name, running in trainers.items():
-                    wait_for(lambda r=running: r.trainer.counters.examples == len(rows), 90, f"{name} to train all")
+            # Once the stream is drained the workers' metrics stop moving; the page must then
+            # show exactly what each worker's /metrics says.
+            replayer.join(60)
+            for name, running in trainers.items():
+                wait_for(lambda r=running: r.trainer.counters.examples == len(rows), 90, f"{name} to train all")
 
-                def page_matches(name: str) -> bool:
-                    scraped = scrape(trainers[name].trainer.metrics.port)
-                    key = f"trainer/{name}/{name}-w"
-                    label = f"{name}/{name}-w auc_window"
-                    shown = page.evaluate(f"() => window.streamrec.lastValue('auc', {label!r})")
-                    return (shown == scraped["streamrec_auc_ratio{window=recent}"]
-                            and value(key, "examples") == scraped["streamrec_examples_trained_total"] == len(rows)
-                            and value(key, "auc_lifetime") == scraped["streamrec_auc_ratio{window=lifetime}"]
-                            and value(key, "lag") == sum(v for k, v in scraped.items()
-                                                         if k.startswith("streamrec_consumer_lag_messages"))
-                            and value(key, "version") == scraped["streamrec_head_version"] > 0)
+            def page_matches(name: str) -> bool:
+                scraped = scrape(trainers[name].trainer.metrics.port)
+                key = f"trainer/{name}/{name}-w"
+                label = f"{name}/{name}-w auc_window"
+                shown = page.evaluate(f"() => window.streamrec.lastValue('auc', {label!r})")
+                return (shown == scraped["streamrec_auc_ratio{window=recent}"]
+                        and value(key, "examples") == scraped["streamrec_examples_trained_total"] == len(rows)
+                        and value(key, "auc_lifetime") == scraped["streamrec_auc_ratio{window=lifetime}"]
+                        and value(key, "lag") == sum(v for k, v in scraped.items()
+                                                     if k.startswith("streamrec_consumer_lag_messages"))
+                        and value(key, "version") == scraped["streamrec_head_version"] > 0)
 
-                for name in trainers:
-                    wait_for(lambda n=name: page_matches(n), 30, f"the page to match {name}'s /metrics", 0.25)
-                # Champion and challenger are separate series on one AUC chart.
-                labels = page.evaluate("() => window.streamrec.charts.get('auc').labels")
-                assert {"lr/lr-w auc_window", "nfm/nfm-w auc_window", "lr/lr-w auc_lifetime"} <= set(labels)
-                assert 0.55 < page.evaluate("() => window.streamrec.lastValue('auc', 'lr/lr-w auc_lifetime')") < 1
+            for name in trainers:
+                wait_for(lambda n=name: page_matches(n), 30, f"the page to match {name}'s /metrics", 0.25)
+            # Champion and challenger are separate series on one AUC chart.
+            labels = page.evaluate("() => window.streamrec.charts.get('auc').labels")
+            assert {"lr/lr-w auc_window", "nfm/nfm-w auc_window", "lr/lr-w auc_lifetime"} <= set(labels)
+            assert 0.55 < page.evaluate("() => window.streamrec.lastValue('auc', 'lr/lr-w auc_lifetime')") < 1
 
-                # The timeline lists the published versions and marks a rollback made by hand.
-                store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
-                published = store.versions()
-                assert len(published) >= 2
-                wait_for(lambda: page.locator('#timeline tr[data-kind="published"]').count() >= len(published), 10,
-                         "the published versions in the timeline", 0.2)
-                store.set_live(published[0], pin=True, kind="rollback", reason="dashboard test")
-                page.wait_for_selector('#timeline tr[data-kind="rollback"]', timeout=10_000)
-                row = page.locator('#timeline tr[data-kind="rollback"]').first.inner_text()
-                assert "lr" in row and str(published[0]) in row and "dashboard test" in row
-                store.client.close()
-                page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
-                assert problems == []
-            finally:
-                browser.close()
+            # The timeline lists the published versions and marks a rollback made by hand.
+            store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
+            published = store.versions()
+            assert len(published) >= 2
+            wait_for(lambda: page.locator('#timeline tr[data-kind="published"]').count() >= len(published), 10,
+                     "the published versions in the timeline", 0.2)
+            store.set_live(published[0], pin=True, kind="rollback", reason="dashboard test")
+            page.wait_for_selector('#timeline tr[data-kind="rollback"]', timeout=10_000)
+            row = page.locator('#timeline tr[data-kind="rollback"]').first.inner_text()
+            assert "lr" in row and str(published[0]) in row and "dashboard test" in row
+            store.client.close()
+            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+            assert problems == []
     finally:
         for running in trainers.values():
             running.stop()

@@ -15,7 +15,7 @@ from streamrec.dashboard import Collector
 from streamrec.dashboard_history import HistorySettings
 from streamrec.versions.meta import GateRecord, VersionMeta
 from streamrec.versions.store import VersionStore, champion
-from tests.streams import cli_env, cli_server, wait_for
+from tests.streams import browser_page, cli_env, cli_server, wait_for
 
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret-token"
@@ -119,7 +119,7 @@ def test_the_sampled_history_outlives_a_restart_and_one_dashboard_writes_it(stac
         first.tick()
         second.tick()  # a second dashboard on the namespace: shows its points, stores none
         time.sleep(0.01)
-    stored = first.history.load("fine", 0)
+    stored = first.history.load("fine")
     # Redis trims a stream in whole blocks, so all twelve are still there, each once
     assert [rows["trainer/lr/w1"][5]["examples"] for _t, rows in stored] == [100.0 * n for n in range(1, 13)]
     first.close()
@@ -138,51 +138,41 @@ def test_the_sampled_history_outlives_a_restart_and_one_dashboard_writes_it(stac
 
 
 def test_the_page_shows_annotations_and_its_buttons_move_the_pointers(stack, namespace, tmp_path, system_packages):
-    from playwright.sync_api import sync_playwright
-
     store = _versions(stack, namespace)
     store.annotate(2, "before the feature change", ["baseline"])
     with cli_server(cli_env(stack, namespace), tmp_path, "dashboard", "--interval-s", "0.3",
-                    "--auth-token", TOKEN) as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1400})
-            problems: list[str] = []
-            page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.goto(f"{url}/?token={TOKEN}")  # sets the cookie, then the page without the token
-            notes = page.locator('[data-testid="lr:v2:notes"]')
-            notes.wait_for(timeout=20_000)
-            assert notes.inner_text() == "before the feature change #baseline"
-            panel = page.locator('[data-testid="model-lr"]')
-            assert panel.get_attribute("data-live") == "4" and panel.get_attribute("data-pinned") == "false"
+                    "--auth-token", TOKEN) as url, browser_page(1400) as (page, problems):
+        page.goto(f"{url}/?token={TOKEN}")  # sets the cookie, then the page without the token
+        notes = page.locator('[data-testid="lr:v2:notes"]')
+        notes.wait_for(timeout=20_000)
+        assert notes.inner_text() == "before the feature change #baseline"
+        panel = page.locator('[data-testid="model-lr"]')
+        assert panel.get_attribute("data-live") == "4" and panel.get_attribute("data-pinned") == "false"
 
-            page.fill('[data-testid="operator"]', "ana")
-            panel.locator('select[data-role="version"]').select_option("2")
-            panel.locator('[data-role="reason"]').fill("calibration broke")
-            page.click('[data-testid="lr:rollback"]')
-            page.wait_for_selector('[data-testid="action-result"][data-ok="true"]', timeout=10_000)
-            assert store.live() == 2 and store.pinned()
-            page.wait_for_selector('#timeline tr[data-kind="rollback"]', timeout=10_000)
-            row = page.locator('#timeline tr[data-kind="rollback"]').first.inner_text()
-            assert "calibration broke" in row and "dashboard ana (127.0.0.1)" in row
-            wait_for(lambda: panel.get_attribute("data-pinned") == "true", 10, "the panel to show the pin", 0.1)
+        page.fill('[data-testid="operator"]', "ana")
+        panel.locator('select[data-role="version"]').select_option("2")
+        panel.locator('[data-role="reason"]').fill("calibration broke")
+        page.click('[data-testid="lr:rollback"]')
+        page.wait_for_selector('[data-testid="action-result"][data-ok="true"]', timeout=10_000)
+        assert store.live() == 2 and store.pinned()
+        page.wait_for_selector('#timeline tr[data-kind="rollback"]', timeout=10_000)
+        row = page.locator('#timeline tr[data-kind="rollback"]').first.inner_text()
+        assert "calibration broke" in row and "dashboard ana (127.0.0.1)" in row
+        wait_for(lambda: panel.get_attribute("data-pinned") == "true", 10, "the panel to show the pin", 0.1)
 
-            page.click('[data-testid="lr:unpin"]')  # the reason field still says why
-            wait_for(lambda: store.live() == 4 and not store.pinned(), 10, "unpin from the page", 0.1)
-            panel.locator('[data-role="reason"]').fill("")
-            page.click('[data-testid="lr:pin"]')  # no reason: refused, and nothing moves
-            page.wait_for_selector('[data-testid="action-result"][data-ok="false"]', timeout=10_000)
-            assert "reason" in page.inner_text('[data-testid="action-result"]') and not store.pinned()
+        page.click('[data-testid="lr:unpin"]')  # the reason field still says why
+        wait_for(lambda: store.live() == 4 and not store.pinned(), 10, "unpin from the page", 0.1)
+        panel.locator('[data-role="reason"]').fill("")
+        page.click('[data-testid="lr:pin"]')  # no reason: refused, and nothing moves
+        page.wait_for_selector('[data-testid="action-result"][data-ok="false"]', timeout=10_000)
+        assert "reason" in page.inner_text('[data-testid="action-result"]') and not store.pinned()
 
-            # the time range sets every chart's x axis (none yet without workers) and is remembered
-            page.click('#range button[data-range="300"]')
-            assert page.evaluate("() => window.streamrec.state.range") == 300
-            page.reload()
-            page.locator('[data-testid="model-lr"]').wait_for(timeout=20_000)
-            assert page.evaluate("() => window.streamrec.state.range") == 300
-            assert page.locator('#range button.on').get_attribute("data-range") == "300"
-            page.screenshot(path=str(tmp_path / "dashboard-actions.png"), full_page=True)
-            assert problems == []
-        finally:
-            browser.close()
+        # the time range sets every chart's x axis (none yet without workers) and is remembered
+        page.click('#range button[data-range="300"]')
+        assert page.evaluate("() => window.streamrec.state.range") == 300
+        page.reload()
+        page.locator('[data-testid="model-lr"]').wait_for(timeout=20_000)
+        assert page.evaluate("() => window.streamrec.state.range") == 300
+        assert page.locator('#range button.on').get_attribute("data-range") == "300"
+        page.screenshot(path=str(tmp_path / "dashboard-actions.png"), full_page=True)
+        assert problems == []

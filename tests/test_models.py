@@ -64,13 +64,18 @@ def test_learns_a_set_fraction_of_the_oracle(name: str, learnable: tuple[list, f
         assert report["auc"] >= 0.5 + 0.3 * (oracle - 0.5), report
 
 
+def _batches(featurizer: Featurizer, rows: list, size: int) -> list:
+    """Labelled batches of ``size`` rows, in order."""
+    return [featurizer.build([r.user_id for r in c], [r.item_id for r in c], [r.features for r in c],
+                             [r.label for r in c]) for c in batched(rows, size)]
+
+
 @pytest.fixture(scope="module")
 def small_batches(learnable: tuple[list, float]):
     rows = learnable[0][:1200]
     spec = SpecOptions(crosses=(("C5", "C6"),)).infer([r.features for r in rows[:500]])
     featurizer = Featurizer(spec)
-    batches = [featurizer.build([r.user_id for r in c], [r.item_id for r in c], [r.features for r in c],
-                                [r.label for r in c]) for c in batched(rows, 300)]
+    batches = _batches(featurizer, rows, 300)
     unseen = featurizer.build(["never-seen-user"] * 3, ["never-seen-item"] * 3,
                               [{**rows[0].features, "C3": "never-seen-value"}] * 3)
     return spec, batches, unseen
@@ -112,8 +117,7 @@ def test_safetensors_round_trip_gives_identical_predictions(name: str, learnable
     model = create_model(name, spec, seed=3)
     featurizer = Featurizer(spec)
     metrics = StreamingMetrics(100)
-    batches = [featurizer.build([r.user_id for r in c], [r.item_id for r in c], [r.features for r in c],
-                                [r.label for r in c]) for c in batched(rows, 500)]
+    batches = _batches(featurizer, rows, 500)
     for batch in batches[:-1]:
         progressive_step(model, metrics, batch)
     blob = model.to_bytes({"note": "test"})
@@ -137,8 +141,7 @@ def test_loading_through_kept_fresh_models_is_exact_and_leaves_them_fresh(name: 
     spec = _wide_options(name).infer([r.features for r in rows[:500]])
     model = create_model(name, spec, seed=4)
     featurizer = Featurizer(spec)
-    batches = [featurizer.build([r.user_id for r in c], [r.item_id for r in c], [r.features for r in c],
-                                [r.label for r in c]) for c in batched(rows, 500)]
+    batches = _batches(featurizer, rows, 500)
     blobs = []
     for batch in batches[:-1]:
         model.learn(batch)
@@ -159,8 +162,7 @@ def test_deltas_applied_in_order_give_the_trainers_predictions(name: str, learna
     spec = _wide_options(name).infer([r.features for r in rows[:500]])
     trainer = create_model(name, spec, seed=5)
     featurizer = Featurizer(spec)
-    batches = [featurizer.build([r.user_id for r in c], [r.item_id for r in c], [r.features for r in c],
-                                [r.label for r in c]) for c in batched(rows, 250)]
+    batches = _batches(featurizer, rows, 250)
     probe = batches[-1]
     trainer.learn(batches[0])
     trainer.delta_bytes(include_dense=True)  # the version below holds everything up to here
