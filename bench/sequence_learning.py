@@ -75,11 +75,13 @@ def river_behaviour(rows, category_field: str | None, matches: int) -> dict[str,
             "cpu_s_per_1k": 1000 * (time.process_time() - cpu) / len(rows)}
 
 
-def streamrec_pass(rows, model: str, history_field: str | None, settings: dict[str, str]) -> dict[str, float]:
+def streamrec_pass(rows, model: str, history_field: str | None, settings: dict[str, str],
+                   history_length: int = 0) -> dict[str, float]:
     from streamrec.evaluation import evaluate_rows
     from streamrec.stream.feature_spec import SpecOptions
 
-    options = SpecOptions(history_fields=(history_field,) if history_field and model in SEQUENCE_MODELS else ())
+    options = SpecOptions(history_fields=(history_field,) if history_field and model in SEQUENCE_MODELS else (),
+                          history_length=history_length)
     cpu = time.process_time()
     report, _ = evaluate_rows(rows, model, spec_options=options, model_settings=settings or None)
     return {"auc": report["auc"], "auc_window": report["auc_window"],
@@ -95,6 +97,8 @@ def main() -> None:
     parser.add_argument("--models", default="lr,wide_deep,din,dien,youtube_dnn")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="MODEL:KEY=VALUE",
                         help="A model setting for one model, e.g. din:match_logit=false (repeatable).")
+    parser.add_argument("--history-length", type=int, default=0,
+                        help="clicks the sequence models read (0: each model's default)")
     parser.add_argument("--no-river", action="store_true")
     parser.add_argument("--frappe", type=Path, help="folder with frappe.validation.libfm and frappe.test.libfm")
     parser.add_argument("--name", default="sequence_learning")
@@ -127,7 +131,7 @@ def main() -> None:
         print(f"== {name} ({len(rows):,} rows) {bounds}", flush=True)
         runs = {}
         for model in args.models.split(","):
-            runs[model] = streamrec_pass(rows, model, field, per_model.get(model, {}))
+            runs[model] = streamrec_pass(rows, model, field, per_model.get(model, {}), args.history_length)
         if not args.no_river:
             runs["river_lr_ftrl"] = river_behaviour(rows, field, 0)
             runs["river_lr_ftrl_match"] = river_behaviour(rows, field, HAND_MATCHES)
@@ -139,7 +143,8 @@ def main() -> None:
                   f"{run['cpu_s_per_1k']:.3f} CPU-s/1k", flush=True)
         results[name] = {"rows": len(rows), "oracle_auc": oracle, "blind_auc": blind, "settings": settings,
                          "runs": runs}
-    write_result(args.name, {"rows": args.rows, "seed": args.seed, "streams": results,
+    write_result(args.name, {"rows": args.rows, "seed": args.seed, "history_length": args.history_length,
+                             "streams": results,
                              "model_settings": per_model,
                              "data": "producers/behaviour_generator.py (settings per stream)"
                                      + ("; Frappe from hexiangnan/neural_factorization_machine" if args.frappe else "")})

@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--models", default="din,dien")
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--history-length", type=int, default=0, help="0: each model's default")
     parser.add_argument("--name", default="sequence_step")
     args = parser.parse_args()
     from streamrec.models import create_model, spec_for
@@ -68,7 +69,7 @@ def main() -> None:
     import_optimiser_modules()
     results = {}
     for name in args.models.split(","):
-        spec = spec_for(name, SpecOptions(history_fields=("C3",)).infer([r.features for r in rows[:1000]]))
+        spec = spec_for(name, SpecOptions(history_fields=("C3",), history_length=args.history_length).infer([r.features for r in rows[:1000]]))
         model, featurizer = create_model(name, spec), Featurizer(spec)
         history = BehaviourHistory(spec.history_kind, spec.history_length, fields=spec.history_fields)
         history.attach_encoder(featurizer.history_rows)

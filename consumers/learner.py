@@ -112,9 +112,11 @@ def _batch_message(op: bytes, batch: Any, labels: bool = True) -> bytes:
 # ------------------------------------------------------------------------------ child process
 
 
+# the online search, when on (models/online_search.py): NaN without one
+SEARCH_KEYS = ("search_promotions", "search_challengers", "search_compute_multiple")
 QUALITY_KEYS = ("examples", "positives", "auc", "auc_error_bound", "auc_window", "logloss", "logloss_window",
                 "normalized_entropy", "normalized_entropy_window", "calibration", "calibration_window",
-                *PAIRED_KEYS)
+                *PAIRED_KEYS, *SEARCH_KEYS)
 POST_EVERY_S = 0.5
 
 
@@ -132,6 +134,8 @@ def _child(conn: Connection, board: Any) -> None:
     import torch
 
     from streamrec.models import create_model, model_from_bytes
+    from streamrec.models.base import read_metadata
+    from streamrec.models.online_search import OnlineSearch, SearchSettings, batch_for
     from streamrec.models.progressive import progressive_step
     from streamrec.stream.feature_spec import FeatureSpec
     from streamrec.stream.quality_metrics import StreamingMetrics, load_metrics, metrics_blob
@@ -144,6 +148,7 @@ def _child(conn: Connection, board: Any) -> None:
 
     import_optimiser_modules()
     model = quality = probe = None
+    search: OnlineSearch | None = None  # when on, ``model`` is its champion
     # A frozen copy of the live version predicting the same examples (stream/paired_window.py).
     reference: Any = None
     paired: PairedWindow | None = None
@@ -153,7 +158,12 @@ def _child(conn: Connection, board: Any) -> None:
     failure: str | None = None
 
     def snapshot_of_quality() -> dict[str, float]:
-        return {**quality.snapshot(), **(paired.summary() if paired is not None else no_reference())}
+        searching = {key: float("nan") for key in SEARCH_KEYS}
+        if search is not None:
+            searching = {"search_promotions": float(len(search.promotions)),
+                         "search_challengers": float(len(search.challengers)),
+                         "search_compute_multiple": search.compute_multiple}
+        return {**quality.snapshot(), **(paired.summary() if paired is not None else no_reference()), **searching}
 
     def batch_of(header: dict[str, Any], arrays: list[np.ndarray]) -> SparseBatch:
         tensors = [torch.from_numpy(a.copy()) for a in arrays]
@@ -174,8 +184,15 @@ def _child(conn: Connection, board: Any) -> None:
                 try:
                     started = time.perf_counter()
                     batch = batch_of(header, arrays)
-                    reference_p = reference.predict_proba(batch) if reference is not None else None
-                    probabilities = progressive_step(model, quality, batch)
+                    reference_p = (reference.predict_proba(batch_for(reference, batch)) if reference is not None
+                                   else None)
+                    probabilities = progressive_step(search or model, quality, batch)
+                    if search is not None and search.champion is not model:
+                        # A new champion (or the model widened by the search's candidates) shares
+                        # no delta history with what scorers hold: its deltas start a new lineage,
+                        # which scorers take up from the next full version.
+                        model = search.champion
+                        lineage, delta_seq, base_version = uuid.uuid4().hex[:12], 0, None
                     if paired is not None:
                         paired.update(probabilities, reference_p, batch.labels.numpy())
                     seconds += time.perf_counter() - started
@@ -200,14 +217,19 @@ def _child(conn: Connection, board: Any) -> None:
             if failure is not None:
                 raise RuntimeError(failure)
             if op in (_INIT, _RESUME):
+                searching = header.get("search")
                 if op == _INIT:
                     model = create_model(header["model"], FeatureSpec.from_json(header["spec"]),
                                          seed=header["seed"], settings=header.get("settings") or {})
                     quality = StreamingMetrics(header["window"])
+                    search = OnlineSearch(model, SearchSettings(**searching)) if searching else None
                 else:
                     model = model_from_bytes(blobs[0])
                     quality = (load_metrics(blobs[1], header["window"]) if blobs[1]
                                else StreamingMetrics(header["window"]))
+                    state = read_metadata(blobs[0]).get("search")
+                    search = (OnlineSearch.resumed(model, SearchSettings(**searching), json.loads(state) if state else None)
+                              if searching else None)
                 # A new delta sequence starts from this state: deltas apply on top of base_version.
                 lineage, delta_seq, base_version = uuid.uuid4().hex[:12], 0, header.get("base_version")
                 reference = paired = None
@@ -216,13 +238,15 @@ def _child(conn: Connection, board: Any) -> None:
             elif op == _SNAPSHOT:
                 # The probe's predictions are the model's at this very point, for checks that a
                 # stored version reproduces them.
-                probe_out = [model.predict_proba(probe)] if probe is not None else []
+                probe_out = [model.predict_proba(batch_for(model, probe))] if probe is not None else []
+                extra = {"search": json.dumps(search.state())} if search is not None else None
                 reply = _pack(_OK, {"quality": snapshot_of_quality(), "finite": model.all_finite(),
-                                    "lineage": lineage, "delta_seq": delta_seq}, arrays=probe_out,
-                              blobs=[model.to_bytes(), metrics_blob(quality)])
+                                    "lineage": lineage, "delta_seq": delta_seq,
+                                    "search": search.report() if search is not None else None},
+                              arrays=probe_out, blobs=[model.to_bytes(extra), metrics_blob(quality)])
             elif op == _DELTA:
                 delta_seq += 1
-                probe_out = [model.predict_proba(probe)] if probe is not None else []
+                probe_out = [model.predict_proba(batch_for(model, probe))] if probe is not None else []
                 blob = model.delta_bytes(header["dense"])
                 reply = _pack(_OK, {"lineage": lineage, "seq": delta_seq, "base_version": base_version,
                                     "dense": header["dense"]}, arrays=probe_out, blobs=[blob])
@@ -232,7 +256,8 @@ def _child(conn: Connection, board: Any) -> None:
             elif op == _QUALITY:
                 snapshot = snapshot_of_quality()
                 _post(board, snapshot, seconds)  # the board is exact after an exact answer
-                reply = _pack(_OK, {"snapshot": snapshot, "seconds": seconds})
+                reply = _pack(_OK, {"snapshot": snapshot, "seconds": seconds,
+                                    "search": search.report() if search is not None else None})
             else:
                 raise RuntimeError(f"unknown learner request {op!r}")
         except Exception:  # noqa: BLE001 - sent back to the worker, which raises it
@@ -258,6 +283,7 @@ class LearnerProcess:
         child_conn.close()
         self.ready = False
         self.reference_version: int | None = None  # the live version the learner compares with
+        self.search_report: dict[str, Any] | None = None  # the online search's, at the last quality()
         # Snapshots and deltas are asked for without waiting; their replies come in request order.
         self._awaiting: deque[bytes] = deque()
         self._replies: dict[bytes, deque[tuple[dict[str, Any], list[np.ndarray], list[bytes]]]] = {
@@ -327,17 +353,21 @@ class LearnerProcess:
         self._send(message)
         return self._reply()
 
-    def init(self, model: str, spec_json: str, seed: int, window: int, settings: dict[str, str] | None = None) -> None:
+    def init(self, model: str, spec_json: str, seed: int, window: int, settings: dict[str, str] | None = None,
+             search: dict[str, int] | None = None) -> None:
         """Create the model, without waiting: batches queue behind the request (the pipe is
-        ordered), and a failure is raised by the next request that waits."""
+        ordered), and a failure is raised by the next request that waits. ``search``: the online
+        search's settings (models/online_search.py), None for none."""
         self._send(_pack(_INIT, {"model": model, "spec": spec_json, "seed": seed, "window": window,
-                                 "settings": settings or {}}))
+                                 "settings": settings or {}, "search": search}))
         self._awaiting.append(_INIT)
         self.ready = True
         self.reference_version = None
 
-    def resume(self, weights: bytes, metrics: bytes | None, window: int, base_version: int) -> None:
-        self._request(_pack(_RESUME, {"window": window, "base_version": base_version},
+    def resume(self, weights: bytes, metrics: bytes | None, window: int, base_version: int,
+               search: dict[str, int] | None = None) -> None:
+        """Go on from a version; the search (if any) goes on from where the version's says it was."""
+        self._request(_pack(_RESUME, {"window": window, "base_version": base_version, "search": search},
                             blobs=[weights, metrics or b""]))
         self.ready = True
         self.reference_version = None
@@ -405,6 +435,7 @@ class LearnerProcess:
     def quality(self) -> tuple[dict[str, float], float]:
         """(streaming-metrics snapshot, seconds spent learning) after every batch sent so far."""
         header, _arrays, _blobs = self._request(_pack(_QUALITY, {}))
+        self.search_report = header.get("search")
         return header["snapshot"], header["seconds"]
 
     def latest_quality(self) -> tuple[dict[str, float], float]:

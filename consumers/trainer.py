@@ -62,7 +62,8 @@ SLICE_BYTES = 1 << 20
 # Settings a trainer takes from streamrec.stream.settings.Settings, under the same names.
 SETTINGS_FIELDS = ("model", "batch_size", "attribution_window_s", "publish_every_examples", "publish_every_s",
                    "keep_versions", "max_pending_impressions", "window_examples", "metrics_port", "metrics_host",
-                   "positives", "delta_every_s", "dense_every_s", "max_event_time_ahead_s")
+                   "positives", "delta_every_s", "dense_every_s", "max_event_time_ahead_s", "search", "search_live",
+                   "search_sample")
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,9 @@ class TrainerOptions:
     delta_every_s: float      # publish the rows changed since the last delta this often (0: never)
     dense_every_s: float      # ... and the dense weights with the first delta after this long
     max_event_time_ahead_s: float  # events further ahead of their partition's time are dead-lettered
+    search: bool              # search settings, crosses and counts online (models/online_search.py)
+    search_live: int
+    search_sample: int
     gate: GateOptions
     worker_id: str = "worker-0"
     exit_at_end: bool = False
@@ -102,6 +106,10 @@ class TrainerOptions:
         values: dict[str, Any] = {name: getattr(settings, name) for name in SETTINGS_FIELDS}
         values["gate"] = GateOptions(settings.gate, settings.gate_margin, settings.rollback_drop)
         return cls(**{**values, **overrides})
+
+    def search_settings(self) -> dict[str, int] | None:
+        """What the learner's online search is given (None: learn the configuration as it is)."""
+        return {"live": self.search_live, "sample": self.search_sample} if self.search else None
 
     def publish_options(self) -> PublishOptions:
         return PublishOptions(self.publish_every_examples, self.publish_every_s, self.keep_versions,
@@ -228,7 +236,8 @@ class Trainer(KafkaWorker):
         assert self.learner is not None
         if self._resume_from is not None and not self.learner.ready:
             self.learner.resume(self._resume_from.weights, self._resume_from.quality_state,
-                                self.options.window_examples, self._resume_from.number)
+                                self.options.window_examples, self._resume_from.number,
+                                search=self.options.search_settings())
             self._resume_from = None
             self._set_probe()
 
@@ -360,7 +369,8 @@ class Trainer(KafkaWorker):
             self._start_learning()
         if not self.learner.ready:
             self.learner.init(self.options.model, self.featurizer.spec.to_json(), self.options.seed,
-                              self.options.window_examples, self.options.model_settings)
+                              self.options.window_examples, self.options.model_settings,
+                              search=self.options.search_settings())
             self._set_probe()
 
     def _train(self, examples: list[Example]) -> None:
@@ -497,6 +507,8 @@ class Trainer(KafkaWorker):
             "join": dataclasses.asdict(self.source.counts),
             "digest": f"{self.counters.digest:016x}",
             "finished": finished,
+            **({"search": self.learner.search_report} if self.learner is not None and self.learner.search_report
+               else {}),
         }
 
     def close(self) -> None:

@@ -107,6 +107,14 @@ class _StreamSeries:
         yield gauge("streamrec_join_open_impressions", "Impressions waiting for a click or the window",
                     None if r is None else r.open_impressions)
         yield gauge("streamrec_examples_per_second", "Training rate", None if r is None else r.examples_per_second)
+        promotions = None if r is None or r.quality is None else r.quality.get("search_promotions")
+        searching = promotions is not None and promotions == promotions  # NaN: no search
+        for name, key, doc in (
+                ("streamrec_search_promotions", "search_promotions", "Challengers the online search promoted"),
+                ("streamrec_search_challengers", "search_challengers", "Challengers the online search runs now"),
+                ("streamrec_search_compute_ratio", "search_compute_multiple",
+                 "Examples learned by all search members per example of the stream")):
+            yield gauge(name, doc, r.quality[key] if searching else None)
         yield gauge("streamrec_head_version", "Newest version of the model (the trainer's resume point)",
                     None if r is None else r.head_version)
         yield gauge("streamrec_live_version", "The version the live pointer names",

@@ -32,16 +32,17 @@ REGISTRY: dict[str, type[OnlineModel]] = {cls.name: cls for cls in (
 
 
 def spec_for(name: str, spec: FeatureSpec) -> FeatureSpec:
-    """``spec`` with what model ``name`` reads besides the fields (a sequence model's history)."""
+    """``spec`` with what model ``name`` reads besides the fields (a sequence model's history): a
+    length already in the spec (a loaded model's, or ``--history-length``) wins over the model's default."""
     cls = REGISTRY.get(name)
-    length = getattr(cls, "history_length", 0)
+    if not getattr(cls, "history_length", 0):  # a history means nothing to a model that reads none
+        if not spec.history_fields and not spec.history_length:
+            return spec
+        return dataclasses.replace(spec, history_fields=(), history_length=0)
     kind = getattr(cls, "history_kind", "user_clicks")
-    if not length:  # remembered fields mean nothing to a model without a history
-        return dataclasses.replace(spec, history_fields=()) if spec.history_fields else spec
-    if spec.history_length:
-        return spec
     fields = spec.history_fields if kind == "user_clicks" else ()
-    return dataclasses.replace(spec, history_length=length, history_kind=kind, history_fields=fields)
+    return dataclasses.replace(spec, history_length=spec.history_length or cls.history_length, history_kind=kind,
+                               history_fields=fields)
 
 
 def model_names() -> list[str]:

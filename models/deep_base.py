@@ -29,7 +29,7 @@ from streamrec.models.behaviour import Behaviour, behaviour_of
 from streamrec.models.embedding import EmbeddingConfig, SparseEmbedding
 from streamrec.models.ftrl import CoordinateState, FTRLConfig, FTRLProximal
 from streamrec.models.seen_counts import SeenCounts
-from streamrec.models.wide_inputs import wide_ids
+from streamrec.models.wide_inputs import wide_columns, wide_ids
 from streamrec.stream.feature_spec import FeatureSpec
 from streamrec.stream.sparse_batch import SparseBatch
 
@@ -155,6 +155,7 @@ class DeepModel(OnlineModel):
         generator = torch.Generator().manual_seed(config.seed)
         self.wide = FTRLProximal(spec.wide_rows, config.ftrl) if self.has_wide else None
         self.seen = SeenCounts(spec) if self.has_wide and spec.counts else None
+        self.wide_columns = wide_columns(spec, config.ftrl.ignored) if self.has_wide else None
         self.embedding = SparseEmbedding(spec.field_rows, config.embedding, generator)
         self.deep = self.build_deep(spec, config, generator)
         self.adam = AdamState(dict(self.deep.named_parameters()), config.dense_lr,
@@ -234,7 +235,7 @@ class DeepModel(OnlineModel):
                 deep = self.deep_logit(rows, batch.dense)
             deep = deep.to(torch.float64)
             if self.wide is not None:
-                deep = deep + self.wide.weights(wide_ids(self.spec, batch, self.seen)).sum(dim=1)
+                deep = deep + self.wide.weights(wide_ids(self.spec, batch, self.seen, columns=self.wide_columns)).sum(dim=1)
             return deep.to(torch.float32)
 
     def learn(self, batch: SparseBatch) -> np.ndarray:
@@ -258,7 +259,8 @@ class DeepModel(OnlineModel):
         logit = torch.zeros(len(batch), dtype=torch.float64)
         wide = None
         if self.wide is not None:
-            wide = self.wide.gather(wide_ids(self.spec, batch, self.seen, learning=True))
+            wide = self.wide.gather(wide_ids(self.spec, batch, self.seen, learning=True,
+                                                columns=self.wide_columns))
             logit = wide.logits()
         if self.history_length:
             # history rows share the table with the fields: one gather, one sparse step

@@ -19,6 +19,12 @@ As in ``din`` (models/behaviour.py): the extractor reads each click field by fie
 ``--history-field`` values, concatenated, not summed), the attention score of a click adds a
 learned weight per field that *matches* the candidate and a learned bias per recency, and the
 recency-weighted match term goes into the logit; those few weights learn at ``match_lr``.
+
+The two GRUs read only each user's latest ``recurrent_length`` clicks, while the match term reads
+the whole history: the split of SIM (Pi et al., CIKM 2020), where a cheap search covers the long
+history and the sequence model the recent one. A GRU's cost grows with every step it runs, one
+step after the other, and the interest a click shows fades along the sequence anyway (DIEN's own
+premise for the evolution layer).
 """
 
 from __future__ import annotations
@@ -83,17 +89,33 @@ class _DIENNet(nn.Module):
         self.match = RecencyMatch(length, width) if config.match_logit else None
         self.learning_rates = {name: config.match_lr for name in ("match.weight", "match_attention",
                                                                    "recency_attention")}
+        self.recurrent_length = config.recurrent_length
         self.states: torch.Tensor | None = None  # the extractor's states of the last learning pass
+        self.latest: torch.Tensor | None = None  # which history slots those states are of (None: all)
+
+    def latest_slots(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """(B, K) the slots of each user's latest K clicks, oldest first and empty slots after, as the
+        history itself is laid out; None when the history is no longer than K."""
+        k = self.recurrent_length
+        if not k or mask.shape[1] <= k:
+            return None
+        return (mask.sum(dim=1, keepdim=True) - k).clamp(min=0) + torch.arange(k)
 
     def forward(self, rows: torch.Tensor, dense: torch.Tensor, history: torch.Tensor, mask: torch.Tensor,
                 behaviour: Behaviour) -> torch.Tensor:
-        b, length = mask.shape
-        entries = behaviour.fields.reshape(b, length, -1)  # (B, L, W * D)
+        b = mask.shape[0]
+        entries, match, recency = behaviour.fields.reshape(b, mask.shape[1], -1), behaviour.match, behaviour.recency
+        latest = self.latest_slots(mask)
+        if latest is not None:  # the GRUs read the latest clicks; the match term below reads them all
+            by_row = torch.arange(b).unsqueeze(1)
+            entries, match, recency, mask = (entries[by_row, latest], match[by_row, latest],
+                                             recency[by_row, latest], mask[by_row, latest])
         states, _ = self.extractor(entries)  # oldest first, empty slots after: their states are masked below
         self.states = states if torch.is_grad_enabled() else None
+        self.latest = latest
         candidate = behaviour.candidate.reshape(b, -1)
         scores = torch.einsum("bld,de,be->bl", states, self.attention, candidate)
-        scores = scores + behaviour.match @ self.match_attention + self.recency_attention[behaviour.recency]
+        scores = scores + match @ self.match_attention + self.recency_attention[recency]
         scores = scores.masked_fill(~mask, float("-inf"))
         # a user with no clicks yet has all scores -inf: no attention, the interest stays at zero
         attention = torch.where(mask.any(dim=1, keepdim=True), torch.softmax(scores, dim=1), torch.zeros_like(scores))
@@ -113,6 +135,7 @@ class DIENConfig(DeepConfig):
     auxiliary_weight: float = 1.0  # the paper's alpha on the next-click loss
     match_logit: bool = True    # the (field, recency) match weights in the logit (models/behaviour.py)
     match_lr: float = 0.05      # the Adam rate of the match and recency weights
+    recurrent_length: int = 10  # the GRUs read each user's latest clicks, at most this many (0: all)
 
 
 class DIEN(DeepModel):
@@ -134,6 +157,9 @@ class DIEN(DeepModel):
         states = self.deep.states
         if self.config.auxiliary_weight == 0 or states is None or history is None or mask is None:
             return None
+        if self.deep.latest is not None:
+            by_row = torch.arange(len(history)).unsqueeze(1)
+            history, mask = history[by_row, self.deep.latest], mask[by_row, self.deep.latest]
         # state t against the click at t+1 (positive) and another user's click at t+1 (negative)
         positive, negative = history[:, 1:], history.roll(1, dims=0)[:, 1:]
         valid = mask[:, 1:] & mask[:, :-1] & mask.roll(1, dims=0)[:, 1:]

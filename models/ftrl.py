@@ -33,6 +33,9 @@ class FTRLConfig:
     beta: float = 1.0
     l1: float = 1.0
     l2: float = 1.0
+    # crosses ("A:B") and count features ("count:KEY") of the spec this part does not read: the
+    # online search (models/online_search.py) keeps every candidate in one spec and switches them
+    ignored: tuple[str, ...] = ()
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch
 from streamrec.models.base import OnlineModel, own
 from streamrec.models.ftrl import FTRLConfig, FTRLProximal
 from streamrec.models.seen_counts import SeenCounts
-from streamrec.models.wide_inputs import wide_ids
+from streamrec.models.wide_inputs import wide_columns, wide_ids
 from streamrec.stream.feature_spec import FeatureSpec
 from streamrec.stream.sparse_batch import SparseBatch
 
@@ -41,14 +41,15 @@ class LogisticRegressionFTRL(OnlineModel):
         super().__init__(spec, config)
         self.wide = FTRLProximal(spec.wide_rows, config.ftrl)
         self.seen = SeenCounts(spec) if spec.counts else None
+        self.wide_columns = wide_columns(spec, config.ftrl.ignored)
 
     def logits(self, batch: SparseBatch) -> torch.Tensor:
-        ids = wide_ids(self.spec, batch, self.seen)
+        ids = wide_ids(self.spec, batch, self.seen, columns=self.wide_columns)
         return self.wide.weights(ids).sum(dim=1).to(torch.float32)
 
     def learn(self, batch: SparseBatch) -> np.ndarray:
         assert batch.labels is not None, "learn needs labels"
-        ids = wide_ids(self.spec, batch, self.seen, learning=True)
+        ids = wide_ids(self.spec, batch, self.seen, learning=True, columns=self.wide_columns)
         state = self.wide.gather(ids)
         p = torch.sigmoid(state.logits())
         self.wide.step_examples(state, p - batch.labels.to(torch.float64))

@@ -214,9 +214,13 @@ class SpecOptions:
     seed: int = 0
     # sequence models: fields remembered with each clicked item (FeatureSpec.history_fields)
     history_fields: tuple[str, ...] = ()
+    # sequence models: clicks remembered per user (FeatureSpec.history_length); 0 = the model's own default
+    history_length: int = 0
 
     def infer(self, sample: list[dict[str, Any]]) -> FeatureSpec:
         spec = FeatureSpec.infer(sample, cat_buckets=self.cat_buckets, bucket_overrides=self.bucket_overrides,
                                  crosses=self.crosses, dense_numeric=self.dense_numeric, seed=self.seed,
                                  counts=self.counts, count_rows=self.count_rows)
-        return dataclasses.replace(spec, history_fields=self.history_fields) if self.history_fields else spec
+        if self.history_length < 0:
+            raise ConfigError(f"history_length must be >= 0, got {self.history_length}")
+        return dataclasses.replace(spec, history_fields=self.history_fields, history_length=self.history_length)

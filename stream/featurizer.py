@@ -326,6 +326,12 @@ class Featurizer:
         ids += spec.offsets
         return self._batch(ids, dense, labels)
 
+    def recross(self, batch: SparseBatch) -> SparseBatch:
+        """``batch`` (of a spec with the same fields) with this spec's crosses: the cross ids are a
+        function of the field ids alone."""
+        crossed = self._batch(batch.ids.numpy(), batch.dense.numpy(), None)
+        return SparseBatch(batch.ids, crossed.cross_ids, batch.dense, batch.labels, batch.history)
+
     def _batch(self, ids: np.ndarray, dense: np.ndarray, labels: Sequence[int] | np.ndarray | None) -> SparseBatch:
         """The batch of field ids (offsets added) and dense inputs, with the wide crosses."""
         spec = self.spec

@@ -44,6 +44,7 @@ from streamrec.models import (
     spec_for,
 )
 from streamrec.models.base import read_metadata
+from streamrec.models.online_search import SearchSettings
 from streamrec.stream.behaviour_history import BehaviourHistory
 from streamrec.stream.errors import ConfigError, ModelError
 from streamrec.stream.feature_spec import DEFAULT_CAT_BUCKETS, SPEC_SAMPLE_ROWS, SpecOptions
@@ -107,19 +108,21 @@ class Model:
     ``name`` is a registered model (:func:`streamrec.model_names`); ``settings`` its dotted
     settings (``{"ftrl.alpha": 0.5, "hidden": (128, 64)}``); ``crosses`` wide-part feature
     crosses (``"user_id:country"``); ``counts`` count features of fields or crosses;
-    ``history_fields`` the fields a sequence model remembers with each click. The fields and
+    ``history_fields`` the fields a sequence model remembers with each click and ``history_length``
+    how many of a user's latest clicks it reads (0: the model's default). The fields and
     their kinds are inferred from the first batch the model sees, as the trainer does.
     """
 
     def __init__(self, name: str = "wide_deep", *, settings: Mapping[str, Any] | None = None,
                  crosses: Sequence[str | tuple[str, str]] = (), counts: Sequence[str] = (),
-                 history_fields: Sequence[str] = (), buckets: int = DEFAULT_CAT_BUCKETS, seed: int = 0,
+                 history_fields: Sequence[str] = (), history_length: int = 0, buckets: int = DEFAULT_CAT_BUCKETS,
+                 seed: int = 0,
                  user_field: str = "user_id", item_field: str = "item_id", window: int = 10_000) -> None:
         pairs = tuple(parse_cross(c) for c in crosses)
         self.name = name
         self.settings = checked_settings(name, settings, pairs, tuple(counts))
         self.spec_options = SpecOptions(cat_buckets=buckets, crosses=pairs, counts=tuple(counts), seed=seed,
-                                        history_fields=tuple(history_fields))
+                                        history_fields=tuple(history_fields), history_length=history_length)
         self.seed = seed
         self.user_field, self.item_field = user_field, item_field
         self.metrics = StreamingMetrics(window)
@@ -263,11 +266,15 @@ def evaluate(path: str | Path, format: str, model: str = "wide_deep", *, user_fi
              item_field: str | None = None, columns: str | None = None, numeric_columns: str | None = None,
              limit: int | None = None, batch_size: int = 512, window: int = 10_000,
              crosses: Sequence[str | tuple[str, str]] = (), counts: Sequence[str] = (),
-             settings: Mapping[str, Any] | None = None, history_fields: Sequence[str] = (), seed: int = 0,
-             strict: bool = False, on_progress: Callable[[int], None] | None = None,
+             settings: Mapping[str, Any] | None = None, history_fields: Sequence[str] = (), history_length: int = 0,
+             seed: int = 0, strict: bool = False, search: bool = True,
+             on_progress: Callable[[int], None] | None = None,
              read_errors: list[str] | None = None) -> dict[str, Any]:
     """One progressive pass of ``model`` over a log file: the report ``streamrec evaluate`` prints
     (examples, AUC lifetime and window, logloss, normalised entropy, calibration, ex/s).
+    With ``search`` (the default) settings, crosses and count features are searched online and the
+    report's ``search`` says what was chosen (models/online_search.py); without it the model learns
+    exactly the configuration given.
 
     ``format`` is one of criteo, avazu, libsvm, libfm, csv, jsonl; ``columns`` maps csv/jsonl
     columns (``label=click,user=uid,item=ad``). Malformed rows are counted in the report
@@ -285,8 +292,9 @@ def evaluate(path: str | Path, format: str, model: str = "wide_deep", *, user_fi
     report, _model = evaluate_file(Path(path), format, model, limit=limit, stats=stats, reader_options=options,
                                    batch_size=batch_size, window=window, seed=seed, model_settings=model_settings,
                                    spec_options=SpecOptions(crosses=pairs, counts=tuple(counts), seed=seed,
-                                                            history_fields=tuple(history_fields)),
-                                   on_batch=on_progress)
+                                                            history_fields=tuple(history_fields),
+                                                            history_length=history_length),
+                                   search=SearchSettings() if search else None, on_batch=on_progress)
     if read_errors is not None:
         read_errors.extend(stats.errors)
     return report

@@ -67,6 +67,9 @@ TRAINER_VALUES: dict[str, str | tuple[str, ...]] = {
     "negatives": "streamrec_join_outcomes_total{outcome=negatives}",
     "late_clicks": "streamrec_join_outcomes_total{outcome=late_clicks}",
     "orphan_clicks": "streamrec_join_outcomes_total{outcome=orphan_clicks}",
+    "search_promotions": "streamrec_search_promotions",
+    "search_challengers": "streamrec_search_challengers",
+    "search_compute": "streamrec_search_compute_ratio",
 }
 SCORER_VALUES: dict[str, str | tuple[str, ...]] = {
     "served_version": "streamrec_served_version",

@@ -19,6 +19,7 @@ import torch
 
 from streamrec.models import REGISTRY, OnlineModel, create_model, spec_for
 from streamrec.models.deep_base import import_optimiser_modules
+from streamrec.models.online_search import OnlineSearch, SearchSettings
 from streamrec.models.progressive import progressive_step
 from streamrec.producers.columns import columnar_fields, first_rows, read_columns
 from streamrec.producers.readers import ReaderOptions, ReadStats, Row, read_rows
@@ -39,12 +40,15 @@ def batched(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
 
 def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512, window: int = 10_000,
                   spec_options: SpecOptions = SpecOptions(), seed: int = 0,
-                  model_settings: dict[str, str] | None = None,
+                  model_settings: dict[str, str] | None = None, search: SearchSettings | None = None,
                   on_batch: Callable[[int], None] | None = None) -> tuple[dict[str, Any], OnlineModel]:
+    """One progressive pass over ``rows``: the report and the model (with ``search``, the champion
+    of the online search over settings, crosses and counts, models/online_search.py)."""
     iterator = iter(rows)
     head = list(itertools.islice(iterator, SPEC_SAMPLE_ROWS))
     spec = spec_for(model_name, spec_options.infer([r.features for r in head]))
     model = create_model(model_name, spec, seed=seed, settings=model_settings)
+    learner = OnlineSearch(model, search) if search is not None else model
     featurizer = Featurizer(spec)
     # sequence models: the clicks so far, from the stream itself (stream/behaviour_history.py)
     history = (BehaviourHistory(spec.history_kind, spec.history_length, fields=spec.history_fields)
@@ -59,15 +63,20 @@ def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512
         batch = featurizer.build(users, items, [r.features for r in chunk], labels,
                                  history.rows_before_learning(users, items, labels, [r.features for r in chunk])
                                  if history is not None else None)
-        progressive_step(model, metrics, batch)
+        progressive_step(learner, metrics, batch)
         if history is not None:
             history.after(users, items, labels, [r.features for r in chunk])
         if on_batch:
             on_batch(len(chunk))
-    return _report(model_name, metrics, time.perf_counter() - started, model), model
+    return _report(model_name, metrics, time.perf_counter() - started, learner), _model_of(learner)
 
 
-def _report(model_name: str, metrics: StreamingMetrics, wall: float, model: OnlineModel) -> dict[str, Any]:
+def _model_of(learner: OnlineModel | OnlineSearch) -> OnlineModel:
+    return learner.champion if isinstance(learner, OnlineSearch) else learner
+
+
+def _report(model_name: str, metrics: StreamingMetrics, wall: float,
+            model: OnlineModel | OnlineSearch) -> dict[str, Any]:
     snap = metrics.snapshot()
     return {
         "model": model_name,
@@ -94,7 +103,7 @@ def reads_history(model_name: str) -> bool:
 
 def evaluate_columns(chunks: Iterable[ColumnChunk], model_name: str, *, batch_size: int = 512,
                      window: int = 10_000, spec_options: SpecOptions = SpecOptions(), seed: int = 0,
-                     model_settings: dict[str, str] | None = None,
+                     model_settings: dict[str, str] | None = None, search: SearchSettings | None = None,
                      on_batch: Callable[[int], None] | None = None) -> tuple[dict[str, Any], OnlineModel]:
     """:func:`evaluate_rows` over column chunks: the same mini-batches, predictions and report.
     Reading and featurizing run a chunk or two ahead in a thread (pyarrow, numpy and torch
@@ -105,6 +114,7 @@ def evaluate_columns(chunks: Iterable[ColumnChunk], model_name: str, *, batch_si
     first = next(iterator, None)
     spec = spec_for(model_name, spec_options.infer(first.feature_dicts(SPEC_SAMPLE_ROWS) if first else []))
     model = create_model(model_name, spec, seed=seed, settings=model_settings)
+    learner = OnlineSearch(model, search) if search is not None else model
     featurizer = Featurizer(spec)
     metrics = StreamingMetrics(window)
     batches = map(featurizer.build_columns, itertools.chain([first] if first else [], iterator))
@@ -113,7 +123,7 @@ def evaluate_columns(chunks: Iterable[ColumnChunk], model_name: str, *, batch_si
     pending: SparseBatch | None = None
 
     def learn(mini_batch: SparseBatch) -> None:
-        progressive_step(model, metrics, mini_batch)
+        progressive_step(learner, metrics, mini_batch)
         if on_batch:
             on_batch(len(mini_batch))
 
@@ -139,7 +149,7 @@ def evaluate_columns(chunks: Iterable[ColumnChunk], model_name: str, *, batch_si
         torch.set_num_threads(threads)
     if pending is not None:
         learn(pending)
-    return _report(model_name, metrics, time.perf_counter() - started, model), model
+    return _report(model_name, metrics, time.perf_counter() - started, learner), _model_of(learner)
 
 
 @contextmanager

@@ -134,3 +134,37 @@ def test_generate_behaviour_from_the_command_line(tmp_path):
     refused = subprocess.run([sys.executable, "-m", "streamrec", "generate", "--rows", "10", "--match-strength", "1",
                               "--out", str(tmp_path / "x.tsv")], capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "--match-strength" in refused.stderr and "--behaviour" in refused.stderr
+
+
+def test_dien_reads_the_latest_clicks_with_its_grus_and_is_exact_when_histories_are_short(tmp_path):
+    from streamrec.models import create_model
+
+    rows, _summary = _behaviour_rows(tmp_path, 3_000, 9)
+    spec = spec_for("dien", FIELDS.infer([r.features for r in rows[:500]]))
+    featurizer = Featurizer(spec)
+    window, whole = (create_model("dien", spec, settings={"recurrent_length": k}) for k in ("4", "0"))
+    users, items = [r.user_id for r in rows[:64]], [r.item_id for r in rows[:64]]
+    features, labels = [r.features for r in rows[:64]], [r.label for r in rows[:64]]
+    short = [[[f"i{u}-{j}", f"c{j}"] for j in range(int(u[-1:], 16) % 5)] for u in users]  # 0 to 4 clicks
+    batch = featurizer.build(users, items, features, labels, short)
+    # no history is longer than the window: the GRUs read the same steps, the predictions are equal
+    np.testing.assert_allclose(window.predict_proba(batch), whole.predict_proba(batch), rtol=1e-6)
+    long = [[[f"i{u}-{j}", f"c{j}"] for j in range(12)] for u in users]
+    batch = featurizer.build(users, items, features, labels, long)
+    assert not np.allclose(window.predict_proba(batch), whole.predict_proba(batch))
+    # the window is the latest clicks: changing the oldest ones moves only the whole-history GRUs
+    # (the match term reads every click, so a click unlike the candidate's fields is changed)
+    older = [[[f"other-{j}", f"d{j}"] if j < 4 else e for j, e in enumerate(h)] for h in long]
+    changed = featurizer.build(users, items, features, labels, older)
+    window.deep.match.weight.data.zero_()
+    np.testing.assert_allclose(window.predict_proba(batch), window.predict_proba(changed), rtol=1e-6)
+    window.learn(batch)  # the auxiliary loss reads the same window
+    assert window.deep.latest is not None and window.deep.latest.shape == (64, 4)
+
+
+def test_history_length_is_a_setting_of_new_sequence_models(tmp_path):
+    rows, _summary = _behaviour_rows(tmp_path, 2_000, 10)
+    report, model = evaluate_rows(rows, "din", spec_options=SpecOptions(history_fields=("C3",), history_length=7))
+    assert model.spec.history_length == 7 and report["examples"] == 2_000
+    _report, plain = evaluate_rows(rows, "wide_deep", spec_options=SpecOptions(history_length=7))
+    assert plain.spec.history_length == 0  # a model that reads no history keeps none

@@ -61,7 +61,12 @@ def test_chart_values_read_every_trainer_series_from_a_real_registry():
     assert values["lag"] == 9 and values["dead_letters"] == 0 and values["held"] == 0
     # Gauges with labels exist only once set: before the first publish the page shows "–".
     missing = sorted(name for name in TRAINER_VALUES if values[name] is None)
-    assert missing == ["examples_per_second", "live_version", "version"], missing
+    # ... and the search's readings only from a trainer that searches
+    assert missing == ["examples_per_second", "live_version", "search_challengers", "search_compute",
+                       "search_promotions", "version"], missing
+    quality.update(search_promotions=2.0, search_challengers=1.0, search_compute_multiple=2.5)
+    values = chart_values("trainer", parse(generate_latest(metrics.registry).decode()))
+    assert (values["search_promotions"], values["search_challengers"], values["search_compute"]) == (2, 1, 2.5)
 
 
 @pytest.mark.integration

@@ -28,7 +28,8 @@ def test_history_keeps_the_last_clicks_of_the_most_recent_users_and_round_trips(
 def test_history_items_share_the_item_rows_and_din_attends_to_them(learnable_rows):
     rows = learnable_rows[:2000]
     spec = spec_for("din", SpecOptions().infer([r.features for r in rows[:500]]))
-    assert spec.history_length == 20 and spec_for("wide_deep", spec) is spec
+    plain = spec_for("wide_deep", spec)
+    assert spec.history_length == 20 and plain.history_length == 0 and spec_for("wide_deep", plain) is plain
     featurizer = Featurizer(spec)
     items = [r.item_id for r in rows[:3]]
     batch = featurizer.build([r.user_id for r in rows[:3]], items, [r.features for r in rows[:3]],

@@ -181,11 +181,18 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
 @click.option("--history-field", "history_fields", multiple=True, metavar="FIELD",
               help="Sequence models: remember this categorical field of each clicked item too, e.g. its "
                    "category (repeatable; new models only).")
+@click.option("--history-length", type=click.IntRange(min=1),
+              help="Sequence models: how many of each user's latest clicks they read (new models only; "
+                   "default: the model's own, see docs/sequence-models.md).")
+@click.option("--search/--no-search", default=True, show_default=True,
+              help="Search settings, crosses and count features online while learning, and predict with the "
+                   "best so far (docs/online-search.md); --no-search learns exactly the configuration given.")
 @click.option("--report-json", type=click.Path(path_type=Path), help="Write the report here.")
 def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | None, columns: str | None,
              numeric_columns: str | None, strict: bool, limit: int | None, model: str, batch_size: int,
              window: int, crosses: tuple[str, ...], counts: tuple[str, ...], settings: tuple[str, ...], seed: int,
-             history_fields: tuple[str, ...], report_json: Path | None) -> None:
+             history_fields: tuple[str, ...], history_length: int | None, search: bool,
+             report_json: Path | None) -> None:
     """One prequential pass (predict, measure, learn) of a model over a log file."""
     from streamrec import api
     from streamrec.models import parse_settings
@@ -193,8 +200,8 @@ def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | Non
     errors: list[str] = []
     run = dict(format=fmt, model=model, user_field=user_field, item_field=item_field, columns=columns,
                numeric_columns=numeric_columns, limit=limit, batch_size=batch_size, window=window, crosses=crosses,
-               counts=counts, settings=parse_settings(settings), history_fields=history_fields, seed=seed,
-               strict=strict, read_errors=errors)
+               counts=counts, settings=parse_settings(settings), history_fields=history_fields,
+               history_length=history_length or 0, seed=seed, strict=strict, search=search, read_errors=errors)
     # checked before the bar appears, so a wrong flag is the only output
     api.checked_settings(model, run["settings"], tuple(api.parse_cross(c) for c in crosses), counts)
     with progress_bar(f"evaluate {model}", limit or count_lines(path)) as advance:
@@ -204,5 +211,21 @@ def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | Non
     console.print(f"{model}: {report['examples']:,} examples  AUC {report['auc']:.4f} (window {report['auc_window']:.4f})  "
                   f"logloss {report['logloss']:.4f}  NE {report['normalized_entropy']:.4f}  "
                   f"calibration {report['calibration']:.3f}  {report['examples_per_second']:,.0f} ex/s")
+    if "search" in report:
+        console.print(search_summary(report["search"]))
     click.echo(json.dumps(report, sort_keys=True))
     write_report(report_json, report)
+
+
+def search_summary(search: dict) -> str:
+    """What the online search chose, as the flags that pin it, and what it tried."""
+    chosen = search["configuration"]
+    flags = [f"--cross {c}" for c in chosen["crosses"]] + [f"--count {c}" for c in chosen["counts"]]
+    flags += [f"--set {key}={value:.4g}" for key, value in chosen["settings"].items()]
+    lines = [f"search: {len(search['promotions'])} promotions, {len(search['dropped'])} changes dropped, "
+             f"{search['compute_multiple']:.2f}x one model's learning"]
+    lines += [f"  at {p['at']:,}: {p['move']} (logloss {p['logloss_change']:+.5f}, z {p['z']:.1f})"
+              for p in search["promotions"]]
+    lines.append("  chosen: " + (" ".join(flags) if flags else "the defaults") + "  (pin it with --no-search)")
+    return "\n".join(lines)
+

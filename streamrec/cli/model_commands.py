@@ -72,12 +72,28 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
 @click.argument("version", type=int)
 @click.pass_context
 def models_show(ctx: click.Context, version: int) -> None:
-    """The metadata of one version (JSON), with its annotation if it has one."""
+    """The metadata of one version (JSON), with its annotation if it has one, the configuration it
+    learns with (crosses, counts, settings) and, if it was searched, where its online search stands."""
+    from streamrec.models import REGISTRY
+    from streamrec.models.base import config_from_json, read_metadata
+    from streamrec.models.online_search import configuration_of
+    from streamrec.stream.errors import ModelError
+    from streamrec.stream.feature_spec import FeatureSpec
+
     store = _store(ctx)
     shown = store.meta(version).to_dict()
     annotation = store.annotation(version)
     if annotation is not None:
         shown["annotation"] = annotation
+    try:
+        weights = read_metadata(store.load(version, with_state=False).weights)
+    except ModelError:  # weights written by something else: the metadata above is all there is
+        weights = {}
+    if weights.get("model") in REGISTRY:
+        config = config_from_json(REGISTRY[weights["model"]].config_class, weights["config"])
+        shown["configuration"] = configuration_of(FeatureSpec.from_json(weights["spec"]), config)
+    if "search" in weights:
+        shown["search"] = json.loads(weights["search"])
     click.echo(json.dumps(shown, indent=2, sort_keys=True))
 
 

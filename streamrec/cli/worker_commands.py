@@ -69,6 +69,13 @@ def _stop_on_signals(stop: threading.Event) -> None:
 @click.option("--history-field", "history_fields", multiple=True, metavar="FIELD",
               help="Sequence models: remember this categorical field of each clicked item too, e.g. its "
                    "category (repeatable; new models only).")
+@click.option("--history-length", type=click.IntRange(min=1),
+              help="Sequence models: how many of each user's latest clicks they read (new models only; "
+                   "default: the model's own, see docs/sequence-models.md).")
+@click.option("--search/--no-search", default=None,
+              help="Search settings, crosses and count features online and publish the best so far "
+                   "(STREAMREC_SEARCH, default on; docs/online-search.md). --no-search learns exactly the "
+                   "configuration given.")
 @click.option("--metrics-host", help="Address /metrics listens on; 0.0.0.0 for a cluster (STREAMREC_METRICS_HOST).")
 @click.option("--from-examples", is_flag=True,
               help="Read labelled examples from <ns>.examples, written by `streamrec join` workers, instead of "
@@ -81,7 +88,8 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
           keep_versions: int | None, metrics_port: int | None, exit_at_end: bool, crosses: tuple[str, ...],
           counts: tuple[str, ...], buckets: int, model_settings: tuple[str, ...], seed: int, positives: str | None,
           delta_every_s: float | None, dense_every_s: float | None, gate: bool | None, gate_margin: float | None,
-          rollback_drop: float | None, history_fields: tuple[str, ...], metrics_host: str | None,
+          rollback_drop: float | None, history_fields: tuple[str, ...], history_length: int | None,
+          search: bool | None, metrics_host: str | None,
           from_examples: bool, ready_file: Path | None, report_json: Path | None) -> None:
     """Run a trainer worker: join impressions and clicks, learn, publish versions to Redis."""
     from streamrec.api import checked_settings, parse_cross
@@ -94,7 +102,8 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
                              publish_every_examples=publish_every_examples, publish_every_s=publish_every_s,
                              keep_versions=keep_versions, metrics_port=metrics_port, positives=positives,
                              delta_every_s=delta_every_s, dense_every_s=dense_every_s, gate=gate,
-                             gate_margin=gate_margin, rollback_drop=rollback_drop, metrics_host=metrics_host)
+                             gate_margin=gate_margin, rollback_drop=rollback_drop, metrics_host=metrics_host,
+                             search=search)
     pairs = tuple(parse_cross(c) for c in crosses)
     parsed = checked_settings(settings.model, parse_settings(model_settings), pairs, counts)
     endpoints = resolve_endpoints(settings)
@@ -108,7 +117,7 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
     options = TrainerOptions.from_settings(
         settings, worker_id=worker_id or _default_worker_id(), exit_at_end=exit_at_end, seed=seed,
         spec_options=SpecOptions(cat_buckets=buckets, crosses=pairs, counts=counts, seed=seed,
-                                 history_fields=history_fields),
+                                 history_fields=history_fields, history_length=history_length or 0),
         model_settings=parsed, from_examples=from_examples)
     trainer = Trainer(settings, options, kafka_bootstrap=endpoints.kafka_bootstrap, redis_url=endpoints.redis_url,
                       on_publish=lambda n, meta, _probe: console.print(

@@ -28,7 +28,9 @@ const CHARTS = [
 const STATS = {
   trainer: [["auc_window", "AUC window", 4], ["auc_lifetime", "AUC lifetime", 4], ["examples_per_second", "examples/s", 0],
             ["examples", "examples", 0], ["lag", "lag", 0], ["dead_letters", "dead letters", 0],
-            ["version", "head version", 0], ["live_version", "live version", 0], ["rollbacks", "rollbacks", 0]],
+            ["version", "head version", 0], ["live_version", "live version", 0], ["rollbacks", "rollbacks", 0],
+            ["search_promotions", "search promotions", 0], ["search_challengers", "challengers", 0],
+            ["search_compute", "search compute x", 2]],
   scorer: [["served_version", "served version", 0], ["served_delta_seq", "delta", 0],
            ["predictions", "predictions", 0]],
   joiner: [["examples_emitted", "examples written", 0], ["positives", "positives", 0], ["lag", "lag", 0],

@@ -1,0 +1,498 @@
+"""Online search over a model's settings, wide crosses and count features, while the stream flows.
+
+A user with a new stream should not have to run a hyper-parameter study. This module runs one
+while the model learns, in the spirit of ChaCha (Wu et al., "ChaCha for Online AutoML", ICML
+2021: a champion and a few challengers that each differ from it by one change, judged online on
+the same examples) and AutoCross (Luo et al., KDD 2019: crosses proposed from cheap statistics of
+a sample):
+
+* **Candidates from the stream's own first examples.** After ``sample`` examples (each already
+  predicted and learned, so choosing from them leaks nothing into the progressive metrics), every
+  pair of fields is scored by how much its cross lowers a prequential logloss of click-rate
+  estimates (each from the earlier examples with the same value) below the better of its two fields, and every field and top cross by how much its own
+  click rate tells (the signal a count feature carries, models/seen_counts.py).
+* **One spec for everyone.** The model is rebuilt on a spec holding every candidate (its state
+  carried over exactly, :func:`widen`), with the candidates switched off (``ftrl.ignored``). All
+  members then share one featurized batch; a member reads the columns its configuration uses.
+* **Challengers fork from the champion.** A challenger is a copy of the champion with one change
+  (switch on the proposed crosses, the count features, one cross, FTRL's ``alpha`` x3 or /3, the
+  embedding rate x2 or /2), so it starts warm: from the fork on, the two differ only by that
+  change, and their per-example loglosses on the same examples are a paired comparison.
+* **Promotion on evidence.** A challenger that has seen ``judge_after`` examples since its fork
+  and whose mean logloss is lower by ``z`` standard errors becomes the champion; one clearly
+  worse, or not better after ``give_up_after``, is dropped and its change is not proposed again
+  until the champion changes (a change that failed twice never again). At most ``live`` members
+  learn at once, the champion included: the learning compute is at most ``live`` times one model's.
+
+The champion's predictions are the search's: they feed the metrics, and the champion is the
+model that is returned, saved, published and served.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamrec.models.base import OnlineModel
+from streamrec.models.seen_counts import SeenCounts
+from streamrec.models.wide_inputs import wide_columns, wide_keys
+from streamrec.stream.errors import ConfigError
+from streamrec.stream.feature_spec import COUNT_LEVELS, FeatureSpec
+from streamrec.stream.featurizer import Featurizer
+from streamrec.stream.sparse_batch import SparseBatch
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How the online search spends its budget; see the module docstring."""
+
+    live: int = 3                  # members learning at once, the champion included (the compute budget)
+    sample: int = 10_000           # examples whose statistics propose the candidate crosses and counts
+    crosses: int = 8               # candidate crosses proposed, best first
+    counts: int = 4                # candidate count features proposed
+    judge_after: int = 4_000       # examples since its fork before a challenger may be promoted or dropped
+    give_up_after: int = 30_000    # ... and after which it is dropped if it is not better
+    z: float = 3.0                 # standard errors of the paired logloss difference a promotion needs
+
+    def __post_init__(self) -> None:
+        for name in ("live", "sample", "judge_after", "give_up_after"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"search.{name} must be >= 1, got {getattr(self, name)}")
+        if self.give_up_after < self.judge_after:
+            raise ConfigError("search.give_up_after must be >= search.judge_after")
+
+
+# ---------------------------------------------------------------------------- candidates
+
+
+def _prequential_rates(keys: np.ndarray, labels: np.ndarray, prior: np.ndarray, strength: float = 5.0) -> np.ndarray:
+    """Each example's click rate estimated from the *earlier* examples with its key, shrunk to its
+    ``prior``: what memorising the key would have predicted online (a key seen for the first time
+    predicts the prior, so a key that never recurs gains nothing)."""
+    _, inverse = np.unique(keys, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")  # grouped by key, stream order inside a group
+    group, y = inverse[order], labels[order]
+    position = np.arange(len(group))
+    starts = np.maximum.accumulate(np.where(np.r_[True, group[1:] != group[:-1]], position, 0))
+    total = np.cumsum(y)
+    seen_before = position - starts
+    clicks_before = total - y - (total[starts] - y[starts])
+    rates = np.empty(len(keys))
+    rates[order] = (clicks_before + strength * prior[order]) / (seen_before + strength)
+    return np.clip(rates, 1e-6, 1 - 1e-6)
+
+
+def _logit(p: np.ndarray | float) -> np.ndarray:
+    return np.log(p) - np.log1p(-np.asarray(p))
+
+
+def _mean_logloss(p: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+@dataclass
+class Candidates:
+    """Crosses and count features proposed from a sample, best first, with their scores."""
+
+    crosses: list[tuple[str, str]] = field(default_factory=list)
+    counts: list[str] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+def propose(spec: FeatureSpec, ids: np.ndarray, labels: np.ndarray, settings: SearchSettings) -> Candidates:
+    """Candidate crosses and count features from a sample's field ids (N, F) and labels (N,)."""
+    labels = labels.astype(np.float64)
+    prior = float(np.clip(labels.mean(), 1e-4, 1 - 1e-4)) if len(labels) else 0.5
+    out = Candidates()
+    if len(labels) < 100 or labels.min() == labels.max():
+        return out
+    names = spec.names
+    flat = np.full(len(labels), prior)
+    rates = [_prequential_rates(ids[:, j], labels, flat) for j in range(len(names))]
+    single = [_mean_logloss(r, labels) for r in rates]
+    existing = {frozenset(c) for c in spec.crosses}
+    pairs = []
+    for a in range(len(names)):
+        for b in range(a + 1, len(names)):
+            if frozenset((names[a], names[b])) in existing:
+                continue
+            # what the cross adds to its two fields taken additively (as a linear model takes them)
+            additive = 1 / (1 + np.exp(-(_logit(rates[a]) + _logit(rates[b]) - _logit(prior))))
+            additive = np.clip(additive, 1e-6, 1 - 1e-6)
+            joint = _prequential_rates(ids[:, a] * np.int64(spec.field_rows) + ids[:, b], labels, additive)
+            gain = _mean_logloss(additive, labels) - _mean_logloss(joint, labels)
+            if gain > 0:
+                pairs.append((gain, _mean_logloss(_prequential_rates(
+                    ids[:, a] * np.int64(spec.field_rows) + ids[:, b], labels, flat), labels), names[a], names[b]))
+    pairs.sort(reverse=True)
+    for gain, _joint, a, b in pairs[:settings.crosses]:
+        out.crosses.append((a, b))
+        out.scores[f"{a}:{b}"] = gain
+    # a count feature carries its key's own click rate: worth it where that rate tells something
+    # and the key has many values (a field of a few values is learned by its weights alone)
+    base = _mean_logloss(flat, labels)
+    keyed: list[tuple[float, str]] = []
+    for j, name in enumerate(names):
+        if name not in spec.counts and len(np.unique(ids[:, j])) >= 20:
+            keyed.append((base - single[j], name))
+    keyed += [(base - joint, f"{a}:{b}") for _gain, joint, a, b in pairs[:min(2, settings.crosses)]]
+    keyed = [(gain, key) for gain, key in keyed if gain > 0]
+    keyed.sort(reverse=True)
+    for gain, key in keyed[:settings.counts]:
+        out.counts.append(key)
+        out.scores[f"count:{key}"] = gain
+    return out
+
+
+# ---------------------------------------------------------------------------- models
+
+_crossing: dict[int, tuple[FeatureSpec, Featurizer]] = {}  # by the spec's id; the spec kept alive with it
+
+
+def batch_for(model: OnlineModel, batch: SparseBatch) -> SparseBatch:
+    """``batch`` with the cross columns of ``model``'s spec: a worker featurizes with the spec it
+    started with, while the search widens its models' specs with the crosses it proposes (cross
+    ids are a function of the field ids alone, so they are computed here for any spec)."""
+    if batch.cross_ids.shape[1] == len(model.spec.crosses):
+        return batch
+    kept = _crossing.get(id(model.spec))
+    if kept is None or kept[0] is not model.spec:
+        if len(_crossing) > 8:
+            _crossing.clear()
+        kept = _crossing[id(model.spec)] = (model.spec, Featurizer(model.spec))
+    return kept[1].recross(batch)
+
+
+
+def widen(model: OnlineModel, spec: FeatureSpec, seen_so_far: SparseBatch | None = None) -> OnlineModel:
+    """``model`` rebuilt on ``spec``: the same fields, ``model.spec``'s crosses and counts first and
+    more after them. Every weight, optimiser state and count is carried over; the new crosses
+    start at zero, and the new count features at zero or, given every labelled example the model
+    has learned (``seen_so_far``), at exactly the counts they would have had from the start."""
+    old = model.spec
+    if spec.fields != old.fields or spec.crosses[:len(old.crosses)] != old.crosses \
+            or spec.counts[:len(old.counts)] != old.counts:
+        raise ConfigError("widen: the new spec must extend the model's own")
+    config = model.config
+    if hasattr(config, "ftrl"):
+        config = dataclasses.replace(config, ftrl=dataclasses.replace(
+            config.ftrl, ignored=tuple(config.ftrl.ignored) + tuple(k for k in wide_keys(spec)
+                                                                   if k not in wide_keys(old))))
+    wider = type(model)(spec, config)
+    tensors = dict(model.tensors())
+    for name in ("wide.z", "wide.n"):
+        if name in tensors:
+            before, after = tensors[name], wider.tensors()[name].clone()
+            crossed = old.count_offset
+            after[:crossed] = before[:crossed]
+            counted = len(old.counts) * COUNT_LEVELS**2
+            after[spec.count_offset:spec.count_offset + counted] = before[crossed:crossed + counted]
+            after[-1] = before[-1]
+            tensors[name] = after
+    recount = None
+    if seen_so_far is not None and spec.counts:
+        recount = SeenCounts(spec)
+        recount.record(seen_so_far)
+    for name in ("seen.count", "seen.clicks"):
+        mine = wider.tensors().get(name)
+        if mine is not None:
+            after = mine.clone() if recount is None else recount.tensors()[name].clone()
+            if name in tensors:  # the old keys come first, and keep the counts they have
+                after[:len(tensors[name])] = tensors[name]
+            tensors[name] = after
+    wider.load_tensors(tensors)
+    return wider
+
+
+def retune(model: OnlineModel, changes: dict[str, Any]) -> OnlineModel:
+    """A copy of ``model`` whose settings (dotted keys: ``ftrl.alpha``, ``embedding.lr``,
+    ``ftrl.ignored``) are changed from now on; its state is the same."""
+    twin = copy.deepcopy(model)
+    config = twin.config
+    for key, value in changes.items():
+        config = _replaced(config, key.split("."), value)
+    twin.config = config
+    wide = getattr(twin, "wide", None)
+    if wide is not None:
+        wide.config = config.ftrl
+        twin.wide_columns = wide_columns(twin.spec, config.ftrl.ignored)
+    embedding = getattr(twin, "embedding", None)
+    if embedding is not None and hasattr(config, "embedding"):
+        embedding.config = config.embedding
+    return twin
+
+
+def _replaced(config: Any, path: list[str], value: Any) -> Any:
+    if len(path) == 1:
+        return dataclasses.replace(config, **{path[0]: value})
+    return dataclasses.replace(config, **{path[0]: _replaced(getattr(config, path[0]), path[1:], value)})
+
+
+def _setting(config: Any, key: str) -> Any:
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def configuration_of(spec: FeatureSpec, config: Any) -> dict[str, Any]:
+    """What a model learns with, as the flags that would pin it: the crosses and count features it
+    reads (not those it ignores) and the settings the search moves."""
+    ignored = set(getattr(getattr(config, "ftrl", None), "ignored", ()))
+    crosses = [f"{a}:{b}" for a, b in spec.crosses if f"{a}:{b}" not in ignored]
+    counts = [k for k in spec.counts if f"count:{k}" not in ignored]
+    settings = {}
+    for key in ("ftrl.alpha", "embedding.lr"):
+        try:
+            settings[key] = _setting(config, key)
+        except AttributeError:
+            continue
+    return {"crosses": crosses, "counts": counts, "settings": settings}
+
+
+# ---------------------------------------------------------------------------- the search
+
+
+@dataclass(frozen=True)
+class Move:
+    """One change a challenger makes to the champion's configuration."""
+
+    name: str                 # e.g. "+crosses", "+cross user_id:item_id", "ftrl.alpha x3"
+    changes: dict[str, Any]   # dotted settings → new values
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+@dataclass
+class Member:
+    """A challenger: the champion's copy with one move, and its paired evidence since the fork."""
+
+    move: Move
+    model: OnlineModel
+    forked_at: int
+    seen: int = 0
+    diff_sum: float = 0.0     # sum of (challenger - champion) per-example logloss
+    diff_squares: float = 0.0
+
+    @property
+    def mean(self) -> float:
+        return self.diff_sum / self.seen if self.seen else 0.0
+
+    @property
+    def z(self) -> float:
+        """How many standard errors the challenger's logloss is *below* the champion's."""
+        if self.seen < 2:
+            return 0.0
+        variance = max(self.diff_squares / self.seen - self.mean**2, 1e-18)
+        return -self.mean / math.sqrt(variance / self.seen)
+
+
+def _logloss(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+class OnlineSearch:
+    """A champion model and up to ``live - 1`` challengers learning from the same batches; see the
+    module docstring. Drives like a model: :meth:`learn` returns the champion's predictions made
+    before the step."""
+
+    def __init__(self, model: OnlineModel, settings: SearchSettings = SearchSettings(), fresh: bool = True) -> None:
+        """``fresh``: ``model`` has learned nothing yet, so the sample is every example it learned."""
+        self.champion = model
+        self.fresh = fresh
+        self.settings = settings
+        self.examples = 0
+        self.challengers: list[Member] = []
+        self.candidates: Candidates | None = None
+        self.adopted: list[str] = []
+        self.promotions: list[dict[str, Any]] = []
+        self.dropped: list[dict[str, Any]] = []
+        self._failed: dict[str, int] = {}       # move → times dropped
+        self._failed_here: set[str] = set()     # moves dropped since the last promotion
+        self._sample_ids: list[np.ndarray] = []
+        self._sample_labels: list[np.ndarray] = []
+        self._member_examples = 0               # examples learned, summed over members (compute)
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return self.champion.spec
+
+    # -------------------------------------------------------------- learning
+
+    def learn(self, batch: SparseBatch) -> np.ndarray:
+        assert batch.labels is not None, "learn needs labels"
+        batch = self._with_crosses(batch)
+        labels = batch.labels.numpy().astype(np.float64)
+        champion = self.champion.learn(batch)
+        self._member_examples += len(batch) * (1 + len(self.challengers))
+        if self.challengers:
+            base = _logloss(champion, labels)
+            for member in self.challengers:
+                diff = _logloss(member.model.learn(batch), labels) - base
+                member.seen += len(diff)
+                member.diff_sum += float(diff.sum())
+                member.diff_squares += float((diff * diff).sum())
+        self.examples += len(batch)
+        if self.candidates is None:
+            self._sample(batch)
+        else:
+            self._judge()
+            self._fill()
+        return champion
+
+    def _with_crosses(self, batch: SparseBatch) -> SparseBatch:
+        return batch_for(self.champion, batch)
+
+    def _sample(self, batch: SparseBatch) -> None:
+        self._sample_ids.append(batch.ids.numpy().copy())
+        self._sample_labels.append(batch.labels.numpy().copy())
+        if self.examples < self.settings.sample:
+            return
+        ids, labels = np.concatenate(self._sample_ids), np.concatenate(self._sample_labels)
+        self._sample_ids, self._sample_labels = [], []
+        self.candidates = propose(self.spec, ids, labels, self.settings)
+        if not hasattr(self.champion.config, "ftrl"):
+            self.candidates.crosses, self.candidates.counts = [], []
+        if self.candidates.crosses or self.candidates.counts:
+            crosses = self.spec.crosses + tuple(self.candidates.crosses)
+            spec = dataclasses.replace(self.spec, crosses=crosses,
+                                       counts=self.spec.counts + tuple(self.candidates.counts))
+            # the sample is every example learned so far: the new counts start exact
+            everything = SparseBatch(torch.from_numpy(ids), torch.zeros((len(ids), 0), dtype=torch.int64),
+                                     torch.zeros((len(ids), 0)), torch.from_numpy(labels))
+            self.champion = widen(self.champion, spec, everything if self.fresh else None)
+        self._fill()
+
+    # -------------------------------------------------------------- judging
+
+    def _judge(self) -> None:
+        s = self.settings
+        ready = [m for m in self.challengers if m.seen >= s.judge_after]
+        winners = [m for m in ready if m.z >= s.z and m.mean < 0]
+        if winners:
+            best = max(winners, key=lambda m: m.z)
+            self.champion = best.model
+            self.adopted.append(best.move.name)
+            self.promotions.append({"at": self.examples, "move": best.move.name, "examples": best.seen,
+                                    "logloss_change": best.mean, "z": best.z})
+            self.challengers = []
+            self._failed_here = set()
+            return
+        for member in ready:
+            if member.z <= -s.z or member.seen >= s.give_up_after:
+                self.challengers.remove(member)
+                self._failed[member.move.name] = self._failed.get(member.move.name, 0) + 1
+                self._failed_here.add(member.move.name)
+                self.dropped.append({"at": self.examples, "move": member.move.name, "examples": member.seen,
+                                     "logloss_change": member.mean, "z": member.z})
+
+    def _fill(self) -> None:
+        running = {m.move.name for m in self.challengers}
+        for move in self.moves():
+            if len(self.challengers) >= self.settings.live - 1:
+                return
+            if move.name in running or move.name in self._failed_here or self._failed.get(move.name, 0) >= 2:
+                continue
+            self.challengers.append(Member(move, retune(self.champion, move.changes), self.examples))
+            running.add(move.name)
+
+    def moves(self) -> list[Move]:
+        """The changes worth trying from the champion, most promising first."""
+        config = self.champion.config
+        out: list[Move] = []
+        candidates = self.candidates or Candidates()
+        if hasattr(config, "ftrl"):
+            ignored = tuple(config.ftrl.ignored)
+            crosses = [f"{a}:{b}" for a, b in candidates.crosses if f"{a}:{b}" in ignored]
+            counts = [f"count:{k}" for k in candidates.counts if f"count:{k}" in ignored]
+
+            def switched_on(keys: list[str]) -> dict[str, Any]:
+                return {"ftrl.ignored": tuple(k for k in ignored if k not in keys)}
+
+            if crosses and counts:
+                out.append(Move("+crosses+counts", switched_on(crosses + counts)))
+            if len(crosses) > 1:
+                out.append(Move("+crosses " + ",".join(crosses), switched_on(crosses)))
+            if counts:
+                out.append(Move("+counts " + ",".join(k[len("count:"):] for k in counts), switched_on(counts)))
+            alpha = config.ftrl.alpha
+            if alpha * 3 <= 5.0:
+                out.append(Move("ftrl.alpha x3", {"ftrl.alpha": alpha * 3}))
+            if alpha / 3 >= 1e-3:
+                out.append(Move("ftrl.alpha /3", {"ftrl.alpha": alpha / 3}))
+        if hasattr(config, "embedding"):
+            rate = config.embedding.lr
+            if rate * 2 <= 20.0:
+                out.append(Move("embedding.lr x2", {"embedding.lr": rate * 2}))
+            if rate / 2 >= 1e-3:
+                out.append(Move("embedding.lr /2", {"embedding.lr": rate / 2}))
+        if hasattr(config, "ftrl"):
+            for key in [f"{a}:{b}" for a, b in candidates.crosses if f"{a}:{b}" in config.ftrl.ignored]:
+                out.append(Move(f"+cross {key}", {"ftrl.ignored": tuple(k for k in config.ftrl.ignored
+                                                                         if k != key)}))
+        return out
+
+    # -------------------------------------------------------------- what it shows
+
+    def configuration(self) -> dict[str, Any]:
+        """The champion's configuration (:func:`configuration_of`)."""
+        return configuration_of(self.spec, self.champion.config)
+
+    @property
+    def compute_multiple(self) -> float:
+        return self._member_examples / self.examples if self.examples else 0.0
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed search needs to go on (kept in each version's metadata): the candidates,
+        what was adopted, promoted and dropped. Challengers are not kept: a resumed search forks
+        new ones from the champion it resumes with."""
+        return {"examples": self.examples, "member_examples": self._member_examples,
+                "candidates": None if self.candidates is None else {
+                    "crosses": [list(c) for c in self.candidates.crosses], "counts": self.candidates.counts,
+                    "scores": self.candidates.scores},
+                "adopted": self.adopted, "promotions": self.promotions, "dropped": self.dropped,
+                "failed": self._failed}
+
+    @classmethod
+    def resumed(cls, model: OnlineModel, settings: SearchSettings, state: dict[str, Any] | None) -> OnlineSearch:
+        """The search going on from a version: ``state`` from its metadata (None: the version was
+        learned without a search, which starts now, its counts from zero)."""
+        search = cls(model, settings, fresh=False)
+        if state is None:
+            return search
+        search.examples = int(state["examples"])
+        search._member_examples = int(state["member_examples"])
+        found = state.get("candidates")
+        if found is not None:
+            search.candidates = Candidates([(a, b) for a, b in found["crosses"]], list(found["counts"]),
+                                           dict(found["scores"]))
+        search.adopted, search.promotions, search.dropped = state["adopted"], state["promotions"], state["dropped"]
+        search._failed = dict(state["failed"])
+        return search
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "examples": self.examples,
+            "configuration": self.configuration(),
+            "adopted": list(self.adopted),
+            "promotions": list(self.promotions),
+            "dropped": list(self.dropped),
+            "challengers": [{"move": m.move.name, "examples": m.seen, "logloss_change": m.mean, "z": m.z}
+                            for m in self.challengers],
+            "candidates": dict(self.candidates.scores) if self.candidates else {},
+            "compute_multiple": self.compute_multiple,
+        }
+
+    def extra_metrics(self) -> dict[str, Any]:
+        return {**self.champion.extra_metrics(), "search": self.report()}
+
+
+__all__ = ["Candidates", "Member", "Move", "OnlineSearch", "SearchSettings", "batch_for", "configuration_of", "propose",
+           "retune", "widen"]

@@ -1,0 +1,177 @@
+"""The online search over settings, crosses and count features (models/online_search.py): its
+candidates come from the stream's statistics, a widened or retuned model keeps its state exactly,
+a switched-off input changes nothing, and on a stream with a planted interaction the search finds
+it and beats the defaults it started from."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from streamrec.evaluation import evaluate_rows
+from streamrec.models import create_model, spec_for
+from streamrec.models.online_search import (
+    OnlineSearch,
+    SearchSettings,
+    configuration_of,
+    propose,
+    retune,
+    widen,
+)
+from streamrec.producers.readers import Row
+from streamrec.stream.errors import ConfigError
+from streamrec.stream.feature_spec import SpecOptions
+from streamrec.stream.featurizer import Featurizer
+
+
+def _interaction_rows(n: int, seed: int) -> list[Row]:
+    """Clicks driven by an interaction of A and B (neither tells alone) and by a many-valued id
+    with its own click rate; C is noise."""
+    rng = np.random.default_rng(seed)
+    a, b, c = rng.integers(0, 6, n), rng.integers(0, 6, n), rng.integers(0, 6, n)
+    ids = rng.zipf(1.3, n) % 3000
+    id_rate = np.random.default_rng(99).normal(0, 1.2, 3000)
+    logit = -1.0 + 2.2 * np.where((a + b) % 3 == 0, 1.0, -1.0) + id_rate[ids]
+    labels = rng.random(n) < 1 / (1 + np.exp(-logit))
+    return [Row(int(y), f"u{i % 500}", f"id{k}", float(i), {"A": f"a{x}", "B": f"b{w}", "C": f"c{v}"})
+            for i, (y, k, x, w, v) in enumerate(zip(labels, ids, a, b, c))]
+
+
+def _batches(spec, rows, size=512):
+    featurizer = Featurizer(spec)
+    for start in range(0, len(rows), size):
+        chunk = rows[start:start + size]
+        yield featurizer.build([r.user_id for r in chunk], [r.item_id for r in chunk], [r.features for r in chunk],
+                               [r.label for r in chunk])
+
+
+def test_candidates_are_the_planted_interaction_and_the_many_valued_id():
+    rows = _interaction_rows(20_000, 1)
+    spec = SpecOptions().infer([r.features for r in rows[:1000]])
+    batch = next(_batches(spec, rows, size=20_000))
+    found = propose(spec, batch.ids.numpy(), batch.labels.numpy(), SearchSettings())
+    assert found.crosses[0] == ("A", "B")  # the one pair that tells more than its fields added
+    assert "item_id" in found.counts and not {"A", "B", "C"} & set(found.counts)  # few values: weights suffice
+
+
+@pytest.mark.parametrize("name", ["lr", "wide_deep"])
+def test_a_widened_model_predicts_what_it_did_and_a_retuned_copy_leaves_the_original_alone(name):
+    rows = _interaction_rows(6_000, 2)
+    spec = spec_for(name, SpecOptions(crosses=(("A", "C"),), counts=("user_id",)).infer([r.features for r in rows]))
+    model = create_model(name, spec)
+    batches = list(_batches(spec, rows))
+    for batch in batches[:-1]:
+        model.learn(batch)
+    wide_spec = spec_for(name, SpecOptions(crosses=(("A", "C"), ("A", "B")), counts=("user_id", "A:B", "item_id"))
+                         .infer([r.features for r in rows]))
+    wider = widen(model, wide_spec)
+    assert wider.config.ftrl.ignored == ("A:B", "count:A:B", "count:item_id")
+    last = Featurizer(wide_spec).recross(batches[-1])
+    # the new crosses and counts are switched off: the same coordinates, the same predictions
+    np.testing.assert_allclose(wider.predict_proba(last), model.predict_proba(batches[-1]), rtol=1e-6)
+    faster = retune(wider, {"ftrl.alpha": 0.5, "ftrl.ignored": ()})
+    assert faster.config.ftrl.alpha == 0.5 and wider.config.ftrl.alpha == model.config.ftrl.alpha
+    before = wider.predict_proba(last)
+    faster.learn(last)
+    np.testing.assert_array_equal(wider.predict_proba(last), before)  # the copy learned, not the original
+    with pytest.raises(ConfigError, match="ftrl.ignored: X:Y"):
+        retune(model, {"ftrl.ignored": ("X:Y",)})
+
+
+def test_the_search_finds_the_interaction_and_beats_its_defaults():
+    rows = _interaction_rows(60_000, 3)
+    plain, _ = evaluate_rows(rows, "lr")
+    searched, model = evaluate_rows(rows, "lr", search=SearchSettings(sample=5_000))
+    report = searched["search"]
+    assert any(p["move"].startswith("+crosses") or p["move"] == "+cross A:B" for p in report["promotions"])
+    assert "A:B" in report["configuration"]["crosses"]
+    assert searched["auc"] > plain["auc"] + 0.02, (searched["auc"], plain["auc"])
+    assert 1.0 < report["compute_multiple"] <= SearchSettings().live
+    # the champion is the model returned: it reads the cross it adopted
+    assert "A:B" not in model.config.ftrl.ignored and ("A", "B") in model.spec.crosses
+    json.dumps(report)  # the report goes into --report-json as it is
+
+
+def test_a_challenger_that_is_worse_is_dropped_and_the_champion_predicts():
+    rows = _interaction_rows(30_000, 4)
+    spec = spec_for("lr", SpecOptions().infer([r.features for r in rows[:1000]]))
+    search = OnlineSearch(create_model("lr", spec), SearchSettings(sample=2_000, judge_after=1_000))
+    for batch in _batches(spec, rows):
+        p = search.learn(batch)
+        assert p.shape == (len(batch),)
+    report = search.report()
+    assert report["promotions"] or report["dropped"]
+    for dropped in report["dropped"]:
+        assert dropped["z"] <= -SearchSettings().z or dropped["examples"] >= SearchSettings().give_up_after
+    assert len(search.challengers) <= SearchSettings().live - 1
+    with pytest.raises(ConfigError, match="search.give_up_after"):
+        SearchSettings(judge_after=10, give_up_after=5)
+
+
+def test_evaluate_searches_by_default_and_no_search_pins_the_configuration(tmp_path):
+    from click.testing import CliRunner
+
+    from streamrec.cli import cli
+
+    rows = _interaction_rows(14_000, 5)
+    data = tmp_path / "s.jsonl"
+    data.write_text("".join(json.dumps({"click": r.label, "user": r.user_id, "item": r.item_id, **r.features}) + "\n"
+                            for r in rows))
+    common = ["evaluate", str(data), "--format", "jsonl", "--columns", "label=click,user=user,item=item",
+              "--model", "lr"]
+    searched = CliRunner().invoke(cli, [*common, "--report-json", str(tmp_path / "a.json")])
+    assert searched.exit_code == 0, searched.output
+    assert "search:" in searched.output and "pin it with --no-search" in searched.output
+    assert "search" in json.loads((tmp_path / "a.json").read_text())
+    pinned = CliRunner().invoke(cli, [*common, "--no-search", "--report-json", str(tmp_path / "b.json")])
+    assert pinned.exit_code == 0, pinned.output
+    assert "search" not in json.loads((tmp_path / "b.json").read_text())
+
+
+@pytest.mark.integration
+def test_a_trainer_searches_publishes_its_champion_and_a_resumed_one_goes_on(stack, namespace):
+    from streamrec.models import model_from_bytes
+    from streamrec.models.base import read_metadata
+    from streamrec.versions.store import VersionStore
+    from tests.streams import replay_rows, settings_for, start_trainer
+
+    rows = _interaction_rows(16_000, 6)
+    settings = settings_for(namespace, search_sample=2_000)
+    replay_rows(stack, settings, rows[:12_000], "s")
+    running = start_trainer(stack, settings, model="lr", publish_every_examples=3_000)
+    try:
+        first = running.wait()
+    finally:
+        running.stop()
+    assert first["search"]["promotions"], first["search"]  # the planted interaction wins
+    import redis
+
+    store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
+    version = store.load(store.head())
+    state = json.loads(read_metadata(version.weights)["search"])
+    champion = model_from_bytes(version.weights)
+    # the version is the champion: its configuration is the one the search chose, the planted pair in it
+    chosen = configuration_of(champion.spec, champion.config)
+    assert chosen == first["search"]["configuration"] and ("A:B" in chosen["crosses"] or "A:B" in chosen["counts"])
+    assert state["adopted"] == first["search"]["adopted"]
+    shown = subprocess.run([sys.executable, "-m", "streamrec", "models", "--model", "lr", "show", str(store.head())],
+                           env={**os.environ, "STREAMREC_REDIS_URL": stack.redis_url, "STREAMREC_NAMESPACE": namespace},
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    shown_json = json.loads(shown.stdout)
+    assert shown_json["configuration"] == chosen and shown_json["search"]["adopted"] == state["adopted"]
+    # a worker started again resumes the champion and the search's state, and goes on
+    replay_rows(stack, settings, rows[12_000:], "s2")
+    again = start_trainer(stack, settings, model="lr", publish_every_examples=3_000)
+    try:
+        report = again.wait()
+    finally:
+        again.stop()
+    assert report["examples"] == 16_000
+    assert report["search"]["examples"] > state["examples"] and report["search"]["adopted"][:len(state["adopted"])] \
+        == state["adopted"]
