@@ -10,7 +10,8 @@ half-way) and a planted-interaction generator written here (two settings: two in
 pairs with a Zipf id tail; an interaction that changes half-way).
 
 Per stream and model (``lr``, ``wide_deep``): the defaults; the search; an offline grid over FTRL
-alpha x {no extra inputs, every candidate cross and count the search proposes, from row 0} (plus,
+alpha x {no extra inputs, every candidate cross and count the search proposed in all its rounds,
+from row 0} (plus,
 on Frappe, the README's hand-made recipe at batch 512 and 64); River LR+FTRL; Vowpal Wabbit
 logistic, plain and with all quadratic interactions (``-q ff``). AUC, logloss, ex/s and CPU
 seconds; the search's compute multiple is its CPU time over the defaults'.
@@ -31,10 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import synthetic_rows, write_result  # noqa: E402
 from bench.learning import river_pass, river_tokens  # noqa: E402
 from streamrec.evaluation import evaluate_rows  # noqa: E402
-from streamrec.models.online_search import SearchSettings, propose  # noqa: E402
+from streamrec.models.online_search import SearchSettings  # noqa: E402
 from streamrec.producers.readers import ReaderOptions, Row, read_rows  # noqa: E402
 from streamrec.stream.feature_spec import SpecOptions  # noqa: E402
-from streamrec.stream.featurizer import Featurizer  # noqa: E402
 from streamrec.stream.quality_metrics import exact_auc  # noqa: E402
 
 FRAPPE_RECIPE = {"crosses": (("user_id", "item_id"), *(("item_id", f"f{i}") for i in range(2, 10))),
@@ -104,27 +104,25 @@ def run(rows: list[Row], model: str, **kwargs) -> dict[str, object]:
     out = {k: report[k] for k in ("auc", "auc_window", "logloss", "examples_per_second")}
     out["cpu_seconds"] = time.process_time() - cpu
     if "search" in report:
-        out["search"] = {k: report["search"][k] for k in ("configuration", "adopted", "promotions", "compute_multiple")}
+        out["search"] = {k: report["search"][k] for k in ("configuration", "adopted", "promotions", "compute_multiple",
+                                                          "candidates")}
     return out
 
 
-def candidates_of(rows: list[Row], sample: int) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
-    """What the search proposes from the first ``sample`` rows (given to the grid from row 0)."""
-    head = rows[:sample]
-    spec = SpecOptions().infer([r.features for r in head[:1000]])
-    batch = Featurizer(spec).build([r.user_id for r in head], [r.item_id for r in head], [r.features for r in head],
-                                   [r.label for r in head])
-    found = propose(spec, batch.ids.numpy(), batch.labels.numpy(), SearchSettings())
-    return tuple(found.crosses), tuple(found.counts)
+def candidates_of(search: dict[str, object]) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """Every candidate the search proposed in its rounds (given to the grid from row 0)."""
+    keys = list(search["candidates"])
+    crosses = tuple(tuple(k.split(":")) for k in keys if not k.startswith("count:"))
+    return crosses, tuple(k[len("count:"):] for k in keys if k.startswith("count:"))
 
 
 def stream_runs(name: str, rows: list[Row], models: list[str], peers: bool) -> dict[str, object]:
     print(f"== {name} ({len(rows):,} rows, click rate {np.mean([r.label for r in rows]):.3f})", flush=True)
-    crosses, counts = candidates_of(rows, SearchSettings().sample)
-    out: dict[str, object] = {"rows": len(rows), "candidates": {"crosses": [list(c) for c in crosses],
-                                                               "counts": list(counts)}}
+    out: dict[str, object] = {"rows": len(rows)}
     for model in models:
         runs: dict[str, object] = {"defaults": run(rows, model), "search": run(rows, model, search=SearchSettings())}
+        crosses, counts = candidates_of(runs["search"]["search"])
+        runs["candidates"] = {"crosses": [list(c) for c in crosses], "counts": list(counts)}
         grid = {}
         for alpha in ("0.05", "0.15", "0.5"):
             for structure, options in (("plain", SpecOptions()),

@@ -6,17 +6,21 @@ while the model learns, in the spirit of ChaCha (Wu et al., "ChaCha for Online A
 the same examples) and AutoCross (Luo et al., KDD 2019: crosses proposed from cheap statistics of
 a sample):
 
-* **Candidates from the stream's own first examples.** After ``sample`` examples (each already
-  predicted and learned, so choosing from them leaks nothing into the progressive metrics), every
-  pair of fields is scored by how much its cross lowers a prequential logloss of click-rate
-  estimates (each from the earlier examples with the same value) below the better of its two fields, and every field and top cross by how much its own
-  click rate tells (the signal a count feature carries, models/seen_counts.py).
+* **Candidates from the stream's own examples.** After ``sample`` examples, and again after 4 and
+  16 times as many (``rounds``), candidates are proposed from every example so far (each already
+  predicted and learned, so choosing from them leaks nothing into the progressive metrics). Every
+  pair of fields is scored by how much memorising its values' click rates (prequential: each from
+  the earlier examples with the same pair) lowers the logloss below its two fields taken
+  additively; count features are chosen greedily, each key (a many-valued field or a candidate
+  cross) by how much its own click rate adds to those chosen before (the signal a count feature
+  carries, models/seen_counts.py). Early rounds find what shows at once, later ones what needs
+  repeats to show (a user x item pair).
 * **One spec for everyone.** The model is rebuilt on a spec holding every candidate (its state
   carried over exactly, :func:`widen`), with the candidates switched off (``ftrl.ignored``). All
   members then share one featurized batch; a member reads the columns its configuration uses.
 * **Challengers fork from the champion.** A challenger is a copy of the champion with one change
-  (switch on the proposed crosses, the count features, one cross, FTRL's ``alpha`` x3 or /3, the
-  embedding rate x2 or /2), so it starts warm: from the fork on, the two differ only by that
+  (switch on the proposed crosses, the count features, one cross, FTRL's ``alpha`` x3 or /3,
+  its L1 and L2 together x3 or /3, the embedding rate x2 or /2), so it starts warm: from the fork on, the two differ only by that
   change, and their per-example loglosses on the same examples are a paired comparison.
 * **Promotion on evidence.** A challenger that has seen ``judge_after`` examples since its fork
   and whose mean logloss is lower by ``z`` standard errors becomes the champion; one clearly
@@ -53,15 +57,16 @@ class SearchSettings:
     """How the online search spends its budget; see the module docstring."""
 
     live: int = 3                  # members learning at once, the champion included (the compute budget)
-    sample: int = 10_000           # examples whose statistics propose the candidate crosses and counts
-    crosses: int = 8               # candidate crosses proposed, best first
-    counts: int = 4                # candidate count features proposed
-    judge_after: int = 4_000       # examples since its fork before a challenger may be promoted or dropped
+    sample: int = 3_000            # examples whose statistics propose the first candidate crosses and counts
+    rounds: int = 3                # proposals: after sample, 4 x sample, 16 x sample examples, each from all so far
+    crosses: int = 8               # candidate crosses proposed per round, best first
+    counts: int = 4                # candidate count features proposed per round
+    judge_after: int = 2_000       # examples since its fork before a challenger may be promoted or dropped
     give_up_after: int = 30_000    # ... and after which it is dropped if it is not better
     z: float = 3.0                 # standard errors of the paired logloss difference a promotion needs
 
     def __post_init__(self) -> None:
-        for name in ("live", "sample", "judge_after", "give_up_after"):
+        for name in ("live", "sample", "rounds", "judge_after", "give_up_after"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"search.{name} must be >= 1, got {getattr(self, name)}")
         if self.give_up_after < self.judge_after:
@@ -92,6 +97,11 @@ def _logit(p: np.ndarray | float) -> np.ndarray:
     return np.log(p) - np.log1p(-np.asarray(p))
 
 
+def _combined(p: np.ndarray, q: np.ndarray, prior: float) -> np.ndarray:
+    """Two click-rate estimates taken additively in logit space, over their shared prior."""
+    return np.clip(1 / (1 + np.exp(-(_logit(p) + _logit(q) - _logit(prior)))), 1e-6, 1 - 1e-6)
+
+
 def _mean_logloss(p: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
@@ -115,7 +125,6 @@ def propose(spec: FeatureSpec, ids: np.ndarray, labels: np.ndarray, settings: Se
     names = spec.names
     flat = np.full(len(labels), prior)
     rates = [_prequential_rates(ids[:, j], labels, flat) for j in range(len(names))]
-    single = [_mean_logloss(r, labels) for r in rates]
     existing = {frozenset(c) for c in spec.crosses}
     pairs = []
     for a in range(len(names)):
@@ -123,30 +132,34 @@ def propose(spec: FeatureSpec, ids: np.ndarray, labels: np.ndarray, settings: Se
             if frozenset((names[a], names[b])) in existing:
                 continue
             # what the cross adds to its two fields taken additively (as a linear model takes them)
-            additive = 1 / (1 + np.exp(-(_logit(rates[a]) + _logit(rates[b]) - _logit(prior))))
-            additive = np.clip(additive, 1e-6, 1 - 1e-6)
+            additive = _combined(rates[a], rates[b], prior)
             joint = _prequential_rates(ids[:, a] * np.int64(spec.field_rows) + ids[:, b], labels, additive)
             gain = _mean_logloss(additive, labels) - _mean_logloss(joint, labels)
             if gain > 0:
-                pairs.append((gain, _mean_logloss(_prequential_rates(
-                    ids[:, a] * np.int64(spec.field_rows) + ids[:, b], labels, flat), labels), names[a], names[b]))
+                pairs.append((gain, names[a], names[b]))
     pairs.sort(reverse=True)
-    for gain, _joint, a, b in pairs[:settings.crosses]:
+    for gain, a, b in pairs[:settings.crosses]:
         out.crosses.append((a, b))
         out.scores[f"{a}:{b}"] = gain
     # a count feature carries its key's own click rate: worth it where that rate tells something
-    # and the key has many values (a field of a few values is learned by its weights alone)
-    base = _mean_logloss(flat, labels)
-    keyed: list[tuple[float, str]] = []
-    for j, name in enumerate(names):
-        if name not in spec.counts and len(np.unique(ids[:, j])) >= 20:
-            keyed.append((base - single[j], name))
-    keyed += [(base - joint, f"{a}:{b}") for _gain, joint, a, b in pairs[:min(2, settings.crosses)]]
-    keyed = [(gain, key) for gain, key in keyed if gain > 0]
-    keyed.sort(reverse=True)
-    for gain, key in keyed[:settings.counts]:
+    # and the key has many values (a field of a few values is learned by its weights alone).
+    # Chosen greedily, each by what it adds to those chosen before (taken additively, as the
+    # linear part takes them), so five near-copies of one key do not crowd out another.
+    keyed = {name: rates[j] for j, name in enumerate(names)
+             if name not in spec.counts and len(np.unique(ids[:, j])) >= 20}
+    for _gain, a, b in pairs[:settings.crosses]:
+        pair = ids[:, names.index(a)] * np.int64(spec.field_rows) + ids[:, names.index(b)]
+        keyed[f"{a}:{b}"] = _prequential_rates(pair, labels, flat)
+    current = flat
+    while keyed and len(out.counts) < settings.counts:
+        loss = _mean_logloss(current, labels)
+        gains = {key: loss - _mean_logloss(_combined(current, rate, prior), labels) for key, rate in keyed.items()}
+        key = max(gains, key=gains.get)
+        if gains[key] <= 0:
+            break
         out.counts.append(key)
-        out.scores[f"count:{key}"] = gain
+        out.scores[f"count:{key}"] = gains[key]
+        current = _combined(current, keyed.pop(key), prior)
     return out
 
 
@@ -212,8 +225,10 @@ def widen(model: OnlineModel, spec: FeatureSpec, seen_so_far: SparseBatch | None
 
 def retune(model: OnlineModel, changes: dict[str, Any]) -> OnlineModel:
     """A copy of ``model`` whose settings (dotted keys: ``ftrl.alpha``, ``embedding.lr``,
-    ``ftrl.ignored``) are changed from now on; its state is the same."""
-    twin = copy.deepcopy(model)
+    ``ftrl.ignored``) are changed from now on; its state is the same. Count tables marked
+    ``shared`` are not copied: the copy reads the same ones."""
+    seen = getattr(model, "seen", None)
+    twin = copy.deepcopy(model, {id(seen): seen} if seen is not None and seen.shared else {})
     config = twin.config
     for key, value in changes.items():
         config = _replaced(config, key.split("."), value)
@@ -247,7 +262,7 @@ def configuration_of(spec: FeatureSpec, config: Any) -> dict[str, Any]:
     crosses = [f"{a}:{b}" for a, b in spec.crosses if f"{a}:{b}" not in ignored]
     counts = [k for k in spec.counts if f"count:{k}" not in ignored]
     settings = {}
-    for key in ("ftrl.alpha", "embedding.lr"):
+    for key in ("ftrl.alpha", "ftrl.l1", "ftrl.l2", "embedding.lr"):
         try:
             settings[key] = _setting(config, key)
         except AttributeError:
@@ -277,6 +292,7 @@ class Member:
     model: OnlineModel
     forked_at: int
     seen: int = 0
+    looks: int = 0            # times judged
     diff_sum: float = 0.0     # sum of (challenger - champion) per-example logloss
     diff_squares: float = 0.0
 
@@ -307,6 +323,7 @@ class OnlineSearch:
         """``fresh``: ``model`` has learned nothing yet, so the sample is every example it learned."""
         self.champion = model
         self.fresh = fresh
+        self._share_counts()
         self.settings = settings
         self.examples = 0
         self.challengers: list[Member] = []
@@ -318,11 +335,19 @@ class OnlineSearch:
         self._failed_here: set[str] = set()     # moves dropped since the last promotion
         self._sample_ids: list[np.ndarray] = []
         self._sample_labels: list[np.ndarray] = []
+        self._rounds_left = settings.rounds      # proposals still to come, at sample, 4 x sample, ...
+        self._next_round = settings.sample
         self._member_examples = 0               # examples learned, summed over members (compute)
 
     @property
     def spec(self) -> FeatureSpec:
         return self.champion.spec
+
+    def _share_counts(self) -> None:
+        """Every member reads the champion's count tables, counted once per batch by the search."""
+        seen = getattr(self.champion, "seen", None)
+        if seen is not None:
+            seen.shared = True
 
     # -------------------------------------------------------------- learning
 
@@ -339,10 +364,13 @@ class OnlineSearch:
                 member.seen += len(diff)
                 member.diff_sum += float(diff.sum())
                 member.diff_squares += float((diff * diff).sum())
+        seen = getattr(self.champion, "seen", None)
+        if seen is not None and seen.shared:  # after every member read the counts before this batch
+            seen.record_shared(batch)
         self.examples += len(batch)
-        if self.candidates is None:
+        if self._rounds_left:
             self._sample(batch)
-        else:
+        if self.candidates is not None:
             self._judge()
             self._fill()
         return champion
@@ -351,30 +379,46 @@ class OnlineSearch:
         return batch_for(self.champion, batch)
 
     def _sample(self, batch: SparseBatch) -> None:
+        """Keep the batch's ids and labels; at the end of a round, propose candidates from every
+        example kept and rebuild the champion with them."""
         self._sample_ids.append(batch.ids.numpy().copy())
         self._sample_labels.append(batch.labels.numpy().copy())
-        if self.examples < self.settings.sample:
+        if self.examples < self._next_round:
             return
         ids, labels = np.concatenate(self._sample_ids), np.concatenate(self._sample_labels)
-        self._sample_ids, self._sample_labels = [], []
-        self.candidates = propose(self.spec, ids, labels, self.settings)
+        self._sample_ids, self._sample_labels = [ids], [labels]
+        self._rounds_left -= 1
+        self._next_round *= 4
+        if not self._rounds_left:
+            self._sample_ids, self._sample_labels = [], []
+        found = propose(self.spec, ids, labels, self.settings)
         if not hasattr(self.champion.config, "ftrl"):
-            self.candidates.crosses, self.candidates.counts = [], []
-        if self.candidates.crosses or self.candidates.counts:
-            crosses = self.spec.crosses + tuple(self.candidates.crosses)
-            spec = dataclasses.replace(self.spec, crosses=crosses,
-                                       counts=self.spec.counts + tuple(self.candidates.counts))
-            # the sample is every example learned so far: the new counts start exact
+            found.crosses, found.counts = [], []
+        if self.candidates is None:
+            self.candidates = found
+        else:
+            self.candidates.crosses += found.crosses
+            self.candidates.counts += found.counts
+            self.candidates.scores.update(found.scores)
+        if found.crosses or found.counts:
+            spec = dataclasses.replace(self.spec, crosses=self.spec.crosses + tuple(found.crosses),
+                                       counts=self.spec.counts + tuple(found.counts))
+            # the samples hold every example learned so far: the new counts start exact
             everything = SparseBatch(torch.from_numpy(ids), torch.zeros((len(ids), 0), dtype=torch.int64),
                                      torch.zeros((len(ids), 0)), torch.from_numpy(labels))
             self.champion = widen(self.champion, spec, everything if self.fresh else None)
-        self._fill()
+            self._share_counts()
+            self.challengers = []  # forked from the champion before: another spec, other count tables
 
     # -------------------------------------------------------------- judging
 
     def _judge(self) -> None:
         s = self.settings
-        ready = [m for m in self.challengers if m.seen >= s.judge_after]
+        # judged once per judge_after examples, not after every batch: fewer looks at the same
+        # evidence, fewer changes promoted by chance
+        ready = [m for m in self.challengers if m.seen // s.judge_after > m.looks]
+        for member in ready:
+            member.looks = member.seen // s.judge_after
         winners = [m for m in ready if m.z >= s.z and m.mean < 0]
         if winners:
             best = max(winners, key=lambda m: m.z)
@@ -427,6 +471,11 @@ class OnlineSearch:
                 out.append(Move("ftrl.alpha x3", {"ftrl.alpha": alpha * 3}))
             if alpha / 3 >= 1e-3:
                 out.append(Move("ftrl.alpha /3", {"ftrl.alpha": alpha / 3}))
+            l1, l2 = config.ftrl.l1, config.ftrl.l2
+            if max(l1, l2) > 0.05:
+                out.append(Move("ftrl.l1,l2 /3", {"ftrl.l1": l1 / 3, "ftrl.l2": l2 / 3}))
+            if max(l1, l2) < 30:
+                out.append(Move("ftrl.l1,l2 x3", {"ftrl.l1": l1 * 3, "ftrl.l2": l2 * 3}))
         if hasattr(config, "embedding"):
             rate = config.embedding.lr
             if rate * 2 <= 20.0:
@@ -469,6 +518,9 @@ class OnlineSearch:
             return search
         search.examples = int(state["examples"])
         search._member_examples = int(state["member_examples"])
+        while search._rounds_left and search._next_round <= search.examples:  # rounds already done
+            search._rounds_left -= 1
+            search._next_round *= 4
         found = state.get("candidates")
         if found is not None:
             search.candidates = Candidates([(a, b) for a, b in found["crosses"]], list(found["counts"]),

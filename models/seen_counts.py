@@ -51,6 +51,9 @@ class SeenCounts:
         self.clicks = torch.zeros(sum(sizes), dtype=torch.int32)
         self.dirty = torch.zeros(sum(sizes), dtype=torch.bool)  # rows counted since the last delta
         self._last: tuple[SparseBatch, np.ndarray] | None = None
+        # Read by several models learning from the same batches (the online search's members):
+        # the counts are the stream's, the same for all of them, so they are kept and counted once.
+        self.shared = False
 
     @property
     def first_level(self) -> torch.Tensor:
@@ -89,7 +92,12 @@ class SeenCounts:
         return torch.from_numpy(self._first_level + level(seen) * COUNT_LEVELS + level(clicked))
 
     def record(self, batch: SparseBatch) -> None:
-        """Count the batch's values and their clicks (after learning from it)."""
+        """Count the batch's values and their clicks (after learning from it); nothing while
+        ``shared`` (the owner counts once for every model reading the tables, :meth:`record_shared`)."""
+        if not self.shared:
+            self.record_shared(batch)
+
+    def record_shared(self, batch: SparseBatch) -> None:
         assert batch.labels is not None, "counting needs labels"
         last, self._last = self._last, None
         at = last[1] if last is not None and last[0] is batch else self._rows(batch.ids.numpy())

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     # many examples propose the candidates.
     search: bool = True
     search_live: int = Field(default=3, ge=1)
-    search_sample: int = Field(default=10_000, ge=100)
+    search_sample: int = Field(default=3_000, ge=100)
     # How often a join worker makes its partitions' state durable (streamrec join).
     join_checkpoint_every_s: float = Field(default=1.0, gt=0)
     # The scorer's HTTP port (streamrec serve); 0 picks a free one.

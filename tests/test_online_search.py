@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from streamrec.evaluation import evaluate_rows
 from streamrec.models import create_model, spec_for
@@ -95,6 +96,12 @@ def test_the_search_finds_the_interaction_and_beats_its_defaults():
     # the champion is the model returned: it reads the cross it adopted
     assert "A:B" not in model.config.ftrl.ignored and ("A", "B") in model.spec.crosses
     json.dumps(report)  # the report goes into --report-json as it is
+    # its count tables hold exactly the stream's counts, as if counted from the first example by
+    # one model: filled from the sample when the candidates came, then counted once per batch
+    counted = SpecOptions(crosses=model.spec.crosses, counts=model.spec.counts)
+    _report, alone = evaluate_rows(rows, "lr", spec_options=counted)
+    assert model.spec.counts and torch.equal(model.seen.count, alone.seen.count)
+    assert torch.equal(model.seen.clicks, alone.seen.clicks)
 
 
 def test_a_challenger_that_is_worse_is_dropped_and_the_champion_predicts():
