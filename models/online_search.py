@@ -49,6 +49,7 @@ from streamrec.models.wide_inputs import wide_columns, wide_keys
 from streamrec.stream.errors import ConfigError
 from streamrec.stream.feature_spec import COUNT_LEVELS, FeatureSpec
 from streamrec.stream.featurizer import Featurizer
+from streamrec.stream.quality_metrics import StreamingMetrics
 from streamrec.stream.sparse_batch import SparseBatch
 
 
@@ -72,6 +73,8 @@ class SearchSettings:
         if self.give_up_after < self.judge_after:
             raise ConfigError("search.give_up_after must be >= search.judge_after")
 
+
+MEMBER_WINDOW = 2_000  # examples in a member's window AUC (the reports show its lifetime AUC)
 
 # ---------------------------------------------------------------------------- candidates
 
@@ -295,6 +298,13 @@ class Member:
     looks: int = 0            # times judged
     diff_sum: float = 0.0     # sum of (challenger - champion) per-example logloss
     diff_squares: float = 0.0
+    # progressive AUC since the fork, the challenger's and the champion's on the same examples
+    metrics: StreamingMetrics = field(default_factory=lambda: StreamingMetrics(MEMBER_WINDOW))
+    champion_metrics: StreamingMetrics = field(default_factory=lambda: StreamingMetrics(MEMBER_WINDOW))
+
+    def summary(self) -> dict[str, Any]:
+        return {"move": self.move.name, "examples": self.seen, "logloss_change": self.mean, "z": self.z,
+                "auc": self.metrics.snapshot()["auc"], "champion_auc": self.champion_metrics.snapshot()["auc"]}
 
     @property
     def mean(self) -> float:
@@ -360,7 +370,10 @@ class OnlineSearch:
         if self.challengers:
             base = _logloss(champion, labels)
             for member in self.challengers:
-                diff = _logloss(member.model.learn(batch), labels) - base
+                predicted = member.model.learn(batch)
+                member.metrics.update(predicted, labels)
+                member.champion_metrics.update(champion, labels)
+                diff = _logloss(predicted, labels) - base
                 member.seen += len(diff)
                 member.diff_sum += float(diff.sum())
                 member.diff_squares += float((diff * diff).sum())
@@ -424,8 +437,7 @@ class OnlineSearch:
             best = max(winners, key=lambda m: m.z)
             self.champion = best.model
             self.adopted.append(best.move.name)
-            self.promotions.append({"at": self.examples, "move": best.move.name, "examples": best.seen,
-                                    "logloss_change": best.mean, "z": best.z})
+            self.promotions.append({"at": self.examples, **best.summary()})
             self.challengers = []
             self._failed_here = set()
             return
@@ -434,8 +446,7 @@ class OnlineSearch:
                 self.challengers.remove(member)
                 self._failed[member.move.name] = self._failed.get(member.move.name, 0) + 1
                 self._failed_here.add(member.move.name)
-                self.dropped.append({"at": self.examples, "move": member.move.name, "examples": member.seen,
-                                     "logloss_change": member.mean, "z": member.z})
+                self.dropped.append({"at": self.examples, **member.summary()})
 
     def _fill(self) -> None:
         running = {m.move.name for m in self.challengers}
@@ -536,8 +547,7 @@ class OnlineSearch:
             "adopted": list(self.adopted),
             "promotions": list(self.promotions),
             "dropped": list(self.dropped),
-            "challengers": [{"move": m.move.name, "examples": m.seen, "logloss_change": m.mean, "z": m.z}
-                            for m in self.challengers],
+            "challengers": [m.summary() for m in self.challengers],
             "candidates": dict(self.candidates.scores) if self.candidates else {},
             "compute_multiple": self.compute_multiple,
         }

@@ -52,7 +52,7 @@ def _state(answer: dict) -> tuple:
 
 def test_hot_swap_under_load_answers_every_request_from_one_exact_state(stack, namespace, learnable_rows, tmp_path):
     rows = learnable_rows
-    settings = settings_for(namespace)
+    settings = settings_for(namespace, search=False)  # a new champion starts a lineage no scorer rebases on
     probe_rows = rows[:40]
     probe = ([r.user_id for r in probe_rows], [r.item_id for r in probe_rows], [r.features for r in probe_rows])
     events = [{"user_id": u, "item_id": i, "features": f} for u, i, f in zip(*probe)]

@@ -290,7 +290,7 @@ def test_count_features_are_versioned_with_the_weights(stack, namespace, learnab
     """The counts are model state: the trainer's last version (what a resuming worker and a scorer
     load) holds one count per learned example and key, and one click per positive."""
     rows = learnable_rows[:3000]
-    settings = settings_for(namespace)
+    settings = settings_for(namespace, search=False)  # the counts configured here, none searched
     replay_rows(stack, settings, rows, "k")
     spec_options = SpecOptions(crosses=(("user_id", "item_id"),), counts=("user_id:item_id", "C3"), count_rows=1 << 16)
     running = start_trainer(stack, settings, model="wide_deep", publish_every_examples=1000, spec_options=spec_options)

@@ -220,11 +220,14 @@ def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | Non
 def search_summary(search: dict) -> str:
     """What the online search chose, as the flags that pin it, and what it tried."""
     chosen = search["configuration"]
-    flags = [f"--cross {c}" for c in chosen["crosses"]] + [f"--count {c}" for c in chosen["counts"]]
+    # a counted cross must be given with --cross too (it then also has wide weights of its own)
+    crosses = chosen["crosses"] + [k for k in chosen["counts"] if ":" in k and k not in chosen["crosses"]]
+    flags = [f"--cross {c}" for c in crosses] + [f"--count {c}" for c in chosen["counts"]]
     flags += [f"--set {key}={value:.4g}" for key, value in chosen["settings"].items()]
     lines = [f"search: {len(search['promotions'])} promotions, {len(search['dropped'])} changes dropped, "
              f"{search['compute_multiple']:.2f}x one model's learning"]
-    lines += [f"  at {p['at']:,}: {p['move']} (logloss {p['logloss_change']:+.5f}, z {p['z']:.1f})"
+    lines += [f"  at {p['at']:,}: {p['move']} (over {p['examples']:,} examples: AUC {p['auc']:.4f} against the "
+              f"champion's {p['champion_auc']:.4f}, logloss {p['logloss_change']:+.5f}, z {p['z']:.1f})"
               for p in search["promotions"]]
     lines.append("  chosen: " + (" ".join(flags) if flags else "the defaults") + "  (pin it with --no-search)")
     return "\n".join(lines)
