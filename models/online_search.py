@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from streamrec.models.base import OnlineModel
+from streamrec.models.ftrl import FTRLProximal
 from streamrec.models.seen_counts import SeenCounts
 from streamrec.models.wide_inputs import wide_columns, wide_keys
 from streamrec.stream.errors import ConfigError
@@ -75,6 +76,8 @@ class SearchSettings:
 
 
 MEMBER_WINDOW = 2_000  # examples in a member's window AUC (the reports show its lifetime AUC)
+SCORED_ROWS = 20_000   # the latest examples a proposal scores (the counts are filled from all)
+PAIR_FIELDS = 12       # fields whose pairs a proposal after the first scores
 
 # ---------------------------------------------------------------------------- candidates
 
@@ -83,9 +86,8 @@ def _prequential_rates(keys: np.ndarray, labels: np.ndarray, prior: np.ndarray, 
     """Each example's click rate estimated from the *earlier* examples with its key, shrunk to its
     ``prior``: what memorising the key would have predicted online (a key seen for the first time
     predicts the prior, so a key that never recurs gains nothing)."""
-    _, inverse = np.unique(keys, return_inverse=True)
-    order = np.argsort(inverse, kind="stable")  # grouped by key, stream order inside a group
-    group, y = inverse[order], labels[order]
+    order = np.argsort(keys, kind="stable")  # grouped by key, stream order inside a group
+    group, y = keys[order], labels[order]
     position = np.arange(len(group))
     starts = np.maximum.accumulate(np.where(np.r_[True, group[1:] != group[:-1]], position, 0))
     total = np.cumsum(y)
@@ -118,9 +120,13 @@ class Candidates:
     scores: dict[str, float] = field(default_factory=dict)
 
 
-def propose(spec: FeatureSpec, ids: np.ndarray, labels: np.ndarray, settings: SearchSettings) -> Candidates:
-    """Candidate crosses and count features from a sample's field ids (N, F) and labels (N,)."""
-    labels = labels.astype(np.float64)
+def propose(spec: FeatureSpec, ids: np.ndarray, labels: np.ndarray, settings: SearchSettings,
+            pair_fields: int | None = None) -> Candidates:
+    """Candidate crosses and count features from a sample's field ids (N, F) and labels (N,), its
+    latest ``SCORED_ROWS`` at most. With ``pair_fields``, only pairs among that many fields whose
+    own click rates tell most are scored (later rounds look for pairs that need repeats to show,
+    such as user x item, whose fields tell much alone; every pair costs a sort)."""
+    ids, labels = ids[-SCORED_ROWS:], labels[-SCORED_ROWS:].astype(np.float64)
     prior = float(np.clip(labels.mean(), 1e-4, 1 - 1e-4)) if len(labels) else 0.5
     out = Candidates()
     if len(labels) < 100 or labels.min() == labels.max():
@@ -128,11 +134,13 @@ def propose(spec: FeatureSpec, ids: np.ndarray, labels: np.ndarray, settings: Se
     names = spec.names
     flat = np.full(len(labels), prior)
     rates = [_prequential_rates(ids[:, j], labels, flat) for j in range(len(names))]
+    telling = sorted(range(len(names)), key=lambda j: _mean_logloss(rates[j], labels))
+    scored = set(telling[:pair_fields]) if pair_fields else set(range(len(names)))
     existing = {frozenset(c) for c in spec.crosses}
     pairs = []
     for a in range(len(names)):
         for b in range(a + 1, len(names)):
-            if frozenset((names[a], names[b])) in existing:
+            if frozenset((names[a], names[b])) in existing or a not in scored or b not in scored:
                 continue
             # what the cross adds to its two fields taken additively (as a linear model takes them)
             additive = _combined(rates[a], rates[b], prior)
@@ -200,29 +208,31 @@ def widen(model: OnlineModel, spec: FeatureSpec, seen_so_far: SparseBatch | None
         config = dataclasses.replace(config, ftrl=dataclasses.replace(
             config.ftrl, ignored=tuple(config.ftrl.ignored) + tuple(k for k in wide_keys(spec)
                                                                    if k not in wide_keys(old))))
-    wider = type(model)(spec, config)
-    tensors = dict(model.tensors())
-    for name in ("wide.z", "wide.n"):
-        if name in tensors:
-            before, after = tensors[name], wider.tensors()[name].clone()
-            crossed = old.count_offset
+    # Only the wide part and the count tables depend on the crosses and counts: the rest (the
+    # embeddings, the network, their optimiser state) is copied as it is, and those two are
+    # rebuilt at the new sizes with the old coordinates moved to where the new layout has them.
+    wide, seen = getattr(model, "wide", None), getattr(model, "seen", None)
+    wider = copy.deepcopy(model, {id(wide): None, id(seen): None})
+    wider.spec, wider.config = spec, config
+    if wide is not None:
+        grown = FTRLProximal(spec.wide_rows, config.ftrl)
+        crossed, counted = old.count_offset, len(old.counts) * COUNT_LEVELS**2
+        for name in ("z", "n", "dirty"):
+            before, after = getattr(wide, name), getattr(grown, name)
             after[:crossed] = before[:crossed]
-            counted = len(old.counts) * COUNT_LEVELS**2
             after[spec.count_offset:spec.count_offset + counted] = before[crossed:crossed + counted]
             after[-1] = before[-1]
-            tensors[name] = after
-    recount = None
-    if seen_so_far is not None and spec.counts:
-        recount = SeenCounts(spec)
-        recount.record(seen_so_far)
-    for name in ("seen.count", "seen.clicks"):
-        mine = wider.tensors().get(name)
-        if mine is not None:
-            after = mine.clone() if recount is None else recount.tensors()[name].clone()
-            if name in tensors:  # the old keys come first, and keep the counts they have
-                after[:len(tensors[name])] = tensors[name]
-            tensors[name] = after
-    wider.load_tensors(tensors)
+        wider.wide = grown
+        wider.wide_columns = wide_columns(spec, config.ftrl.ignored)
+    if spec.counts and wide is not None:
+        counts = SeenCounts(spec)
+        if seen_so_far is not None:  # every example learned so far: the new keys' counts are exact
+            counts.record(seen_so_far)
+        if seen is not None:  # the old keys come first, and keep the counts they have
+            for name in ("count", "clicks", "dirty"):
+                getattr(counts, name)[:len(seen.count)] = getattr(seen, name)
+            counts.shared = seen.shared
+        wider.seen = counts
     return wider
 
 
@@ -404,8 +414,9 @@ class OnlineSearch:
         self._next_round *= 4
         if not self._rounds_left:
             self._sample_ids, self._sample_labels = [], []
-        found = propose(self.spec, ids, labels, self.settings)
-        if not hasattr(self.champion.config, "ftrl"):
+        first = self.candidates is None
+        found = propose(self.spec, ids, labels, self.settings, None if first else PAIR_FIELDS)
+        if getattr(self.champion, "wide", None) is None:  # crosses and counts are the wide part's inputs
             found.crosses, found.counts = [], []
         if self.candidates is None:
             self.candidates = found
