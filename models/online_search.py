@@ -76,7 +76,7 @@ class SearchSettings:
 
 
 MEMBER_WINDOW = 2_000  # examples in a member's window AUC (the reports show its lifetime AUC)
-SCORED_ROWS = 20_000   # the latest examples a proposal scores (the counts are filled from all)
+SCORED_ROWS = 50_000   # the latest examples a proposal scores (the counts are filled from all)
 PAIR_FIELDS = 12       # fields whose pairs a proposal after the first scores
 
 # ---------------------------------------------------------------------------- candidates
@@ -123,9 +123,8 @@ class Candidates:
 def propose(spec: FeatureSpec, ids: np.ndarray, labels: np.ndarray, settings: SearchSettings,
             pair_fields: int | None = None) -> Candidates:
     """Candidate crosses and count features from a sample's field ids (N, F) and labels (N,), its
-    latest ``SCORED_ROWS`` at most. With ``pair_fields``, only pairs among that many fields whose
-    own click rates tell most are scored (later rounds look for pairs that need repeats to show,
-    such as user x item, whose fields tell much alone; every pair costs a sort)."""
+    latest ``SCORED_ROWS`` at most. With ``pair_fields``, only pairs among the user, the item and
+    that many fields whose own click rates tell most are scored (every pair costs a sort)."""
     ids, labels = ids[-SCORED_ROWS:], labels[-SCORED_ROWS:].astype(np.float64)
     prior = float(np.clip(labels.mean(), 1e-4, 1 - 1e-4)) if len(labels) else 0.5
     out = Candidates()
@@ -135,7 +134,9 @@ def propose(spec: FeatureSpec, ids: np.ndarray, labels: np.ndarray, settings: Se
     flat = np.full(len(labels), prior)
     rates = [_prequential_rates(ids[:, j], labels, flat) for j in range(len(names))]
     telling = sorted(range(len(names)), key=lambda j: _mean_logloss(rates[j], labels))
-    scored = set(telling[:pair_fields]) if pair_fields else set(range(len(names)))
+    # the user and the item are always scored: their pairs are what memorising needs, while
+    # their own click rates tell little until their values recur
+    scored = set(telling[:pair_fields]) | {0, 1} if pair_fields else set(range(len(names)))
     existing = {frozenset(c) for c in spec.crosses}
     pairs = []
     for a in range(len(names)):
