@@ -32,17 +32,20 @@ from streamrec.evaluation import evaluate_rows
 from streamrec.models import has_wide_part, is_wide_setting, model_names, parse_settings  # noqa: E402
 from streamrec.producers.readers import ReaderOptions, Row, read_rows  # noqa: E402
 from streamrec.stream.feature_spec import SpecOptions  # noqa: E402
-from streamrec.stream.quality_metrics import exact_auc  # noqa: E402
+from streamrec.stream.quality_metrics import exact_auc, logloss_terms  # noqa: E402
 
 
-def vw_pass(rows: list[Row]) -> dict[str, object]:
+def vw_pass(rows: list[Row], extra: str = "") -> dict[str, object]:
+    """Vowpal Wabbit's logistic regression, one pass over the rows' tokens; ``extra``: more VW
+    options (``-q ff``: every pair of tokens)."""
     try:
         import vowpalwabbit
     except ImportError:
         return {"skipped": "vowpalwabbit is not installed (pip install vowpalwabbit)"}
-    workspace = vowpalwabbit.Workspace("--loss_function logistic --link logistic --quiet -b 24")
+    options = "--loss_function logistic --link logistic -b 24" + (f" {extra}" if extra else "")
+    workspace = vowpalwabbit.Workspace(options + " --quiet")
     predictions = np.empty(len(rows))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for i, row in enumerate(rows):
         tokens = " ".join(k.replace(" ", "_").replace(":", "_").replace("|", "_") for k in river_tokens(row))
         predictions[i] = workspace.predict(f"|f {tokens}")
@@ -50,8 +53,9 @@ def vw_pass(rows: list[Row]) -> dict[str, object]:
     wall = time.perf_counter() - started
     workspace.finish()
     labels = np.array([r.label for r in rows])
-    return {"auc": exact_auc(predictions, labels), "examples_per_second": len(rows) / wall, "wall_seconds": wall,
-            "options": "--loss_function logistic --link logistic -b 24"}
+    return {"auc": exact_auc(predictions, labels), "logloss": float(np.mean(logloss_terms(predictions, labels))),
+            "examples_per_second": len(rows) / wall, "wall_seconds": wall, "cpu_seconds": time.process_time() - cpu,
+            "options": options}
 
 
 def run_stream(rows: list[Row], settings: dict[str, str], batch_size: int,

@@ -30,12 +30,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import synthetic_rows, write_result  # noqa: E402
-from bench.learning import river_pass, river_tokens  # noqa: E402
+from bench.learning import river_pass  # noqa: E402
+from bench.model_family import vw_pass  # noqa: E402
 from streamrec.evaluation import evaluate_rows  # noqa: E402
 from streamrec.models.online_search import SearchSettings  # noqa: E402
 from streamrec.producers.readers import ReaderOptions, Row, read_rows  # noqa: E402
 from streamrec.stream.feature_spec import SpecOptions  # noqa: E402
-from streamrec.stream.quality_metrics import exact_auc  # noqa: E402
 
 FRAPPE_RECIPE = {"crosses": (("user_id", "item_id"), *(("item_id", f"f{i}") for i in range(2, 10))),
                  "counts": ("user_id:item_id", "item_id", "user_id"),
@@ -73,29 +73,6 @@ def agrawal_rows(n: int, seed: int, drift: bool) -> list[Row]:
         features = {k: (f"{k}{v}" if k in ("elevel", "car", "zipcode") else float(v)) for k, v in x.items()}
         rows.append(Row(int(y), str(features.pop("zipcode")), str(features.pop("car")), float(i), features))
     return rows
-
-
-def vw_run(rows: list[Row], quadratic: bool) -> dict[str, object]:
-    import vowpalwabbit
-
-    options = "--loss_function logistic --link logistic --quiet -b 24" + (" -q ff" if quadratic else "")
-    workspace = vowpalwabbit.Workspace(options)
-    predictions = np.empty(len(rows))
-    started, cpu = time.perf_counter(), time.process_time()
-    for i, row in enumerate(rows):
-        tokens = " ".join(k.replace(" ", "_").replace(":", "_").replace("|", "_") for k in river_tokens(row))
-        predictions[i] = workspace.predict(f"|f {tokens}")
-        workspace.learn(f"{1 if row.label else -1} |f {tokens}")
-    wall = time.perf_counter() - started
-    workspace.finish()
-    labels = np.array([r.label for r in rows])
-    return {"auc": exact_auc(predictions, labels), "logloss": _logloss(predictions, labels),
-            "examples_per_second": len(rows) / wall, "cpu_seconds": time.process_time() - cpu, "options": options}
-
-
-def _logloss(p: np.ndarray, y: np.ndarray) -> float:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 def run(rows: list[Row], model: str, **kwargs) -> dict[str, object]:
@@ -145,8 +122,8 @@ def stream_runs(name: str, rows: list[Row], models: list[str], peers: bool) -> d
               f"[{best}]", flush=True)
     if peers:
         out["river_lr_ftrl"] = river_pass(rows)
-        out["vw_logistic"] = vw_run(rows, quadratic=False)
-        out["vw_quadratic"] = vw_run(rows, quadratic=True)
+        out["vw_logistic"] = vw_pass(rows)
+        out["vw_quadratic"] = vw_pass(rows, "-q ff")
         print("  peers: " + "  ".join(f"{k} {out[k]['auc']:.4f}" for k in ("river_lr_ftrl", "vw_logistic",
                                                                          "vw_quadratic")), flush=True)
     return out

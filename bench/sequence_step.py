@@ -69,7 +69,8 @@ def main() -> None:
     import_optimiser_modules()
     results = {}
     for name in args.models.split(","):
-        spec = spec_for(name, SpecOptions(history_fields=("C3",), history_length=args.history_length).infer([r.features for r in rows[:1000]]))
+        options = SpecOptions(history_fields=("C3",), history_length=args.history_length)
+        spec = spec_for(name, options.infer([r.features for r in rows[:1000]]))
         model, featurizer = create_model(name, spec), Featurizer(spec)
         history = BehaviourHistory(spec.history_kind, spec.history_length, fields=spec.history_fields)
         history.attach_encoder(featurizer.history_rows)

@@ -228,8 +228,8 @@ def _child(conn: Connection, board: Any) -> None:
                     quality = (load_metrics(blobs[1], header["window"]) if blobs[1]
                                else StreamingMetrics(header["window"]))
                     state = read_metadata(blobs[0]).get("search")
-                    search = (OnlineSearch.resumed(model, SearchSettings(**searching), json.loads(state) if state else None)
-                              if searching else None)
+                    search = (OnlineSearch.resumed(model, SearchSettings(**searching),
+                                                   json.loads(state) if state else None) if searching else None)
                 # A new delta sequence starts from this state: deltas apply on top of base_version.
                 lineage, delta_seq, base_version = uuid.uuid4().hex[:12], 0, header.get("base_version")
                 reference = paired = None
@@ -241,9 +241,8 @@ def _child(conn: Connection, board: Any) -> None:
                 probe_out = [model.predict_proba(batch_for(model, probe))] if probe is not None else []
                 extra = {"search": json.dumps(search.state())} if search is not None else None
                 reply = _pack(_OK, {"quality": snapshot_of_quality(), "finite": model.all_finite(),
-                                    "lineage": lineage, "delta_seq": delta_seq,
-                                    "search": search.report() if search is not None else None},
-                              arrays=probe_out, blobs=[model.to_bytes(extra), metrics_blob(quality)])
+                                    "lineage": lineage, "delta_seq": delta_seq}, arrays=probe_out,
+                              blobs=[model.to_bytes(extra), metrics_blob(quality)])
             elif op == _DELTA:
                 delta_seq += 1
                 probe_out = [model.predict_proba(batch_for(model, probe))] if probe is not None else []

@@ -134,11 +134,15 @@ def apply_settings(config: Any, settings: dict[str, str], model: str = "") -> An
             if model in REGISTRY and not has_wide_part(model):
                 known = [k for k in known if not is_wide_setting(k)]
             raise ConfigError(f"--set {key}: {model or 'this model'} has no such setting; known: {', '.join(known)}")
-        value = _coerce(text, getattr(holders[-1], path[-1]), key)
-        for holder_index in range(len(path) - 1, -1, -1):
-            value = dataclasses.replace(holders[holder_index], **{path[holder_index]: value})
-        config = value
+        config = replace_setting(config, key, _coerce(text, getattr(holders[-1], path[-1]), key))
     return config
+
+
+def replace_setting(config: Any, key: str, value: Any) -> Any:
+    """``config`` with the dotted setting ``key`` (``ftrl.alpha``) set to ``value``, the nested
+    configs on the way replaced (configs are frozen); unchecked: :func:`apply_settings` checks."""
+    part, _, rest = key.partition(".")
+    return dataclasses.replace(config, **{part: replace_setting(getattr(config, part), rest, value) if rest else value})
 
 
 def parse_settings(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:

@@ -235,7 +235,8 @@ class DeepModel(OnlineModel):
                 deep = self.deep_logit(rows, batch.dense)
             deep = deep.to(torch.float64)
             if self.wide is not None:
-                deep = deep + self.wide.weights(wide_ids(self.spec, batch, self.seen, columns=self.wide_columns)).sum(dim=1)
+                ids = wide_ids(self.spec, batch, self.seen, columns=self.wide_columns)
+                deep = deep + self.wide.weights(ids).sum(dim=1)
             return deep.to(torch.float32)
 
     def learn(self, batch: SparseBatch) -> np.ndarray:

@@ -68,6 +68,12 @@ class AUGRU(nn.Module):
         return h
 
 
+def _at_slots(slots: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each (B, L, ...) tensor's entries at ``slots`` (B, K), row by row."""
+    by_row = torch.arange(len(slots)).unsqueeze(1)
+    return tuple(t[by_row, slots] for t in tensors)
+
+
 class _DIENNet(nn.Module):
     def __init__(self, fields: int, dim: int, dense_dim: int, config: DIENConfig, generator: torch.Generator,
                  width: int, length: int) -> None:
@@ -107,9 +113,7 @@ class _DIENNet(nn.Module):
         entries, match, recency = behaviour.fields.reshape(b, mask.shape[1], -1), behaviour.match, behaviour.recency
         latest = self.latest_slots(mask)
         if latest is not None:  # the GRUs read the latest clicks; the match term below reads them all
-            by_row = torch.arange(b).unsqueeze(1)
-            entries, match, recency, mask = (entries[by_row, latest], match[by_row, latest],
-                                             recency[by_row, latest], mask[by_row, latest])
+            entries, match, recency, mask = _at_slots(latest, entries, match, recency, mask)
         states, _ = self.extractor(entries)  # oldest first, empty slots after: their states are masked below
         self.states = states if torch.is_grad_enabled() else None
         self.latest = latest
@@ -158,8 +162,7 @@ class DIEN(DeepModel):
         if self.config.auxiliary_weight == 0 or states is None or history is None or mask is None:
             return None
         if self.deep.latest is not None:
-            by_row = torch.arange(len(history)).unsqueeze(1)
-            history, mask = history[by_row, self.deep.latest], mask[by_row, self.deep.latest]
+            history, mask = _at_slots(self.deep.latest, history, mask)
         # state t against the click at t+1 (positive) and another user's click at t+1 (negative)
         positive, negative = history[:, 1:], history.roll(1, dims=0)[:, 1:]
         valid = mask[:, 1:] & mask[:, :-1] & mask.roll(1, dims=0)[:, 1:]

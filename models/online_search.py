@@ -20,8 +20,9 @@ a sample):
   members then share one featurized batch; a member reads the columns its configuration uses.
 * **Challengers fork from the champion.** A challenger is a copy of the champion with one change
   (switch on the proposed crosses, the count features, one cross, FTRL's ``alpha`` x3 or /3,
-  its L1 and L2 together x3 or /3, the embedding rate x2 or /2), so it starts warm: from the fork on, the two differ only by that
-  change, and their per-example loglosses on the same examples are a paired comparison.
+  its L1 and L2 together x3 or /3, the embedding rate x2 or /2), so it starts warm: from the
+  fork on, the two differ only by that change, and their per-example loglosses on the same
+  examples are a paired comparison.
 * **Promotion on evidence.** A challenger that has seen ``judge_after`` examples since its fork
   and whose mean logloss is lower by ``z`` standard errors becomes the champion; one clearly
   worse, or not better after ``give_up_after``, is dropped and its change is not proposed again
@@ -43,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamrec.models import replace_setting
 from streamrec.models.base import OnlineModel
 from streamrec.models.ftrl import FTRLProximal
 from streamrec.models.seen_counts import SeenCounts
@@ -50,7 +52,7 @@ from streamrec.models.wide_inputs import wide_columns, wide_keys
 from streamrec.stream.errors import ConfigError
 from streamrec.stream.feature_spec import COUNT_LEVELS, FeatureSpec
 from streamrec.stream.featurizer import Featurizer
-from streamrec.stream.quality_metrics import StreamingMetrics
+from streamrec.stream.quality_metrics import StreamingMetrics, logloss_terms
 from streamrec.stream.sparse_batch import SparseBatch
 
 
@@ -120,6 +122,11 @@ class Candidates:
     scores: dict[str, float] = field(default_factory=dict)
 
 
+def _pair_keys(spec: FeatureSpec, ids: np.ndarray, a: int, b: int) -> np.ndarray:
+    """One int64 key per example for the pair of field ids at positions ``a`` and ``b`` (exact)."""
+    return ids[:, a] * np.int64(spec.field_rows) + ids[:, b]
+
+
 def propose(spec: FeatureSpec, ids: np.ndarray, labels: np.ndarray, settings: SearchSettings,
             pair_fields: int | None = None) -> Candidates:
     """Candidate crosses and count features from a sample's field ids (N, F) and labels (N,), its
@@ -145,14 +152,14 @@ def propose(spec: FeatureSpec, ids: np.ndarray, labels: np.ndarray, settings: Se
                 continue
             # what the cross adds to its two fields taken additively (as a linear model takes them)
             additive = _combined(rates[a], rates[b], prior)
-            joint = _prequential_rates(ids[:, a] * np.int64(spec.field_rows) + ids[:, b], labels, additive)
+            joint = _prequential_rates(_pair_keys(spec, ids, a, b), labels, additive)
             gain = _mean_logloss(additive, labels) - _mean_logloss(joint, labels)
             if gain > 0:
-                pairs.append((gain, names[a], names[b]))
-    pairs.sort(reverse=True)
+                pairs.append((gain, a, b))
+    pairs.sort(key=lambda pair: (pair[0], names[pair[1]], names[pair[2]]), reverse=True)
     for gain, a, b in pairs[:settings.crosses]:
-        out.crosses.append((a, b))
-        out.scores[f"{a}:{b}"] = gain
+        out.crosses.append((names[a], names[b]))
+        out.scores[f"{names[a]}:{names[b]}"] = gain
     # a count feature carries its key's own click rate: worth it where that rate tells something
     # and the key has many values (a field of a few values is learned by its weights alone).
     # Chosen greedily, each by what it adds to those chosen before (taken additively, as the
@@ -160,8 +167,7 @@ def propose(spec: FeatureSpec, ids: np.ndarray, labels: np.ndarray, settings: Se
     keyed = {name: rates[j] for j, name in enumerate(names)
              if name not in spec.counts and len(np.unique(ids[:, j])) >= 20}
     for _gain, a, b in pairs[:settings.crosses]:
-        pair = ids[:, names.index(a)] * np.int64(spec.field_rows) + ids[:, names.index(b)]
-        keyed[f"{a}:{b}"] = _prequential_rates(pair, labels, flat)
+        keyed[f"{names[a]}:{names[b]}"] = _prequential_rates(_pair_keys(spec, ids, a, b), labels, flat)
     current = flat
     while keyed and len(out.counts) < settings.counts:
         loss = _mean_logloss(current, labels)
@@ -183,7 +189,9 @@ _crossing: dict[int, tuple[FeatureSpec, Featurizer]] = {}  # by the spec's id; t
 def batch_for(model: OnlineModel, batch: SparseBatch) -> SparseBatch:
     """``batch`` with the cross columns of ``model``'s spec: a worker featurizes with the spec it
     started with, while the search widens its models' specs with the crosses it proposes (cross
-    ids are a function of the field ids alone, so they are computed here for any spec)."""
+    ids are a function of the field ids alone, so they are computed here for any spec). A batch
+    with as many cross columns as the model has crosses is taken as it is: along one model's
+    versions each spec extends the one before it, so equal counts mean equal crosses."""
     if batch.cross_ids.shape[1] == len(model.spec.crosses):
         return batch
     kept = _crossing.get(id(model.spec))
@@ -245,7 +253,7 @@ def retune(model: OnlineModel, changes: dict[str, Any]) -> OnlineModel:
     twin = copy.deepcopy(model, {id(seen): seen} if seen is not None and seen.shared else {})
     config = twin.config
     for key, value in changes.items():
-        config = _replaced(config, key.split("."), value)
+        config = replace_setting(config, key, value)
     twin.config = config
     wide = getattr(twin, "wide", None)
     if wide is not None:
@@ -255,12 +263,6 @@ def retune(model: OnlineModel, changes: dict[str, Any]) -> OnlineModel:
     if embedding is not None and hasattr(config, "embedding"):
         embedding.config = config.embedding
     return twin
-
-
-def _replaced(config: Any, path: list[str], value: Any) -> Any:
-    if len(path) == 1:
-        return dataclasses.replace(config, **{path[0]: value})
-    return dataclasses.replace(config, **{path[0]: _replaced(getattr(config, path[0]), path[1:], value)})
 
 
 def _setting(config: Any, key: str) -> Any:
@@ -294,9 +296,6 @@ class Move:
     name: str                 # e.g. "+crosses", "+cross user_id:item_id", "ftrl.alpha x3"
     changes: dict[str, Any]   # dotted settings → new values
 
-    def __hash__(self) -> int:
-        return hash(self.name)
-
 
 @dataclass
 class Member:
@@ -304,7 +303,6 @@ class Member:
 
     move: Move
     model: OnlineModel
-    forked_at: int
     seen: int = 0
     looks: int = 0            # times judged
     diff_sum: float = 0.0     # sum of (challenger - champion) per-example logloss
@@ -328,11 +326,6 @@ class Member:
             return 0.0
         variance = max(self.diff_squares / self.seen - self.mean**2, 1e-18)
         return -self.mean / math.sqrt(variance / self.seen)
-
-
-def _logloss(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
-    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
 class OnlineSearch:
@@ -374,17 +367,17 @@ class OnlineSearch:
 
     def learn(self, batch: SparseBatch) -> np.ndarray:
         assert batch.labels is not None, "learn needs labels"
-        batch = self._with_crosses(batch)
+        batch = batch_for(self.champion, batch)
         labels = batch.labels.numpy().astype(np.float64)
         champion = self.champion.learn(batch)
         self._member_examples += len(batch) * (1 + len(self.challengers))
         if self.challengers:
-            base = _logloss(champion, labels)
+            base = logloss_terms(champion, labels)
             for member in self.challengers:
                 predicted = member.model.learn(batch)
                 member.metrics.update(predicted, labels)
                 member.champion_metrics.update(champion, labels)
-                diff = _logloss(predicted, labels) - base
+                diff = logloss_terms(predicted, labels) - base
                 member.seen += len(diff)
                 member.diff_sum += float(diff.sum())
                 member.diff_squares += float((diff * diff).sum())
@@ -398,9 +391,6 @@ class OnlineSearch:
             self._judge()
             self._fill()
         return champion
-
-    def _with_crosses(self, batch: SparseBatch) -> SparseBatch:
-        return batch_for(self.champion, batch)
 
     def _sample(self, batch: SparseBatch) -> None:
         """Keep the batch's ids and labels; at the end of a round, propose candidates from every
@@ -467,13 +457,14 @@ class OnlineSearch:
                 return
             if move.name in running or move.name in self._failed_here or self._failed.get(move.name, 0) >= 2:
                 continue
-            self.challengers.append(Member(move, retune(self.champion, move.changes), self.examples))
+            self.challengers.append(Member(move, retune(self.champion, move.changes)))
             running.add(move.name)
 
     def moves(self) -> list[Move]:
         """The changes worth trying from the champion, most promising first."""
         config = self.champion.config
         out: list[Move] = []
+        single: list[Move] = []  # one cross at a time: tried last
         candidates = self.candidates or Candidates()
         if hasattr(config, "ftrl"):
             ignored = tuple(config.ftrl.ignored)
@@ -499,17 +490,14 @@ class OnlineSearch:
                 out.append(Move("ftrl.l1,l2 /3", {"ftrl.l1": l1 / 3, "ftrl.l2": l2 / 3}))
             if max(l1, l2) < 30:
                 out.append(Move("ftrl.l1,l2 x3", {"ftrl.l1": l1 * 3, "ftrl.l2": l2 * 3}))
+            single = [Move(f"+cross {key}", switched_on([key])) for key in crosses]
         if hasattr(config, "embedding"):
             rate = config.embedding.lr
             if rate * 2 <= 20.0:
                 out.append(Move("embedding.lr x2", {"embedding.lr": rate * 2}))
             if rate / 2 >= 1e-3:
                 out.append(Move("embedding.lr /2", {"embedding.lr": rate / 2}))
-        if hasattr(config, "ftrl"):
-            for key in [f"{a}:{b}" for a, b in candidates.crosses if f"{a}:{b}" in config.ftrl.ignored]:
-                out.append(Move(f"+cross {key}", {"ftrl.ignored": tuple(k for k in config.ftrl.ignored
-                                                                         if k != key)}))
-        return out
+        return out + single
 
     # -------------------------------------------------------------- what it shows
 

@@ -26,7 +26,7 @@ def wide_columns(spec: FeatureSpec, ignored: tuple[str, ...]) -> torch.Tensor | 
         raise ConfigError(f"ftrl.ignored: {', '.join(unknown)} not among the spec's crosses and counts "
                           f"({', '.join(keys) or 'none'})")
     fields = len(spec.fields)
-    kept = [j for j in range(fields)] + [fields + i for i, key in enumerate(keys) if key not in ignored]
+    kept = list(range(fields)) + [fields + i for i, key in enumerate(keys) if key not in ignored]
     return torch.tensor(kept + [fields + len(keys)], dtype=torch.int64)
 
 

@@ -53,7 +53,8 @@ def _entropy(rate: float) -> float:
     return -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
 
 
-def _logloss_terms(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+def logloss_terms(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each example's logloss, its prediction clipped to [EPS, 1 - EPS]."""
     p = np.clip(p, EPS, 1 - EPS)
     return -(y * np.log(p) + (1 - y) * np.log1p(-p))
 
@@ -110,7 +111,7 @@ class StreamingMetrics:
             # 0.5 and a high logloss instead of crashing the worker; the quality gate holds its versions.
             p = np.where(np.isnan(p), 0.5, p)
             prediction_sum = float(p.sum())
-        losses = _logloss_terms(p, y)
+        losses = logloss_terms(p, y)
         self._life.n += p.size
         self._life.positives += int(y.sum())
         self._life.prediction_sum += prediction_sum
