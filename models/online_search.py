@@ -254,15 +254,21 @@ def retune(model: OnlineModel, changes: dict[str, Any]) -> OnlineModel:
     config = twin.config
     for key, value in changes.items():
         config = replace_setting(config, key, value)
-    twin.config = config
-    wide = getattr(twin, "wide", None)
+    return _configured(twin, config)
+
+
+def _configured(model: OnlineModel, config: Any) -> OnlineModel:
+    """``model`` learning with ``config`` from now on: its parts that keep their own copy of a
+    section (the wide part, the embeddings) are given the new one."""
+    model.config = config
+    wide = getattr(model, "wide", None)
     if wide is not None:
-        wide.config = config.ftrl
-        twin.wide_columns = wide_columns(twin.spec, config.ftrl.ignored)
-    embedding = getattr(twin, "embedding", None)
+        wide.reconfigure(config.ftrl)  # the weights stay as they are; only how they learn changes
+        model.wide_columns = wide_columns(model.spec, config.ftrl.ignored)
+    embedding = getattr(model, "embedding", None)
     if embedding is not None and hasattr(config, "embedding"):
         embedding.config = config.embedding
-    return twin
+    return model
 
 
 def _setting(config: Any, key: str) -> Any:
@@ -303,6 +309,7 @@ class Member:
 
     move: Move
     model: OnlineModel
+    caught_up: int = 0        # kept examples it learned before it joined (0: a warm copy), among seen
     seen: int = 0
     looks: int = 0            # times judged
     diff_sum: float = 0.0     # sum of (challenger - champion) per-example logloss
@@ -310,9 +317,24 @@ class Member:
     # progressive AUC since the fork, the challenger's and the champion's on the same examples
     metrics: StreamingMetrics = field(default_factory=lambda: StreamingMetrics(MEMBER_WINDOW))
     champion_metrics: StreamingMetrics = field(default_factory=lambda: StreamingMetrics(MEMBER_WINDOW))
+    # a caught-up member's own predictions and the labels, so that a sibling promoted before it
+    # can take the champion's place in its evidence (None: not kept)
+    predictions: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    def record(self, predicted: np.ndarray, champion: np.ndarray, labels: np.ndarray) -> None:
+        """Its and the champion's predictions of the same examples, made before either learned them."""
+        if self.predictions is not None:
+            self.predictions.append((predicted, labels))
+        self.metrics.update(predicted, labels)
+        self.champion_metrics.update(champion, labels)
+        diff = logloss_terms(predicted, labels) - logloss_terms(champion, labels)
+        self.seen += len(diff)
+        self.diff_sum += float(diff.sum())
+        self.diff_squares += float((diff * diff).sum())
 
     def summary(self) -> dict[str, Any]:
-        return {"move": self.move.name, "examples": self.seen, "logloss_change": self.mean, "z": self.z,
+        return {"move": self.move.name, "examples": self.seen, "caught_up": self.caught_up,
+                "logloss_change": self.mean, "z": self.z,
                 "auc": self.metrics.snapshot()["auc"], "champion_auc": self.champion_metrics.snapshot()["auc"]}
 
     @property
@@ -328,6 +350,27 @@ class Member:
         return -self.mean / math.sqrt(variance / self.seen)
 
 
+def _against(member: Member, promoted: Member) -> Member | None:
+    """``member`` as a challenger of the newly promoted ``promoted``, where that is exact: both
+    caught up on the same examples, and ``member`` makes every change ``promoted`` makes and more
+    (``+crosses+counts, ftrl.alpha x3`` after ``+crosses+counts``). Its move becomes the rest, and
+    its evidence is re-paired against ``promoted``'s predictions of the same examples. Any other
+    member forked from the champion before, and is dropped (None)."""
+    if member is promoted or member.predictions is None or promoted.predictions is None:
+        return None
+    shared = promoted.move.changes
+    if any(k not in member.move.changes or member.move.changes[k] != v for k, v in shared.items()):
+        return None
+    rest = {k: v for k, v in member.move.changes.items() if k not in shared}
+    if not rest or len(member.predictions) != len(promoted.predictions):
+        return None
+    name = member.move.name.removeprefix(promoted.move.name + ", ")
+    out = Member(Move(name, rest), member.model, caught_up=member.caught_up, predictions=[])
+    for (mine, labels), (theirs, _) in zip(member.predictions, promoted.predictions):
+        out.record(mine, theirs, labels)
+    return out
+
+
 class OnlineSearch:
     """A champion model and up to ``live - 1`` challengers learning from the same batches; see the
     module docstring. Drives like a model: :meth:`learn` returns the champion's predictions made
@@ -337,6 +380,9 @@ class OnlineSearch:
         """``fresh``: ``model`` has learned nothing yet, so the sample is every example it learned."""
         self.champion = model
         self.fresh = fresh
+        # an untrained copy, from which a challenger with new candidates catches up on every example
+        # kept (only crosses and counts are proposed, and only a wide part reads them)
+        self._initial = copy.deepcopy(model) if fresh and getattr(model, "wide", None) is not None else None
         self._share_counts()
         self.settings = settings
         self.examples = 0
@@ -346,9 +392,10 @@ class OnlineSearch:
         self.promotions: list[dict[str, Any]] = []
         self.dropped: list[dict[str, Any]] = []
         self._failed: dict[str, int] = {}       # move → times dropped
+        self._retry_at: dict[str, int] = {}     # move → examples before it is tried again
         self._failed_here: set[str] = set()     # moves dropped since the last promotion
-        self._sample_ids: list[np.ndarray] = []
-        self._sample_labels: list[np.ndarray] = []
+        self._kept: list[tuple[SparseBatch, np.ndarray]] = []  # every batch learned, with the champion's
+        # predictions made before learning it, until the last round
         self._rounds_left = settings.rounds      # proposals still to come, at sample, 4 x sample, ...
         self._next_round = settings.sample
         self._member_examples = 0               # examples learned, summed over members (compute)
@@ -372,39 +419,32 @@ class OnlineSearch:
         champion = self.champion.learn(batch)
         self._member_examples += len(batch) * (1 + len(self.challengers))
         if self.challengers:
-            base = logloss_terms(champion, labels)
             for member in self.challengers:
-                predicted = member.model.learn(batch)
-                member.metrics.update(predicted, labels)
-                member.champion_metrics.update(champion, labels)
-                diff = logloss_terms(predicted, labels) - base
-                member.seen += len(diff)
-                member.diff_sum += float(diff.sum())
-                member.diff_squares += float((diff * diff).sum())
+                member.record(member.model.learn(batch), champion, labels)
         seen = getattr(self.champion, "seen", None)
         if seen is not None and seen.shared:  # after every member read the counts before this batch
             seen.record_shared(batch)
         self.examples += len(batch)
         if self._rounds_left:
-            self._sample(batch)
+            self._sample(batch, champion)
         if self.candidates is not None:
             self._judge()
             self._fill()
         return champion
 
-    def _sample(self, batch: SparseBatch) -> None:
-        """Keep the batch's ids and labels; at the end of a round, propose candidates from every
-        example kept and rebuild the champion with them."""
-        self._sample_ids.append(batch.ids.numpy().copy())
-        self._sample_labels.append(batch.labels.numpy().copy())
+    def _sample(self, batch: SparseBatch, predicted: np.ndarray) -> None:
+        """Keep the batch and the champion's predictions; at the end of a round, propose candidates
+        from every example kept and rebuild the champion with them."""
+        self._kept.append((batch, predicted))
         if self.examples < self._next_round:
             return
-        ids, labels = np.concatenate(self._sample_ids), np.concatenate(self._sample_labels)
-        self._sample_ids, self._sample_labels = [ids], [labels]
+        kept = self._kept
+        ids = np.concatenate([b.ids.numpy() for b, _ in kept])
+        labels = np.concatenate([b.labels.numpy() for b, _ in kept])
         self._rounds_left -= 1
         self._next_round *= 4
         if not self._rounds_left:
-            self._sample_ids, self._sample_labels = [], []
+            self._kept = []
         first = self.candidates is None
         found = propose(self.spec, ids, labels, self.settings, None if first else PAIR_FIELDS)
         if getattr(self.champion, "wide", None) is None:  # crosses and counts are the wide part's inputs
@@ -424,6 +464,44 @@ class OnlineSearch:
             self.champion = widen(self.champion, spec, everything if self.fresh else None)
             self._share_counts()
             self.challengers = []  # forked from the champion before: another spec, other count tables
+            if self._initial is not None:
+                self._initial = widen(self._initial, spec)
+                self._catch_up(kept)
+        if not self._rounds_left:
+            self._initial = None
+
+    def _catch_up(self, kept: list[tuple[SparseBatch, np.ndarray]]) -> None:
+        """Challengers that switch on every candidate and learn every example kept, from the
+        untrained copy: the models the champion's settings with the candidates (and with FTRL's
+        ``alpha`` x3, the next ones ``alpha`` x3 and /3, while there is room) would have been had
+        they been known from the first example. A warm copy of the champion would start the new
+        crosses at zero, and could win only after learning them again from then on; and how fast
+        FTRL learns them shows most from the first example, where its steps are largest.
+
+        Their predictions while they catch up are made before they learn each example, as the
+        champion's were when the example arrived, so the two are already paired evidence: they
+        can be judged at once. (The candidates were chosen on the same examples, but by click
+        rates memorised prequentially, which gain nothing from a pair of values that does not
+        recur.)"""
+        moves = self.moves()
+        switch = next((m for m in moves if m.name.startswith(("+crosses", "+counts"))), None)
+        if switch is None:
+            return
+        variants = [switch] + [Move(f"{switch.name}, {m.name}", {**switch.changes, **m.changes})
+                               for m in moves if m.name.startswith("ftrl.alpha")]
+        for move in variants[:self.settings.live - 1]:
+            config = self.champion.config
+            for key, value in move.changes.items():
+                config = replace_setting(config, key, value)
+            member = Member(move, _configured(copy.deepcopy(self._initial), config), predictions=[])
+            for batch, champion in kept:
+                member.record(member.model.learn(batch_for(member.model, batch)), champion,
+                              batch.labels.numpy().astype(np.float64))
+            member.caught_up = member.seen
+            self._member_examples += member.seen
+            if getattr(member.model, "seen", None) is not None:  # it counted the same examples: read the shared tables
+                member.model.seen = self.champion.seen
+            self.challengers.append(member)
 
     # -------------------------------------------------------------- judging
 
@@ -440,13 +518,16 @@ class OnlineSearch:
             self.champion = best.model
             self.adopted.append(best.move.name)
             self.promotions.append({"at": self.examples, **best.summary()})
-            self.challengers = []
+            self.challengers = [m for m in (_against(other, best) for other in self.challengers) if m is not None]
             self._failed_here = set()
             return
         for member in ready:
-            if member.z <= -s.z or member.seen >= s.give_up_after:
+            if member.z <= -s.z or member.seen - member.caught_up >= s.give_up_after:
                 self.challengers.remove(member)
-                self._failed[member.move.name] = self._failed.get(member.move.name, 0) + 1
+                failures = self._failed[member.move.name] = self._failed.get(member.move.name, 0) + 1
+                # what did not pay may pay on a longer (or changed) stream: tried again once the
+                # stream is 2, 4, 8 ... times as long as when it failed, so its cost fades
+                self._retry_at[member.move.name] = self.examples * 2**failures
                 self._failed_here.add(member.move.name)
                 self.dropped.append({"at": self.examples, **member.summary()})
 
@@ -455,7 +536,8 @@ class OnlineSearch:
         for move in self.moves():
             if len(self.challengers) >= self.settings.live - 1:
                 return
-            if move.name in running or move.name in self._failed_here or self._failed.get(move.name, 0) >= 2:
+            if move.name in running or move.name in self._failed_here \
+                    or self.examples < self._retry_at.get(move.name, 0):
                 continue
             self.challengers.append(Member(move, retune(self.champion, move.changes)))
             running.add(move.name)
@@ -518,7 +600,7 @@ class OnlineSearch:
                     "crosses": [list(c) for c in self.candidates.crosses], "counts": self.candidates.counts,
                     "scores": self.candidates.scores},
                 "adopted": self.adopted, "promotions": self.promotions, "dropped": self.dropped,
-                "failed": self._failed}
+                "failed": self._failed, "retry_at": self._retry_at}
 
     @classmethod
     def resumed(cls, model: OnlineModel, settings: SearchSettings, state: dict[str, Any] | None) -> OnlineSearch:
@@ -538,6 +620,7 @@ class OnlineSearch:
                                            dict(found["scores"]))
         search.adopted, search.promotions, search.dropped = state["adopted"], state["promotions"], state["dropped"]
         search._failed = dict(state["failed"])
+        search._retry_at = {k: int(v) for k, v in state.get("retry_at", {}).items()}
         return search
 
     def report(self) -> dict[str, Any]:

@@ -17,6 +17,8 @@ import torch
 from streamrec.evaluation import evaluate_rows
 from streamrec.models import create_model, spec_for
 from streamrec.models.online_search import (
+    Member,
+    Move,
     OnlineSearch,
     SearchSettings,
     configuration_of,
@@ -77,6 +79,9 @@ def test_a_widened_model_predicts_what_it_did_and_a_retuned_copy_leaves_the_orig
     np.testing.assert_allclose(wider.predict_proba(last), model.predict_proba(batches[-1]), rtol=1e-6)
     faster = retune(wider, {"ftrl.alpha": 0.5, "ftrl.ignored": ()})
     assert faster.config.ftrl.alpha == 0.5 and wider.config.ftrl.alpha == model.config.ftrl.alpha
+    # FTRL's settings change how it learns from now on, not the weights it has: the same predictions
+    steadier = retune(wider, {"ftrl.alpha": 0.5, "ftrl.l1": 0.1, "ftrl.l2": 3.0})
+    np.testing.assert_allclose(steadier.predict_proba(last), wider.predict_proba(last), rtol=1e-9)
     before = wider.predict_proba(last)
     faster.learn(last)
     np.testing.assert_array_equal(wider.predict_proba(last), before)  # the copy learned, not the original
@@ -104,6 +109,48 @@ def test_the_search_finds_the_interaction_and_beats_its_defaults():
     assert torch.equal(model.seen.clicks, alone.seen.clicks)
 
 
+def test_a_caught_up_challenger_is_the_model_its_configuration_makes_from_the_first_example():
+    rows = _interaction_rows(4_000, 7)
+    spec = spec_for("lr", SpecOptions().infer([r.features for r in rows[:1000]]))
+    never = SearchSettings(sample=2_000, judge_after=10**9, give_up_after=10**9)  # nobody is judged here
+    search = OnlineSearch(create_model("lr", spec), never)
+    batches = list(_batches(spec, rows))
+    for count, batch in enumerate(batches, 1):
+        search.learn(batch)
+        if search.challengers:
+            break
+    first, faster = search.challengers
+    assert first.move.name == "+crosses+counts" and faster.move.name == "+crosses+counts, ftrl.alpha x3"
+    assert first.caught_up == first.seen == search.examples == count * 512
+    assert faster.model.config.ftrl.alpha == 3 * search.champion.config.ftrl.alpha
+    # the same as a model built with that configuration, learning the same batches from the first
+    alone = retune(create_model("lr", search.champion.spec), first.move.changes)
+    featurizer = Featurizer(search.champion.spec)
+    for batch in batches[:count]:
+        alone.learn(featurizer.recross(batch))
+    following = featurizer.recross(batches[count])
+    np.testing.assert_allclose(first.model.predict_proba(following), alone.predict_proba(following), rtol=1e-9)
+    assert first.model.seen is search.champion.seen  # and it reads the shared count tables from now on
+    assert torch.equal(alone.seen.count, search.champion.seen.count)
+
+
+def test_a_sibling_caught_up_with_one_more_change_challenges_the_promoted_one_on_paired_evidence():
+    from streamrec.models.online_search import _against
+
+    labels = np.array([1.0, 0.0, 1.0, 0.0])
+    switched = Member(Move("+crosses", {"ftrl.ignored": ()}), model=None, predictions=[])
+    sibling = Member(Move("+crosses, ftrl.alpha x3", {"ftrl.ignored": (), "ftrl.alpha": 0.15}), model=None,
+                     predictions=[])
+    other = Member(Move("ftrl.alpha x3", {"ftrl.alpha": 0.15}), model=None)
+    champion = np.full(4, 0.5)
+    switched.record(np.array([0.7, 0.3, 0.6, 0.4]), champion, labels)
+    sibling.record(np.array([0.8, 0.2, 0.7, 0.3]), champion, labels)
+    again = _against(sibling, switched)
+    assert again.move == Move("ftrl.alpha x3", {"ftrl.alpha": 0.15}) and again.seen == 4
+    assert again.mean < 0 and again.z > 0  # better than the promoted one on the same four examples
+    assert _against(other, switched) is None and _against(switched, switched) is None
+
+
 def test_a_challenger_that_is_worse_is_dropped_and_the_champion_predicts():
     rows = _interaction_rows(30_000, 4)
     spec = spec_for("lr", SpecOptions().infer([r.features for r in rows[:1000]]))
@@ -114,7 +161,10 @@ def test_a_challenger_that_is_worse_is_dropped_and_the_champion_predicts():
     report = search.report()
     assert report["promotions"] or report["dropped"]
     for dropped in report["dropped"]:
-        assert dropped["z"] <= -SearchSettings().z or dropped["examples"] >= SearchSettings().give_up_after
+        assert dropped["z"] <= -SearchSettings().z \
+            or dropped["examples"] - dropped["caught_up"] >= SearchSettings().give_up_after
+        # tried again only once the stream has doubled at least
+        assert search.state()["retry_at"][dropped["move"]] >= 2 * dropped["at"]
     assert len(search.challengers) <= SearchSettings().live - 1
     with pytest.raises(ConfigError, match="search.give_up_after"):
         SearchSettings(judge_after=10, give_up_after=5)
