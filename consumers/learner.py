@@ -118,16 +118,38 @@ QUALITY_KEYS = ("examples", "positives", "auc", "auc_error_bound", "auc_window",
                 "normalized_entropy", "normalized_entropy_window", "calibration", "calibration_window",
                 *PAIRED_KEYS, *SEARCH_KEYS)
 POST_EVERY_S = 0.5
+POPULATION_BYTES = 8192  # the search's population as JSON, beside the numbers (a few challengers)
 
 
-def _post(board: Any, snapshot: dict[str, float], seconds: float) -> None:
+def _post(board: Any, snapshot: dict[str, float], seconds: float, population: Any = None,
+          members: list[dict[str, Any]] | None = None) -> None:
     with board.get_lock():
         for i, key in enumerate(QUALITY_KEYS):
             board[i] = snapshot[key]
         board[len(QUALITY_KEYS)] = seconds
+    if population is not None:
+        text = json.dumps(members or []).encode()
+        if len(text) >= POPULATION_BYTES:  # long move names (many crosses) cut to fit
+            text = json.dumps([{**m, "member": m["member"][:80]} for m in (members or [])[:16]]).encode()
+        with population.get_lock():
+            population.value = text[:POPULATION_BYTES - 1]
 
 
-def _child(conn: Connection, board: Any) -> None:
+def population_of(search: Any) -> list[dict[str, Any]]:
+    """The online search's challengers as the dashboard and /metrics show them: each one's move,
+    examples since it joined (caught-up ones included), progressive AUC beside the champion's on
+    the same examples, and z (standard errors better than the champion)."""
+    if search is None:
+        return []
+    out = []
+    for member in search.challengers:
+        summary = member.summary()
+        out.append({"member": summary["move"], "examples": summary["examples"], "auc": summary["auc"],
+                    "champion_auc": summary["champion_auc"], "z": summary["z"]})
+    return out
+
+
+def _child(conn: Connection, board: Any, population: Any = None) -> None:
     # The worker decides when to stop (it publishes a last version first); Ctrl-C in a terminal
     # reaches the whole process group, so this process ignores it and leaves when its pipe closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -197,7 +219,7 @@ def _child(conn: Connection, board: Any) -> None:
                         paired.update(probabilities, reference_p, batch.labels.numpy())
                     seconds += time.perf_counter() - started
                     if started - posted >= POST_EVERY_S:  # for dashboards, without a round trip
-                        _post(board, snapshot_of_quality(), seconds)
+                        _post(board, snapshot_of_quality(), seconds, population, population_of(search))
                         posted = started
                 except Exception:  # noqa: BLE001 - reported at the next request
                     failure = traceback.format_exc()
@@ -254,7 +276,7 @@ def _child(conn: Connection, board: Any) -> None:
                 reply = _pack(_OK, {})
             elif op == _QUALITY:
                 snapshot = snapshot_of_quality()
-                _post(board, snapshot, seconds)  # the board is exact after an exact answer
+                _post(board, snapshot, seconds, population, population_of(search))  # exact after an exact answer
                 reply = _pack(_OK, {"snapshot": snapshot, "seconds": seconds,
                                     "search": search.report() if search is not None else None})
             else:
@@ -276,7 +298,9 @@ class LearnerProcess:
         # The learner posts its latest metrics here every half second: readable without waiting
         # for the batches in flight (the exact, ordered answer is quality()).
         self._board = context.Array("d", [float("nan")] * len(QUALITY_KEYS) + [0.0])  # NaN: nothing posted yet
-        self._process = context.Process(target=_child, args=(child_conn, self._board), name="streamrec-learner",
+        self._population = context.Array("c", POPULATION_BYTES)  # the search's challengers, JSON
+        self._process = context.Process(target=_child, args=(child_conn, self._board, self._population),
+                                        name="streamrec-learner",
                                         daemon=True)
         self._process.start()
         child_conn.close()
@@ -442,6 +466,12 @@ class LearnerProcess:
         with self._board.get_lock():
             values = list(self._board)
         return dict(zip(QUALITY_KEYS, values)), values[-1]
+
+    def latest_population(self) -> list[dict[str, Any]]:
+        """The online search's challengers as last posted (:func:`population_of`; [] without one)."""
+        with self._population.get_lock():
+            raw = self._population.value
+        return json.loads(raw) if raw else []
 
     def close(self, timeout_s: float = 10.0) -> None:
         if self._process.is_alive() and self._send_error is None:

@@ -460,13 +460,14 @@ class Trainer(KafkaWorker):
     def readings(self) -> TrainerReadings:
         """What /metrics shows now (called from the metrics server's thread)."""
         learner = self.learner
-        quality = learner.latest_quality()[0] if learner is not None and learner.ready else None
+        ready = learner is not None and learner.ready
+        quality = learner.latest_quality()[0] if ready else None
         return TrainerReadings(
             counters=dataclasses.replace(self.counters), join=dataclasses.replace(self.source.counts),
             open_impressions=self.source.open_impressions, examples_per_second=self._recent_rate(),
             impressions_topic=self.settings.impressions_topic, clicks_topic=self.settings.clicks_topic,
             quality=quality, lag=dict(self._lag), head_version=self.publisher.head,
-            live_version=self.publisher.live_version)
+            live_version=self.publisher.live_version, population=learner.latest_population() if ready else [])
 
     def _recent_rate(self) -> float:
         """Examples per second over the last ``RATE_WINDOW_S`` (0 when idle)."""

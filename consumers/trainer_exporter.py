@@ -47,6 +47,8 @@ class TrainerReadings:
     lag: dict[str, int] = field(default_factory=dict)  # messages not yet read, per topic
     head_version: int | None = None
     live_version: int | None = None
+    # the online search's challengers (consumers/learner.py, population_of): move, examples, auc, ...
+    population: list[dict] = field(default_factory=list)
 
 
 class _StreamSeries:
@@ -115,6 +117,19 @@ class _StreamSeries:
                 ("streamrec_search_compute_ratio", "search_compute_multiple",
                  "Examples learned by all search members per example of the stream")):
             yield gauge(name, doc, r.quality[key] if searching else None)
+        members = {name: GaugeMetricFamily(name, doc, labels=(*LABELS, "member")) for name, doc in (
+            ("streamrec_search_member_examples", "Examples a search challenger has been judged on"),
+            ("streamrec_search_member_auc_ratio", "A search challenger's progressive AUC since it joined"),
+            ("streamrec_search_member_champion_auc_ratio", "The champion's progressive AUC on the same examples"),
+            ("streamrec_search_member_z", "Standard errors by which a challenger's logloss is below the champion's"))}
+        for member in [] if r is None else r.population:
+            for name, key in (("streamrec_search_member_examples", "examples"),
+                              ("streamrec_search_member_auc_ratio", "auc"),
+                              ("streamrec_search_member_champion_auc_ratio", "champion_auc"),
+                              ("streamrec_search_member_z", "z")):
+                value = member.get(key)
+                members[name].add_metric([*labels, member["member"]], float("nan") if value is None else value)
+        yield from members.values()
         yield gauge("streamrec_head_version", "Newest version of the model (the trainer's resume point)",
                     None if r is None else r.head_version)
         yield gauge("streamrec_live_version", "The version the live pointer names",

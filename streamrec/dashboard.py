@@ -105,6 +105,22 @@ def served_model(samples: dict[str, float]) -> str | None:
     return None
 
 
+# The online search's population: one series per challenger, labelled by its move.
+MEMBER_SERIES = {"examples": "streamrec_search_member_examples", "auc": "streamrec_search_member_auc_ratio",
+                 "champion_auc": "streamrec_search_member_champion_auc_ratio", "z": "streamrec_search_member_z"}
+
+
+def search_population(samples: dict[str, float]) -> list[dict[str, Any]]:
+    """A trainer's search challengers from its samples: move, examples, AUC beside the champion's, z."""
+    members: dict[str, dict[str, Any]] = {}
+    for field_name, series in MEMBER_SERIES.items():
+        prefix = series + "{member="
+        for key, value in samples.items():
+            if key.startswith(prefix):  # the only label left after model and worker: the rest is the move
+                members.setdefault(key[len(prefix):-1], {})[field_name] = _finite(value)
+    return [{"member": name, **values} for name, values in sorted(members.items())]
+
+
 def _finite(value: float | None) -> float | None:
     return None if value is None or value != value or value in (float("inf"), float("-inf")) else float(value)
 
@@ -123,6 +139,7 @@ class WorkerSeries:
     error: str | None = None
     stopped: bool = False
     serves: str | None = None  # a scorer's served model (a champion follower's changes)
+    population: list[dict[str, Any]] = field(default_factory=list)  # a trainer's search challengers
 
     def points_since(self, since: float) -> list[list[Any]]:
         """Points newer than ``since``: coarse ones where the fine ones no longer reach."""
@@ -346,6 +363,7 @@ class Collector:
                 series.error = error
                 series.stopped = bool(target.get("stopped"))
                 series.serves = served_model(samples) if target["role"] == "scorer" else None
+                series.population = search_population(samples) if target["role"] == "trainer" else []
                 values = chart_values(target["role"], samples)
                 series.points.append((now, values))
                 if coarse:
@@ -385,7 +403,8 @@ class Collector:
                 "champion": self.champion, "timeline": self.timeline, "models": self.models,
                 "restored": self.restored,
                 "workers": [{"key": s.key, "role": s.role, "model": s.model, "worker": s.worker, "url": s.url,
-                             "stopped": s.stopped, "serves": s.serves, "points": s.points_since(since)}
+                             "stopped": s.stopped, "serves": s.serves, "population": s.population,
+                             "points": s.points_since(since)}
                             for s in sorted(self.series.values(), key=lambda s: s.key)],
             }
 

@@ -16,7 +16,7 @@ import redis
 from streamrec.consumers.example_source import JoinCounts
 from streamrec.consumers.trainer_exporter import TrainerExporter, TrainerReadings
 from streamrec.consumers.worker_counters import Counters
-from streamrec.dashboard import TRAINER_VALUES, chart_values
+from streamrec.dashboard import TRAINER_VALUES, chart_values, search_population
 from streamrec.stream.kafka_client import create_topics
 from streamrec.stream.prometheus import parse, scrape
 from streamrec.stream.worker_registry import Heartbeat, workers
@@ -64,9 +64,19 @@ def test_chart_values_read_every_trainer_series_from_a_real_registry():
     # ... and the search's readings only from a trainer that searches
     assert missing == ["examples_per_second", "live_version", "search_challengers", "search_compute",
                        "search_promotions", "version"], missing
+    assert search_population(parse(generate_latest(metrics.registry).decode())) == []
     quality.update(search_promotions=2.0, search_challengers=1.0, search_compute_multiple=2.5)
-    values = chart_values("trainer", parse(generate_latest(metrics.registry).decode()))
+    population = [{"member": "+crosses user_id:item_id,A:B, ftrl.alpha x3", "examples": 4096, "auc": 0.71,
+                   "champion_auc": 0.7, "z": 1.5}]
+    metrics.attach(lambda: TrainerReadings(
+        counters=Counters(examples=10), join=JoinCounts(positives=3, negatives=7), open_impressions=0,
+        examples_per_second=float("nan"), impressions_topic="i", clicks_topic="c", quality=quality,
+        lag={"a": 4, "b": 5}, population=population))
+    samples = parse(generate_latest(metrics.registry).decode())
+    values = chart_values("trainer", samples)
     assert (values["search_promotions"], values["search_challengers"], values["search_compute"]) == (2, 1, 2.5)
+    # each challenger, its move's commas and colons kept, beside the champion on the same examples
+    assert search_population(samples) == population
 
 
 @pytest.mark.integration
@@ -140,6 +150,15 @@ def test_dashboard_in_a_browser_shows_the_workers_metrics_live(stack, namespace,
 
             for name in trainers:
                 wait_for(lambda n=name: page_matches(n), 30, f"the page to match {name}'s /metrics", 0.25)
+
+            # The online search's challengers: the trainer card lists those its /metrics names
+            def population_matches() -> bool:
+                scraped = search_population(scrape(trainers["lr"].trainer.metrics.port))
+                shown = page.eval_on_selector_all('[data-testid="trainer/lr/lr-w:population"] tbody tr',
+                                                  "rows => rows.map(r => r.dataset.member)")
+                return bool(scraped) and shown == [m["member"] for m in scraped]
+
+            wait_for(population_matches, 30, "the search's challengers on the page", 0.25)
             # Champion and challenger are separate series on one AUC chart.
             labels = page.evaluate("() => window.streamrec.charts.get('auc').labels")
             assert {"lr/lr-w auc_window", "nfm/nfm-w auc_window", "lr/lr-w auc_lifetime"} <= set(labels)

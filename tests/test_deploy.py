@@ -43,7 +43,8 @@ def test_the_dashboard_covers_every_model_metric_family():
     for name in ("streamrec_auc_ratio", "streamrec_logloss_nats", "streamrec_normalized_entropy_ratio",
                  "streamrec_calibration_ratio", "streamrec_consumer_lag_messages", "streamrec_join_outcomes",
                  "streamrec_dead_letters", "streamrec_examples_trained", "streamrec_live_version",
-                 "streamrec_rollbacks_total", "streamrec_served_model_age_seconds"):
+                 "streamrec_rollbacks_total", "streamrec_served_model_age_seconds", "streamrec_search_member_auc_ratio",
+                 "streamrec_search_member_z"):
         assert name in exprs, name
     assert dashboard["templating"]["list"][0]["name"] == "model"
 

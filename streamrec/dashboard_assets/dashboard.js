@@ -58,6 +58,7 @@ function absorb(body) {
     const entry = worker(w);
     entry.stopped = w.stopped;
     entry.serves = w.serves;
+    entry.population = w.population || [];
     for (const [t, values] of w.points) {
       entry.times.push(t);
       for (const [name, value] of Object.entries(values)) {
@@ -209,9 +210,13 @@ function renderWorkers() {
         `<dt>${label}</dt><dd data-testid="${w.key}:${name}" data-name="${name}">–</dd>`).join("");
       card.innerHTML = `<h3><span class="swatch" style="background:${PALETTE[w.index % PALETTE.length]}"></span>` +
                        `${w.role} ${w.model} / ${w.worker} <span class="serves"></span> <span class="state"></span></h3>` +
-                       `<dl>${rows}</dl>`;
+                       `<dl>${rows}</dl>` +
+                       (w.role === "trainer" ? `<table class="population" data-testid="${w.key}:population" hidden>` +
+                        "<thead><tr><th>search challenger</th><th>examples</th><th>AUC</th><th>champion's</th>" +
+                        "<th>z</th></tr></thead><tbody></tbody></table>" : "");
       box.appendChild(card);
     }
+    renderPopulation(card, w);
     const last = w.times.length ? w.times[w.times.length - 1] : 0;
     const silent = !w.stopped && state.now - last > Math.max(5, 5 * state.interval);
     const serves = card.querySelector(".serves");
@@ -228,6 +233,26 @@ function renderWorkers() {
       cell.textContent = format(value, digits);
       cell.dataset.value = value === null ? "" : String(value);
     }
+  }
+}
+
+// The online search's challengers, each beside the champion on the same examples.
+function renderPopulation(card, w) {
+  const table = card.querySelector("table.population");
+  if (!table) return;
+  const members = w.population || [];
+  table.hidden = members.length === 0;
+  const body = table.querySelector("tbody");
+  body.innerHTML = "";
+  for (const m of members) {
+    const tr = document.createElement("tr");
+    tr.dataset.member = m.member;
+    for (const [value, digits] of [[m.member, null], [m.examples, 0], [m.auc, 4], [m.champion_auc, 4], [m.z, 1]]) {
+      const td = document.createElement("td");
+      td.textContent = digits === null ? value : format(value, digits);
+      tr.appendChild(td);
+    }
+    body.appendChild(tr);
   }
 }
 
