@@ -82,7 +82,7 @@ def run(rows: list[Row], model: str, **kwargs) -> dict[str, object]:
     out["cpu_seconds"] = time.process_time() - cpu
     if "search" in report:
         out["search"] = {k: report["search"][k] for k in ("configuration", "adopted", "promotions", "compute_multiple",
-                                                          "candidates")}
+                                                          "learning_multiple", "cpu_multiple", "candidates")}
     return out
 
 

@@ -63,7 +63,7 @@ SLICE_BYTES = 1 << 20
 SETTINGS_FIELDS = ("model", "batch_size", "attribution_window_s", "publish_every_examples", "publish_every_s",
                    "keep_versions", "max_pending_impressions", "window_examples", "metrics_port", "metrics_host",
                    "positives", "delta_every_s", "dense_every_s", "max_event_time_ahead_s", "search", "search_live",
-                   "search_sample")
+                   "search_sample", "search_budget")
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,7 @@ class TrainerOptions:
     search: bool              # search settings, crosses and counts online (models/online_search.py)
     search_live: int
     search_sample: int
+    search_budget: float
     gate: GateOptions
     worker_id: str = "worker-0"
     exit_at_end: bool = False
@@ -107,9 +108,10 @@ class TrainerOptions:
         values["gate"] = GateOptions(settings.gate, settings.gate_margin, settings.rollback_drop)
         return cls(**{**values, **overrides})
 
-    def search_settings(self) -> dict[str, int] | None:
+    def search_settings(self) -> dict[str, float] | None:
         """What the learner's online search is given (None: learn the configuration as it is)."""
-        return {"live": self.search_live, "sample": self.search_sample} if self.search else None
+        return ({"live": self.search_live, "sample": self.search_sample, "budget": self.search_budget}
+                if self.search else None)
 
     def publish_options(self) -> PublishOptions:
         return PublishOptions(self.publish_every_examples, self.publish_every_s, self.keep_versions,

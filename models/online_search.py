@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,8 +69,11 @@ class SearchSettings:
     judge_after: int = 2_000       # examples since its fork before a challenger may be promoted or dropped
     give_up_after: int = 30_000    # ... and after which it is dropped if it is not better
     z: float = 3.0                 # standard errors of the paired logloss difference a promotion needs
+    budget: float = 3.0            # examples all members learn (catch-up included) per example of the stream, at most
 
     def __post_init__(self) -> None:
+        if not self.budget >= 1:
+            raise ConfigError(f"search.budget must be >= 1 (times one model's learning), got {self.budget}")
         for name in ("live", "sample", "rounds", "judge_after", "give_up_after"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"search.{name} must be >= 1, got {getattr(self, name)}")
@@ -399,6 +403,10 @@ class OnlineSearch:
         self._rounds_left = settings.rounds      # proposals still to come, at sample, 4 x sample, ...
         self._next_round = settings.sample
         self._member_examples = 0               # examples learned, summed over members (compute)
+        self._champion_cpu = 0.0                # CPU seconds the champion's own learning took ...
+        self._challenger_cpu = 0.0              # ... the challengers' (their catch-up included) ...
+        self._search_cpu = 0.0                  # ... and everything the search did besides the champion's
+        self._mark = 0.0                        # CPU time up to which _search_cpu counts
 
     @property
     def spec(self) -> FeatureSpec:
@@ -414,13 +422,17 @@ class OnlineSearch:
 
     def learn(self, batch: SparseBatch) -> np.ndarray:
         assert batch.labels is not None, "learn needs labels"
+        started = time.process_time()
         batch = batch_for(self.champion, batch)
         labels = batch.labels.numpy().astype(np.float64)
         champion = self.champion.learn(batch)
+        self._champion_cpu += time.process_time() - started
+        self._mark = time.process_time()
         self._member_examples += len(batch) * (1 + len(self.challengers))
         if self.challengers:
             for member in self.challengers:
                 member.record(member.model.learn(batch), champion, labels)
+            self._challenger_cpu += time.process_time() - self._mark
         seen = getattr(self.champion, "seen", None)
         if seen is not None and seen.shared:  # after every member read the counts before this batch
             seen.record_shared(batch)
@@ -430,7 +442,28 @@ class OnlineSearch:
         if self.candidates is not None:
             self._judge()
             self._fill()
+        self._count_search_cpu()
         return champion
+
+    def _count_search_cpu(self) -> None:
+        now = time.process_time()
+        self._search_cpu += now - self._mark
+        self._mark = now
+
+    @property
+    def learning_multiple(self) -> float:
+        """CPU time of every member's learning over the champion's alone (the budget's measure)."""
+        return (self._champion_cpu + self._challenger_cpu) / self._champion_cpu if self._champion_cpu > 0 else 1.0
+
+    @property
+    def cpu_multiple(self) -> float:
+        """CPU time of the whole search (proposals and copies too) over the champion's learning alone."""
+        return (self._champion_cpu + self._search_cpu) / self._champion_cpu if self._champion_cpu > 0 else 1.0
+
+    def _within_budget(self) -> bool:
+        # counted in examples learned, not CPU seconds: the members are copies of one model, and
+        # the search's choices must not depend on how busy the machine is (seeded runs repeat)
+        return self.compute_multiple < self.settings.budget
 
     def _sample(self, batch: SparseBatch, predicted: np.ndarray) -> None:
         """Keep the batch and the champion's predictions; at the end of a round, propose candidates
@@ -489,19 +522,24 @@ class OnlineSearch:
             return
         variants = [switch] + [Move(f"{switch.name}, {m.name}", {**switch.changes, **m.changes})
                                for m in moves if m.name.startswith("ftrl.alpha")]
-        for move in variants[:self.settings.live - 1]:
+        for n, move in enumerate(variants[:self.settings.live - 1]):
+            if n and not self._within_budget():  # the first always: finding the candidates is the point
+                break
             config = self.champion.config
             for key, value in move.changes.items():
                 config = replace_setting(config, key, value)
             member = Member(move, _configured(copy.deepcopy(self._initial), config), predictions=[])
+            started = time.process_time()
             for batch, champion in kept:
                 member.record(member.model.learn(batch_for(member.model, batch)), champion,
                               batch.labels.numpy().astype(np.float64))
+            self._challenger_cpu += time.process_time() - started
             member.caught_up = member.seen
             self._member_examples += member.seen
             if getattr(member.model, "seen", None) is not None:  # it counted the same examples: read the shared tables
                 member.model.seen = self.champion.seen
             self.challengers.append(member)
+            self._count_search_cpu()
 
     # -------------------------------------------------------------- judging
 
@@ -532,6 +570,8 @@ class OnlineSearch:
                 self.dropped.append({"at": self.examples, **member.summary()})
 
     def _fill(self) -> None:
+        if not self._within_budget():  # the running ones go on to their verdict; no new ones until it is
+            return
         running = {m.move.name for m in self.challengers}
         for move in self.moves():
             if len(self.challengers) >= self.settings.live - 1:
@@ -596,6 +636,8 @@ class OnlineSearch:
         what was adopted, promoted and dropped. Challengers are not kept: a resumed search forks
         new ones from the champion it resumes with."""
         return {"examples": self.examples, "member_examples": self._member_examples,
+                "champion_cpu": self._champion_cpu, "challenger_cpu": self._challenger_cpu,
+                "search_cpu": self._search_cpu,
                 "candidates": None if self.candidates is None else {
                     "crosses": [list(c) for c in self.candidates.crosses], "counts": self.candidates.counts,
                     "scores": self.candidates.scores},
@@ -611,6 +653,9 @@ class OnlineSearch:
             return search
         search.examples = int(state["examples"])
         search._member_examples = int(state["member_examples"])
+        search._champion_cpu = float(state.get("champion_cpu", 0.0))
+        search._challenger_cpu = float(state.get("challenger_cpu", 0.0))
+        search._search_cpu = float(state.get("search_cpu", 0.0))
         while search._rounds_left and search._next_round <= search.examples:  # rounds already done
             search._rounds_left -= 1
             search._next_round *= 4
@@ -633,6 +678,8 @@ class OnlineSearch:
             "challengers": [m.summary() for m in self.challengers],
             "candidates": dict(self.candidates.scores) if self.candidates else {},
             "compute_multiple": self.compute_multiple,
+            "learning_multiple": self.learning_multiple,
+            "cpu_multiple": self.cpu_multiple,
         }
 
     def extra_metrics(self) -> dict[str, Any]:

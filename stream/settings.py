@@ -57,11 +57,12 @@ class Settings(BaseSettings):
     gate_margin: float = Field(default=0.02, ge=0)
     rollback_drop: float = Field(default=0.05, gt=0)
     # The online search over settings, crosses and count features (models/online_search.py): on
-    # for new and resumed models; members learning at once (the compute budget, in models); how
-    # many examples propose the candidates.
+    # for new and resumed models; members learning at once (in models); how many examples propose
+    # the candidates; examples all members learn per example of the stream, at most.
     search: bool = True
     search_live: int = Field(default=3, ge=1)
     search_sample: int = Field(default=3_000, ge=100)
+    search_budget: float = Field(default=3.0, ge=1)
     # How often a join worker makes its partitions' state durable (streamrec join).
     join_checkpoint_every_s: float = Field(default=1.0, gt=0)
     # The scorer's HTTP port (streamrec serve); 0 picks a free one.

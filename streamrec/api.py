@@ -267,14 +267,15 @@ def evaluate(path: str | Path, format: str, model: str = "wide_deep", *, user_fi
              limit: int | None = None, batch_size: int = 512, window: int = 10_000,
              crosses: Sequence[str | tuple[str, str]] = (), counts: Sequence[str] = (),
              settings: Mapping[str, Any] | None = None, history_fields: Sequence[str] = (), history_length: int = 0,
-             seed: int = 0, strict: bool = False, search: bool = True,
+             seed: int = 0, strict: bool = False, search: bool = True, search_budget: float = 3.0,
              on_progress: Callable[[int], None] | None = None,
              read_errors: list[str] | None = None) -> dict[str, Any]:
     """One progressive pass of ``model`` over a log file: the report ``streamrec evaluate`` prints
     (examples, AUC lifetime and window, logloss, normalised entropy, calibration, ex/s).
     With ``search`` (the default) settings, crosses and count features are searched online and the
     report's ``search`` says what was chosen (models/online_search.py); without it the model learns
-    exactly the configuration given.
+    exactly the configuration given; ``search_budget`` bounds the examples its members learn, per
+    example of the stream.
 
     ``format`` is one of criteo, avazu, libsvm, libfm, csv, jsonl; ``columns`` maps csv/jsonl
     columns (``label=click,user=uid,item=ad``). Malformed rows are counted in the report
@@ -294,7 +295,8 @@ def evaluate(path: str | Path, format: str, model: str = "wide_deep", *, user_fi
                                    spec_options=SpecOptions(crosses=pairs, counts=tuple(counts), seed=seed,
                                                             history_fields=tuple(history_fields),
                                                             history_length=history_length),
-                                   search=SearchSettings() if search else None, on_batch=on_progress)
+                                   search=SearchSettings(budget=search_budget) if search else None,
+                                   on_batch=on_progress)
     if read_errors is not None:
         read_errors.extend(stats.errors)
     return report

@@ -112,7 +112,7 @@ def test_the_search_finds_the_interaction_and_beats_its_defaults():
 def test_a_caught_up_challenger_is_the_model_its_configuration_makes_from_the_first_example():
     rows = _interaction_rows(4_000, 7)
     spec = spec_for("lr", SpecOptions().infer([r.features for r in rows[:1000]]))
-    never = SearchSettings(sample=2_000, judge_after=10**9, give_up_after=10**9)  # nobody is judged here
+    never = SearchSettings(sample=2_000, judge_after=10**9, give_up_after=10**9, budget=1e9)  # nobody judged here
     search = OnlineSearch(create_model("lr", spec), never)
     batches = list(_batches(spec, rows))
     for count, batch in enumerate(batches, 1):
@@ -132,6 +132,21 @@ def test_a_caught_up_challenger_is_the_model_its_configuration_makes_from_the_fi
     np.testing.assert_allclose(first.model.predict_proba(following), alone.predict_proba(following), rtol=1e-9)
     assert first.model.seen is search.champion.seen  # and it reads the shared count tables from now on
     assert torch.equal(alone.seen.count, search.champion.seen.count)
+
+
+def test_the_budget_bounds_the_search_cpu_time():
+    rows = _interaction_rows(20_000, 8)
+    spec = spec_for("lr", SpecOptions().infer([r.features for r in rows[:1000]]))
+    # a budget of one model: no warm challengers at all; the candidates' own catch-up still runs
+    search = OnlineSearch(create_model("lr", spec), SearchSettings(sample=2_000, judge_after=1_000, budget=1.0))
+    for batch in _batches(spec, rows):
+        search.learn(batch)
+        assert all(m.caught_up for m in search.challengers) and len(search.challengers) <= 1
+    report = search.report()
+    assert report["compute_multiple"] > 1.0 and report["cpu_multiple"] > report["learning_multiple"] > 1.0
+    assert all(p["caught_up"] for p in report["promotions"] + report["dropped"])
+    with pytest.raises(ConfigError, match="search.budget"):
+        SearchSettings(budget=0.5)
 
 
 def test_a_sibling_caught_up_with_one_more_change_challenges_the_promoted_one_on_paired_evidence():

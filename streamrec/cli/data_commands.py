@@ -187,11 +187,13 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
 @click.option("--search/--no-search", default=True, show_default=True,
               help="Search settings, crosses and count features online while learning, and predict with the "
                    "best so far (docs/online-search.md); --no-search learns exactly the configuration given.")
+@click.option("--search-budget", type=click.FloatRange(min=1), default=3.0, show_default=True,
+              help="The search's members learn at most this many examples per example of the stream.")
 @click.option("--report-json", type=click.Path(path_type=Path), help="Write the report here.")
 def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | None, columns: str | None,
              numeric_columns: str | None, strict: bool, limit: int | None, model: str, batch_size: int,
              window: int, crosses: tuple[str, ...], counts: tuple[str, ...], settings: tuple[str, ...], seed: int,
-             history_fields: tuple[str, ...], history_length: int | None, search: bool,
+             history_fields: tuple[str, ...], history_length: int | None, search: bool, search_budget: float,
              report_json: Path | None) -> None:
     """One prequential pass (predict, measure, learn) of a model over a log file."""
     from streamrec import api
@@ -201,7 +203,8 @@ def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | Non
     run = dict(format=fmt, model=model, user_field=user_field, item_field=item_field, columns=columns,
                numeric_columns=numeric_columns, limit=limit, batch_size=batch_size, window=window, crosses=crosses,
                counts=counts, settings=parse_settings(settings), history_fields=history_fields,
-               history_length=history_length or 0, seed=seed, strict=strict, search=search, read_errors=errors)
+               history_length=history_length or 0, seed=seed, strict=strict, search=search, search_budget=search_budget,
+               read_errors=errors)
     # checked before the bar appears, so a wrong flag is the only output
     api.checked_settings(model, run["settings"], tuple(api.parse_cross(c) for c in crosses), counts)
     with progress_bar(f"evaluate {model}", limit or count_lines(path)) as advance:
@@ -225,7 +228,8 @@ def search_summary(search: dict) -> str:
     flags = [f"--cross {c}" for c in crosses] + [f"--count {c}" for c in chosen["counts"]]
     flags += [f"--set {key}={value:.4g}" for key, value in chosen["settings"].items()]
     lines = [f"search: {len(search['promotions'])} promotions, {len(search['dropped'])} changes dropped, "
-             f"{search['compute_multiple']:.2f}x one model's learning"]
+             f"{search['compute_multiple']:.2f}x one model's examples learned, CPU "
+             f"{search['learning_multiple']:.2f}x its learning ({search['cpu_multiple']:.2f}x with proposals and copies)"]
     lines += [f"  at {p['at']:,}: {p['move']} (over {p['examples']:,} examples: AUC {p['auc']:.4f} against the "
               f"champion's {p['champion_auc']:.4f}, logloss {p['logloss_change']:+.5f}, z {p['z']:.1f})"
               for p in search["promotions"]]
