@@ -80,15 +80,17 @@ class FTRLProximal:
         old, self.config = self.config, config
         if (old.alpha, old.beta, old.l1, old.l2) == (config.alpha, config.beta, config.l1, config.l2):
             return
-        sqrt_n = torch.sqrt(self.n)
-        w = self._weight_with(old, self.z.clone(), sqrt_n)
+        touched = torch.nonzero(self.z).squeeze(1)  # z == 0 gives w == 0 under any settings
+        z = self.z.index_select(0, touched)
+        sqrt_n = torch.sqrt(self.n.index_select(0, touched))
+        w = self._weight_with(old, z.clone(), sqrt_n)
         denominator = (sqrt_n + config.beta).div_(config.alpha).add_(config.l2)
         # where w != 0: -(z' - sign(z') l1') / d' = w with sign(z') = sign(z); elsewhere |z| <= l1
         # stays inside [-l1', l1'] by scaling
         scale = config.l1 / old.l1 if old.l1 > 0 else 0.0
-        z = torch.where(w != 0, torch.sign(self.z) * config.l1 - w * denominator, self.z * scale)
-        self.dirty |= z != self.z
-        self.z = z
+        rescaled = torch.where(w != 0, torch.sign(z) * config.l1 - w * denominator, z * scale)
+        self.z.index_copy_(0, touched, rescaled)
+        self.dirty.index_fill_(0, touched[rescaled != z], True)
 
     @staticmethod
     def _weight_with(c: FTRLConfig, z: torch.Tensor, sqrt_n: torch.Tensor) -> torch.Tensor:
