@@ -134,7 +134,9 @@ def test_a_durable_stack_keeps_topics_offsets_and_versions_across_restarts_and_k
     home = tmp_path / "home"
     first, second = tmp_path / "first.tsv", tmp_path / "second.tsv"
     replay_args = ("--format", "criteo", "--user-field", "C1", "--item-field", "C2")
-    train = ("--namespace", "keep", "train", "--model", "lr", "--exit-at-end", "--report-json")
+    # one version per run, at its end: a slow run must not add one on the time cadence
+    train = ("--namespace", "keep", "train", "--model", "lr", "--exit-at-end", "--publish-every-s", "600",
+             "--report-json")
     try:
         assert _cli(home, "stack", "up").returncode == 0
         assert _cli(home, "--namespace", "keep", "topics", "create", "--partitions", "2").returncode == 0
