@@ -520,8 +520,11 @@ class OnlineSearch:
         switch = next((m for m in moves if m.name.startswith(("+crosses", "+counts"))), None)
         if switch is None:
             return
+        # beside it, the same with a new FTRL alpha, unless that change failed lately (the retry
+        # schedule of the change alone or of this pair): a catch-up costs every example kept
         variants = [switch] + [Move(f"{switch.name}, {m.name}", {**switch.changes, **m.changes})
-                               for m in moves if m.name.startswith("ftrl.alpha")]
+                               for m in moves if m.name.startswith("ftrl.alpha") and not self._resting(m.name)
+                               and not self._resting(f"{switch.name}, {m.name}")]
         for n, move in enumerate(variants[:self.settings.live - 1]):
             if n and not self._within_budget():  # the first always: finding the candidates is the point
                 break
@@ -576,11 +579,14 @@ class OnlineSearch:
         for move in self.moves():
             if len(self.challengers) >= self.settings.live - 1:
                 return
-            if move.name in running or move.name in self._failed_here \
-                    or self.examples < self._retry_at.get(move.name, 0):
+            if move.name in running or self._resting(move.name):
                 continue
             self.challengers.append(Member(move, retune(self.champion, move.changes)))
             running.add(move.name)
+
+    def _resting(self, name: str) -> bool:
+        """Whether a change failed lately: before the promotion since, or before its retry."""
+        return name in self._failed_here or self.examples < self._retry_at.get(name, 0)
 
     def moves(self) -> list[Move]:
         """The changes worth trying from the champion, most promising first."""
