@@ -129,10 +129,10 @@ def _post(board: Any, snapshot: dict[str, float], seconds: float, population: An
         board[len(QUALITY_KEYS)] = seconds
     if population is not None:
         text = json.dumps(members or []).encode()
-        if len(text) >= POPULATION_BYTES:  # long move names (many crosses) cut to fit
+        if len(text) >= POPULATION_BYTES:  # long move names (many crosses) cut to fit: 16 short ones always do
             text = json.dumps([{**m, "member": m["member"][:80]} for m in (members or [])[:16]]).encode()
-        with population.get_lock():
-            population.value = text[:POPULATION_BYTES - 1]
+        with population.get_lock():  # whole, never cut: the reader parses it
+            population.value = text
 
 
 def population_of(search: Any) -> list[dict[str, Any]]:

@@ -359,7 +359,7 @@ def _against(member: Member, promoted: Member) -> Member | None:
     caught up on the same examples, and ``member`` makes every change ``promoted`` makes and more
     (``+crosses+counts, ftrl.alpha x3`` after ``+crosses+counts``). Its move becomes the rest, and
     its evidence is re-paired against ``promoted``'s predictions of the same examples. Any other
-    member forked from the champion before, and is dropped (None)."""
+    member is a copy of the old champion and is dropped (None)."""
     if member is promoted or member.predictions is None or promoted.predictions is None:
         return None
     shared = promoted.move.changes
@@ -426,8 +426,8 @@ class OnlineSearch:
         batch = batch_for(self.champion, batch)
         labels = batch.labels.numpy().astype(np.float64)
         champion = self.champion.learn(batch)
-        self._champion_cpu += time.process_time() - started
         self._mark = time.process_time()
+        self._champion_cpu += self._mark - started
         self._member_examples += len(batch) * (1 + len(self.challengers))
         if self.challengers:
             for member in self.challengers:
@@ -452,7 +452,7 @@ class OnlineSearch:
 
     @property
     def learning_multiple(self) -> float:
-        """CPU time of every member's learning over the champion's alone (the budget's measure)."""
+        """CPU time of every member's learning (catch-up included) over the champion's alone."""
         return (self._champion_cpu + self._challenger_cpu) / self._champion_cpu if self._champion_cpu > 0 else 1.0
 
     @property
@@ -505,8 +505,8 @@ class OnlineSearch:
 
     def _catch_up(self, kept: list[tuple[SparseBatch, np.ndarray]]) -> None:
         """Challengers that switch on every candidate and learn every example kept, from the
-        untrained copy: the models the champion's settings with the candidates (and with FTRL's
-        ``alpha`` x3, the next ones ``alpha`` x3 and /3, while there is room) would have been had
+        untrained copy: the models the champion's settings with the candidates (and, beside the
+        first, the same with FTRL's ``alpha`` changed, while there is room) would have been had
         they been known from the first example. A warm copy of the champion would start the new
         crosses at zero, and could win only after learning them again from then on; and how fast
         FTRL learns them shows most from the first example, where its steps are largest.
