@@ -119,6 +119,8 @@ QUALITY_KEYS = ("examples", "positives", "auc", "auc_error_bound", "auc_window",
                 *PAIRED_KEYS, *SEARCH_KEYS)
 POST_EVERY_S = 0.5
 POPULATION_BYTES = 8192  # the search's population as JSON, beside the numbers (a few challengers)
+TABLES_BYTES = 16384  # keyed tables' summaries as JSON (rows per field of two tables)
+TABLES_EVERY_S = 5.0  # counting rows per field reads every key: less often than the numbers
 
 
 def _post(board: Any, snapshot: dict[str, float], seconds: float, population: Any = None,
@@ -135,6 +137,14 @@ def _post(board: Any, snapshot: dict[str, float], seconds: float, population: An
             population.value = text
 
 
+def _post_tables(tables: Any, summary: dict[str, Any]) -> None:
+    text = json.dumps(summary).encode()
+    if len(text) >= TABLES_BYTES:  # very many fields: the totals always fit
+        text = json.dumps({group: {**t, "fields": {}} for group, t in summary.items()}).encode()
+    with tables.get_lock():  # whole, never cut: the reader parses it
+        tables.value = text
+
+
 def population_of(search: Any) -> list[dict[str, Any]]:
     """The online search's challengers as the dashboard and /metrics show them: each one's move,
     examples since it joined (caught-up ones included), progressive AUC beside the champion's on
@@ -149,7 +159,7 @@ def population_of(search: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _child(conn: Connection, board: Any, population: Any = None) -> None:
+def _child(conn: Connection, board: Any, population: Any = None, tables: Any = None) -> None:
     # The worker decides when to stop (it publishes a last version first); Ctrl-C in a terminal
     # reaches the whole process group, so this process ignores it and leaves when its pipe closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -157,6 +167,7 @@ def _child(conn: Connection, board: Any, population: Any = None) -> None:
 
     from streamrec.models import create_model, model_from_bytes
     from streamrec.models.base import read_metadata
+    from streamrec.models.keyed_rows import table_summary
     from streamrec.models.online_search import OnlineSearch, SearchSettings, batch_for
     from streamrec.models.progressive import progressive_step
     from streamrec.stream.feature_spec import FeatureSpec
@@ -176,7 +187,7 @@ def _child(conn: Connection, board: Any, population: Any = None) -> None:
     paired: PairedWindow | None = None
     lineage, delta_seq, base_version = "", 0, None
     seconds = 0.0
-    posted = 0.0
+    posted = tables_posted = 0.0
     failure: str | None = None
 
     def snapshot_of_quality() -> dict[str, float]:
@@ -221,6 +232,9 @@ def _child(conn: Connection, board: Any, population: Any = None) -> None:
                     if started - posted >= POST_EVERY_S:  # for dashboards, without a round trip
                         _post(board, snapshot_of_quality(), seconds, population, population_of(search))
                         posted = started
+                    if tables is not None and model.keyed_tables() and started - tables_posted >= TABLES_EVERY_S:
+                        _post_tables(tables, table_summary(model))
+                        tables_posted = started
                 except Exception:  # noqa: BLE001 - reported at the next request
                     failure = traceback.format_exc()
             continue
@@ -277,6 +291,8 @@ def _child(conn: Connection, board: Any, population: Any = None) -> None:
             elif op == _QUALITY:
                 snapshot = snapshot_of_quality()
                 _post(board, snapshot, seconds, population, population_of(search))  # exact after an exact answer
+                if tables is not None and model is not None and model.keyed_tables():
+                    _post_tables(tables, table_summary(model))
                 reply = _pack(_OK, {"snapshot": snapshot, "seconds": seconds,
                                     "search": search.report() if search is not None else None})
             else:
@@ -299,7 +315,8 @@ class LearnerProcess:
         # for the batches in flight (the exact, ordered answer is quality()).
         self._board = context.Array("d", [float("nan")] * len(QUALITY_KEYS) + [0.0])  # NaN: nothing posted yet
         self._population = context.Array("c", POPULATION_BYTES)  # the search's challengers, JSON
-        self._process = context.Process(target=_child, args=(child_conn, self._board, self._population),
+        self._tables = context.Array("c", TABLES_BYTES)  # keyed tables' summaries, JSON
+        self._process = context.Process(target=_child, args=(child_conn, self._board, self._population, self._tables),
                                         name="streamrec-learner",
                                         daemon=True)
         self._process.start()
@@ -472,6 +489,13 @@ class LearnerProcess:
         with self._population.get_lock():
             raw = self._population.value
         return json.loads(raw) if raw else []
+
+    def latest_tables(self) -> dict[str, Any]:
+        """The keyed tables' summaries as last posted (models/keyed_rows.py ``table_summary``; {}
+        with hashed tables)."""
+        with self._tables.get_lock():
+            raw = self._tables.value
+        return json.loads(raw) if raw else {}
 
     def close(self, timeout_s: float = 10.0) -> None:
         if self._process.is_alive() and self._send_error is None:

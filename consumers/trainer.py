@@ -469,7 +469,8 @@ class Trainer(KafkaWorker):
             open_impressions=self.source.open_impressions, examples_per_second=self._recent_rate(),
             impressions_topic=self.settings.impressions_topic, clicks_topic=self.settings.clicks_topic,
             quality=quality, lag=dict(self._lag), head_version=self.publisher.head,
-            live_version=self.publisher.live_version, population=learner.latest_population() if ready else [])
+            live_version=self.publisher.live_version, population=learner.latest_population() if ready else [],
+            tables=learner.latest_tables() if ready else {})
 
     def _recent_rate(self) -> float:
         """Examples per second over the last ``RATE_WINDOW_S`` (0 when idle)."""

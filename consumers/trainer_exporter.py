@@ -49,6 +49,8 @@ class TrainerReadings:
     live_version: int | None = None
     # the online search's challengers (consumers/learner.py, population_of): move, examples, auc, ...
     population: list[dict] = field(default_factory=list)
+    # keyed tables (models/keyed_rows.py, table_summary): rows, admitted, evicted, bytes, rows per field
+    tables: dict[str, dict] = field(default_factory=dict)
 
 
 class _StreamSeries:
@@ -130,10 +132,32 @@ class _StreamSeries:
                 value = member.get(key)
                 members[name].add_metric([*labels, member["member"]], float("nan") if value is None else value)
         yield from members.values()
+        yield from _table_series(labels, {} if r is None else r.tables)
         yield gauge("streamrec_head_version", "Newest version of the model (the trainer's resume point)",
                     None if r is None else r.head_version)
         yield gauge("streamrec_live_version", "The version the live pointer names",
                     None if r is None else r.live_version)
+
+
+def _table_series(labels: list[str], tables: dict[str, dict]) -> Iterator[Metric]:
+    """Keyed tables' rows (per field too), admissions, evictions and bytes, labelled by table."""
+    rows = GaugeMetricFamily("streamrec_table_rows", "Rows a keyed table holds", labels=(*LABELS, "table"))
+    by_field = GaugeMetricFamily("streamrec_table_field_rows", "Rows held by a field's (or cross's) own keys",
+                                 labels=(*LABELS, "table", "field"))
+    table_bytes = GaugeMetricFamily("streamrec_table_bytes", "Bytes of a keyed table: rows, optimiser state, index",
+                                    labels=(*LABELS, "table"))
+    admitted = CounterMetricFamily("streamrec_table_admitted", "Keys given a row of their own",
+                                   labels=(*LABELS, "table"))
+    evicted = CounterMetricFamily("streamrec_table_evicted", "Rows freed by expiry or the row budget",
+                                  labels=(*LABELS, "table"))
+    for table, summary in tables.items():
+        rows.add_metric([*labels, table], summary["rows"])
+        table_bytes.add_metric([*labels, table], summary["bytes"])
+        admitted.add_metric([*labels, table], summary["admitted"])
+        evicted.add_metric([*labels, table], summary["evicted"])
+        for name, held in summary.get("fields", {}).items():
+            by_field.add_metric([*labels, table, name], held)
+    yield from (rows, by_field, table_bytes, admitted, evicted)
 
 
 class TrainerExporter(MetricsEndpoint):

@@ -165,6 +165,8 @@ MAX_LAYER_WIDTH = 1 << 16
 def model_bytes_estimate(spec: FeatureSpec, config: Any) -> int:
     """Roughly what a model built from ``spec`` and ``config`` holds in memory (the tables dominate)."""
     dim = getattr(getattr(config, "embedding", None), "dim", 0)
+    if spec.keyed:  # a keyed table starts small and grows with what it admits (its rows are loaded, not allocated)
+        return 0
     embedding = spec.field_rows * (2 * 4 * dim + 8)  # weights + Adagrad state (float32), counts
     wide = spec.wide_rows * 2 * 8                     # FTRL z and n (float64)
     counts = 2 * 4 * sum(spec.count_rows if ":" in key else 0 for key in spec.counts)

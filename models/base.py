@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from streamrec.models.keyed_rows import table_summary
 from streamrec.stream.errors import ModelError
 from streamrec.stream.feature_spec import FeatureSpec
 from streamrec.stream.sparse_batch import SparseBatch
@@ -82,8 +83,11 @@ class OnlineModel(abc.ABC):
     # ---------------------------------------------------------------- serialisation
 
     def metadata(self) -> dict[str, str]:
-        return {"format": FORMAT, "model": self.name, "spec": self.spec.to_json(),
+        meta = {"format": FORMAT, "model": self.name, "spec": self.spec.to_json(),
                 "config": json.dumps(dataclasses.asdict(self.config), sort_keys=True)}
+        if self.keyed_tables():  # what `streamrec models show` reports of a version's keyed tables
+            meta["tables"] = json.dumps(table_summary(self), sort_keys=True)
+        return meta
 
     def row_groups(self) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:
         """Tables whose untouched rows still hold their seeded initial values:
@@ -92,6 +96,11 @@ class OnlineModel(abc.ABC):
 
     def dirty_rows(self) -> dict[str, torch.Tensor]:
         """``{group: mask}`` of the rows of each row group changed since the last :meth:`delta_bytes`."""
+        return {}
+
+    def keyed_tables(self) -> dict[str, Any]:
+        """``{group: KeyedRows}`` of the row groups whose rows are handed out by key
+        (models/keyed_rows.py): they grow before stored rows are written in, and re-index after."""
         return {}
 
     def all_finite(self) -> bool:
@@ -136,8 +145,14 @@ class OnlineModel(abc.ABC):
         delta is only read, so one parsed delta can be applied to several copies of a model."""
         if delta.model != self.name:
             raise ModelError(f"a delta for model {delta.model!r} cannot apply to {self.name!r}")
-        current = self.tensors()
         stored = delta.tensors
+        keyed = self.keyed_tables()
+        old_keys = {}
+        for group, table in keyed.items():
+            rows = stored[f"{group}@rows"]
+            table.reserve(int(rows.max()) + 1 if len(rows) else 0)
+            old_keys[group] = table.keys[rows.numpy()].copy()
+        current = self.tensors()
         with torch.no_grad():
             row_keys = set()
             for group, (_touched, names) in self.row_groups().items():
@@ -146,6 +161,8 @@ class OnlineModel(abc.ABC):
                 for name in names:
                     current[name][rows] = stored[f"{name}@touched"]
                     row_keys.add(f"{name}@touched")
+                if group in keyed:
+                    keyed[group].rekeyed(rows.numpy(), old_keys[group])
             for name, value in stored.items():
                 if name in row_keys:
                     continue
@@ -181,6 +198,12 @@ class OnlineModel(abc.ABC):
         names the first that does not fit. The stored rows are written into the fresh model's own
         tables (it is new, so nothing else holds them), which saves a copy of each table."""
         full = dict(stored)
+        for group, table in self.keyed_tables().items():
+            rows = stored.get(f"{group}@rows")
+            if rows is not None and len(rows):
+                if int(rows.max()) >= 1 << 40:
+                    raise ModelError(f"stored rows of {group!r} are not rows of a keyed table")
+                table.reserve(int(rows.max()) + 1)
         fresh = self.tensors()
         try:
             for group, (_mask, names) in self.row_groups().items():

@@ -28,6 +28,7 @@ from streamrec.models.base import OnlineModel, own
 from streamrec.models.behaviour import Behaviour, behaviour_of
 from streamrec.models.embedding import EmbeddingConfig, SparseEmbedding
 from streamrec.models.ftrl import CoordinateState, FTRLConfig, FTRLProximal
+from streamrec.models.keyed_rows import FREE, KeyedRows, TableConfig, embedding_layout, wide_layout
 from streamrec.models.seen_counts import SeenCounts
 from streamrec.models.wide_inputs import wide_columns, wide_ids
 from streamrec.stream.feature_spec import FeatureSpec
@@ -43,6 +44,7 @@ class DeepConfig:
     hidden: tuple[int, ...] = (256, 128)
     dense_lr: float = 1e-3
     seed: int = 0
+    tables: TableConfig = field(default_factory=TableConfig)  # keyed tables (a keyed spec) only
 
 
 def init_linear(layer: nn.Linear, generator: torch.Generator) -> nn.Linear:
@@ -141,7 +143,7 @@ class Backward:
 class DeepModel(OnlineModel):
     """Embeddings + (optional) FTRL linear part + a network; subclasses define the network."""
 
-    optimizer_prefixes = ("adam.",)
+    optimizer_prefixes = ("adam.", "embedding.table.", "wide.table.")
     has_wide: ClassVar[bool] = True  # the model has a linear part, trained with FTRL
     # > 0: the model reads the user's last N clicked items (batch.history; models.spec_for)
     history_length: ClassVar[int] = 0
@@ -153,10 +155,13 @@ class DeepModel(OnlineModel):
     def __init__(self, spec: FeatureSpec, config: Any) -> None:
         super().__init__(spec, config)
         generator = torch.Generator().manual_seed(config.seed)
-        self.wide = FTRLProximal(spec.wide_rows, config.ftrl) if self.has_wide else None
+        tables = config.tables
+        self.wide = (FTRLProximal(spec.wide_rows, config.ftrl, wide_layout(spec, tables) if spec.keyed else None)
+                     if self.has_wide else None)
         self.seen = SeenCounts(spec) if self.has_wide and spec.counts else None
         self.wide_columns = wide_columns(spec, config.ftrl.ignored) if self.has_wide else None
-        self.embedding = SparseEmbedding(spec.field_rows, config.embedding, generator)
+        self.embedding = SparseEmbedding(spec.field_rows, config.embedding, generator,
+                                         embedding_layout(spec, tables, config.embedding.dim) if spec.keyed else None, seed=config.seed)
         self.deep = self.build_deep(spec, config, generator)
         self.adam = AdamState(dict(self.deep.named_parameters()), config.dense_lr,
                               getattr(self.deep, "learning_rates", None))
@@ -225,10 +230,11 @@ class DeepModel(OnlineModel):
 
     def logits(self, batch: SparseBatch) -> torch.Tensor:
         with torch.no_grad():
-            rows = self.embedding.weight[batch.ids]
+            rows = self.embedding.weight[self.embedding.lookup(batch.ids)]
             if self.history_length:
                 history, mask, sign = self._history(batch)
-                embedded, behaviour = self._embed_history(self.embedding.weight[history], history, mask, sign,
+                embedded, behaviour = self._embed_history(self.embedding.weight[self.embedding.lookup(history)],
+                                                          history, mask, sign,
                                                           batch, rows)
                 deep = self.deep_logit(rows, batch.dense, embedded, self._mask_argument(mask, sign), behaviour)
             else:
@@ -268,7 +274,8 @@ class DeepModel(OnlineModel):
             history, mask, sign = self._history(batch)
             fields = batch.ids.numel()
             present = history[mask]  # (entries, W)
-            e_unique, e_inverse, leaf = self.embedding.gather(torch.cat([batch.ids.reshape(-1), present.reshape(-1)]))
+            e_unique, e_inverse, leaf = self.embedding.gather(torch.cat([batch.ids.reshape(-1), present.reshape(-1)]),
+                                                              len(batch))
             rows = leaf_rows(leaf, e_inverse[:fields].reshape(batch.ids.shape))
             at = torch.zeros_like(history)
             at[mask] = e_inverse[fields:].reshape(present.shape)
@@ -276,7 +283,7 @@ class DeepModel(OnlineModel):
             deep = self.deep_logit(rows, batch.dense, embedded, self._mask_argument(mask, sign), behaviour)
             auxiliary = self.auxiliary_loss(batch, rows, embedded, mask)
         else:
-            e_unique, e_inverse, leaf = self.embedding.gather(batch.ids)
+            e_unique, e_inverse, leaf = self.embedding.gather(batch.ids, len(batch))
             rows = leaf_rows(leaf, e_inverse)
             deep = self.deep_logit(rows, batch.dense)
             auxiliary = self.auxiliary_loss(batch, rows, None, None)
@@ -292,11 +299,20 @@ class DeepModel(OnlineModel):
 
     # ------------------------------------------------------------------ state
 
+    def keyed_tables(self) -> dict[str, KeyedRows]:
+        tables = {"embedding": self.embedding.table}
+        if self.wide is not None:
+            tables["wide"] = self.wide.table
+        return {group: table for group, table in tables.items() if table is not None}
+
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"embedding.weight": self.embedding.weight, "embedding.accum": self.embedding.accum,
                "embedding.counts": self.embedding.counts}
         if self.wide is not None:
             out.update({"wide.z": self.wide.z, "wide.n": self.wide.n})
+        for group, table in self.keyed_tables().items():
+            out.update(table.row_tensors(group))
+            out.update(table.state(group))
         if self.seen is not None:
             out.update(self.seen.tensors())
         out.update({f"deep.{k}": v.detach() for k, v in self.deep.state_dict().items()})
@@ -307,6 +323,8 @@ class DeepModel(OnlineModel):
         groups = {"embedding": (self.embedding.counts > 0, ("embedding.weight", "embedding.accum", "embedding.counts"))}
         if self.wide is not None:
             groups["wide"] = (self.wide.n > 0, ("wide.z", "wide.n"))
+        for group, table in self.keyed_tables().items():  # every held row, with its key
+            groups[group] = (torch.from_numpy(table.keys != FREE), (*groups[group][1], *table.row_tensors(group)))
         if self.seen is not None:
             groups.update(self.seen.row_group())
         return groups
@@ -322,10 +340,17 @@ class DeepModel(OnlineModel):
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         if self.wide is not None:
             self.wide.z, self.wide.n = own(tensors["wide.z"], self.wide.z), own(tensors["wide.n"], self.wide.n)
+            if self.wide.table is not None:
+                self.wide.dirty = torch.zeros(len(self.wide.z), dtype=torch.bool)
         if self.seen is not None:
             self.seen.load(tensors)
         self.embedding.weight = own(tensors["embedding.weight"], self.embedding.weight)
         self.embedding.accum = own(tensors["embedding.accum"], self.embedding.accum)
         self.embedding.counts = own(tensors["embedding.counts"], self.embedding.counts)
+        if self.embedding.table is not None:
+            self.embedding.dirty = torch.zeros(len(self.embedding.counts), dtype=torch.bool)
+        for group, table in self.keyed_tables().items():
+            table.load(group, tensors)
+            getattr(self, group)._unique.size = table.capacity
         self.deep.load_state_dict({k[len("deep."):]: v for k, v in tensors.items() if k.startswith("deep.")})
         self.adam.load("adam", tensors)

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from streamrec.models.batch_unique import BatchUnique
+from streamrec.models.key_index import mix64
+from streamrec.models.keyed_rows import FREE, KeyedRows, TableConfig
 
 
 @dataclass(frozen=True)
@@ -37,23 +40,80 @@ class EmbeddingConfig:
     adagrad_init: float = 1e-2
 
 
-class SparseEmbedding:
-    """A (rows, dim) table with per-row Adagrad state and occurrence counts."""
+def key_normals(keys: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
+    """(len(keys), dim) standard normals that are a function of each key (Box-Muller over two
+    hashes per value): a keyed row starts the same whenever and wherever its key is admitted."""
+    base = (keys.numpy().astype(np.int64)[:, None] * np.int64(2 * dim) + np.arange(2 * dim, dtype=np.int64)
+            + np.int64(seed) * np.int64(0x2545F491))
+    uniform = ((mix64(base) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    u1, u2 = uniform[:, :dim], uniform[:, dim:]
+    return torch.from_numpy(np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)).to(torch.float32)
 
-    def __init__(self, rows: int, config: EmbeddingConfig, generator: torch.Generator) -> None:
+
+class SparseEmbedding:
+    """A (rows, dim) table with per-row Adagrad state and occurrence counts. With ``keyed`` its ids
+    are keys and its rows are handed out by a :class:`KeyedRows` (models/keyed_rows.py); otherwise
+    an id is its row."""
+
+    def __init__(self, rows: int, config: EmbeddingConfig, generator: torch.Generator,
+                 keyed: tuple[TableConfig, np.ndarray, int, int] | None = None, seed: int = 0) -> None:
         self.config = config
-        self.weight = torch.randn(rows, config.dim, generator=generator) * config.init_std
+        self.seed = seed
+        self.table: KeyedRows | None = None
+        if keyed is not None:
+            rows = 1024
+            self.weight = torch.zeros(rows, config.dim)
+        else:
+            self.weight = torch.randn(rows, config.dim, generator=generator) * config.init_std
         self.accum = torch.full((rows,), config.adagrad_init)  # row-wise Adagrad: one scalar per row
         self.counts = torch.zeros(rows)
         self.dirty = torch.zeros(rows, dtype=torch.bool)  # rows stepped since the last delta
         self._unique = BatchUnique(rows)
+        if keyed is not None:
+            table_config, regions, always_from, max_rows = keyed
+            self.table = KeyedRows(table_config, regions, always_from, self, capacity=rows, max_rows=max_rows)
 
-    def gather(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rows for ``ids``: ``(unique ids, inverse index, leaf tensor of unique rows)``.
+    # ---------------------------------------------------------------- keyed rows (RowOwner)
+
+    def grow_rows(self, rows: int) -> None:
+        extra = rows - self.weight.shape[0]
+        self.weight = torch.cat([self.weight, torch.zeros(extra, self.config.dim)])
+        self.accum = torch.cat([self.accum, torch.full((extra,), self.config.adagrad_init)])
+        self.counts = torch.cat([self.counts, torch.zeros(extra)])
+        self.dirty = torch.cat([self.dirty, torch.zeros(extra, dtype=torch.bool)])
+        self._unique.size = rows
+
+    def reset_rows(self, rows: torch.Tensor, keys: torch.Tensor) -> None:
+        """Rows given to ``keys`` start from their keys' seeded values; freed rows (key FREE) hold
+        zeros. Adagrad state and counts start again."""
+        values = key_normals(keys, self.config.dim, self.seed) * self.config.init_std
+        values[keys == FREE] = 0.0
+        self.weight.index_copy_(0, rows, values)
+        self.accum.index_fill_(0, rows, self.config.adagrad_init)
+        self.counts.index_fill_(0, rows, 0.0)
+        self.dirty.index_fill_(0, rows, True)  # a delta carries the new key (or the eviction)
+
+    def rows_between(self, start: int, stop: int) -> torch.Tensor:
+        """The learned rows of the ids in ``[start, stop)`` (one field's): rows with counts, held by such a key."""
+        learned = self.counts > 0
+        if self.table is None:
+            return torch.nonzero(learned[start:stop]).squeeze(1) + start
+        keys = torch.from_numpy(self.table.keys)
+        return torch.nonzero(learned & (keys >= start) & (keys < stop)).squeeze(1)
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """The rows that score ``ids`` (no state changes)."""
+        return ids if self.table is None else self.table.rows(ids)
+
+    def gather(self, ids: torch.Tensor, examples: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows for ``ids``: ``(unique rows, inverse index, leaf tensor of unique rows)``.
 
         Index the leaf with ``inverse`` to get per-occurrence vectors; after backward, the leaf's
-        ``.grad`` holds each unique row's summed gradient.
+        ``.grad`` holds each unique row's summed gradient. A keyed table first admits what has
+        earned a row (``examples``: how many examples the ids are of, the table's clock).
         """
+        if self.table is not None:
+            ids = self.table.learn_rows(ids, examples)
         unique, inverse = self._unique(ids)
         leaf = self.weight.index_select(0, unique).requires_grad_(True)
         return unique, inverse, leaf

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from streamrec.models.batch_unique import BatchUnique
+from streamrec.models.keyed_rows import KeyedRows, TableConfig
 
 
 @dataclass(frozen=True)
@@ -58,16 +60,38 @@ class CoordinateState:
 
 
 class FTRLProximal:
-    """FTRL-Proximal state ``z``, ``n`` over a fixed number of coordinates; see the module docstring."""
+    """FTRL-Proximal state ``z``, ``n`` per coordinate; see the module docstring. With ``keyed``
+    the coordinates' ids are keys and a :class:`KeyedRows` (models/keyed_rows.py) hands out their
+    rows; otherwise there are ``size`` coordinates and an id is its row."""
 
-    def __init__(self, size: int, config: FTRLConfig = FTRLConfig()) -> None:
+    def __init__(self, size: int, config: FTRLConfig = FTRLConfig(),
+                 keyed: tuple[TableConfig, np.ndarray, int, int] | None = None) -> None:
         self.config = config
+        self.table: KeyedRows | None = None
+        if keyed is not None:
+            size = 1024
         # float64: z accumulates millions of small terms over a long stream.
         self.z = torch.zeros(size, dtype=torch.float64)
         self.n = torch.zeros(size, dtype=torch.float64)
         # coordinates updated since the last delta was taken (models/base.py, delta_bytes)
         self.dirty = torch.zeros(size, dtype=torch.bool)
         self._unique = BatchUnique(size)
+        if keyed is not None:
+            table_config, regions, always_from, max_rows = keyed
+            self.table = KeyedRows(table_config, regions, always_from, self, capacity=size, max_rows=max_rows)
+
+    def grow_rows(self, rows: int) -> None:
+        extra = rows - self.z.shape[0]
+        self.z = torch.cat([self.z, torch.zeros(extra, dtype=torch.float64)])
+        self.n = torch.cat([self.n, torch.zeros(extra, dtype=torch.float64)])
+        self.dirty = torch.cat([self.dirty, torch.zeros(extra, dtype=torch.bool)])
+        self._unique.size = rows
+
+    def reset_rows(self, rows: torch.Tensor, keys: torch.Tensor) -> None:
+        """A row given to a key, or freed, starts again at z = n = 0 (weight 0)."""
+        self.z.index_fill_(0, rows, 0.0)
+        self.n.index_fill_(0, rows, 0.0)
+        self.dirty.index_fill_(0, rows, True)  # a delta carries the new key (or the eviction)
 
     def _weight(self, z: torch.Tensor, sqrt_n: torch.Tensor) -> torch.Tensor:
         return self._weight_with(self.config, z, sqrt_n)
@@ -100,6 +124,8 @@ class FTRLProximal:
         return z.clamp(-c.l1, c.l1).sub_(z).div_(denominator)
 
     def weights(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.table is not None:
+            ids = self.table.rows(ids)
         flat = ids.reshape(-1)
         z = self.z.index_select(0, flat)
         return self._weight(z, torch.sqrt(self.n.index_select(0, flat))).view(ids.shape)
@@ -111,7 +137,9 @@ class FTRLProximal:
 
     def gather(self, ids: torch.Tensor) -> CoordinateState:
         """The state of the coordinates of a (B, K) batch of ids, for :meth:`CoordinateState.logits`
-        and then :meth:`step_examples`."""
+        and then :meth:`step_examples` (a keyed table admits what has earned a row first)."""
+        if self.table is not None:
+            ids = self.table.learn_rows(ids, ids.shape[0])
         return self._gather(*self._unique(ids))
 
     def _apply(self, state: CoordinateState, grads: torch.Tensor) -> None:
@@ -124,6 +152,8 @@ class FTRLProximal:
 
     def update(self, ids: torch.Tensor, grads: torch.Tensor) -> None:
         """Apply per-coordinate gradients ``grads`` to the *unique* coordinates ``ids``."""
+        if self.table is not None:
+            ids = self.table.learn_rows(ids, 0)
         self._apply(self._gather(ids), grads)
 
     def step(self, ids: torch.Tensor, example_grads: torch.Tensor) -> None:

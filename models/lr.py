@@ -14,6 +14,7 @@ import torch
 
 from streamrec.models.base import OnlineModel, own
 from streamrec.models.ftrl import FTRLConfig, FTRLProximal
+from streamrec.models.keyed_rows import FREE, KeyedRows, TableConfig, wide_layout
 from streamrec.models.seen_counts import SeenCounts
 from streamrec.models.wide_inputs import wide_columns, wide_ids
 from streamrec.stream.feature_spec import FeatureSpec
@@ -26,6 +27,7 @@ class LRConfig:
 
     ftrl: FTRLConfig = field(default_factory=FTRLConfig)
     seed: int = 0
+    tables: TableConfig = field(default_factory=TableConfig)  # keyed tables (a keyed spec) only
 
 
 class LogisticRegressionFTRL(OnlineModel):
@@ -36,10 +38,11 @@ class LogisticRegressionFTRL(OnlineModel):
     # a step costs less than parsing its rows, so a second torch thread only competes with the
     # reading thread for the other core (docs/defaults.md)
     threads_beside_reader = 1
+    optimizer_prefixes = ("wide.table.",)
 
     def __init__(self, spec: FeatureSpec, config: LRConfig = LRConfig()) -> None:
         super().__init__(spec, config)
-        self.wide = FTRLProximal(spec.wide_rows, config.ftrl)
+        self.wide = FTRLProximal(spec.wide_rows, config.ftrl, wide_layout(spec, config.tables) if spec.keyed else None)
         self.seen = SeenCounts(spec) if spec.counts else None
         self.wide_columns = wide_columns(spec, config.ftrl.ignored)
 
@@ -57,14 +60,23 @@ class LogisticRegressionFTRL(OnlineModel):
             self.seen.record(batch)
         return p.numpy()
 
+    def keyed_tables(self) -> dict[str, KeyedRows]:
+        return {} if self.wide.table is None else {"wide": self.wide.table}
+
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"wide.z": self.wide.z, "wide.n": self.wide.n}
+        if self.wide.table is not None:
+            out.update(self.wide.table.row_tensors("wide"))
+            out.update(self.wide.table.state("wide"))
         if self.seen is not None:
             out.update(self.seen.tensors())
         return out
 
     def row_groups(self) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:
         groups = {"wide": (self.wide.n > 0, ("wide.z", "wide.n"))}
+        if self.wide.table is not None:  # every held row, with its key
+            groups["wide"] = (torch.from_numpy(self.wide.table.keys != FREE),
+                              ("wide.z", "wide.n", *self.wide.table.row_tensors("wide")))
         if self.seen is not None:
             groups.update(self.seen.row_group())
         return groups
@@ -78,5 +90,9 @@ class LogisticRegressionFTRL(OnlineModel):
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.wide.z = own(tensors["wide.z"], self.wide.z)
         self.wide.n = own(tensors["wide.n"], self.wide.n)
+        if self.wide.table is not None:
+            self.wide.dirty = torch.zeros(len(self.wide.z), dtype=torch.bool)
+            self.wide.table.load("wide", tensors)
+            self.wide._unique.size = self.wide.table.capacity
         if self.seen is not None:
             self.seen.load(tensors)

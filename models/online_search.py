@@ -48,6 +48,7 @@ import torch
 from streamrec.models import replace_setting
 from streamrec.models.base import OnlineModel
 from streamrec.models.ftrl import FTRLProximal
+from streamrec.models.keyed_rows import wide_layout
 from streamrec.models.seen_counts import SeenCounts
 from streamrec.models.wide_inputs import wide_columns, wide_keys
 from streamrec.stream.errors import ConfigError
@@ -127,7 +128,11 @@ class Candidates:
 
 
 def _pair_keys(spec: FeatureSpec, ids: np.ndarray, a: int, b: int) -> np.ndarray:
-    """One int64 key per example for the pair of field ids at positions ``a`` and ``b`` (exact)."""
+    """One int64 key per example for the pair of field ids at positions ``a`` and ``b`` (exact; for
+    a keyed spec's 2^40 ids per field, a bijective mix of the first plus the second)."""
+    if spec.keyed:
+        with np.errstate(over="ignore"):
+            return (ids[:, a].view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)).view(np.int64) + ids[:, b]
     return ids[:, a] * np.int64(spec.field_rows) + ids[:, b]
 
 
@@ -227,7 +232,19 @@ def widen(model: OnlineModel, spec: FeatureSpec, seen_so_far: SparseBatch | None
     wide, seen = getattr(model, "wide", None), getattr(model, "seen", None)
     wider = copy.deepcopy(model, {id(wide): None, id(seen): None})
     wider.spec, wider.config = spec, config
-    if wide is not None:
+    if wide is not None and wide.table is not None:
+        # keyed: the rows stay where they are; the count and bias coordinates' keys move with the layout
+        grown = copy.deepcopy(wide)
+        grown.config = config.ftrl
+        keys = grown.table.keys
+        counted = (keys >= old.count_offset) & (keys < old.bias_id)
+        keys[counted] += spec.count_offset - old.count_offset
+        keys[keys == old.bias_id] = spec.bias_id
+        _config, grown.table.regions, grown.table.always_from, grown.table.max_rows = wide_layout(spec, config.tables)
+        grown.table.reindex()
+        wider.wide = grown
+        wider.wide_columns = wide_columns(spec, config.ftrl.ignored)
+    elif wide is not None:
         grown = FTRLProximal(spec.wide_rows, config.ftrl)
         crossed, counted = old.count_offset, len(old.counts) * COUNT_LEVELS**2
         for name in ("z", "n", "dirty"):

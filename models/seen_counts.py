@@ -41,10 +41,13 @@ class SeenCounts:
         self.keys = spec.count_keys()
         self._field_rows = spec.field_rows
         self._shift = np.uint64(64 - (spec.count_rows.bit_length() - 1))
-        sizes = [spec.fields[key[0]].buckets if len(key) == 1 else spec.count_rows for key in self.keys]
+        # a keyed spec's field ids are keys (2^40 per field): every key is hashed into count_rows
+        self._keyed = spec.keyed
+        sizes = [spec.fields[key[0]].buckets if len(key) == 1 and not spec.keyed else spec.count_rows
+                 for key in self.keys]
         bases = [sum(sizes[:k]) for k in range(len(sizes))]
         # a field's row is its id + its base - its offset; a cross's is its hash + its base
-        self._add = np.array([base - (int(spec.offsets[key[0]]) if len(key) == 1 else 0)
+        self._add = np.array([base - (int(spec.offsets[key[0]]) if len(key) == 1 and not spec.keyed else 0)
                               for base, key in zip(bases, self.keys)], dtype=np.int64)
         self._first_level = spec.count_offset + np.arange(len(self.keys), dtype=np.int64) * COUNT_LEVELS**2
         self.count = torch.zeros(sum(sizes), dtype=torch.int32)
@@ -68,7 +71,12 @@ class SeenCounts:
         out = np.empty((ids.shape[0], len(self.keys)), dtype=np.int64)
         with np.errstate(over="ignore"):
             for k, key in enumerate(self.keys):
-                if len(key) == 1:
+                if self._keyed:
+                    value = ids[:, key[0]].view(np.uint64) * _GOLDEN
+                    if len(key) == 2:  # a keyed pair: multiplying by an odd constant and adding the second key
+                        value = (value + ids[:, key[1]].view(np.uint64)) * _GOLDEN
+                    out[:, k] = (value >> self._shift).view(np.int64)
+                elif len(key) == 1:
                     out[:, k] = ids[:, key[0]]
                 else:
                     pair = (ids[:, key[0]] * self._field_rows + ids[:, key[1]]).view(np.uint64)  # exact

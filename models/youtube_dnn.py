@@ -107,12 +107,12 @@ class YouTubeDNN(DeepModel):
         """Progressive recall@k of clicks (their user vectors, clicked items' rows and ids)
         against every item seen before them (rows whose counts the step has not moved yet)."""
         start, size = int(self.spec.offsets[1]), self.spec.fields[1].buckets
-        seen = torch.nonzero(self.embedding.counts[start : start + size] > 0).squeeze(1) + start
+        seen = self.embedding.rows_between(start, start + size)
         with torch.no_grad():
             own = (users * item_rows).sum(dim=1)
             scores = users @ self.embedding.weight[seen].T
             # an item seen for the first time is not in the catalogue yet: a miss
-            known = torch.isin(items, seen)
+            known = torch.isin(self.embedding.lookup(items), seen)
             rank = (scores > own.unsqueeze(1)).sum(dim=1)
         self.recall_hits += int((known & (rank < RECALL_K)).sum())
         self.recall_clicks += len(items)

@@ -30,6 +30,10 @@ DEFAULT_CROSS_BUCKETS = 1 << 18
 COUNT_LEVELS = 32  # log2 levels of a count: 0, 1, 2-3, 4-7, ... (an int32 count needs 32)
 DEFAULT_COUNT_ROWS = 1 << 22  # rows of a counted cross's table (FeatureSpec.count_rows)
 SPEC_SAMPLE_ROWS = 1000  # rows a new model's spec is inferred from
+# a keyed spec's categorical fields and crosses hash into this many ids each: 64-bit keys in
+# effect (two of a field's million values share one with odds of about 1 in 2 million), which
+# keyed tables map to rows of their own (models/keyed_rows.py)
+KEY_SPACE = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,9 @@ class FeatureSpec:
     # rows of a counted cross's table (a power of two): a cross's own wide buckets collide too
     # often to tell "never seen" from "seen" (docs/defaults.md)
     count_rows: int = DEFAULT_COUNT_ROWS
+    # keyed tables: categorical fields and crosses hash into KEY_SPACE ids, and each model table
+    # gives the ids that earn one a row of its own (models/keyed_rows.py); else fixed hashing
+    keyed: bool = False
     _offsets: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -117,6 +124,11 @@ class FeatureSpec:
         return int(sum(f.buckets for f in self.fields))
 
     @property
+    def cross_offsets(self) -> np.ndarray:
+        """The first wide id of each cross."""
+        return self.field_rows + np.arange(len(self.crosses), dtype=np.int64) * self.cross_buckets
+
+    @property
     def count_offset(self) -> int:
         """The first wide coordinate of the count features (after the fields and crosses)."""
         return self.field_rows + len(self.crosses) * self.cross_buckets
@@ -157,6 +169,8 @@ class FeatureSpec:
         if self.counts:
             data["counts"] = list(self.counts)
             data["count_rows"] = self.count_rows
+        if self.keyed:
+            data["keyed"] = True
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -170,6 +184,7 @@ class FeatureSpec:
             history_kind=data.get("history_kind", "user_clicks"),
             history_fields=tuple(data.get("history_fields", ())),
             counts=tuple(data.get("counts", ())), count_rows=data.get("count_rows", DEFAULT_COUNT_ROWS),
+            keyed=bool(data.get("keyed", False)),
         )
 
     @classmethod
@@ -177,11 +192,17 @@ class FeatureSpec:
               num_buckets: int = DEFAULT_NUM_BUCKETS, bucket_overrides: dict[str, int] | None = None,
               crosses: Sequence[tuple[str, str]] = (), cross_buckets: int = DEFAULT_CROSS_BUCKETS,
               dense_numeric: bool = True, seed: int = 0, counts: Sequence[str] = (),
-              count_rows: int = DEFAULT_COUNT_ROWS) -> FeatureSpec:
+              count_rows: int = DEFAULT_COUNT_ROWS, keyed: bool = False) -> FeatureSpec:
         """Fields and kinds from sample feature dicts: strings are categorical, numbers numeric.
 
         A field that is null in every sample row is categorical. Fields keep first-seen order.
+        ``keyed``: categorical fields and crosses get ``KEY_SPACE`` ids (bucket counts do not apply).
         """
+        if keyed:
+            if bucket_overrides:
+                raise ConfigError("--buckets sets fixed hashing's rows: it does not apply to keyed tables "
+                                  "(--tables keyed); bound a keyed table with --set tables.max_rows=N")
+            cat_buckets = cross_buckets = KEY_SPACE
         kinds: dict[str, FieldKind | None] = {}
         for features in sample:
             for name, value in features.items():
@@ -197,7 +218,7 @@ class FeatureSpec:
         if overrides:
             raise ConfigError(f"--buckets names unknown fields: {', '.join(sorted(overrides))}")
         return cls(tuple(fields), tuple(crosses), cross_buckets, dense_numeric, seed, counts=tuple(counts),
-                   count_rows=count_rows)
+                   count_rows=count_rows, keyed=keyed)
 
 
 @dataclass(frozen=True)
@@ -216,11 +237,12 @@ class SpecOptions:
     history_fields: tuple[str, ...] = ()
     # sequence models: clicks remembered per user (FeatureSpec.history_length); 0 = the model's own default
     history_length: int = 0
+    keyed: bool = False  # keyed tables (FeatureSpec.keyed) rather than fixed hashing
 
     def infer(self, sample: list[dict[str, Any]]) -> FeatureSpec:
         spec = FeatureSpec.infer(sample, cat_buckets=self.cat_buckets, bucket_overrides=self.bucket_overrides,
                                  crosses=self.crosses, dense_numeric=self.dense_numeric, seed=self.seed,
-                                 counts=self.counts, count_rows=self.count_rows)
+                                 counts=self.counts, count_rows=self.count_rows, keyed=self.keyed)
         if self.history_length < 0:
             raise ConfigError(f"history_length must be >= 0, got {self.history_length}")
         return dataclasses.replace(spec, history_fields=self.history_fields, history_length=self.history_length)

@@ -121,6 +121,22 @@ def search_population(samples: dict[str, float]) -> list[dict[str, Any]]:
     return [{"member": name, **values} for name, values in sorted(members.items())]
 
 
+# Keyed tables (models/keyed_rows.py): one row per table.
+TABLE_SERIES = {"rows": "streamrec_table_rows", "bytes": "streamrec_table_bytes",
+                "admitted": "streamrec_table_admitted_total", "evicted": "streamrec_table_evicted_total"}
+
+
+def keyed_tables(samples: dict[str, float]) -> list[dict[str, Any]]:
+    """A trainer's keyed tables from its samples: rows held, bytes, keys admitted, rows evicted."""
+    tables: dict[str, dict[str, Any]] = {}
+    for field_name, series in TABLE_SERIES.items():
+        prefix = series + "{table="
+        for key, value in samples.items():
+            if key.startswith(prefix):
+                tables.setdefault(key[len(prefix):-1], {})[field_name] = _finite(value)
+    return [{"table": name, **values} for name, values in sorted(tables.items())]
+
+
 def _finite(value: float | None) -> float | None:
     return None if value is None or value != value or value in (float("inf"), float("-inf")) else float(value)
 
@@ -140,6 +156,7 @@ class WorkerSeries:
     stopped: bool = False
     serves: str | None = None  # a scorer's served model (a champion follower's changes)
     population: list[dict[str, Any]] = field(default_factory=list)  # a trainer's search challengers
+    tables: list[dict[str, Any]] = field(default_factory=list)  # a trainer's keyed tables
 
     def points_since(self, since: float) -> list[list[Any]]:
         """Points newer than ``since``: coarse ones where the fine ones no longer reach."""
@@ -364,6 +381,7 @@ class Collector:
                 series.stopped = bool(target.get("stopped"))
                 series.serves = served_model(samples) if target["role"] == "scorer" else None
                 series.population = search_population(samples) if target["role"] == "trainer" else []
+                series.tables = keyed_tables(samples) if target["role"] == "trainer" else []
                 values = chart_values(target["role"], samples)
                 series.points.append((now, values))
                 if coarse:
@@ -403,7 +421,7 @@ class Collector:
                 "champion": self.champion, "timeline": self.timeline, "models": self.models,
                 "restored": self.restored,
                 "workers": [{"key": s.key, "role": s.role, "model": s.model, "worker": s.worker, "url": s.url,
-                             "stopped": s.stopped, "serves": s.serves, "population": s.population,
+                             "stopped": s.stopped, "serves": s.serves, "population": s.population, "tables": s.tables,
                              "points": s.points_since(since)}
                             for s in sorted(self.series.values(), key=lambda s: s.key)],
             }

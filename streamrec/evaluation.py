@@ -19,6 +19,7 @@ import torch
 
 from streamrec.models import REGISTRY, OnlineModel, create_model, spec_for
 from streamrec.models.deep_base import import_optimiser_modules
+from streamrec.models.keyed_rows import table_summary
 from streamrec.models.online_search import OnlineSearch, SearchSettings
 from streamrec.models.progressive import progressive_step
 from streamrec.producers.columns import columnar_fields, first_rows, read_columns
@@ -78,6 +79,7 @@ def _model_of(learner: OnlineModel | OnlineSearch) -> OnlineModel:
 def _report(model_name: str, metrics: StreamingMetrics, wall: float,
             model: OnlineModel | OnlineSearch) -> dict[str, Any]:
     snap = metrics.snapshot()
+    tables = table_summary(_model_of(model))
     return {
         "model": model_name,
         "examples": metrics.examples,
@@ -92,6 +94,7 @@ def _report(model_name: str, metrics: StreamingMetrics, wall: float,
         "examples_per_second": metrics.examples / wall if wall > 0 else float("nan"),
         "wall_seconds": wall,
         **model.extra_metrics(),
+        **({"tables": tables} if tables else {}),  # keyed tables: rows, admissions, evictions, bytes
     }
 
 

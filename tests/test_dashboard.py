@@ -16,7 +16,8 @@ import redis
 from streamrec.consumers.example_source import JoinCounts
 from streamrec.consumers.trainer_exporter import TrainerExporter, TrainerReadings
 from streamrec.consumers.worker_counters import Counters
-from streamrec.dashboard import TRAINER_VALUES, chart_values, search_population
+from streamrec.dashboard import TRAINER_VALUES, chart_values, keyed_tables, search_population
+from streamrec.stream.feature_spec import SpecOptions
 from streamrec.stream.kafka_client import create_topics
 from streamrec.stream.prometheus import parse, scrape
 from streamrec.stream.worker_registry import Heartbeat, workers
@@ -71,8 +72,13 @@ def test_chart_values_read_every_trainer_series_from_a_real_registry():
     metrics.attach(lambda: TrainerReadings(
         counters=Counters(examples=10), join=JoinCounts(positives=3, negatives=7), open_impressions=0,
         examples_per_second=float("nan"), impressions_topic="i", clicks_topic="c", quality=quality,
-        lag={"a": 4, "b": 5}, population=population))
+        lag={"a": 4, "b": 5}, population=population,
+        tables={"wide": {"rows": 5000, "admitted": 9000, "evicted": 4000, "bytes": 1 << 20, "capacity": 8192,
+                         "fields": {"user_id": 3000, "A:B": 1999}}}))
     samples = parse(generate_latest(metrics.registry).decode())
+    assert keyed_tables(samples) == [{"table": "wide", "rows": 5000, "bytes": 1 << 20, "admitted": 9000,
+                                      "evicted": 4000}]
+    assert samples["streamrec_table_field_rows{field=A:B,table=wide}"] == 1999
     values = chart_values("trainer", samples)
     assert (values["search_promotions"], values["search_challengers"], values["search_compute"]) == (2, 1, 2.5)
     # each challenger, its move's commas and colons kept, beside the champion on the same examples
@@ -104,7 +110,8 @@ def test_dashboard_in_a_browser_shows_the_workers_metrics_live(stack, namespace,
     create_topics(stack.kafka_bootstrap, [settings.impressions_topic, settings.clicks_topic,
                                           settings.dead_letter_topic], settings.partitions)
     trainers = {name: start_trainer(stack, settings, model=name, worker_id=f"{name}-w", exit_at_end=False,
-                                    metrics_port=0, publish_every_examples=1500, publish_every_s=60.0)
+                                    metrics_port=0, publish_every_examples=1500, publish_every_s=60.0,
+                                    spec_options=SpecOptions(keyed=name == "nfm"))  # nfm's tables are keyed
                 for name in ("lr", "nfm")}
     replayer = threading.Thread(target=replay_rows, args=(stack, settings, rows, "dash"), kwargs={"rate": 1200},
                                 daemon=True)
@@ -159,6 +166,16 @@ def test_dashboard_in_a_browser_shows_the_workers_metrics_live(stack, namespace,
                 return bool(scraped) and shown == [m["member"] for m in scraped]
 
             wait_for(population_matches, 30, "the search's challengers on the page", 0.25)
+
+            # nfm's keyed tables: the card shows the rows each holds, as its /metrics says
+            def tables_match() -> bool:
+                scraped = keyed_tables(scrape(trainers["nfm"].trainer.metrics.port))
+                shown = page.eval_on_selector_all('[data-testid="trainer/nfm/nfm-w:tables"] tbody tr',
+                                                  "rows => rows.map(r => [r.dataset.table, r.children[1].textContent])")
+                return bool(scraped) and [t for t, _ in shown] == [t["table"] for t in scraped] \
+                    and all(int(text.replace(",", "")) == t["rows"] for (_, text), t in zip(shown, scraped))
+
+            wait_for(tables_match, 30, "nfm's keyed tables on the page", 0.25)
             # Champion and challenger are separate series on one AUC chart.
             labels = page.evaluate("() => window.streamrec.charts.get('auc').labels")
             assert {"lr/lr-w auc_window", "nfm/nfm-w auc_window", "lr/lr-w auc_lifetime"} <= set(labels)

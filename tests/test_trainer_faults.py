@@ -29,9 +29,11 @@ def test_sigkill_at_random_moments_loses_nothing_and_repeats_nothing(stack, name
                 "STREAMREC_NAMESPACE": namespace, "STREAMREC_PARTITIONS": str(PARTITIONS),
                 "STREAMREC_HOME": str(tmp_path / "home")})
     # Small batches, small tables and frequent versions spread the run over seconds and put many
-    # publish/commit windows in reach of a random kill.
+    # publish/commit windows in reach of a random kill. Keyed tables under a row budget and a ttl,
+    # so kills also land between admissions and evictions, which a resumed worker must continue.
     command = [sys.executable, "-m", "streamrec", "train", "--model", "lr", "--exit-at-end", "--batch-size", "32",
-               "--buckets", "4096", "--publish-every-examples", "400", "--publish-every-s", "0.1",
+               "--tables", "keyed", "--set", "tables.max_rows=2048", "--set", "tables.ttl=3000",
+               "--publish-every-examples", "400", "--publish-every-s", "0.1",
                "--metrics-port", "0", "--report-json", str(tmp_path / "report.json")]
     rng = random.Random(20261124)
     # Kill points: random places in the stream, then a random extra delay, so kills land while
@@ -76,5 +78,9 @@ def test_sigkill_at_random_moments_loses_nothing_and_repeats_nothing(stack, name
     assert meta.counters["positives"] == sum(r.label for r in rows) == produced.clicks
     assert f"{meta.counters['digest']:016x}" == expected_digest("r", rows)
     assert meta.join["late_clicks"] == meta.join["orphan_clicks"] == meta.join["duplicate_clicks"] == 0
+    from streamrec.models import model_from_bytes
+
+    tables = model_from_bytes(store.load(store.head()).weights).keyed_tables()
+    assert tables["wide"].evicted > 0 and tables["wide"].live_rows <= 2048 and tables["wide"].clock == len(rows)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["examples"] == len(rows) and report["examples_this_run"] < len(rows)  # it resumed

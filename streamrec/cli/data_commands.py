@@ -32,9 +32,17 @@ from streamrec.stream.errors import ConfigError, StackError
 @click.option("--recent-share", type=click.FloatRange(0, 1),
               help="--behaviour: share of candidates drawn from recent clicks' categories (0.3).")
 @click.option("--categories", type=click.IntRange(min=2), help="--behaviour: item categories (40).")
+@click.option("--long-tail", is_flag=True,
+              help="A long-tail stream: ten fields whose values follow a Zipf law over up to millions of values "
+                   "(producers/long_tail_generator.py), to measure per-id state (--tables, docs/keyed-tables.md).")
+@click.option("--values", type=click.IntRange(min=100), help="--long-tail: values of the widest field (2,000,000).")
+@click.option("--zipf", type=click.FloatRange(min=0.5), help="--long-tail: popularity ~ rank^-zipf (1.05).")
+@click.option("--churn", type=click.FloatRange(min=0),
+              help="--long-tail: times the value at every popularity rank is replaced over the stream (0).")
 def generate(rows: int, seed: int, out: Path, behaviour: bool, match_strength: float | None,
              recency_decay: float | None, history_length: int | None, recent_share: float | None,
-             categories: int | None) -> None:
+             categories: int | None, long_tail: bool, values: int | None, zipf: float | None,
+             churn: float | None) -> None:
     """Write a synthetic Criteo-format stream with a known click probability, and its oracle AUC."""
     from streamrec.producers.generator import generate as make
     from streamrec.producers.generator import oracle_path, write_stream
@@ -44,8 +52,17 @@ def generate(rows: int, seed: int, out: Path, behaviour: bool, match_strength: f
                                ("categories", categories)) if v is not None}
     if given and not behaviour:
         raise ConfigError(f"--{next(iter(given)).replace('_', '-')} shapes a behaviour stream: add --behaviour")
+    tail = {k: v for k, v in (("values", values), ("zipf", zipf), ("churn", churn)) if v is not None}
+    if tail and not long_tail:
+        raise ConfigError(f"--{next(iter(tail))} shapes a long-tail stream: add --long-tail")
+    if long_tail and behaviour:
+        raise ConfigError("--long-tail and --behaviour make different streams: choose one")
     with console.status(f"generating {rows:,} rows"):
-        if behaviour:
+        if long_tail:
+            from streamrec.producers.long_tail_generator import LongTailSettings, generate_long_tail
+
+            stream = generate_long_tail(rows, seed, LongTailSettings(**tail))
+        elif behaviour:
             from streamrec.producers.behaviour_generator import BehaviourSettings, generate_behaviour
 
             stream = generate_behaviour(rows, seed, BehaviourSettings(**given))
@@ -55,7 +72,8 @@ def generate(rows: int, seed: int, out: Path, behaviour: bool, match_strength: f
     blind = f", history-blind AUC {summary['blind_auc']:.4f}" if "blind_auc" in summary else ""
     console.print(f"wrote {out} ({rows:,} rows, click rate {summary['positive_rate']:.3f}); "
                   f"oracle AUC {summary['oracle_auc']:.4f}{blind} in {oracle_path(out)}")
-    hint = " (sequence models: --history-field C3)" if behaviour else ""
+    hint = (" (sequence models: --history-field C3)" if behaviour
+            else " (keyed tables: --tables keyed)" if long_tail else "")
     console.print(f"replay it with: --format criteo --user-field C1 --item-field C2{hint}")
 
 
@@ -189,12 +207,15 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
                    "best so far (docs/online-search.md); --no-search learns exactly the configuration given.")
 @click.option("--search-budget", type=click.FloatRange(min=1), default=3.0, show_default=True,
               help="The search's members learn at most this many examples per example of the stream.")
+@click.option("--tables", type=click.Choice(["hashed", "keyed"]), default="hashed", show_default=True,
+              help="Per-id state: fixed hashing, or keyed tables that give each id that earns it a row of its own "
+                   "(admission, expiry, budget: --set tables.admit_after=N, tables.ttl=N, tables.max_rows=N).")
 @click.option("--report-json", type=click.Path(path_type=Path), help="Write the report here.")
 def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | None, columns: str | None,
              numeric_columns: str | None, strict: bool, limit: int | None, model: str, batch_size: int,
              window: int, crosses: tuple[str, ...], counts: tuple[str, ...], settings: tuple[str, ...], seed: int,
              history_fields: tuple[str, ...], history_length: int | None, search: bool, search_budget: float,
-             report_json: Path | None) -> None:
+             tables: str, report_json: Path | None) -> None:
     """One prequential pass (predict, measure, learn) of a model over a log file."""
     from streamrec import api
     from streamrec.models import parse_settings
@@ -204,7 +225,7 @@ def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | Non
                numeric_columns=numeric_columns, limit=limit, batch_size=batch_size, window=window, crosses=crosses,
                counts=counts, settings=parse_settings(settings), history_fields=history_fields,
                history_length=history_length or 0, seed=seed, strict=strict, search=search, search_budget=search_budget,
-               read_errors=errors)
+               tables=tables, read_errors=errors)
     # checked before the bar appears, so a wrong flag is the only output
     api.checked_settings(model, run["settings"], tuple(api.parse_cross(c) for c in crosses), counts)
     with progress_bar(f"evaluate {model}", limit or count_lines(path)) as advance:
@@ -216,8 +237,21 @@ def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | Non
                   f"calibration {report['calibration']:.3f}  {report['examples_per_second']:,.0f} ex/s")
     if "search" in report:
         console.print(search_summary(report["search"]))
+    for line in table_lines(report.get("tables", {})):
+        console.print(line)
     click.echo(json.dumps(report, sort_keys=True))
     write_report(report_json, report)
+
+
+def table_lines(tables: dict) -> list[str]:
+    """A line per keyed table: rows held, admitted, evicted, memory, and the fields holding most."""
+    lines = []
+    for group, t in tables.items():
+        top = sorted(t["fields"].items(), key=lambda item: -item[1])[:4]
+        lines.append(f"{group} table: {t['rows']:,} rows held ({t['bytes'] / 2**20:,.1f} MiB), {t['admitted']:,} keys "
+                     f"admitted, {t['evicted']:,} rows evicted; most rows: "
+                     + ", ".join(f"{name} {rows:,}" for name, rows in top))
+    return lines
 
 
 def search_summary(search: dict) -> str:

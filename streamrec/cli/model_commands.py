@@ -73,7 +73,8 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def models_show(ctx: click.Context, version: int) -> None:
     """The metadata of one version (JSON), with its annotation if it has one, the configuration it
-    learns with (crosses, counts, settings) and, if it was searched, where its online search stands."""
+    learns with (crosses, counts, settings), if it was searched, where its online search stands, and
+    with keyed tables, their rows, admissions, evictions and bytes."""
     from streamrec.models import REGISTRY
     from streamrec.models.base import config_from_json, read_metadata
     from streamrec.models.online_search import configuration_of
@@ -94,6 +95,8 @@ def models_show(ctx: click.Context, version: int) -> None:
         shown["configuration"] = configuration_of(FeatureSpec.from_json(weights["spec"]), config)
     if "search" in weights:
         shown["search"] = json.loads(weights["search"])
+    if "tables" in weights:  # keyed tables: rows held, admitted, evicted, bytes, rows per field
+        shown["tables"] = json.loads(weights["tables"])
     click.echo(json.dumps(shown, indent=2, sort_keys=True))
 
 

@@ -59,6 +59,7 @@ function absorb(body) {
     entry.stopped = w.stopped;
     entry.serves = w.serves;
     entry.population = w.population || [];
+    entry.tables = w.tables || [];
     for (const [t, values] of w.points) {
       entry.times.push(t);
       for (const [name, value] of Object.entries(values)) {
@@ -213,10 +214,14 @@ function renderWorkers() {
                        `<dl>${rows}</dl>` +
                        (w.role === "trainer" ? `<table class="population" data-testid="${w.key}:population" hidden>` +
                         "<thead><tr><th>search challenger</th><th>examples</th><th>AUC</th><th>champion's</th>" +
-                        "<th>z</th></tr></thead><tbody></tbody></table>" : "");
+                        "<th>z</th></tr></thead><tbody></tbody></table>" +
+                        `<table class="tables" data-testid="${w.key}:tables" hidden>` +
+                        "<thead><tr><th>keyed table</th><th>rows</th><th>MiB</th><th>admitted</th>" +
+                        "<th>evicted</th></tr></thead><tbody></tbody></table>" : "");
       box.appendChild(card);
     }
     renderPopulation(card, w);
+    renderTables(card, w);
     const last = w.times.length ? w.times[w.times.length - 1] : 0;
     const silent = !w.stopped && state.now - last > Math.max(5, 5 * state.interval);
     const serves = card.querySelector(".serves");
@@ -248,6 +253,27 @@ function renderPopulation(card, w) {
     const tr = document.createElement("tr");
     tr.dataset.member = m.member;
     for (const [value, digits] of [[m.member, null], [m.examples, 0], [m.auc, 4], [m.champion_auc, 4], [m.z, 1]]) {
+      const td = document.createElement("td");
+      td.textContent = digits === null ? value : format(value, digits);
+      tr.appendChild(td);
+    }
+    body.appendChild(tr);
+  }
+}
+
+// Keyed tables: rows held, memory, keys admitted and rows evicted so far.
+function renderTables(card, w) {
+  const table = card.querySelector("table.tables");
+  if (!table) return;
+  const tables = w.tables || [];
+  table.hidden = tables.length === 0;
+  const body = table.querySelector("tbody");
+  body.innerHTML = "";
+  for (const t of tables) {
+    const tr = document.createElement("tr");
+    tr.dataset.table = t.table;
+    const mib = t.bytes === null || t.bytes === undefined ? null : t.bytes / 1048576;
+    for (const [value, digits] of [[t.table, null], [t.rows, 0], [mib, 1], [t.admitted, 0], [t.evicted, 0]]) {
       const td = document.createElement("td");
       td.textContent = digits === null ? value : format(value, digits);
       tr.appendChild(td);

@@ -1,0 +1,375 @@
+"""Which table row holds each id: keyed rows with admission, expiry and a row budget.
+
+With fixed hashing an id's row is ``hash % buckets``: the long tail shares rows with the head,
+and a row, once touched, is held forever. A keyed table gives each id that earns it a row of its
+own, from a pool that grows, and takes rows back (as Monolith's and DeepRec's embedding tables do):
+
+* **Keys.** The featurizer's ids of a keyed spec are 64-bit keys (each field's values hashed into
+  2^40 of them, stream/feature_spec.py ``KEY_SPACE``), mapped to rows by a :class:`KeyIndex`.
+* **Admission.** A key not yet held gets a row once it has been seen ``admit_after`` times (a
+  counting filter: two hashed 8-bit counters per key, the smaller read, so a key is never
+  counted short) or, at each batch it comes in, with probability ``admit_probability`` (a
+  hash of the key and its count, so runs repeat). Until then it reads and trains its region's
+  shared row ("not admitted yet"), learned like any other row.
+* **Expiry and budget.** Time is the number of examples learned (the same on every replay of a
+  stream). A row idle for more than ``ttl`` examples is freed; with ``max_rows`` the least
+  recently used rows are freed when an admission would pass the budget. A freed row is reset by
+  the table that owns it before it is given to another key.
+
+Rows are handed out lowest free row first, then new ones at the end, and evictions are ordered
+by (last use, row): the table is a function of the stream, so seeded runs repeat bit for bit
+and a resumed worker continues exactly (the keys, last uses, filter and clock are state).
+Row 0 is reserved: what a key no region row covers reads while scoring (it is never learned).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from streamrec.models.key_index import KeyIndex, mix64
+from streamrec.stream.errors import ConfigError
+from streamrec.stream.feature_spec import (
+    COUNT_LEVELS,
+    DEFAULT_CAT_BUCKETS,
+    DEFAULT_CROSS_BUCKETS,
+    FeatureSpec,
+)
+
+FREE = -1  # the key of a row no key holds
+RESERVED = np.iinfo(np.int64).min + 2  # row 0's key: the row of ids nothing else covers
+_FILTER_SALT = np.int64(0x5EED5EED5EED)
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """How a keyed table (a keyed spec's embedding and FTRL tables) admits, expires and bounds
+    its rows. ``ttl`` is in examples learned (0: never expire); ``max_rows`` bounds each table's
+    rows (0: no bound). Fixed hashing (a spec with ``keyed`` off) ignores these."""
+
+    admit_after: int = 1
+    admit_probability: float = 0.0
+    ttl: int = 0
+    # 0: as many rows as fit in the bytes fixed hashing takes at its default rows per field
+    # (DEFAULT_CAT_BUCKETS, and DEFAULT_CROSS_BUCKETS per cross); -1: no bound
+    max_rows: int = 0
+    filter_slots: int = 1 << 21  # counters of the admission filter (8 bits each)
+
+    def __post_init__(self) -> None:
+        if self.admit_after < 1:
+            raise ConfigError(f"tables.admit_after must be at least 1, not {self.admit_after}")
+        if not 0.0 <= self.admit_probability <= 1.0:
+            raise ConfigError(f"tables.admit_probability must be in [0, 1], not {self.admit_probability}")
+        if self.ttl < 0:
+            raise ConfigError(f"tables.ttl must be >= 0 (0: never expire), not {self.ttl}")
+        if self.max_rows not in (0, -1) and self.max_rows < 1024:
+            raise ConfigError(f"tables.max_rows must be 0 (fixed hashing's bytes), -1 (no bound) or at least 1024, "
+                              f"not {self.max_rows}")
+        if self.filter_slots < 1024 or self.filter_slots & (self.filter_slots - 1):
+            raise ConfigError(f"tables.filter_slots must be a power of two >= 1024, not {self.filter_slots}")
+
+
+class RowOwner(Protocol):
+    """The table whose rows a :class:`KeyedRows` hands out: it grows its tensors and resets rows."""
+
+    def grow_rows(self, rows: int) -> None: ...
+
+    def reset_rows(self, rows: torch.Tensor, keys: torch.Tensor) -> None:
+        """Rows given to ``keys`` (FREE: freed) start again, optimiser state included."""
+
+
+# what a row costs beyond its own tensors: its key and last use, and the index's slots (16 bytes
+# each, at a load that may be as low as 1/5 just after the index was rebuilt)
+KEYED_ROW_OVERHEAD = 8 + 8 + 80
+
+
+def _hashed_field_rows(spec: FeatureSpec) -> int:
+    """The rows fixed hashing gives the fields at the default buckets (what ``max_rows`` 0 matches)."""
+    return sum(DEFAULT_CAT_BUCKETS if f.kind == "cat" else f.buckets for f in spec.fields)
+
+
+def _budget(config: TableConfig, hashed_rows: int, row_bytes: int) -> int:
+    """The row budget: ``max_rows``, none for -1, and for 0 the rows that fit in fixed hashing's bytes."""
+    if config.max_rows:
+        return max(config.max_rows, 0)
+    return max(1024, hashed_rows * row_bytes // (row_bytes + KEYED_ROW_OVERHEAD))
+
+
+def embedding_layout(spec: FeatureSpec, config: TableConfig, dim: int) -> tuple[TableConfig, np.ndarray, int, int]:
+    """A keyed embedding table's regions (one per field: its ids are field ids only), the first
+    always-held key (none) and its row budget (weights, Adagrad state, count, dirty flag per row)."""
+    return config, spec.offsets.copy(), spec.field_rows, _budget(config, _hashed_field_rows(spec), 4 * dim + 9)
+
+
+def wide_layout(spec: FeatureSpec, config: TableConfig) -> tuple[TableConfig, np.ndarray, int, int]:
+    """A keyed FTRL table's regions (the fields, then the crosses; counts and the bias are always
+    held from ``count_offset`` on) and its row budget (z, n and a dirty flag per row)."""
+    hashed = (_hashed_field_rows(spec) + len(spec.crosses) * DEFAULT_CROSS_BUCKETS
+              + len(spec.counts) * COUNT_LEVELS**2 + 1)
+    return (config, np.concatenate([spec.offsets, spec.cross_offsets]), spec.count_offset,
+            _budget(config, hashed, 17))
+
+
+def region_names(spec: FeatureSpec, group: str) -> list[str]:
+    """The names of a keyed table's regions (:func:`embedding_layout`, :func:`wide_layout`), then
+    what is always held (the wide part's count levels and bias)."""
+    names = list(spec.names)
+    return names + ["(all)"] if group == "embedding" else names + [f"{a}:{b}" for a, b in spec.crosses] + ["(counts)"]
+
+
+def table_summary(model: Any) -> dict[str, dict[str, Any]]:
+    """Each keyed table of ``model``: rows held, keys admitted and rows evicted so far, bytes
+    (its tensors, index, keys and filter) and the rows held per field (and cross); {} when the
+    model's tables are hashed. What the evaluate report, /metrics, the dashboard and each
+    version's metadata show."""
+    out = {}
+    for group, table in model.keyed_tables().items():
+        owner_bytes = sum(t.numel() * t.element_size() for name, t in model.tensors().items()
+                          if name.startswith(f"{group}.") and not name.startswith(f"{group}.table.")
+                          and name not in (f"{group}.keys", f"{group}.last_used"))
+        held = table.held_by_region()
+        fields = {name: int(rows) for name, rows in zip(region_names(model.spec, group), held) if rows}
+        out[group] = {"rows": table.live_rows, "admitted": table.admitted, "evicted": table.evicted,
+                      "capacity": table.capacity, "bytes": int(owner_bytes + table.nbytes()), "fields": fields}
+    return out
+
+
+class KeyedRows:
+    """The key -> row map of one table, with admission, expiry and a row budget (module docstring).
+
+    ``regions``: the first key of each region whose unadmitted keys share a row (a field, a
+    cross); keys from ``always_from`` on (counts and the bias: few, and always used) are admitted
+    at once."""
+
+    def __init__(self, config: TableConfig, regions: np.ndarray, always_from: int, owner: RowOwner,
+                 capacity: int = 1024, max_rows: int | None = None) -> None:
+        self.config = config
+        # the row budget (0: none); the layouts resolve ``config.max_rows`` 0 to fixed hashing's bytes
+        self.max_rows = max(config.max_rows, 0) if max_rows is None else max_rows
+        self.regions = np.asarray(regions, dtype=np.int64)
+        self.always_from = int(always_from)
+        self.owner = owner
+        self.index = KeyIndex()
+        self.keys = np.full(capacity, FREE, dtype=np.int64)
+        self.keys[0] = RESERVED
+        self.last_used = np.zeros(capacity, dtype=np.int64)
+        # allocated when first counted: with admit_after 1 and no probability nothing is counted
+        self.filter = np.zeros(0, dtype=np.uint8)
+        self.clock = 0
+        self.next_row = 1
+        self._free = np.empty(0, dtype=np.int64)  # freed rows below next_row, ascending
+        self.evicted = 0   # rows freed (expired or over budget), over the table's life
+        self.admitted = 0  # keys given a row of their own
+        self._next_expiry = 0
+
+    # ---------------------------------------------------------------- reading
+
+    @property
+    def capacity(self) -> int:
+        return len(self.keys)
+
+    @property
+    def live_rows(self) -> int:
+        return len(self.index)
+
+    def shared_keys(self, keys: np.ndarray) -> np.ndarray:
+        """The key of the shared "not admitted yet" row of each key's region: -(region + 2)."""
+        return -(np.searchsorted(self.regions, keys, side="right") - 1) - 2
+
+    def rows(self, keys: torch.Tensor) -> torch.Tensor:
+        """Scoring: each key's row, its region's shared row if it has none, row 0 if neither is
+        held. Nothing changes."""
+        flat = keys.reshape(-1).numpy()
+        rows = self.index.get(flat)
+        missing = rows < 0
+        if missing.any():
+            rows[missing] = np.maximum(self.index.get(self.shared_keys(flat[missing])), 0)
+        return torch.from_numpy(rows).view(keys.shape)
+
+    # ---------------------------------------------------------------- learning
+
+    def learn_rows(self, keys: torch.Tensor, examples: int) -> torch.Tensor:
+        """Learning: the rows ``keys`` (any shape) train, after admitting what has earned a row;
+        the clock moves on by ``examples`` and every row used is marked used now."""
+        self.clock += examples
+        flat = keys.reshape(-1).numpy()
+        rows = self.index.get(flat)
+        missing = rows < 0
+        if missing.any():
+            if self.max_rows and self.live_rows + int(missing.sum()) > self.max_rows:
+                self.last_used[rows[~missing]] = self.clock  # what this batch reads is not evicted for it
+            rows[missing] = self._admit(flat[missing])
+        if self.max_rows or self.config.ttl:  # last uses order evictions and expiry
+            self.last_used[rows] = self.clock
+        if self.config.ttl and self.clock >= self._next_expiry:
+            self._expire()
+        return torch.from_numpy(rows).view(keys.shape)
+
+    def _admit(self, keys: np.ndarray) -> np.ndarray:
+        """Rows for keys not held: their own if admitted now, else their region's shared row."""
+        distinct, inverse, occurrences = np.unique(keys, return_inverse=True, return_counts=True)
+        admitted = distinct >= self.always_from
+        counted = ~admitted
+        if self.config.admit_after == 1:  # the first sighting earns a row: nothing to count
+            admitted[:] = True
+        elif counted.any():
+            seen = self._count(distinct[counted], occurrences[counted])
+            earned = seen >= self.config.admit_after
+            if self.config.admit_probability > 0:
+                draw = (mix64(distinct[counted] ^ (seen.astype(np.int64) << 40)) >> np.uint64(11)) * 2.0**-53
+                earned |= draw < self.config.admit_probability
+            admitted[counted] = earned
+        own = distinct[admitted]
+        shared = np.unique(self.shared_keys(distinct[~admitted]))
+        rows = np.empty(len(distinct), dtype=np.int64)
+        if len(own):
+            given = self._allocate(len(own) + len(shared), len(own))
+            if len(given) < len(own):  # the budget holds fewer: the rest wait in the shared rows
+                admitted[np.flatnonzero(admitted)[len(given):]] = False
+                own = own[:len(given)]
+                shared = np.unique(self.shared_keys(distinct[~admitted]))
+            self._hold(own, given)
+            rows[admitted] = given
+            self.admitted += len(own)
+        if len(shared):
+            held = self.index.get(shared)
+            new = shared[held < 0]
+            if len(new):
+                self._hold(new, self._allocate(len(new), len(new), bounded=False))
+            rows[~admitted] = self.index.get(self.shared_keys(distinct[~admitted]))
+        return rows[inverse]
+
+    def _count(self, keys: np.ndarray, occurrences: np.ndarray) -> np.ndarray:
+        """Add each key's occurrences to the filter; each key's count so far (at least its own)."""
+        if not len(self.filter):
+            self.filter = np.zeros(self.config.filter_slots, dtype=np.uint8)
+        h = mix64(keys ^ _FILTER_SALT)
+        mask = np.uint64(len(self.filter) - 1)
+        first, second = (h & mask).astype(np.int64), ((h >> np.uint64(32)) & mask).astype(np.int64)
+        seen = np.minimum(self.filter[first], self.filter[second]).astype(np.int64) + occurrences
+        capped = np.minimum(seen, 255).astype(np.uint8)
+        # two keys of a batch may share a counter: the larger count stays (never counted short)
+        np.maximum.at(self.filter, first, capped)
+        np.maximum.at(self.filter, second, capped)
+        return seen
+
+    def _hold(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        self.index.insert(keys, rows)
+        self.keys[rows] = keys
+        self.last_used[rows] = self.clock
+        self.owner.reset_rows(torch.from_numpy(rows), torch.from_numpy(keys))
+
+    def _allocate(self, needed: int, wanted: int, bounded: bool = True) -> np.ndarray:
+        """``wanted`` free rows (fewer if the budget cannot make room for ``needed``): the lowest
+        freed rows, then new ones; over the budget, the least recently used rows are freed first.
+        The shared rows (one per region) are not ``bounded``: every key must have a row to read."""
+        budget = self.max_rows
+        if bounded and budget and self.live_rows + needed > budget:
+            # free a sixteenth more than needed, so a full table is not searched on every batch
+            self._evict(self.live_rows + needed - budget + budget // 16)
+            wanted = min(wanted, max(0, budget - self.live_rows - (needed - wanted)))
+        take = min(wanted, len(self._free))
+        rows = self._free[:take]
+        self._free = self._free[take:]
+        fresh = wanted - take
+        if fresh:
+            if self.next_row + fresh > self.capacity:
+                self._grow(self.next_row + fresh)
+            rows = np.concatenate([rows, np.arange(self.next_row, self.next_row + fresh)])
+            self.next_row += fresh
+        return rows
+
+    def _grow(self, rows: int) -> None:
+        capacity = max(2 * self.capacity, 1 << int(rows - 1).bit_length())
+        if self.max_rows:
+            capacity = min(capacity, max(rows, self.max_rows + 1))
+        extra = capacity - self.capacity
+        self.keys = np.concatenate([self.keys, np.full(extra, FREE, dtype=np.int64)])
+        self.last_used = np.concatenate([self.last_used, np.zeros(extra, dtype=np.int64)])
+        self.owner.grow_rows(capacity)
+
+    def _expire(self) -> None:
+        """Free rows idle for more than ``ttl`` examples; checked every eighth of a ttl."""
+        self._next_expiry = self.clock + max(1, self.config.ttl // 8)
+        held = self._own_rows()
+        self._free_rows(held[self.last_used[held] < self.clock - self.config.ttl])
+
+    def _own_rows(self) -> np.ndarray:
+        """Rows held by a key of their own (not the shared and reserved rows, which stay)."""
+        return np.flatnonzero(self.keys[: self.next_row] >= 0)
+
+    def _evict(self, count: int) -> None:
+        """Free the ``count`` least recently used rows not used by the current batch."""
+        held = self._own_rows()
+        held = held[self.last_used[held] < self.clock]
+        if count < len(held):
+            order = np.lexsort((held, self.last_used[held]))
+            held = held[order[:count]]
+        self._free_rows(held)
+
+    def _free_rows(self, rows: np.ndarray) -> None:
+        if not len(rows):
+            return
+        self.index.delete(self.keys[rows])
+        self.keys[rows] = FREE
+        self.owner.reset_rows(torch.from_numpy(rows), torch.full((len(rows),), FREE, dtype=torch.int64))
+        self._free = np.union1d(self._free, rows)
+        self.evicted += len(rows)
+
+    # ---------------------------------------------------------------- state
+
+    def row_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Each row's key and last use, saved with the rows (``<prefix>.keys``, ``<prefix>.last_used``)."""
+        return {f"{prefix}.keys": torch.from_numpy(self.keys), f"{prefix}.last_used": torch.from_numpy(self.last_used)}
+
+    def state(self, prefix: str) -> dict[str, torch.Tensor]:
+        """What learning needs beyond the rows (``<prefix>.table.*``, left out of deltas): the
+        admission filter, the clock and the counters."""
+        return {f"{prefix}.table.filter": torch.from_numpy(self.filter),
+                f"{prefix}.table.clock": torch.tensor([self.clock, self.next_row, self.evicted, self.admitted,
+                                                       self._next_expiry], dtype=torch.int64)}
+
+    def load(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Take the keys, last uses and learning state of ``tensors`` (a version) and rebuild the index."""
+        self.keys = tensors[f"{prefix}.keys"].numpy().astype(np.int64, copy=True)
+        self.last_used = tensors[f"{prefix}.last_used"].numpy().astype(np.int64, copy=True)
+        if f"{prefix}.table.filter" in tensors:
+            self.filter = tensors[f"{prefix}.table.filter"].numpy().astype(np.uint8, copy=True)
+            values = tensors[f"{prefix}.table.clock"].tolist()
+            self.clock, self.next_row, self.evicted, self.admitted, self._next_expiry = (int(v) for v in values)
+        self.reindex()
+
+    def reserve(self, rows: int) -> None:
+        """Room for ``rows`` rows (a version or a delta about to be written in)."""
+        if rows > self.capacity:
+            self._grow(rows)
+
+    def reindex(self) -> None:
+        """Rebuild the index and the free rows from ``keys`` (after a load)."""
+        self.index = KeyIndex(2 * self.capacity)
+        held = np.flatnonzero(self.keys != FREE)
+        held = held[held > 0]
+        self.index.insert(self.keys[held], held)
+        self.next_row = max(self.next_row, int(held.max()) + 1 if len(held) else 1)
+        self._free = np.flatnonzero(self.keys[1: self.next_row] == FREE) + 1
+
+    def rekeyed(self, rows: np.ndarray, old_keys: np.ndarray) -> None:
+        """``rows`` were written with new keys (a delta): the old keys leave the index, the new enter."""
+        self.index.delete(old_keys[old_keys != FREE])
+        new = self.keys[rows]
+        held = new != FREE
+        self.index.insert(new[held], rows[held])
+        self.next_row = max(self.next_row, int(rows.max()) + 1 if len(rows) else 1)
+
+    def held_by_region(self) -> np.ndarray:
+        """Rows held by a key of their own in each region, then those of the always-held keys."""
+        own = self.keys[self.keys >= 0]
+        region = np.where(own >= self.always_from, len(self.regions), np.searchsorted(self.regions, own, side="right") - 1)
+        return np.bincount(region, minlength=len(self.regions) + 1)
+
+    def nbytes(self) -> int:
+        """Bytes of the index, the keys, the last uses and the filter (the table's own rows apart)."""
+        return self.index.nbytes() + self.keys.nbytes + self.last_used.nbytes + self.filter.nbytes
