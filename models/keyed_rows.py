@@ -306,8 +306,12 @@ class KeyedRows:
         held = self._own_rows()
         held = held[self.last_used[held] < self.clock]
         if count < len(held):
-            order = np.lexsort((held, self.last_used[held]))
-            held = held[order[:count]]
+            # the ``count`` smallest (last use, row): distinct keys, so the set is exact (no full sort)
+            order = (self.last_used[held] << np.int64(24)) | held if len(self.keys) < 1 << 24 else None
+            if order is None:
+                held = held[np.lexsort((held, self.last_used[held]))[:count]]
+            else:
+                held = held[np.argpartition(order, count)[:count]]
         self._free_rows(held)
 
     def _free_rows(self, rows: np.ndarray) -> None:

@@ -302,3 +302,22 @@ def test_a_keyed_trainer_versions_its_tables_exports_them_and_resumes_with_them(
     resumed = model_from_bytes(store.load(store.head()).weights)
     assert resumed.keyed_tables()["embedding"].evicted > evicted
     assert resumed.keyed_tables()["embedding"].live_rows <= 2048
+
+
+def test_the_python_api_learns_saves_and_loads_keyed_tables(tmp_path: Path) -> None:
+    import random
+
+    import streamrec
+
+    rng = random.Random(1)
+    model = streamrec.Model("wide_deep", tables="keyed", settings={"tables.max_rows": "2048"})
+    examples = [{"user_id": f"u{rng.randint(0, 5000)}", "item_id": f"i{rng.randint(0, 300)}", "C1": rng.choice("abc")}
+                for _ in range(6000)]
+    labels = [rng.randint(0, 1) for _ in examples]
+    for start in range(0, len(examples), 500):
+        model.learn_many(examples[start:start + 500], labels[start:start + 500])
+    loaded = streamrec.load(model.save(tmp_path / "m.safetensors"))
+    assert loaded.online.spec.keyed and loaded.online.keyed_tables()["embedding"].evicted > 0
+    np.testing.assert_array_equal(loaded.predict_proba_many(examples[:50]), model.predict_proba_many(examples[:50]))
+    with pytest.raises(ConfigError, match="--tables 'bogus'"):
+        streamrec.Model("wide_deep", tables="bogus")

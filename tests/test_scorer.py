@@ -79,11 +79,21 @@ def test_scorer_follows_announcements_polls_as_fallback_and_honours_pins(stack, 
             assert slow_poll.served.version == v1
 
 
-def test_deltas_apply_in_order_and_a_gap_falls_back_to_the_full_version(stack, namespace, setup):
+@pytest.mark.parametrize("keyed", [False, True], ids=["hashed", "keyed"])
+def test_deltas_apply_in_order_and_a_gap_falls_back_to_the_full_version(stack, namespace, setup, learnable_rows,
+                                                                        keyed):
     spec, batches, probe, events = setup
+    settings = {}
+    if keyed:  # keyed tables under a budget that evicts on every batch: deltas carry the evictions
+        rows = learnable_rows[:3000]
+        spec = SpecOptions(keyed=True).infer([r.features for r in rows[:500]])
+        featurizer = Featurizer(spec)
+        batches = [featurizer.build([r.user_id for r in c], [r.item_id for r in c], [r.features for r in c],
+                                    [r.label for r in c]) for c in batched(rows, 300)]
+        settings = {"tables.max_rows": "1024"}
     client = redis.Redis.from_url(stack.redis_url)
     store = VersionStore(client, namespace, "wide_deep")
-    trainer_model = create_model("wide_deep", spec)
+    trainer_model = create_model("wide_deep", spec, settings=settings)
     trainer_model.learn(batches[0])
     trainer_model.delta_bytes(include_dense=True)  # the version below holds everything so far
     v1 = _publish(store, trainer_model, None, lineage="L", delta_seq=0)
@@ -127,6 +137,8 @@ def test_deltas_apply_in_order_and_a_gap_falls_back_to_the_full_version(stack, n
         np.testing.assert_array_equal(scorer.predict(events).probabilities,
                                       predict_offline(store, {"version": v2}, *probe))
     assert [s.version for s in swaps][:1] == [v1]
+    if keyed:
+        assert trainer_model.keyed_tables()["embedding"].evicted > 0
 
 
 def test_a_scorer_without_a_model_serves_the_champion(stack, namespace, setup):
