@@ -141,6 +141,34 @@ def test_deltas_apply_in_order_and_a_gap_falls_back_to_the_full_version(stack, n
         assert trainer_model.keyed_tables()["embedding"].evicted > 0
 
 
+def test_a_version_of_the_lineage_it_follows_is_rebased_not_reloaded(stack, namespace, setup):
+    """A version cut at delta 2 arriving while the scorer holds deltas 1-3 of the same lineage is
+    served by rebasing (the rows are already version + delta 3), with the trainer's predictions."""
+    spec, batches, probe, events = setup
+    store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "wide_deep")
+    trainer_model = create_model("wide_deep", spec)
+    trainer_model.learn(batches[0])
+    trainer_model.delta_bytes(include_dense=True)
+    v1 = _publish(store, trainer_model, None, lineage="R", delta_seq=0)
+    with Scorer(stack.redis_url, namespace, "wide_deep", poll_s=0.1) as scorer:
+        cut = None
+        for seq in (1, 2, 3):
+            trainer_model.learn(batches[seq])
+            blob = trainer_model.delta_bytes(include_dense=True)
+            if seq == 2:
+                cut = trainer_model.to_bytes()  # the version the trainer cuts at delta 2
+            store.publish_delta(DeltaMeta(lineage="R", seq=seq, event_time=100.0 + seq, ingested_at=time.time()),
+                                weights=blob, ttl_s=60)
+        _wait_for(lambda: scorer.served.delta_seq == 3)
+        v2 = store.publish(parent=v1, meta=VersionMeta(examples_seen=3, lineage="R", delta_seq=2, event_time=102.0),
+                           weights=cut, quality_state=b"", source_state=b"{}", keep=10)
+        _wait_for(lambda: scorer.served.version == v2)
+        assert scorer.swaps["rebase"] == 1 and scorer.swaps["full"] == 1, scorer.swaps
+        answer = scorer.predict(events)
+        assert (answer.served.version, answer.served.deltas_applied) == (v2, 1)
+        np.testing.assert_array_equal(answer.probabilities, _predict(trainer_model, probe))
+
+
 def test_a_scorer_without_a_model_serves_the_champion(stack, namespace, setup):
     spec, batches, probe, events = setup
     client = redis.Redis.from_url(stack.redis_url)

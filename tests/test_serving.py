@@ -144,7 +144,10 @@ def test_hot_swap_under_load_answers_every_request_from_one_exact_state(stack, n
             metrics = httpx.get(f"{url}/metrics").text
             swaps = {kind: float(re.search(rf'streamrec_scorer_swaps{{kind="{kind}"}} (\S+)', metrics).group(1))
                      for kind in ("full", "delta", "rebase")}
-            assert swaps["delta"] >= 1 and swaps["rebase"] >= 1, swaps  # versions mostly arrive without a reload
+            # deltas were followed; whether a new version is rebased or loaded in full depends on when it
+            # arrives against the deltas (a slow machine loads more in full): rebasing itself is checked
+            # deterministically in tests/test_scorer.py
+            assert swaps["delta"] >= 1 and swaps["rebase"] + swaps["full"] >= 2, swaps
             assert "streamrec_served_model_age_seconds" in metrics and "streamrec_predict_latency_seconds" in metrics
             assert f"streamrec_served_version {float(target)}" in metrics
     finally:
