@@ -28,7 +28,7 @@ from streamrec.models.base import OnlineModel, own
 from streamrec.models.behaviour import Behaviour, behaviour_of
 from streamrec.models.embedding import EmbeddingConfig, SparseEmbedding
 from streamrec.models.ftrl import CoordinateState, FTRLConfig, FTRLProximal
-from streamrec.models.keyed_rows import FREE, KeyedRows, TableConfig, embedding_layout, wide_layout
+from streamrec.models.keyed_rows import KeyedRows, TableConfig, embedding_layout, wide_layout
 from streamrec.models.seen_counts import SeenCounts
 from streamrec.models.wide_inputs import wide_columns, wide_ids
 from streamrec.stream.feature_spec import FeatureSpec
@@ -160,8 +160,9 @@ class DeepModel(OnlineModel):
                      if self.has_wide else None)
         self.seen = SeenCounts(spec) if self.has_wide and spec.counts else None
         self.wide_columns = wide_columns(spec, config.ftrl.ignored) if self.has_wide else None
-        self.embedding = SparseEmbedding(spec.field_rows, config.embedding, generator,
-                                         embedding_layout(spec, tables, config.embedding.dim) if spec.keyed else None, seed=config.seed)
+        keyed_embedding = embedding_layout(spec, tables, config.embedding.dim) if spec.keyed else None
+        self.embedding = SparseEmbedding(spec.field_rows, config.embedding, generator, keyed_embedding,
+                                         seed=config.seed)
         self.deep = self.build_deep(spec, config, generator)
         self.adam = AdamState(dict(self.deep.named_parameters()), config.dense_lr,
                               getattr(self.deep, "learning_rates", None))
@@ -311,8 +312,7 @@ class DeepModel(OnlineModel):
         if self.wide is not None:
             out.update({"wide.z": self.wide.z, "wide.n": self.wide.n})
         for group, table in self.keyed_tables().items():
-            out.update(table.row_tensors(group))
-            out.update(table.state(group))
+            out.update(table.tensors(group))
         if self.seen is not None:
             out.update(self.seen.tensors())
         out.update({f"deep.{k}": v.detach() for k, v in self.deep.state_dict().items()})
@@ -323,8 +323,8 @@ class DeepModel(OnlineModel):
         groups = {"embedding": (self.embedding.counts > 0, ("embedding.weight", "embedding.accum", "embedding.counts"))}
         if self.wide is not None:
             groups["wide"] = (self.wide.n > 0, ("wide.z", "wide.n"))
-        for group, table in self.keyed_tables().items():  # every held row, with its key
-            groups[group] = (torch.from_numpy(table.keys != FREE), (*groups[group][1], *table.row_tensors(group)))
+        for group, table in self.keyed_tables().items():
+            groups[group] = table.row_group(group, groups[group][1])
         if self.seen is not None:
             groups.update(self.seen.row_group())
         return groups
@@ -340,17 +340,12 @@ class DeepModel(OnlineModel):
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         if self.wide is not None:
             self.wide.z, self.wide.n = own(tensors["wide.z"], self.wide.z), own(tensors["wide.n"], self.wide.n)
-            if self.wide.table is not None:
-                self.wide.dirty = torch.zeros(len(self.wide.z), dtype=torch.bool)
         if self.seen is not None:
             self.seen.load(tensors)
         self.embedding.weight = own(tensors["embedding.weight"], self.embedding.weight)
         self.embedding.accum = own(tensors["embedding.accum"], self.embedding.accum)
         self.embedding.counts = own(tensors["embedding.counts"], self.embedding.counts)
-        if self.embedding.table is not None:
-            self.embedding.dirty = torch.zeros(len(self.embedding.counts), dtype=torch.bool)
         for group, table in self.keyed_tables().items():
             table.load(group, tensors)
-            getattr(self, group)._unique.size = table.capacity
         self.deep.load_state_dict({k[len("deep."):]: v for k, v in tensors.items() if k.startswith("deep.")})
         self.adam.load("adam", tensors)

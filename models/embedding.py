@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from streamrec.models.batch_unique import BatchUnique
-from streamrec.models.key_index import mix64
 from streamrec.models.keyed_rows import FREE, KeyedRows, TableConfig
+from streamrec.stream.hashing import hash_uniform
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def key_normals(keys: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
     hashes per value): a keyed row starts the same whenever and wherever its key is admitted."""
     base = (keys.numpy().astype(np.int64)[:, None] * np.int64(2 * dim) + np.arange(2 * dim, dtype=np.int64)
             + np.int64(seed) * np.int64(0x2545F491))
-    uniform = ((mix64(base) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    uniform = hash_uniform(base)
     u1, u2 = uniform[:, :dim], uniform[:, dim:]
     return torch.from_numpy(np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)).to(torch.float32)
 
@@ -81,6 +81,10 @@ class SparseEmbedding:
         self.accum = torch.cat([self.accum, torch.full((extra,), self.config.adagrad_init)])
         self.counts = torch.cat([self.counts, torch.zeros(extra)])
         self.dirty = torch.cat([self.dirty, torch.zeros(extra, dtype=torch.bool)])
+        self._unique.size = rows
+
+    def rows_loaded(self, rows: int) -> None:
+        self.dirty = torch.zeros(rows, dtype=torch.bool)
         self._unique.size = rows
 
     def reset_rows(self, rows: torch.Tensor, keys: torch.Tensor) -> None:

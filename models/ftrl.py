@@ -87,6 +87,10 @@ class FTRLProximal:
         self.dirty = torch.cat([self.dirty, torch.zeros(extra, dtype=torch.bool)])
         self._unique.size = rows
 
+    def rows_loaded(self, rows: int) -> None:
+        self.dirty = torch.zeros(rows, dtype=torch.bool)
+        self._unique.size = rows
+
     def reset_rows(self, rows: torch.Tensor, keys: torch.Tensor) -> None:
         """A row given to a key, or freed, starts again at z = n = 0 (weight 0)."""
         self.z.index_fill_(0, rows, 0.0)

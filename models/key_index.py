@@ -1,6 +1,6 @@
 """A growable map from int64 keys to int64 rows, looked up and changed a whole batch at a time.
 
-An open-addressing hash table (linear probing) held in two numpy arrays. A Python loop over a
+An open-addressing hash table (linear probing) held in one numpy array of (key, row) pairs. A Python loop over a
 batch's keys would cost more than the training step it feeds, so every operation works on the
 whole array of keys: each round of probing is a few numpy operations over the keys still looking,
 and the rounds end when every key has found its slot or an empty one. The table is kept at most
@@ -15,21 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from streamrec.stream.hashing import mix64
+
 EMPTY = np.int64(np.iinfo(np.int64).min)  # a slot never used
 TOMBSTONE = np.int64(np.iinfo(np.int64).min + 1)  # a slot whose key was deleted
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
 _MIN_SLOTS = 64
-
-
-def mix64(keys: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser of int64 keys, as uint64: every input bit moves every output bit."""
-    with np.errstate(over="ignore"):
-        h = keys.astype(np.int64).view(np.uint64) + _GOLDEN
-        h = (h ^ (h >> np.uint64(30))) * _MIX1
-        h = (h ^ (h >> np.uint64(27))) * _MIX2
-        return h ^ (h >> np.uint64(31))
 
 
 class KeyIndex:

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from streamrec.models.key_index import KeyIndex, mix64
+from streamrec.models.key_index import KeyIndex
 from streamrec.stream.errors import ConfigError
 from streamrec.stream.feature_spec import (
     COUNT_LEVELS,
@@ -38,6 +38,7 @@ from streamrec.stream.feature_spec import (
     DEFAULT_CROSS_BUCKETS,
     FeatureSpec,
 )
+from streamrec.stream.hashing import mix64
 
 FREE = -1  # the key of a row no key holds
 RESERVED = np.iinfo(np.int64).min + 2  # row 0's key: the row of ids nothing else covers
@@ -48,7 +49,8 @@ _FILTER_SALT = np.int64(0x5EED5EED5EED)
 class TableConfig:
     """How a keyed table (a keyed spec's embedding and FTRL tables) admits, expires and bounds
     its rows. ``ttl`` is in examples learned (0: never expire); ``max_rows`` bounds each table's
-    rows (0: no bound). Fixed hashing (a spec with ``keyed`` off) ignores these."""
+    rows (0: the rows fixed hashing's bytes hold, -1: no bound). Fixed hashing (a spec with
+    ``keyed`` off) ignores these."""
 
     admit_after: int = 1
     admit_probability: float = 0.0
@@ -79,6 +81,10 @@ class RowOwner(Protocol):
 
     def reset_rows(self, rows: torch.Tensor, keys: torch.Tensor) -> None:
         """Rows given to ``keys`` (FREE: freed) start again, optimiser state included."""
+
+    def rows_loaded(self, rows: int) -> None:
+        """Its tensors were replaced by a version's, of ``rows`` rows: its per-row bookkeeping
+        (rows changed since the last delta, scratch space) starts again at that size."""
 
 
 # what a row costs beyond its own tensors: its key and last use, and the index's slots (16 bytes
@@ -126,8 +132,9 @@ def table_summary(model: Any) -> dict[str, dict[str, Any]]:
     model's tables are hashed. What the evaluate report, /metrics, the dashboard and each
     version's metadata show."""
     out = {}
+    tensors = model.tensors()
     for group, table in model.keyed_tables().items():
-        owner_bytes = sum(t.numel() * t.element_size() for name, t in model.tensors().items()
+        owner_bytes = sum(t.numel() * t.element_size() for name, t in tensors.items()
                           if name.startswith(f"{group}.") and not name.startswith(f"{group}.table.")
                           and name not in (f"{group}.keys", f"{group}.last_used"))
         held = table.held_by_region()
@@ -329,6 +336,15 @@ class KeyedRows:
         """Each row's key and last use, saved with the rows (``<prefix>.keys``, ``<prefix>.last_used``)."""
         return {f"{prefix}.keys": torch.from_numpy(self.keys), f"{prefix}.last_used": torch.from_numpy(self.last_used)}
 
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Everything of the table a version holds: :meth:`row_tensors` and :meth:`state`."""
+        return {**self.row_tensors(prefix), **self.state(prefix)}
+
+    def row_group(self, prefix: str, names: tuple[str, ...]) -> tuple[torch.Tensor, tuple[str, ...]]:
+        """The owner's row group (its tensors ``names``) as a keyed table writes it: every held row,
+        with its key and last use."""
+        return torch.from_numpy(self.keys != FREE), (*names, *self.row_tensors(prefix))
+
     def state(self, prefix: str) -> dict[str, torch.Tensor]:
         """What learning needs beyond the rows (``<prefix>.table.*``, left out of deltas): the
         admission filter, the clock and the counters."""
@@ -345,6 +361,7 @@ class KeyedRows:
             values = tensors[f"{prefix}.table.clock"].tolist()
             self.clock, self.next_row, self.evicted, self.admitted, self._next_expiry = (int(v) for v in values)
         self.reindex()
+        self.owner.rows_loaded(self.capacity)
 
     def reserve(self, rows: int) -> None:
         """Room for ``rows`` rows (a version or a delta about to be written in)."""

@@ -14,7 +14,7 @@ import torch
 
 from streamrec.models.base import OnlineModel, own
 from streamrec.models.ftrl import FTRLConfig, FTRLProximal
-from streamrec.models.keyed_rows import FREE, KeyedRows, TableConfig, wide_layout
+from streamrec.models.keyed_rows import KeyedRows, TableConfig, wide_layout
 from streamrec.models.seen_counts import SeenCounts
 from streamrec.models.wide_inputs import wide_columns, wide_ids
 from streamrec.stream.feature_spec import FeatureSpec
@@ -66,17 +66,15 @@ class LogisticRegressionFTRL(OnlineModel):
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"wide.z": self.wide.z, "wide.n": self.wide.n}
         if self.wide.table is not None:
-            out.update(self.wide.table.row_tensors("wide"))
-            out.update(self.wide.table.state("wide"))
+            out.update(self.wide.table.tensors("wide"))
         if self.seen is not None:
             out.update(self.seen.tensors())
         return out
 
     def row_groups(self) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:
         groups = {"wide": (self.wide.n > 0, ("wide.z", "wide.n"))}
-        if self.wide.table is not None:  # every held row, with its key
-            groups["wide"] = (torch.from_numpy(self.wide.table.keys != FREE),
-                              ("wide.z", "wide.n", *self.wide.table.row_tensors("wide")))
+        if self.wide.table is not None:
+            groups["wide"] = self.wide.table.row_group("wide", groups["wide"][1])
         if self.seen is not None:
             groups.update(self.seen.row_group())
         return groups
@@ -91,8 +89,6 @@ class LogisticRegressionFTRL(OnlineModel):
         self.wide.z = own(tensors["wide.z"], self.wide.z)
         self.wide.n = own(tensors["wide.n"], self.wide.n)
         if self.wide.table is not None:
-            self.wide.dirty = torch.zeros(len(self.wide.z), dtype=torch.bool)
             self.wide.table.load("wide", tensors)
-            self.wide._unique.size = self.wide.table.capacity
         if self.seen is not None:
             self.seen.load(tensors)

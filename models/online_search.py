@@ -127,15 +127,6 @@ class Candidates:
     scores: dict[str, float] = field(default_factory=dict)
 
 
-def _pair_keys(spec: FeatureSpec, ids: np.ndarray, a: int, b: int) -> np.ndarray:
-    """One int64 key per example for the pair of field ids at positions ``a`` and ``b`` (exact; for
-    a keyed spec's 2^40 ids per field, a bijective mix of the first plus the second)."""
-    if spec.keyed:
-        with np.errstate(over="ignore"):
-            return (ids[:, a].view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)).view(np.int64) + ids[:, b]
-    return ids[:, a] * np.int64(spec.field_rows) + ids[:, b]
-
-
 def propose(spec: FeatureSpec, ids: np.ndarray, labels: np.ndarray, settings: SearchSettings,
             pair_fields: int | None = None) -> Candidates:
     """Candidate crosses and count features from a sample's field ids (N, F) and labels (N,), its
@@ -161,7 +152,7 @@ def propose(spec: FeatureSpec, ids: np.ndarray, labels: np.ndarray, settings: Se
                 continue
             # what the cross adds to its two fields taken additively (as a linear model takes them)
             additive = _combined(rates[a], rates[b], prior)
-            joint = _prequential_rates(_pair_keys(spec, ids, a, b), labels, additive)
+            joint = _prequential_rates(spec.pair_keys(ids[:, a], ids[:, b]), labels, additive)
             gain = _mean_logloss(additive, labels) - _mean_logloss(joint, labels)
             if gain > 0:
                 pairs.append((gain, a, b))
@@ -176,7 +167,7 @@ def propose(spec: FeatureSpec, ids: np.ndarray, labels: np.ndarray, settings: Se
     keyed = {name: rates[j] for j, name in enumerate(names)
              if name not in spec.counts and len(np.unique(ids[:, j])) >= 20}
     for _gain, a, b in pairs[:settings.crosses]:
-        keyed[f"{names[a]}:{names[b]}"] = _prequential_rates(_pair_keys(spec, ids, a, b), labels, flat)
+        keyed[f"{names[a]}:{names[b]}"] = _prequential_rates(spec.pair_keys(ids[:, a], ids[:, b]), labels, flat)
     current = flat
     while keyed and len(out.counts) < settings.counts:
         loss = _mean_logloss(current, labels)

@@ -25,9 +25,9 @@ import torch
 
 from streamrec.models.base import own
 from streamrec.stream.feature_spec import COUNT_LEVELS, FeatureSpec
+from streamrec.stream.hashing import GOLDEN  # Fibonacci hashing
 from streamrec.stream.sparse_batch import SparseBatch
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing
 _ONE = torch.ones(1, dtype=torch.int32)
 
 
@@ -39,7 +39,7 @@ class SeenCounts:
 
     def __init__(self, spec: FeatureSpec) -> None:
         self.keys = spec.count_keys()
-        self._field_rows = spec.field_rows
+        self._pair_keys = spec.pair_keys
         self._shift = np.uint64(64 - (spec.count_rows.bit_length() - 1))
         # a keyed spec's field ids are keys (2^40 per field): every key is hashed into count_rows
         self._keyed = spec.keyed
@@ -71,16 +71,13 @@ class SeenCounts:
         out = np.empty((ids.shape[0], len(self.keys)), dtype=np.int64)
         with np.errstate(over="ignore"):
             for k, key in enumerate(self.keys):
-                if self._keyed:
-                    value = ids[:, key[0]].view(np.uint64) * _GOLDEN
-                    if len(key) == 2:  # a keyed pair: multiplying by an odd constant and adding the second key
-                        value = (value + ids[:, key[1]].view(np.uint64)) * _GOLDEN
-                    out[:, k] = (value >> self._shift).view(np.int64)
-                elif len(key) == 1:
-                    out[:, k] = ids[:, key[0]]
+                if len(key) == 2:  # the pair's key, hashed: its top bits
+                    pair = self._pair_keys(ids[:, key[0]], ids[:, key[1]]).view(np.uint64)
+                    out[:, k] = ((pair * GOLDEN) >> self._shift).view(np.int64)
+                elif self._keyed:  # a keyed field's 2^40 ids, hashed the same way
+                    out[:, k] = ((ids[:, key[0]].view(np.uint64) * GOLDEN) >> self._shift).view(np.int64)
                 else:
-                    pair = (ids[:, key[0]] * self._field_rows + ids[:, key[1]]).view(np.uint64)  # exact
-                    out[:, k] = ((pair * _GOLDEN) >> self._shift).view(np.int64)  # its top bits
+                    out[:, k] = ids[:, key[0]]
         out += self._add
         return out
 

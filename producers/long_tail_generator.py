@@ -20,8 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from streamrec.producers.generator import GeneratedStream
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+from streamrec.stream.hashing import hash_uniform, mix64
 
 
 @dataclass(frozen=True)
@@ -35,18 +34,6 @@ class LongTailSettings:
     effect: float = 0.5       # std of a value's effect on the logit, before the field's weight
     churn: float = 0.0        # times the values at every popularity rank are replaced over the stream
     ctr: float = 0.2
-
-
-def _mix(values: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        h = values.astype(np.uint64) + _GOLDEN
-        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return h ^ (h >> np.uint64(31))
-
-
-def _uniform(values: np.ndarray) -> np.ndarray:
-    return ((_mix(values) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
 
 
 def _zipf_ranks(rng: np.random.Generator, size: int, n: int, exponent: float) -> np.ndarray:
@@ -76,14 +63,14 @@ def generate_long_tail(rows: int, seed: int = 0, settings: LongTailSettings | No
         n = max(100, int(settings.values / 2 ** (f * 0.8)))  # 2M, 1.1M, 660k, ... down to a few thousand
         ranks = _zipf_ranks(rng, rows, n, settings.zipf)
         # churn: each rank's value is replaced at its own phase, ``churn`` times over the stream
-        era = np.floor(settings.churn * progress + _uniform(ranks + f * 7919)).astype(np.int64)
+        era = np.floor(settings.churn * progress + hash_uniform(ranks + f * 7919)).astype(np.int64)
         value = ranks + (era * n if settings.churn else 0)
         salt = np.int64(f + 1) << np.int64(48)
-        u1, u2 = _uniform(value ^ salt), _uniform(value ^ (salt + 1))
+        u1, u2 = hash_uniform(value ^ salt), hash_uniform(value ^ (salt + 1))
         effect = np.sqrt(-2 * np.log(u1)) * np.cos(2 * np.pi * u2)
         weight = settings.effect * (1.0 if f < 2 else 0.8 ** (f - 1))
         logit += weight * effect
-        cats.append(np.char.mod("%x", _mix(value ^ salt) >> np.uint64(20)).astype(object))
+        cats.append(np.char.mod("%x", mix64(value ^ salt) >> np.uint64(20)).astype(object))
     ints = np.empty((rows, 13), dtype=np.int64)
     for j in range(13):
         ints[:, j] = np.round(rng.lognormal(1.0, 1.0, rows)).astype(np.int64)

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from streamrec.stream.errors import ConfigError
+from streamrec.stream.hashing import GOLDEN
 
 FieldKind = Literal["cat", "num"]
 ID_FIELDS = ("user_id", "item_id")
@@ -122,6 +123,15 @@ class FeatureSpec:
     def field_rows(self) -> int:
         """Rows of the embedding tables (all fields)."""
         return int(sum(f.buckets for f in self.fields))
+
+    def pair_keys(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """One int64 key per pair of field ids, distinct for distinct pairs: exact with fixed
+        hashing (``first * field_rows + second``); a keyed spec's ids (2^40 per field) do not fit
+        that product, so there ``first`` times an odd constant (a bijection) plus ``second``, wrapping."""
+        if not self.keyed:
+            return first * np.int64(self.field_rows) + second
+        with np.errstate(over="ignore"):
+            return (first.view(np.uint64) * GOLDEN).view(np.int64) + second
 
     @property
     def cross_offsets(self) -> np.ndarray:

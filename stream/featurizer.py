@@ -22,23 +22,13 @@ import torch
 from streamrec.stream.columns import CategoricalColumn, ColumnChunk
 from streamrec.stream.errors import ConfigError
 from streamrec.stream.feature_spec import ID_FIELDS, FeatureSpec
+from streamrec.stream.hashing import GOLDEN, splitmix64
 from streamrec.stream.sparse_batch import SparseBatch
 
 CACHE_LIMIT = 1 << 20  # values cached per field before the cache starts over
 CACHED_VALUE_CHARS = 256  # longer values are hashed each time, never cached
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _splitmix64(h: np.ndarray) -> np.ndarray:
-    h = h ^ (h >> np.uint64(30))
-    h = h * np.uint64(0xBF58476D1CE4E5B9)
-    h = h ^ (h >> np.uint64(27))
-    h = h * np.uint64(0x94D049BB133111EB)
-    return h ^ (h >> np.uint64(31))
-
-
 _ARRAY_WIDTH = 64  # values up to this long share one fixed-width array
 _FEW = 16  # fewer long strings of one length than this: hashed in a Python loop
 _MASK64 = (1 << 64) - 1
@@ -67,7 +57,7 @@ def hash_strings(values: np.ndarray | Sequence[Any], seed: int) -> np.ndarray:
     lengths = np.fromiter(map(len, flat), dtype=np.int64, count=len(flat))
     out = np.empty(len(flat), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        start = _FNV_OFFSET ^ _splitmix64(np.uint64(seed))
+        start = _FNV_OFFSET ^ splitmix64(np.uint64(seed))
         short = np.flatnonzero(lengths <= _ARRAY_WIDTH)
         if len(short) == len(flat):
             out[:] = _fnv1a_array(np.array(flat, dtype=np.str_), start)
@@ -83,7 +73,7 @@ def hash_strings(values: np.ndarray | Sequence[Any], seed: int) -> np.ndarray:
                     out[positions] = np.array([_fnv1a(flat[k], int(start)) for k in positions], dtype=np.uint64)
                 else:
                     out[positions] = _fnv1a_array(np.array([flat[k] for k in positions], dtype=f"<U{width}"), start)
-        return _splitmix64(out).reshape(shape)
+        return splitmix64(out).reshape(shape)
 
 
 def _fnv1a_array(strings: np.ndarray, start: np.uint64) -> np.ndarray:
@@ -122,7 +112,7 @@ class Featurizer:
         buckets = np.array([f.buckets for f in spec.fields], dtype=np.uint64)
         self._cat_buckets = buckets[self._cat_idx]
         self._num_buckets = buckets[self._num_idx].astype(np.int64)
-        self._cat_salt = (self._cat_idx.astype(np.uint64) + np.uint64(1)) * _GOLDEN
+        self._cat_salt = (self._cat_idx.astype(np.uint64) + np.uint64(1)) * GOLDEN
         self._position = {name: i for i, name in enumerate(names)}
         # each history field's categorical column (its cache and hash) and its id offset
         categorical = {names[i]: j for j, i in enumerate(self._cat_idx)}
@@ -297,7 +287,7 @@ class Featurizer:
     def _buckets(self, j: int, values: Sequence[Any] | np.ndarray) -> np.ndarray:
         """The ``j``-th categorical field's bucket of each string in ``values`` (before its offset)."""
         with np.errstate(over="ignore"):
-            h = _splitmix64(hash_strings(values, self.spec.seed) ^ self._cat_salt[j])
+            h = splitmix64(hash_strings(values, self.spec.seed) ^ self._cat_salt[j])
         return (h % self._cat_buckets[j]).astype(np.int64)
 
     @staticmethod
@@ -340,7 +330,7 @@ class Featurizer:
         base = spec.field_rows
         with np.errstate(over="ignore"):
             for k, (a, b) in enumerate(spec.crosses):
-                mixed = _splitmix64(ids[:, self._position[a]].astype(np.uint64) * _GOLDEN
+                mixed = splitmix64(ids[:, self._position[a]].astype(np.uint64) * GOLDEN
                                     ^ ids[:, self._position[b]].astype(np.uint64) ^ np.uint64(k + 1))
                 cross[:, k] = base + k * spec.cross_buckets + (mixed % np.uint64(spec.cross_buckets)).astype(np.int64)
         label_tensor = None if labels is None else torch.as_tensor(np.asarray(labels, dtype=np.float32))

@@ -112,13 +112,19 @@ MEMBER_SERIES = {"examples": "streamrec_search_member_examples", "auc": "streamr
 
 def search_population(samples: dict[str, float]) -> list[dict[str, Any]]:
     """A trainer's search challengers from its samples: move, examples, AUC beside the champion's, z."""
-    members: dict[str, dict[str, Any]] = {}
-    for field_name, series in MEMBER_SERIES.items():
-        prefix = series + "{member="
+    return _by_label(samples, MEMBER_SERIES, "member")
+
+
+def _by_label(samples: dict[str, float], series: dict[str, str], label: str) -> list[dict[str, Any]]:
+    """One row per value of ``label`` (the only label left after model and worker: the rest of the
+    key is its value, commas and colons included), with each of ``series``' values, sorted by it."""
+    rows: dict[str, dict[str, Any]] = {}
+    for field_name, name in series.items():
+        prefix = name + "{" + label + "="
         for key, value in samples.items():
-            if key.startswith(prefix):  # the only label left after model and worker: the rest is the move
-                members.setdefault(key[len(prefix):-1], {})[field_name] = _finite(value)
-    return [{"member": name, **values} for name, values in sorted(members.items())]
+            if key.startswith(prefix):
+                rows.setdefault(key[len(prefix):-1], {})[field_name] = _finite(value)
+    return [{label: value, **values} for value, values in sorted(rows.items())]
 
 
 # Keyed tables (models/keyed_rows.py): one row per table.
@@ -128,13 +134,7 @@ TABLE_SERIES = {"rows": "streamrec_table_rows", "bytes": "streamrec_table_bytes"
 
 def keyed_tables(samples: dict[str, float]) -> list[dict[str, Any]]:
     """A trainer's keyed tables from its samples: rows held, bytes, keys admitted, rows evicted."""
-    tables: dict[str, dict[str, Any]] = {}
-    for field_name, series in TABLE_SERIES.items():
-        prefix = series + "{table="
-        for key, value in samples.items():
-            if key.startswith(prefix):
-                tables.setdefault(key[len(prefix):-1], {})[field_name] = _finite(value)
-    return [{"table": name, **values} for name, values in sorted(tables.items())]
+    return _by_label(samples, TABLE_SERIES, "table")
 
 
 def _finite(value: float | None) -> float | None:

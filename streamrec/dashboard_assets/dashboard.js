@@ -241,18 +241,17 @@ function renderWorkers() {
   }
 }
 
-// The online search's challengers, each beside the champion on the same examples.
-function renderPopulation(card, w) {
-  const table = card.querySelector("table.population");
+// A table of the card (the search's challengers, the keyed tables), one row per item, hidden when empty.
+function renderRows(card, selector, items, key, cells) {
+  const table = card.querySelector(selector);
   if (!table) return;
-  const members = w.population || [];
-  table.hidden = members.length === 0;
+  table.hidden = items.length === 0;
   const body = table.querySelector("tbody");
   body.innerHTML = "";
-  for (const m of members) {
+  for (const item of items) {
     const tr = document.createElement("tr");
-    tr.dataset.member = m.member;
-    for (const [value, digits] of [[m.member, null], [m.examples, 0], [m.auc, 4], [m.champion_auc, 4], [m.z, 1]]) {
+    tr.dataset[key] = item[key];
+    for (const [value, digits] of cells(item)) {
       const td = document.createElement("td");
       td.textContent = digits === null ? value : format(value, digits);
       tr.appendChild(td);
@@ -261,25 +260,18 @@ function renderPopulation(card, w) {
   }
 }
 
+// The online search's challengers, each beside the champion on the same examples.
+function renderPopulation(card, w) {
+  renderRows(card, "table.population", w.population || [], "member",
+             (m) => [[m.member, null], [m.examples, 0], [m.auc, 4], [m.champion_auc, 4], [m.z, 1]]);
+}
+
 // Keyed tables: rows held, memory, keys admitted and rows evicted so far.
 function renderTables(card, w) {
-  const table = card.querySelector("table.tables");
-  if (!table) return;
-  const tables = w.tables || [];
-  table.hidden = tables.length === 0;
-  const body = table.querySelector("tbody");
-  body.innerHTML = "";
-  for (const t of tables) {
-    const tr = document.createElement("tr");
-    tr.dataset.table = t.table;
+  renderRows(card, "table.tables", w.tables || [], "table", (t) => {
     const mib = t.bytes === null || t.bytes === undefined ? null : t.bytes / 1048576;
-    for (const [value, digits] of [[t.table, null], [t.rows, 0], [mib, 1], [t.admitted, 0], [t.evicted, 0]]) {
-      const td = document.createElement("td");
-      td.textContent = digits === null ? value : format(value, digits);
-      tr.appendChild(td);
-    }
-    body.appendChild(tr);
-  }
+    return [[t.table, null], [t.rows, 0], [mib, 1], [t.admitted, 0], [t.evicted, 0]];
+  });
 }
 
 function renderTimeline() {
