@@ -11,7 +11,8 @@ neural_factorization_machine ``data/frappe``, libfm; fetched, never committed).
 Each configuration runs in a process of its own (one `evaluate` pass of ``wide_deep`` without the
 search), so its peak RSS is its own: fixed hashing at 2^16 and 2^20 rows per field; keyed tables
 with the defaults (a row for every key at its first sighting, a row budget that fits in the bytes
-2^16 hashing takes, no ttl); keyed with no bound; admission after 2 sightings; a budget of a quarter
+2^16 hashing takes, no ttl); keyed with no bound; admission after 2 sightings; admission at first
+sight also once the budget is reached (``admit_when_full`` 1: plain LRU); a budget of a quarter
 of the rows the defaults held; and on the churn stream, keyed with a ttl and no bound. A process
 that reads 2,000 rows (``baseline``) gives the fixed overhead of the process.
 """
@@ -99,6 +100,8 @@ def main() -> None:
     parser.add_argument("--name", default="keyed_tables")
     parser.add_argument("--skip-2e20", action="store_true", help="leave out fixed hashing at 2^20 rows per field")
     parser.add_argument("--skip-admission", action="store_true", help="leave out admission after 2 sightings")
+    parser.add_argument("--skip-variants", action="store_true",
+                        help="leave out keyed with no bound, with a quarter budget and with a ttl")
     args = parser.parse_args()
     if args.child:
         _child(*json.loads(args.child))
@@ -113,20 +116,24 @@ def main() -> None:
             path, fmt, fields, summary = made
             print(f"== {name}: {summary.get('rows', '')} rows, oracle AUC {summary.get('oracle_auc', 'n/a')}",
                   flush=True)
-            runs: dict = {"baseline": run(path, fmt, fields, {}, limit=2000)}
-            runs["hashed 2^16"] = run(path, fmt, fields, {})
+            runs: dict = {"baseline": run(path, fmt, fields, {"keyed": False}, limit=2000)}
+            runs["hashed 2^16"] = run(path, fmt, fields, {"keyed": False})
             if not args.skip_2e20:
-                runs["hashed 2^20"] = run(path, fmt, fields, {"cat_buckets": 1 << 20})
+                runs["hashed 2^20"] = run(path, fmt, fields, {"keyed": False, "cat_buckets": 1 << 20})
             keyed = run(path, fmt, fields, {"keyed": True})
             runs["keyed (defaults)"] = keyed
-            runs["keyed, no bound"] = run(path, fmt, fields, {"keyed": True}, {"tables.max_rows": "-1"})
+            if not args.skip_variants:
+                runs["keyed, no bound"] = run(path, fmt, fields, {"keyed": True}, {"tables.max_rows": "-1"})
             if not args.skip_admission:
                 runs["keyed, admit after 2 sightings"] = run(path, fmt, fields, {"keyed": True},
                                                              {"tables.admit_after": "2"})
+                runs["keyed, admit at first sight when full"] = run(path, fmt, fields, {"keyed": True},
+                                                                    {"tables.admit_when_full": "1"})
             held = max(t["rows"] for t in keyed["tables"].values())
-            runs["keyed, budget a quarter of its rows"] = run(path, fmt, fields, {"keyed": True},
-                                                              {"tables.max_rows": str(max(held // 4, 1024))})
-            if name.endswith("churn"):
+            if not args.skip_variants:
+                runs["keyed, budget a quarter of its rows"] = run(path, fmt, fields, {"keyed": True},
+                                                                  {"tables.max_rows": str(max(held // 4, 1024))})
+            if name.endswith("churn") and not args.skip_variants:
                 ttl = args.rows // 8
                 runs[f"keyed, no bound, ttl {ttl}"] = run(path, fmt, fields, {"keyed": True},
                                                           {"tables.ttl": str(ttl), "tables.max_rows": "-1"})

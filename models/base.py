@@ -224,9 +224,9 @@ class OnlineModel(abc.ABC):
                 if name in fresh and fresh[name].shape != value.shape and not name.startswith(self.optimizer_prefixes):
                     raise ModelError(f"stored {name!r} has shape {tuple(value.shape)}, the model's is "
                                      f"{tuple(fresh[name].shape)}")
+            self.load_tensors(full)
         except KeyError as exc:
             raise ModelError(f"the stored weights lack {exc.args[0]!r}") from None
-        self.load_tensors(full)
 
 
 def own(loaded: torch.Tensor, current: torch.Tensor) -> torch.Tensor:

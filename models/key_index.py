@@ -1,10 +1,12 @@
 """A growable map from int64 keys to int64 rows, looked up and changed a whole batch at a time.
 
-An open-addressing hash table (linear probing) held in one numpy array of (key, row) pairs. A Python loop over a
-batch's keys would cost more than the training step it feeds, so every operation works on the
-whole array of keys: each round of probing is a few numpy operations over the keys still looking,
-and the rounds end when every key has found its slot or an empty one. The table is kept at most
-half full (tombstones included), which keeps the probe sequences short.
+An open-addressing hash table (linear probing, splitmix64 as the hash) held in one numpy array
+of (key, row) pairs, so a probe reads a key and its row with one cache miss. Each batch operation
+is one compiled loop over the batch's keys (numba, ``cache=True``: compiled once per install,
+then loaded): a loop in Python would cost more than the training step it feeds, and a numpy
+formulation (a few array operations per probing round) measured several times slower than the
+compiled loop (bench/results/keyed_tables.json, ``index``). The table is kept at most half full
+(tombstones included), which keeps the probe sequences short.
 
 Deletion leaves a tombstone, which a lookup walks past and an insertion may reuse; the table is
 rebuilt (without tombstones, at a size fitting the live keys) when they add up. Everything is a
@@ -13,13 +15,81 @@ function of the sequence of calls, so two tables fed the same calls hold the sam
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
-from streamrec.stream.hashing import mix64
+from streamrec.stream.hashing import mix64_one
 
 EMPTY = np.int64(np.iinfo(np.int64).min)  # a slot never used
 TOMBSTONE = np.int64(np.iinfo(np.int64).min + 1)  # a slot whose key was deleted
 _MIN_SLOTS = 64
+
+
+@numba.njit(cache=True, inline="always")
+def _home(key: int, mask: int) -> int:
+    """The first slot of ``key``."""
+    return np.int64(mix64_one(key) & np.uint64(mask))
+
+
+@numba.njit(cache=True)
+def _find(table: np.ndarray, keys: np.ndarray, rows: np.ndarray) -> None:
+    """``rows[i]``: the row of ``keys[i]``, -1 where it is absent."""
+    mask = table.shape[0] - 1
+    for i in range(keys.shape[0]):
+        key = keys[i]
+        slot = _home(key, mask)
+        while True:
+            held = table[slot, 0]
+            if held == key:
+                rows[i] = table[slot, 1]
+                break
+            if held == EMPTY:
+                rows[i] = -1
+                break
+            slot = (slot + 1) & mask
+
+
+@numba.njit(cache=True)
+def _insert(table: np.ndarray, keys: np.ndarray, rows: np.ndarray) -> int:
+    """Put each (key, row) in the first empty or deleted slot of its probe sequence; the number
+    of tombstones reused."""
+    mask = table.shape[0] - 1
+    reused = 0
+    for i in range(keys.shape[0]):
+        slot = _home(keys[i], mask)
+        while True:
+            held = table[slot, 0]
+            if held == EMPTY or held == TOMBSTONE:
+                reused += held == TOMBSTONE
+                table[slot, 0] = keys[i]
+                table[slot, 1] = rows[i]
+                break
+            slot = (slot + 1) & mask
+    return reused
+
+
+@numba.njit(cache=True)
+def _delete(table: np.ndarray, keys: np.ndarray) -> int:
+    """Put a tombstone in the slot of each key present; the number deleted."""
+    mask = table.shape[0] - 1
+    deleted = 0
+    for i in range(keys.shape[0]):
+        key = keys[i]
+        slot = _home(key, mask)
+        while True:
+            held = table[slot, 0]
+            if held == key:
+                table[slot, 0] = TOMBSTONE
+                deleted += 1
+                break
+            if held == EMPTY:
+                break
+            slot = (slot + 1) & mask
+    return deleted
+
+
+def _int64s(values: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(values, dtype=np.int64).reshape(-1)
 
 
 class KeyIndex:
@@ -30,9 +100,7 @@ class KeyIndex:
         self._allocate(max(_MIN_SLOTS, 1 << max(0, int(slots - 1).bit_length())))
 
     def _allocate(self, slots: int) -> None:
-        # (key, row) side by side: a probe reads both with one cache miss, not two
         self._table = np.full((slots, 2), EMPTY, dtype=np.int64)
-        self._mask = np.int64(slots - 1)
         self._live = 0
         self._tombstones = 0
 
@@ -46,64 +114,28 @@ class KeyIndex:
     def nbytes(self) -> int:
         return self._table.nbytes
 
-    def _home(self, keys: np.ndarray) -> np.ndarray:
-        return (mix64(keys) & np.uint64(self._mask)).astype(np.int64)
-
-    def _find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The slot holding each key and its row; -1 and -1 where it is absent."""
-        slot = self._home(keys)
-        pair = np.take(self._table, slot, axis=0)
-        hit = pair[:, 0] == keys
-        found = np.where(hit, slot, -1)
-        rows = np.where(hit, pair[:, 1], -1)
-        looking = np.flatnonzero(~hit & (pair[:, 0] != EMPTY))
-        slot = slot[looking]
-        while len(looking):
-            slot = (slot + 1) & self._mask
-            pair = np.take(self._table, slot, axis=0)
-            hit = pair[:, 0] == keys[looking]
-            found[looking[hit]] = slot[hit]
-            rows[looking[hit]] = pair[hit, 1]
-            going = ~hit & (pair[:, 0] != EMPTY)
-            looking, slot = looking[going], slot[going]
-        return found, rows
-
     def get(self, keys: np.ndarray) -> np.ndarray:
         """The row of each key (any shape), -1 where a key is absent."""
-        flat = np.ascontiguousarray(keys, dtype=np.int64).reshape(-1)
-        return self._find(flat)[1].reshape(np.shape(keys))
+        flat = _int64s(keys)
+        rows = np.empty(len(flat), dtype=np.int64)
+        _find(self._table, flat, rows)
+        return rows.reshape(np.shape(keys))
 
     def insert(self, keys: np.ndarray, rows: np.ndarray) -> None:
         """Add distinct keys that are not in the table, with their rows."""
-        keys = np.ascontiguousarray(keys, dtype=np.int64).reshape(-1)
-        rows = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
+        keys, rows = _int64s(keys), _int64s(rows)
         if not len(keys):
             return
         if 2 * (self._live + self._tombstones + len(keys)) > self.slots:
             self._rebuild(self._live + len(keys))
-        slot = self._home(keys)
-        waiting = np.arange(len(keys))
-        table = self._table
-        while len(waiting):
-            held = table[slot, 0]
-            free = (held == EMPTY) | (held == TOMBSTONE)
-            self._tombstones -= len(np.unique(slot[free & (held == TOMBSTONE)]))
-            # several keys may claim one free slot: the last write wins, the others probe on
-            table[slot[free], 0] = keys[waiting[free]]
-            placed = free & (table[slot, 0] == keys[waiting])
-            table[slot[placed], 1] = rows[waiting[placed]]
-            going = ~placed
-            waiting, slot = waiting[going], (slot[going] + 1) & self._mask
+        self._tombstones -= _insert(self._table, keys, rows)
         self._live += len(keys)
 
     def delete(self, keys: np.ndarray) -> None:
-        """Remove keys (those absent are ignored)."""
-        keys = np.ascontiguousarray(keys, dtype=np.int64).reshape(-1)
-        slot = self._find(keys)[0]
-        slot = np.unique(slot[slot >= 0])
-        self._table[slot, 0] = TOMBSTONE
-        self._live -= len(slot)
-        self._tombstones += len(slot)
+        """Remove keys (those absent, or given twice, are removed once)."""
+        deleted = _delete(self._table, _int64s(keys))
+        self._live -= deleted
+        self._tombstones += deleted
         # rebuilt when tombstones lengthen the probes, or when the table is mostly empty (after expiry)
         if self._tombstones > self.slots // 4 or (8 * self._live < self.slots and self.slots > _MIN_SLOTS):
             self._rebuild(self._live)

@@ -53,6 +53,9 @@ class TableConfig:
     ``keyed`` off) ignores these."""
 
     admit_after: int = 1
+    # once the budget is reached a key must have been seen this often to take a row (evicting
+    # another): a key seen once would push out a row that is read again
+    admit_when_full: int = 2
     admit_probability: float = 0.0
     ttl: int = 0
     # 0: as many rows as fit in the bytes fixed hashing takes at its default rows per field
@@ -63,6 +66,8 @@ class TableConfig:
     def __post_init__(self) -> None:
         if self.admit_after < 1:
             raise ConfigError(f"tables.admit_after must be at least 1, not {self.admit_after}")
+        if self.admit_when_full < 1:
+            raise ConfigError(f"tables.admit_when_full must be at least 1, not {self.admit_when_full}")
         if not 0.0 <= self.admit_probability <= 1.0:
             raise ConfigError(f"tables.admit_probability must be in [0, 1], not {self.admit_probability}")
         if self.ttl < 0:
@@ -220,11 +225,14 @@ class KeyedRows:
         distinct, inverse, occurrences = np.unique(keys, return_inverse=True, return_counts=True)
         admitted = distinct >= self.always_from
         counted = ~admitted
-        if self.config.admit_after == 1:  # the first sighting earns a row: nothing to count
+        needed = self.config.admit_after
+        if self.max_rows and self.live_rows + len(distinct) > self.max_rows:
+            needed = max(needed, self.config.admit_when_full)
+        if needed == 1:  # the first sighting earns a row: nothing to count
             admitted[:] = True
         elif counted.any():
             seen = self._count(distinct[counted], occurrences[counted])
-            earned = seen >= self.config.admit_after
+            earned = seen >= needed
             if self.config.admit_probability > 0:
                 draw = (mix64(distinct[counted] ^ (seen.astype(np.int64) << 40)) >> np.uint64(11)) * 2.0**-53
                 earned |= draw < self.config.admit_probability

@@ -247,9 +247,13 @@ class SpecOptions:
     history_fields: tuple[str, ...] = ()
     # sequence models: clicks remembered per user (FeatureSpec.history_length); 0 = the model's own default
     history_length: int = 0
-    keyed: bool = False  # keyed tables (FeatureSpec.keyed) rather than fixed hashing
+    # keyed tables (FeatureSpec.keyed); False: fixed hashing at ``cat_buckets`` rows per field
+    keyed: bool = True
 
     def infer(self, sample: list[dict[str, Any]]) -> FeatureSpec:
+        if self.keyed and self.cat_buckets != DEFAULT_CAT_BUCKETS:
+            raise ConfigError(f"cat_buckets={self.cat_buckets} sets fixed hashing's rows: it does not apply to "
+                              f"keyed tables (keyed=False hashes; bound a keyed table with tables.max_rows)")
         spec = FeatureSpec.infer(sample, cat_buckets=self.cat_buckets, bucket_overrides=self.bucket_overrides,
                                  crosses=self.crosses, dense_numeric=self.dense_numeric, seed=self.seed,
                                  counts=self.counts, count_rows=self.count_rows, keyed=self.keyed)

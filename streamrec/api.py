@@ -115,15 +115,15 @@ class Model:
 
     def __init__(self, name: str = "wide_deep", *, settings: Mapping[str, Any] | None = None,
                  crosses: Sequence[str | tuple[str, str]] = (), counts: Sequence[str] = (),
-                 history_fields: Sequence[str] = (), history_length: int = 0, buckets: int = DEFAULT_CAT_BUCKETS,
-                 seed: int = 0, tables: str = "hashed",
+                 history_fields: Sequence[str] = (), history_length: int = 0, buckets: int | None = None,
+                 seed: int = 0, tables: str | None = None,
                  user_field: str = "user_id", item_field: str = "item_id", window: int = 10_000) -> None:
         pairs = tuple(parse_cross(c) for c in crosses)
         self.name = name
         self.settings = checked_settings(name, settings, pairs, tuple(counts))
-        self.spec_options = SpecOptions(cat_buckets=buckets, crosses=pairs, counts=tuple(counts), seed=seed,
-                                        history_fields=tuple(history_fields), history_length=history_length,
-                                        keyed=keyed_tables(tables))
+        self.spec_options = SpecOptions(cat_buckets=buckets or DEFAULT_CAT_BUCKETS, crosses=pairs,
+                                        counts=tuple(counts), seed=seed, history_fields=tuple(history_fields),
+                                        history_length=history_length, keyed=keyed_tables(tables, buckets))
         self.seed = seed
         self.user_field, self.item_field = user_field, item_field
         self.metrics = StreamingMetrics(window)
@@ -266,10 +266,17 @@ def load_version(redis_url: str, namespace: str, model: str, version: int | None
 TABLES = ("hashed", "keyed")
 
 
-def keyed_tables(tables: str) -> bool:
-    """``tables`` ("hashed": fixed hashing; "keyed": keyed tables, models/keyed_rows.py) as a spec's ``keyed``."""
+def keyed_tables(tables: str | None, buckets: int | None = None) -> bool:
+    """``tables`` ("keyed": keyed tables, models/keyed_rows.py; "hashed": fixed hashing at
+    ``buckets`` rows per field) as a spec's ``keyed``. None (the default) is keyed tables, unless
+    ``buckets`` is given: only fixed hashing has buckets."""
+    if tables is None:
+        return buckets is None
     if tables not in TABLES:
         raise ConfigError(f"--tables {tables!r}: choose one of {', '.join(TABLES)}")
+    if tables == "keyed" and buckets is not None:
+        raise ConfigError("--buckets sets fixed hashing's rows: it does not apply to --tables keyed "
+                          "(bound a keyed table with --set tables.max_rows=N)")
     return tables == "keyed"
 
 
@@ -279,16 +286,16 @@ def evaluate(path: str | Path, format: str, model: str = "wide_deep", *, user_fi
              crosses: Sequence[str | tuple[str, str]] = (), counts: Sequence[str] = (),
              settings: Mapping[str, Any] | None = None, history_fields: Sequence[str] = (), history_length: int = 0,
              seed: int = 0, strict: bool = False, search: bool = True, search_budget: float = 3.0,
-             tables: str = "hashed", on_progress: Callable[[int], None] | None = None,
+             tables: str | None = None, on_progress: Callable[[int], None] | None = None,
              read_errors: list[str] | None = None) -> dict[str, Any]:
     """One progressive pass of ``model`` over a log file: the report ``streamrec evaluate`` prints
     (examples, AUC lifetime and window, logloss, normalised entropy, calibration, ex/s).
     With ``search`` (the default) settings, crosses and count features are searched online and the
     report's ``search`` says what was chosen (models/online_search.py); without it the model learns
     exactly the configuration given; ``search_budget`` bounds the examples its members learn, per
-    example of the stream. ``tables="keyed"`` gives each id that earns it a row of its own, with
-    admission, expiry and a row budget (``tables.*`` settings, docs/keyed-tables.md), instead of
-    fixed hashing.
+    example of the stream. Each id that earns it gets a row of its own, with admission, expiry and
+    a row budget (keyed tables: ``tables.*`` settings, docs/keyed-tables.md); ``tables="hashed"``
+    hashes ids into fixed tables instead.
 
     ``format`` is one of criteo, avazu, libsvm, libfm, csv, jsonl; ``columns`` maps csv/jsonl
     columns (``label=click,user=uid,item=ad``). Malformed rows are counted in the report

@@ -128,16 +128,23 @@ def _forged_blob(spec_json: str, config_json: str = "{}") -> bytes:
 
 
 def test_a_version_asking_for_huge_tables_is_refused_before_anything_is_built() -> None:
-    spec = json.loads(SpecOptions().infer([{"C3": "x"}]).to_json())
+    spec = json.loads(SpecOptions(keyed=False).infer([{"C3": "x"}]).to_json())
     spec["fields"][0]["buckets"] = 1 << 40
     with pytest.raises(ModelError, match="at most"):
         model_from_bytes(_forged_blob(json.dumps(spec)))
 
 
+def test_a_version_lacking_its_tensors_is_refused_with_their_name() -> None:
+    for keyed in (True, False):
+        spec = SpecOptions(keyed=keyed).infer([{"C3": "x"}]).to_json()
+        with pytest.raises(ModelError, match="lack 'wide"):
+            model_from_bytes(_forged_blob(spec))
+
+
 def test_stored_rows_outside_the_table_are_refused(learnable_rows: list) -> None:
     from safetensors.torch import load, save
 
-    spec = SpecOptions(cat_buckets=64).infer([r.features for r in learnable_rows[:50]])
+    spec = SpecOptions(cat_buckets=64, keyed=False).infer([r.features for r in learnable_rows[:50]])
     model = create_model("lr", spec)
     batch = Featurizer(spec).build([r.user_id for r in learnable_rows[:50]], [r.item_id for r in learnable_rows[:50]],
                                    [r.features for r in learnable_rows[:50]], [r.label for r in learnable_rows[:50]])

@@ -73,7 +73,7 @@ def generate(rows: int, seed: int, out: Path, behaviour: bool, match_strength: f
     console.print(f"wrote {out} ({rows:,} rows, click rate {summary['positive_rate']:.3f}); "
                   f"oracle AUC {summary['oracle_auc']:.4f}{blind} in {oracle_path(out)}")
     hint = (" (sequence models: --history-field C3)" if behaviour
-            else " (keyed tables: --tables keyed)" if long_tail else "")
+            else " (fixed hashing, to compare: --tables hashed)" if long_tail else "")
     console.print(f"replay it with: --format criteo --user-field C1 --item-field C2{hint}")
 
 
@@ -207,9 +207,10 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
                    "best so far (docs/online-search.md); --no-search learns exactly the configuration given.")
 @click.option("--search-budget", type=click.FloatRange(min=1), default=3.0, show_default=True,
               help="The search's members learn at most this many examples per example of the stream.")
-@click.option("--tables", type=click.Choice(["hashed", "keyed"]), default="hashed", show_default=True,
-              help="Per-id state: fixed hashing, or keyed tables that give each id that earns it a row of its own "
-                   "(admission, expiry, budget: --set tables.admit_after=N, tables.ttl=N, tables.max_rows=N).")
+@click.option("--tables", type=click.Choice(["keyed", "hashed"]), default="keyed", show_default=True,
+              help="Per-id state: keyed tables that give each id that earns it a row of its own (admission, "
+                   "expiry, budget: --set tables.admit_after=N, tables.ttl=N, tables.max_rows=N), or fixed "
+                   "hashing.")
 @click.option("--report-json", type=click.Path(path_type=Path), help="Write the report here.")
 def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | None, columns: str | None,
              numeric_columns: str | None, strict: bool, limit: int | None, model: str, batch_size: int,

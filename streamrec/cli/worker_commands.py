@@ -46,11 +46,12 @@ def _stop_on_signals(stop: threading.Event) -> None:
 @click.option("--cross", "crosses", multiple=True, help="Wide-part feature cross A:B (repeatable; new models only).")
 @click.option("--count", "counts", multiple=True, metavar="KEY",
               help="Wide-part count feature of a field or a --cross A:B (repeatable; new models only).")
-@click.option("--buckets", type=click.IntRange(min=2), default=DEFAULT_CAT_BUCKETS, show_default=True,
-              help="Hash buckets per categorical field (new models only).")
-@click.option("--tables", type=click.Choice(["hashed", "keyed"]), default="hashed", show_default=True,
-              help="Per-id state: fixed hashing (--buckets), or keyed tables with admission, expiry and a row "
-                   "budget (--set tables.*; new models only).")
+@click.option("--buckets", type=click.IntRange(min=2),
+              help=f"Fixed hashing: hash buckets per categorical field (implies --tables hashed; default "
+                   f"{DEFAULT_CAT_BUCKETS}; new models only).")
+@click.option("--tables", type=click.Choice(["keyed", "hashed"]),
+              help="Per-id state: keyed tables with admission, expiry and a row budget (--set tables.*; the "
+                   "default), or fixed hashing (--buckets). New models only.")
 @click.option("--set", "model_settings", multiple=True, metavar="KEY=VALUE",
               help="Model setting, e.g. ftrl.alpha=0.5 (repeatable; new models only).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -89,17 +90,16 @@ def _stop_on_signals(stop: threading.Event) -> None:
 def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_size: int | None,
           attribution_window_s: float | None, publish_every_examples: int | None, publish_every_s: float | None,
           keep_versions: int | None, metrics_port: int | None, exit_at_end: bool, crosses: tuple[str, ...],
-          counts: tuple[str, ...], buckets: int, tables: str, model_settings: tuple[str, ...], seed: int, positives: str | None,
+          counts: tuple[str, ...], buckets: int | None, tables: str | None, model_settings: tuple[str, ...], seed: int, positives: str | None,
           delta_every_s: float | None, dense_every_s: float | None, gate: bool | None, gate_margin: float | None,
           rollback_drop: float | None, history_fields: tuple[str, ...], history_length: int | None,
           search: bool | None, metrics_host: str | None,
           from_examples: bool, ready_file: Path | None, report_json: Path | None) -> None:
     """Run a trainer worker: join impressions and clicks, learn, publish versions to Redis."""
-    from streamrec.api import checked_settings, parse_cross
+    from streamrec.api import checked_settings, keyed_tables, parse_cross
     from streamrec.consumers.trainer import Trainer, TrainerOptions
     from streamrec.local_stack import resolve_endpoints
     from streamrec.models import parse_settings
-    from streamrec.stream.errors import ConfigError
     from streamrec.stream.feature_spec import SpecOptions
 
     settings = settings_from(ctx, model=model, batch_size=batch_size, attribution_window_s=attribution_window_s,
@@ -109,9 +109,7 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
                              gate_margin=gate_margin, rollback_drop=rollback_drop, metrics_host=metrics_host,
                              search=search)
     pairs = tuple(parse_cross(c) for c in crosses)
-    if tables == "keyed" and buckets != DEFAULT_CAT_BUCKETS:
-        raise ConfigError("--buckets sets fixed hashing's rows: it does not apply to --tables keyed "
-                          "(bound a keyed table with --set tables.max_rows=N)")
+    keyed = keyed_tables(tables, buckets)
     parsed = checked_settings(settings.model, parse_settings(model_settings), pairs, counts)
     endpoints = resolve_endpoints(settings)
     if from_examples:
@@ -123,9 +121,9 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
         create_topics(endpoints.kafka_bootstrap, [settings.examples_topic], partitions, security=security)
     options = TrainerOptions.from_settings(
         settings, worker_id=worker_id or _default_worker_id(), exit_at_end=exit_at_end, seed=seed,
-        spec_options=SpecOptions(cat_buckets=buckets, crosses=pairs, counts=counts, seed=seed,
-                                 history_fields=history_fields, history_length=history_length or 0,
-                                 keyed=tables == "keyed"),
+        spec_options=SpecOptions(cat_buckets=buckets or DEFAULT_CAT_BUCKETS, crosses=pairs, counts=counts,
+                                 seed=seed, history_fields=history_fields, history_length=history_length or 0,
+                                 keyed=keyed),
         model_settings=parsed, from_examples=from_examples)
     trainer = Trainer(settings, options, kafka_bootstrap=endpoints.kafka_bootstrap, redis_url=endpoints.redis_url,
                       on_publish=lambda n, meta, _probe: console.print(
