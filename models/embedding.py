@@ -20,13 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import torch
 
 from streamrec.models.batch_unique import BatchUnique
+from streamrec.models.key_index import kernels
 from streamrec.models.keyed_rows import FREE, KeyedRows, TableConfig
-from streamrec.stream.hashing import mix64_one
 
 
 @dataclass(frozen=True)
@@ -41,25 +40,12 @@ class EmbeddingConfig:
     adagrad_init: float = 1e-2
 
 
-@numba.njit(cache=True)
-def _key_normals(keys: np.ndarray, dim: int, salt: int) -> np.ndarray:
-    out = np.empty((keys.shape[0], dim), dtype=np.float32)
-    for i in range(keys.shape[0]):
-        base = keys[i] * (2 * dim) + salt
-        for j in range(dim):
-            # the 53 top mixed bits as a number in (0, 1), as stream/hashing.py's hash_uniform
-            u1 = (np.float64(mix64_one(base + j) >> np.uint64(11)) + 0.5) * 2.0**-53
-            u2 = (np.float64(mix64_one(base + dim + j) >> np.uint64(11)) + 0.5) * 2.0**-53
-            out[i, j] = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
-    return out
-
-
 def key_normals(keys: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
     """(len(keys), dim) standard normals that are a function of each key (Box-Muller over two
     hashes per value): a keyed row starts the same whenever and wherever its key is admitted."""
     keys = np.ascontiguousarray(keys.numpy(), dtype=np.int64)
     salt = (seed * 0x2545F491 + 2**63) % 2**64 - 2**63  # wrapped into an int64, as numpy would
-    return torch.from_numpy(_key_normals(keys, dim, salt))
+    return torch.from_numpy(kernels().key_normals(keys, dim, salt))
 
 
 class SparseEmbedding:

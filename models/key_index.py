@@ -2,11 +2,9 @@
 
 An open-addressing hash table (linear probing, splitmix64 as the hash) held in one numpy array
 of (key, row) pairs, so a probe reads a key and its row with one cache miss. Each batch operation
-is one compiled loop over the batch's keys (numba, ``cache=True``: compiled once per install,
-then loaded): a loop in Python would cost more than the training step it feeds, and a numpy
-formulation (a few array operations per probing round) measured several times slower than the
-compiled loop (bench/results/keyed_tables.json, ``index``). The table is kept at most half full
-(tombstones included), which keeps the probe sequences short.
+is one compiled loop over the batch's keys (models/key_kernels.py, loaded when the first index is
+built). The table is kept at most half full (tombstones included), which keeps the probe
+sequences short.
 
 Deletion leaves a tombstone, which a lookup walks past and an insertion may reuse; the table is
 rebuilt (without tombstones, at a size fitting the live keys) when they add up. Everything is a
@@ -15,77 +13,21 @@ function of the sequence of calls, so two tables fed the same calls hold the sam
 
 from __future__ import annotations
 
-import numba
+import functools
+import importlib
+from types import ModuleType
+
 import numpy as np
 
-from streamrec.stream.hashing import mix64_one
-
-EMPTY = np.int64(np.iinfo(np.int64).min)  # a slot never used
-TOMBSTONE = np.int64(np.iinfo(np.int64).min + 1)  # a slot whose key was deleted
 _MIN_SLOTS = 64
+_EMPTY = np.iinfo(np.int64).min  # models/key_kernels.py's EMPTY and TOMBSTONE
+_TOMBSTONE = _EMPTY + 1
 
 
-@numba.njit(cache=True, inline="always")
-def _home(key: int, mask: int) -> int:
-    """The first slot of ``key``."""
-    return np.int64(mix64_one(key) & np.uint64(mask))
-
-
-@numba.njit(cache=True)
-def _find(table: np.ndarray, keys: np.ndarray, rows: np.ndarray) -> None:
-    """``rows[i]``: the row of ``keys[i]``, -1 where it is absent."""
-    mask = table.shape[0] - 1
-    for i in range(keys.shape[0]):
-        key = keys[i]
-        slot = _home(key, mask)
-        while True:
-            held = table[slot, 0]
-            if held == key:
-                rows[i] = table[slot, 1]
-                break
-            if held == EMPTY:
-                rows[i] = -1
-                break
-            slot = (slot + 1) & mask
-
-
-@numba.njit(cache=True)
-def _insert(table: np.ndarray, keys: np.ndarray, rows: np.ndarray) -> int:
-    """Put each (key, row) in the first empty or deleted slot of its probe sequence; the number
-    of tombstones reused."""
-    mask = table.shape[0] - 1
-    reused = 0
-    for i in range(keys.shape[0]):
-        slot = _home(keys[i], mask)
-        while True:
-            held = table[slot, 0]
-            if held == EMPTY or held == TOMBSTONE:
-                reused += held == TOMBSTONE
-                table[slot, 0] = keys[i]
-                table[slot, 1] = rows[i]
-                break
-            slot = (slot + 1) & mask
-    return reused
-
-
-@numba.njit(cache=True)
-def _delete(table: np.ndarray, keys: np.ndarray) -> int:
-    """Put a tombstone in the slot of each key present; the number deleted."""
-    mask = table.shape[0] - 1
-    deleted = 0
-    for i in range(keys.shape[0]):
-        key = keys[i]
-        slot = _home(key, mask)
-        while True:
-            held = table[slot, 0]
-            if held == key:
-                table[slot, 0] = TOMBSTONE
-                deleted += 1
-                break
-            if held == EMPTY:
-                break
-            slot = (slot + 1) & mask
-    return deleted
+@functools.cache
+def kernels() -> ModuleType:
+    """models/key_kernels.py, imported on first use (it loads numba)."""
+    return importlib.import_module("streamrec.models.key_kernels")
 
 
 def _int64s(values: np.ndarray) -> np.ndarray:
@@ -94,13 +36,13 @@ def _int64s(values: np.ndarray) -> np.ndarray:
 
 class KeyIndex:
     """int64 key -> int64 row, for whole arrays of keys at once (see the module docstring).
-    Keys are any int64 but the two reserved values ``EMPTY`` and ``TOMBSTONE``."""
+    Keys are any int64 but the two reserved values (the smallest two)."""
 
     def __init__(self, slots: int = _MIN_SLOTS) -> None:
         self._allocate(max(_MIN_SLOTS, 1 << max(0, int(slots - 1).bit_length())))
 
     def _allocate(self, slots: int) -> None:
-        self._table = np.full((slots, 2), EMPTY, dtype=np.int64)
+        self._table = np.full((slots, 2), _EMPTY, dtype=np.int64)
         self._live = 0
         self._tombstones = 0
 
@@ -118,22 +60,42 @@ class KeyIndex:
         """The row of each key (any shape), -1 where a key is absent."""
         flat = _int64s(keys)
         rows = np.empty(len(flat), dtype=np.int64)
-        _find(self._table, flat, rows)
+        kernels().find(self._table, flat, rows)
         return rows.reshape(np.shape(keys))
+
+    def get_and_touch(self, keys: np.ndarray, last_used: np.ndarray, now: int) -> tuple[np.ndarray, int]:
+        """The row of each of ``keys`` (flat), -1 where absent, and how many are absent; every
+        row found is marked used ``now`` in ``last_used``."""
+        rows = np.empty(len(keys), dtype=np.int64)
+        absent = kernels().find_and_touch(self._table, keys, rows, last_used, now)
+        return rows, int(absent)
 
     def insert(self, keys: np.ndarray, rows: np.ndarray) -> None:
         """Add distinct keys that are not in the table, with their rows."""
         keys, rows = _int64s(keys), _int64s(rows)
         if not len(keys):
             return
-        if 2 * (self._live + self._tombstones + len(keys)) > self.slots:
-            self._rebuild(self._live + len(keys))
-        self._tombstones -= _insert(self._table, keys, rows)
+        self._room_for(len(keys))
+        self._tombstones -= kernels().insert(self._table, keys, rows)
         self._live += len(keys)
+
+    def add_absent(self, keys: np.ndarray, rows: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """Give each key whose ``rows`` entry is -1 a row of ``candidates``, in the order the keys
+        first occur (a key repeated gets the same row), writing it into ``rows``; the keys added."""
+        added = np.empty(len(candidates), dtype=np.int64)
+        self._room_for(len(candidates))
+        count, reused = kernels().add_absent(self._table, keys, rows, candidates, added)
+        self._live += count
+        self._tombstones -= reused
+        return added[:count]
+
+    def _room_for(self, keys: int) -> None:
+        if 2 * (self._live + self._tombstones + keys) > self.slots:
+            self._rebuild(self._live + keys)
 
     def delete(self, keys: np.ndarray) -> None:
         """Remove keys (those absent, or given twice, are removed once)."""
-        deleted = _delete(self._table, _int64s(keys))
+        deleted = kernels().delete(self._table, _int64s(keys))
         self._live -= deleted
         self._tombstones += deleted
         # rebuilt when tombstones lengthen the probes, or when the table is mostly empty (after expiry)
@@ -143,7 +105,7 @@ class KeyIndex:
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         """Every (key, row), in slot order."""
         keys = self._table[:, 0]
-        held = (keys != EMPTY) & (keys != TOMBSTONE)
+        held = (keys != _EMPTY) & (keys != _TOMBSTONE)
         return keys[held].copy(), self._table[held, 1].copy()
 
     def _rebuild(self, live: int) -> None:

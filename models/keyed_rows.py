@@ -207,18 +207,39 @@ class KeyedRows:
         """Learning: the rows ``keys`` (any shape) train, after admitting what has earned a row;
         the clock moves on by ``examples`` and every row used is marked used now."""
         self.clock += examples
-        flat = keys.reshape(-1).numpy()
-        rows = self.index.get(flat)
-        missing = rows < 0
-        if missing.any():
-            if self.max_rows and self.live_rows + int(missing.sum()) > self.max_rows:
-                self.last_used[rows[~missing]] = self.clock  # what this batch reads is not evicted for it
-            rows[missing] = self._admit(flat[missing])
-        if self.max_rows or self.config.ttl:  # last uses order evictions and expiry
-            self.last_used[rows] = self.clock
+        flat = np.ascontiguousarray(keys.reshape(-1).numpy(), dtype=np.int64)
+        # last uses order evictions and expiry; what this batch reads is marked before anything
+        # is evicted for it
+        rows, absent = self.index.get_and_touch(flat, self.last_used, self.clock)
+        if absent:
+            if self.config.admit_after == 1 and (not self.max_rows or self.live_rows + absent <= self.max_rows):
+                self._admit_all(flat, rows, absent)  # room for every key at its first sighting
+            else:
+                missing = rows < 0
+                admitted = self._admit(flat[missing])
+                rows[missing] = admitted
+                self.last_used[admitted] = self.clock
         if self.config.ttl and self.clock >= self._next_expiry:
             self._expire()
         return torch.from_numpy(rows).view(keys.shape)
+
+    def _admit_all(self, keys: np.ndarray, rows: np.ndarray, absent: int) -> None:
+        """Give every key that has no row one, in the order they first occur (fewer than ``absent``
+        when keys repeat): the lowest freed rows, then new ones."""
+        reused = min(absent, len(self._free))
+        fresh = np.arange(self.next_row, self.next_row + absent - reused)
+        if len(fresh) and fresh[-1] >= self.capacity:
+            self._grow(int(fresh[-1]) + 1)
+        added = self.index.add_absent(keys, rows, np.concatenate([self._free[:reused], fresh]))
+        count = len(added)
+        taken = min(count, reused)
+        new_rows = np.concatenate([self._free[:taken], np.arange(self.next_row, self.next_row + count - taken)])
+        self._free = self._free[taken:]
+        self.next_row += count - taken
+        self.keys[new_rows] = added
+        self.last_used[new_rows] = self.clock
+        self.owner.reset_rows(torch.from_numpy(new_rows), torch.from_numpy(added))
+        self.admitted += count
 
     def _admit(self, keys: np.ndarray) -> np.ndarray:
         """Rows for keys not held: their own if admitted now, else their region's shared row."""

@@ -3,7 +3,6 @@ is derived from it: a key's mixed bits and a uniform number that is a function o
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / the golden ratio, odd: multiplying by it is a bijection
@@ -28,11 +27,3 @@ def hash_uniform(values: np.ndarray) -> np.ndarray:
     """A number in (0, 1) per int64 value, a function of the value alone (its 53 top mixed bits)."""
     return ((mix64(values) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
 
-
-@numba.njit(cache=True, inline="always")
-def mix64_one(value: int) -> np.uint64:
-    """:func:`mix64` of one int64, inside compiled loops (models/key_index.py, models/embedding.py)."""
-    h = np.uint64(value) + np.uint64(0x9E3779B97F4A7C15)
-    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return h ^ (h >> np.uint64(31))

@@ -72,6 +72,20 @@ def test_the_index_matches_a_dict_through_inserts_deletes_and_rebuilds() -> None
     assert index.slots <= 8 * max(len(reference), 64)  # rebuilt to fit what is live
 
 
+def test_adding_absent_keys_gives_each_one_row_in_first_occurrence_order() -> None:
+    index = KeyIndex()
+    index.insert(np.arange(0, 3000, 3), np.arange(1000))
+    index.delete(np.arange(0, 1500, 3))  # tombstones an added key may take
+    keys = np.array([7, 3000, 7, 1503, 9, 3000, 9, 5], dtype=np.int64)  # 1503 is held; the rest are not
+    rows = np.full(len(keys), -1, dtype=np.int64)
+    rows[3] = index.get(np.array([1503]))[0]
+    added = index.add_absent(keys, rows, np.array([100, 101, 102, 103, 104, 105, 106], dtype=np.int64))
+    np.testing.assert_array_equal(added, [7, 3000, 9, 5])
+    np.testing.assert_array_equal(rows, [100, 101, 100, 501, 102, 101, 102, 103])
+    np.testing.assert_array_equal(index.get(np.array([7, 3000, 9, 5, 1503, 3])), [100, 101, 102, 103, 501, -1])
+    assert len(index) == 500 + 4
+
+
 def test_a_key_gets_its_own_row_after_admit_after_sightings_and_reads_the_shared_row_before() -> None:
     table, owner = _table(admit_after=3)
     first = table.learn_rows(_keys(5), 1)
