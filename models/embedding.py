@@ -88,9 +88,12 @@ class SparseEmbedding:
     def reset_rows(self, rows: torch.Tensor, keys: torch.Tensor) -> None:
         """Rows given to ``keys`` start from their keys' seeded values; freed rows (key FREE) hold
         zeros. Adagrad state and counts start again."""
-        values = key_normals(keys, self.config.dim, self.seed) * self.config.init_std
-        values[keys == FREE] = 0.0
-        self.weight.index_copy_(0, rows, values)
+        if bool((keys == FREE).all()):  # evicted rows: no key to draw from
+            self.weight.index_fill_(0, rows, 0.0)
+        else:
+            values = key_normals(keys, self.config.dim, self.seed) * self.config.init_std
+            values[keys == FREE] = 0.0
+            self.weight.index_copy_(0, rows, values)
         self.accum.index_fill_(0, rows, self.config.adagrad_init)
         self.counts.index_fill_(0, rows, 0.0)
         self.dirty.index_fill_(0, rows, True)  # a delta carries the new key (or the eviction)
