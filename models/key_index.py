@@ -20,8 +20,8 @@ from types import ModuleType
 import numpy as np
 
 _MIN_SLOTS = 64
-_EMPTY = np.iinfo(np.int64).min  # models/key_kernels.py's EMPTY and TOMBSTONE
-_TOMBSTONE = _EMPTY + 1
+EMPTY = np.int64(np.iinfo(np.int64).min)  # a slot never used
+TOMBSTONE = np.int64(np.iinfo(np.int64).min + 1)  # a slot whose key was deleted
 
 
 @functools.cache
@@ -36,13 +36,13 @@ def _int64s(values: np.ndarray) -> np.ndarray:
 
 class KeyIndex:
     """int64 key -> int64 row, for whole arrays of keys at once (see the module docstring).
-    Keys are any int64 but the two reserved values (the smallest two)."""
+    Keys are any int64 but the two reserved values ``EMPTY`` and ``TOMBSTONE``."""
 
     def __init__(self, slots: int = _MIN_SLOTS) -> None:
         self._allocate(max(_MIN_SLOTS, 1 << max(0, int(slots - 1).bit_length())))
 
     def _allocate(self, slots: int) -> None:
-        self._table = np.full((slots, 2), _EMPTY, dtype=np.int64)
+        self._table = np.full((slots, 2), EMPTY, dtype=np.int64)
         self._live = 0
         self._tombstones = 0
 
@@ -105,7 +105,7 @@ class KeyIndex:
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         """Every (key, row), in slot order."""
         keys = self._table[:, 0]
-        held = (keys != _EMPTY) & (keys != _TOMBSTONE)
+        held = (keys != EMPTY) & (keys != TOMBSTONE)
         return keys[held].copy(), self._table[held, 1].copy()
 
     def _rebuild(self, live: int) -> None:

@@ -16,22 +16,35 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-EMPTY = np.int64(np.iinfo(np.int64).min)  # a slot never used
-TOMBSTONE = np.int64(np.iinfo(np.int64).min + 1)  # a slot whose key was deleted
+from streamrec.models.key_index import EMPTY, TOMBSTONE
+from streamrec.stream.hashing import GOLDEN, splitmix64
+
+# stream/hashing.py's own finaliser, compiled: it is written in operations a scalar has too
+_splitmix64 = numba.njit(cache=True, inline="always")(splitmix64)
 
 
 @numba.njit(cache=True, inline="always")
 def mix64_one(value: int) -> np.uint64:
     """stream/hashing.py's ``mix64`` of one int64."""
-    h = np.uint64(value) + np.uint64(0x9E3779B97F4A7C15)
-    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return h ^ (h >> np.uint64(31))
+    return _splitmix64(np.uint64(value) + GOLDEN)
 
 
 @numba.njit(cache=True, inline="always")
 def _home(key: int, mask: int) -> int:
     return np.int64(mix64_one(key) & np.uint64(mask))
+
+
+@numba.njit(cache=True, inline="always")
+def _slot_of(table: np.ndarray, key: int, mask: int) -> int:
+    """The slot holding ``key``, -1 if it is absent (its probe reached an empty slot)."""
+    slot = _home(key, mask)
+    while True:
+        held = table[slot, 0]
+        if held == key:
+            return slot
+        if held == EMPTY:
+            return -1
+        slot = (slot + 1) & mask
 
 
 @numba.njit(cache=True)
@@ -40,18 +53,12 @@ def find(table: np.ndarray, keys: np.ndarray, rows: np.ndarray) -> int:
     mask = table.shape[0] - 1
     absent = 0
     for i in range(keys.shape[0]):
-        key = keys[i]
-        slot = _home(key, mask)
-        while True:
-            held = table[slot, 0]
-            if held == key:
-                rows[i] = table[slot, 1]
-                break
-            if held == EMPTY:
-                rows[i] = -1
-                absent += 1
-                break
-            slot = (slot + 1) & mask
+        slot = _slot_of(table, keys[i], mask)
+        if slot >= 0:
+            rows[i] = table[slot, 1]
+        else:
+            rows[i] = -1
+            absent += 1
     return absent
 
 
@@ -127,17 +134,10 @@ def delete(table: np.ndarray, keys: np.ndarray) -> int:
     mask = table.shape[0] - 1
     deleted = 0
     for i in range(keys.shape[0]):
-        key = keys[i]
-        slot = _home(key, mask)
-        while True:
-            held = table[slot, 0]
-            if held == key:
-                table[slot, 0] = TOMBSTONE
-                deleted += 1
-                break
-            if held == EMPTY:
-                break
-            slot = (slot + 1) & mask
+        slot = _slot_of(table, keys[i], mask)
+        if slot >= 0:
+            table[slot, 0] = TOMBSTONE
+            deleted += 1
     return deleted
 
 

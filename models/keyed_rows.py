@@ -230,10 +230,11 @@ class KeyedRows:
         fresh = np.arange(self.next_row, self.next_row + absent - reused)
         if len(fresh) and fresh[-1] >= self.capacity:
             self._grow(int(fresh[-1]) + 1)
-        added = self.index.add_absent(keys, rows, np.concatenate([self._free[:reused], fresh]))
+        candidates = np.concatenate([self._free[:reused], fresh])
+        added = self.index.add_absent(keys, rows, candidates)
         count = len(added)
+        new_rows = candidates[:count]  # handed out in order: freed rows first
         taken = min(count, reused)
-        new_rows = np.concatenate([self._free[:taken], np.arange(self.next_row, self.next_row + count - taken)])
         self._free = self._free[taken:]
         self.next_row += count - taken
         self.keys[new_rows] = added

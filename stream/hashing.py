@@ -26,4 +26,3 @@ def mix64(values: np.ndarray) -> np.ndarray:
 def hash_uniform(values: np.ndarray) -> np.ndarray:
     """A number in (0, 1) per int64 value, a function of the value alone (its 53 top mixed bits)."""
     return ((mix64(values) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
-
