@@ -13,7 +13,8 @@ search), so its peak RSS is its own: fixed hashing at 2^16 and 2^20 rows per fie
 with the defaults (a row for every key at its first sighting, a row budget that fits in the bytes
 2^16 hashing takes, no ttl); keyed with no bound; admission after 2 sightings; admission at first
 sight also once the budget is reached (``admit_when_full`` 1: plain LRU); a budget of a quarter
-of the rows the defaults held; and on the churn stream, keyed with a ttl and no bound. A process
+of the rows the defaults held; and on the churn stream, keyed with no bound and a ttl, in examples
+and in event time (the files' rows are ``ReaderOptions.seconds_per_row`` apart). A process
 that reads 2,000 rows (``baseline``, and ``baseline, keyed``) gives the fixed overhead of the
 process, and what the compiled loops of keyed tables add to it.
 """
@@ -140,6 +141,12 @@ def main() -> None:
                 ttl = args.rows // 8
                 runs[f"keyed, no bound, ttl {ttl}"] = run(path, fmt, fields, {"keyed": True},
                                                           {"tables.ttl": str(ttl), "tables.max_rows": "-1"})
+                # the same idle time in event time: the files' rows are a fixed step of time apart
+                from streamrec.producers.readers import ReaderOptions
+
+                seconds = ttl * ReaderOptions().seconds_per_row
+                runs[f"keyed, no bound, ttl {seconds:g} s"] = run(
+                    path, fmt, fields, {"keyed": True}, {"tables.ttl_seconds": f"{seconds:g}", "tables.max_rows": "-1"})
             for label, r in runs.items():
                 tables = r.get("tables", {})
                 rows_held = sum(t["rows"] for t in tables.values())

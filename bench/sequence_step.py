@@ -52,7 +52,6 @@ def main() -> None:
     parser.add_argument("--name", default="sequence_step")
     args = parser.parse_args()
     from streamrec.models import create_model, spec_for
-    from streamrec.models.deep_base import import_optimiser_modules
     from streamrec.models.progressive import progressive_step
     from streamrec.producers.behaviour_generator import generate_behaviour
     from streamrec.producers.generator import write_stream
@@ -66,7 +65,6 @@ def main() -> None:
         out = Path(tmp) / "behaviour.tsv"
         write_stream(generate_behaviour(args.rows, 1), out, 1)
         rows = list(read_rows(out, "criteo", ReaderOptions(user_field="C1", item_field="C2")))
-    import_optimiser_modules()
     results = {}
     for name in args.models.split(","):
         options = SpecOptions(history_fields=("C3",), history_length=args.history_length)

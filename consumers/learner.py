@@ -106,7 +106,10 @@ def _batch_message(op: bytes, batch: Any, labels: bool = True) -> bytes:
         arrays.append(batch.labels.numpy())
     if batch.history is not None:
         arrays.append(batch.history.numpy())
-    return _pack(op, {"labels": has_labels, "history": batch.history is not None}, arrays)
+    if batch.event_time is not None:
+        arrays.append(batch.event_time.numpy())
+    return _pack(op, {"labels": has_labels, "history": batch.history is not None,
+                      "event_time": batch.event_time is not None}, arrays)
 
 
 # ------------------------------------------------------------------------------ child process
@@ -175,11 +178,6 @@ def _child(conn: Connection, board: Any, population: Any = None, tables: Any = N
     from streamrec.stream.sparse_batch import SparseBatch
 
     torch.set_num_threads(LEARNER_THREADS)
-    # Done now, the optimiser's first imports overlap the worker's group join instead of delaying
-    # the first batch.
-    from streamrec.models.deep_base import import_optimiser_modules
-
-    import_optimiser_modules()
     model = quality = probe = None
     search: OnlineSearch | None = None  # when on, ``model`` is its champion
     # A frozen copy of the live version predicting the same examples (stream/paired_window.py).
@@ -202,7 +200,8 @@ def _child(conn: Connection, board: Any, population: Any = None, tables: Any = N
         tensors = [torch.from_numpy(a.copy()) for a in arrays]
         labels = tensors.pop(3) if header.get("labels") else None
         history = tensors.pop(3) if header.get("history") else None
-        return SparseBatch(tensors[0], tensors[1], tensors[2], labels, history)
+        event_time = tensors.pop(3) if header.get("event_time") else None
+        return SparseBatch(tensors[0], tensors[1], tensors[2], labels, history, event_time)
 
     while True:
         try:

@@ -390,7 +390,7 @@ class Trainer(KafkaWorker):
         if self.history is not None:
             self.history.attach_encoder(self.featurizer.history_rows)
             histories = self.history.rows_before_learning(users, items, labels, features)
-        batch = self.featurizer.build(users, items, features, labels, histories)
+        batch = self.featurizer.build(users, items, features, labels, histories, [e.event_time for e in examples])
         self.learner.learn(batch)
         if self.history is not None:
             self.history.after(users, items, labels, features)

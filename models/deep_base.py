@@ -28,7 +28,13 @@ from streamrec.models.base import OnlineModel, own
 from streamrec.models.behaviour import Behaviour, behaviour_of
 from streamrec.models.embedding import EmbeddingConfig, SparseEmbedding
 from streamrec.models.ftrl import CoordinateState, FTRLConfig, FTRLProximal
-from streamrec.models.keyed_rows import KeyedRows, TableConfig, embedding_layout, wide_layout
+from streamrec.models.keyed_rows import (
+    KeyedRows,
+    TableConfig,
+    embedding_layout,
+    observe_event_time,
+    wide_layout,
+)
 from streamrec.models.seen_counts import SeenCounts
 from streamrec.models.wide_inputs import wide_columns, wide_ids
 from streamrec.stream.feature_spec import FeatureSpec
@@ -82,46 +88,69 @@ def pairs(fields: int) -> tuple[torch.Tensor, torch.Tensor]:
     return i, j
 
 
-def import_optimiser_modules() -> None:
-    """Make the imports the first torch optimiser step makes (torch._dynamo and more, a second or
-    two): a cost of starting a process, paid where it overlaps other work or is not measured. One
-    step on a throwaway parameter does it."""
-    parameter = nn.Parameter(torch.zeros(1))
-    parameter.grad = torch.zeros(1)
-    torch.optim.Adam([parameter], foreach=True).step()
-
-
 class AdamState:
-    """torch.optim.Adam over named parameters, with its state exposed as named tensors."""
+    """Adam over named parameters, computed as torch.optim.Adam computes it (its foreach path, no
+    weight decay), with its state exposed as named tensors. Written out here because torch's
+    optimiser imports torch._dynamo at its first step, seconds that every process which learns
+    (each worker, each learner, each ``evaluate``) would pay before its first batch."""
+
+    betas = (0.9, 0.999)
+    eps = 1e-8
 
     def __init__(self, params: dict[str, nn.Parameter], lr: float, rates: dict[str, float] | None = None) -> None:
         """``rates``: a learning rate of their own for the named parameters (a network's
         ``learning_rates``), e.g. a few weights that must move fast within one pass."""
         self.params = params
-        rates = {name: rate for name, rate in (rates or {}).items() if name in params}
-        groups = [{"params": [p for name, p in params.items() if name not in rates]}]
-        groups += [{"params": [params[name]], "lr": rate} for name, rate in rates.items()]
-        self.optimizer = torch.optim.Adam([g for g in groups if g["params"]], lr=lr, foreach=True)
+        self.rates = {name: (rates or {}).get(name, lr) for name in params}
+        self.state: dict[str, dict[str, torch.Tensor]] = {}  # per parameter, from its first gradient
 
     def step(self) -> None:
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        names = [name for name, param in self.params.items() if param.grad is not None]
+        if names:
+            self._step(names)
+        for param in self.params.values():
+            param.grad = None
+
+    @torch.no_grad()
+    def _step(self, names: list[str]) -> None:
+        for name in names:
+            if name not in self.state:
+                param = self.params[name]
+                self.state[name] = {"exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param),
+                                    "step": torch.tensor(0.0)}
+        params = [self.params[name] for name in names]
+        grads = [param.grad for param in params]
+        averages = [self.state[name]["exp_avg"] for name in names]
+        squares = [self.state[name]["exp_avg_sq"] for name in names]
+        steps = [self.state[name]["step"] for name in names]
+        beta1, beta2 = self.betas
+        torch._foreach_add_(steps, 1.0)
+        torch._foreach_lerp_(averages, grads, 1 - beta1)
+        torch._foreach_mul_(squares, beta2)
+        torch._foreach_addcmul_(squares, grads, grads, 1 - beta2)
+        counts = [step.item() for step in steps]
+        step_sizes = [(self.rates[name] / (1 - beta1**count)) * -1 for name, count in zip(names, counts)]
+        denominators = torch._foreach_sqrt(squares)
+        torch._foreach_div_(denominators, [(1 - beta2**count) ** 0.5 for count in counts])
+        torch._foreach_add_(denominators, self.eps)
+        torch._foreach_addcdiv_(params, averages, denominators, step_sizes)
 
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         out = {}
-        for name, param in self.params.items():
-            state = self.optimizer.state.get(param)
-            if state:
-                out[f"{prefix}.{name}.exp_avg"] = state["exp_avg"]
-                out[f"{prefix}.{name}.exp_avg_sq"] = state["exp_avg_sq"]
-                out[f"{prefix}.{name}.step"] = state["step"].reshape(1).to(torch.float64)
+        for name in self.params:
+            state = self.state.get(name)
+            if state is None:
+                continue
+            out[f"{prefix}.{name}.exp_avg"] = state["exp_avg"]
+            out[f"{prefix}.{name}.exp_avg_sq"] = state["exp_avg_sq"]
+            out[f"{prefix}.{name}.step"] = state["step"].reshape(1).to(torch.float64)
         return out
 
     def load(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
-        for name, param in self.params.items():
+        for name in self.params:
             key = f"{prefix}.{name}.exp_avg"
             if key in tensors:
-                self.optimizer.state[param] = {
+                self.state[name] = {
                     "exp_avg": tensors[key].clone(), "exp_avg_sq": tensors[f"{prefix}.{name}.exp_avg_sq"].clone(),
                     "step": tensors[f"{prefix}.{name}.step"].reshape(()).to(torch.float32).clone(),
                 }
@@ -143,7 +172,7 @@ class Backward:
 class DeepModel(OnlineModel):
     """Embeddings + (optional) FTRL linear part + a network; subclasses define the network."""
 
-    optimizer_prefixes = ("adam.", "embedding.table.", "wide.table.")
+    optimizer_prefixes = ("adam.", "embedding.table.", "wide.table.", "seen.table.")
     has_wide: ClassVar[bool] = True  # the model has a linear part, trained with FTRL
     # > 0: the model reads the user's last N clicked items (batch.history; models.spec_for)
     history_length: ClassVar[int] = 0
@@ -158,7 +187,7 @@ class DeepModel(OnlineModel):
         tables = config.tables
         self.wide = (FTRLProximal(spec.wide_rows, config.ftrl, wide_layout(spec, tables) if spec.keyed else None)
                      if self.has_wide else None)
-        self.seen = SeenCounts(spec) if self.has_wide and spec.counts else None
+        self.seen = SeenCounts(spec, tables) if self.has_wide and spec.counts else None
         self.wide_columns = wide_columns(spec, config.ftrl.ignored) if self.has_wide else None
         keyed_embedding = embedding_layout(spec, tables, config.embedding.dim) if spec.keyed else None
         self.embedding = SparseEmbedding(spec.field_rows, config.embedding, generator, keyed_embedding,
@@ -247,6 +276,7 @@ class DeepModel(OnlineModel):
             return deep.to(torch.float32)
 
     def learn(self, batch: SparseBatch) -> np.ndarray:
+        observe_event_time(self.keyed_tables().values(), batch)
         step = self.backward(batch)
         self.adam.step()
         # rows step on the per-example sum, as FTRL does (models/embedding.py says why)
@@ -292,10 +322,10 @@ class DeepModel(OnlineModel):
         residual = p - batch.labels.to(torch.float64)
         # d(mean logloss)/d(deep logit) = (p - y) / B; FTRL takes the per-example sum.
         grad = (residual / len(batch)).to(torch.float32)
-        if auxiliary is None:
-            deep.backward(grad)
-        else:
-            ((deep * grad).sum() + auxiliary).backward()
+        # a scalar's backward, not deep.backward(grad): the same gradients (d/d deep of sum(deep *
+        # grad) is grad, exactly), without the imports torch makes to check a given gradient's shape
+        loss = (deep * grad).sum()
+        (loss if auxiliary is None else loss + auxiliary).backward()
         return Backward(p, residual, wide, e_unique, e_inverse, leaf)
 
     # ------------------------------------------------------------------ state
@@ -304,6 +334,8 @@ class DeepModel(OnlineModel):
         tables = {"embedding": self.embedding.table}
         if self.wide is not None:
             tables["wide"] = self.wide.table
+        if self.seen is not None:
+            tables["seen"] = self.seen.table
         return {group: table for group, table in tables.items() if table is not None}
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -324,7 +356,8 @@ class DeepModel(OnlineModel):
         if self.wide is not None:
             groups["wide"] = (self.wide.n > 0, ("wide.z", "wide.n"))
         for group, table in self.keyed_tables().items():
-            groups[group] = table.row_group(group, groups[group][1])
+            if group in groups:  # the count tables' own groups say how they are keyed
+                groups[group] = table.row_group(group, groups[group][1])
         if self.seen is not None:
             groups.update(self.seen.row_group())
         return groups

@@ -11,10 +11,16 @@ own, from a pool that grows, and takes rows back (as Monolith's and DeepRec's em
   counted short) or, at each batch it comes in, with probability ``admit_probability`` (a
   hash of the key and its count, so runs repeat). Until then it reads and trains its region's
   shared row ("not admitted yet"), learned like any other row.
-* **Expiry and budget.** Time is the number of examples learned (the same on every replay of a
-  stream). A row idle for more than ``ttl`` examples is freed; with ``max_rows`` the least
-  recently used rows are freed when an admission would pass the budget. A freed row is reset by
-  the table that owns it before it is given to another key.
+* **Expiry and budget.** The clock is the number of examples learned (the same on every replay
+  of a stream). A row idle for more than ``ttl`` examples, or for more than ``ttl_seconds`` of
+  event time, is freed; with ``max_rows`` the least recently used rows are freed when an
+  admission would pass the budget. A freed row is reset by the table that owns it before it is
+  given to another key.
+* **Event time.** Learning tells the table each batch's newest event time; the table keeps its
+  watermark (the newest time so far: late events do not turn it back) and, every sixteenth of a
+  ``ttl_seconds``, a mark (clock, watermark). Rows last used at or before a mark whose watermark
+  is more than ``ttl_seconds`` old have been idle that long, so expiry by event time needs no
+  per-row time: only a few marks, which are state like the clock.
 
 Rows are handed out lowest free row first, then new ones at the end, and evictions are ordered
 by (last use, row): the table is a function of the stream, so seeded runs repeat bit for bit
@@ -24,6 +30,8 @@ Row 0 is reserved: what a key no region row covers reads while scoring (it is ne
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,7 +39,7 @@ import numpy as np
 import torch
 
 from streamrec.models.key_index import KeyIndex
-from streamrec.stream.errors import ConfigError
+from streamrec.stream.errors import ConfigError, ModelError
 from streamrec.stream.feature_spec import (
     COUNT_LEVELS,
     DEFAULT_CAT_BUCKETS,
@@ -39,18 +47,20 @@ from streamrec.stream.feature_spec import (
     FeatureSpec,
 )
 from streamrec.stream.hashing import mix64
+from streamrec.stream.sparse_batch import SparseBatch
 
 FREE = -1  # the key of a row no key holds
 RESERVED = np.iinfo(np.int64).min + 2  # row 0's key: the row of ids nothing else covers
 _FILTER_SALT = np.int64(0x5EED5EED5EED)
+_NO_TIME = np.finfo(np.float64).min
 
 
 @dataclass(frozen=True)
 class TableConfig:
     """How a keyed table (a keyed spec's embedding and FTRL tables) admits, expires and bounds
-    its rows. ``ttl`` is in examples learned (0: never expire); ``max_rows`` bounds each table's
-    rows (0: the rows fixed hashing's bytes hold, -1: no bound). Fixed hashing (a spec with
-    ``keyed`` off) ignores these."""
+    its rows. ``ttl`` is in examples learned and ``ttl_seconds`` in event time (0: never expire);
+    ``max_rows`` bounds each table's rows (0: the rows fixed hashing's bytes hold, -1: no bound).
+    Fixed hashing (a spec with ``keyed`` off) ignores these."""
 
     admit_after: int = 1
     # once the budget is reached a key must have been seen this often to take a row (evicting
@@ -58,6 +68,7 @@ class TableConfig:
     admit_when_full: int = 2
     admit_probability: float = 0.0
     ttl: int = 0
+    ttl_seconds: float = 0.0
     # 0: as many rows as fit in the bytes fixed hashing takes at its default rows per field
     # (DEFAULT_CAT_BUCKETS, and DEFAULT_CROSS_BUCKETS per cross); -1: no bound
     max_rows: int = 0
@@ -72,6 +83,9 @@ class TableConfig:
             raise ConfigError(f"tables.admit_probability must be in [0, 1], not {self.admit_probability}")
         if self.ttl < 0:
             raise ConfigError(f"tables.ttl must be >= 0 (0: never expire), not {self.ttl}")
+        if not 0.0 <= self.ttl_seconds < float("inf"):
+            raise ConfigError(f"tables.ttl_seconds must be a finite number >= 0 (0: never expire), "
+                              f"not {self.ttl_seconds}")
         if self.max_rows not in (0, -1) and self.max_rows < 1024:
             raise ConfigError(f"tables.max_rows must be 0 (fixed hashing's bytes), -1 (no bound) or at least 1024, "
                               f"not {self.max_rows}")
@@ -124,10 +138,23 @@ def wide_layout(spec: FeatureSpec, config: TableConfig) -> tuple[TableConfig, np
             _budget(config, hashed, 17))
 
 
+def count_layout(spec: FeatureSpec, config: TableConfig) -> tuple[TableConfig, np.ndarray, int, int]:
+    """A keyed count table's regions (one per count key, its index in the top bits of its keys,
+    models/seen_counts.py), nothing always held, and its row budget (count, clicks and a dirty flag
+    per row, against ``count_rows`` hashed rows per key). Every value is counted from its first
+    sighting: admission after N sightings would count N - 1 of them short."""
+    keys = len(spec.counts)
+    regions = np.arange(keys, dtype=np.int64) << np.int64(56)
+    counted = dataclasses.replace(config, admit_after=1, admit_probability=0.0)
+    return counted, regions, keys << 56, _budget(config, keys * spec.count_rows, 9)
+
+
 def region_names(spec: FeatureSpec, group: str) -> list[str]:
-    """The names of a keyed table's regions (:func:`embedding_layout`, :func:`wide_layout`), then
-    what is always held (the wide part's count levels and bias)."""
+    """The names of a keyed table's regions (:func:`embedding_layout`, :func:`wide_layout`,
+    :func:`count_layout`), then what is always held (the wide part's count levels and bias)."""
     names = list(spec.names)
+    if group == "seen":
+        return list(spec.counts) + ["(none)"]
     return names + ["(all)"] if group == "embedding" else names + [f"{a}:{b}" for a, b in spec.crosses] + ["(counts)"]
 
 
@@ -149,16 +176,35 @@ def table_summary(model: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def observe_event_time(tables: Iterable[KeyedRows], batch: SparseBatch) -> None:
+    """Tell the tables that expire rows by event time the newest time of ``batch``, before it is
+    learned; a :class:`ConfigError` if they need times and the batch carries none."""
+    timed = [table for table in tables if table.config.ttl_seconds]
+    if not timed:
+        return
+    if batch.event_time is None:
+        raise ConfigError("tables.ttl_seconds expires rows by event time, but these examples carry none "
+                          "(give each example its time, or expire by examples learned with tables.ttl)")
+    if len(batch.event_time):
+        newest = float(batch.event_time.max())
+        if newest != newest or abs(newest) == float("inf"):
+            raise ConfigError(f"an event time of {newest} cannot order rows by time (tables.ttl_seconds)")
+        for table in timed:
+            table.observe_time(newest)
+
+
 class KeyedRows:
     """The key -> row map of one table, with admission, expiry and a row budget (module docstring).
 
     ``regions``: the first key of each region whose unadmitted keys share a row (a field, a
     cross); keys from ``always_from`` on (counts and the bias: few, and always used) are admitted
-    at once."""
+    at once. Without ``shared_rows`` (count tables: a shared count would count every waiting
+    value as one) a key not admitted reads row 0, which the owner keeps as "nothing learned"."""
 
     def __init__(self, config: TableConfig, regions: np.ndarray, always_from: int, owner: RowOwner,
-                 capacity: int = 1024, max_rows: int | None = None) -> None:
+                 capacity: int = 1024, max_rows: int | None = None, shared_rows: bool = True) -> None:
         self.config = config
+        self.shared_rows = shared_rows
         # the row budget (0: none); the layouts resolve ``config.max_rows`` 0 to fixed hashing's bytes
         self.max_rows = max(config.max_rows, 0) if max_rows is None else max_rows
         self.regions = np.asarray(regions, dtype=np.int64)
@@ -176,6 +222,9 @@ class KeyedRows:
         self.evicted = 0   # rows freed (expired or over budget), over the table's life
         self.admitted = 0  # keys given a row of their own
         self._next_expiry = 0
+        self.watermark = -np.inf  # the newest event time learned from
+        self._marks = np.empty((0, 2), dtype=np.float64)  # (clock, watermark), oldest first
+        self._next_time_check = -np.inf
 
     # ---------------------------------------------------------------- reading
 
@@ -197,7 +246,9 @@ class KeyedRows:
         flat = keys.reshape(-1).numpy()
         rows = self.index.get(flat)
         missing = rows < 0
-        if missing.any():
+        if not self.shared_rows:
+            rows[missing] = 0
+        elif missing.any():
             rows[missing] = np.maximum(self.index.get(self.shared_keys(flat[missing])), 0)
         return torch.from_numpy(rows).view(keys.shape)
 
@@ -221,7 +272,14 @@ class KeyedRows:
                 self.last_used[admitted] = self.clock
         if self.config.ttl and self.clock >= self._next_expiry:
             self._expire()
+        if self.config.ttl_seconds and examples:
+            self._expire_by_time()
         return torch.from_numpy(rows).view(keys.shape)
+
+    def observe_time(self, newest: float) -> None:
+        """The newest event time of the batch about to be learned (the watermark never goes back)."""
+        if newest > self.watermark:
+            self.watermark = float(newest)
 
     def _admit_all(self, keys: np.ndarray, rows: np.ndarray, absent: int) -> None:
         """Give every key that has no row one, in the order they first occur (fewer than ``absent``
@@ -260,14 +318,15 @@ class KeyedRows:
                 earned |= draw < self.config.admit_probability
             admitted[counted] = earned
         own = distinct[admitted]
-        shared = np.unique(self.shared_keys(distinct[~admitted]))
+        shared = np.unique(self.shared_keys(distinct[~admitted])) if self.shared_rows else distinct[:0]
         rows = np.empty(len(distinct), dtype=np.int64)
         if len(own):
             given = self._allocate(len(own) + len(shared), len(own))
             if len(given) < len(own):  # the budget holds fewer: the rest wait in the shared rows
                 admitted[np.flatnonzero(admitted)[len(given):]] = False
                 own = own[:len(given)]
-                shared = np.unique(self.shared_keys(distinct[~admitted]))
+                shared = (np.unique(self.shared_keys(distinct[~admitted])) if self.shared_rows
+                          else distinct[:0])
             self._hold(own, given)
             rows[admitted] = given
             self.admitted += len(own)
@@ -277,6 +336,8 @@ class KeyedRows:
             if len(new):
                 self._hold(new, self._allocate(len(new), len(new), bounded=False))
             rows[~admitted] = self.index.get(self.shared_keys(distinct[~admitted]))
+        elif not self.shared_rows:
+            rows[~admitted] = 0
         return rows[inverse]
 
     def _count(self, keys: np.ndarray, occurrences: np.ndarray) -> np.ndarray:
@@ -334,6 +395,25 @@ class KeyedRows:
         held = self._own_rows()
         self._free_rows(held[self.last_used[held] < self.clock - self.config.ttl])
 
+    def _expire_by_time(self) -> None:
+        """Mark (clock, watermark) every sixteenth of a ``ttl_seconds``; every eighth, free the rows
+        last used at or before the newest mark more than ``ttl_seconds`` behind the watermark."""
+        ttl = self.config.ttl_seconds
+        if not np.isfinite(self.watermark):
+            return
+        if not len(self._marks) or self.watermark - self._marks[-1, 1] >= ttl / 16:
+            self._marks = np.concatenate([self._marks, [[self.clock, self.watermark]]])
+        if self.watermark < self._next_time_check:
+            return
+        self._next_time_check = self.watermark + ttl / 8
+        old = int(np.searchsorted(self._marks[:, 1], self.watermark - ttl, side="left"))
+        if not old:
+            return
+        cutoff = int(self._marks[old - 1, 0])
+        self._marks = self._marks[old:]  # rows used at or before those marks are freed now
+        held = self._own_rows()
+        self._free_rows(held[self.last_used[held] <= cutoff])
+
     def _own_rows(self) -> np.ndarray:
         """Rows held by a key of their own (not the shared and reserved rows, which stay)."""
         return np.flatnonzero(self.keys[: self.next_row] >= 0)
@@ -377,10 +457,13 @@ class KeyedRows:
 
     def state(self, prefix: str) -> dict[str, torch.Tensor]:
         """What learning needs beyond the rows (``<prefix>.table.*``, left out of deltas): the
-        admission filter, the clock and the counters."""
+        admission filter, the clock and the counters, and the event-time watermark and marks."""
+        # "no time yet" (-inf) is written as the lowest float: every stored tensor is finite (the gate checks)
+        times = np.maximum(np.concatenate([[self.watermark, self._next_time_check], self._marks.reshape(-1)]), _NO_TIME)
         return {f"{prefix}.table.filter": torch.from_numpy(self.filter),
                 f"{prefix}.table.clock": torch.tensor([self.clock, self.next_row, self.evicted, self.admitted,
-                                                       self._next_expiry], dtype=torch.int64)}
+                                                       self._next_expiry], dtype=torch.int64),
+                f"{prefix}.table.time": torch.from_numpy(times)}
 
     def load(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
         """Take the keys, last uses and learning state of ``tensors`` (a version) and rebuild the index."""
@@ -390,6 +473,13 @@ class KeyedRows:
             self.filter = tensors[f"{prefix}.table.filter"].numpy().astype(np.uint8, copy=True)
             values = tensors[f"{prefix}.table.clock"].tolist()
             self.clock, self.next_row, self.evicted, self.admitted, self._next_expiry = (int(v) for v in values)
+        if f"{prefix}.table.time" in tensors:  # versions from before event-time expiry have none
+            times = tensors[f"{prefix}.table.time"].numpy().astype(np.float64)
+            if times.ndim != 1 or len(times) < 2 or len(times) % 2:
+                raise ModelError(f"stored {prefix}.table.time has {tuple(times.shape)} values, not 2 + 2 per mark")
+            times = np.where(times <= _NO_TIME, -np.inf, times)
+            self.watermark, self._next_time_check = float(times[0]), float(times[1])
+            self._marks = times[2:].reshape(-1, 2).copy()
         self.reindex()
         self.owner.rows_loaded(self.capacity)
 

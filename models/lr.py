@@ -14,7 +14,7 @@ import torch
 
 from streamrec.models.base import OnlineModel, own
 from streamrec.models.ftrl import FTRLConfig, FTRLProximal
-from streamrec.models.keyed_rows import KeyedRows, TableConfig, wide_layout
+from streamrec.models.keyed_rows import KeyedRows, TableConfig, observe_event_time, wide_layout
 from streamrec.models.seen_counts import SeenCounts
 from streamrec.models.wide_inputs import wide_columns, wide_ids
 from streamrec.stream.feature_spec import FeatureSpec
@@ -38,12 +38,12 @@ class LogisticRegressionFTRL(OnlineModel):
     # a step costs less than parsing its rows, so a second torch thread only competes with the
     # reading thread for the other core (docs/defaults.md)
     threads_beside_reader = 1
-    optimizer_prefixes = ("wide.table.",)
+    optimizer_prefixes = ("wide.table.", "seen.table.")
 
     def __init__(self, spec: FeatureSpec, config: LRConfig = LRConfig()) -> None:
         super().__init__(spec, config)
         self.wide = FTRLProximal(spec.wide_rows, config.ftrl, wide_layout(spec, config.tables) if spec.keyed else None)
-        self.seen = SeenCounts(spec) if spec.counts else None
+        self.seen = SeenCounts(spec, config.tables) if spec.counts else None
         self.wide_columns = wide_columns(spec, config.ftrl.ignored)
 
     def logits(self, batch: SparseBatch) -> torch.Tensor:
@@ -52,6 +52,7 @@ class LogisticRegressionFTRL(OnlineModel):
 
     def learn(self, batch: SparseBatch) -> np.ndarray:
         assert batch.labels is not None, "learn needs labels"
+        observe_event_time(self.keyed_tables().values(), batch)
         ids = wide_ids(self.spec, batch, self.seen, learning=True, columns=self.wide_columns)
         state = self.wide.gather(ids)
         p = torch.sigmoid(state.logits())
@@ -61,7 +62,8 @@ class LogisticRegressionFTRL(OnlineModel):
         return p.numpy()
 
     def keyed_tables(self) -> dict[str, KeyedRows]:
-        return {} if self.wide.table is None else {"wide": self.wide.table}
+        tables = {"wide": self.wide.table, "seen": None if self.seen is None else self.seen.table}
+        return {group: table for group, table in tables.items() if table is not None}
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"wide.z": self.wide.z, "wide.n": self.wide.n}
@@ -69,6 +71,8 @@ class LogisticRegressionFTRL(OnlineModel):
             out.update(self.wide.table.tensors("wide"))
         if self.seen is not None:
             out.update(self.seen.tensors())
+            if self.seen.table is not None:
+                out.update(self.seen.table.tensors("seen"))
         return out
 
     def row_groups(self) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:
@@ -92,3 +96,5 @@ class LogisticRegressionFTRL(OnlineModel):
             self.wide.table.load("wide", tensors)
         if self.seen is not None:
             self.seen.load(tensors)
+            if self.seen.table is not None:
+                self.seen.table.load("seen", tensors)

@@ -48,7 +48,7 @@ import torch
 from streamrec.models import replace_setting
 from streamrec.models.base import OnlineModel
 from streamrec.models.ftrl import FTRLProximal
-from streamrec.models.keyed_rows import wide_layout
+from streamrec.models.keyed_rows import count_layout, wide_layout
 from streamrec.models.seen_counts import SeenCounts
 from streamrec.models.wide_inputs import wide_columns, wide_keys
 from streamrec.stream.errors import ConfigError
@@ -246,12 +246,20 @@ def widen(model: OnlineModel, spec: FeatureSpec, seen_so_far: SparseBatch | None
         wider.wide = grown
         wider.wide_columns = wide_columns(spec, config.ftrl.ignored)
     if spec.counts and wide is not None:
-        counts = SeenCounts(spec)
+        counts = SeenCounts(spec, config.tables)
+        if seen is not None and seen.table is not None:
+            # keyed: the same rows and keys; the table gains the new count keys' regions
+            for name in ("count", "clicks", "dirty"):
+                setattr(counts, name, getattr(seen, name).clone())
+            table = copy.deepcopy(seen.table, {id(seen): counts})
+            table.config, table.regions, table.always_from, table.max_rows = count_layout(spec, config.tables)
+            counts.table = table
         if seen_so_far is not None:  # every example learned so far: the new keys' counts are exact
-            counts.record(seen_so_far)
-        if seen is not None:  # the old keys come first, and keep the counts they have
+            counts.recount_from(seen_so_far, len(old.counts))
+        if seen is not None and seen.table is None:  # the old keys come first, and keep the counts they have
             for name in ("count", "clicks", "dirty"):
                 getattr(counts, name)[:len(seen.count)] = getattr(seen, name)
+        if seen is not None:
             counts.shared = seen.shared
         wider.seen = counts
     return wider

@@ -137,8 +137,10 @@ def read_criteo_columns(path: Path, opts: ReaderOptions, stats: ReadStats,
         categorical = {name: _dictionary(batch.column(14 + k)) for k, name in enumerate(CRITEO_CAT_FIELDS)}
         user = categorical.pop(opts.user_field) if opts.user_field else None
         item = categorical.pop(opts.item_field) if opts.item_field else None
+        # the row reader's times for rows without one: the start plus a fixed step per valid row
+        times = opts.start_time + np.arange(first_row, first_row + n, dtype=np.float64) * opts.seconds_per_row
         yield ColumnChunk(first_row, labels, _identity_column(user, first_row, n, None),
-                          _identity_column(item, first_row, n, "none"), categorical, numeric)
+                          _identity_column(item, first_row, n, "none"), categorical, numeric, times)
 
 
 def _integers(array: Any) -> tuple[NumericColumn, np.ndarray]:

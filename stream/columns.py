@@ -49,6 +49,7 @@ class ColumnChunk:
     items: CategoricalColumn
     categorical: dict[str, CategoricalColumn]     # feature fields, without the user and item fields
     numeric: dict[str, NumericColumn]
+    event_times: np.ndarray | None = None         # float64 (n,), seconds since the epoch
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -59,7 +60,8 @@ class ColumnChunk:
 
         return ColumnChunk(self.first_row, self.labels[:n], cut(self.users), cut(self.items),
                            {name: cut(c) for name, c in self.categorical.items()},
-                           {name: NumericColumn(c.codes[:n], c.values) for name, c in self.numeric.items()})
+                           {name: NumericColumn(c.codes[:n], c.values) for name, c in self.numeric.items()},
+                           None if self.event_times is None else self.event_times[:n])
 
     def feature_dicts(self, limit: int) -> list[dict[str, Any]]:
         """The first ``limit`` rows' feature dicts as the row readers build them (to infer a spec)."""

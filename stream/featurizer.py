@@ -122,9 +122,11 @@ class Featurizer:
 
     def build(self, user_ids: Sequence[str], item_ids: Sequence[str], features: Sequence[dict[str, Any]],
               labels: Sequence[int] | np.ndarray | None = None,
-              histories: Sequence[Sequence[str]] | None = None) -> SparseBatch:
+              histories: Sequence[Sequence[str]] | None = None,
+              event_times: Sequence[float] | np.ndarray | None = None) -> SparseBatch:
         """``histories``: each example's recently clicked item ids (oldest first); only read when
-        the spec has a history, and then missing means empty."""
+        the spec has a history, and then missing means empty. ``event_times``: each example's
+        event time (keyed tables expire rows by it, models/keyed_rows.py)."""
         cat_get, num_get = self._cat_get, self._num_get
         cats = [[u, i, *cat_get(f)] for u, i, f in zip(user_ids, item_ids, features)]
         nums = [num_get(f) for f in features] if self._num_names else None
@@ -133,6 +135,8 @@ class Featurizer:
         batch = self._assemble(self._categorical_ids(cats, n), numbers, labels)
         if self.spec.history_length:
             batch.history = self._history_ids(histories, len(cats))
+        if event_times is not None:
+            batch.event_time = torch.as_tensor(np.asarray(event_times, dtype=np.float64))
         return batch
 
     def _history_ids(self, histories: Sequence[Sequence[Any]] | None, n: int) -> torch.Tensor:
@@ -273,7 +277,10 @@ class Featurizer:
             if spec.dense_numeric:
                 dense[j] = values[codes]
         by_field += spec.offsets[:, None]
-        return self._batch(np.ascontiguousarray(by_field.T), np.ascontiguousarray(dense.T), chunk.labels)
+        batch = self._batch(np.ascontiguousarray(by_field.T), np.ascontiguousarray(dense.T), chunk.labels)
+        if chunk.event_times is not None:
+            batch.event_time = torch.from_numpy(chunk.event_times)
+        return batch
 
     def _dictionary_ids(self, j: int, column: CategoricalColumn | None, n: int) -> np.ndarray:
         """Bucket ids of the ``j``-th categorical column from its dictionary; a missing value is
@@ -320,7 +327,7 @@ class Featurizer:
         """``batch`` (of a spec with the same fields) with this spec's crosses: the cross ids are a
         function of the field ids alone."""
         crossed = self._batch(batch.ids.numpy(), batch.dense.numpy(), None)
-        return SparseBatch(batch.ids, crossed.cross_ids, batch.dense, batch.labels, batch.history)
+        return SparseBatch(batch.ids, crossed.cross_ids, batch.dense, batch.labels, batch.history, batch.event_time)
 
     def _batch(self, ids: np.ndarray, dense: np.ndarray, labels: Sequence[int] | np.ndarray | None) -> SparseBatch:
         """The batch of field ids (offsets added) and dense inputs, with the wide crosses."""

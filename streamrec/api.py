@@ -172,9 +172,11 @@ class Model:
             self._featurizer = Featurizer(spec)
             self._history = self._new_history()
 
-    def learn_many(self, batch: Any, labels: Sequence[int] | np.ndarray) -> None:
+    def learn_many(self, batch: Any, labels: Sequence[int] | np.ndarray,
+                   event_times: Sequence[float] | np.ndarray | None = None) -> None:
         """Learn a batch in one step (its examples in order); the predictions made before the step
-        update :attr:`metrics`."""
+        update :attr:`metrics`. ``event_times`` (seconds, one per example) is what keyed tables
+        expire rows by when ``tables.ttl_seconds`` is set."""
         records = _records(batch)
         if len(records) != len(labels):
             raise ConfigError(f"{len(records)} examples but {len(labels)} labels")
@@ -188,14 +190,16 @@ class Model:
         if self._history is not None:
             self._history.attach_encoder(self._featurizer.history_rows)
             histories = self._history.rows_before_learning(users, items, label_list, features)
-        batch_ = self._featurizer.build(users, items, features, label_list, histories)
+        if event_times is not None and len(event_times) != len(records):
+            raise ConfigError(f"{len(records)} examples but {len(event_times)} event times")
+        batch_ = self._featurizer.build(users, items, features, label_list, histories, event_times)
         self.metrics.update(self.online.learn(batch_), np.asarray(label_list, dtype=np.float64))
         if self._history is not None:
             self._history.after(users, items, label_list, features)
 
-    def learn_one(self, example: Mapping[str, Any], label: int) -> None:
+    def learn_one(self, example: Mapping[str, Any], label: int, event_time: float | None = None) -> None:
         """Learn one example (``label`` 1 for a click, 0 for none)."""
-        self.learn_many([dict(example)], [label])
+        self.learn_many([dict(example)], [label], None if event_time is None else [event_time])
 
     def predict_proba_many(self, batch: Any) -> np.ndarray:
         """Click probabilities of a batch; nothing is learned."""

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from streamrec.models import REGISTRY, OnlineModel, create_model, spec_for
-from streamrec.models.deep_base import import_optimiser_modules
 from streamrec.models.keyed_rows import table_summary
 from streamrec.models.online_search import OnlineSearch, SearchSettings
 from streamrec.models.progressive import progressive_step
@@ -57,13 +56,12 @@ def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512
     if history is not None:
         history.attach_encoder(featurizer.history_rows)
     metrics = StreamingMetrics(window)
-    import_optimiser_modules()  # kept out of the measured rate
     started = time.perf_counter()
     for chunk in batched(itertools.chain(head, iterator), batch_size):
         users, items, labels = [r.user_id for r in chunk], [r.item_id for r in chunk], [r.label for r in chunk]
         batch = featurizer.build(users, items, [r.features for r in chunk], labels,
                                  history.rows_before_learning(users, items, labels, [r.features for r in chunk])
-                                 if history is not None else None)
+                                 if history is not None else None, [r.event_time for r in chunk])
         progressive_step(learner, metrics, batch)
         if history is not None:
             history.after(users, items, labels, [r.features for r in chunk])
@@ -121,7 +119,6 @@ def evaluate_columns(chunks: Iterable[ColumnChunk], model_name: str, *, batch_si
     featurizer = Featurizer(spec)
     metrics = StreamingMetrics(window)
     batches = map(featurizer.build_columns, itertools.chain([first] if first else [], iterator))
-    import_optimiser_modules()  # kept out of the measured rate
     started = time.perf_counter()
     pending: SparseBatch | None = None
 

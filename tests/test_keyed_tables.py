@@ -41,6 +41,9 @@ class _Rows:
     def reset_rows(self, rows: torch.Tensor, keys: torch.Tensor) -> None:
         self.resets.append((rows.tolist(), keys.tolist()))
 
+    def rows_loaded(self, rows: int) -> None:
+        self.size = rows
+
 
 def _table(**settings) -> tuple[KeyedRows, _Rows]:
     owner = _Rows()
@@ -128,6 +131,51 @@ def test_idle_rows_expire_after_their_ttl_and_the_freed_rows_are_reset_and_reuse
     assert int(table.learn_rows(_keys(1), 1)[0]) not in (old, kept)  # key 1 is a new key again
 
 
+def _at(table: KeyedRows, time: float, *keys: int) -> int:
+    table.observe_time(time)
+    return int(table.learn_rows(_keys(*keys), len(keys))[0])
+
+
+def test_rows_idle_for_more_than_ttl_seconds_of_event_time_expire_and_late_events_do_not_turn_time_back() -> None:
+    table, owner = _table(admit_after=1, ttl_seconds=100.0)
+    old = _at(table, 0.0, 1)
+    for t in range(10, 110, 10):  # key 2 stays in use
+        _at(table, float(t), 2)
+    assert table.keys[old] == 1 and table.evicted == 0  # idle for 100 s at most: kept
+    recent = _at(table, 160.0, 3)
+    for t in range(170, 240, 10):
+        _at(table, float(t), 2)
+    assert table.keys[old] == FREE and ([old], [FREE]) in owner.resets  # idle for over 100 s: freed and reset
+    assert table.keys[recent] == 3  # used at 160 s: idle for 70 s
+    _at(table, 50.0, 2)  # a late event: the watermark stays
+    assert table.watermark == 230.0
+    for step in range(200):  # examples without time passing: nothing expires, however many
+        _at(table, 230.0, 2)
+    assert table.keys[recent] == 3
+    stored = table.state("t")
+    twin, _ = _table(admit_after=1, ttl_seconds=100.0)
+    twin.load("t", {**table.row_tensors("t"), **stored})
+    for t in (300.0, 400.0):
+        assert _at(table, t, 2) == _at(twin, t, 2)
+    assert table.keys[recent] == FREE and twin.keys[recent] == FREE and table.evicted == twin.evicted
+    with pytest.raises(ConfigError, match="tables.ttl_seconds"):
+        TableConfig(ttl_seconds=-1.0)
+    forged = {**table.row_tensors("t"), **stored, "t.table.time": torch.zeros(3, dtype=torch.float64)}
+    with pytest.raises(ModelError, match="t.table.time"):
+        twin.load("t", forged)
+
+
+def test_expiry_by_event_time_needs_examples_with_times(stream_rows) -> None:
+    rows = stream_rows[0][:600]
+    spec = _spec("lr", rows)
+    model = create_model("lr", spec, seed=1, settings={"tables.ttl_seconds": "2"})
+    with pytest.raises(ConfigError, match="tables.ttl_seconds expires rows by event time"):
+        model.learn(_batches(spec, rows, 300)[0])
+    for batch in _batches(spec, rows, 100, times=True):  # 6 s of event time: rows idle for 2 s go
+        model.learn(batch)
+    assert model.wide.table.evicted > 0
+
+
 def test_over_budget_the_least_recently_used_rows_go_first() -> None:
     table, _ = _table(admit_after=1, admit_when_full=1, max_rows=1024)
     for key in range(1020):
@@ -209,18 +257,20 @@ def _spec(name: str, rows: list):
     return spec_for(name, SpecOptions(keyed=True, **wide).infer([r.features for r in rows[:500]]))
 
 
-def _batches(spec, rows: list, size: int) -> list:
+def _batches(spec, rows: list, size: int, times: bool = False) -> list:
     featurizer = Featurizer(spec)
     return [featurizer.build([r.user_id for r in c], [r.item_id for r in c], [r.features for r in c],
-                             [r.label for r in c]) for c in batched(rows, size)]
+                             [r.label for r in c], event_times=[r.event_time for r in c] if times else None)
+            for c in batched(rows, size)]
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_keyed_contract_repeats_round_trips_resumes_and_deltas_carry_evictions(name: str, stream_rows) -> None:
     rows = stream_rows[0][:3500]
     spec = _spec(name, rows)
-    batches = _batches(spec, rows, 250)
-    tight = {"tables.max_rows": "1500", "tables.admit_after": "1"}  # evicts on every batch
+    batches = _batches(spec, rows, 250, times=True)
+    # evicts on every batch, and expires rows idle for 8 s of the stream's 35 s of event time
+    tight = {"tables.max_rows": "1500", "tables.admit_after": "1", "tables.ttl_seconds": "8"}
     trainer, twin = create_model(name, spec, seed=5, settings=tight), create_model(name, spec, seed=5, settings=tight)
     trainer.learn(batches[0]), twin.learn(batches[0])
     trainer.delta_bytes(include_dense=True)
@@ -305,7 +355,7 @@ def test_a_keyed_trainer_versions_its_tables_exports_them_and_resumes_with_them(
     settings = settings_for(namespace, search=False)
     options = dict(model="wide_deep", publish_every_examples=1000, metrics_port=0,
                    spec_options=SpecOptions(keyed=True),
-                   model_settings={"tables.max_rows": "2048", "tables.admit_after": "1"})
+                   model_settings={"tables.max_rows": "2048", "tables.admit_after": "1", "tables.ttl_seconds": "5"})
     replay_rows(stack, settings, first, "a")
     report, metrics = start_trainer(stack, settings, **options).finish()
     assert report["examples"] == len(first)
@@ -317,6 +367,8 @@ def test_a_keyed_trainer_versions_its_tables_exports_them_and_resumes_with_them(
     head = store.head()
     stored = model_from_bytes(store.load(head).weights)
     assert stored.spec.keyed and stored.config.tables.max_rows == 2048
+    # the examples' event times reached the learner process: its tables' watermark is the newest
+    assert stored.keyed_tables()["wide"].watermark == pytest.approx(max(r.event_time for r in first))
     evicted = stored.keyed_tables()["embedding"].evicted
     shown = subprocess.run([sys.executable, "-m", "streamrec", "models", "--model", "wide_deep", "show", str(head)],
                            env={**os.environ, "STREAMREC_REDIS_URL": stack.redis_url, "STREAMREC_NAMESPACE": namespace},
@@ -331,6 +383,7 @@ def test_a_keyed_trainer_versions_its_tables_exports_them_and_resumes_with_them(
     resumed = model_from_bytes(store.load(store.head()).weights)
     assert resumed.keyed_tables()["embedding"].evicted > evicted
     assert resumed.keyed_tables()["embedding"].live_rows <= 2048
+    assert resumed.keyed_tables()["wide"].watermark == pytest.approx(max(r.event_time for r in rows))
 
 
 def test_the_python_api_learns_saves_and_loads_keyed_tables(tmp_path: Path) -> None:

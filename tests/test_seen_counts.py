@@ -72,6 +72,36 @@ def test_learning_counts_the_batch_s_earlier_examples_so_batch_size_does_not_mat
     assert int(((by_size[1] - seen.first_level) // COUNT_LEVELS).max()) >= 5  # counts grew past 16
 
 
+def test_keyed_counts_give_each_value_a_row_of_its_own_within_the_budget() -> None:
+    pairs = [(f"u{k}", f"i{k % 3000}") for k in range(6000)]  # 6,000 pairs once each, 3,000 items twice
+    labels = [k % 2 for k in range(6000)]
+    options = dict(crosses=(("user_id", "item_id"),), counts=("user_id:item_id", "item_id"), count_rows=1 << 10)
+    by_kind = {}
+    for keyed, settings in ((False, {}), (True, {"tables.max_rows": "-1"}), (True, {"tables.max_rows": "2048"})):
+        spec = SpecOptions(keyed=keyed, **options).infer([{"C3": "x"}])
+        featurizer = Featurizer(spec)
+        model = create_model("lr", spec, settings=settings)
+        for at in range(0, len(pairs), 500):
+            model.learn(_batch(featurizer, pairs[at:at + 500], labels[at:at + 500]))
+        by_kind[keyed, settings.get("tables.max_rows")] = model
+    keys, count, _clicks = by_kind[False, None].seen.counted()
+    assert len(keys) < 1024 + 3000 and count.max() > 2  # hashed: 6,000 pairs share 1,024 rows
+    unbounded = by_kind[True, "-1"].seen
+    keys, count, clicks = unbounded.counted()
+    assert len(keys) == 6000 + 3000 and sorted(count.tolist()) == [1] * 6000 + [2] * 3000
+    # u_k×i_k clicked when k is odd; item j (k = j and j + 3000) twice when j is odd
+    assert sorted(clicks.tolist()) == [0] * 4500 + [1] * 3000 + [2] * 1500
+    assert unbounded.table.evicted == 0
+    bounded = by_kind[True, "2048"]
+    table = bounded.keyed_tables()["seen"]
+    assert table.live_rows <= 2048 and table.evicted > 0
+    # the oldest pair was freed and reads "never seen"; once the budget is full a value needs a
+    # second sighting to push another out (tables.admit_when_full): item i2999, seen again last, holds a row
+    featurizer = Featurizer(bounded.spec)
+    levels = bounded.seen.ids(_batch(featurizer, [("u0", "i0"), ("u5999", "i2999")])) - bounded.seen.first_level
+    assert levels[0, 0] == 0 and levels[1, 1] > 0
+
+
 def test_a_stream_where_repeats_click_is_learned_only_with_the_count() -> None:
     """Each (user, item) pair's first showing is not clicked and every later one is: a pair's own
     weight first learns the opposite of what comes next, the shared count level learns the rule."""
