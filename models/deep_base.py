@@ -277,29 +277,34 @@ class DeepModel(OnlineModel):
 
     def learn(self, batch: SparseBatch) -> np.ndarray:
         observe_event_time(self.keyed_tables().values(), batch)
-        step = self.backward(batch)
+        step = self.backward(batch, step_wide=True)
         self.adam.step()
         # rows step on the per-example sum, as FTRL does (models/embedding.py says why)
         self.embedding.step(step.e_unique, step.e_inverse, step.leaf, scale=float(len(batch)))
-        if self.wide is not None:
+        if step.wide is not None:  # one step for the batch (ftrl.per_example off)
             self.wide.step_examples(step.wide, step.residual)
         if self.seen is not None:
             self.seen.record(batch)
         return step.probabilities.numpy()
 
-    def backward(self, batch: SparseBatch) -> Backward:
-        """Forward pass and gradients of the mean logloss, without changing any weight.
+    def backward(self, batch: SparseBatch, step_wide: bool = False) -> Backward:
+        """Forward pass and gradients of the mean logloss, without changing any weight; with
+        ``step_wide`` and ``ftrl.per_example``, the wide part learns the batch one example at a
+        time meanwhile, each example's probability (and residual) taking the network's logit as
+        it is for the batch and the wide weights as the examples before it left them.
 
         Afterwards the network's parameters and ``leaf`` hold d(mean logloss)/d(parameter) in
         ``.grad``; ``residual`` (p - y) is the per-example gradient of each wide coordinate.
         """
         assert batch.labels is not None, "learn needs labels"
         logit = torch.zeros(len(batch), dtype=torch.float64)
-        wide = None
+        wide = ids = None
         if self.wide is not None:
-            wide = self.wide.gather(wide_ids(self.spec, batch, self.seen, learning=True,
-                                                columns=self.wide_columns))
-            logit = wide.logits()
+            ids = wide_ids(self.spec, batch, self.seen, learning=True, columns=self.wide_columns)
+            if not (step_wide and self.wide.config.per_example):
+                wide = self.wide.gather(ids)
+                logit = wide.logits()
+                ids = None
         if self.history_length:
             # history rows share the table with the fields: one gather, one sparse step
             history, mask, sign = self._history(batch)
@@ -318,7 +323,10 @@ class DeepModel(OnlineModel):
             rows = leaf_rows(leaf, e_inverse)
             deep = self.deep_logit(rows, batch.dense)
             auxiliary = self.auxiliary_loss(batch, rows, None, None)
-        p = torch.sigmoid(logit + deep.detach().to(torch.float64))
+        if ids is not None:
+            p = self.wide.learn_examples(ids, batch.labels, offsets=deep.detach().to(torch.float64))
+        else:
+            p = torch.sigmoid(logit + deep.detach().to(torch.float64))
         residual = p - batch.labels.to(torch.float64)
         # d(mean logloss)/d(deep logit) = (p - y) / B; FTRL takes the per-example sum.
         grad = (residual / len(batch)).to(torch.float32)

@@ -13,18 +13,28 @@ and a gradient ``g_i`` updates only the coordinates it touches::
     n_i += g_i^2
 
 In a mini-batch, ``g_i`` is the sum of the per-example gradients of coordinate i, with ``w``
-held at its value before the batch. With batch size 1 this is exactly Algorithm 1.
+held at its value before the batch. With batch size 1 this is exactly Algorithm 1, which
+:meth:`FTRLProximal.learn_examples` runs on a whole batch (a compiled loop, models/ftrl_kernels.py).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import torch
 
 from streamrec.models.batch_unique import BatchUnique
 from streamrec.models.keyed_rows import KeyedRows, TableConfig
+
+
+@functools.cache
+def _kernels() -> ModuleType:
+    """models/ftrl_kernels.py, imported on first use (it loads numba)."""
+    return importlib.import_module("streamrec.models.ftrl_kernels")
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,9 @@ class FTRLConfig:
     beta: float = 1.0
     l1: float = 1.0
     l2: float = 1.0
+    # step after every example (Algorithm 1, a compiled loop: :meth:`FTRLProximal.learn_examples`);
+    # False: once per mini-batch, on the batch's summed gradients
+    per_example: bool = True
     # crosses ("A:B") and count features ("count:KEY") of the spec this part does not read: the
     # online search (models/online_search.py) keeps every candidate in one spec and switches them
     ignored: tuple[str, ...] = ()
@@ -153,6 +166,21 @@ class FTRLProximal:
         self.z.index_copy_(0, state.ids, (state.z + grads).sub_(sigma.mul_(state.w)))
         self.n.index_copy_(0, state.ids, n)
         self.dirty.index_fill_(0, state.ids, True)
+
+    def learn_examples(self, ids: torch.Tensor, labels: torch.Tensor,
+                       offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """Algorithm 1 one example at a time over a (B, K) batch of ids (a keyed table first
+        admits what has earned a row): each example's probability from the weights the examples
+        before it left, plus its ``offsets`` (another part's logit, fixed for the batch), (B,) float64."""
+        if self.table is not None:
+            ids = self.table.learn_rows(ids, ids.shape[0])
+        c = self.config
+        out = np.empty(ids.shape[0])
+        offset = np.zeros(ids.shape[0]) if offsets is None else offsets.numpy().astype(np.float64)
+        _kernels().learn_examples(np.ascontiguousarray(ids.numpy()), labels.numpy().astype(np.float64), offset,
+                                  self.z.numpy(), self.n.numpy(), self.dirty.numpy(),
+                                  c.alpha, c.beta, c.l1, c.l2, out)
+        return torch.from_numpy(out)
 
     def update(self, ids: torch.Tensor, grads: torch.Tensor) -> None:
         """Apply per-coordinate gradients ``grads`` to the *unique* coordinates ``ids``."""

@@ -54,9 +54,12 @@ class LogisticRegressionFTRL(OnlineModel):
         assert batch.labels is not None, "learn needs labels"
         observe_event_time(self.keyed_tables().values(), batch)
         ids = wide_ids(self.spec, batch, self.seen, learning=True, columns=self.wide_columns)
-        state = self.wide.gather(ids)
-        p = torch.sigmoid(state.logits())
-        self.wide.step_examples(state, p - batch.labels.to(torch.float64))
+        if self.config.ftrl.per_example:
+            p = self.wide.learn_examples(ids, batch.labels)
+        else:
+            state = self.wide.gather(ids)
+            p = torch.sigmoid(state.logits())
+            self.wide.step_examples(state, p - batch.labels.to(torch.float64))
         if self.seen is not None:
             self.seen.record(batch)
         return p.numpy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -71,6 +72,28 @@ def test_lr_matches_reference_algorithm_one_example_at_a_time() -> None:
         assert ours == pytest.approx(theirs, abs=1e-12)
     for i in range(spec.wide_rows):
         assert float(model.wide.weights(torch.tensor([i]))[0]) == pytest.approx(reference.weight(i), abs=1e-12)
+
+
+@pytest.mark.parametrize("batch_size", [7, 64])
+def test_lr_learns_one_example_at_a_time_inside_a_batch_as_algorithm_one_does(batch_size: int) -> None:
+    spec = _spec()
+    model = LogisticRegressionFTRL(spec, LRConfig(ftrl=CONFIG))  # per_example: the default
+    batched = LogisticRegressionFTRL(spec, LRConfig(ftrl=dataclasses.replace(CONFIG, per_example=False)))
+    reference = ReferenceFTRL(CONFIG)
+    stream = list(_stream(1))
+    ours, steps = [], []
+    for at in range(0, len(stream), batch_size):
+        chunk = stream[at:at + batch_size]
+        batch = SparseBatch(torch.tensor([ids for ids, _ in chunk]), torch.empty((len(chunk), 0), dtype=torch.int64),
+                            torch.empty((len(chunk), 0)), torch.tensor([float(y) for _, y in chunk]))
+        ours += model.learn(batch).tolist()
+        steps += batched.learn(batch).tolist()
+    theirs = [reference.learn([*ids, spec.bias_id], y) for ids, y in stream]
+    assert ours == pytest.approx(theirs, abs=1e-12)  # each example predicted after the ones before it
+    assert steps != pytest.approx(theirs, abs=1e-6)  # one step per batch predicts from the batch's start
+    for i in range(spec.wide_rows):
+        assert float(model.wide.weights(torch.tensor([i]))[0]) == pytest.approx(reference.weight(i), abs=1e-12)
+    assert bool(model.wide.dirty[spec.bias_id])  # what it stepped goes into the next delta
 
 
 def test_optimizer_matches_river_ftrl_proximal() -> None:
