@@ -150,14 +150,17 @@ def _table_series(labels: list[str], tables: dict[str, dict]) -> Iterator[Metric
                                    labels=(*LABELS, "table"))
     evicted = CounterMetricFamily("streamrec_table_evicted", "Rows freed by expiry or the row budget",
                                   labels=(*LABELS, "table"))
+    waiting = CounterMetricFamily("streamrec_table_not_admitted", "Sightings of keys without a row of their own "
+                                  "(not admitted yet, or the budget full)", labels=(*LABELS, "table"))
     for table, summary in tables.items():
         rows.add_metric([*labels, table], summary["rows"])
         table_bytes.add_metric([*labels, table], summary["bytes"])
         admitted.add_metric([*labels, table], summary["admitted"])
         evicted.add_metric([*labels, table], summary["evicted"])
+        waiting.add_metric([*labels, table], summary.get("not_admitted", 0))
         for name, held in summary.get("fields", {}).items():
             by_field.add_metric([*labels, table, name], held)
-    yield from (rows, by_field, table_bytes, admitted, evicted)
+    yield from (rows, by_field, table_bytes, admitted, evicted, waiting)
 
 
 class TrainerExporter(MetricsEndpoint):

@@ -171,7 +171,8 @@ def table_summary(model: Any) -> dict[str, dict[str, Any]]:
                           and name not in (f"{group}.keys", f"{group}.last_used"))
         held = table.held_by_region()
         fields = {name: int(rows) for name, rows in zip(region_names(model.spec, group), held) if rows}
-        out[group] = {"rows": table.live_rows, "admitted": table.admitted, "evicted": table.evicted,
+        out[group] = {"rows": table.live_rows, "admitted": table.admitted, "not_admitted": table.not_admitted,
+                      "evicted": table.evicted,
                       "capacity": table.capacity, "bytes": int(owner_bytes + table.nbytes()), "fields": fields}
     return out
 
@@ -221,6 +222,7 @@ class KeyedRows:
         self._free = np.empty(0, dtype=np.int64)  # freed rows below next_row, ascending
         self.evicted = 0   # rows freed (expired or over budget), over the table's life
         self.admitted = 0  # keys given a row of their own
+        self.not_admitted = 0  # sightings of keys that read a shared row (or none) for want of one
         self._next_expiry = 0
         self.watermark = -np.inf  # the newest event time learned from
         self._marks = np.empty((0, 2), dtype=np.float64)  # (clock, watermark), oldest first
@@ -330,6 +332,7 @@ class KeyedRows:
             self._hold(own, given)
             rows[admitted] = given
             self.admitted += len(own)
+        self.not_admitted += int(occurrences[~admitted].sum())
         if len(shared):
             held = self.index.get(shared)
             new = shared[held < 0]
@@ -462,7 +465,7 @@ class KeyedRows:
         times = np.maximum(np.concatenate([[self.watermark, self._next_time_check], self._marks.reshape(-1)]), _NO_TIME)
         return {f"{prefix}.table.filter": torch.from_numpy(self.filter),
                 f"{prefix}.table.clock": torch.tensor([self.clock, self.next_row, self.evicted, self.admitted,
-                                                       self._next_expiry], dtype=torch.int64),
+                                                       self._next_expiry, self.not_admitted], dtype=torch.int64),
                 f"{prefix}.table.time": torch.from_numpy(times)}
 
     def load(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
@@ -472,7 +475,11 @@ class KeyedRows:
         if f"{prefix}.table.filter" in tensors:
             self.filter = tensors[f"{prefix}.table.filter"].numpy().astype(np.uint8, copy=True)
             values = tensors[f"{prefix}.table.clock"].tolist()
-            self.clock, self.next_row, self.evicted, self.admitted, self._next_expiry = (int(v) for v in values)
+            if len(values) not in (5, 6):
+                raise ModelError(f"stored {prefix}.table.clock has {len(values)} values, not 6")
+            # versions from before the count of sightings not admitted have five
+            self.clock, self.next_row, self.evicted, self.admitted, self._next_expiry = (int(v) for v in values[:5])
+            self.not_admitted = int(values[5]) if len(values) == 6 else 0
         if f"{prefix}.table.time" in tensors:  # versions from before event-time expiry have none
             times = tensors[f"{prefix}.table.time"].numpy().astype(np.float64)
             if times.ndim != 1 or len(times) < 2 or len(times) % 2:

@@ -129,11 +129,13 @@ def _by_label(samples: dict[str, float], series: dict[str, str], label: str) -> 
 
 # Keyed tables (models/keyed_rows.py): one row per table.
 TABLE_SERIES = {"rows": "streamrec_table_rows", "bytes": "streamrec_table_bytes",
-                "admitted": "streamrec_table_admitted_total", "evicted": "streamrec_table_evicted_total"}
+                "admitted": "streamrec_table_admitted_total", "not_admitted": "streamrec_table_not_admitted_total",
+                "evicted": "streamrec_table_evicted_total"}
 
 
 def keyed_tables(samples: dict[str, float]) -> list[dict[str, Any]]:
-    """A trainer's keyed tables from its samples: rows held, bytes, keys admitted, rows evicted."""
+    """A trainer's keyed tables from its samples: rows held, bytes, keys admitted, sightings not
+    admitted, rows evicted."""
     return _by_label(samples, TABLE_SERIES, "table")
 
 

@@ -196,6 +196,7 @@ def test_once_the_budget_is_reached_a_key_needs_admit_when_full_sightings() -> N
     once = table.learn_rows(torch.arange(5000, 5100, dtype=torch.int64), 1)  # would pass the budget
     shared = table.index.get(np.array([-2]))[0]  # region 0's "not admitted yet" row
     assert (once == shared).all() and table.evicted == 0 and table.admitted == 1000
+    assert table.not_admitted == 100  # each sighting that read the shared row is counted
     twice = table.learn_rows(torch.arange(5000, 5100, dtype=torch.int64), 1)  # seen again: they earn rows
     assert (twice != shared).all() and table.admitted == 1100 and table.live_rows <= 1024
     assert table.evicted > 0 and set(range(5000, 5100)) <= set(table.keys[table.keys >= 0].tolist())
@@ -361,6 +362,7 @@ def test_a_keyed_trainer_versions_its_tables_exports_them_and_resumes_with_them(
     assert report["examples"] == len(first)
     assert metrics['streamrec_table_rows{table=embedding}'] <= 2048
     assert metrics['streamrec_table_evicted_total{table=wide}'] > 0
+    assert metrics['streamrec_table_not_admitted_total{table=embedding}'] > 0  # keys seen once, the budget full
     assert metrics['streamrec_table_admitted_total{table=embedding}'] > 2048
     assert metrics['streamrec_table_field_rows{field=user_id,table=embedding}'] > 0
     store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "wide_deep")

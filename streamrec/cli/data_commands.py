@@ -250,7 +250,7 @@ def table_lines(tables: dict) -> list[str]:
     for group, t in tables.items():
         top = sorted(t["fields"].items(), key=lambda item: -item[1])[:4]
         lines.append(f"{group} table: {t['rows']:,} rows held ({t['bytes'] / 2**20:,.1f} MiB), {t['admitted']:,} keys "
-                     f"admitted, {t['evicted']:,} rows evicted; most rows: "
+                     f"admitted, {t.get('not_admitted', 0):,} sightings not admitted, {t['evicted']:,} rows evicted; most rows: "
                      + ", ".join(f"{name} {rows:,}" for name, rows in top))
     return lines
 

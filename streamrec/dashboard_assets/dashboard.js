@@ -217,7 +217,7 @@ function renderWorkers() {
                         "<th>z</th></tr></thead><tbody></tbody></table>" +
                         `<table class="tables" data-testid="${w.key}:tables" hidden>` +
                         "<thead><tr><th>keyed table</th><th>rows</th><th>MiB</th><th>admitted</th>" +
-                        "<th>evicted</th></tr></thead><tbody></tbody></table>" : "");
+                        "<th>not admitted</th><th>evicted</th></tr></thead><tbody></tbody></table>" : "");
       box.appendChild(card);
     }
     renderPopulation(card, w);
@@ -266,11 +266,11 @@ function renderPopulation(card, w) {
              (m) => [[m.member, null], [m.examples, 0], [m.auc, 4], [m.champion_auc, 4], [m.z, 1]]);
 }
 
-// Keyed tables: rows held, memory, keys admitted and rows evicted so far.
+// Keyed tables: rows held, memory, keys admitted, sightings not admitted and rows evicted so far.
 function renderTables(card, w) {
   renderRows(card, "table.tables", w.tables || [], "table", (t) => {
     const mib = t.bytes === null || t.bytes === undefined ? null : t.bytes / 1048576;
-    return [[t.table, null], [t.rows, 0], [mib, 1], [t.admitted, 0], [t.evicted, 0]];
+    return [[t.table, null], [t.rows, 0], [mib, 1], [t.admitted, 0], [t.not_admitted, 0], [t.evicted, 0]];
   });
 }
 
