@@ -73,11 +73,11 @@ def test_chart_values_read_every_trainer_series_from_a_real_registry():
         counters=Counters(examples=10), join=JoinCounts(positives=3, negatives=7), open_impressions=0,
         examples_per_second=float("nan"), impressions_topic="i", clicks_topic="c", quality=quality,
         lag={"a": 4, "b": 5}, population=population,
-        tables={"wide": {"rows": 5000, "admitted": 9000, "evicted": 4000, "bytes": 1 << 20, "capacity": 8192,
-                         "fields": {"user_id": 3000, "A:B": 1999}}}))
+        tables={"wide": {"rows": 5000, "admitted": 9000, "not_admitted": 120, "evicted": 4000, "bytes": 1 << 20,
+                         "capacity": 8192, "fields": {"user_id": 3000, "A:B": 1999}}}))
     samples = parse(generate_latest(metrics.registry).decode())
     assert keyed_tables(samples) == [{"table": "wide", "rows": 5000, "bytes": 1 << 20, "admitted": 9000,
-                                      "evicted": 4000}]
+                                      "not_admitted": 120, "evicted": 4000}]
     assert samples["streamrec_table_field_rows{field=A:B,table=wide}"] == 1999
     values = chart_values("trainer", samples)
     assert (values["search_promotions"], values["search_challengers"], values["search_compute"]) == (2, 1, 2.5)
