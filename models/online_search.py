@@ -265,17 +265,6 @@ def widen(model: OnlineModel, spec: FeatureSpec, seen_so_far: SparseBatch | None
     return wider
 
 
-_INVERSE_STEPS = {"x2": "/2", "/2": "x2", "x3": "/3", "/3": "x3"}
-
-
-def _inverse(move: str) -> str | None:
-    """The move that undoes a settings move (``ftrl.alpha x3`` -> ``ftrl.alpha /3``); None for others."""
-    name, _, step = move.rpartition(" ")
-    if not name or step not in _INVERSE_STEPS or ", " in move:  # a joint move has no single undo
-        return None
-    return f"{name} {_INVERSE_STEPS[step]}"
-
-
 def retune(model: OnlineModel, changes: dict[str, Any]) -> OnlineModel:
     """A copy of ``model`` whose settings (dotted keys: ``ftrl.alpha``, ``embedding.lr``,
     ``ftrl.ignored``) are changed from now on; its state is the same. Count tables marked
@@ -588,11 +577,6 @@ class OnlineSearch:
             self.promotions.append({"at": self.examples, **best.summary()})
             self.challengers = [m for m in (_against(other, best) for other in self.challengers) if m is not None]
             self._failed_here = set()
-            undo = _inverse(best.move.name)
-            if undo is not None:
-                # undoing what just won would flip a setting back and forth on noise: the undo
-                # waits, as a dropped move does, until the stream is twice as long
-                self._retry_at[undo] = max(self._retry_at.get(undo, 0), 2 * self.examples)
             return
         for member in ready:
             if member.z <= -s.z or member.seen - member.caught_up >= s.give_up_after:
