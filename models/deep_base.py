@@ -299,12 +299,12 @@ class DeepModel(OnlineModel):
         assert batch.labels is not None, "learn needs labels"
         logit = torch.zeros(len(batch), dtype=torch.float64)
         wide = ids = None
+        per_example = step_wide and self.wide is not None and self.wide.config.per_example
         if self.wide is not None:
             ids = wide_ids(self.spec, batch, self.seen, learning=True, columns=self.wide_columns)
-            if not (step_wide and self.wide.config.per_example):
+            if not per_example:
                 wide = self.wide.gather(ids)
                 logit = wide.logits()
-                ids = None
         if self.history_length:
             # history rows share the table with the fields: one gather, one sparse step
             history, mask, sign = self._history(batch)
@@ -323,7 +323,7 @@ class DeepModel(OnlineModel):
             rows = leaf_rows(leaf, e_inverse)
             deep = self.deep_logit(rows, batch.dense)
             auxiliary = self.auxiliary_loss(batch, rows, None, None)
-        if ids is not None:
+        if per_example:
             p = self.wide.learn_examples(ids, batch.labels, offsets=deep.detach().to(torch.float64))
         else:
             p = torch.sigmoid(logit + deep.detach().to(torch.float64))

@@ -320,15 +320,14 @@ class KeyedRows:
                 earned |= draw < self.config.admit_probability
             admitted[counted] = earned
         own = distinct[admitted]
-        shared = np.unique(self.shared_keys(distinct[~admitted])) if self.shared_rows else distinct[:0]
+        shared = self._shared_rows_for(distinct[~admitted])
         rows = np.empty(len(distinct), dtype=np.int64)
         if len(own):
             given = self._allocate(len(own) + len(shared), len(own))
             if len(given) < len(own):  # the budget holds fewer: the rest wait in the shared rows
                 admitted[np.flatnonzero(admitted)[len(given):]] = False
                 own = own[:len(given)]
-                shared = (np.unique(self.shared_keys(distinct[~admitted])) if self.shared_rows
-                          else distinct[:0])
+                shared = self._shared_rows_for(distinct[~admitted])
             self._hold(own, given)
             rows[admitted] = given
             self.admitted += len(own)
@@ -342,6 +341,10 @@ class KeyedRows:
         elif not self.shared_rows:
             rows[~admitted] = 0
         return rows[inverse]
+
+    def _shared_rows_for(self, waiting: np.ndarray) -> np.ndarray:
+        """The keys of the shared rows the ``waiting`` keys read (none without shared rows)."""
+        return np.unique(self.shared_keys(waiting)) if self.shared_rows else waiting[:0]
 
     def _count(self, keys: np.ndarray, occurrences: np.ndarray) -> np.ndarray:
         """Add each key's occurrences to the filter; each key's count so far (at least its own)."""

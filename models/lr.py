@@ -70,12 +70,10 @@ class LogisticRegressionFTRL(OnlineModel):
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"wide.z": self.wide.z, "wide.n": self.wide.n}
-        if self.wide.table is not None:
-            out.update(self.wide.table.tensors("wide"))
         if self.seen is not None:
             out.update(self.seen.tensors())
-            if self.seen.table is not None:
-                out.update(self.seen.table.tensors("seen"))
+        for group, table in self.keyed_tables().items():
+            out.update(table.tensors(group))
         return out
 
     def row_groups(self) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:
@@ -95,9 +93,7 @@ class LogisticRegressionFTRL(OnlineModel):
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.wide.z = own(tensors["wide.z"], self.wide.z)
         self.wide.n = own(tensors["wide.n"], self.wide.n)
-        if self.wide.table is not None:
-            self.wide.table.load("wide", tensors)
         if self.seen is not None:
             self.seen.load(tensors)
-            if self.seen.table is not None:
-                self.seen.table.load("seen", tensors)
+        for group, table in self.keyed_tables().items():
+            table.load(group, tensors)

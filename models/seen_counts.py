@@ -163,20 +163,18 @@ class SeenCounts:
         else:
             keys = self._keys(batch.ids.numpy())[:, first_key:]
             at = self.table.learn_rows(torch.from_numpy(np.ascontiguousarray(keys)), 0).numpy()
-        flat = torch.from_numpy(at.reshape(-1))
-        clicked = torch.from_numpy(at[batch.labels.numpy().astype(bool)].reshape(-1))
-        self.count.index_add_(0, flat, _ONE.expand(flat.numel()))
-        self.clicks.index_add_(0, clicked, _ONE.expand(clicked.numel()))
-        self.dirty.index_fill_(0, flat, True)
-        if self.table is not None:
-            self.count[0] = self.clicks[0] = 0
+        self._count_examples(at, batch.labels)
 
     def record_shared(self, batch: SparseBatch) -> None:
         assert batch.labels is not None, "counting needs labels"
         last, self._last = self._last, None
         at = last[1] if last is not None and last[0] is batch.ids else self._rows(batch.ids.numpy(), True)[0]
+        self._count_examples(at, batch.labels)
+
+    def _count_examples(self, at: np.ndarray, labels: torch.Tensor) -> None:
+        """Count each example of ``at`` (B, K rows) once, and once more as a click where labelled 1."""
         flat = torch.from_numpy(at.reshape(-1))
-        clicked = torch.from_numpy(at[batch.labels.numpy().astype(bool)].reshape(-1))
+        clicked = torch.from_numpy(at[labels.numpy().astype(bool)].reshape(-1))
         self.count.index_add_(0, flat, _ONE.expand(flat.numel()))
         self.clicks.index_add_(0, clicked, _ONE.expand(clicked.numel()))
         self.dirty.index_fill_(0, flat, True)
