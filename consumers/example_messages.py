@@ -9,24 +9,41 @@ them, as JSON::
 ``final: true`` (with no examples) says the partition's replay has ended: every impression of it
 is in an earlier message. The message goes to the same partition index of ``<ns>.examples`` as
 its source, so a user's examples stay in order and one reader per partition sees them in order.
+
+Examples whose features arrived as columns (stream/feature_blocks.py) travel as columns too: one
+Arrow IPC stream (starting ``ff ff ff ff``, as a columnar event batch) with columns
+``impression_id``, ``user_id``, ``item_id`` (strings), ``label`` (int8), ``event_time``,
+``label_time`` (float64) and ``features`` (a struct, as in a columnar impression batch), and
+schema metadata ``{"streamrec": "examples/1", "partition": "3"}``. A reader takes either.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from streamrec.consumers.example_source import Example, example_row
+from streamrec.consumers.example_source import Example, example_rows
+from streamrec.stream.event_columns import is_columnar
+from streamrec.stream.feature_blocks import FeatureBlock, is_row_ref
 
 SCHEMA_VERSION = 1
 MAX_EXAMPLES_PER_MESSAGE = 1000
 
 
+COLUMNS_FORMAT = b"examples/1"
+
+
 def encode(partition: int, examples: list[Example]) -> bytes:
+    """Columns when every example's features are columns already; else JSON."""
+    if examples and all(is_row_ref(e.features) for e in examples):
+        return _encode_columns(partition, examples)
     return orjson.dumps({
         "schema": SCHEMA_VERSION, "type": "examples", "partition": partition, "final": False,
-        "examples": [example_row(e) for e in examples],
+        "examples": example_rows(examples),
     })
 
 
@@ -35,8 +52,87 @@ def encode_final(partition: int) -> bytes:
                          "examples": []})
 
 
+def _encode_columns(partition: int, examples: list[Example]) -> bytes:
+    blocks: list[FeatureBlock] = []
+    last: FeatureBlock | None = None
+    rows: list[int] = []
+    for e in examples:
+        block, row = e.features  # type: ignore[misc]
+        if block is not last:
+            if last is not None:
+                blocks.append(last.take(rows))
+            last, rows = block, []
+        rows.append(row)
+    assert last is not None
+    blocks.append(last.take(rows))
+    features = pa.concat_tables([b.features for b in blocks], promote_options="permissive") if len(blocks) > 1 \
+        else blocks[0].features
+    table = pa.table({
+        "impression_id": pa.array([e.impression_id for e in examples], type=pa.string()),
+        "user_id": pa.concat_arrays([b.users for b in blocks]),
+        "item_id": pa.concat_arrays([b.items for b in blocks]),
+        "label": pa.array([e.label for e in examples], type=pa.int8()),
+        "event_time": pa.array([e.event_time for e in examples], type=pa.float64()),
+        "label_time": pa.array([e.label_time for e in examples], type=pa.float64()),
+        "features": pa.StructArray.from_arrays([c.combine_chunks() for c in features.columns],
+                                               names=features.column_names) if features.num_columns
+        else pa.array([{}] * len(examples), type=pa.struct([])),
+    }).replace_schema_metadata({b"streamrec": COLUMNS_FORMAT, b"partition": str(partition).encode()})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+_COLUMN_TYPES = {"impression_id": pa.string(), "user_id": pa.string(), "item_id": pa.string(), "label": pa.int8(),
+                 "event_time": pa.float64(), "label_time": pa.float64()}
+
+
+def _decode_columns(raw: bytes) -> tuple[int, list[Example], bool]:
+    try:
+        with pa.ipc.open_stream(raw) as reader:
+            table = reader.read_all()
+        table.validate(full=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError) as exc:
+        raise ValueError(f"not a readable Arrow IPC stream: {exc}") from None
+    metadata = table.schema.metadata or {}
+    if metadata.get(b"streamrec") != COLUMNS_FORMAT:
+        raise ValueError("not an examples message")
+    try:
+        partition = int(metadata.get(b"partition", b""))
+    except ValueError:
+        partition = -1
+    if partition < 0:
+        raise ValueError("partition must be a non-negative integer")
+    schema = table.schema
+    for name, kind in _COLUMN_TYPES.items():
+        if name not in schema.names or schema.field(name).type != kind:
+            raise ValueError(f"an examples batch needs a {name!r} column of {kind}")
+    if "features" not in schema.names or not pa.types.is_struct(schema.field("features").type):
+        raise ValueError("an examples batch needs a 'features' struct column")
+    for name in ("impression_id", "user_id", "item_id", "label", "event_time", "label_time", "features"):
+        if table.column(name).null_count:
+            raise ValueError(f"an example's {name} is null")
+    if not pc.all(pc.is_in(table.column("label"), pa.array([0, 1], type=pa.int8()))).as_py():
+        raise ValueError("an example's label must be 0 or 1")
+    times = table.column("event_time").to_numpy()
+    if not np.isfinite(times).all():
+        raise ValueError("an example's event_time must be finite")
+    struct = table.column("features").combine_chunks()
+    block = FeatureBlock(table.column("user_id").combine_chunks(), table.column("item_id").combine_chunks(),
+                         pa.Table.from_struct_array(struct) if struct.type.num_fields
+                         else pa.table({"_": pa.nulls(len(struct))}).drop_columns(["_"]))
+    ids, users, items = (table.column(name).to_pylist() for name in ("impression_id", "user_id", "item_id"))
+    labels = table.column("label").to_numpy().tolist()
+    label_times = table.column("label_time").to_numpy().tolist()
+    return partition, [Example(ids[k], users[k], items[k], (block, k), labels[k], t, label_times[k])
+                       for k, t in enumerate(times.tolist())], False
+
+
 def decode(raw: bytes) -> tuple[int, list[Example], bool]:
     """``(source partition, examples, final)``; ValueError with the reason for anything else."""
+    if is_columnar(raw):
+        return _decode_columns(raw)
     try:
         message: Any = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -19,7 +19,7 @@ from streamrec.consumers.example_source import (
     ReleasedExamples,
     encode_time,
     example_from_row,
-    example_row,
+    example_rows,
 )
 
 KIND = "examples"
@@ -75,7 +75,7 @@ class ExampleQueue(ReleasedExamples):
     def state(self) -> dict[str, Any]:
         return {
             "kind": KIND,
-            "ready": [example_row(e) for e in self._ready],
+            "ready": example_rows(self.waiting()),
             "final": sorted(self._final),
             "label_time": {str(p): encode_time(t) for p, t in self._label_time.items()},
         }
@@ -83,7 +83,7 @@ class ExampleQueue(ReleasedExamples):
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> ExampleQueue:
         queue = cls()
-        queue._ready = [example_from_row(row) for row in state["ready"]]
+        queue._ready, queue._head = [example_from_row(row) for row in state["ready"]], 0
         queue._final = set(state["final"])
         queue._label_time = {int(p): float(t) for p, t in state["label_time"].items()}
         return queue

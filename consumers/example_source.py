@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from streamrec.stream.feature_blocks import RowRef, feature_dicts
+
 INF = math.inf
 
 
@@ -17,7 +19,7 @@ class Example:
     impression_id: str
     user_id: str
     item_id: str
-    features: dict[str, Any]
+    features: dict[str, Any] | RowRef  # a reference into a columnar batch's features (stream/feature_blocks.py)
     label: int
     event_time: float  # the impression's
     label_time: float = -INF  # when the label became known: the click, or the window's end
@@ -45,8 +47,16 @@ def encode_time(t: float) -> float | str:
 
 
 def example_row(e: Example) -> list[Any]:
-    """An example as a JSON-able row (checkpoints, the examples topic)."""
+    """An example as a row (its features as they are: a dict, or a reference)."""
     return [e.impression_id, e.user_id, e.item_id, e.features, e.label, e.event_time, encode_time(e.label_time)]
+
+
+def example_rows(examples: list[Example]) -> list[list[Any]]:
+    """Examples as JSON-able rows (checkpoints, the examples topic): references become dicts."""
+    rows = [example_row(e) for e in examples]
+    for row, features in zip(rows, feature_dicts([e.features for e in examples])):
+        row[3] = features
+    return rows
 
 
 def example_from_row(row: list[Any]) -> Example:
@@ -59,18 +69,32 @@ class ReleasedExamples:
 
     def __init__(self) -> None:
         self._ready: list[Example] = []
+        self._head = 0  # examples before it are taken: a take costs its own length, not the queue's
 
     def take(self, limit: int | None = None) -> list[Example]:
         """Labelled examples in the order they were released (at most ``limit``)."""
-        if limit is None or limit >= len(self._ready):
-            out, self._ready = self._ready, []
-        else:
-            out, self._ready = self._ready[:limit], self._ready[limit:]
+        start = self._head
+        end = len(self._ready) if limit is None else min(len(self._ready), start + limit)
+        out = self._ready[start:end]
+        self._head = end
+        if end == len(self._ready):
+            self._ready, self._head = [], 0
+        elif end > 4096 and 2 * end > len(self._ready):
+            del self._ready[:end]
+            self._head = 0
         return out
+
+    def peek(self, limit: int) -> list[Example]:
+        """The next ``limit`` examples :meth:`take` would give, left in place."""
+        return self._ready[self._head:self._head + limit]
+
+    def waiting(self) -> list[Example]:
+        """Every example not taken yet (part of a checkpoint)."""
+        return self._ready[self._head:]
 
     @property
     def ready(self) -> int:
-        return len(self._ready)
+        return len(self._ready) - self._head
 
 
 class ExampleSource(Protocol):
@@ -92,6 +116,8 @@ class ExampleSource(Protocol):
         ...
 
     def take(self, limit: int | None = None) -> list[Example]: ...
+
+    def peek(self, limit: int) -> list[Example]: ...
 
     @property
     def ready(self) -> int: ...

@@ -15,12 +15,15 @@ docs/joining.md has the full rules.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
 
 from streamrec.consumers.example_source import (
     Example,
@@ -28,9 +31,11 @@ from streamrec.consumers.example_source import (
     ReleasedExamples,
     encode_time,
     example_from_row,
-    example_row,
+    example_rows,
 )
+from streamrec.stream.event_columns import decode_columns, is_columnar
 from streamrec.stream.events import decode_events, encode
+from streamrec.stream.feature_blocks import RowRef, feature_dicts
 
 INF = math.inf
 # how far past its topic partition's time (or this machine's clock) an event may be (Joiner.implausible_time)
@@ -60,6 +65,16 @@ class _Partition:
 
 
 POSITIVE_RELEASES = ("click", "window")
+
+
+def _due(queue: OrderedDict[str, Any], due: Callable[[Any], bool]) -> list[str]:
+    """The keys of the longest prefix of ``queue`` whose values are ``due``."""
+    keys = []
+    for key, value in queue.items():
+        if not due(value):
+            break
+        keys.append(key)
+    return keys
 
 
 class Joiner(ReleasedExamples):
@@ -94,9 +109,13 @@ class Joiner(ReleasedExamples):
     # ------------------------------------------------------------------ input
 
     def impression(self, partition: int, event: dict[str, Any]) -> None:
-        part = self._part(partition)
-        impression_id, t = event["event_id"], float(event["event_time"])
-        part.impressions_time = max(part.impressions_time, t)
+        self._impression(self._part(partition), event["event_id"], float(event["event_time"]), event["user_id"],
+                         event["item_id"], event["features"])
+
+    def _impression(self, part: _Partition, impression_id: str, t: float, user_id: str, item_id: str,
+                    features: dict[str, Any] | RowRef) -> None:
+        if t > part.impressions_time:
+            part.impressions_time = t
         if impression_id in part.pending or impression_id in part.closed:
             self.counts.duplicate_impressions += 1
             return
@@ -110,15 +129,17 @@ class Joiner(ReleasedExamples):
                 label = 1
                 if self._at_click:
                     part.clicked.append([early, impression_id])
-        part.pending[impression_id] = [t, event["user_id"], event["item_id"], event["features"], label]
+        part.pending[impression_id] = [t, user_id, item_id, features, label]
         self._open += 1
         if len(part.pending) > self.max_pending:
             self._evict_oldest(part)
 
     def click(self, partition: int, event: dict[str, Any]) -> None:
-        part = self._part(partition)
-        impression_id, t = event["impression_id"], float(event["event_time"])
-        part.clicks_time = max(part.clicks_time, t)
+        self._click(self._part(partition), event["impression_id"], float(event["event_time"]))
+
+    def _click(self, part: _Partition, impression_id: str, t: float) -> None:
+        if t > part.clicks_time:
+            part.clicks_time = t
         self.counts.clicks += 1
         held = part.pending.get(impression_id)
         if held is not None:
@@ -152,10 +173,11 @@ class Joiner(ReleasedExamples):
         the partition's time and close every open impression on it as a negative. (A forged final
         watermark with a plausible time cannot be told from the real one: only who may write the
         topics can stop it, docs/security.md.)"""
-        t = float(event["event_time"])
+        return self._implausible(partition, topic_kind, float(event["event_time"]), time.time() if now is None else now)
+
+    def _implausible(self, partition: int, topic_kind: str, t: float, now: float) -> str | None:
         part = self._partitions.get(partition)
         seen = -INF if part is None else (part.impressions_time if topic_kind == "impressions" else part.clicks_time)
-        now = time.time() if now is None else now
         if t > now + self.max_ahead_s:
             return f"event_time {t:.0f} is {t - now:.0f} s ahead of this machine's clock (at most {self.max_ahead_s:g} s)"
         if math.isfinite(seen) and t > seen + self.max_ahead_s:
@@ -181,6 +203,8 @@ class Joiner(ReleasedExamples):
         """Decode one message (an event or an event batch, stream/events.py) and offer its valid
         events in order: how many of each type were taken, and the ``(bytes, reason)`` of every
         event to dead-letter (invalid, or of a type that does not belong on this topic)."""
+        if is_columnar(raw):
+            return self._offer_columns(partition, topic_kind, raw)
         taken = {"impression": 0, "click": 0, "watermark": 0}
         good, dead = decode_events(raw)
         now = time.time()
@@ -196,6 +220,71 @@ class Joiner(ReleasedExamples):
             else:
                 taken[etype] += 1
         return taken, dead
+
+    def _offer_columns(self, partition: int, topic_kind: str, raw: bytes) -> tuple[dict[str, int], list[tuple[bytes, str]]]:
+        """:meth:`offer_message` for a columnar batch (stream/event_columns.py): the same rules
+        event by event, over lists of ids and times; impressions keep a reference to their row of
+        the batch's features instead of a dict."""
+        taken = {"impression": 0, "click": 0, "watermark": 0}
+        columns, dead = decode_columns(raw)
+        if columns is None:
+            return taken, dead
+        kind = columns.kind
+        if (kind == "impression") != (topic_kind == "impressions"):
+            dead += [(encode(columns.event(k)), f"{kind} event on the {topic_kind} topic") for k in range(len(columns))]
+            return taken, dead
+        part = self._part(partition)
+        now = time.time()
+        clock_limit = now + self.max_ahead_s
+        ahead = self.max_ahead_s
+        ids, times, targets = columns.event_ids, columns.times, columns.targets
+        is_impression = kind == "impression"
+        block, users = columns.block, columns.user_ids
+        if is_impression and self._all_new(part, ids, times, clock_limit):
+            # the usual batch, whole: every time plausible, every id new, no eviction; what the
+            # loop below would do event by event, at once
+            refs = zip(itertools.repeat(block), range(len(ids)))
+            part.pending.update(zip(ids, map(list, zip(times, users, targets, refs, itertools.repeat(0)))))
+            early = part.early_clicks
+            for k in ([k for k, i in enumerate(ids) if i in early] if early else ()):
+                clicked_at = early.pop(ids[k])  # its click came first (_impression's rule)
+                if clicked_at - times[k] > self.window_s:
+                    self.counts.late_clicks += 1
+                else:
+                    part.pending[ids[k]][4] = 1
+                    if self._at_click:
+                        part.clicked.append([clicked_at, ids[k]])
+            part.impressions_time = max(part.impressions_time, max(times))
+            self.counts.impressions += len(ids)
+            self._open += len(ids)
+            taken[kind] = len(ids)
+            return taken, dead
+        refused = 0
+        for k, t in enumerate(times):
+            seen = part.impressions_time if is_impression else part.clicks_time
+            if t > clock_limit or (t > seen + ahead and seen > -INF):
+                dead.append((encode(columns.event(k)), self._implausible(partition, topic_kind, t, now)))
+                refused += 1
+            elif is_impression:
+                self._impression(part, ids[k], t, users[k], targets[k], (block, k))
+            else:
+                self._click(part, targets[k], t)
+        self.counts.refused_times += refused
+        taken[kind] = len(times) - refused
+        return taken, dead
+
+    def _all_new(self, part: _Partition, ids: list[str], times: list[float], clock_limit: float) -> bool:
+        """True when impressions ``ids`` at ``times`` would all be taken as new, with no eviction
+        (a click that came before its impression may be waiting for any of them)."""
+        if not ids or len(part.pending) + len(ids) > self.max_pending or max(times) > clock_limit:
+            return False
+        at = np.asarray(times)
+        # each event is checked against the partition's time as the events before it left it
+        seen = np.maximum.accumulate(np.concatenate(([part.impressions_time], at[:-1])))
+        if not np.all((seen == -INF) | (at <= seen + self.max_ahead_s)):
+            return False
+        return (len(set(ids)) == len(ids) and part.pending.keys().isdisjoint(ids)
+                and part.closed.keys().isdisjoint(ids))
 
     def watermark(self, partition: int, topic_kind: str, event_time: float, final: bool) -> None:
         part = self._part(partition)
@@ -227,25 +316,22 @@ class Joiner(ReleasedExamples):
                         self._open -= 1
                         self._close(part, impression_id, held, click_time)
                 del part.clicked[:released]
-            limit = now - self.window_s
-            while part.pending:
-                impression_id, held = next(iter(part.pending.items()))
-                if not held[0] < limit:
-                    break
-                del part.pending[impression_id]
-                self._open -= 1
-                self._close(part, impression_id, held, held[0] + self.window_s)
-            while part.early_clicks:
-                impression_id, t = next(iter(part.early_clicks.items()))
-                if not t < part.impressions_time:
-                    break
+            # each queue is in event-time order: what is due is a prefix, found in one pass
+            limit, window = now - self.window_s, self.window_s
+            expired = _due(part.pending, lambda held: held[0] < limit)
+            if expired:
+                pop, close = part.pending.pop, self._close
+                for impression_id in expired:
+                    held = pop(impression_id)
+                    close(part, impression_id, held, held[0] + window)
+                self._open -= len(expired)
+            impressions_time = part.impressions_time
+            orphans = _due(part.early_clicks, lambda t: t < impressions_time)
+            for impression_id in orphans:
                 del part.early_clicks[impression_id]
-                self.counts.orphan_clicks += 1
+            self.counts.orphan_clicks += len(orphans)
             forget = now - 2 * self.window_s
-            while part.closed:
-                impression_id, (t, _label) = next(iter(part.closed.items()))
-                if not t < forget:
-                    break
+            for impression_id in _due(part.closed, lambda closed: closed[0] < forget):
                 del part.closed[impression_id]
 
     def finished(self, partitions: Iterable[int]) -> bool:
@@ -288,17 +374,24 @@ class Joiner(ReleasedExamples):
     # ------------------------------------------------------------------ checkpointing
 
     def state(self) -> dict[str, Any]:
-        """Everything, as JSON-able values. Examples not yet taken are part of it."""
+        """Everything, as JSON-able values. Examples not yet taken are part of it (features that
+        are references into columnar batches become the dicts the JSON path holds)."""
+        ready = example_rows(self.waiting())
+        pending = {p: [[k, *v] for k, v in part.pending.items()] for p, part in self._partitions.items()}
+        # a pending row is [id, time, user, item, features, label]
+        rows = [row for part_rows in pending.values() for row in part_rows]
+        for row, features in zip(rows, feature_dicts([row[4] for row in rows])):
+            row[4] = features
         return {
             "window_s": self.window_s,
             "max_pending": self.max_pending,
             "max_ahead_s": self.max_ahead_s,
             "positives": self.positives,
             "counts": asdict(self.counts),
-            "ready": [example_row(e) for e in self._ready],
+            "ready": ready,
             "partitions": {
                 str(p): {
-                    "pending": [[k, *v] for k, v in part.pending.items()],
+                    "pending": pending[p],
                     "early_clicks": [[k, t] for k, t in part.early_clicks.items()],
                     "closed": [[k, *v] for k, v in part.closed.items()],
                     "clicked": part.clicked,
@@ -314,7 +407,7 @@ class Joiner(ReleasedExamples):
         joiner = cls(state["window_s"], state["max_pending"], state.get("positives", "window"),
                      state.get("max_ahead_s", MAX_EVENT_TIME_AHEAD_S))
         joiner.counts = JoinCounts(**state["counts"])
-        joiner._ready = [example_from_row(row) for row in state["ready"]]
+        joiner._ready, joiner._head = [example_from_row(row) for row in state["ready"]], 0
         for p, data in state["partitions"].items():
             part = _Partition(
                 pending=OrderedDict((row[0], list(row[1:])) for row in data["pending"]),

@@ -45,11 +45,13 @@ from streamrec.models import spec_for
 from streamrec.models.base import read_metadata
 from streamrec.stream.behaviour_history import BehaviourHistory
 from streamrec.stream.errors import StreamrecError
+from streamrec.stream.feature_blocks import feature_dicts, gather_columns, is_row_ref
 from streamrec.stream.feature_spec import SPEC_SAMPLE_ROWS, FeatureSpec, SpecOptions
 from streamrec.stream.featurizer import Featurizer
 from streamrec.stream.kafka_client import Record, TopicPartitionKey
 from streamrec.stream.redis_connection import connect, retry_while_unavailable
 from streamrec.stream.settings import Settings
+from streamrec.stream.sparse_batch import SparseBatch
 from streamrec.versions.meta import DeltaMeta, finite_or_none
 from streamrec.versions.quality_gate import GateOptions
 from streamrec.versions.store import Version, VersionConflict, VersionStore
@@ -59,6 +61,7 @@ LAG_EVERY_S = 2.0
 QUALITY_EVERY_S = 1.0
 RATE_WINDOW_S = 10.0  # /metrics' examples per second: over this much recent time, so it falls to 0 when idle
 SLICE_BYTES = 1 << 20
+FEATURIZE_BATCHES = 16  # full batches featurized in one go (the learner still gets them one by one)
 # Settings a trainer takes from streamrec.stream.settings.Settings, under the same names.
 SETTINGS_FIELDS = ("model", "batch_size", "attribution_window_s", "publish_every_examples", "publish_every_s",
                    "keep_versions", "max_pending_impressions", "window_examples", "metrics_port", "metrics_host",
@@ -361,7 +364,7 @@ class Trainer(KafkaWorker):
 
     def _ensure_model(self, examples: list[Example]) -> None:
         if self.featurizer is None:
-            spec = self.options.spec_options.infer([e.features for e in examples[:SPEC_SAMPLE_ROWS]])
+            spec = self.options.spec_options.infer(feature_dicts([e.features for e in examples[:SPEC_SAMPLE_ROWS]]))
             self.featurizer = Featurizer(spec_for(self.options.model, spec))
         if self.featurizer.spec.history_length and self.history is None:
             spec = self.featurizer.spec
@@ -375,26 +378,41 @@ class Trainer(KafkaWorker):
                               search=self.options.search_settings())
             self._set_probe()
 
-    def _train(self, examples: list[Example]) -> None:
-        """Featurize here, learn in the learner process. Counters move at submission: every
-        reader of model state (snapshot, quality) is answered after all batches sent before it."""
-        if not examples:
-            return
-        self._ensure_model(examples)
-        assert self.learner is not None and self.featurizer is not None
+    def _featurize(self, examples: list[Example]) -> SparseBatch:
+        """The batch of ``examples``: gathered as columns and featurized as ``evaluate`` does when
+        every example came in a columnar batch, else by rows (a sequence model's histories move
+        with every example, so those always go a batch at a time, in order)."""
+        assert self.featurizer is not None
         labels = [e.label for e in examples]
-        users, items = [e.user_id for e in examples], [e.item_id for e in examples]
-        # each example sees the clicks before it, earlier ones of this batch too; its own joins after
         features = [e.features for e in examples]
+        times = [e.event_time for e in examples]
+        if self.history is None and all(map(is_row_ref, features)):
+            chunk = gather_columns(self.featurizer.spec, features, np.array(labels, dtype=np.int8),
+                                   np.array(times, dtype=np.float64))
+            if chunk is not None:
+                return self.featurizer.build_columns(chunk)
+        users, items = [e.user_id for e in examples], [e.item_id for e in examples]
+        features = feature_dicts(features)
+        # each example sees the clicks before it, earlier ones of this batch too; its own joins after
         histories = None
         if self.history is not None:
             self.history.attach_encoder(self.featurizer.history_rows)
             histories = self.history.rows_before_learning(users, items, labels, features)
-        batch = self.featurizer.build(users, items, features, labels, histories, [e.event_time for e in examples])
-        self.learner.learn(batch)
+        batch = self.featurizer.build(users, items, features, labels, histories, times)
         if self.history is not None:
             self.history.after(users, items, labels, features)
-        self.counters.count_examples([e.impression_id for e in examples], labels)
+        return batch
+
+    def _train(self, examples: list[Example], batch: SparseBatch | None = None) -> None:
+        """Learn ``examples`` (featurized here unless ``batch`` is theirs) in the learner process.
+        Counters move at submission: every reader of model state (snapshot, quality) is answered
+        after all batches sent before it."""
+        if not examples:
+            return
+        self._ensure_model(examples)
+        assert self.learner is not None
+        self.learner.learn(batch if batch is not None else self._featurize(examples))
+        self.counters.count_examples([e.impression_id for e in examples], [e.label for e in examples])
         self.publisher.unpublished_examples += len(examples)
         self.publisher.learned_since_delta += len(examples)
         self.newest_label_time = max(self.newest_label_time, max(e.label_time for e in examples))
@@ -403,10 +421,18 @@ class Trainer(KafkaWorker):
     def _train_ready(self, flush: bool = False) -> None:
         size = self.options.batch_size
         while self.source.ready >= size:
-            self._train(self.source.take(size))
-            # Every polled record is already in the source, and examples not yet trained are part
-            # of its state, so a version may be cut between any two batches.
-            self._step_versions()
+            full = size * min(self.source.ready // size, FEATURIZE_BATCHES)
+            ahead = self.source.peek(full)
+            self._ensure_model(ahead)
+            # Featurized together, learned a batch at a time: each distinct value of the run is
+            # looked up once, and the examples stay in the source until their batch is sent.
+            run = self._featurize(ahead) if self.history is None else None
+            for start in range(0, full, size):
+                examples = self.source.take(size)
+                self._train(examples, None if run is None else run.rows(start, start + size))
+                # Every polled record is already in the source, and examples not yet trained are part
+                # of its state, so a version may be cut between any two batches.
+                self._step_versions()
         if flush:
             self._train(self.source.take())
 

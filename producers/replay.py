@@ -13,7 +13,8 @@ Pacing: as fast as possible (default), ``rate`` events per second, or ``speedup`
 time. An event that fails validation goes to the dead-letter topic with its reason and is counted.
 
 Batching: up to ``events_per_message`` impressions (or clicks) of one partition leave as one
-message, a JSON array (stream/events.py); the replay computes each user's partition with Kafka's
+message, a columnar batch (Arrow IPC, stream/event_columns.py; ``encoding="json"``: a JSON array,
+stream/events.py); the replay computes each user's partition with Kafka's
 murmur2, exactly where a keyed message would go. Every partition's buffer is sent before a
 watermark (so a watermark still follows every event before it) and before the pacer sleeps (so a
 paced replay delays no event by more than its pacing). ``events_per_message=1`` sends every event
@@ -36,11 +37,12 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
-import orjson
-
 from streamrec.producers.readers import Row
 from streamrec.stream import events
+from streamrec.stream.event_columns import decode_message, encode_columns
 from streamrec.stream.kafka_client import EventConsumer, EventProducer, key_partition
+
+ENCODINGS = ("columns", "json")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,12 @@ class ReplayOptions:
     events_per_message: int = 256
     # where an earlier replay with this run id stopped (resume_positions); None sends everything
     resume: ResumePositions | None = None
+    # how a batch travels: "columns" (Arrow IPC, stream/event_columns.py) or "json" (an array)
+    encoding: str = "columns"
+
+    def __post_init__(self) -> None:
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, not {self.encoding!r}")
 
 
 # A partition's order key of its last event sent: an impression's row index, or a click's (time, row index).
@@ -95,6 +103,11 @@ def _order_key(event: events.Event, run_id: str) -> OrderKey | None:
     return (float(event["event_time"]), index) if kind == "click" else (0.0, index)
 
 
+def _message_events(raw: bytes) -> list[events.Event]:
+    """The valid events of one message, JSON or columnar."""
+    return decode_message(raw)[0]
+
+
 def resume_positions(consumer: EventConsumer, topics: tuple[str, str], partitions: int, run_id: str,
                      step: int = 64) -> ResumePositions:
     """Where replay ``run_id`` stopped on each partition of ``(impressions, clicks)``: the largest
@@ -120,12 +133,7 @@ def resume_positions(consumer: EventConsumer, topics: tuple[str, str], partition
             # once is sent again a little later, behind newer ones (stream/kafka_client.py).
             keys = []
             for record in records:
-                try:
-                    decoded = orjson.loads(record.value)
-                except orjson.JSONDecodeError:
-                    continue
-                keys += [k for k in (_order_key(e, run_id) for e in (decoded if isinstance(decoded, list) else [decoded])
-                                     if isinstance(e, dict)) if k is not None]
+                keys += [k for k in (_order_key(e, run_id) for e in _message_events(record.value)) if k is not None]
             if keys:
                 last[tp] = max(keys)
             end = start
@@ -152,10 +160,11 @@ PARTITION_CACHE_LIMIT = 1 << 20
 class _Batcher:
     """Per (topic, partition) buffers of events; a full buffer leaves as one message."""
 
-    def __init__(self, send: Callable[..., None], size: int, partitions: int) -> None:
+    def __init__(self, send: Callable[..., None], size: int, partitions: int, encoding: str = "columns") -> None:
         if size < 1:
             raise ValueError("events_per_message must be at least 1")
         self._send, self.size, self.partitions = send, size, partitions
+        self._columns = encoding == "columns"
         self._buffers: dict[tuple[str, int], list[events.Event]] = {}
         self._partition_of: dict[bytes, int] = {}
         # set when resuming: True for an event an earlier run already delivered to that partition
@@ -182,15 +191,19 @@ class _Batcher:
         buffer = self._buffers.setdefault((topic, partition), [])
         buffer.append(event)
         if len(buffer) >= self.size:
-            self._send(topic, events.encode_batch(buffer), None, partition)
+            self._send(topic, self._encode(buffer), None, partition)
             self._buffers[(topic, partition)] = []
         return True
 
     def flush(self) -> None:
         for (topic, partition), buffer in self._buffers.items():
             if buffer:
-                self._send(topic, events.encode_batch(buffer), None, partition)
+                self._send(topic, self._encode(buffer), None, partition)
         self._buffers.clear()
+
+    def _encode(self, buffer: list[events.Event]) -> bytes:
+        # a batch whose values cannot be columns (a field both string and number) goes as JSON
+        return (self._columns and encode_columns(buffer)) or events.encode_batch(buffer)
 
 
 class _Pacer:
@@ -229,7 +242,7 @@ def replay(rows: Iterable[Row], producer: EventProducer, *, impressions_topic: s
     pending: list[tuple[float, int, bytes, events.Event]] = []  # (event_time, seq, key, click) of clicks
     send = producer.send
     validate = events.validate
-    batcher = _Batcher(send, options.events_per_message, partitions)
+    batcher = _Batcher(send, options.events_per_message, partitions, options.encoding)
     if resume is not None:
         batcher.skip = lambda topic, partition, event: resume.sent(topic, partition, _order_key(event, run_id))
     # dead letters of rows an earlier run of this id got past are not sent again

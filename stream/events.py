@@ -21,6 +21,7 @@ A Kafka message holds one event, or a JSON array of events of one partition in e
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import orjson
@@ -190,10 +191,19 @@ def _too_large(size: int) -> str | None:
 
 
 def dead_letter(raw: bytes, reason: str, source: str) -> bytes:
-    """The dead-letter record: the reason, where it came from, and the payload as text (its first
-    :data:`MAX_DEAD_LETTER_PAYLOAD` bytes, with ``payload_bytes`` the whole size)."""
+    """The dead-letter record: the reason, where it came from, and the payload (its first
+    :data:`MAX_DEAD_LETTER_PAYLOAD` bytes, with ``payload_bytes`` the whole size): as text, or
+    base64 with ``payload_encoding: "base64"`` when it is not UTF-8 (a columnar batch)."""
     kept = raw[:MAX_DEAD_LETTER_PAYLOAD]
-    record: dict[str, Any] = {"reason": reason, "source": source, "payload": kept.decode("utf-8", errors="replace")}
+    record: dict[str, Any] = {"reason": reason, "source": source}
+    try:
+        record["payload"] = kept.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if len(kept) < len(raw) and exc.start >= len(kept) - 3:  # text cut inside its last character
+            record["payload"] = kept[:exc.start].decode("utf-8", errors="replace")
+        else:  # binary (a columnar batch): kept byte for byte
+            record["payload"] = base64.b64encode(kept).decode("ascii")
+            record["payload_encoding"] = "base64"
     if len(raw) > len(kept):
         record["payload_bytes"] = len(raw)
     return orjson.dumps(record)

@@ -289,7 +289,8 @@ class Featurizer:
             values, codes = np.empty(0, dtype=object), np.zeros(n, dtype=np.int64)
         else:
             values, codes = column.values, column.codes
-        return self._buckets(j, [*values, "None"])[codes]
+        # through the field's cache, as the row path: a stream's batches repeat most values
+        return self._column_array(j, [*values, "None"])[codes]
 
     def _buckets(self, j: int, values: Sequence[Any] | np.ndarray) -> np.ndarray:
         """The ``j``-th categorical field's bucket of each string in ``values`` (before its offset)."""

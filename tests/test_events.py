@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+
 import orjson
 import pytest
 
@@ -52,10 +54,17 @@ def test_nan_feature_is_invalid() -> None:
 
 
 def test_dead_letter_record_keeps_payload_and_reason() -> None:
-    record = orjson.loads(events.dead_letter(b"\xffbroken", "not valid JSON", "impressions"))
+    record = orjson.loads(events.dead_letter(b"{broken", "not valid JSON", "impressions"))
     assert record["reason"] == "not valid JSON"
     assert record["source"] == "impressions"
-    assert record["payload"].endswith("broken")
+    assert record["payload"] == "{broken" and "payload_encoding" not in record
+    # bytes that are not text (a columnar batch) are kept byte for byte, as base64
+    binary = orjson.loads(events.dead_letter(b"\xff\xff\xff\xff\x00broken", "not readable", "impressions"))
+    assert binary["payload_encoding"] == "base64"
+    assert base64.b64decode(binary["payload"]) == b"\xff\xff\xff\xff\x00broken"
+    # text cut at the limit inside a character stays text
+    cut = orjson.loads(events.dead_letter(("é" * events.MAX_DEAD_LETTER_PAYLOAD).encode(), "too big", "impressions"))
+    assert "payload_encoding" not in cut and cut["payload"] == "é" * (events.MAX_DEAD_LETTER_PAYLOAD // 2)
 
 
 def test_an_event_batch_decodes_to_its_events_in_order_and_names_each_bad_one() -> None:

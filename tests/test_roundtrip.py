@@ -12,6 +12,7 @@ from streamrec.local_stack import Endpoints
 from streamrec.producers.readers import ReaderOptions, parse_mapping, read_rows
 from streamrec.producers.replay import ReplayOptions, replay
 from streamrec.stream import events
+from streamrec.stream.event_columns import decode_message, is_columnar
 from streamrec.stream.kafka_client import Record, create_topics, key_partition, make_consumer, make_producer
 from streamrec.stream.topic_reader import records_until_final_watermarks
 
@@ -22,16 +23,17 @@ PARTITIONS = 3
 def _events(records: list[Record]) -> list[tuple[events.Event, Record]]:
     out = []
     for record in records:
-        good, bad = events.decode_events(record.value)
+        good, bad = decode_message(record.value)
         assert not bad
         out += [(event, record) for event in good]
     return out
 
 
-@pytest.mark.parametrize(("client", "per_message"), [("confluent", 256), ("kafka-python", 256), ("confluent", 1),
-                                                     ("kafka-python", 1)])
+@pytest.mark.parametrize(("client", "per_message", "encoding"), [
+    ("confluent", 256, "columns"), ("kafka-python", 256, "columns"), ("confluent", 256, "json"),
+    ("confluent", 1, "json"), ("kafka-python", 1, "json")])
 def test_replay_round_trip_exactly_once(stack: Endpoints, namespace: str, criteo_file: Path, client: str,
-                                        per_message: int) -> None:
+                                        per_message: int, encoding: str) -> None:
     topics = [f"{namespace}.impressions", f"{namespace}.clicks", f"{namespace}.dead-letter"]
     create_topics(stack.kafka_bootstrap, topics, PARTITIONS)
     opts = ReaderOptions(user_field="C1", item_field="C2")
@@ -40,7 +42,8 @@ def test_replay_round_trip_exactly_once(stack: Endpoints, namespace: str, criteo
     try:
         report = replay(rows, producer, impressions_topic=topics[0], clicks_topic=topics[1],
                         dead_letter_topic=topics[2], partitions=PARTITIONS,
-                        options=ReplayOptions(seed=1, run_id="rt", events_per_message=per_message))
+                        options=ReplayOptions(seed=1, run_id="rt", events_per_message=per_message,
+                                              encoding=encoding))
     finally:
         producer.close()
     positives = sum(r.label for r in rows)
@@ -59,6 +62,7 @@ def test_replay_round_trip_exactly_once(stack: Endpoints, namespace: str, criteo
         assert messages == len(rows) + positives
     else:
         assert messages < (len(rows) + positives) / 10  # batched
+    assert {is_columnar(r.value) for _e, r in impressions + clicks} == {encoding == "columns"}
 
     by_id = {}
     for event, record in impressions:

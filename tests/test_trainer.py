@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import collections
 import os
 import signal
@@ -119,29 +120,57 @@ def test_malformed_events_are_dead_lettered_and_training_goes_on(stack, namespac
         (settings.impressions_topic, events.encode(events.click("c", "i", 1.7e9, "u")), "click event on the impressions"),
         (settings.clicks_topic, events.encode(events.impression("i", 1.7e9, "u", "a", {"x": [1]})), "feature 'x'"),
     ]
+    # a columnar batch whose two rows are bad: each is dead-lettered alone, as its JSON event
+    bad_rows = [events.impression("i-empty-user", 1.7e9, "", "a", {"C3": "x"}),
+                events.impression("i-long-item", 1.7e9, "u", "a" * 300, {"C3": "y"})]
+    columnar = _columnar(bad_rows)
+    garbage = b"\xff\xff\xff\xff\x00\x01 not arrow"
+    expected = [(reason, payload.decode()) for _topic, payload, reason in bad] + [
+        ("'user_id' must be a non-empty string", events.encode(bad_rows[0]).decode()),
+        ("'item_id' is 300 characters", events.encode(bad_rows[1]).decode()),
+        ("not a readable Arrow IPC stream", base64.b64encode(garbage).decode())]
     producer = make_producer(stack.kafka_bootstrap)
     for topic, payload, _reason in bad:
         producer.send(topic, payload, b"u")
+    producer.send(settings.impressions_topic, columnar, b"u")
+    producer.send(settings.impressions_topic, garbage, b"u")
     producer.close()
     replay_rows(stack, settings, rows, "r")
     running = start_trainer(stack, settings, metrics_port=0)
     report, scraped = running.finish()
-    assert report["dead_letters"] == len(bad)
-    assert scraped["streamrec_dead_letters_total"] == len(bad)
+    assert report["dead_letters"] == len(expected)
+    assert scraped["streamrec_dead_letters_total"] == len(expected)
     assert report["examples"] == len(rows) and report["digest"] == expected_digest("r", rows)
 
     consumer = make_consumer(stack.kafka_bootstrap, f"dlq-{namespace}")
     consumer.assign([(settings.dead_letter_topic, p) for p in range(2)])
     letters = []
     deadline = time.monotonic() + 30
-    while len(letters) < len(bad) and time.monotonic() < deadline:
+    while len(letters) < len(expected) and time.monotonic() < deadline:
         letters += [orjson.loads(r.value) for r in consumer.poll(100, 0.5)]
     consumer.close()
-    assert len(letters) == len(bad)
-    for (topic, payload, reason), letter in zip(bad, sorted(letters, key=lambda d: [b[1].decode() for b in bad].index(d["payload"]))):
+    assert len(letters) == len(expected)
+    by_payload = {letter["payload"]: letter for letter in letters}
+    for reason, payload in expected:
+        letter = by_payload[payload]
         assert reason in letter["reason"]
-        assert letter["source"].startswith(f"{topic}:")
-        assert letter["payload"] == payload.decode()
+        assert letter["source"].split(":")[0] in (settings.impressions_topic, settings.clicks_topic)
+    assert by_payload[expected[-1][1]]["payload_encoding"] == "base64"
+
+
+def _columnar(rows: list[dict]) -> bytes:
+    """``rows`` as a columnar batch, written column by column (encode_columns takes valid events only)."""
+    import pyarrow as pa
+
+    table = pa.table({
+        "event_id": [r["event_id"] for r in rows], "event_time": [r["event_time"] for r in rows],
+        "user_id": [r["user_id"] for r in rows], "item_id": [r["item_id"] for r in rows],
+        "features": pa.StructArray.from_arrays([pa.array([r["features"]["C3"] for r in rows])], names=["C3"]),
+    }).replace_schema_metadata({b"streamrec": b"events/1", b"type": b"impression"})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 def _start_redis(port: int, data_dir: Path) -> subprocess.Popen:

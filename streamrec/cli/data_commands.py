@@ -89,8 +89,10 @@ def generate(rows: int, seed: int, out: Path, behaviour: bool, match_strength: f
 @click.option("--partitions", type=click.IntRange(min=1), help="Partitions per topic if they must be created.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the click delays.")
 @click.option("--events-per-message", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Events of one partition per Kafka message (a JSON array); 1 sends each event as a keyed "
-                   "message of its own.")
+              help="Events of one partition per Kafka message; 1 sends each event as a keyed JSON message "
+                   "of its own.")
+@click.option("--encoding", type=click.Choice(["columns", "json"]), default="columns", show_default=True,
+              help="How a message's events travel: Arrow IPC columns, or a JSON array (docs/events.md).")
 @click.option("--run-id", help="Impression ids are RUN_ID-<row>; default: a random id (printed).")
 @click.option("--resume", is_flag=True,
               help="Continue replay --run-id after a crash: send only what did not reach each partition.")
@@ -99,7 +101,7 @@ def generate(rows: int, seed: int, out: Path, behaviour: bool, match_strength: f
 def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, item_field: str | None,
            columns: str | None, numeric_columns: str | None, strict: bool, limit: int | None,
            rate: float | None, speedup: float | None, click_delay_mean_s: float, click_delay_max_s: float,
-           watermark_every_s: float, partitions: int | None, seed: int, events_per_message: int,
+           watermark_every_s: float, partitions: int | None, seed: int, events_per_message: int, encoding: str,
            run_id: str | None, resume: bool, report_json: Path | None) -> None:
     """Replay a log as impression and click events onto Kafka."""
     import itertools
@@ -170,7 +172,7 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
                                                       click_delay_max_s=click_delay_max_s, seed=seed,
                                                       watermark_every_s=watermark_every_s,
                                                       events_per_message=events_per_message, run_id=run_id,
-                                                      resume=positions),
+                                                      resume=positions, encoding=encoding),
                                 on_progress=advance)
     finally:
         producer.close()
