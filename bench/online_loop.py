@@ -30,6 +30,8 @@ from streamrec.consumers.trainer import Trainer, TrainerOptions  # noqa: E402
 from streamrec.evaluation import evaluate_file  # noqa: E402
 from streamrec.local_stack import start_stack, stop_stack  # noqa: E402
 from streamrec.models.online_search import SearchSettings  # noqa: E402
+from streamrec.producers.column_replay import replay_columns  # noqa: E402
+from streamrec.producers.columns import columnar_fields, read_columns  # noqa: E402
 from streamrec.producers.generator import generate, write_stream  # noqa: E402
 from streamrec.producers.readers import ReaderOptions, read_rows  # noqa: E402
 from streamrec.producers.replay import ReplayOptions, replay  # noqa: E402
@@ -93,12 +95,16 @@ def main() -> None:
                                                       settings.dead_letter_topic], settings.partitions)
                 producer = make_producer(state.kafka_bootstrap)
                 replay_cpu = time.process_time()
+                topics = {"impressions_topic": settings.impressions_topic, "clicks_topic": settings.clicks_topic,
+                          "dead_letter_topic": settings.dead_letter_topic, "partitions": settings.partitions}
                 try:
-                    produced = replay(read_rows(data, args.format, options), producer,
-                                      impressions_topic=settings.impressions_topic,
-                                      clicks_topic=settings.clicks_topic,
-                                      dead_letter_topic=settings.dead_letter_topic, partitions=settings.partitions,
-                                      options=ReplayOptions(encoding=encoding))
+                    if encoding == "columns" and columnar_fields(args.format, options):
+                        # what `streamrec replay` does: the same events from column chunks
+                        produced = replay_columns(read_columns(data, args.format, options), producer,
+                                                  options=ReplayOptions(encoding=encoding), **topics)
+                    else:
+                        produced = replay(read_rows(data, args.format, options), producer,
+                                          options=ReplayOptions(encoding=encoding), **topics)
                 finally:
                     producer.close()
                 replay_cpu = time.process_time() - replay_cpu

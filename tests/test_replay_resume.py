@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from streamrec.local_stack import Endpoints
+from streamrec.producers.column_replay import replay_columns
+from streamrec.producers.columns import first_rows, read_columns
+from streamrec.producers.generator import generate, write_stream
+from streamrec.producers.readers import ReaderOptions, read_rows
 from streamrec.producers.replay import ReplayOptions, replay, resume_positions
 from streamrec.stream.kafka_client import create_topics, make_consumer, make_producer
 from tests.streams import expected_digest, settings_for, start_trainer
@@ -36,10 +42,17 @@ class _CrashingProducer:
         self.inner.close()
 
 
-@pytest.mark.parametrize("crashes_after", [[0], [9], [3, 20, 41]])
+@pytest.mark.parametrize("crashes_after, by_columns", [([0], False), ([9], False), ([3, 20, 41], False),
+                                                       ([2, 11, 30], True)])
 def test_a_replay_resumed_after_crashes_sends_each_event_once(
-        stack: Endpoints, namespace: str, learnable_rows: list, crashes_after: list[int]) -> None:
+        stack: Endpoints, namespace: str, learnable_rows: list, crashes_after: list[int], by_columns: bool,
+        tmp_path: Path) -> None:
     rows = learnable_rows[:3000]
+    if by_columns:  # the same rows as column chunks (conftest.learnable_rows' file), replayed by replay_columns
+        path = tmp_path / "learnable.tsv"
+        write_stream(generate(12_000, seed=11), path, seed=11)
+        opts = ReaderOptions(user_field="C1", item_field="C2")
+        assert [r.user_id for r in read_rows(path, "criteo", opts)][:3000] == [r.user_id for r in rows]
     settings = settings_for(namespace)
     topics = (settings.impressions_topic, settings.clicks_topic)
     create_topics(stack.kafka_bootstrap, [*topics, settings.dead_letter_topic], settings.partitions)
@@ -51,7 +64,11 @@ def test_a_replay_resumed_after_crashes_sends_each_event_once(
         producer = inner if budget is None else _CrashingProducer(inner, budget)
         options = ReplayOptions(run_id="rr", events_per_message=64, watermark_every_s=2.0, resume=positions)
         try:
-            report = replay(rows, producer, options=options, **kwargs)
+            if by_columns:
+                chunks = first_rows(read_columns(path, "criteo", opts, block_bytes=1 << 15), len(rows))
+                report = replay_columns(chunks, producer, options=options, **kwargs)
+            else:
+                report = replay(rows, producer, options=options, **kwargs)
         except _Crash:
             pass
         finally:

@@ -108,6 +108,8 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
     import uuid
 
     from streamrec.local_stack import resolve_endpoints
+    from streamrec.producers.column_replay import replay_columns
+    from streamrec.producers.columns import columnar_fields, first_rows, read_columns
     from streamrec.producers.readers import ReaderOptions, ReadStats, parse_mapping, read_rows
     from streamrec.producers.replay import ReplayOptions, resume_positions
     from streamrec.producers.replay import replay as run_replay
@@ -162,18 +164,24 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
         console.print(f"run id {run_id} (continue it after a crash with --run-id {run_id} --resume)")
     producer = make_producer(endpoints.kafka_bootstrap, settings.kafka_client, security)
     total = limit or count_lines(path)
+    replay_options = ReplayOptions(rate=rate, speedup=speedup, click_delay_mean_s=click_delay_mean_s,
+                                   click_delay_max_s=click_delay_max_s, seed=seed, watermark_every_s=watermark_every_s,
+                                   events_per_message=events_per_message, run_id=run_id, resume=positions,
+                                   encoding=encoding)
+    # the topic's own count: batches are placed by murmur2 modulo it
+    topics = {"impressions_topic": settings.impressions_topic, "clicks_topic": settings.clicks_topic,
+              "dead_letter_topic": settings.dead_letter_topic, "partitions": topic_partitions}
     try:
         with progress_bar("replay", total) as advance:
-            report = run_replay(rows, producer, impressions_topic=settings.impressions_topic,
-                                clicks_topic=settings.clicks_topic, dead_letter_topic=settings.dead_letter_topic,
-                                # the topic's own count: batches are placed by murmur2 modulo it
-                                partitions=topic_partitions,
-                                options=ReplayOptions(rate=rate, speedup=speedup, click_delay_mean_s=click_delay_mean_s,
-                                                      click_delay_max_s=click_delay_max_s, seed=seed,
-                                                      watermark_every_s=watermark_every_s,
-                                                      events_per_message=events_per_message, run_id=run_id,
-                                                      resume=positions, encoding=encoding),
-                                on_progress=advance)
+            if (encoding == "columns" and rate is None and speedup is None and events_per_message > 1
+                    and columnar_fields(fmt, options)):
+                # the same events from column chunks: no Python object per value (producers/column_replay.py)
+                chunks = read_columns(path, fmt, options, stats)
+                if limit:
+                    chunks = first_rows(chunks, limit)
+                report = replay_columns(chunks, producer, options=replay_options, on_progress=advance, **topics)
+            else:
+                report = run_replay(rows, producer, options=replay_options, on_progress=advance, **topics)
     finally:
         producer.close()
     result = {**report.as_dict(), "malformed_rows": stats.malformed}
