@@ -38,3 +38,21 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True))
     print(f"wrote {path}")
     return path
+
+
+def write_agrawal_criteo(path: Path, rows: int, seed: int) -> dict[str, Any]:
+    """River's Agrawal generator (classification function 2, 5% perturbation), written as a
+    Criteo-format log: its six numbers as integers I1..I6, zipcode, car and education level as
+    C1 (the user), C2 (the item) and C3. A log this project's generator did not make."""
+    from river.datasets import synth
+
+    numeric = ("salary", "commission", "age", "hvalue", "hyears", "loan")
+    positives = 0
+    with path.open("w") as out:
+        for x, y in synth.Agrawal(classification_function=2, seed=seed, perturbation=0.05).take(rows):
+            ints = [str(int(round(float(x[k])))) for k in numeric] + [""] * 7
+            cats = [f"z{x['zipcode']}", f"c{x['car']}", f"e{x['elevel']}"] + [""] * 23
+            out.write("\t".join([str(int(y)), *ints, *cats]) + "\n")
+            positives += int(y)
+    return {"source": f"river.datasets.synth.Agrawal(classification_function=2, seed={seed}, perturbation=0.05)",
+            "positive_rate": positives / rows}

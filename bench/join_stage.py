@@ -1,6 +1,7 @@
 """The join stage against the join inside the trainer, on the same replayed stream.
 
     python bench/join_stage.py --rows 200000 --model wide_deep --join-workers 1 2
+    python bench/join_stage.py --join-workers 1 --encodings json columns   # both event encodings, interleaved
 
 For each setting, the rows are replayed onto fresh topics of the embedded broker first; then
 
@@ -32,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import SYNTHETIC_FIELDS, process_cpu_seconds, write_result  # noqa: E402
 from streamrec.consumers.trainer import Trainer, TrainerOptions  # noqa: E402
 from streamrec.local_stack import start_stack, stop_stack  # noqa: E402
+from streamrec.producers.column_replay import replay_columns  # noqa: E402
+from streamrec.producers.columns import read_columns  # noqa: E402
 from streamrec.producers.generator import generate, write_stream  # noqa: E402
 from streamrec.producers.readers import ReaderOptions, read_rows  # noqa: E402
 from streamrec.producers.replay import ReplayOptions, replay  # noqa: E402
@@ -53,17 +56,23 @@ def _reap(process: subprocess.Popen, timeout_s: float = 120.0) -> float:
     raise SystemExit(f"join worker {process.pid} did not finish in {timeout_s:.0f}s")
 
 
-def run_once(data: Path, state, home: Path, model: str, join_workers: int, partitions: int) -> dict:
+def run_once(data: Path, state, home: Path, model: str, join_workers: int, partitions: int,
+             encoding: str = "columns") -> dict:
     settings = load_settings(namespace=f"bench-{uuid.uuid4().hex[:6]}", home=home, partitions=partitions,
                              kafka_bootstrap=state.kafka_bootstrap, redis_url=state.redis_url)
     topics = [settings.impressions_topic, settings.clicks_topic, settings.dead_letter_topic, settings.examples_topic]
     create_topics(state.kafka_bootstrap, topics, partitions)
     producer = make_producer(state.kafka_bootstrap)
+    where = {"impressions_topic": settings.impressions_topic, "clicks_topic": settings.clicks_topic,
+             "dead_letter_topic": settings.dead_letter_topic, "partitions": partitions}
+    # the same impression ids in every setting: digests compare
+    options = ReplayOptions(run_id="bench", encoding=encoding)
     try:
-        replay(read_rows(data, "criteo", ReaderOptions(**SYNTHETIC_FIELDS)), producer,
-               impressions_topic=settings.impressions_topic, clicks_topic=settings.clicks_topic,
-               dead_letter_topic=settings.dead_letter_topic, partitions=partitions,
-               options=ReplayOptions(run_id="bench"))  # same impression ids in every setting: digests compare
+        if encoding == "columns":  # as `streamrec replay` sends a Criteo log
+            replay_columns(read_columns(data, "criteo", ReaderOptions(**SYNTHETIC_FIELDS)), producer,
+                           options=options, **where)
+        else:
+            replay(read_rows(data, "criteo", ReaderOptions(**SYNTHETIC_FIELDS)), producer, options=options, **where)
     finally:
         producer.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
@@ -90,7 +99,8 @@ def run_once(data: Path, state, home: Path, model: str, join_workers: int, parti
                 worker.wait()
     examples = report["examples"]
     return {
-        "setting": f"join stage, {join_workers} worker(s)" if join_workers else "in-trainer",
+        "setting": (f"join stage, {join_workers} worker(s)" if join_workers else "in-trainer") + f", {encoding}",
+        "encoding": encoding,
         "join_workers": join_workers,
         "examples": examples,
         "examples_per_second": report["examples_per_second"],
@@ -109,6 +119,7 @@ def main() -> None:
     parser.add_argument("--model", default="wide_deep")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--join-workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--encodings", nargs="+", default=["columns"], choices=["columns", "json"])
     parser.add_argument("--name", default="join_stage")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,10 +128,10 @@ def main() -> None:
         state = start_stack(home)
         runs = []
         try:
-            for join_workers in [0, *args.join_workers]:
-                result = run_once(data, state, home, args.model, join_workers, args.partitions)
+            for join_workers, encoding in ((w, e) for w in [0, *args.join_workers] for e in args.encodings):
+                result = run_once(data, state, home, args.model, join_workers, args.partitions, encoding)
                 runs.append(result)
-                print(f"{result['setting']:>24}: {result['examples_per_second']:8,.0f} labelled ex/s, "
+                print(f"{result['setting']:>34}: {result['examples_per_second']:8,.0f} labelled ex/s, "
                       f"AUC {result['auc']:.4f}; CPU-s per 1k examples: trainer process "
                       f"{result['trainer_cpu_s_per_1k']:.3f}, join workers {result['join_cpu_s_per_1k']:.3f}, "
                       f"broker {result['broker_cpu_s_per_1k']:.3f}")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import process_cpu_seconds, write_result  # noqa: E402
+from bench._common import process_cpu_seconds, write_agrawal_criteo, write_result  # noqa: E402
 from streamrec.consumers.trainer import Trainer, TrainerOptions  # noqa: E402
 from streamrec.evaluation import evaluate_file  # noqa: E402
 from streamrec.local_stack import start_stack, stop_stack  # noqa: E402
@@ -56,6 +56,8 @@ def main() -> None:
                         help="Comma-separated replay encodings to run side by side, interleaved: columns, json.")
     parser.add_argument("--data", type=Path, help="A log to use instead of the generator's stream.")
     parser.add_argument("--format", default="criteo", help="--data's format (producers/readers.py FORMATS).")
+    parser.add_argument("--agrawal", action="store_true",
+                        help="River's Agrawal generator written as a Criteo log, instead of the project's stream.")
     parser.add_argument("--user-field", default="C1")
     parser.add_argument("--item-field", default="C2")
     parser.add_argument("--search", choices=["on", "off"], default="on",
@@ -76,6 +78,9 @@ def main() -> None:
                     sink.write(line)
             summary = {"oracle_auc": float("nan")}
             print(f"the first {args.rows:,} rows of {args.data}")
+        elif args.agrawal:
+            summary = {"oracle_auc": float("nan"), **write_agrawal_criteo(data, args.rows, seed=0)}
+            print(f"wrote {args.rows:,} rows of {summary['source']} as a Criteo log")
         else:
             summary = write_stream(generate(args.rows, seed=0), data, seed=0)
             print(f"generated {args.rows:,} rows, oracle AUC {summary['oracle_auc']:.4f}")
@@ -174,7 +179,8 @@ def main() -> None:
     write_result(args.name, {
         "rows": args.rows, "model": args.model, "search": args.search, "batch_size": args.batch_size, "oracle_auc": summary["oracle_auc"],
         "positives": args.positives, "delta_every_s": args.delta_every_s,
-        "data": str(args.data) if args.data else "synthetic (producers/generator.py, seed 0)",
+        "data": str(args.data) if args.data else summary["source"] if args.agrawal
+        else "synthetic (producers/generator.py, seed 0)",
         "settings": summaries,
         "file_only": {k: file_report[k] for k in ("examples_per_second", "auc", "wall_seconds")},
         "online_runs": runs,

@@ -320,11 +320,16 @@ class Joiner(ReleasedExamples):
             limit, window = now - self.window_s, self.window_s
             expired = _due(part.pending, lambda held: held[0] < limit)
             if expired:
-                pop, close = part.pending.pop, self._close
-                for impression_id in expired:
-                    held = pop(impression_id)
-                    close(part, impression_id, held, held[0] + window)
+                pop = part.pending.pop
+                held = [pop(impression_id) for impression_id in expired]
                 self._open -= len(expired)
+                # _close for each, at once: closed for one more window, counted, released in order
+                part.closed.update(zip(expired, ([h[0], h[4]] for h in held)))
+                positives = sum(h[4] for h in held)
+                self.counts.positives += positives
+                self.counts.negatives += len(held) - positives
+                self._ready.extend([Example(i, h[1], h[2], h[3], h[4], h[0], h[0] + window)
+                                    for i, h in zip(expired, held)])
             impressions_time = part.impressions_time
             orphans = _due(part.early_clicks, lambda t: t < impressions_time)
             for impression_id in orphans:
