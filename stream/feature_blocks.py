@@ -122,6 +122,21 @@ def _categorical(column: pa.Array | pa.ChunkedArray) -> CategoricalColumn:
     return CategoricalColumn(codes, dictionary.to_numpy(zero_copy_only=False))
 
 
+def _numeric(column: pa.Array | pa.ChunkedArray) -> NumericColumn:
+    """Numbers row by row (codes 0..n-1, "missing" past the end): bucketing a number is a few
+    array operations, cheaper than hashing it into a dictionary first."""
+    numbers = column.cast(pa.float64())
+    if isinstance(numbers, pa.ChunkedArray):
+        numbers = numbers.combine_chunks()
+    values = numbers.to_numpy(zero_copy_only=False)  # a null reads NaN
+    codes = np.arange(len(values), dtype=np.int64)
+    if numbers.null_count:
+        missing = ~numbers.is_valid().to_numpy(zero_copy_only=False)
+        values = np.where(missing, 0.0, values)
+        codes[missing] = len(values)
+    return NumericColumn(codes, values)
+
+
 def gather_columns(spec: FeatureSpec, refs: Sequence[RowRef], labels: np.ndarray,
                    event_times: np.ndarray | None) -> ColumnChunk | None:
     """A batch's rows as the column chunk ``Featurizer.build_columns`` reads, or None where a
@@ -137,7 +152,7 @@ def gather_columns(spec: FeatureSpec, refs: Sequence[RowRef], labels: np.ndarray
             continue
         column = block.features.column(field.name)
         kind = column.type
-        if pa.types.is_null(kind):
+        if pa.types.is_null(kind) or column.null_count == len(column):
             continue  # every value missing: the field's "missing" bucket, as when it is absent
         if field.kind == "cat":
             if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
@@ -146,7 +161,6 @@ def gather_columns(spec: FeatureSpec, refs: Sequence[RowRef], labels: np.ndarray
         else:
             if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
                 return None
-            codes, dictionary = _encoded(column.cast(pa.float64()))
-            numeric[field.name] = NumericColumn(codes, dictionary.to_numpy(zero_copy_only=False))
+            numeric[field.name] = _numeric(column)
     return ColumnChunk(0, labels, _categorical(block.users), _categorical(block.items), categorical, numeric,
                        event_times)
