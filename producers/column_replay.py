@@ -38,7 +38,10 @@ _METADATA = {"impression": {b"streamrec": FORMAT, b"type": b"impression"},
 
 
 def _strings(column: CategoricalColumn) -> pa.Array:
-    values = pa.array(np.append(column.values.astype(object), None), type=pa.string())
+    if column.arrow is not None and column._values is None:  # as read: no Python string per value
+        values = pa.concat_arrays([column.arrow.cast(pa.string()), pa.nulls(1, pa.string())])
+    else:
+        values = pa.array(np.append(column.values.astype(object), None), type=pa.string())
     return values.take(pa.array(column.codes.astype(np.int64)))
 
 

@@ -38,7 +38,7 @@ def _identity_column(column: CategoricalColumn | None, first_row: int, n: int, f
     as :func:`streamrec.producers.readers._identity` makes them."""
     if column is None:
         column = CategoricalColumn(np.zeros(n, dtype=np.int64), np.empty(0, dtype=object))
-    missing = np.flatnonzero(column.codes == len(column.values))
+    missing = np.flatnonzero(column.codes == column.distinct)
     if not len(missing):
         return column
     codes = column.codes.astype(np.int64)
@@ -53,8 +53,8 @@ def _identity_column(column: CategoricalColumn | None, first_row: int, n: int, f
 
 def _dictionary(array: Any) -> CategoricalColumn:
     """A pyarrow dictionary array as a :class:`CategoricalColumn` (nulls, i.e. empty fields, are missing)."""
-    values = array.dictionary.to_numpy(zero_copy_only=False)
-    return CategoricalColumn(array.indices.fill_null(len(values)).to_numpy(), values)
+    dictionary = array.dictionary
+    return CategoricalColumn(array.indices.fill_null(len(dictionary)).to_numpy(), arrow=dictionary)
 
 
 def read_criteo_columns(path: Path, opts: ReaderOptions, stats: ReadStats,

@@ -12,14 +12,29 @@ from typing import Any
 import numpy as np
 
 
-@dataclass
 class CategoricalColumn:
     """Dictionary-encoded strings: row ``k`` holds ``values[codes[k]]``, or nothing where
     ``codes[k] == len(values)`` (one past the end, so that a lookup table with one more entry
-    for "missing" maps every row in a single take)."""
+    for "missing" maps every row in a single take). ``arrow``, when the values came as an Arrow
+    string array, is that array: the featurizer hashes it from its buffers, and ``values`` (Python
+    strings) are made only if something asks for them."""
 
-    codes: np.ndarray   # integer (n,)
-    values: np.ndarray  # (distinct,) str
+    __slots__ = ("codes", "_values", "arrow")
+
+    def __init__(self, codes: np.ndarray, values: np.ndarray | None = None, arrow: Any = None) -> None:
+        if values is None and arrow is None:
+            raise ValueError("a categorical column needs its values, as numpy or as Arrow")
+        self.codes, self._values, self.arrow = codes, values, arrow
+
+    @property
+    def values(self) -> np.ndarray:  # (distinct,) str
+        if self._values is None:
+            self._values = self.arrow.to_numpy(zero_copy_only=False)
+        return self._values
+
+    @property
+    def distinct(self) -> int:
+        return len(self.arrow) if self._values is None else len(self._values)
 
     def to_list(self) -> list[str | None]:
         return np.append(self.values.astype(object), None)[self.codes].tolist()
@@ -56,7 +71,7 @@ class ColumnChunk:
 
     def head(self, n: int) -> ColumnChunk:
         def cut(column: CategoricalColumn) -> CategoricalColumn:
-            return CategoricalColumn(column.codes[:n], column.values)
+            return CategoricalColumn(column.codes[:n], column._values, column.arrow)
 
         return ColumnChunk(self.first_row, self.labels[:n], cut(self.users), cut(self.items),
                            {name: cut(c) for name, c in self.categorical.items()},

@@ -133,7 +133,26 @@ def _row_event(kind: str, table: pa.Table, k: int) -> dict[str, Any]:
 
 
 def _plain(column: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if isinstance(column, pa.ChunkedArray):
+        return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    return column
+
+
+# what a features struct type asks of validation: (float children, children JSON cannot hold)
+_CHECKS: dict[pa.DataType, tuple[list[int], list[int]]] = {}
+
+
+def _checks(features: pa.DataType) -> tuple[list[int], list[int]]:
+    checks = _CHECKS.get(features)
+    if checks is None:
+        floats = [k for k, child in enumerate(features) if pa.types.is_floating(child.type)]
+        odd = [k for k, child in enumerate(features)
+               if not (pa.types.is_floating(child.type) or child.type in _STRING_TYPES
+                       or pa.types.is_integer(child.type) or pa.types.is_null(child.type))]
+        if len(_CHECKS) > 1024:  # a producer varying its schema cannot grow this without bound
+            _CHECKS.clear()
+        checks = _CHECKS[features] = (floats, odd)
+    return checks
 
 
 def _valid(array: pa.Array) -> np.ndarray | None:
@@ -161,19 +180,21 @@ def _suspect_rows(kind: str, table: pa.Table, features: pa.StructArray | None) -
     times = _plain(table.column("event_time")).cast(pa.float64()).to_numpy(zero_copy_only=False)  # null: NaN
     suspect |= ~np.isfinite(times)
     if features is not None:
-        for k, child in enumerate(features.type):
+        floats, odd_types = _checks(features.type)
+        for k in floats:
+            numbers = features.field(k)
+            if numbers.type != pa.float64():
+                numbers = numbers.cast(pa.float64())
+            # a null's slot holds any number: only a non-finite one in a valid slot counts
+            raw = np.frombuffer(numbers.buffers()[1], dtype=np.float64)[numbers.offset:numbers.offset + len(numbers)]
+            odd = ~np.isfinite(raw)
+            if odd.any():
+                valid = _valid(numbers)
+                suspect |= odd if valid is None else odd & valid
+        for k in odd_types:
             values = features.field(k)
-            if pa.types.is_floating(child.type):
-                numbers = values.cast(pa.float64()) if child.type != pa.float64() else values
-                # a null's slot holds any number: only a non-finite one in a valid slot counts
-                raw = np.frombuffer(numbers.buffers()[1], dtype=np.float64)[numbers.offset:numbers.offset + len(numbers)]
-                odd = ~np.isfinite(raw)
-                if odd.any():
-                    valid = _valid(numbers)
-                    suspect |= odd if valid is None else odd & valid
-            elif not (child.type in _STRING_TYPES or pa.types.is_integer(child.type) or pa.types.is_null(child.type)):
-                valid = _valid(values)
-                suspect |= np.ones(len(values), dtype=bool) if valid is None else valid
+            valid = _valid(values)
+            suspect |= np.ones(len(values), dtype=bool) if valid is None else valid
     return suspect
 
 
@@ -229,7 +250,7 @@ def decode_columns(raw: bytes) -> tuple[EventColumns | None, list[tuple[bytes, s
             child.name for child in schema.field("features").type]
         if len(set(names)) != len(names):
             return _whole(raw, "'features' names a field twice")
-        features = table.column("features").combine_chunks()
+        features = _plain(table.column("features"))
         if features.null_count:
             return _whole(raw, "'features' must be an object in every row (a null struct row)")
     suspect = _suspect_rows(kind, table, features)
@@ -258,7 +279,7 @@ def decode_columns(raw: bytes) -> tuple[EventColumns | None, list[tuple[bytes, s
                             None), bad
     items = table.column("item_id")
     assert features is not None
-    block = FeatureBlock(users.combine_chunks(), items.combine_chunks(),
+    block = FeatureBlock(_plain(users), _plain(items),
                          pa.Table.from_struct_array(features) if features.type.num_fields
                          else pa.table({}).append_column("_", pa.nulls(len(features))).drop_columns(["_"]))
     return EventColumns(kind, event_ids, times, users.to_pylist(), items.to_pylist(), block), bad

@@ -40,9 +40,8 @@ class FeatureBlock:
 
     def row_dicts(self, rows: Sequence[int]) -> list[dict[str, Any]]:
         """The feature dicts of ``rows``, as the JSON path holds them (a null is ``None``)."""
-        taken = self.features.take(pa.array(rows, type=pa.int64())).to_pydict()
-        names = list(taken)
-        return [{name: taken[name][k] for name in names} for k in range(len(rows))]
+        taken = self.features.take(pa.array(rows, type=pa.int64()))
+        return taken.to_pylist() if taken.num_columns else [{} for _ in rows]
 
     def take(self, rows: Sequence[int] | np.ndarray) -> FeatureBlock:
         index = pa.array(rows, type=pa.int64())
@@ -119,7 +118,7 @@ def _encoded(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
 
 def _categorical(column: pa.Array | pa.ChunkedArray) -> CategoricalColumn:
     codes, dictionary = _encoded(column)
-    return CategoricalColumn(codes, dictionary.to_numpy(zero_copy_only=False))
+    return CategoricalColumn(codes, arrow=dictionary)
 
 
 def _numeric(column: pa.Array | pa.ChunkedArray) -> NumericColumn:

@@ -91,6 +91,39 @@ def _fnv1a_array(strings: np.ndarray, start: np.uint64) -> np.ndarray:
     return h
 
 
+def hash_arrow_strings(strings: Any, seed: int) -> np.ndarray | None:
+    """:func:`hash_strings` of an Arrow string array without nulls, from its buffers: for ASCII
+    values code points are bytes. None when a value is not ASCII or longer than ``_ARRAY_WIDTH``
+    (the caller hashes those as Python strings)."""
+    n = len(strings)
+    kind = str(strings.type)  # pyarrow is not imported here: only its arrays come in
+    if n == 0 or strings.null_count or kind not in ("string", "large_string"):
+        return None if n else np.empty(0, dtype=np.uint64)
+    buffers = strings.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=np.int64 if kind == "large_string" else np.int32)
+    offsets = offsets[strings.offset:strings.offset + n + 1].astype(np.int64)
+    lengths = np.diff(offsets)
+    width = int(lengths.max())
+    if width > _ARRAY_WIDTH:
+        return None
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(1, dtype=np.uint8)
+    if width == 0:
+        codes = np.zeros((n, 0), dtype=np.uint64)
+    else:
+        at = offsets[:-1, None] + np.arange(width)[None, :]
+        inside = np.arange(width)[None, :] < lengths[:, None]
+        codes = np.where(inside, data[np.minimum(at, len(data) - 1)], 0)
+        if codes.max(initial=0) >= 0x80:
+            return None
+        codes = codes.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        h = np.full(n, _FNV_OFFSET ^ splitmix64(np.uint64(seed)), dtype=np.uint64)
+        for j in range(width):
+            c = codes[:, j]
+            h = np.where(c != 0, (h ^ c) * _FNV_PRIME, h)
+        return splitmix64(h)
+
+
 class Featurizer:
     """Turns (user, item, feature dict) examples into a :class:`SparseBatch` for one :class:`FeatureSpec`.
 
@@ -288,6 +321,12 @@ class Featurizer:
         if column is None:
             values, codes = np.empty(0, dtype=object), np.zeros(n, dtype=np.int64)
         else:
+            if column.arrow is not None:
+                hashed = hash_arrow_strings(column.arrow, self.spec.seed)
+                if hashed is not None:  # ASCII values hashed from Arrow's buffers, no Python strings
+                    with np.errstate(over="ignore"):
+                        buckets = (splitmix64(hashed ^ self._cat_salt[j]) % self._cat_buckets[j]).astype(np.int64)
+                    return np.append(buckets, self._column_array(j, ["None"]))[column.codes]
             values, codes = column.values, column.codes
         # through the field's cache, as the row path: a stream's batches repeat most values
         return self._column_array(j, [*values, "None"])[codes]

@@ -264,3 +264,33 @@ def test_examples_of_columnar_batches_travel_to_the_trainers_as_columns():
         with pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
         example_messages.decode(sink.getvalue().to_pybytes())
+
+
+def test_strings_hashed_from_arrow_buffers_hash_as_python_strings():
+    from streamrec.stream.featurizer import hash_arrow_strings, hash_strings
+
+    ascii_values = ["", "a", "68fd1e64", "x" * 64, "tab\tand nul\x00inside", "None"]
+    array = pa.array(ascii_values, type=pa.string())
+    for seed in (0, 7):
+        assert np.array_equal(hash_arrow_strings(array, seed), hash_strings(ascii_values, seed))
+        assert np.array_equal(hash_arrow_strings(array.slice(2, 3), seed), hash_strings(ascii_values[2:5], seed))
+        assert np.array_equal(hash_arrow_strings(pa.array(ascii_values, type=pa.large_string()), seed),
+                              hash_strings(ascii_values, seed))
+    # not ASCII, or longer than the fixed-width array: left to the Python strings' path
+    assert hash_arrow_strings(pa.array(["café"]), 0) is None
+    assert hash_arrow_strings(pa.array(["y" * 65]), 0) is None
+
+
+def test_columns_of_any_text_featurize_as_their_rows():
+    batch = _impressions(20)
+    for k, e in enumerate(batch):
+        e["features"]["C1"] = ["café", "naïve", "x" * 80, "plain"][k % 4]
+    examples = _joined([batch])
+    dicts = feature_dicts([e.features for e in examples])
+    spec = spec_for("wide_deep", SpecOptions().infer(dicts))
+    labels = np.array([e.label for e in examples], dtype=np.int8)
+    chunk = gather_columns(spec, [e.features for e in examples], labels, None)
+    by_columns = Featurizer(spec).build_columns(chunk)
+    by_rows = Featurizer(spec).build([e.user_id for e in examples], [e.item_id for e in examples], dicts,
+                                      labels.tolist())
+    assert np.array_equal(by_columns.ids.numpy(), by_rows.ids.numpy())
