@@ -19,6 +19,7 @@ schema metadata ``{"streamrec": "examples/1", "partition": "3"}``. A reader take
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamrec.consumers.example_source import Example, example_rows
-from streamrec.stream.event_columns import is_columnar
+from streamrec.stream.event_columns import is_columnar, is_compressed
 from streamrec.stream.feature_blocks import FeatureBlock, is_row_ref
 
 SCHEMA_VERSION = 1
@@ -90,10 +91,12 @@ _COLUMN_TYPES = {"impression_id": pa.string(), "user_id": pa.string(), "item_id"
 
 def _decode_columns(raw: bytes) -> tuple[int, list[Example], bool]:
     try:
+        if is_compressed(raw):
+            raise ValueError("columnar examples must be uncompressed")
         with pa.ipc.open_stream(raw) as reader:
             table = reader.read_all()
         table.validate(full=True)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError, struct.error) as exc:
         raise ValueError(f"not a readable Arrow IPC stream: {exc}") from None
     metadata = table.schema.metadata or {}
     if metadata.get(b"streamrec") != COLUMNS_FORMAT:
@@ -118,10 +121,10 @@ def _decode_columns(raw: bytes) -> tuple[int, list[Example], bool]:
     times = table.column("event_time").to_numpy()
     if not np.isfinite(times).all():
         raise ValueError("an example's event_time must be finite")
-    struct = table.column("features").combine_chunks()
+    features = table.column("features").combine_chunks()
     block = FeatureBlock(table.column("user_id").combine_chunks(), table.column("item_id").combine_chunks(),
-                         pa.Table.from_struct_array(struct) if struct.type.num_fields
-                         else pa.table({"_": pa.nulls(len(struct))}).drop_columns(["_"]))
+                         pa.Table.from_struct_array(features) if features.type.num_fields
+                         else pa.table({"_": pa.nulls(len(features))}).drop_columns(["_"]))
     ids, users, items = (table.column(name).to_pylist() for name in ("impression_id", "user_id", "item_id"))
     labels = table.column("label").to_numpy().tolist()
     label_times = table.column("label_time").to_numpy().tolist()

@@ -20,6 +20,7 @@ event as JSON, and a message that cannot be read as a batch at all is rejected w
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +116,50 @@ class EventColumns:
         assert self.block is not None
         return events.impression(self.event_ids[k], self.times[k], self.user_ids[k], self.targets[k],
                                  self.block.row_dicts([k])[0])
+
+
+def _table_field(buf: bytes, table: int, index: int) -> int | None:
+    """Where field ``index`` of the flatbuffer table at ``table`` starts (None: absent)."""
+    vtable = table - struct.unpack_from("<i", buf, table)[0]
+    size = struct.unpack_from("<H", buf, vtable)[0]
+    if 4 + 2 * index + 2 > size:
+        return None
+    offset = struct.unpack_from("<H", buf, vtable + 4 + 2 * index)[0]
+    return table + offset if offset else None
+
+
+def _child_table(buf: bytes, at: int) -> int:
+    return at + struct.unpack_from("<I", buf, at)[0]
+
+
+def is_compressed(raw: bytes) -> bool:
+    """Whether any record batch of the stream has a compressed body. A compressed body says how
+    large it decompresses to, and a reader allocates that before anything can be checked, so a
+    few kilobytes could ask for gigabytes: columnar messages must be uncompressed (the size limit
+    on a message then bounds what it holds). Raises on a malformed stream."""
+    reader = pa.ipc.MessageReader.open_stream(raw)
+    while True:
+        try:
+            message = reader.read_next_message()
+        except StopIteration:
+            return False
+        if message is None:
+            return False
+        if message.type not in ("record batch", "dictionary"):
+            continue
+        meta = message.metadata.to_pybytes()
+        root = _child_table(meta, 0)
+        header_at = _table_field(meta, root, 2)  # Message.header
+        if header_at is None:
+            raise ValueError("a batch message without its header")
+        header = _child_table(meta, header_at)
+        if message.type == "dictionary":  # DictionaryBatch.data is a RecordBatch
+            data_at = _table_field(meta, header, 1)
+            if data_at is None:
+                raise ValueError("a dictionary batch without its data")
+            header = _child_table(meta, data_at)
+        if _table_field(meta, header, 3) is not None:  # RecordBatch.compression
+            return True
 
 
 def _whole(raw: bytes, reason: str) -> tuple[None, list[tuple[bytes, str]]]:
@@ -216,10 +261,13 @@ def decode_columns(raw: bytes) -> tuple[EventColumns | None, list[tuple[bytes, s
     if len(raw) > events.MAX_MESSAGE_BYTES:
         return _whole(raw, f"message is {len(raw)} bytes; at most {events.MAX_MESSAGE_BYTES}")
     try:
+        if is_compressed(raw):
+            return _whole(raw, "columnar batches must be uncompressed (a compressed body is sized only as it is read)")
         with pa.ipc.open_stream(raw) as reader:
             table = reader.read_all()
         table.validate(full=True)  # offsets in bounds, strings valid UTF-8: read from here on without checks
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError, ValueError,
+            struct.error) as exc:
         return _whole(raw, f"not a readable Arrow IPC stream: {exc}")
     metadata = table.schema.metadata or {}
     if metadata.get(b"streamrec") != FORMAT:

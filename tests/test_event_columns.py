@@ -294,3 +294,28 @@ def test_columns_of_any_text_featurize_as_their_rows():
     by_rows = Featurizer(spec).build([e.user_id for e in examples], [e.item_id for e in examples], dicts,
                                       labels.tolist())
     assert np.array_equal(by_columns.ids.numpy(), by_rows.ids.numpy())
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_a_compressed_batch_is_refused_before_it_is_decompressed(codec):
+    # a few kilobytes that would decompress to megabytes (to gigabytes, scaled up)
+    table = pa.table({"event_id": ["e" * 200_000] * 20, "event_time": [1.0] * 20, "user_id": ["u"] * 20,
+                      "impression_id": ["i"] * 20}).replace_schema_metadata({b"streamrec": b"events/1",
+                                                                             b"type": b"click"})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=codec)) as writer:
+        writer.write_table(table)
+    raw = sink.getvalue().to_pybytes()
+    assert len(raw) < 100_000
+    columns, bad = decode_columns(raw)
+    assert columns is None and len(bad) == 1 and "uncompressed" in bad[0][1]
+    from streamrec.consumers import example_messages
+
+    with pytest.raises(ValueError, match="uncompressed"):
+        example_messages.decode(raw)
+    # the same batch uncompressed is read (and its over-long ids dead-lettered row by row)
+    plain = pa.BufferOutputStream()
+    with pa.ipc.new_stream(plain, table.schema) as writer:
+        writer.write_table(table)
+    columns, bad = decode_columns(plain.getvalue().to_pybytes())
+    assert columns is not None and len(bad) == 20
