@@ -19,7 +19,6 @@ schema metadata ``{"streamrec": "examples/1", "partition": "3"}``. A reader take
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamrec.consumers.example_source import Example, example_rows
-from streamrec.stream.event_columns import is_columnar, is_compressed
+from streamrec.stream.arrow_ipc import UNREADABLE, CompressedBatch, read_table, write_table
+from streamrec.stream.event_columns import is_columnar
 from streamrec.stream.feature_blocks import FeatureBlock, is_row_ref
 
 SCHEMA_VERSION = 1
@@ -79,10 +79,7 @@ def _encode_columns(partition: int, examples: list[Example]) -> bytes:
                                                names=features.column_names) if features.num_columns
         else pa.array([{}] * len(examples), type=pa.struct([])),
     }).replace_schema_metadata({b"streamrec": COLUMNS_FORMAT, b"partition": str(partition).encode()})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    return write_table(table)
 
 
 _COLUMN_TYPES = {"impression_id": pa.string(), "user_id": pa.string(), "item_id": pa.string(), "label": pa.int8(),
@@ -91,12 +88,10 @@ _COLUMN_TYPES = {"impression_id": pa.string(), "user_id": pa.string(), "item_id"
 
 def _decode_columns(raw: bytes) -> tuple[int, list[Example], bool]:
     try:
-        if is_compressed(raw):
-            raise ValueError("columnar examples must be uncompressed")
-        with pa.ipc.open_stream(raw) as reader:
-            table = reader.read_all()
-        table.validate(full=True)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError, struct.error) as exc:
+        table = read_table(raw)
+    except CompressedBatch:
+        raise ValueError("columnar examples must be uncompressed") from None
+    except UNREADABLE as exc:
         raise ValueError(f"not a readable Arrow IPC stream: {exc}") from None
     metadata = table.schema.metadata or {}
     if metadata.get(b"streamrec") != COLUMNS_FORMAT:

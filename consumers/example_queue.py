@@ -19,8 +19,9 @@ from streamrec.consumers.example_source import (
     ReleasedExamples,
     encode_time,
     example_from_row,
-    example_rows,
+    example_row,
 )
+from streamrec.stream.feature_blocks import pack_features, unpack_features
 
 KIND = "examples"
 
@@ -73,9 +74,14 @@ class ExampleQueue(ReleasedExamples):
         return min(times) if times else -math.inf
 
     def state(self) -> dict[str, Any]:
+        ready = [example_row(e) for e in self.waiting()]
+        packed, feature_rows = pack_features([row[3] for row in ready])
+        for row, features in zip(ready, packed):
+            row[3] = features
         return {
             "kind": KIND,
-            "ready": example_rows(self.waiting()),
+            "ready": ready,
+            "feature_rows": feature_rows,
             "final": sorted(self._final),
             "label_time": {str(p): encode_time(t) for p, t in self._label_time.items()},
         }
@@ -83,7 +89,10 @@ class ExampleQueue(ReleasedExamples):
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> ExampleQueue:
         queue = cls()
-        queue._ready, queue._head = [example_from_row(row) for row in state["ready"]], 0
+        rows = state["ready"]
+        for row, features in zip(rows, unpack_features([row[3] for row in rows], state.get("feature_rows"))):
+            row[3] = features
+        queue._ready, queue._head = [example_from_row(row) for row in rows], 0
         queue._final = set(state["final"])
         queue._label_time = {int(p): float(t) for p, t in state["label_time"].items()}
         return queue

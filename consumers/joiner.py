@@ -31,11 +31,11 @@ from streamrec.consumers.example_source import (
     ReleasedExamples,
     encode_time,
     example_from_row,
-    example_rows,
+    example_row,
 )
 from streamrec.stream.event_columns import decode_columns, is_columnar
 from streamrec.stream.events import decode_events, encode
-from streamrec.stream.feature_blocks import RowRef, feature_dicts
+from streamrec.stream.feature_blocks import RowRef, pack_features, unpack_features
 
 INF = math.inf
 # how far past its topic partition's time (or this machine's clock) an event may be (Joiner.implausible_time)
@@ -381,13 +381,16 @@ class Joiner(ReleasedExamples):
     def state(self) -> dict[str, Any]:
         """Everything, as JSON-able values. Examples not yet taken are part of it (features that
         are references into columnar batches become the dicts the JSON path holds)."""
-        ready = example_rows(self.waiting())
+        ready = [example_row(e) for e in self.waiting()]
         pending = {p: [[k, *v] for k, v in part.pending.items()] for p, part in self._partitions.items()}
-        # a pending row is [id, time, user, item, features, label]
-        rows = [row for part_rows in pending.values() for row in part_rows]
-        for row, features in zip(rows, feature_dicts([row[4] for row in rows])):
-            row[4] = features
+        # features at 4 of a pending row ([id, time, user, item, features, label]), at 3 of a ready one;
+        # references into columnar batches become row numbers of one Arrow table (feature_rows)
+        slots = [(row, 4) for rows in pending.values() for row in rows] + [(row, 3) for row in ready]
+        packed, feature_rows = pack_features([row[at] for row, at in slots])
+        for (row, at), features in zip(slots, packed):
+            row[at] = features
         return {
+            "feature_rows": feature_rows,
             "window_s": self.window_s,
             "max_pending": self.max_pending,
             "max_ahead_s": self.max_ahead_s,
@@ -412,6 +415,11 @@ class Joiner(ReleasedExamples):
         joiner = cls(state["window_s"], state["max_pending"], state.get("positives", "window"),
                      state.get("max_ahead_s", MAX_EVENT_TIME_AHEAD_S))
         joiner.counts = JoinCounts(**state["counts"])
+        pending = [row for data in state["partitions"].values() for row in data["pending"]]
+        slots = [(row, 4) for row in pending] + [(row, 3) for row in state["ready"]]
+        for (row, at), features in zip(slots, unpack_features([row[at] for row, at in slots],
+                                                              state.get("feature_rows"))):
+            row[at] = features
         joiner._ready, joiner._head = [example_from_row(row) for row in state["ready"]], 0
         for p, data in state["partitions"].items():
             part = _Partition(

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from streamrec.producers.replay import ReplayOptions, ReplayReport, _Batcher
 from streamrec.stream import events
+from streamrec.stream.arrow_ipc import write_table
 from streamrec.stream.columns import CategoricalColumn, ColumnChunk, NumericColumn
 from streamrec.stream.event_columns import FORMAT
 from streamrec.stream.kafka_client import EventProducer
@@ -99,11 +100,7 @@ class _Buffers:
 
     def _emit(self, topic: str, partition: int, table: pa.Table) -> None:
         kind = "impression" if "item_id" in table.column_names else "click"
-        table = table.replace_schema_metadata(_METADATA[kind])
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        self._send(topic, sink.getvalue().to_pybytes(), None, partition)
+        self._send(topic, write_table(table.replace_schema_metadata(_METADATA[kind])), None, partition)
 
 
 def replay_columns(chunks: Iterable[ColumnChunk], producer: EventProducer, *, impressions_topic: str,

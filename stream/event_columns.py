@@ -20,7 +20,6 @@ event as JSON, and a message that cannot be read as a batch at all is rejected w
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +28,7 @@ import orjson
 import pyarrow as pa
 
 from streamrec.stream import events
+from streamrec.stream.arrow_ipc import UNREADABLE, CompressedBatch, read_table, write_table
 from streamrec.stream.feature_blocks import FeatureBlock
 
 ARROW_MARKER = b"\xff\xff\xff\xff"
@@ -86,11 +86,7 @@ def encode_columns(batch: list[events.Event]) -> bytes | None:
                               else pa.array([{}] * len(batch), type=pa.struct([])))
     else:
         arrays["impression_id"] = pa.array([e["impression_id"] for e in batch], type=pa.string())
-    table = pa.table(arrays).replace_schema_metadata({b"streamrec": FORMAT, b"type": kind.encode()})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    return write_table(pa.table(arrays).replace_schema_metadata({b"streamrec": FORMAT, b"type": kind.encode()}))
 
 
 @dataclass
@@ -116,50 +112,6 @@ class EventColumns:
         assert self.block is not None
         return events.impression(self.event_ids[k], self.times[k], self.user_ids[k], self.targets[k],
                                  self.block.row_dicts([k])[0])
-
-
-def _table_field(buf: bytes, table: int, index: int) -> int | None:
-    """Where field ``index`` of the flatbuffer table at ``table`` starts (None: absent)."""
-    vtable = table - struct.unpack_from("<i", buf, table)[0]
-    size = struct.unpack_from("<H", buf, vtable)[0]
-    if 4 + 2 * index + 2 > size:
-        return None
-    offset = struct.unpack_from("<H", buf, vtable + 4 + 2 * index)[0]
-    return table + offset if offset else None
-
-
-def _child_table(buf: bytes, at: int) -> int:
-    return at + struct.unpack_from("<I", buf, at)[0]
-
-
-def is_compressed(raw: bytes) -> bool:
-    """Whether any record batch of the stream has a compressed body. A compressed body says how
-    large it decompresses to, and a reader allocates that before anything can be checked, so a
-    few kilobytes could ask for gigabytes: columnar messages must be uncompressed (the size limit
-    on a message then bounds what it holds). Raises on a malformed stream."""
-    reader = pa.ipc.MessageReader.open_stream(raw)
-    while True:
-        try:
-            message = reader.read_next_message()
-        except StopIteration:
-            return False
-        if message is None:
-            return False
-        if message.type not in ("record batch", "dictionary"):
-            continue
-        meta = message.metadata.to_pybytes()
-        root = _child_table(meta, 0)
-        header_at = _table_field(meta, root, 2)  # Message.header
-        if header_at is None:
-            raise ValueError("a batch message without its header")
-        header = _child_table(meta, header_at)
-        if message.type == "dictionary":  # DictionaryBatch.data is a RecordBatch
-            data_at = _table_field(meta, header, 1)
-            if data_at is None:
-                raise ValueError("a dictionary batch without its data")
-            header = _child_table(meta, data_at)
-        if _table_field(meta, header, 3) is not None:  # RecordBatch.compression
-            return True
 
 
 def _whole(raw: bytes, reason: str) -> tuple[None, list[tuple[bytes, str]]]:
@@ -261,13 +213,10 @@ def decode_columns(raw: bytes) -> tuple[EventColumns | None, list[tuple[bytes, s
     if len(raw) > events.MAX_MESSAGE_BYTES:
         return _whole(raw, f"message is {len(raw)} bytes; at most {events.MAX_MESSAGE_BYTES}")
     try:
-        if is_compressed(raw):
-            return _whole(raw, "columnar batches must be uncompressed (a compressed body is sized only as it is read)")
-        with pa.ipc.open_stream(raw) as reader:
-            table = reader.read_all()
-        table.validate(full=True)  # offsets in bounds, strings valid UTF-8: read from here on without checks
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError, ValueError,
-            struct.error) as exc:
+        table = read_table(raw)
+    except CompressedBatch:
+        return _whole(raw, "columnar batches must be uncompressed (a compressed body is sized only as it is read)")
+    except UNREADABLE as exc:
         return _whole(raw, f"not a readable Arrow IPC stream: {exc}")
     metadata = table.schema.metadata or {}
     if metadata.get(b"streamrec") != FORMAT:

@@ -15,6 +15,7 @@ which the row path featurizes exactly as it would the JSON events.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamrec.stream.arrow_ipc import read_table, write_table
 from streamrec.stream.columns import CategoricalColumn, ColumnChunk, NumericColumn
 from streamrec.stream.feature_spec import ID_FIELDS, FeatureSpec
 
@@ -163,3 +165,51 @@ def gather_columns(spec: FeatureSpec, refs: Sequence[RowRef], labels: np.ndarray
             numeric[field.name] = _numeric(column)
     return ColumnChunk(0, labels, _categorical(block.users), _categorical(block.items), categorical, numeric,
                        event_times)
+
+
+def pack_features(values: Sequence[dict[str, Any] | RowRef]) -> tuple[list[dict[str, Any] | int], str | None]:
+    """Features for a JSON checkpoint: dicts as they are, references as row numbers of one Arrow
+    IPC table (returned base64-encoded; None when there are no references). Cheaper than a dict
+    per row, and a resumed worker gets references back (:func:`unpack_features`)."""
+    refs = [v for v in values if is_row_ref(v)]
+    if not refs:
+        return list(values), None  # type: ignore[arg-type]
+    block = gather(refs)  # type: ignore[arg-type]
+    if block is None:  # columns that do not combine: as dicts
+        return feature_dicts(values), None
+    out: list[dict[str, Any] | int] = []
+    row = 0
+    for value in values:
+        if is_row_ref(value):
+            out.append(row)
+            row += 1
+        else:
+            out.append(value)  # type: ignore[arg-type]
+    features = block.features
+    table = pa.table({
+        "user_id": block.users, "item_id": block.items,
+        "features": pa.StructArray.from_arrays([c.combine_chunks() for c in features.columns],
+                                               names=features.column_names) if features.num_columns
+        else pa.array([{}] * len(block), type=pa.struct([])),
+    })
+    return out, base64.b64encode(write_table(table)).decode("ascii")
+
+
+def unpack_features(values: Sequence[dict[str, Any] | int], packed: str | None) -> list[dict[str, Any] | RowRef]:
+    """:func:`pack_features` undone: row numbers become references into the checkpoint's table."""
+    if packed is None:
+        return list(values)  # type: ignore[arg-type]
+    table = read_table(base64.b64decode(packed))
+    features = table.column("features").combine_chunks()
+    block = FeatureBlock(table.column("user_id").combine_chunks(), table.column("item_id").combine_chunks(),
+                         pa.Table.from_struct_array(features) if features.type.num_fields
+                         else pa.table({"_": pa.nulls(len(features))}).drop_columns(["_"]))
+    out: list[dict[str, Any] | RowRef] = []
+    for value in values:
+        if type(value) is int:
+            if not 0 <= value < len(block):
+                raise ValueError(f"a checkpointed example points at feature row {value} of {len(block)}")
+            out.append((block, value))
+        else:
+            out.append(value)  # type: ignore[arg-type]
+    return out

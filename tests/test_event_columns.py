@@ -12,7 +12,7 @@ from streamrec.consumers.joiner import Joiner
 from streamrec.models import spec_for
 from streamrec.stream import events
 from streamrec.stream.event_columns import decode_columns, encode_columns, is_columnar
-from streamrec.stream.feature_blocks import feature_dicts, gather_columns, is_row_ref
+from streamrec.stream.feature_blocks import feature_dicts, gather_columns, is_row_ref, unpack_features
 from streamrec.stream.feature_spec import SpecOptions
 from streamrec.stream.featurizer import Featurizer
 
@@ -156,12 +156,14 @@ def _released(joiner: Joiner) -> list[list]:
 
 
 def _state(joiner: Joiner) -> dict:
+    """The joiner's checkpoint with every feature as a dict without nulls (a columnar joiner's
+    checkpoint holds its references as rows of one Arrow table, ``feature_rows``)."""
     state = orjson.loads(orjson.dumps(joiner.state()))
-    for row in state["ready"]:
-        row[3] = _present(row[3])
-    for part in state["partitions"].values():
-        for row in part["pending"]:
-            row[4] = _present(row[4])
+    slots = [(row, 4) for part in state["partitions"].values() for row in part["pending"]]
+    slots += [(row, 3) for row in state["ready"]]
+    values = feature_dicts(unpack_features([row[at] for row, at in slots], state.pop("feature_rows")))
+    for (row, at), features in zip(slots, values):
+        row[at] = _present(features)
     return state
 
 
@@ -319,3 +321,29 @@ def test_a_compressed_batch_is_refused_before_it_is_decompressed(codec):
         writer.write_table(table)
     columns, bad = decode_columns(plain.getvalue().to_pybytes())
     assert columns is not None and len(bad) == 20
+
+
+def test_a_checkpoint_keeps_columnar_features_as_one_arrow_table():
+    from streamrec.consumers.example_queue import ExampleQueue
+
+    joiner = Joiner(W)
+    joiner.offer_message(0, "impressions", encode_columns(_impressions(30)))
+    joiner.watermark(0, "impressions", 100.0 + 20, False)
+    joiner.watermark(0, "clicks", 100.0 + 20, False)
+    joiner.advance()  # some released (ready), the rest pending
+    state = orjson.loads(orjson.dumps(joiner.state()))
+    assert state["feature_rows"] and joiner.ready and joiner.open_impressions
+    restored = Joiner.from_state(orjson.loads(orjson.dumps(state)))
+    assert all(is_row_ref(e.features) for e in restored.waiting())
+    assert _state(restored) == _state(joiner)
+    assert feature_dicts([e.features for e in restored.take()]) == feature_dicts([e.features for e in joiner.take()])
+    # a row number outside the checkpoint's table is refused, not read
+    state["partitions"]["0"]["pending"][0][4] = 10_000
+    with pytest.raises(ValueError, match="feature row 10000"):
+        Joiner.from_state(state)
+    # the join stage's examples, queued in a trainer, checkpoint the same way
+    queue = ExampleQueue()
+    queue.add(0, _joined([_impressions(9)]), final=False)
+    again = ExampleQueue.from_state(orjson.loads(orjson.dumps(queue.state())))
+    assert all(is_row_ref(e.features) for e in again.waiting())
+    assert feature_dicts([e.features for e in again.take()]) == feature_dicts([e.features for e in queue.take()])
