@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from streamrec.consumers.example_source import Example, example_rows
 from streamrec.stream.arrow_ipc import UNREADABLE, CompressedBatch, read_table, write_table
 from streamrec.stream.event_columns import is_columnar
-from streamrec.stream.feature_blocks import FeatureBlock, is_row_ref
+from streamrec.stream.feature_blocks import FeatureBlock, gather, is_row_ref
 
 SCHEMA_VERSION = 1
 MAX_EXAMPLES_PER_MESSAGE = 1000
@@ -39,9 +39,12 @@ COLUMNS_FORMAT = b"examples/1"
 
 
 def encode(partition: int, examples: list[Example]) -> bytes:
-    """Columns when every example's features are columns already; else JSON."""
+    """Columns when every example's features are columns already (and their batches' columns
+    combine); else JSON."""
     if examples and all(is_row_ref(e.features) for e in examples):
-        return _encode_columns(partition, examples)
+        block = gather([e.features for e in examples])  # type: ignore[misc]
+        if block is not None:
+            return _encode_columns(partition, block, examples)
     return orjson.dumps({
         "schema": SCHEMA_VERSION, "type": "examples", "partition": partition, "final": False,
         "examples": example_rows(examples),
@@ -53,33 +56,17 @@ def encode_final(partition: int) -> bytes:
                          "examples": []})
 
 
-def _encode_columns(partition: int, examples: list[Example]) -> bytes:
-    blocks: list[FeatureBlock] = []
-    last: FeatureBlock | None = None
-    rows: list[int] = []
-    for e in examples:
-        block, row = e.features  # type: ignore[misc]
-        if block is not last:
-            if last is not None:
-                blocks.append(last.take(rows))
-            last, rows = block, []
-        rows.append(row)
-    assert last is not None
-    blocks.append(last.take(rows))
-    features = pa.concat_tables([b.features for b in blocks], promote_options="permissive") if len(blocks) > 1 \
-        else blocks[0].features
-    table = pa.table({
+def _encode_columns(partition: int, block: FeatureBlock, examples: list[Example]) -> bytes:
+    """``examples`` (their features the rows of ``block``, in order) as one columnar message."""
+    return write_table(pa.table({
         "impression_id": pa.array([e.impression_id for e in examples], type=pa.string()),
-        "user_id": pa.concat_arrays([b.users for b in blocks]),
-        "item_id": pa.concat_arrays([b.items for b in blocks]),
+        "user_id": block.users,
+        "item_id": block.items,
         "label": pa.array([e.label for e in examples], type=pa.int8()),
         "event_time": pa.array([e.event_time for e in examples], type=pa.float64()),
         "label_time": pa.array([e.label_time for e in examples], type=pa.float64()),
-        "features": pa.StructArray.from_arrays([c.combine_chunks() for c in features.columns],
-                                               names=features.column_names) if features.num_columns
-        else pa.array([{}] * len(examples), type=pa.struct([])),
-    }).replace_schema_metadata({b"streamrec": COLUMNS_FORMAT, b"partition": str(partition).encode()})
-    return write_table(table)
+        "features": block.features_struct(),
+    }).replace_schema_metadata({b"streamrec": COLUMNS_FORMAT, b"partition": str(partition).encode()}))
 
 
 _COLUMN_TYPES = {"impression_id": pa.string(), "user_id": pa.string(), "item_id": pa.string(), "label": pa.int8(),
@@ -116,10 +103,8 @@ def _decode_columns(raw: bytes) -> tuple[int, list[Example], bool]:
     times = table.column("event_time").to_numpy()
     if not np.isfinite(times).all():
         raise ValueError("an example's event_time must be finite")
-    features = table.column("features").combine_chunks()
-    block = FeatureBlock(table.column("user_id").combine_chunks(), table.column("item_id").combine_chunks(),
-                         pa.Table.from_struct_array(features) if features.type.num_fields
-                         else pa.table({"_": pa.nulls(len(features))}).drop_columns(["_"]))
+    block = FeatureBlock.from_struct(*(table.column(name).combine_chunks()
+                                       for name in ("user_id", "item_id", "features")))
     ids, users, items = (table.column(name).to_pylist() for name in ("impression_id", "user_id", "item_id"))
     labels = table.column("label").to_numpy().tolist()
     label_times = table.column("label_time").to_numpy().tolist()

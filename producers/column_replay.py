@@ -21,17 +21,23 @@ from __future__ import annotations
 import heapq
 import random
 import time
-import uuid
 from collections.abc import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
 
-from streamrec.producers.replay import ReplayOptions, ReplayReport, _Batcher
+from streamrec.producers.replay import (
+    Partitioner,
+    ReplayOptions,
+    ReplayReport,
+    finish_run,
+    send_watermarks,
+    start_run,
+)
 from streamrec.stream import events
 from streamrec.stream.arrow_ipc import write_table
 from streamrec.stream.columns import CategoricalColumn, ColumnChunk, NumericColumn
-from streamrec.stream.event_columns import FORMAT
+from streamrec.stream.event_columns import FORMAT, row_event
 from streamrec.stream.kafka_client import EventProducer
 
 _METADATA = {"impression": {b"streamrec": FORMAT, b"type": b"impression"},
@@ -113,14 +119,9 @@ def replay_columns(chunks: Iterable[ColumnChunk], producer: EventProducer, *, im
     if options.encoding != "columns" or options.events_per_message < 2:
         raise ValueError("replay_columns sends columnar batches: use replay() for JSON or single events")
     rng = random.Random(options.seed)
-    run_id = options.run_id or uuid.uuid4().hex[:8]
-    resume = options.resume
-    if resume is not None and resume.run_id != run_id:
-        raise ValueError(f"resume positions of run {resume.run_id!r} given to run {run_id!r}")
-    resumed_past = max((key[1] for (topic, _p), key in resume.last.items() if topic == impressions_topic),
-                       default=-1) if resume is not None else -1
+    run_id, resume, resumed_past = start_run(options, impressions_topic)
     send = producer.send
-    partition_of = _Batcher(send, 2, partitions).partition  # murmur2, cached per user
+    partition_of = Partitioner(partitions)
     buffers = _Buffers(send, options.events_per_message)
     report = ReplayReport()
     pending: list[tuple[float, int, str, int]] = []  # (click time, row index, user, partition)
@@ -150,10 +151,7 @@ def replay_columns(chunks: Iterable[ColumnChunk], producer: EventProducer, *, im
 
     def watermark(at: float) -> None:
         buffers.flush()
-        mark = events.encode(events.watermark(at))
-        for topic in (impressions_topic, clicks_topic):
-            for partition in range(partitions):
-                send(topic, mark, None, partition)
+        send_watermarks(send, (impressions_topic, clicks_topic), partitions, at)
 
     for chunk in chunks:
         n = len(chunk)
@@ -170,7 +168,7 @@ def replay_columns(chunks: Iterable[ColumnChunk], producer: EventProducer, *, im
         if bad.any():
             table = _impressions(chunk, run_id)
             for k in np.flatnonzero(bad).tolist():
-                event = _event_of(table, k)
+                event = row_event("impression", table, k)
                 problem = events.validate(event) or "invalid event"
                 if index[k] > resumed_past:
                     send(dead_letter_topic, events.dead_letter(events.encode(event), problem, "replay"), None)
@@ -220,15 +218,7 @@ def replay_columns(chunks: Iterable[ColumnChunk], producer: EventProducer, *, im
             on_progress(n)
     emit_clicks_until(float("inf"))
     buffers.flush()
-    if options.final_watermarks:
-        final = events.encode(events.watermark(last_time if last_time > float("-inf") else 0.0, final=True))
-        for topic in (impressions_topic, clicks_topic):
-            for partition in range(partitions):
-                send(topic, final, None, partition)
-    producer.flush()
-    report.wall_seconds = time.perf_counter() - started
-    report.events_per_second = (report.impressions + report.clicks) / report.wall_seconds if report.wall_seconds else 0.0
-    return report
+    return finish_run(producer, report, options, (impressions_topic, clicks_topic), partitions, last_time, started)
 
 
 def _impressions(chunk: ColumnChunk, run_id: str) -> pa.Table:
@@ -247,6 +237,3 @@ def _impressions(chunk: ColumnChunk, run_id: str) -> pa.Table:
     })
 
 
-def _event_of(table: pa.Table, k: int) -> events.Event:
-    row = table.slice(k, 1).to_pylist()[0]
-    return events.impression(row["event_id"], row["event_time"], row["user_id"], row["item_id"], row["features"])

@@ -103,11 +103,6 @@ def _order_key(event: events.Event, run_id: str) -> OrderKey | None:
     return (float(event["event_time"]), index) if kind == "click" else (0.0, index)
 
 
-def _message_events(raw: bytes) -> list[events.Event]:
-    """The valid events of one message, JSON or columnar."""
-    return decode_message(raw)[0]
-
-
 def resume_positions(consumer: EventConsumer, topics: tuple[str, str], partitions: int, run_id: str,
                      step: int = 64) -> ResumePositions:
     """Where replay ``run_id`` stopped on each partition of ``(impressions, clicks)``: the largest
@@ -133,7 +128,7 @@ def resume_positions(consumer: EventConsumer, topics: tuple[str, str], partition
             # once is sent again a little later, behind newer ones (stream/kafka_client.py).
             keys = []
             for record in records:
-                keys += [k for k in (_order_key(e, run_id) for e in _message_events(record.value)) if k is not None]
+                keys += [k for k in (_order_key(e, run_id) for e in decode_message(record.value)[0]) if k is not None]
             if keys:
                 last[tp] = max(keys)
             end = start
@@ -157,6 +152,57 @@ class ReplayReport:
 PARTITION_CACHE_LIMIT = 1 << 20
 
 
+class Partitioner:
+    """Where a keyed message goes: Kafka's murmur2 of the key modulo the partition count. It runs
+    in Python, so users' partitions are remembered; a log with millions of users starts the cache
+    over rather than grow it without bound."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self._partition_of: dict[bytes, int] = {}
+
+    def __call__(self, key: bytes) -> int:
+        partition = self._partition_of.get(key)
+        if partition is None:
+            if len(self._partition_of) >= PARTITION_CACHE_LIMIT:
+                self._partition_of.clear()
+            partition = self._partition_of[key] = key_partition(key, self.partitions)
+        return partition
+
+
+def start_run(options: ReplayOptions, impressions_topic: str) -> tuple[str, ResumePositions | None, int]:
+    """The run id, the positions it resumes from, and the last row index an earlier run of it got
+    past (its rows' dead letters are not sent again)."""
+    run_id = options.run_id or uuid.uuid4().hex[:8]
+    resume = options.resume
+    if resume is not None and resume.run_id != run_id:
+        raise ValueError(f"resume positions of run {resume.run_id!r} given to run {run_id!r}")
+    resumed_past = max((key[1] for (topic, _p), key in resume.last.items() if topic == impressions_topic),
+                       default=-1) if resume is not None else -1
+    return run_id, resume, resumed_past
+
+
+def send_watermarks(send: Callable[..., None], topics: tuple[str, str], partitions: int, at: float,
+                    final: bool = False) -> None:
+    """A watermark at ``at`` on every partition of both topics."""
+    mark = events.encode(events.watermark(at, final=final))
+    for topic in topics:
+        for partition in range(partitions):
+            send(topic, mark, None, partition)
+
+
+def finish_run(producer: EventProducer, report: ReplayReport, options: ReplayOptions, topics: tuple[str, str],
+               partitions: int, last_time: float, started: float) -> ReplayReport:
+    """Final watermarks (unless the stream stays open), flush, and the report's rate."""
+    if options.final_watermarks:
+        send_watermarks(producer.send, topics, partitions, last_time if last_time > float("-inf") else 0.0,
+                        final=True)
+    producer.flush()
+    report.wall_seconds = time.perf_counter() - started
+    report.events_per_second = (report.impressions + report.clicks) / report.wall_seconds if report.wall_seconds else 0.0
+    return report
+
+
 class _Batcher:
     """Per (topic, partition) buffers of events; a full buffer leaves as one message."""
 
@@ -166,19 +212,9 @@ class _Batcher:
         self._send, self.size, self.partitions = send, size, partitions
         self._columns = encoding == "columns"
         self._buffers: dict[tuple[str, int], list[events.Event]] = {}
-        self._partition_of: dict[bytes, int] = {}
+        self.partition = Partitioner(partitions)
         # set when resuming: True for an event an earlier run already delivered to that partition
         self.skip: Callable[[str, int, events.Event], bool] | None = None
-
-    def partition(self, key: bytes) -> int:
-        partition = self._partition_of.get(key)
-        if partition is None:
-            # murmur2 runs in Python, so users' partitions are remembered; a log with millions of
-            # users starts the cache over rather than grow it without bound
-            if len(self._partition_of) >= PARTITION_CACHE_LIMIT:
-                self._partition_of.clear()
-            partition = self._partition_of[key] = key_partition(key, self.partitions)
-        return partition
 
     def add(self, topic: str, key: bytes, event: events.Event) -> bool:
         """Buffer (or send) ``event``; False if it was skipped as already delivered."""
@@ -233,10 +269,7 @@ def replay(rows: Iterable[Row], producer: EventProducer, *, impressions_topic: s
     if options.rate is not None and options.speedup is not None:
         raise ValueError("choose either rate or speedup, not both")
     rng = random.Random(options.seed)
-    run_id = options.run_id or uuid.uuid4().hex[:8]
-    resume = options.resume
-    if resume is not None and resume.run_id != run_id:
-        raise ValueError(f"resume positions of run {resume.run_id!r} given to run {run_id!r}")
+    run_id, resume, resumed_past = start_run(options, impressions_topic)
     report = ReplayReport()
     pacer = _Pacer(options)
     pending: list[tuple[float, int, bytes, events.Event]] = []  # (event_time, seq, key, click) of clicks
@@ -245,9 +278,6 @@ def replay(rows: Iterable[Row], producer: EventProducer, *, impressions_topic: s
     batcher = _Batcher(send, options.events_per_message, partitions, options.encoding)
     if resume is not None:
         batcher.skip = lambda topic, partition, event: resume.sent(topic, partition, _order_key(event, run_id))
-    # dead letters of rows an earlier run of this id got past are not sent again
-    resumed_past = max((key[1] for (topic, _p), key in resume.last.items() if topic == impressions_topic),
-                       default=-1) if resume is not None else -1
     started = time.perf_counter()
     sent = 0
     last_time = float("-inf")
@@ -275,10 +305,7 @@ def replay(rows: Iterable[Row], producer: EventProducer, *, impressions_topic: s
             # Rows arrive in event-time order and every click up to now is out: nothing earlier
             # than this row's time can follow on either topic.
             batcher.flush()
-            mark = events.encode(events.watermark(row.event_time))
-            for topic in (impressions_topic, clicks_topic):
-                for partition in range(partitions):
-                    send(topic, mark, None, partition)
+            send_watermarks(send, (impressions_topic, clicks_topic), partitions, row.event_time)
             next_watermark = row.event_time + options.watermark_every_s
         key = row.user_id.encode()
         if batcher.skip is None or not batcher.skip(impressions_topic, batcher.partition(key), event):
@@ -297,12 +324,4 @@ def replay(rows: Iterable[Row], producer: EventProducer, *, impressions_topic: s
     if pending:  # pragma: no cover - emit_clicks_until drains everything
         raise AssertionError("clicks left unsent")
     batcher.flush()
-    if options.final_watermarks:
-        final = events.encode(events.watermark(last_time if last_time > float("-inf") else 0.0, final=True))
-        for topic in (impressions_topic, clicks_topic):
-            for partition in range(partitions):
-                send(topic, final, None, partition)
-    producer.flush()
-    report.wall_seconds = time.perf_counter() - started
-    report.events_per_second = (report.impressions + report.clicks) / report.wall_seconds if report.wall_seconds else 0.0
-    return report
+    return finish_run(producer, report, options, (impressions_topic, clicks_topic), partitions, last_time, started)

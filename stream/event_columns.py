@@ -118,7 +118,7 @@ def _whole(raw: bytes, reason: str) -> tuple[None, list[tuple[bytes, str]]]:
     return None, [(raw, reason)]
 
 
-def _row_event(kind: str, table: pa.Table, k: int) -> dict[str, Any]:
+def row_event(kind: str, table: pa.Table, k: int) -> dict[str, Any]:
     """Row ``k`` of a decoded (not yet validated) table as a JSON event, whatever its values."""
     row = table.slice(k, 1).to_pylist()[0]
     event: dict[str, Any] = {"schema": events.SCHEMA_VERSION, "type": kind}
@@ -256,7 +256,7 @@ def decode_columns(raw: bytes) -> tuple[EventColumns | None, list[tuple[bytes, s
     bad: list[tuple[bytes, str]] = []
     good = np.ones(table.num_rows, dtype=bool)
     for k in np.flatnonzero(suspect).tolist():
-        event = _row_event(kind, table, k)
+        event = row_event(kind, table, k)
         encoded = orjson.dumps(event, default=repr)
         problem = events.validate(event)
         if problem is None and len(encoded) > events.MAX_EVENT_BYTES:
@@ -276,9 +276,7 @@ def decode_columns(raw: bytes) -> tuple[EventColumns | None, list[tuple[bytes, s
                             None), bad
     items = table.column("item_id")
     assert features is not None
-    block = FeatureBlock(_plain(users), _plain(items),
-                         pa.Table.from_struct_array(features) if features.type.num_fields
-                         else pa.table({}).append_column("_", pa.nulls(len(features))).drop_columns(["_"]))
+    block = FeatureBlock.from_struct(_plain(users), _plain(items), features)
     return EventColumns(kind, event_ids, times, users.to_pylist(), items.to_pylist(), block), bad
 
 

@@ -49,6 +49,20 @@ class FeatureBlock:
         index = pa.array(rows, type=pa.int64())
         return FeatureBlock(self.users.take(index), self.items.take(index), self.features.take(index))
 
+    @classmethod
+    def from_struct(cls, users: pa.Array, items: pa.Array, features: pa.StructArray) -> FeatureBlock:
+        """A block from the ``features`` struct column a columnar message or checkpoint holds."""
+        table = (pa.Table.from_struct_array(features) if features.type.num_fields
+                 else pa.table({"_": pa.nulls(len(features))}).drop_columns(["_"]))
+        return cls(users, items, table)
+
+    def features_struct(self) -> pa.StructArray:
+        """The features as one struct column, as a columnar message or checkpoint holds them."""
+        if not self.features.num_columns:
+            return pa.array([{}] * len(self), type=pa.struct([]))
+        return pa.StructArray.from_arrays([c.combine_chunks() for c in self.features.columns],
+                                          names=self.features.column_names)
+
 
 RowRef = tuple[FeatureBlock, int]
 
@@ -185,13 +199,7 @@ def pack_features(values: Sequence[dict[str, Any] | RowRef]) -> tuple[list[dict[
             row += 1
         else:
             out.append(value)  # type: ignore[arg-type]
-    features = block.features
-    table = pa.table({
-        "user_id": block.users, "item_id": block.items,
-        "features": pa.StructArray.from_arrays([c.combine_chunks() for c in features.columns],
-                                               names=features.column_names) if features.num_columns
-        else pa.array([{}] * len(block), type=pa.struct([])),
-    })
+    table = pa.table({"user_id": block.users, "item_id": block.items, "features": block.features_struct()})
     return out, base64.b64encode(write_table(table)).decode("ascii")
 
 
@@ -200,10 +208,8 @@ def unpack_features(values: Sequence[dict[str, Any] | int], packed: str | None) 
     if packed is None:
         return list(values)  # type: ignore[arg-type]
     table = read_table(base64.b64decode(packed))
-    features = table.column("features").combine_chunks()
-    block = FeatureBlock(table.column("user_id").combine_chunks(), table.column("item_id").combine_chunks(),
-                         pa.Table.from_struct_array(features) if features.type.num_fields
-                         else pa.table({"_": pa.nulls(len(features))}).drop_columns(["_"]))
+    block = FeatureBlock.from_struct(*(table.column(name).combine_chunks()
+                                       for name in ("user_id", "item_id", "features")))
     out: list[dict[str, Any] | RowRef] = []
     for value in values:
         if type(value) is int:
