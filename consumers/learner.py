@@ -18,14 +18,17 @@ import multiprocessing
 import queue
 import signal
 import struct
+import sys
 import threading
 import time
 import traceback
+import types
 import uuid
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -304,6 +307,20 @@ def _child(conn: Connection, board: Any, population: Any = None, tables: Any = N
 # ------------------------------------------------------------------------------ worker side
 
 
+@contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """Spawn re-runs the parent's main script in the child (as ``__mp_main__``) so that objects
+    defined there can be unpickled, which re-imports everything the script imports. The
+    learner's code is all importable by name, so the child is started while ``__main__`` is a
+    bare module: spawn then has no script to re-run."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
 class LearnerProcess:
     """The worker's handle on its learner process."""
 
@@ -318,7 +335,8 @@ class LearnerProcess:
         self._process = context.Process(target=_child, args=(child_conn, self._board, self._population, self._tables),
                                         name="streamrec-learner",
                                         daemon=True)
-        self._process.start()
+        with _main_script_hidden():
+            self._process.start()
         child_conn.close()
         self.ready = False
         self.reference_version: int | None = None  # the live version the learner compares with

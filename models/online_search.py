@@ -355,7 +355,7 @@ class Member:
     def summary(self) -> dict[str, Any]:
         return {"move": self.move.name, "examples": self.seen, "caught_up": self.caught_up,
                 "logloss_change": self.mean, "z": self.z,
-                "auc": self.metrics.snapshot()["auc"], "champion_auc": self.champion_metrics.snapshot()["auc"]}
+                "auc": self.metrics.auc, "champion_auc": self.champion_metrics.auc}
 
     @property
     def mean(self) -> float:

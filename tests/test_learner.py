@@ -89,3 +89,30 @@ def test_the_gate_holds_a_candidate_that_is_worse_on_the_same_examples_and_passe
         assert decision.promote and decision.reason == "passed", decision
     else:
         assert not decision.promote and decision.reason == HELD_AUC_DROP, decision
+
+
+def test_a_script_that_starts_a_learner_is_not_run_again_in_the_learner(tmp_path) -> None:
+    """Spawn would re-run the parent's main script in the child; the learner's child must not
+    (it would re-import everything the script imports, and run its top-level code)."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "imports.txt"
+    script = tmp_path / "starts_a_learner.py"
+    script.write_text(
+        "import os, sys\n"
+        f"open({str(marker)!r}, 'a').write(__name__ + '\\n')\n"
+        "from streamrec.consumers.learner import LearnerProcess\n"
+        "if __name__ == '__main__':\n"
+        "    learner = LearnerProcess()\n"
+        "    try:\n"
+        "        learner.init('lr', '{}', seed=0, window=10)\n"
+        "        learner.quality()\n"
+        "    except Exception:\n"
+        "        pass\n"
+        "    finally:\n"
+        "        learner.close()\n"
+        "    assert sys.modules['__main__'].__file__ == __file__\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert marker.read_text().split() == ["__main__"]
