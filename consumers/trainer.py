@@ -41,7 +41,7 @@ from streamrec.consumers.version_publisher import (
     WorkerCut,
 )
 from streamrec.consumers.worker_counters import Counters
-from streamrec.models import spec_for
+from streamrec.models import history_ttl_seconds, spec_for
 from streamrec.models.base import read_metadata
 from streamrec.stream.behaviour_history import BehaviourHistory
 from streamrec.stream.errors import StreamrecError
@@ -368,7 +368,9 @@ class Trainer(KafkaWorker):
             self.featurizer = Featurizer(spec_for(self.options.model, spec))
         if self.featurizer.spec.history_length and self.history is None:
             spec = self.featurizer.spec
-            self.history = BehaviourHistory(spec.history_kind, spec.history_length, fields=spec.history_fields)
+            self.history = BehaviourHistory(spec.history_kind, spec.history_length, fields=spec.history_fields,
+                                            ttl_seconds=history_ttl_seconds(self.options.model,
+                                                                            self.options.model_settings))
         assert self.learner is not None
         if not self.learner.ready:
             self._start_learning()
@@ -400,7 +402,7 @@ class Trainer(KafkaWorker):
             histories = self.history.rows_before_learning(users, items, labels, features)
         batch = self.featurizer.build(users, items, features, labels, histories, times)
         if self.history is not None:
-            self.history.after(users, items, labels, features)
+            self.history.after(users, items, labels, features, times)
         return batch
 
     def _train(self, examples: list[Example], batch: SparseBatch | None = None) -> None:
@@ -496,7 +498,8 @@ class Trainer(KafkaWorker):
             impressions_topic=self.settings.impressions_topic, clicks_topic=self.settings.clicks_topic,
             quality=quality, lag=dict(self._lag), head_version=self.publisher.head,
             live_version=self.publisher.live_version, population=learner.latest_population() if ready else [],
-            tables=learner.latest_tables() if ready else {})
+            tables=learner.latest_tables() if ready else {},
+            history=self.history.summary() if self.history is not None else None)
 
     def _recent_rate(self) -> float:
         """Examples per second over the last ``RATE_WINDOW_S`` (0 when idle)."""

@@ -51,6 +51,8 @@ class TrainerReadings:
     population: list[dict] = field(default_factory=list)
     # keyed tables (models/keyed_rows.py, table_summary): rows, admitted, evicted, bytes, rows per field
     tables: dict[str, dict] = field(default_factory=dict)
+    # sequence models' histories (stream/behaviour_history.py, summary): keys held, keys expired
+    history: dict[str, float] | None = None
 
 
 class _StreamSeries:
@@ -133,6 +135,11 @@ class _StreamSeries:
                 members[name].add_metric([*labels, member["member"]], float("nan") if value is None else value)
         yield from members.values()
         yield from _table_series(labels, {} if r is None else r.tables)
+        history = None if r is None else r.history
+        yield gauge("streamrec_history_keys", "Users (or items) a sequence model's histories hold",
+                    None if history is None else history["keys"])
+        yield counter("streamrec_history_expired", "History keys forgotten for having no entry within "
+                      "tables.ttl_seconds of event time", None if history is None else history["expired"])
         yield gauge("streamrec_head_version", "Newest version of the model (the trainer's resume point)",
                     None if r is None else r.head_version)
         yield gauge("streamrec_live_version", "The version the live pointer names",

@@ -45,6 +45,17 @@ def spec_for(name: str, spec: FeatureSpec) -> FeatureSpec:
                                history_fields=fields)
 
 
+def history_ttl_seconds(name: str, settings: dict[str, str] | None = None) -> float:
+    """How long a sequence model's histories (stream/behaviour_history.py) keep a key that gets no
+    new entry, in event time: the model's ``tables.ttl_seconds`` (0: for ever), so that histories
+    expire as its keyed tables do. A bad setting is a :class:`ConfigError` naming it."""
+    cls = REGISTRY.get(name)
+    if cls is None:
+        return 0.0
+    tables = getattr(apply_settings(cls.config_class(), settings or {}, name), "tables", None)
+    return float(tables.ttl_seconds) if tables is not None else 0.0
+
+
 def model_names() -> list[str]:
     return sorted(REGISTRY)
 

@@ -39,6 +39,7 @@ from streamrec.models import (
     apply_settings,
     check_wide_options,
     create_model,
+    history_ttl_seconds,
     model_from_bytes,
     model_names,
     spec_for,
@@ -146,7 +147,8 @@ class Model:
         spec = self._featurizer.spec if self._featurizer is not None else None
         if spec is None or not spec.history_length:
             return None
-        return BehaviourHistory(spec.history_kind, spec.history_length, fields=spec.history_fields)
+        return BehaviourHistory(spec.history_kind, spec.history_length, fields=spec.history_fields,
+                                ttl_seconds=history_ttl_seconds(self.name, self.settings))
 
     # ------------------------------------------------------------------ batches
 
@@ -195,7 +197,7 @@ class Model:
         batch_ = self._featurizer.build(users, items, features, label_list, histories, event_times)
         self.metrics.update(self.online.learn(batch_), np.asarray(label_list, dtype=np.float64))
         if self._history is not None:
-            self._history.after(users, items, label_list, features)
+            self._history.after(users, items, label_list, features, event_times)
 
     def learn_one(self, example: Mapping[str, Any], label: int, event_time: float | None = None) -> None:
         """Learn one example (``label`` 1 for a click, 0 for none)."""

@@ -135,8 +135,13 @@ TABLE_SERIES = {"rows": "streamrec_table_rows", "bytes": "streamrec_table_bytes"
 
 def keyed_tables(samples: dict[str, float]) -> list[dict[str, Any]]:
     """A trainer's keyed tables from its samples: rows held, bytes, keys admitted, sightings not
-    admitted, rows evicted."""
-    return _by_label(samples, TABLE_SERIES, "table")
+    admitted, rows evicted; a sequence model's histories are one more row (keys held, keys expired)."""
+    tables = _by_label(samples, TABLE_SERIES, "table")
+    if "streamrec_history_keys" in samples:
+        tables.append({"table": "history", "rows": _finite(samples["streamrec_history_keys"]), "bytes": None,
+                       "admitted": None, "not_admitted": None,
+                       "evicted": _finite(samples.get("streamrec_history_expired_total"))})
+    return tables
 
 
 def _finite(value: float | None) -> float | None:

@@ -15,9 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import torch
 
-from streamrec.models import REGISTRY, OnlineModel, create_model, spec_for
+from streamrec.models import REGISTRY, OnlineModel, create_model, history_ttl_seconds, spec_for
 from streamrec.models.keyed_rows import table_summary
 from streamrec.models.online_search import OnlineSearch, SearchSettings
 from streamrec.models.progressive import progressive_step
@@ -51,7 +52,8 @@ def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512
     learner = OnlineSearch(model, search) if search is not None else model
     featurizer = Featurizer(spec)
     # sequence models: the clicks so far, from the stream itself (stream/behaviour_history.py)
-    history = (BehaviourHistory(spec.history_kind, spec.history_length, fields=spec.history_fields)
+    history = (BehaviourHistory(spec.history_kind, spec.history_length, fields=spec.history_fields,
+                                ttl_seconds=history_ttl_seconds(model_name, model_settings))
                if spec.history_length else None)
     if history is not None:
         history.attach_encoder(featurizer.history_rows)
@@ -64,10 +66,14 @@ def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512
                                  if history is not None else None, [r.event_time for r in chunk])
         progressive_step(learner, metrics, batch)
         if history is not None:
-            history.after(users, items, labels, [r.features for r in chunk])
+            history.after(users, items, labels, [r.features for r in chunk], [r.event_time for r in chunk])
         if on_batch:
             on_batch(len(chunk))
-    return _report(model_name, metrics, time.perf_counter() - started, learner), _model_of(learner)
+    report = _report(model_name, metrics, time.perf_counter() - started, learner)
+    if history is not None:
+        # what every version would store of them (the trainer checkpoints this state)
+        report["history"] = {**history.summary(), "state_bytes": len(orjson.dumps(history.state()))}
+    return report, _model_of(learner)
 
 
 def _model_of(learner: OnlineModel | OnlineSearch) -> OnlineModel:

@@ -74,10 +74,13 @@ def test_chart_values_read_every_trainer_series_from_a_real_registry():
         examples_per_second=float("nan"), impressions_topic="i", clicks_topic="c", quality=quality,
         lag={"a": 4, "b": 5}, population=population,
         tables={"wide": {"rows": 5000, "admitted": 9000, "not_admitted": 120, "evicted": 4000, "bytes": 1 << 20,
-                         "capacity": 8192, "fields": {"user_id": 3000, "A:B": 1999}}}))
+                         "capacity": 8192, "fields": {"user_id": 3000, "A:B": 1999}}},
+        history={"keys": 70, "expired": 12, "ttl_seconds": 600.0}))
     samples = parse(generate_latest(metrics.registry).decode())
     assert keyed_tables(samples) == [{"table": "wide", "rows": 5000, "bytes": 1 << 20, "admitted": 9000,
-                                      "not_admitted": 120, "evicted": 4000}]
+                                      "not_admitted": 120, "evicted": 4000},
+                                     {"table": "history", "rows": 70, "bytes": None, "admitted": None,
+                                      "not_admitted": None, "evicted": 12}]
     assert samples["streamrec_table_field_rows{field=A:B,table=wide}"] == 1999
     values = chart_values("trainer", samples)
     assert (values["search_promotions"], values["search_challengers"], values["search_compute"]) == (2, 1, 2.5)

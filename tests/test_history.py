@@ -102,3 +102,59 @@ def test_a_scoring_request_may_send_history_entries_with_their_fields():
     assert histories == [[{"item_id": "a", "C3": "x"}, "b"]]
     with pytest.raises(BadRequest, match="history"):
         parse_events([{"user_id": "u", "item_id": "i", "history": [1, 2]}])
+
+
+def test_history_forgets_keys_with_no_entry_within_the_ttl_of_event_time():
+    import pytest
+
+    from streamrec.stream.errors import ConfigError
+
+    history = UserHistory(length=3, ttl_seconds=10)
+    history.add(["a", "b"], ["i1", "i2"], [0.0, 1.0], newest=1.0)
+    history.add(["a"], ["i3"], [9.0], newest=11.5)  # b's newest entry (1.0) is now more than 10 s old
+    assert history.of(["a", "b"]) == [["i1", "i3"], []] and history.expired == 1
+    history.add([], [], [], newest=5.0)  # a late batch does not turn the clock back
+    assert history.clock == 11.5 and len(history) == 1
+    middle = orjson.loads(orjson.dumps(history.state()))
+    history.add(["c"], ["i4"], [12.0], newest=19.5)  # a's newest (9.0) goes; c stays
+    assert history.of(["a", "c"]) == [[], ["i4"]] and history.expired == 2
+    # a round trip through the state goes on identically
+    again = UserHistory.from_state(middle)
+    again.add(["c"], ["i4"], [12.0], newest=19.5)
+    assert again.state() == history.state()
+    # no ttl: nothing expires, and the state is what it always was
+    plain = UserHistory(length=3)
+    plain.add(["a"], ["i1"])
+    assert set(plain.state()) == {"length", "max_users", "users"}
+    with pytest.raises(ConfigError, match="tables.ttl_seconds"):
+        history.add(["a"], ["i5"])  # no times
+    with pytest.raises(ConfigError, match="tables.ttl_seconds"):
+        history.add(["a"], ["i5"], [float("nan")], newest=20.0)
+    with pytest.raises(ConfigError, match="tables.ttl_seconds"):
+        UserHistory(length=3, ttl_seconds=-1)
+    forged = {**middle, "times": middle["times"][:-1] + [1.0, 2.0]}
+    with pytest.raises(ConfigError, match="times"):
+        UserHistory.from_state(forged)
+
+
+def test_an_expired_keys_encoded_rows_go_with_it_and_evaluate_reports_the_history(learnable_rows):
+    from streamrec.stream.behaviour_history import BehaviourHistory
+
+    history = BehaviourHistory("user_clicks", 4, ttl_seconds=10)
+    history.attach_encoder(lambda entries: np.array([[len(str(e))] for e in entries], dtype=np.int64))
+    history.after(["u", "v"], ["item", "it"], [1, 1], times=[0.0, 8.0])
+    assert history.rows_before_learning(["u"], ["x"], [0])[0, :, 0].tolist() == [4, -1, -1, -1]
+    history.after(["w"], ["x"], [0], times=[15.0])  # not clicked, but the clock moves: u's entry is too old
+    assert history.rows_before_learning(["u", "v"], ["x", "x"], [0, 0])[:, 0, 0].tolist() == [-1, 2]
+    assert history.summary() == {"keys": 1, "expired": 1, "ttl_seconds": 10.0}
+    # v is shown an item at 20 s and does not click: still active, so its click at 8 s stays
+    history.after(["v"], ["y"], [0], times=[20.0])
+    history.after(["z"], ["y"], [0], times=[25.0])
+    assert history.rows_before_learning(["v"], ["x"], [0])[0, 0, 0] == 2 and history.store.expired == 1
+
+    rows = learnable_rows[:3000]  # 30 s of event time
+    plain, _ = evaluate_rows(rows, "din", batch_size=200)
+    timed, _ = evaluate_rows(rows, "din", batch_size=200, model_settings={"tables.ttl_seconds": "5"})
+    assert plain["history"]["expired"] == 0 and timed["history"]["expired"] > 0
+    assert timed["history"]["keys"] < plain["history"]["keys"] == len({r.user_id for r in rows if r.label})
+    assert 0.5 < timed["auc"] <= 1.0

@@ -271,13 +271,15 @@ def test_broker_outage_is_survived_and_training_resumes_at_the_right_offsets(sta
     assert report["join"]["duplicate_impressions"] == 0 and report["join"]["duplicate_clicks"] == 0
 
 
-@pytest.mark.parametrize(("model", "fields"), [("din", ()), ("din", ("C3",)), ("autorec", ())])
-def test_a_sequence_model_checkpoints_its_histories(stack, namespace, learnable_rows, model, fields):
-    rows = learnable_rows[:3000]
+@pytest.mark.parametrize(("model", "fields", "ttl"), [("din", (), None), ("din", ("C3",), None),
+                                                     ("autorec", (), None), ("din", (), "5")])
+def test_a_sequence_model_checkpoints_its_histories(stack, namespace, learnable_rows, model, fields, ttl):
+    rows = learnable_rows[:3000]  # 30 s of event time
     settings = settings_for(namespace)
     replay_rows(stack, settings, rows, "d")
+    model_settings = {"tables.ttl_seconds": ttl} if ttl else {}
     running = start_trainer(stack, settings, model=model, publish_every_examples=1000,
-                            spec_options=SpecOptions(history_fields=fields))
+                            spec_options=SpecOptions(history_fields=fields), model_settings=model_settings)
     try:
         report = running.wait()
         history = running.trainer.history
@@ -285,7 +287,12 @@ def test_a_sequence_model_checkpoints_its_histories(stack, namespace, learnable_
         running.stop()
     assert report["examples"] == len(rows) and report["digest"] == expected_digest("d", rows)
     assert history is not None
-    if model == "din":  # users' clicked items, in stream order per user
+    if ttl:  # users with no click in the last 5 s of event time are forgotten, and counted
+        clicked_users = {r.user_id for r in rows if r.label}
+        assert history.store.expired > 0 and len(history) + history.store.expired >= len(clicked_users)
+        assert set(history.store._users) <= clicked_users and history.summary()["ttl_seconds"] == 5.0
+        assert history.store.clock == max(r.event_time for r in rows)
+    elif model == "din":  # users' clicked items, in stream order per user
         clicked_users = {r.user_id for r in rows if r.label}
         assert len(history) == len(clicked_users)
         some = max(clicked_users, key=lambda u: sum(1 for r in rows if r.user_id == u and r.label))
@@ -304,9 +311,20 @@ def test_a_sequence_model_checkpoints_its_histories(stack, namespace, learnable_
     store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, model)
     version = store.load(store.head())
     assert orjson.loads(version.history) == orjson.loads(orjson.dumps(history.state()))
+    if ttl:  # `models show` tells what the version's histories hold
+        import sys
+
+        shown = subprocess.run([sys.executable, "-m", "streamrec", "models", "--model", model, "show",
+                                str(store.head())], capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "STREAMREC_REDIS_URL": stack.redis_url,
+                                    "STREAMREC_NAMESPACE": namespace})
+        assert shown.returncode == 0, shown.stderr
+        assert orjson.loads(shown.stdout)["history"] == {"keys": len(history), "expired": history.store.expired,
+                                                         "ttl_seconds": 5.0}
     # a worker that starts again resumes with exactly these histories
     again = Trainer(settings, TrainerOptions.from_settings(settings, model=model, metrics_port=None,
-                                                           spec_options=SpecOptions(history_fields=fields)),
+                                                           spec_options=SpecOptions(history_fields=fields),
+                                                           model_settings=model_settings),
                     kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url)
     try:
         assert again.resume() == store.head()

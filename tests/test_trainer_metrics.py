@@ -19,11 +19,13 @@ def test_endpoint_serves_named_series_and_refuses_a_busy_port():
     try:
         metrics.attach(lambda: TrainerReadings(
             counters=Counters(), join=JoinCounts(positives=3, negatives=5), open_impressions=0,
-            examples_per_second=0.0, impressions_topic="i", clicks_topic="c", head_version=7))
+            examples_per_second=0.0, impressions_topic="i", clicks_topic="c", head_version=7,
+            history={"keys": 11, "expired": 4, "ttl_seconds": 60.0}))
         metrics.record_publish(0.02)
         scraped = scrape(port)
         assert scraped["streamrec_join_outcomes_total{outcome=positives}"] == 3
         assert scraped["streamrec_head_version"] == 7
+        assert scraped["streamrec_history_keys"] == 11 and scraped["streamrec_history_expired_total"] == 4
         assert scraped["streamrec_publish_duration_seconds_count"] == 1
         assert 0 <= scraped["streamrec_seconds_since_publish_seconds"] < 5
         assert all(name.startswith("streamrec_") for name in scraped)

@@ -97,6 +97,11 @@ def models_show(ctx: click.Context, version: int) -> None:
         shown["search"] = json.loads(weights["search"])
     if "tables" in weights:  # keyed tables: rows held, admitted, evicted, bytes, rows per field
         shown["tables"] = json.loads(weights["tables"])
+    history = store.history(version)
+    if history is not None:  # a sequence model's histories: keys held, and expired by tables.ttl_seconds
+        state = json.loads(history)
+        shown["history"] = {"keys": len(state.get("users", ())), "expired": state.get("expired", 0),
+                            "ttl_seconds": state.get("ttl_seconds", 0.0)}
     click.echo(json.dumps(shown, indent=2, sort_keys=True))
 
 
