@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--item-field", default="C2")
     parser.add_argument("--search", choices=["on", "off"], default="on",
                         help="The online search (on by default in evaluate and train), in both passes.")
+    parser.add_argument("--watermark-min-rows", type=int, default=None,
+                        help="The replay's watermark_min_rows (default: the replay's own, producers/replay.py).")
     parser.add_argument("--name", default="online_loop")
     parser.add_argument("--repeats", type=int, default=3, help="Online runs (fresh topics each); the median is reported.")
     args = parser.parse_args()
@@ -103,13 +105,14 @@ def main() -> None:
                 topics = {"impressions_topic": settings.impressions_topic, "clicks_topic": settings.clicks_topic,
                           "dead_letter_topic": settings.dead_letter_topic, "partitions": settings.partitions}
                 try:
+                    replay_options = ReplayOptions(encoding=encoding, watermark_min_rows=args.watermark_min_rows)
                     if encoding == "columns" and columnar_fields(args.format, options):
                         # what `streamrec replay` does: the same events from column chunks
                         produced = replay_columns(read_columns(data, args.format, options), producer,
-                                                  options=ReplayOptions(encoding=encoding), **topics)
+                                                  options=replay_options, **topics)
                     else:
                         produced = replay(read_rows(data, args.format, options), producer,
-                                          options=ReplayOptions(encoding=encoding), **topics)
+                                          options=replay_options, **topics)
                 finally:
                     producer.close()
                 replay_cpu = time.process_time() - replay_cpu
@@ -179,6 +182,7 @@ def main() -> None:
     write_result(args.name, {
         "rows": args.rows, "model": args.model, "search": args.search, "batch_size": args.batch_size, "oracle_auc": summary["oracle_auc"],
         "positives": args.positives, "delta_every_s": args.delta_every_s,
+        "watermark_min_rows": args.watermark_min_rows,
         "data": str(args.data) if args.data else summary["source"] if args.agrawal
         else "synthetic (producers/generator.py, seed 0)",
         "settings": summaries,

@@ -10,8 +10,8 @@ Python only where the event needs it as a string of its own (its id).
 It sends exactly what ``replay`` sends with ``encoding="columns"`` and no pacing, to the same
 partitions and cut into the same messages: impressions by row index, clicks by (click time, row
 index) with the same seeded delays, a watermark on every partition before the first row at or
-past each ``watermark_every_s`` of event time (every buffer sent before it), final watermarks at
-the end, dead letters for rows ``validate`` refuses, and ``resume`` skipping what an earlier run
+past each ``watermark_every_s`` of event time and ``watermark_min_rows`` rows (every buffer sent
+before it), final watermarks at the end, dead letters for rows ``validate`` refuses, and ``resume`` skipping what an earlier run
 delivered. tests/test_column_replay.py compares the two message for message. Rows must come in
 event-time order, as the columnar reader gives them.
 """
@@ -33,6 +33,7 @@ from streamrec.producers.replay import (
     finish_run,
     send_watermarks,
     start_run,
+    watermark_min_rows,
 )
 from streamrec.stream import events
 from streamrec.stream.arrow_ipc import write_table
@@ -128,6 +129,8 @@ def replay_columns(chunks: Iterable[ColumnChunk], producer: EventProducer, *, im
     started = time.perf_counter()
     last_time = float("-inf")
     next_watermark = float("-inf")
+    min_rows = watermark_min_rows(options, partitions)
+    kept_rows, watermark_row = 0, -min_rows  # valid rows before this chunk; the last watermark's row
     mean, cap = 1.0 / options.click_delay_mean_s, options.click_delay_max_s
 
     def emit_clicks_until(limit: float) -> None:
@@ -183,16 +186,20 @@ def replay_columns(chunks: Iterable[ColumnChunk], producer: EventProducer, *, im
             if len(user_strings) else np.zeros(0, dtype=np.int64)
         row_partition = user_partition[users]
         labels = chunk.labels[keep]
-        # watermark rows: the first at or past each watermark_every_s of event time
+        # watermark rows: the first at or past each watermark_every_s of event time that is also
+        # min_rows valid rows past the last watermark's (what the row replay does row by row)
         starts = []
         at = 0
         while at < len(times):
             at = int(np.searchsorted(times, next_watermark, side="left")) if times[at] < next_watermark else at
+            at = max(at, watermark_row + min_rows - kept_rows)
             if at >= len(times):
                 break
             starts.append(at)
             next_watermark = float(times[at]) + options.watermark_every_s
+            watermark_row = kept_rows + at
             at += 1
+        kept_rows += len(times)
         bounds = [0, *starts, len(times)] if not starts or starts[0] != 0 else [*starts, len(times)]
         for a, b in zip(bounds[:-1], bounds[1:]):
             if a in starts:

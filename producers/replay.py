@@ -7,7 +7,8 @@ impression stream passes their time. Impressions and clicks are keyed by user id
 events share a partition. The replay ends with a final watermark on every partition of both
 topics, which lets trainers close all open attribution windows; every ``watermark_every_s`` of
 event time a non-final watermark goes to every partition too, so a partition that sees few
-clicks does not hold its impressions open until the end.
+clicks does not hold its impressions open until the end (unpaced, also not before
+``watermark_min_rows`` rows have passed since the last one: see :func:`watermark_min_rows`).
 
 Pacing: as fast as possible (default), ``rate`` events per second, or ``speedup`` times event
 time. An event that fails validation goes to the dead-letter topic with its reason and is counted.
@@ -56,6 +57,9 @@ class ReplayOptions:
     seed: int = 0
     run_id: str | None = None
     watermark_every_s: float = 5.0
+    # rows a watermark also waits for since the one before (None: events_per_message x partitions
+    # when unpaced and batched, else 0); see watermark_min_rows
+    watermark_min_rows: int | None = None
     # False leaves the stream open (more will follow): trainers keep the last window's impressions.
     final_watermarks: bool = True
     # events of one partition per message (1: a keyed message per event); see the module docstring
@@ -68,6 +72,22 @@ class ReplayOptions:
     def __post_init__(self) -> None:
         if self.encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {ENCODINGS}, not {self.encoding!r}")
+        if self.watermark_min_rows is not None and self.watermark_min_rows < 0:
+            raise ValueError(f"watermark_min_rows must be >= 0, not {self.watermark_min_rows}")
+
+
+def watermark_min_rows(options: ReplayOptions, partitions: int) -> int:
+    """Rows that pass between two watermarks at least. Every watermark sends every partition's
+    buffer first, so an unpaced replay of a log that is sparse in event time (a Criteo file's rows
+    are 10 ms apart) would send messages of a few dozen events each, and consumers pay mostly per
+    message; by default an unpaced batched replay lets a message's worth per partition pass
+    (``events_per_message`` x ``partitions`` rows) before the next watermark. A paced replay, or
+    one event per message, waits for event time alone."""
+    if options.watermark_min_rows is not None:
+        return options.watermark_min_rows
+    if options.rate is not None or options.speedup is not None or options.events_per_message <= 1:
+        return 0
+    return options.events_per_message * partitions
 
 
 # A partition's order key of its last event sent: an impression's row index, or a click's (time, row index).
@@ -282,6 +302,8 @@ def replay(rows: Iterable[Row], producer: EventProducer, *, impressions_topic: s
     sent = 0
     last_time = float("-inf")
     next_watermark = float("-inf")
+    min_rows = watermark_min_rows(options, partitions)
+    valid_rows, watermark_row = 0, -min_rows  # the first valid row always gets one
 
     def emit_clicks_until(limit: float) -> None:
         nonlocal sent
@@ -301,12 +323,14 @@ def replay(rows: Iterable[Row], producer: EventProducer, *, impressions_topic: s
             report.dead_letters += 1
             continue
         emit_clicks_until(row.event_time)
-        if row.event_time >= next_watermark:
+        if row.event_time >= next_watermark and valid_rows - watermark_row >= min_rows:
             # Rows arrive in event-time order and every click up to now is out: nothing earlier
             # than this row's time can follow on either topic.
             batcher.flush()
             send_watermarks(send, (impressions_topic, clicks_topic), partitions, row.event_time)
             next_watermark = row.event_time + options.watermark_every_s
+            watermark_row = valid_rows
+        valid_rows += 1
         key = row.user_id.encode()
         if batcher.skip is None or not batcher.skip(impressions_topic, batcher.partition(key), event):
             pacer.wait(sent, row.event_time, batcher.flush)  # what was sent before is not paced again

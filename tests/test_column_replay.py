@@ -12,7 +12,7 @@ from streamrec.producers.column_replay import replay_columns
 from streamrec.producers.columns import read_columns
 from streamrec.producers.generator import generate, write_stream
 from streamrec.producers.readers import ReaderOptions, read_rows
-from streamrec.producers.replay import ReplayOptions, ResumePositions, replay
+from streamrec.producers.replay import ReplayOptions, ResumePositions, replay, watermark_min_rows
 from streamrec.stream.event_columns import decode_message, is_columnar
 
 TOPICS = {"impressions_topic": "imp", "clicks_topic": "clk", "dead_letter_topic": "dlq"}
@@ -58,11 +58,13 @@ def log_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("per_message, watermark_every_s", [(256, 5.0), (64, 0.7), (1000, 1e9)])
+@pytest.mark.parametrize("per_message, watermark_every_s, min_rows",
+                         [(256, 5.0, None), (64, 0.7, None), (64, 0.7, 0), (100, 0.7, 333), (1000, 1e9, None)])
 def test_column_replay_sends_the_row_replays_messages(log_file: Path, per_message: int,
-                                                      watermark_every_s: float) -> None:
+                                                      watermark_every_s: float, min_rows: int | None) -> None:
     opts = ReaderOptions(user_field="C1", item_field="C2", seconds_per_row=0.05)
-    options = ReplayOptions(seed=5, run_id="cr", events_per_message=per_message, watermark_every_s=watermark_every_s)
+    options = ReplayOptions(seed=5, run_id="cr", events_per_message=per_message, watermark_every_s=watermark_every_s,
+                            watermark_min_rows=min_rows)
     by_rows, by_columns = _Recorder(), _Recorder()
     rows_report = replay(read_rows(log_file, "criteo", opts), by_rows, partitions=3, options=options, **TOPICS)
     columns_report = replay_columns(read_columns(log_file, "criteo", opts, block_bytes=1 << 16), by_columns,
@@ -76,6 +78,40 @@ def test_column_replay_sends_the_row_replays_messages(log_file: Path, per_messag
     assert sum(e["type"] == "impression" for (topic, _p), messages in got.items() if topic == "imp"
                for _c, events in messages for e in events) == rows_report.impressions
     assert any(columnar for (topic, _p), messages in got.items() if topic != "dlq" for columnar, _e in messages)
+
+
+def test_an_unpaced_replay_lets_a_messages_worth_of_rows_pass_between_watermarks(log_file: Path) -> None:
+    """Rows 50 ms apart and a watermark every 0.7 s would flush every buffer every 14 rows; by
+    default an unpaced replay waits for events_per_message x partitions rows, so messages fill up."""
+    opts = ReaderOptions(user_field="C1", item_field="C2", seconds_per_row=0.05)
+    sizes = {}
+    for min_rows in (None, 0):
+        recorder = _Recorder()
+        options = ReplayOptions(seed=5, run_id="cr", events_per_message=64, watermark_every_s=0.7,
+                                watermark_min_rows=min_rows)
+        replay(read_rows(log_file, "criteo", opts), recorder, partitions=3, options=options, **TOPICS)
+        # the impressions topic in order: a number per message of impressions, "w" per watermark
+        sent = [decode_message(value)[0] for topic, value, _k, _p in recorder.sent if topic == "imp"]
+        stream = ["w" if events[0]["type"] == "watermark" else len(events) for events in sent]
+        rounds, rows = [], 0  # rows sent between consecutive rounds of watermarks (one per partition)
+        for item in stream:
+            if item == "w":
+                if rows:
+                    rounds.append(rows)
+                rows = 0
+            else:
+                rows += item
+        if min_rows is None:
+            assert min(rounds[:-1]) >= 64 * 3  # a message's worth per partition passes before the next round
+        else:
+            assert max(rounds) <= 16  # event time alone: every 14 or 15 rows
+        messages = [item for item in stream if item != "w"]
+        sizes[min_rows] = sum(messages) / len(messages)
+    assert sizes[None] > 4 * sizes[0]
+    assert watermark_min_rows(ReplayOptions(rate=100.0), 3) == watermark_min_rows(
+        ReplayOptions(events_per_message=1), 3) == 0
+    with pytest.raises(ValueError, match="watermark_min_rows"):
+        ReplayOptions(watermark_min_rows=-1)
 
 
 def test_a_resumed_column_replay_skips_what_reached_each_partition(log_file: Path) -> None:

@@ -86,6 +86,9 @@ def generate(rows: int, seed: int, out: Path, behaviour: bool, match_strength: f
 @click.option("--click-delay-max-s", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True)
 @click.option("--watermark-every-s", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="Event-time seconds between watermarks on every partition.")
+@click.option("--watermark-min-rows", type=click.IntRange(min=0), default=None,
+              help="Rows between watermarks at least [default: unpaced, --events-per-message x partitions, "
+                   "so that messages fill up; paced, 0].")
 @click.option("--partitions", type=click.IntRange(min=1), help="Partitions per topic if they must be created.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the click delays.")
 @click.option("--events-per-message", type=click.IntRange(min=1), default=256, show_default=True,
@@ -101,7 +104,7 @@ def generate(rows: int, seed: int, out: Path, behaviour: bool, match_strength: f
 def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, item_field: str | None,
            columns: str | None, numeric_columns: str | None, strict: bool, limit: int | None,
            rate: float | None, speedup: float | None, click_delay_mean_s: float, click_delay_max_s: float,
-           watermark_every_s: float, partitions: int | None, seed: int, events_per_message: int, encoding: str,
+           watermark_every_s: float, watermark_min_rows: int | None, partitions: int | None, seed: int, events_per_message: int, encoding: str,
            run_id: str | None, resume: bool, report_json: Path | None) -> None:
     """Replay a log as impression and click events onto Kafka."""
     import itertools
@@ -166,6 +169,7 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
     total = limit or count_lines(path)
     replay_options = ReplayOptions(rate=rate, speedup=speedup, click_delay_mean_s=click_delay_mean_s,
                                    click_delay_max_s=click_delay_max_s, seed=seed, watermark_every_s=watermark_every_s,
+                                   watermark_min_rows=watermark_min_rows,
                                    events_per_message=events_per_message, run_id=run_id, resume=positions,
                                    encoding=encoding)
     # the topic's own count: batches are placed by murmur2 modulo it
