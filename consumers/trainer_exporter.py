@@ -138,8 +138,8 @@ class _StreamSeries:
         history = None if r is None else r.history
         yield gauge("streamrec_history_keys", "Users (or items) a sequence model's histories hold",
                     None if history is None else history["keys"])
-        yield counter("streamrec_history_expired", "History keys forgotten for having no entry within "
-                      "tables.ttl_seconds of event time", None if history is None else history["expired"])
+        yield counter("streamrec_history_expired", "History keys forgotten for not being seen in any "
+                      "example within tables.ttl_seconds of event time", None if history is None else history["expired"])
         yield gauge("streamrec_head_version", "Newest version of the model (the trainer's resume point)",
                     None if r is None else r.head_version)
         yield gauge("streamrec_live_version", "The version the live pointer names",

@@ -46,8 +46,8 @@ def spec_for(name: str, spec: FeatureSpec) -> FeatureSpec:
 
 
 def history_ttl_seconds(name: str, settings: dict[str, str] | None = None) -> float:
-    """How long a sequence model's histories (stream/behaviour_history.py) keep a key that gets no
-    new entry, in event time: the model's ``tables.ttl_seconds`` (0: for ever), so that histories
+    """How long a sequence model's histories (stream/behaviour_history.py) keep a key not seen in
+    any example, in event time: the model's ``tables.ttl_seconds`` (0: for ever), so that histories
     expire as its keyed tables do. A bad setting is a :class:`ConfigError` naming it."""
     cls = REGISTRY.get(name)
     if cls is None:

@@ -256,6 +256,8 @@ class BehaviourHistory:
     def after(self, users: Sequence[str], items: Sequence[str], labels: Sequence[int],
               features: Sequence[dict[str, Any]] | None = None, times: Sequence[float] | None = None) -> None:
         """Record a learned batch (in order); ``times``: each example's event time (with a ttl)."""
+        if not len(users):
+            return
         keys = items if self._by_item else users
         entries = self._entries(users, items, labels, features)
         kept_keys = [k for k, e in zip(keys, entries) if e is not None]
@@ -265,8 +267,6 @@ class BehaviourHistory:
             self.store.touch(keys, times)
             kept_times = [t for t, e in zip(times, entries) if e is not None]
             newest = max(times)
-        elif not len(users):
-            return
         forgotten = self.store.add(kept_keys, kept, kept_times, newest)
         if self._encode is not None:
             for key in forgotten:

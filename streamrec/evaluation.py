@@ -61,12 +61,13 @@ def evaluate_rows(rows: Iterable[Row], model_name: str, *, batch_size: int = 512
     started = time.perf_counter()
     for chunk in batched(itertools.chain(head, iterator), batch_size):
         users, items, labels = [r.user_id for r in chunk], [r.item_id for r in chunk], [r.label for r in chunk]
-        batch = featurizer.build(users, items, [r.features for r in chunk], labels,
-                                 history.rows_before_learning(users, items, labels, [r.features for r in chunk])
-                                 if history is not None else None, [r.event_time for r in chunk])
+        features, times = [r.features for r in chunk], [r.event_time for r in chunk]
+        batch = featurizer.build(users, items, features, labels,
+                                 history.rows_before_learning(users, items, labels, features)
+                                 if history is not None else None, times)
         progressive_step(learner, metrics, batch)
         if history is not None:
-            history.after(users, items, labels, [r.features for r in chunk], [r.event_time for r in chunk])
+            history.after(users, items, labels, features, times)
         if on_batch:
             on_batch(len(chunk))
     report = _report(model_name, metrics, time.perf_counter() - started, learner)

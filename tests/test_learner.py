@@ -100,7 +100,7 @@ def test_a_script_that_starts_a_learner_is_not_run_again_in_the_learner(tmp_path
     marker = tmp_path / "imports.txt"
     script = tmp_path / "starts_a_learner.py"
     script.write_text(
-        "import os, sys\n"
+        "import sys\n"
         f"open({str(marker)!r}, 'a').write(__name__ + '\\n')\n"
         "from streamrec.consumers.learner import LearnerProcess\n"
         "if __name__ == '__main__':\n"
