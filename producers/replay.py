@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 
 from streamrec.producers.readers import Row
 from streamrec.stream import events
-from streamrec.stream.event_columns import decode_message, encode_columns
+from streamrec.stream.event_columns import decode_columns, encode_columns, is_columnar
 from streamrec.stream.kafka_client import EventConsumer, EventProducer, key_partition
 
 ENCODINGS = ("columns", "json")
@@ -110,17 +110,37 @@ class ResumePositions:
         return len(self.last)
 
 
-def _order_key(event: events.Event, run_id: str) -> OrderKey | None:
-    kind = event.get("type")
-    impression_id = event.get("impression_id") if kind == "click" else event.get("event_id") if kind == "impression" \
-        else None
+def _order_key(kind: object, impression_id: object, event_time: object, run_id: str) -> OrderKey | None:
     if not isinstance(impression_id, str) or not impression_id.startswith(run_id + "-"):
         return None
     try:
         index = int(impression_id[len(run_id) + 1:])
     except ValueError:
         return None
-    return (float(event["event_time"]), index) if kind == "click" else (0.0, index)
+    return (float(event_time), index) if kind == "click" else (0.0, index)  # type: ignore[arg-type]
+
+
+def event_order_key(event: events.Event, run_id: str) -> OrderKey | None:
+    """Where a JSON event of run ``run_id`` sits in its partition's order (None: another run's)."""
+    kind = event.get("type")
+    if kind not in ("click", "impression"):
+        return None
+    impression_id = event.get("impression_id") if kind == "click" else event.get("event_id")
+    return _order_key(kind, impression_id, event.get("event_time"), run_id)
+
+
+def message_order_keys(raw: bytes, run_id: str) -> list[OrderKey]:
+    """The order keys of run ``run_id``'s valid events in one message. A columnar batch is read
+    from its id and time columns; its features are never turned into dicts."""
+    if is_columnar(raw):
+        columns, _bad = decode_columns(raw)
+        if columns is None:
+            return []
+        ids = columns.targets if columns.kind == "click" else columns.event_ids
+        found = (_order_key(columns.kind, i, t, run_id) for i, t in zip(ids, columns.times))
+    else:
+        found = (event_order_key(e, run_id) for e in events.decode_events(raw)[0])
+    return [k for k in found if k is not None]
 
 
 def resume_positions(consumer: EventConsumer, topics: tuple[str, str], partitions: int, run_id: str,
@@ -131,27 +151,36 @@ def resume_positions(consumer: EventConsumer, topics: tuple[str, str], partition
     last: dict[tuple[str, int], OrderKey] = {}
     tps = [(topic, p) for topic in topics for p in range(partitions)]
     ends = consumer.end_offsets(tps)
-    for tp in tps:
-        end = ends[tp]
-        while end > 0 and tp not in last:
-            start = max(0, end - step)
-            consumer.assign_at({tp: start})
-            records: list = []
-            position = start
-            while position < end:
-                batch = consumer.poll(step, 1.0)
-                if not batch:
-                    break
-                records += [r for r in batch if r.offset < end]
-                position = max(position, max(r.offset for r in batch) + 1)
+    # Every partition steps back together, one assignment per step: a consumer moved from one
+    # partition to the next waits out the fetch it left parked at the old one's end.
+    pending = {tp: end for tp, end in ends.items() if end > 0}
+    while pending:
+        starts = {tp: max(0, end - step) for tp, end in pending.items()}
+        consumer.assign_at(starts)
+        records: dict[tuple[str, int], list] = {tp: [] for tp in pending}
+        position = dict(starts)
+        while True:
+            left = sum(max(0, end - position[tp]) for tp, end in pending.items())
+            if not left:
+                break
+            batch = consumer.poll(left, 1.0)
+            if not batch:
+                break
+            for record in batch:
+                tp = (record.topic, record.partition)
+                if tp in pending and record.offset < pending[tp]:
+                    records[tp].append(record)
+                    position[tp] = max(position[tp], record.offset + 1)
+        for tp in list(pending):
             # The largest key of the chunk, not the newest message's: a message the broker refused
             # once is sent again a little later, behind newer ones (stream/kafka_client.py).
-            keys = []
-            for record in records:
-                keys += [k for k in (_order_key(e, run_id) for e in decode_message(record.value)[0]) if k is not None]
+            keys = [k for record in records[tp] for k in message_order_keys(record.value, run_id)]
             if keys:
                 last[tp] = max(keys)
-            end = start
+            if keys or starts[tp] == 0:
+                del pending[tp]
+            else:
+                pending[tp] = starts[tp]
     return ResumePositions(run_id, last)
 
 
@@ -297,7 +326,7 @@ def replay(rows: Iterable[Row], producer: EventProducer, *, impressions_topic: s
     validate = events.validate
     batcher = _Batcher(send, options.events_per_message, partitions, options.encoding)
     if resume is not None:
-        batcher.skip = lambda topic, partition, event: resume.sent(topic, partition, _order_key(event, run_id))
+        batcher.skip = lambda topic, partition, event: resume.sent(topic, partition, event_order_key(event, run_id))
     started = time.perf_counter()
     sent = 0
     last_time = float("-inf")

@@ -65,8 +65,9 @@ def test_example_queue_keeps_unread_examples_and_ended_partitions_across_a_resta
 
 @pytest.mark.integration
 def test_join_workers_killed_at_random_write_every_example_exactly_once(stack, namespace, learnable_rows, tmp_path):
-    """Two join workers share the partitions; each is killed with SIGKILL at random moments of a
-    paced replay and restarted. A trainer reading <ns>.examples must train every row exactly once."""
+    """Two join workers share the partitions. During a paced replay both are killed with SIGKILL while
+    a partition has examples written past its checkpoint, then one at a time at random moments, and
+    each is restarted. A trainer reading <ns>.examples must train every row exactly once."""
     rows = learnable_rows
     settings = settings_for(namespace, consumer_session_timeout_ms=2000)
     create_topics(stack.kafka_bootstrap, [settings.impressions_topic, settings.clicks_topic,
@@ -98,28 +99,45 @@ def test_join_workers_killed_at_random_write_every_example_exactly_once(stack, n
         kills = []
         reader = make_consumer(stack.kafka_bootstrap, f"probe-{namespace}")
         examples_end = [(settings.examples_topic, p) for p in range(PARTITIONS)]
-        ahead: list[str] = []
 
         def written_after_checkpoint() -> bool:
-            """Some partition has examples past its checkpoint: note its owner."""
+            """Some partition has examples on the topic past its checkpoint's output offset."""
             ends = reader.end_offsets(examples_end)
             for (_topic, p), end in ends.items():
                 raw = client.hget(checkpoint_key(namespace, p), "state")
                 if raw is not None and end > orjson.loads(raw)["output_offset"]:
-                    ahead.append(orjson.loads(raw)["worker"])
                     return True
             return False
 
+        def frozen_while_ahead() -> bool:
+            """Stop both workers; keep them stopped only if some partition is then ahead of its checkpoint.
+
+            Frozen, neither can checkpoint between the look and the kill, so the successor of that
+            partition must regenerate (and skip) what was written. The checkpoint names its last
+            writer, not the owner now, so both are stopped rather than the one it names."""
+            for process in workers.values():
+                process.send_signal(signal.SIGSTOP)
+            time.sleep(0.1)  # a checkpoint already on the wire lands before the look
+            if written_after_checkpoint():
+                return True
+            for process in workers.values():
+                process.send_signal(signal.SIGCONT)
+            return False
+
         try:
-            wait_for(written_after_checkpoint, 60, "examples written after a checkpoint")
+            wait_for(frozen_while_ahead, 60, "examples written after a checkpoint", every_s=0.2)
         finally:
             reader.close()
-        for attempt in range(3):
-            # the first kill hits a worker with examples written after its checkpoint (its successor
-            # must regenerate and skip them); the others land at random moments
-            if attempt:
-                time.sleep(rng.uniform(0.5, 2.0))
-            name = ahead[0] if attempt == 0 else rng.choice(sorted(workers))
+        for name in sorted(workers):
+            workers[name].send_signal(signal.SIGKILL)
+            workers[name].wait()
+            kills.append((name, time.monotonic()))
+        for name in sorted(workers):
+            start(name)
+        for _ in range(2):
+            # the others land at random moments, on one worker each
+            time.sleep(rng.uniform(0.5, 2.0))
+            name = rng.choice(sorted(workers))
             workers[name].send_signal(signal.SIGKILL)
             workers[name].wait()
             kills.append((name, time.monotonic()))

@@ -11,7 +11,9 @@ from streamrec.producers.column_replay import replay_columns
 from streamrec.producers.columns import first_rows, read_columns
 from streamrec.producers.generator import generate, write_stream
 from streamrec.producers.readers import ReaderOptions, read_rows
-from streamrec.producers.replay import ReplayOptions, replay, resume_positions
+from streamrec.producers.replay import ReplayOptions, message_order_keys, replay, resume_positions
+from streamrec.stream import events
+from streamrec.stream.event_columns import encode_columns
 from streamrec.stream.kafka_client import create_topics, make_consumer, make_producer
 from tests.streams import expected_digest, settings_for, start_trainer
 
@@ -40,6 +42,18 @@ class _CrashingProducer:
 
     def close(self) -> None:
         self.inner.close()
+
+
+def test_a_messages_order_keys_are_the_same_from_json_and_from_columns():
+    impressions = [events.impression(f"r7-{k}", 10.0 + k, f"u{k}", f"i{k}", {"C3": "a", "I1": k}) for k in range(3)]
+    impressions.insert(1, events.impression("other-1", 10.5, "u", "i", {"C3": "b", "I1": 0}))
+    clicks = [events.click("c1", "r7-2", 14.5, "u2"), events.click("c2", "r7-x", 15.0, "u3")]
+    for batch, keys in ((impressions, [(0.0, 0), (0.0, 1), (0.0, 2)]), (clicks, [(14.5, 2)])):
+        as_json = events.encode_batch(batch)
+        assert message_order_keys(as_json, "r7") == keys
+        assert message_order_keys(encode_columns(batch), "r7") == keys
+    assert message_order_keys(events.encode(clicks[0]), "r7") == [(14.5, 2)]  # one keyed event
+    assert message_order_keys(b"not an event", "r7") == []
 
 
 @pytest.mark.parametrize("crashes_after, by_columns", [([0], False), ([9], False), ([3, 20, 41], False),

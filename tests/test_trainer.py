@@ -247,7 +247,7 @@ def test_broker_outage_is_survived_and_training_resumes_at_the_right_offsets(sta
     broker_pid = STARTED["stack"].broker_pid
     rows = learnable_rows[:8000]
     first, second = rows[:4000], rows[4000:]
-    settings = settings_for(namespace)
+    settings = settings_for(namespace, consumer_session_timeout_ms=2000)
     replay_rows(stack, settings, first, "a", final=False)
     running = start_trainer(stack, settings, metrics_port=0, publish_every_s=0.2, publish_every_examples=500)
     store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
@@ -256,7 +256,7 @@ def test_broker_outage_is_survived_and_training_resumes_at_the_right_offsets(sta
                   60, "a version that includes the first half")
         os.kill(broker_pid, signal.SIGSTOP)
         try:
-            time.sleep(8.0)  # > consumer_session_timeout_ms (6 s): the group forgets the worker
+            time.sleep(4.0)  # > the session timeout (2 s): the group forgets the worker
         finally:
             os.kill(broker_pid, signal.SIGCONT)
         assert running.thread.is_alive()

@@ -27,7 +27,9 @@ def test_sigkill_at_random_moments_loses_nothing_and_repeats_nothing(stack, name
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     env.update({"STREAMREC_KAFKA_BOOTSTRAP": stack.kafka_bootstrap, "STREAMREC_REDIS_URL": stack.redis_url,
                 "STREAMREC_NAMESPACE": namespace, "STREAMREC_PARTITIONS": str(PARTITIONS),
-                "STREAMREC_HOME": str(tmp_path / "home")})
+                "STREAMREC_HOME": str(tmp_path / "home"),
+                # a restarted trainer waits for its killed predecessor's session to lapse
+                "STREAMREC_CONSUMER_SESSION_TIMEOUT_MS": "2000"})
     # Small batches, small tables and frequent versions spread the run over seconds and put many
     # publish/commit windows in reach of a random kill. Keyed tables under a row budget and a ttl,
     # so kills also land between admissions and evictions, which a resumed worker must continue.
