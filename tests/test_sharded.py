@@ -1,0 +1,109 @@
+"""One model learned by several ranks of a gloo process group (models/sharded.py) learns what one
+process learns from the same global batches: the same predictions and the same tables."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from streamrec.models import create_model, spec_for
+from streamrec.models.sharded import ShardedModel, shard_rows
+from streamrec.producers.generator import generate, write_stream
+from streamrec.producers.readers import ReaderOptions, read_rows
+from streamrec.sharded_evaluation import SPEC_SAMPLE_ROWS, ShardedRun, evaluate_sharded, sharded_settings
+from streamrec.stream.errors import ConfigError
+from streamrec.stream.feature_spec import SpecOptions
+from streamrec.stream.featurizer import Featurizer
+
+READER = ReaderOptions(user_field="C1", item_field="C2")
+ROWS, BATCH = 3000, 256
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sharded") / "s.tsv"
+    write_stream(generate(ROWS, seed=5), path, seed=5)
+    return path
+
+
+def _one_process(path: Path, name: str) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+    """The same model learned by one process, one step per global batch."""
+    rows = list(read_rows(path, "criteo", READER))
+    spec = spec_for(name, SpecOptions(keyed=False).infer([r.features for r in rows[:SPEC_SAMPLE_ROWS]]))
+    model = create_model(name, spec, settings=sharded_settings(name, {}))
+    featurizer = Featurizer(spec)
+    predictions = []
+    for at in range(0, len(rows), BATCH):
+        chunk = rows[at:at + BATCH]
+        batch = featurizer.build([r.user_id for r in chunk], [r.item_id for r in chunk], [r.features for r in chunk],
+                                 [r.label for r in chunk])
+        predictions.append(model.learn(batch))
+    return np.concatenate(predictions), model.tensors()
+
+
+@pytest.mark.parametrize(("name", "ranks"), [("wide_deep", 2), ("deepfm", 3)])
+def test_ranks_learn_what_one_process_learns_from_the_same_global_batches(log: Path, tmp_path: Path, name: str,
+                                                                         ranks: int) -> None:
+    out = tmp_path / "sharded.safetensors"
+    report = evaluate_sharded(ShardedRun(str(log), "criteo", name, ranks, batch_size=BATCH, reader=READER,
+                                         tensors_out=str(out), timeout_s=120))
+    expected, tensors = _one_process(log, name)
+    assert report["examples"] == ROWS and report["ranks"] == ranks
+    # every prediction was made before its batch's step, from the same weights up to summation order
+    np.testing.assert_allclose(report["predictions"], expected, rtol=0, atol=2e-5)
+    sharded = load_file(str(out))
+    assert sorted(sharded) == sorted(tensors)
+    for key, value in tensors.items():
+        assert sharded[key].shape == value.shape, key
+        torch.testing.assert_close(sharded[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    # the rows the stream touched moved: the comparison is not of two untouched tables
+    assert int((tensors["embedding.counts"] > 0).sum()) > 100 and float(tensors["wide.n"].max()) > 1.0
+    assert report["bytes_sent_per_example"] > 0
+
+
+def test_a_model_written_by_two_ranks_goes_on_learning_on_three(log: Path, tmp_path: Path) -> None:
+    """Resharding on resume: the whole model two ranks wrote is split three ways, and the three
+    ranks go on as one process would have gone on."""
+    half = (ROWS // BATCH // 2) * BATCH
+    first = tmp_path / "two.safetensors"
+    common = {"batch_size": BATCH, "reader": READER, "timeout_s": 120}
+    report = evaluate_sharded(ShardedRun(str(log), "criteo", "wide_deep", 2, rows=half, tensors_out=str(first),
+                                         **common))
+    resumed = evaluate_sharded(ShardedRun(str(log), "criteo", "wide_deep", 3, start_row=half, tensors_in=str(first),
+                                          tensors_out=str(tmp_path / "three.safetensors"), **common))
+    assert report["examples"] == half and resumed["examples"] == ROWS - half
+    expected, tensors = _one_process(log, "wide_deep")
+    np.testing.assert_allclose(np.concatenate([report["predictions"], resumed["predictions"]]), expected,
+                               rtol=0, atol=2e-5)
+    final = load_file(str(tmp_path / "three.safetensors"))
+    for key in ("embedding.weight", "embedding.accum", "embedding.counts", "wide.z", "wide.n"):
+        torch.testing.assert_close(final[key], tensors[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_shards_cover_every_row_once() -> None:
+    for rows, world in itertools.product((1, 7, 64, 65_537), (1, 2, 3, 8)):
+        assert sum(shard_rows(rows, rank, world) for rank in range(world)) == rows
+
+
+def test_what_cannot_be_sharded_yet_is_refused_by_name(log: Path) -> None:
+    rows = list(itertools.islice(read_rows(log, "criteo", READER), 200))
+    sample = [r.features for r in rows]
+    keyed = create_model("wide_deep", SpecOptions().infer(sample), settings=sharded_settings("wide_deep", {}))
+    with pytest.raises(ConfigError, match="tables=keyed"):
+        ShardedModel(keyed)
+    per_example = create_model("wide_deep", SpecOptions(keyed=False).infer(sample))
+    with pytest.raises(ConfigError, match="ftrl.per_example"):
+        ShardedModel(per_example)
+    counted = create_model("wide_deep", SpecOptions(keyed=False, counts=("C3",)).infer(sample),
+                           settings=sharded_settings("wide_deep", {}))
+    with pytest.raises(ConfigError, match="count features"):
+        ShardedModel(counted)
+    sequence = create_model("din", spec_for("din", SpecOptions(keyed=False).infer(sample)),
+                            settings=sharded_settings("din", {}))
+    with pytest.raises(ConfigError, match="sequence models"):
+        ShardedModel(sequence)
