@@ -1,7 +1,7 @@
 """One model learned by 1 rank and by 2 ranks (models/sharded.py), side by side on the same streams.
 
-    python bench/sharded_training.py --rows 200000 [--repeats 2] [--batch-size 1024] [--model wide_deep]
-                                     [--frappe data/frappe.libfm]
+    python bench/sharded_training.py --rows 200000 [--repeats 2] [--batch-sizes 1024,4096] [--model wide_deep]
+                                     [--frappe DIR]
 
 Each run is streamrec/sharded_evaluation.py: N gloo ranks on this machine, one compute thread
 each, every global batch split into N shares; tables sharded by row, the network replicated.
@@ -13,8 +13,10 @@ payload bytes every rank together sent per example, and for reference the AUC of
 process with its default per-example FTRL steps (what learning in global mini-batches costs).
 
 Streams: this project's generator; its long-tail generator; River's Agrawal generator written
-as a Criteo log (a log this project did not write); Frappe (libFM format, from
-github.com/hexiangnan/neural_factorization_machine, data/frappe/) when ``--frappe`` names it.
+as a Criteo log (a log this project did not write); Frappe (hexiangnan/neural_factorization_machine ``data/frappe``,
+libFM; its validation and test files, fetched, never committed) when ``--frappe DIR`` holds them.
+Each global batch size is a run of its own: a step's exchanges cost about the same whatever its
+size, so the share of them in a step falls as the batch grows.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import SYNTHETIC_FIELDS, write_agrawal_criteo, write_result  # noqa: E402
 
 
-def _streams(folder: Path, rows: int, frappe: str | None) -> list[tuple[str, str, str, Any]]:
+def _streams(folder: Path, rows: int, frappe: Path | None) -> list[tuple[str, str, str, Any]]:
     from streamrec.producers.generator import generate, write_stream
     from streamrec.producers.long_tail_generator import generate_long_tail
     from streamrec.producers.readers import ReaderOptions
@@ -44,7 +46,9 @@ def _streams(folder: Path, rows: int, frappe: str | None) -> list[tuple[str, str
     streams = [("synthetic", str(synthetic), "criteo", criteo), ("long_tail", str(long_tail), "criteo", criteo),
                ("agrawal", str(agrawal), "criteo", criteo)]
     if frappe:
-        streams.append(("frappe", frappe, "libfm", ReaderOptions(user_field="f0", item_field="f1")))
+        joined = folder / "frappe.libfm"
+        joined.write_text("".join((frappe / f"frappe.{split}.libfm").read_text() for split in ("validation", "test")))
+        streams.append(("frappe", str(joined), "libfm", ReaderOptions(user_field="f0", item_field="f1")))
     return streams
 
 
@@ -64,43 +68,48 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=1024, help="the global batch")
+    parser.add_argument("--batch-sizes", default="1024,4096", help="global batch sizes, a run each")
     parser.add_argument("--model", default="wide_deep")
-    parser.add_argument("--frappe", help="Frappe in libFM format (not shipped; see the docstring)")
+    parser.add_argument("--frappe", type=Path, help="folder with frappe.validation.libfm and frappe.test.libfm")
     args = parser.parse_args()
-
-    from streamrec.sharded_evaluation import ShardedRun, evaluate_sharded
 
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for stream, path, fmt, reader in _streams(Path(tmp), args.rows, args.frappe):
-            runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
-            for _ in range(args.repeats):
-                for ranks in (1, 2):
-                    report = evaluate_sharded(ShardedRun(path, fmt, args.model, ranks, batch_size=args.batch_size,
-                                                         reader=reader, rows=args.rows))
-                    report.pop("predictions")
-                    runs[ranks].append(report)
-                    print(f"{stream:10s} {ranks} rank(s): {report['examples_per_second']:8.0f} ex/s, AUC "
-                          f"{report['auc']:.4f}, {report['bytes_sent_per_example']:.0f} B/example, CPU-s/1k per rank "
-                          f"{', '.join(f'{c:.3f}' for c in report['cpu_seconds_per_1k_per_rank'])}", flush=True)
-            one, two = runs[1][-1], runs[2][-1]
-            ratios = [b["examples_per_second"] / a["examples_per_second"] for a, b in zip(runs[1], runs[2])]
-            reference = _one_process_auc(path, fmt, reader, args.model, args.rows, args.batch_size)
-            results[stream] = {
-                "examples": one["examples"], "runs": runs,
-                "speed_ratio_2_over_1": statistics.median(ratios), "speed_ratios": ratios,
-                "auc_1_rank": one["auc"], "auc_2_ranks": two["auc"], "auc_difference": abs(two["auc"] - one["auc"]),
-                "logloss_1_rank": one["logloss"], "logloss_2_ranks": two["logloss"],
-                "bytes_per_example_1_rank": one["bytes_sent_per_example"],
-                "bytes_per_example_2_ranks": two["bytes_sent_per_example"],
-                "auc_one_process_per_example_ftrl": reference,
-            }
-            print(f"{stream:10s} 2/1 speed {statistics.median(ratios):.2f}x, AUC difference "
-                  f"{results[stream]['auc_difference']:.1e}, one process with per-example FTRL: AUC {reference:.4f}",
-                  flush=True)
-    write_result("sharded_training", {"model": args.model, "rows": args.rows, "batch_size": args.batch_size,
-                                      "threads_per_rank": 1, "tables": "hashed", "streams": results})
+            results[stream] = {}
+            for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+                results[stream][str(batch_size)] = _compare(stream, path, fmt, reader, batch_size, args)
+    write_result("sharded_training", {"model": args.model, "rows": args.rows, "threads_per_rank": 1,
+                                      "tables": "hashed", "streams": results})
+
+
+def _compare(stream: str, path: str, fmt: str, reader: Any, batch_size: int, args: argparse.Namespace) -> dict:
+    from streamrec.sharded_evaluation import ShardedRun, evaluate_sharded
+
+    runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+    for _ in range(args.repeats):
+        for ranks in (1, 2):
+            report = evaluate_sharded(ShardedRun(path, fmt, args.model, ranks, batch_size=batch_size, reader=reader,
+                                                 rows=args.rows))
+            report.pop("predictions")
+            runs[ranks].append(report)
+            print(f"{stream:10s} batch {batch_size:5d}, {ranks} rank(s): {report['examples_per_second']:8.0f} ex/s, "
+                  f"AUC {report['auc']:.4f}, {report['bytes_sent_per_example']:.0f} B/example, CPU-s/1k per rank "
+                  f"{', '.join(f'{c:.4f}' for c in report['cpu_seconds_per_1k_per_rank'])}", flush=True)
+    one, two = runs[1][-1], runs[2][-1]
+    ratios = [b["examples_per_second"] / a["examples_per_second"] for a, b in zip(runs[1], runs[2])]
+    reference = _one_process_auc(path, fmt, reader, args.model, args.rows, batch_size)
+    print(f"{stream:10s} batch {batch_size:5d}: 2/1 speed {statistics.median(ratios):.2f}x, AUC difference "
+          f"{abs(two['auc'] - one['auc']):.1e}, one process with per-example FTRL: AUC {reference:.4f}", flush=True)
+    return {
+        "examples": one["examples"], "runs": runs,
+        "speed_ratio_2_over_1": statistics.median(ratios), "speed_ratios": ratios,
+        "auc_1_rank": one["auc"], "auc_2_ranks": two["auc"], "auc_difference": abs(two["auc"] - one["auc"]),
+        "logloss_1_rank": one["logloss"], "logloss_2_ranks": two["logloss"],
+        "bytes_per_example_1_rank": one["bytes_sent_per_example"],
+        "bytes_per_example_2_ranks": two["bytes_sent_per_example"],
+        "auc_one_process_per_example_ftrl": reference,
+    }
 
 
 if __name__ == "__main__":

@@ -41,15 +41,29 @@ def shard_rows(rows: int, rank: int, world: int) -> int:
 
 
 @dataclass
-class Routed:
-    """A rank's distinct ids sent to their owners: ``order`` sorts them by owner, ``sent`` and
-    ``received`` are the split sizes of the two all-to-alls, ``asked`` the local rows owners were
-    asked for (each owner's view, every rank's requests one after another)."""
+class Plan:
+    """One step's routing: this rank's distinct embedding and FTRL ids sorted by owner
+    (``*_order``), how many go to each rank (``*_to``), how many each rank asked of this one
+    (``*_from``), the local rows asked for (every asking rank's in turn), and the global batch size."""
 
-    order: torch.Tensor
-    sent: list[int]
-    received: list[int]
-    asked: torch.Tensor
+    e_order: torch.Tensor
+    w_order: torch.Tensor
+    e_to: list[int]
+    w_to: list[int]
+    e_from: list[int]
+    w_from: list[int]
+    e_asked: torch.Tensor
+    w_asked: torch.Tensor
+    global_size: int
+
+
+def _as_float32(values: torch.Tensor) -> torch.Tensor:
+    """float64 values as pairs of float32 words (the same bits), to share one float32 exchange."""
+    return values.contiguous().view(torch.float32).reshape(-1, 2)
+
+
+def _as_float64(words: torch.Tensor) -> torch.Tensor:
+    return words.contiguous().view(torch.float64).reshape(-1)
 
 
 class ShardedModel:
@@ -120,35 +134,67 @@ class ShardedModel:
         return full
 
     # ------------------------------------------------------------------ exchanges
+    # Each collective is a point where every rank waits for the slowest, so a step has five: the
+    # counts, the ids, the rows, the network's gradients and the rows' gradients. Embedding rows
+    # and FTRL values travel in one float32 exchange (a float64 as two float32 words).
 
-    def _all_to_all(self, values: torch.Tensor, sent: list[int], received: list[int]) -> torch.Tensor:
-        out = torch.empty((sum(received), *values.shape[1:]), dtype=values.dtype)
-        dist.all_to_all_single(out, values.contiguous(), output_split_sizes=received, input_split_sizes=sent,
+    def _exchange(self, parts: list[torch.Tensor], widths: list[int], to: list[list[int]],
+                  came: list[list[int]]) -> list[torch.Tensor]:
+        """All-to-all of several tables at once: ``parts[k]`` has rows of ``widths[k]`` values
+        sorted by destination, ``to[k][r]`` of them for rank ``r``; ``came[k][r]`` rows of part
+        ``k`` arrive from rank ``r``. Returns each part's rows from every rank, rank by rank."""
+        flat = [part.reshape(-1) for part in parts]
+        chunks, sent_sizes, at = [], [], [0] * len(parts)
+        for rank in range(self.world):
+            size = 0
+            for k, part in enumerate(flat):
+                n = to[k][rank] * widths[k]
+                chunks.append(part[at[k]:at[k] + n])
+                at[k] += n
+                size += n
+            sent_sizes.append(size)
+        received_sizes = [sum(came[k][rank] * widths[k] for k in range(len(parts))) for rank in range(self.world)]
+        send = torch.cat(chunks) if chunks else torch.empty(0, dtype=parts[0].dtype)
+        out = torch.empty(sum(received_sizes), dtype=send.dtype)
+        dist.all_to_all_single(out, send, output_split_sizes=received_sizes, input_split_sizes=sent_sizes,
                                group=self.group)
-        self.bytes_sent += values.numel() * values.element_size()
-        return out
+        self.bytes_sent += send.numel() * send.element_size()
+        pieces: list[list[torch.Tensor]] = [[] for _ in parts]
+        position = 0
+        for rank in range(self.world):
+            for k in range(len(parts)):
+                n = came[k][rank] * widths[k]
+                pieces[k].append(out[position:position + n])
+                position += n
+        return [torch.cat(piece).view(-1, widths[k]) for k, piece in enumerate(pieces)]
 
-    def _route(self, distinct: torch.Tensor) -> Routed:
-        """Send ``distinct`` ids to the ranks that own them; learn what every rank asks of this one."""
-        owner = distinct % self.world
-        order = torch.argsort(owner, stable=True)
-        sent_sizes = torch.bincount(owner, minlength=self.world)
-        received_sizes = torch.empty_like(sent_sizes)
-        dist.all_to_all_single(received_sizes, sent_sizes, group=self.group)
-        sent, received = sent_sizes.tolist(), received_sizes.tolist()
-        asked = self._all_to_all(distinct.index_select(0, order), sent, received)
-        return Routed(order, sent, received, asked // self.world)
+    def _plan(self, e_distinct: torch.Tensor, w_distinct: torch.Tensor, local_size: int) -> Plan:
+        """Send each distinct id to its owner; learn what every rank asks of this one."""
+        e_owner, w_owner = e_distinct % self.world, w_distinct % self.world
+        e_order, w_order = torch.argsort(e_owner, stable=True), torch.argsort(w_owner, stable=True)
+        counts = torch.stack([torch.bincount(e_owner, minlength=self.world),
+                              torch.bincount(w_owner, minlength=self.world),
+                              torch.full((self.world,), local_size, dtype=torch.int64)], dim=1)
+        came = torch.empty_like(counts)
+        dist.all_to_all_single(came, counts, group=self.group)
+        e_to, w_to = counts[:, 0].tolist(), counts[:, 1].tolist()
+        e_from, w_from = came[:, 0].tolist(), came[:, 1].tolist()
+        e_asked, w_asked = self._exchange([e_distinct.index_select(0, e_order), w_distinct.index_select(0, w_order)],
+                                          [1, 1], [e_to, w_to], [e_from, w_from])
+        return Plan(e_order, w_order, e_to, w_to, e_from, w_from, e_asked.reshape(-1) // self.world,
+                    w_asked.reshape(-1) // self.world, int(came[:, 2].sum()))
 
-    def _answer(self, routed: Routed, rows: torch.Tensor) -> torch.Tensor:
-        """Owners' ``rows`` (one per id they were asked for) back to the asking ranks, in the asker's order of ids."""
-        back = self._all_to_all(rows, routed.received, routed.sent)
-        out = torch.empty_like(back)
-        out.index_copy_(0, routed.order, back)
-        return out
-
-    def _to_owners(self, routed: Routed, values: torch.Tensor) -> torch.Tensor:
-        """Per-id ``values`` of this rank's distinct ids to their owners, in the order owners were asked."""
-        return self._all_to_all(values.index_select(0, routed.order), routed.sent, routed.received)
+    def _read(self, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embedding rows and FTRL weights of this rank's distinct ids, from their owners."""
+        model = self.model
+        rows = model.embedding.weight.index_select(0, plan.e_asked)
+        weights = (model.wide.weights(plan.w_asked) if model.wide is not None
+                   else torch.zeros(0, dtype=torch.float64))
+        got_rows, got_weights = self._exchange([rows, _as_float32(weights)], [rows.shape[1], 2],
+                                               [plan.e_from, plan.w_from], [plan.e_to, plan.w_to])
+        e_values = torch.empty_like(got_rows).index_copy_(0, plan.e_order, got_rows)
+        got = _as_float64(got_weights)
+        return e_values, torch.empty_like(got).index_copy_(0, plan.w_order, got)
 
     @staticmethod
     def _sum_by_row(asked: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,33 +206,50 @@ class ShardedModel:
 
     # ------------------------------------------------------------------ learning
 
+    def _distinct(self, batch: SparseBatch, learning: bool) -> tuple[torch.Tensor, ...]:
+        model = self.model
+        e_distinct, e_inverse = self._embedding_unique(batch.ids)
+        if model.wide is None:
+            empty = torch.zeros(0, dtype=torch.int64)
+            return e_distinct, e_inverse, empty, empty.view(len(batch), 0)
+        coordinates = wide_ids(model.spec, batch, None, learning=learning, columns=model.wide_columns)
+        return (e_distinct, e_inverse, *self._wide_unique(coordinates))
+
     def learn(self, batch: SparseBatch) -> np.ndarray:
         """Learn this rank's share of a global batch (every rank calls it once per global batch,
         an empty share included); this share's probabilities as they were before the step."""
         assert batch.labels is not None, "learn needs labels"
         model = self.model
-        total = torch.tensor([len(batch)], dtype=torch.int64)
-        dist.all_reduce(total, group=self.group)
-        global_size = int(total.item())
-        # the rows this share reads, from their owners
-        e_distinct, e_inverse = self._embedding_unique(batch.ids)
-        e_routed = self._route(e_distinct)
-        leaf = self._answer(e_routed, model.embedding.weight.index_select(0, e_routed.asked)).requires_grad_(True)
-        logit = torch.zeros(len(batch), dtype=torch.float64)
-        if model.wide is not None:
-            coordinates = wide_ids(model.spec, batch, None, learning=True, columns=model.wide_columns)
-            w_distinct, w_inverse = self._wide_unique(coordinates)
-            w_routed = self._route(w_distinct)
-            weights = self._answer(w_routed, model.wide.weights(w_routed.asked))
-            logit = weights.index_select(0, w_inverse.reshape(-1)).view(w_inverse.shape).sum(dim=1)
+        e_distinct, e_inverse, w_distinct, w_inverse = self._distinct(batch, learning=True)
+        plan = self._plan(e_distinct, w_distinct, len(batch))
+        rows, weights = self._read(plan)
+        leaf = rows.requires_grad_(True)
+        logit = weights.index_select(0, w_inverse.reshape(-1)).view(w_inverse.shape).sum(dim=1)
         # the forward and backward pass of this share, on the global batch's mean logloss
         deep = model.deep_logit(leaf_rows(leaf, e_inverse), batch.dense)
         p = torch.sigmoid(logit + deep.detach().to(torch.float64))
         residual = p - batch.labels.to(torch.float64)
-        (deep * (residual / global_size).to(torch.float32)).sum().backward()
-        # the network: every replica steps on the gradient summed over all ranks (a parameter no
-        # rank has a gradient for is left out of the step, as one process would leave it out)
-        params = list(model.adam.params.values())
+        (deep * (residual / plan.global_size).to(torch.float32)).sum().backward()
+        self._step_network()
+        # the tables: owners step each row once on what every rank sent for it
+        grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+        occurrences = torch.bincount(e_inverse.reshape(-1), minlength=e_distinct.shape[0]).to(torch.float32)
+        per_coordinate = torch.zeros(w_distinct.shape[0], dtype=torch.float64)
+        per_coordinate.index_add_(0, w_inverse.reshape(-1), residual.unsqueeze(1).expand(w_inverse.shape).reshape(-1))
+        e_packed = torch.cat([grad * plan.global_size, occurrences.unsqueeze(1)], dim=1).index_select(0, plan.e_order)
+        got_e, got_w = self._exchange([e_packed, _as_float32(per_coordinate.index_select(0, plan.w_order))],
+                                      [e_packed.shape[1], 2], [plan.e_to, plan.w_to], [plan.e_from, plan.w_from])
+        table_rows, summed = self._sum_by_row(plan.e_asked, got_e)
+        model.embedding.apply(table_rows, summed[:, :-1], summed[:, -1])
+        if model.wide is not None:
+            coordinates, summed_w = self._sum_by_row(plan.w_asked, _as_float64(got_w))
+            model.wide._apply(model.wide._gather(coordinates), summed_w)
+        return p.numpy()
+
+    def _step_network(self) -> None:
+        """Every replica steps on the network's gradient summed over all ranks (a parameter no
+        rank has a gradient for is left out of the step, as one process would leave it out)."""
+        params = list(self.model.adam.params.values())
         flat = torch.cat([(torch.zeros_like(param) if param.grad is None else param.grad).reshape(-1)
                           for param in params] + [torch.tensor([float(param.grad is not None) for param in params])])
         dist.all_reduce(flat, group=self.group)
@@ -197,33 +260,13 @@ class ShardedModel:
             size = param.numel()
             param.grad = flat[at:at + size].view_as(param).clone() if has_grad[k] > 0 else None
             at += size
-        model.adam.step()
-        # the tables: owners step each row once on what every rank sent for it
-        grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
-        occurrences = torch.bincount(e_inverse.reshape(-1), minlength=e_distinct.shape[0]).to(torch.float32)
-        packed = self._to_owners(e_routed, torch.cat([grad * global_size, occurrences.unsqueeze(1)], dim=1))
-        rows, summed = self._sum_by_row(e_routed.asked, packed)
-        model.embedding.apply(rows, summed[:, :-1], summed[:, -1])
-        if model.wide is not None:
-            per_coordinate = torch.zeros(w_distinct.shape[0], dtype=torch.float64)
-            per_coordinate.index_add_(0, w_inverse.reshape(-1),
-                                      residual.unsqueeze(1).expand(w_inverse.shape).reshape(-1))
-            rows, summed_w = self._sum_by_row(w_routed.asked, self._to_owners(w_routed, per_coordinate))
-            model.wide._apply(model.wide._gather(rows), summed_w)
-        return p.numpy()
+        self.model.adam.step()
 
     def predict(self, batch: SparseBatch) -> np.ndarray:
         """Probabilities for this rank's share of a global batch (every rank calls it together)."""
-        model = self.model
         with torch.no_grad():
-            e_distinct, e_inverse = self._embedding_unique(batch.ids)
-            e_routed = self._route(e_distinct)
-            rows = self._answer(e_routed, model.embedding.weight.index_select(0, e_routed.asked))
-            logit = model.deep_logit(leaf_rows(rows, e_inverse), batch.dense).to(torch.float64)
-            if model.wide is not None:
-                coordinates = wide_ids(model.spec, batch, None, columns=model.wide_columns)
-                w_distinct, w_inverse = self._wide_unique(coordinates)
-                w_routed = self._route(w_distinct)
-                weights = self._answer(w_routed, model.wide.weights(w_routed.asked))
-                logit = logit + weights.index_select(0, w_inverse.reshape(-1)).view(w_inverse.shape).sum(dim=1)
+            e_distinct, e_inverse, w_distinct, w_inverse = self._distinct(batch, learning=False)
+            rows, weights = self._read(self._plan(e_distinct, w_distinct, len(batch)))
+            logit = self.model.deep_logit(leaf_rows(rows, e_inverse), batch.dense).to(torch.float64)
+            logit = logit + weights.index_select(0, w_inverse.reshape(-1)).view(w_inverse.shape).sum(dim=1)
             return torch.sigmoid(logit).numpy()

@@ -68,10 +68,23 @@ def _share(size: int, rank: int, ranks: int) -> tuple[int, int]:
     return size * rank // ranks, size * (rank + 1) // ranks
 
 
-def _rank_main(rank: int, run: ShardedRun, port: int, results: Any) -> None:
+@dataclass
+class RankResult:
+    """What one rank learned: its shares' predictions (in order), the log's labels, its learning
+    loop's wall and CPU seconds, and the payload bytes it sent."""
+
+    rank: int
+    predictions: np.ndarray
+    labels: np.ndarray
+    wall: float
+    cpu: float
+    bytes_sent: int
+
+
+def _learn_rank(run: ShardedRun, rank: int) -> RankResult:
+    """This rank's part of ``run`` in an initialised process group of ``run.ranks``."""
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
-    import torch.distributed as dist
 
     torch.set_num_threads(1)
     from safetensors.torch import load_file, save_file
@@ -80,38 +93,69 @@ def _rank_main(rank: int, run: ShardedRun, port: int, results: Any) -> None:
     from streamrec.models.sharded import ShardedModel
     from streamrec.stream.featurizer import Featurizer
 
+    head = itertools.islice(read_rows(Path(run.path), run.format, run.reader), SPEC_SAMPLE_ROWS)
+    # hashed tables: keyed ones are not sharded yet (models/sharded.py)
+    spec = spec_for(run.model, SpecOptions(keyed=False).infer([r.features for r in head]))
+    stop = None if run.rows is None else run.start_row + run.rows
+    rows = list(itertools.islice(read_rows(Path(run.path), run.format, run.reader), run.start_row, stop))
+    whole = create_model(run.model, spec, seed=run.seed, settings=sharded_settings(run.model, run.settings))
+    if run.tensors_in is not None:
+        # a whole model, whatever rank count wrote it: each rank keeps its own rows of it
+        whole.load_tensors(load_file(run.tensors_in))
+    model = ShardedModel(whole)
+    featurizer = Featurizer(spec)
+    predictions: list[np.ndarray] = []
+    started, cpu = time.perf_counter(), time.process_time()
+    for at in range(0, len(rows), run.batch_size):
+        chunk = rows[at:at + run.batch_size]
+        start, stop = _share(len(chunk), rank, run.ranks)
+        share = chunk[start:stop]
+        batch = featurizer.build([r.user_id for r in share], [r.item_id for r in share],
+                                 [r.features for r in share], [r.label for r in share])
+        predictions.append(model.learn(batch))
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    if run.tensors_out is not None:
+        tensors = model.full_tensors()
+        if rank == 0:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, run.tensors_out)
+    return RankResult(rank, np.concatenate(predictions) if predictions else np.zeros(0),
+                      np.asarray([r.label for r in rows], dtype=np.float64), wall, cpu, model.bytes_sent)
+
+
+def _spawned_rank(rank: int, run: ShardedRun, port: int, results: Any) -> None:
+    import torch.distributed as dist
+
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=run.ranks,
                             timeout=timedelta(seconds=run.timeout_s))
     try:
-        head = itertools.islice(read_rows(Path(run.path), run.format, run.reader), SPEC_SAMPLE_ROWS)
-        # hashed tables: keyed ones are not sharded yet (models/sharded.py)
-        spec = spec_for(run.model, SpecOptions(keyed=False).infer([r.features for r in head]))
-        stop = None if run.rows is None else run.start_row + run.rows
-        rows = list(itertools.islice(read_rows(Path(run.path), run.format, run.reader), run.start_row, stop))
-        whole = create_model(run.model, spec, seed=run.seed, settings=sharded_settings(run.model, run.settings))
-        if run.tensors_in is not None:
-            # a whole model, whatever rank count wrote it: each rank keeps its own rows of it
-            whole.load_tensors(load_file(run.tensors_in))
-        model = ShardedModel(whole)
-        featurizer = Featurizer(spec)
-        predictions: list[np.ndarray] = []
-        started, cpu = time.perf_counter(), time.process_time()
-        for at in range(0, len(rows), run.batch_size):
-            chunk = rows[at:at + run.batch_size]
-            start, stop = _share(len(chunk), rank, run.ranks)
-            share = chunk[start:stop]
-            batch = featurizer.build([r.user_id for r in share], [r.item_id for r in share],
-                                     [r.features for r in share], [r.label for r in share])
-            predictions.append(model.learn(batch))
-        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-        mine = np.concatenate(predictions) if predictions else np.zeros(0)
-        if run.tensors_out is not None:
-            tensors = model.full_tensors()
-            if rank == 0:
-                save_file({k: v.contiguous() for k, v in tensors.items()}, run.tensors_out)
-        results.put((rank, mine, [r.label for r in rows], wall, cpu, model.bytes_sent))
+        result = _learn_rank(run, rank)
+        results.put((result.rank, result.predictions, result.labels, result.wall, result.cpu, result.bytes_sent))
     finally:
         dist.destroy_process_group()
+
+
+def _report(run: ShardedRun, by_rank: dict[int, RankResult], wall: float) -> dict[str, Any]:
+    labels = by_rank[0].labels
+    # rank r holds share r of every global batch: put the shares back in log order
+    parts: list[np.ndarray] = []
+    offsets = [0] * run.ranks
+    for at in range(0, len(labels), run.batch_size):
+        size = min(run.batch_size, len(labels) - at)
+        for rank in range(run.ranks):
+            start, stop = _share(size, rank, run.ranks)
+            parts.append(by_rank[rank].predictions[offsets[rank]:offsets[rank] + stop - start])
+            offsets[rank] += stop - start
+    predictions = np.concatenate(parts) if parts else np.zeros(0)
+    examples = len(labels)
+    learn_wall = max(result.wall for result in by_rank.values())
+    return {
+        "model": run.model, "ranks": run.ranks, "batch_size": run.batch_size, "examples": examples,
+        "auc": exact_auc(predictions, labels), "logloss": float(np.mean(logloss_terms(predictions, labels))),
+        "examples_per_second": examples / learn_wall if learn_wall else 0.0,
+        "cpu_seconds_per_1k_per_rank": [by_rank[r].cpu / max(examples, 1) * 1000 for r in range(run.ranks)],
+        "bytes_sent_per_example": sum(result.bytes_sent for result in by_rank.values()) / max(examples, 1),
+        "wall_seconds": wall, "predictions": predictions,
+    }
 
 
 def evaluate_sharded(run: ShardedRun) -> dict[str, Any]:
@@ -123,7 +167,7 @@ def evaluate_sharded(run: ShardedRun) -> dict[str, Any]:
         raise ValueError(f"ranks must be at least 1, not {run.ranks}")
     results = mp.get_context("spawn").Queue()
     started = time.perf_counter()
-    ranks = mp.start_processes(_rank_main, args=(run, _free_port(), results), nprocs=run.ranks, join=False,
+    ranks = mp.start_processes(_spawned_rank, args=(run, _free_port(), results), nprocs=run.ranks, join=False,
                                start_method="spawn")
     by_rank: dict[int, tuple] = {}
     try:
@@ -142,24 +186,76 @@ def evaluate_sharded(run: ShardedRun) -> dict[str, Any]:
                 process.kill()
                 process.join()
     wall = time.perf_counter() - started
-    labels = np.asarray(by_rank[0][1], dtype=np.float64)
-    # rank r holds share r of every global batch: put the shares back in log order
-    parts: list[np.ndarray] = []
-    offsets = [0] * run.ranks
-    for at in range(0, len(labels), run.batch_size):
-        size = min(run.batch_size, len(labels) - at)
-        for rank in range(run.ranks):
-            start, stop = _share(size, rank, run.ranks)
-            parts.append(by_rank[rank][0][offsets[rank]:offsets[rank] + stop - start])
-            offsets[rank] += stop - start
-    predictions = np.concatenate(parts) if parts else np.zeros(0)
-    examples = len(labels)
-    learn_wall = max(by_rank[r][2] for r in range(run.ranks))
-    return {
-        "model": run.model, "ranks": run.ranks, "batch_size": run.batch_size, "examples": examples,
-        "auc": exact_auc(predictions, labels), "logloss": float(np.mean(logloss_terms(predictions, labels))),
-        "examples_per_second": examples / learn_wall if learn_wall else 0.0,
-        "cpu_seconds_per_1k_per_rank": [by_rank[r][3] / examples * 1000 for r in range(run.ranks)],
-        "bytes_sent_per_example": sum(by_rank[r][4] for r in range(run.ranks)) / max(examples, 1),
-        "wall_seconds": wall, "predictions": predictions,
-    }
+    return _report(run, {rank: RankResult(rank, *rest) for rank, rest in by_rank.items()}, wall)
+
+
+def _gathered(values: np.ndarray, dtype: Any) -> list[np.ndarray]:
+    """Every rank's 1-D ``values`` (lengths may differ), on every rank."""
+    import torch
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    size = torch.tensor([len(values)], dtype=torch.int64)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    most = int(max(int(s) for s in sizes))
+    padded = torch.zeros(most, dtype=dtype)
+    padded[:len(values)] = torch.from_numpy(np.asarray(values)).to(dtype)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return [part[:int(n)].numpy() for part, n in zip(parts, sizes)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """One rank of a sharded pass, launched by torchrun (or by hand with its variables).
+
+        torchrun --nproc-per-node 2 -m streamrec.sharded_evaluation LOG --format criteo \\
+            --user-field C1 --item-field C2 --model wide_deep --batch-size 4096 --report-json r.json
+
+    The process group comes from torchrun's variables (``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``,
+    ``WORLD_SIZE``), so the ranks may be on different machines; rank 0 writes the report.
+    """
+    import argparse
+    import json
+
+    import torch
+    import torch.distributed as dist
+
+    parser = argparse.ArgumentParser(prog="python -m streamrec.sharded_evaluation", description=main.__doc__)
+    parser.add_argument("path")
+    parser.add_argument("--format", default="criteo")
+    parser.add_argument("--user-field")
+    parser.add_argument("--item-field")
+    parser.add_argument("--model", default="wide_deep")
+    parser.add_argument("--batch-size", type=int, default=4096, help="the global batch")
+    parser.add_argument("--rows", type=int)
+    parser.add_argument("--timeout-s", type=float, default=300.0)
+    parser.add_argument("--report-json")
+    args = parser.parse_args(argv)
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE") if name not in os.environ]
+    if missing:
+        parser.error(f"{', '.join(missing)} not set: launch with torchrun, or set them for each rank")
+    dist.init_process_group("gloo", timeout=timedelta(seconds=args.timeout_s))
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        run = ShardedRun(args.path, args.format, args.model, world, batch_size=args.batch_size, rows=args.rows,
+                         reader=ReaderOptions(user_field=args.user_field, item_field=args.item_field),
+                         timeout_s=args.timeout_s)
+        started = time.perf_counter()
+        mine = _learn_rank(run, rank)
+        predictions = _gathered(mine.predictions, torch.float64)
+        stats = _gathered(np.array([mine.wall, mine.cpu, mine.bytes_sent], dtype=np.float64), torch.float64)
+        if rank == 0:
+            by_rank = {r: RankResult(r, predictions[r], mine.labels, *stats[r][:2], int(stats[r][2]))
+                       for r in range(world)}
+            report = _report(run, by_rank, time.perf_counter() - started)
+            report.pop("predictions")
+            print(json.dumps(report))
+            if args.report_json:
+                Path(args.report_json).write_text(json.dumps(report, indent=2))
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

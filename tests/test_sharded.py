@@ -107,3 +107,57 @@ def test_what_cannot_be_sharded_yet_is_refused_by_name(log: Path) -> None:
                             settings=sharded_settings("din", {}))
     with pytest.raises(ConfigError, match="sequence models"):
         ShardedModel(sequence)
+
+
+def _predict_rank(rank: int, path: str, port: int, out: str) -> None:
+    """Learn a share of every global batch, then score the log's last rows with ``predict``."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
+    try:
+        rows = list(read_rows(Path(path), "criteo", READER))
+        spec = SpecOptions(keyed=False).infer([r.features for r in rows[:SPEC_SAMPLE_ROWS]])
+        model = ShardedModel(create_model("wide_deep", spec, settings=sharded_settings("wide_deep", {})))
+        featurizer = Featurizer(spec)
+
+        def share(chunk: list) -> object:
+            part = chunk[rank * len(chunk) // 2:(rank + 1) * len(chunk) // 2]
+            return featurizer.build([r.user_id for r in part], [r.item_id for r in part], [r.features for r in part],
+                                    [r.label for r in part])
+
+        for at in range(0, len(rows), BATCH):
+            model.learn(share(rows[at:at + BATCH]))
+        scored = model.predict(share(rows[-500:]))
+        np.save(f"{out}.{rank}.npy", scored, allow_pickle=False)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_score_what_one_process_scores(log: Path, tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_predict_rank, args=(str(log), port, str(tmp_path / "scored")), nprocs=2,
+                       start_method="spawn")
+    scored = np.concatenate([np.load(tmp_path / f"scored.{rank}.npy") for rank in range(2)])
+    rows = list(read_rows(log, "criteo", READER))
+    spec = SpecOptions(keyed=False).infer([r.features for r in rows[:SPEC_SAMPLE_ROWS]])
+    model = create_model("wide_deep", spec, settings=sharded_settings("wide_deep", {}))
+    featurizer = Featurizer(spec)
+    for at in range(0, len(rows), BATCH):
+        chunk = rows[at:at + BATCH]
+        model.learn(featurizer.build([r.user_id for r in chunk], [r.item_id for r in chunk],
+                                     [r.features for r in chunk], [r.label for r in chunk]))
+    last = rows[-500:]
+    expected = torch.sigmoid(model.logits(featurizer.build([r.user_id for r in last], [r.item_id for r in last],
+                                                           [r.features for r in last]))).numpy()
+    assert len(scored) == 500
+    np.testing.assert_allclose(scored, expected, rtol=0, atol=2e-5)
