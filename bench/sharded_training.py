@@ -1,7 +1,7 @@
 """One model learned by 1 rank and by 2 ranks (models/sharded.py), side by side on the same streams.
 
     python bench/sharded_training.py --rows 200000 [--repeats 2] [--batch-sizes 1024,4096] [--model wide_deep]
-                                     [--frappe DIR]
+                                     [--tables hashed|keyed] [--frappe DIR]
 
 Each run is streamrec/sharded_evaluation.py: N gloo ranks on this machine, one compute thread
 each, every global batch split into N shares; tables sharded by row, the network replicated.
@@ -52,7 +52,7 @@ def _streams(folder: Path, rows: int, frappe: Path | None) -> list[tuple[str, st
     return streams
 
 
-def _one_process_auc(path: str, fmt: str, reader: Any, model: str, rows: int, batch_size: int) -> float:
+def _one_process_auc(path: str, fmt: str, reader: Any, model: str, rows: int, batch_size: int, keyed: bool) -> float:
     import itertools
 
     from streamrec.evaluation import evaluate_rows
@@ -60,7 +60,7 @@ def _one_process_auc(path: str, fmt: str, reader: Any, model: str, rows: int, ba
     from streamrec.stream.feature_spec import SpecOptions
 
     data = itertools.islice(read_rows(Path(path), fmt, reader), rows)
-    report, _model = evaluate_rows(data, model, batch_size=batch_size, spec_options=SpecOptions(keyed=False))
+    report, _model = evaluate_rows(data, model, batch_size=batch_size, spec_options=SpecOptions(keyed=keyed))
     return float(report["auc"])
 
 
@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-sizes", default="1024,4096", help="global batch sizes, a run each")
     parser.add_argument("--model", default="wide_deep")
+    parser.add_argument("--tables", choices=("hashed", "keyed"), default="hashed",
+                        help="keyed: sharded by key, each rank within its share of the row budget")
     parser.add_argument("--frappe", type=Path, help="folder with frappe.validation.libfm and frappe.test.libfm")
     args = parser.parse_args()
 
@@ -79,8 +81,9 @@ def main() -> None:
             results[stream] = {}
             for batch_size in (int(b) for b in args.batch_sizes.split(",")):
                 results[stream][str(batch_size)] = _compare(stream, path, fmt, reader, batch_size, args)
-    write_result("sharded_training", {"model": args.model, "rows": args.rows, "threads_per_rank": 1,
-                                      "tables": "hashed", "streams": results})
+    name = "sharded_training" if args.tables == "hashed" else "sharded_training_keyed"
+    write_result(name, {"model": args.model, "rows": args.rows, "threads_per_rank": 1, "tables": args.tables,
+                        "streams": results})
 
 
 def _compare(stream: str, path: str, fmt: str, reader: Any, batch_size: int, args: argparse.Namespace) -> dict:
@@ -90,7 +93,7 @@ def _compare(stream: str, path: str, fmt: str, reader: Any, batch_size: int, arg
     for _ in range(args.repeats):
         for ranks in (1, 2):
             report = evaluate_sharded(ShardedRun(path, fmt, args.model, ranks, batch_size=batch_size, reader=reader,
-                                                 rows=args.rows))
+                                                 rows=args.rows, tables=args.tables))
             report.pop("predictions")
             runs[ranks].append(report)
             print(f"{stream:10s} batch {batch_size:5d}, {ranks} rank(s): {report['examples_per_second']:8.0f} ex/s, "
@@ -98,7 +101,7 @@ def _compare(stream: str, path: str, fmt: str, reader: Any, batch_size: int, arg
                   f"{', '.join(f'{c:.4f}' for c in report['cpu_seconds_per_1k_per_rank'])}", flush=True)
     one, two = runs[1][-1], runs[2][-1]
     ratios = [b["examples_per_second"] / a["examples_per_second"] for a, b in zip(runs[1], runs[2])]
-    reference = _one_process_auc(path, fmt, reader, args.model, args.rows, batch_size)
+    reference = _one_process_auc(path, fmt, reader, args.model, args.rows, batch_size, args.tables == "keyed")
     print(f"{stream:10s} batch {batch_size:5d}: 2/1 speed {statistics.median(ratios):.2f}x, AUC difference "
           f"{abs(two['auc'] - one['auc']):.1e}, one process with per-example FTRL: AUC {reference:.4f}", flush=True)
     return {

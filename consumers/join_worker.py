@@ -43,6 +43,12 @@ SETTINGS_FIELDS = ("attribution_window_s", "max_pending_impressions", "positives
                    "metrics_port", "metrics_host", "max_event_time_ahead_s")
 
 
+def state_finished(state: dict[str, Any]) -> bool:
+    """Whether a checkpointed partition is done (checkpoints written before ``finished`` was
+    stored say ``final_sent`` only)."""
+    return bool(state.get("finished", state["final_sent"]))
+
+
 def read_checkpoints(client: redis.Redis, namespace: str, partitions: int) -> dict[int, dict[str, Any]]:
     """The stored checkpoint of each partition that has one (--exit-at-end, `streamrec join --status`)."""
     with client.pipeline(transaction=False) as pipe:
@@ -94,6 +100,13 @@ class Shard:
     # impression id -> label of examples a predecessor wrote after the checkpoint
     written: dict[str, int] = field(default_factory=dict)
     baseline: dict[str, int] = field(default_factory=dict)  # the totals when this worker took p over
+
+    @property
+    def finished(self) -> bool:
+        """The final marker is on examples:p and this owner's joiner has read to the end. The
+        marker alone is not enough: a predecessor may have written it (and the examples before
+        it) after the checkpoint, and this owner has yet to regenerate them to count them."""
+        return self.final_sent and self.joiner.finished([self.partition])
 
     def totals(self) -> dict[str, int]:
         counts = {**asdict(self.counters), **asdict(self.joiner.counts)}
@@ -273,7 +286,7 @@ class JoinWorker(KafkaWorker):
         for shard in shards:
             state = orjson.dumps({
                 "joiner": shard.joiner.state(), "counters": asdict(shard.counters), "offsets": shard.offsets,
-                "output_offset": shard.output_offset, "final_sent": shard.final_sent,
+                "output_offset": shard.output_offset, "final_sent": shard.final_sent, "finished": shard.finished,
                 "worker": self.options.worker_id, "epoch": shard.epoch,
                 # examples a predecessor wrote that this owner has not regenerated yet: the next
                 # owner reads the topic back from output_offset only, so it must learn them here
@@ -328,7 +341,7 @@ class JoinWorker(KafkaWorker):
         # a worker left without partitions (the group shrank at the end) may stop too
         if self.options.exit_at_end and now - self._last_end_check >= 0.5:
             self._last_end_check = now
-            if all(s.final_sent for s in self.shards.values()):
+            if all(s.finished for s in self.shards.values()):
                 self._checkpoint()
                 return self._all_finished()
         return False
@@ -337,13 +350,13 @@ class JoinWorker(KafkaWorker):
         assert self.consumer is not None
         if not self._partition_count:
             self._partition_count = self.consumer.partition_count(self.settings.impressions_topic)
-        if not self._partition_count or any(not s.final_sent for s in self.shards.values()):
+        if not self._partition_count or any(not s.finished for s in self.shards.values()):
             return False
         try:
             states = read_checkpoints(self.redis, self.settings.namespace, self._partition_count)
         except (redis.ConnectionError, redis.TimeoutError):
             return False
-        return len(states) == self._partition_count and all(s["final_sent"] for s in states.values())
+        return len(states) == self._partition_count and all(state_finished(s) for s in states.values())
 
     def finish(self, finished: bool) -> dict[str, Any]:
         self._checkpoint()

@@ -16,8 +16,15 @@ So a global batch teaches the model what one process learning that whole batch w
 (the FTRL part steps once per batch, ``ftrl.per_example`` off, as a mini-batch step must), up to
 the order floating-point sums are taken in (tests/test_sharded.py).
 
-Not sharded yet, and refused by name: keyed tables, count features (their counts would need the
-whole batch's occurrences in order), and sequence models (their histories are per-user state).
+Keyed tables (models/keyed_rows.py) are sharded by key: each rank's tables admit, expire and
+evict the keys it owns, within its share of the row budget, and a key's row starts from the
+key's own seeded values wherever it lives. Until a budget is reached ranks learn exactly what one
+process learns; past it, each rank frees its own least recently used rows, and keys waiting for a
+row share a row of their region per rank rather than one in all. A whole keyed model is not
+gathered from the ranks yet (:meth:`ShardedModel.full_tensors` refuses).
+
+Not sharded yet, and refused by name: count features (their counts would need the whole batch's
+occurrences in order) and sequence models (their histories are per-user state).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import torch.distributed as dist
 
 from streamrec.models.batch_unique import BatchUnique
 from streamrec.models.deep_base import DeepModel, leaf_rows
+from streamrec.models.keyed_rows import KeyedRows
 from streamrec.models.wide_inputs import wide_ids
 from streamrec.stream.errors import ConfigError
 from streamrec.stream.sparse_batch import SparseBatch
@@ -44,7 +52,8 @@ def shard_rows(rows: int, rank: int, world: int) -> int:
 class Plan:
     """One step's routing: this rank's distinct embedding and FTRL ids sorted by owner
     (``*_order``), how many go to each rank (``*_to``), how many each rank asked of this one
-    (``*_from``), the local rows asked for (every asking rank's in turn), and the global batch size."""
+    (``*_from``), the local rows that answer what was asked (every asking rank's in turn), and the
+    global batch size."""
 
     e_order: torch.Tensor
     w_order: torch.Tensor
@@ -52,9 +61,15 @@ class Plan:
     w_to: list[int]
     e_from: list[int]
     w_from: list[int]
-    e_asked: torch.Tensor
-    w_asked: torch.Tensor
+    e_rows: torch.Tensor
+    w_rows: torch.Tensor
     global_size: int
+
+
+def _sorted_unique(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct keys and the inverse index (keys span 2^40: too many for BatchUnique's scratch)."""
+    distinct, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
+    return distinct, inverse.view(ids.shape)
 
 
 def _as_float32(values: torch.Tensor) -> torch.Tensor:
@@ -74,8 +89,6 @@ class ShardedModel:
     def __init__(self, model: DeepModel, group: dist.ProcessGroup | None = None) -> None:
         if not isinstance(model, DeepModel):
             raise ConfigError(f"{model.name}: only embedding models (DeepModel) can be sharded")
-        if model.spec.keyed:
-            raise ConfigError("tables=keyed: keyed tables are not sharded across ranks yet; use hashed tables")
         if model.seen is not None:
             raise ConfigError("count features are not sharded across ranks yet; train without --count")
         if model.history_length:
@@ -88,12 +101,20 @@ class ShardedModel:
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
         self.bytes_sent = 0  # payload bytes this rank put into collectives
+        self.keyed = model.spec.keyed
         self.embedding_rows = model.embedding.weight.shape[0]
         self.wide_rows = model.wide.z.shape[0] if model.wide is not None else 0
-        self._shard_tables()
-        # distinct ids of a share are found over the whole id space; a shard's own steps over its rows
-        self._embedding_unique = BatchUnique(self.embedding_rows)
-        self._wide_unique = BatchUnique(self.wide_rows)
+        if self.keyed:
+            # each rank's tables hold the keys it owns, within its share of the row budget
+            for table in model.keyed_tables().values():
+                if table.max_rows:
+                    table.max_rows = -(-table.max_rows // self.world)
+            self._embedding_unique = self._wide_unique = _sorted_unique
+        else:
+            self._shard_tables()
+            # distinct ids of a share are found over the whole id space; a shard's own steps over its rows
+            self._embedding_unique = BatchUnique(self.embedding_rows)
+            self._wide_unique = BatchUnique(self.wide_rows)
 
     # ------------------------------------------------------------------ the shards
 
@@ -112,6 +133,9 @@ class ShardedModel:
     def full_tensors(self) -> dict[str, torch.Tensor]:
         """The whole model's tensors as one process would hold them (every rank takes part; each
         gets the same result)."""
+        if self.keyed:
+            raise ConfigError("keyed tables: a whole model is not gathered from ranks yet (each rank's "
+                              "table numbers its rows its own way); use hashed tables to export or reshard")
         out = dict(self.model.tensors())
         e = self.model.embedding
         for name, local in (("embedding.weight", e.weight), ("embedding.accum", e.accum),
@@ -168,27 +192,65 @@ class ShardedModel:
                 position += n
         return [torch.cat(piece).view(-1, widths[k]) for k, piece in enumerate(pieces)]
 
-    def _plan(self, e_distinct: torch.Tensor, w_distinct: torch.Tensor, local_size: int) -> Plan:
-        """Send each distinct id to its owner; learn what every rank asks of this one."""
+    def _plan(self, batch: SparseBatch, e_ids: tuple[torch.Tensor, torch.Tensor],
+              w_ids: tuple[torch.Tensor, torch.Tensor], learning: bool) -> Plan:
+        """Send each distinct id to its owner (with its occurrences, for keyed tables' admission);
+        resolve what every rank asks of this one to local rows."""
+        (e_distinct, e_inverse), (w_distinct, w_inverse) = e_ids, w_ids
         e_owner, w_owner = e_distinct % self.world, w_distinct % self.world
         e_order, w_order = torch.argsort(e_owner, stable=True), torch.argsort(w_owner, stable=True)
+        newest = (float(batch.event_time.max()) if batch.event_time is not None and len(batch.event_time)
+                  else float("-inf"))
         counts = torch.stack([torch.bincount(e_owner, minlength=self.world),
                               torch.bincount(w_owner, minlength=self.world),
-                              torch.full((self.world,), local_size, dtype=torch.int64)], dim=1)
+                              torch.full((self.world,), len(batch), dtype=torch.int64),
+                              torch.tensor([newest], dtype=torch.float64).view(torch.int64).expand(self.world)],
+                             dim=1).contiguous()
         came = torch.empty_like(counts)
         dist.all_to_all_single(came, counts, group=self.group)
         e_to, w_to = counts[:, 0].tolist(), counts[:, 1].tolist()
         e_from, w_from = came[:, 0].tolist(), came[:, 1].tolist()
-        e_asked, w_asked = self._exchange([e_distinct.index_select(0, e_order), w_distinct.index_select(0, w_order)],
-                                          [1, 1], [e_to, w_to], [e_from, w_from])
-        return Plan(e_order, w_order, e_to, w_to, e_from, w_from, e_asked.reshape(-1) // self.world,
-                    w_asked.reshape(-1) // self.world, int(came[:, 2].sum()))
+        global_size = int(came[:, 2].sum())
+        e_sent, w_sent = e_distinct.index_select(0, e_order), w_distinct.index_select(0, w_order)
+        if not self.keyed:
+            e_asked, w_asked = self._exchange([e_sent, w_sent], [1, 1], [e_to, w_to], [e_from, w_from])
+            return Plan(e_order, w_order, e_to, w_to, e_from, w_from, e_asked.reshape(-1) // self.world,
+                        w_asked.reshape(-1) // self.world, global_size)
+        # keyed: owners admit and map keys to their own rows, counting occurrences as one process would
+        e_occurrences = torch.bincount(e_inverse.reshape(-1), minlength=len(e_distinct)).index_select(0, e_order)
+        w_occurrences = torch.bincount(w_inverse.reshape(-1), minlength=len(w_distinct)).index_select(0, w_order)
+        e_asked, w_asked = self._exchange([torch.stack([e_sent, e_occurrences], dim=1),
+                                           torch.stack([w_sent, w_occurrences], dim=1)],
+                                          [2, 2], [e_to, w_to], [e_from, w_from])
+        model = self.model
+        if learning:
+            newest_all = float(came[:, 3].contiguous().view(torch.float64).max())
+            if newest_all > float("-inf"):
+                for table in model.keyed_tables().values():
+                    if table.config.ttl_seconds:
+                        table.observe_time(newest_all)
+        e_rows = self._keyed_rows(model.embedding.table, e_asked, learning, global_size)
+        w_rows = (self._keyed_rows(model.wide.table, w_asked, learning, global_size) if model.wide is not None
+                  else torch.zeros(0, dtype=torch.int64))
+        return Plan(e_order, w_order, e_to, w_to, e_from, w_from, e_rows, w_rows, global_size)
+
+    @staticmethod
+    def _keyed_rows(table: KeyedRows, asked: torch.Tensor, learning: bool, examples: int) -> torch.Tensor:
+        """The owner's rows for asked (key, occurrences) pairs: learning admits what has earned a
+        row (each key counted as often as it occurred) and moves the table's clock by the global batch."""
+        keys, occurrences = asked[:, 0], asked[:, 1]
+        if not learning:
+            return table.rows(keys)
+        every = torch.repeat_interleave(keys, occurrences)
+        rows = table.learn_rows(every, examples)
+        starts = torch.cumsum(occurrences, 0) - occurrences
+        return rows.index_select(0, starts)
 
     def _read(self, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
         """The embedding rows and FTRL weights of this rank's distinct ids, from their owners."""
         model = self.model
-        rows = model.embedding.weight.index_select(0, plan.e_asked)
-        weights = (model.wide.weights(plan.w_asked) if model.wide is not None
+        rows = model.embedding.weight.index_select(0, plan.e_rows)
+        weights = (model.wide._gather(plan.w_rows).w if model.wide is not None
                    else torch.zeros(0, dtype=torch.float64))
         got_rows, got_weights = self._exchange([rows, _as_float32(weights)], [rows.shape[1], 2],
                                                [plan.e_from, plan.w_from], [plan.e_to, plan.w_to])
@@ -221,7 +283,7 @@ class ShardedModel:
         assert batch.labels is not None, "learn needs labels"
         model = self.model
         e_distinct, e_inverse, w_distinct, w_inverse = self._distinct(batch, learning=True)
-        plan = self._plan(e_distinct, w_distinct, len(batch))
+        plan = self._plan(batch, (e_distinct, e_inverse), (w_distinct, w_inverse), learning=True)
         rows, weights = self._read(plan)
         leaf = rows.requires_grad_(True)
         logit = weights.index_select(0, w_inverse.reshape(-1)).view(w_inverse.shape).sum(dim=1)
@@ -239,10 +301,10 @@ class ShardedModel:
         e_packed = torch.cat([grad * plan.global_size, occurrences.unsqueeze(1)], dim=1).index_select(0, plan.e_order)
         got_e, got_w = self._exchange([e_packed, _as_float32(per_coordinate.index_select(0, plan.w_order))],
                                       [e_packed.shape[1], 2], [plan.e_to, plan.w_to], [plan.e_from, plan.w_from])
-        table_rows, summed = self._sum_by_row(plan.e_asked, got_e)
+        table_rows, summed = self._sum_by_row(plan.e_rows, got_e)
         model.embedding.apply(table_rows, summed[:, :-1], summed[:, -1])
         if model.wide is not None:
-            coordinates, summed_w = self._sum_by_row(plan.w_asked, _as_float64(got_w))
+            coordinates, summed_w = self._sum_by_row(plan.w_rows, _as_float64(got_w))
             model.wide._apply(model.wide._gather(coordinates), summed_w)
         return p.numpy()
 
@@ -266,7 +328,8 @@ class ShardedModel:
         """Probabilities for this rank's share of a global batch (every rank calls it together)."""
         with torch.no_grad():
             e_distinct, e_inverse, w_distinct, w_inverse = self._distinct(batch, learning=False)
-            rows, weights = self._read(self._plan(e_distinct, w_distinct, len(batch)))
+            rows, weights = self._read(self._plan(batch, (e_distinct, e_inverse), (w_distinct, w_inverse),
+                                                  learning=False))
             logit = self.model.deep_logit(leaf_rows(rows, e_inverse), batch.dense).to(torch.float64)
             logit = logit + weights.index_select(0, w_inverse.reshape(-1)).view(w_inverse.shape).sum(dim=1)
             return torch.sigmoid(logit).numpy()

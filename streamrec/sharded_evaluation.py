@@ -44,6 +44,7 @@ class ShardedRun:
     reader: ReaderOptions = ReaderOptions()
     settings: dict[str, str] = field(default_factory=dict)
     seed: int = 0
+    tables: str = "keyed"                 # or "hashed" (fixed hashing; the only kind a whole model is written for)
     rows: int | None = None               # only the first ``rows`` rows (after ``start_row``)
     start_row: int = 0                    # learn from this row on (the spec still comes from the log's head)
     tensors_in: str | None = None         # start from this whole model (safetensors), written by any rank count
@@ -94,8 +95,9 @@ def _learn_rank(run: ShardedRun, rank: int) -> RankResult:
     from streamrec.stream.featurizer import Featurizer
 
     head = itertools.islice(read_rows(Path(run.path), run.format, run.reader), SPEC_SAMPLE_ROWS)
-    # hashed tables: keyed ones are not sharded yet (models/sharded.py)
-    spec = spec_for(run.model, SpecOptions(keyed=False).infer([r.features for r in head]))
+    if run.tables not in ("keyed", "hashed"):
+        raise ValueError(f"tables must be keyed or hashed, not {run.tables!r}")
+    spec = spec_for(run.model, SpecOptions(keyed=run.tables == "keyed").infer([r.features for r in head]))
     stop = None if run.rows is None else run.start_row + run.rows
     rows = list(itertools.islice(read_rows(Path(run.path), run.format, run.reader), run.start_row, stop))
     whole = create_model(run.model, spec, seed=run.seed, settings=sharded_settings(run.model, run.settings))
@@ -228,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--item-field")
     parser.add_argument("--model", default="wide_deep")
     parser.add_argument("--batch-size", type=int, default=4096, help="the global batch")
+    parser.add_argument("--tables", choices=("keyed", "hashed"), default="keyed")
     parser.add_argument("--rows", type=int)
     parser.add_argument("--timeout-s", type=float, default=300.0)
     parser.add_argument("--report-json")
@@ -239,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
         run = ShardedRun(args.path, args.format, args.model, world, batch_size=args.batch_size, rows=args.rows,
+                         tables=args.tables,
                          reader=ReaderOptions(user_field=args.user_field, item_field=args.item_field),
                          timeout_s=args.timeout_s)
         started = time.perf_counter()

@@ -18,7 +18,9 @@ from prometheus_client import generate_latest
 
 from streamrec.consumers import example_messages
 from streamrec.consumers.example_queue import ExampleQueue
-from streamrec.consumers.joiner import Example
+from streamrec.consumers.join_worker import Shard, ShardCounters, state_finished
+from streamrec.consumers.joiner import Example, Joiner
+from streamrec.stream import events
 from streamrec.stream.kafka_client import create_topics, make_consumer
 from streamrec.stream.prometheus import parse
 from streamrec.stream.redis_keys import join_checkpoint as checkpoint_key
@@ -61,6 +63,19 @@ def test_example_queue_keeps_unread_examples_and_ended_partitions_across_a_resta
     assert restored.take() == _examples(1, start=3) + _examples(2, start=10)
     restored.add(0, [], final=True)
     assert restored.finished(range(2)) and restored.watermark_time() == float("inf")
+
+
+def test_a_partition_is_finished_only_when_its_owner_has_read_to_the_end():
+    """A predecessor's final marker read back from <ns>.examples does not finish the partition:
+    the new owner must still read the events after the checkpoint and count what they make."""
+    shard = Shard(3, 1, Joiner(30.0), ShardCounters(), {}, 0, final_sent=True)
+    assert not shard.finished
+    shard.joiner.offer_message(3, "impressions", events.encode(events.watermark(100.0, final=True)))
+    assert not shard.finished  # one topic only
+    for kind in ("impressions", "clicks"):
+        shard.joiner.offer_message(3, kind, events.encode(events.watermark(100.0, final=True)))
+    assert shard.finished
+    assert state_finished({"final_sent": True}) and not state_finished({"final_sent": True, "finished": False})
 
 
 @pytest.mark.integration

@@ -31,11 +31,12 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _one_process(path: Path, name: str) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+def _one_process(path: Path, name: str, keyed: bool = False,
+                 settings: dict[str, str] | None = None) -> tuple[np.ndarray, dict[str, torch.Tensor], object]:
     """The same model learned by one process, one step per global batch."""
     rows = list(read_rows(path, "criteo", READER))
-    spec = spec_for(name, SpecOptions(keyed=False).infer([r.features for r in rows[:SPEC_SAMPLE_ROWS]]))
-    model = create_model(name, spec, settings=sharded_settings(name, {}))
+    spec = spec_for(name, SpecOptions(keyed=keyed).infer([r.features for r in rows[:SPEC_SAMPLE_ROWS]]))
+    model = create_model(name, spec, settings=sharded_settings(name, settings or {}))
     featurizer = Featurizer(spec)
     predictions = []
     for at in range(0, len(rows), BATCH):
@@ -43,7 +44,7 @@ def _one_process(path: Path, name: str) -> tuple[np.ndarray, dict[str, torch.Ten
         batch = featurizer.build([r.user_id for r in chunk], [r.item_id for r in chunk], [r.features for r in chunk],
                                  [r.label for r in chunk])
         predictions.append(model.learn(batch))
-    return np.concatenate(predictions), model.tensors()
+    return np.concatenate(predictions), model.tensors(), model
 
 
 @pytest.mark.parametrize(("name", "ranks"), [("wide_deep", 2), ("deepfm", 3)])
@@ -51,8 +52,8 @@ def test_ranks_learn_what_one_process_learns_from_the_same_global_batches(log: P
                                                                          ranks: int) -> None:
     out = tmp_path / "sharded.safetensors"
     report = evaluate_sharded(ShardedRun(str(log), "criteo", name, ranks, batch_size=BATCH, reader=READER,
-                                         tensors_out=str(out), timeout_s=120))
-    expected, tensors = _one_process(log, name)
+                                         tables="hashed", tensors_out=str(out), timeout_s=120))
+    expected, tensors, _model = _one_process(log, name)
     assert report["examples"] == ROWS and report["ranks"] == ranks
     # every prediction was made before its batch's step, from the same weights up to summation order
     np.testing.assert_allclose(report["predictions"], expected, rtol=0, atol=2e-5)
@@ -71,18 +72,42 @@ def test_a_model_written_by_two_ranks_goes_on_learning_on_three(log: Path, tmp_p
     ranks go on as one process would have gone on."""
     half = (ROWS // BATCH // 2) * BATCH
     first = tmp_path / "two.safetensors"
-    common = {"batch_size": BATCH, "reader": READER, "timeout_s": 120}
+    common = {"batch_size": BATCH, "reader": READER, "timeout_s": 120, "tables": "hashed"}
     report = evaluate_sharded(ShardedRun(str(log), "criteo", "wide_deep", 2, rows=half, tensors_out=str(first),
                                          **common))
     resumed = evaluate_sharded(ShardedRun(str(log), "criteo", "wide_deep", 3, start_row=half, tensors_in=str(first),
                                           tensors_out=str(tmp_path / "three.safetensors"), **common))
     assert report["examples"] == half and resumed["examples"] == ROWS - half
-    expected, tensors = _one_process(log, "wide_deep")
+    expected, tensors, _model = _one_process(log, "wide_deep")
     np.testing.assert_allclose(np.concatenate([report["predictions"], resumed["predictions"]]), expected,
                                rtol=0, atol=2e-5)
     final = load_file(str(tmp_path / "three.safetensors"))
     for key in ("embedding.weight", "embedding.accum", "embedding.counts", "wide.z", "wide.n"):
         torch.testing.assert_close(final[key], tensors[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_ranks_with_keyed_tables_learn_what_one_process_learns(log: Path) -> None:
+    """Keyed tables sharded by key: below the row budget every key has its own row, whose values
+    start from the key itself, so ranks predict what one process predicts."""
+    report = evaluate_sharded(ShardedRun(str(log), "criteo", "wide_deep", 2, batch_size=BATCH, reader=READER,
+                                         timeout_s=120))
+    expected, _tensors, _model = _one_process(log, "wide_deep", keyed=True)
+    np.testing.assert_allclose(report["predictions"], expected, rtol=0, atol=2e-5)
+
+
+def test_ranks_with_keyed_tables_over_their_budget_stay_close_to_one_process(log: Path) -> None:
+    """Past the row budget each rank evicts its own least recently used keys: not one process's
+    choices, but as good."""
+    settings = {"tables.max_rows": "1024", "tables.admit_when_full": "2"}
+    report = evaluate_sharded(ShardedRun(str(log), "criteo", "wide_deep", 2, batch_size=BATCH, reader=READER,
+                                         settings=settings, timeout_s=120))
+    expected, _tensors, model = _one_process(log, "wide_deep", keyed=True, settings=settings)
+    labels = np.array([r.label for r in read_rows(log, "criteo", READER)], dtype=np.float64)
+    from streamrec.stream.quality_metrics import exact_auc
+
+    assert model.keyed_tables()["embedding"].evicted > 0
+    assert abs(report["auc"] - exact_auc(expected, labels)) < 0.01
+    assert not np.allclose(report["predictions"], expected, rtol=0, atol=2e-5)  # the budget did bind
 
 
 def test_shards_cover_every_row_once() -> None:
@@ -93,9 +118,6 @@ def test_shards_cover_every_row_once() -> None:
 def test_what_cannot_be_sharded_yet_is_refused_by_name(log: Path) -> None:
     rows = list(itertools.islice(read_rows(log, "criteo", READER), 200))
     sample = [r.features for r in rows]
-    keyed = create_model("wide_deep", SpecOptions().infer(sample), settings=sharded_settings("wide_deep", {}))
-    with pytest.raises(ConfigError, match="tables=keyed"):
-        ShardedModel(keyed)
     per_example = create_model("wide_deep", SpecOptions(keyed=False).infer(sample))
     with pytest.raises(ConfigError, match="ftrl.per_example"):
         ShardedModel(per_example)
@@ -161,3 +183,46 @@ def test_ranks_score_what_one_process_scores(log: Path, tmp_path: Path) -> None:
                                                            [r.features for r in last]))).numpy()
     assert len(scored) == 500
     np.testing.assert_allclose(scored, expected, rtol=0, atol=2e-5)
+
+
+def _hanging_rank(rank: int, path: str, port: int) -> None:
+    """Rank 1 joins the group and then hangs; rank 0 goes on to learn."""
+    import time
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=3))
+    if rank == 1:
+        time.sleep(120)
+        return
+    rows = list(itertools.islice(read_rows(Path(path), "criteo", READER), BATCH))
+    spec = SpecOptions(keyed=False).infer([r.features for r in rows])
+    model = ShardedModel(create_model("wide_deep", spec, settings=sharded_settings("wide_deep", {})))
+    batch = Featurizer(spec).build([r.user_id for r in rows], [r.item_id for r in rows], [r.features for r in rows],
+                                   [r.label for r in rows])
+    model.learn(batch)
+
+
+def test_a_hung_rank_fails_the_others_at_the_collective_timeout(log: Path) -> None:
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ranks = mp.start_processes(_hanging_rank, args=(str(log), port), nprocs=2, join=False, start_method="spawn")
+    started = time.monotonic()
+    try:
+        with pytest.raises(mp.ProcessRaisedException, match="(?i)timed? ?out"):
+            while not ranks.join(timeout=1):
+                assert time.monotonic() - started < 90, "rank 0 waited past its collective timeout"
+    finally:
+        for process in ranks.processes:
+            if process.is_alive():
+                process.kill()
+                process.join()

@@ -211,7 +211,7 @@ def join(ctx: click.Context, worker_id: str | None, attribution_window_s: float 
 
 
 def _print_join_status(settings: Settings, redis_url: str, partitions: int) -> None:
-    from streamrec.consumers.join_worker import read_checkpoints
+    from streamrec.consumers.join_worker import read_checkpoints, state_finished
     from streamrec.stream.redis_connection import connect
 
     client = connect(redis_url)
@@ -227,7 +227,7 @@ def _print_join_status(settings: Settings, redis_url: str, partitions: int) -> N
             counters = state["counters"]
             click.echo(f"{p:>9}  {state.get('worker', '?'):<24} {state.get('epoch', 0):>5} "
                        f"{state['offsets'].get('impressions', 0):>11} {state['offsets'].get('clicks', 0):>9} "
-                       f"{counters['examples']:>9} {counters['positives']:>9}  {'yes' if state['final_sent'] else 'no'}")
+                       f"{counters['examples']:>9} {counters['positives']:>9}  {'yes' if state_finished(state) else 'no'}")
     finally:
         client.close()
 
