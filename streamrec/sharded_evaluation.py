@@ -97,6 +97,8 @@ def _learn_rank(run: ShardedRun, rank: int) -> RankResult:
     head = itertools.islice(read_rows(Path(run.path), run.format, run.reader), SPEC_SAMPLE_ROWS)
     if run.tables not in ("keyed", "hashed"):
         raise ValueError(f"tables must be keyed or hashed, not {run.tables!r}")
+    if run.tables == "keyed" and (run.tensors_in or run.tensors_out):
+        raise ValueError("a whole model is written and resharded for hashed tables only (docs/distributed.md)")
     spec = spec_for(run.model, SpecOptions(keyed=run.tables == "keyed").infer([r.features for r in head]))
     stop = None if run.rows is None else run.start_row + run.rows
     rows = list(itertools.islice(read_rows(Path(run.path), run.format, run.reader), run.start_row, stop))
