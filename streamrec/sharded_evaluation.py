@@ -17,6 +17,7 @@ import os
 import queue
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -45,6 +46,7 @@ class ShardedRun:
     settings: dict[str, str] = field(default_factory=dict)
     seed: int = 0
     tables: str = "keyed"                 # or "hashed" (fixed hashing; the only kind a whole model is written for)
+    crosses: tuple[tuple[str, str], ...] = ()  # wide-part crosses, as --cross
     rows: int | None = None               # only the first ``rows`` rows (after ``start_row``)
     start_row: int = 0                    # learn from this row on (the spec still comes from the log's head)
     tensors_in: str | None = None         # start from this whole model (safetensors), written by any rank count
@@ -82,8 +84,9 @@ class RankResult:
     bytes_sent: int
 
 
-def _learn_rank(run: ShardedRun, rank: int) -> RankResult:
-    """This rank's part of ``run`` in an initialised process group of ``run.ranks``."""
+def _learn_rank(run: ShardedRun, rank: int, on_batch: Callable[[int], None] | None = None) -> RankResult:
+    """This rank's part of ``run`` in an initialised process group of ``run.ranks``; ``on_batch``
+    is told each global batch's size once it is learned."""
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
@@ -99,7 +102,8 @@ def _learn_rank(run: ShardedRun, rank: int) -> RankResult:
         raise ValueError(f"tables must be keyed or hashed, not {run.tables!r}")
     if run.tables == "keyed" and (run.tensors_in or run.tensors_out):
         raise ValueError("a whole model is written and resharded for hashed tables only (docs/distributed.md)")
-    spec = spec_for(run.model, SpecOptions(keyed=run.tables == "keyed").infer([r.features for r in head]))
+    spec = spec_for(run.model, SpecOptions(keyed=run.tables == "keyed", crosses=run.crosses)
+                    .infer([r.features for r in head]))
     stop = None if run.rows is None else run.start_row + run.rows
     rows = list(itertools.islice(read_rows(Path(run.path), run.format, run.reader), run.start_row, stop))
     whole = create_model(run.model, spec, seed=run.seed, settings=sharded_settings(run.model, run.settings))
@@ -117,6 +121,8 @@ def _learn_rank(run: ShardedRun, rank: int) -> RankResult:
         batch = featurizer.build([r.user_id for r in share], [r.item_id for r in share],
                                  [r.features for r in share], [r.label for r in share])
         predictions.append(model.learn(batch))
+        if on_batch is not None:
+            on_batch(len(chunk))
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     if run.tensors_out is not None:
         tensors = model.full_tensors()
@@ -132,7 +138,18 @@ def _spawned_rank(rank: int, run: ShardedRun, port: int, results: Any) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=run.ranks,
                             timeout=timedelta(seconds=run.timeout_s))
     try:
-        result = _learn_rank(run, rank)
+        # rank 0 reports progress now and then (a global batch at a time would flood the queue)
+        pending = [0, time.monotonic()]
+
+        def progress(examples: int) -> None:
+            pending[0] += examples
+            if time.monotonic() - pending[1] >= 0.25:
+                results.put(("progress", pending[0]))
+                pending[:] = [0, time.monotonic()]
+
+        result = _learn_rank(run, rank, progress if rank == 0 else None)
+        if rank == 0 and pending[0]:
+            results.put(("progress", pending[0]))
         results.put((result.rank, result.predictions, result.labels, result.wall, result.cpu, result.bytes_sent))
     finally:
         dist.destroy_process_group()
@@ -162,9 +179,9 @@ def _report(run: ShardedRun, by_rank: dict[int, RankResult], wall: float) -> dic
     }
 
 
-def evaluate_sharded(run: ShardedRun) -> dict[str, Any]:
+def evaluate_sharded(run: ShardedRun, on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Learn ``run`` on ``run.ranks`` local processes; the report over every example (its
-    predictions in log order under ``predictions``)."""
+    predictions in log order under ``predictions``). ``on_progress`` is told examples learned."""
     import torch.multiprocessing as mp
 
     if run.ranks < 1:
@@ -180,6 +197,10 @@ def evaluate_sharded(run: ShardedRun) -> dict[str, Any]:
                 item = results.get(timeout=0.5)
             except queue.Empty:
                 ranks.join(timeout=0)  # raises if a rank failed
+                continue
+            if item[0] == "progress":
+                if on_progress is not None:
+                    on_progress(item[1])
                 continue
             by_rank[item[0]] = item[1:]
         while not ranks.join():

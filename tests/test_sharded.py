@@ -226,3 +226,26 @@ def test_a_hung_rank_fails_the_others_at_the_collective_timeout(log: Path) -> No
             if process.is_alive():
                 process.kill()
                 process.join()
+
+
+def test_evaluate_on_ranks_from_the_command_line(log: Path, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from streamrec.stream.quality_metrics import exact_auc
+
+    command = [sys.executable, "-m", "streamrec", "evaluate", str(log), "--format", "criteo", "--user-field", "C1",
+               "--item-field", "C2", "--tables", "hashed", "--batch-size", str(BATCH)]
+    done = subprocess.run([*command, "--ranks", "2", "--report-json", str(tmp_path / "r.json")], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    expected, _tensors, _model = _one_process(log, "wide_deep")
+    labels = np.array([r.label for r in read_rows(log, "criteo", READER)], dtype=np.float64)
+    assert report["ranks"] == 2 and report["examples"] == ROWS
+    assert abs(report["auc"] - exact_auc(expected, labels)) < 1e-4
+    for extra, flag in ((["--search"], "--search"), (["--count", "C3"], "--count"),
+                        (["--model", "din"], "sequence model"), (["--set", "ftrl.per_example=true"], "per_example")):
+        refused = subprocess.run([*command, "--ranks", "2", *extra], capture_output=True, text=True, timeout=120)
+        assert refused.returncode != 0 and flag in refused.stderr, refused.stderr

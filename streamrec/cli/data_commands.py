@@ -15,7 +15,7 @@ from streamrec.cli.common import (
     with_reader_options,
     write_report,
 )
-from streamrec.stream.errors import ConfigError, StackError
+from streamrec.stream.errors import ConfigError, StackError, StreamrecError
 
 
 @click.command()
@@ -216,24 +216,39 @@ def replay(ctx: click.Context, path: Path, fmt: str, user_field: str | None, ite
 @click.option("--history-length", type=click.IntRange(min=1),
               help="Sequence models: how many of each user's latest clicks they read (new models only; "
                    "default: the model's own, see docs/sequence-models.md).")
-@click.option("--search/--no-search", default=True, show_default=True,
+@click.option("--search/--no-search", default=None,
               help="Search settings, crosses and count features online while learning, and predict with the "
-                   "best so far (docs/online-search.md); --no-search learns exactly the configuration given.")
+                   "best so far (docs/online-search.md; the default with one rank); --no-search learns exactly "
+                   "the configuration given.")
 @click.option("--search-budget", type=click.FloatRange(min=1), default=3.0, show_default=True,
               help="The search's members learn at most this many examples per example of the stream.")
 @click.option("--tables", type=click.Choice(["keyed", "hashed"]), default="keyed", show_default=True,
               help="Per-id state: keyed tables that give each id that earns it a row of its own (admission, "
                    "expiry, budget: --set tables.admit_after=N, tables.ttl=N, tables.max_rows=N), or fixed "
                    "hashing.")
+@click.option("--ranks", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Learn one model with this many local processes (gloo ranks, one thread each): tables "
+                   "sharded by id, the network replicated, FTRL one step per global batch of --batch-size "
+                   "(docs/distributed.md). No search, count features or sequence models yet.")
 @click.option("--report-json", type=click.Path(path_type=Path), help="Write the report here.")
 def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | None, columns: str | None,
              numeric_columns: str | None, strict: bool, limit: int | None, model: str, batch_size: int,
              window: int, crosses: tuple[str, ...], counts: tuple[str, ...], settings: tuple[str, ...], seed: int,
              history_fields: tuple[str, ...], history_length: int | None, search: bool, search_budget: float,
-             tables: str, report_json: Path | None) -> None:
+             tables: str, ranks: int, report_json: Path | None) -> None:
     """One prequential pass (predict, measure, learn) of a model over a log file."""
     from streamrec import api
     from streamrec.models import parse_settings
+
+    if ranks > 1:
+        if search:
+            raise click.UsageError("--search: the online search runs in one process; drop it, or --ranks")
+        if counts:
+            raise click.UsageError("--count: count features are not sharded across ranks yet; drop it, or --ranks")
+        _evaluate_on_ranks(path, fmt, user_field, item_field, columns, numeric_columns, strict, limit, model,
+                           batch_size, crosses, parse_settings(settings), seed, tables, ranks, report_json)
+        return
+    search = True if search is None else search
 
     errors: list[str] = []
     run = dict(format=fmt, model=model, user_field=user_field, item_field=item_field, columns=columns,
@@ -254,6 +269,48 @@ def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | Non
         console.print(search_summary(report["search"]))
     for line in table_lines(report.get("tables", {})):
         console.print(line)
+    click.echo(json.dumps(report, sort_keys=True))
+    write_report(report_json, report)
+
+
+def _evaluate_on_ranks(path: Path, fmt: str, user_field: str | None, item_field: str | None, columns: str | None,
+                       numeric_columns: str | None, strict: bool, limit: int | None, model: str, batch_size: int,
+                       crosses: tuple[str, ...], settings: dict[str, str], seed: int, tables: str, ranks: int,
+                       report_json: Path | None) -> None:
+    """``evaluate --ranks N``: one model learned by N local gloo ranks (streamrec/sharded_evaluation.py)."""
+    from streamrec import api
+    from streamrec.models import REGISTRY
+    from streamrec.models.deep_base import DeepModel
+    from streamrec.producers.readers import ReaderOptions, parse_mapping
+    from streamrec.sharded_evaluation import ShardedRun, evaluate_sharded, sharded_settings
+
+    cls = REGISTRY.get(model)
+    if cls is not None and not issubclass(cls, DeepModel):
+        raise click.UsageError(f"--ranks: {model} is not an embedding model; models that shard: "
+                               + ", ".join(sorted(n for n, c in REGISTRY.items() if issubclass(c, DeepModel)
+                                                  and not c.history_length)))
+    if cls is not None and cls.history_length:
+        raise click.UsageError(f"--ranks: {model} is a sequence model; their histories are not sharded yet")
+    if settings.get("ftrl.per_example", "false").lower() in ("true", "1", "yes"):
+        raise click.UsageError("--set ftrl.per_example=true: ranks step FTRL once per global batch")
+    parsed = tuple(api.parse_cross(c) for c in crosses)
+    api.checked_settings(model, sharded_settings(model, settings), parsed, ())
+    reader = ReaderOptions(user_field=user_field, item_field=item_field, strict=strict,
+                           mapping=parse_mapping(columns, numeric_columns))
+    run = ShardedRun(str(path), fmt, model, ranks, batch_size=batch_size, reader=reader, settings=settings, seed=seed,
+                     tables=tables, crosses=parsed, rows=limit)
+    import torch.multiprocessing as mp
+
+    with progress_bar(f"evaluate {model} on {ranks} ranks", limit or count_lines(path)) as advance:
+        try:
+            report = evaluate_sharded(run, on_progress=advance)
+        except mp.ProcessRaisedException as exc:
+            # the rank's own error, not the launcher's traceback around it
+            raise StreamrecError(f"a rank failed: {str(exc).strip().splitlines()[-1]}") from None
+    report.pop("predictions")
+    console.print(f"{model} on {ranks} ranks: {report['examples']:,} examples  AUC {report['auc']:.4f}  "
+                  f"logloss {report['logloss']:.4f}  {report['examples_per_second']:,.0f} ex/s  "
+                  f"{report['bytes_sent_per_example']:,.0f} bytes exchanged per example")
     click.echo(json.dumps(report, sort_keys=True))
     write_report(report_json, report)
 
