@@ -438,13 +438,18 @@ class KeyedRows:
         self._free_rows(held)
 
     def _free_rows(self, rows: np.ndarray) -> None:
+        self.hand_over(rows)
+        self.evicted += len(rows)
+
+    def hand_over(self, rows: np.ndarray) -> None:
+        """Free ``rows`` without counting them evicted: their keys live elsewhere now (another
+        rank's shard of the table, models/sharded.py)."""
         if not len(rows):
             return
         self.index.delete(self.keys[rows])
         self.keys[rows] = FREE
         self.owner.reset_rows(torch.from_numpy(rows), torch.full((len(rows),), FREE, dtype=torch.int64))
         self._free = np.union1d(self._free, rows)
-        self.evicted += len(rows)
 
     # ---------------------------------------------------------------- state
 

@@ -20,8 +20,9 @@ Keyed tables (models/keyed_rows.py) are sharded by key: each rank's tables admit
 evict the keys it owns, within its share of the row budget, and a key's row starts from the
 key's own seeded values wherever it lives. Until a budget is reached ranks learn exactly what one
 process learns; past it, each rank frees its own least recently used rows, and keys waiting for a
-row share a row of their region per rank rather than one in all. A whole keyed model is not
-gathered from the ranks yet (:meth:`ShardedModel.full_tensors` refuses).
+row share a row of their region per rank rather than one in all. :meth:`ShardedModel.full_tensors`
+gathers a whole keyed model as one process would hold it (rows renumbered), and a whole model
+loaded before wrapping is split by key, so a keyed model written by N ranks resumes on M.
 
 Not sharded yet, and refused by name: count features (their counts would need the whole batch's
 occurrences in order) and sequence models (their histories are per-user state).
@@ -37,7 +38,7 @@ import torch.distributed as dist
 
 from streamrec.models.batch_unique import BatchUnique
 from streamrec.models.deep_base import DeepModel, leaf_rows
-from streamrec.models.keyed_rows import KeyedRows
+from streamrec.models.keyed_rows import FREE, RESERVED, KeyedRows
 from streamrec.models.wide_inputs import wide_ids
 from streamrec.stream.errors import ConfigError
 from streamrec.stream.sparse_batch import SparseBatch
@@ -109,6 +110,7 @@ class ShardedModel:
             for table in model.keyed_tables().values():
                 if table.max_rows:
                     table.max_rows = -(-table.max_rows // self.world)
+            self._keep_own_keys()
             self._embedding_unique = self._wide_unique = _sorted_unique
         else:
             self._shard_tables()
@@ -133,11 +135,16 @@ class ShardedModel:
     def full_tensors(self) -> dict[str, torch.Tensor]:
         """The whole model's tensors as one process would hold them (every rank takes part; each
         gets the same result)."""
-        if self.keyed:
-            raise ConfigError("keyed tables: a whole model is not gathered from ranks yet (each rank's "
-                              "table numbers its rows its own way); use hashed tables to export or reshard")
         out = dict(self.model.tensors())
         e = self.model.embedding
+        if self.keyed:
+            out.update(self._gather_keyed("embedding", e.table, {"embedding.weight": e.weight,
+                                                                  "embedding.accum": e.accum,
+                                                                  "embedding.counts": e.counts}))
+            if self.model.wide is not None:
+                f = self.model.wide
+                out.update(self._gather_keyed("wide", f.table, {"wide.z": f.z, "wide.n": f.n}))
+            return out
         for name, local in (("embedding.weight", e.weight), ("embedding.accum", e.accum),
                             ("embedding.counts", e.counts)):
             out[name] = self._unshard(local, self.embedding_rows)
@@ -145,6 +152,76 @@ class ShardedModel:
             out["wide.z"] = self._unshard(self.model.wide.z, self.wide_rows)
             out["wide.n"] = self._unshard(self.model.wide.n, self.wide_rows)
         return out
+
+    def _gather_keyed(self, prefix: str, table: KeyedRows, columns: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One keyed table as one process would hold it: every rank's held rows, renumbered from 1
+        (row 0 stays the reserved row). Keys are each on one rank; a region's shared row (keys that
+        wait for a row of their own read it) is on every rank that needed one, and is taken as the
+        mean of them. The clock and event-time state are the same on every rank; the admission
+        filters are merged by their larger counts (a key is never counted short), the counters summed."""
+        held = np.flatnonzero(table.keys != FREE)
+        held = held[held > 0]
+        index = torch.from_numpy(held)
+        widths = [column[0].numel() for column in columns.values()]
+        values = torch.cat([column.index_select(0, index).reshape(len(held), width).to(torch.float64)
+                            for column, width in zip(columns.values(), widths)], dim=1)
+        keys = self._gather_rows(torch.from_numpy(table.keys[held]).unsqueeze(1))
+        last_used = self._gather_rows(torch.from_numpy(table.last_used[held]).unsqueeze(1))
+        rows = self._gather_rows(values)
+        keys_all, last_all, values_all = (torch.cat(parts) for parts in (keys, last_used, rows))
+        keys_all, last_all = keys_all.reshape(-1), last_all.reshape(-1)
+        distinct, inverse = torch.unique(keys_all, return_inverse=True)  # shared rows: one per region
+        times = torch.zeros(len(distinct), dtype=torch.float64).index_add_(0, inverse,
+                                                                          torch.ones(len(keys_all), dtype=torch.float64))
+        merged = torch.zeros(len(distinct), values_all.shape[1], dtype=torch.float64).index_add_(0, inverse, values_all)
+        merged /= times.unsqueeze(1)
+        last = torch.full((len(distinct),), -(2**62), dtype=torch.int64).scatter_reduce_(0, inverse, last_all, "amax")
+        out: dict[str, torch.Tensor] = {}
+        at = 0
+        for (name, column), width in zip(columns.items(), widths):
+            whole = torch.zeros((len(distinct) + 1, *column.shape[1:]), dtype=column.dtype)
+            whole[0] = column[0]
+            whole[1:] = merged[:, at:at + width].reshape(-1, *column.shape[1:]).to(column.dtype)
+            out[name] = whole
+            at += width
+        out[f"{prefix}.keys"] = torch.cat([torch.tensor([RESERVED], dtype=torch.int64), distinct])
+        out[f"{prefix}.last_used"] = torch.cat([torch.zeros(1, dtype=torch.int64), last])
+        state = table.state(prefix)
+        filters = self._gather_rows(state[f"{prefix}.table.filter"].to(torch.int64).unsqueeze(1))
+        sized = [f.reshape(-1) for f in filters if f.numel()]
+        out[f"{prefix}.table.filter"] = (torch.stack(sized).amax(dim=0).to(torch.uint8) if sized
+                                         else torch.zeros(0, dtype=torch.uint8))
+        counters = state[f"{prefix}.table.clock"].clone()
+        summed = counters.clone()
+        dist.all_reduce(summed, group=self.group)
+        # clock, next row, evicted, admitted, next expiry, sightings not admitted
+        counters[1] = len(distinct) + 1
+        counters[2], counters[3], counters[5] = summed[2], summed[3], summed[5]
+        out[f"{prefix}.table.clock"] = counters
+        out[f"{prefix}.table.time"] = state[f"{prefix}.table.time"]
+        return out
+
+    def _gather_rows(self, local: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's (n, w) rows (n may differ between ranks), on every rank."""
+        size = torch.tensor([local.shape[0]], dtype=torch.int64)
+        sizes = [torch.empty_like(size) for _ in range(self.world)]
+        dist.all_gather(sizes, size, group=self.group)
+        most = max(int(n) for n in sizes)
+        padded = torch.zeros((most, *local.shape[1:]), dtype=local.dtype)
+        padded[:local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded, group=self.group)
+        return [part[:int(n)] for part, n in zip(parts, sizes)]
+
+    def _keep_own_keys(self) -> None:
+        """A loaded whole keyed model: this rank frees the rows of keys other ranks own (the
+        regions' shared rows stay on every rank), and keeps the table's counters on rank 0 only,
+        so that gathering them again sums to what was loaded."""
+        for table in self.model.keyed_tables().values():
+            keys = table.keys[: table.next_row]
+            table.hand_over(np.flatnonzero((keys >= 0) & (keys % self.world != self.rank)))
+            if self.rank:
+                table.evicted = table.admitted = table.not_admitted = 0
 
     def _unshard(self, local: torch.Tensor, rows: int) -> torch.Tensor:
         most = shard_rows(rows, 0, self.world)

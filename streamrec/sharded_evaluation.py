@@ -45,7 +45,7 @@ class ShardedRun:
     reader: ReaderOptions = ReaderOptions()
     settings: dict[str, str] = field(default_factory=dict)
     seed: int = 0
-    tables: str = "keyed"                 # or "hashed" (fixed hashing; the only kind a whole model is written for)
+    tables: str = "keyed"                 # or "hashed" (fixed hashing)
     crosses: tuple[tuple[str, str], ...] = ()  # wide-part crosses, as --cross
     rows: int | None = None               # only the first ``rows`` rows (after ``start_row``)
     start_row: int = 0                    # learn from this row on (the spec still comes from the log's head)
@@ -100,8 +100,6 @@ def _learn_rank(run: ShardedRun, rank: int, on_batch: Callable[[int], None] | No
     head = itertools.islice(read_rows(Path(run.path), run.format, run.reader), SPEC_SAMPLE_ROWS)
     if run.tables not in ("keyed", "hashed"):
         raise ValueError(f"tables must be keyed or hashed, not {run.tables!r}")
-    if run.tables == "keyed" and (run.tensors_in or run.tensors_out):
-        raise ValueError("a whole model is written and resharded for hashed tables only (docs/distributed.md)")
     spec = spec_for(run.model, SpecOptions(keyed=run.tables == "keyed", crosses=run.crosses)
                     .infer([r.features for r in head]))
     stop = None if run.rows is None else run.start_row + run.rows

@@ -95,6 +95,35 @@ def test_ranks_with_keyed_tables_learn_what_one_process_learns(log: Path) -> Non
     np.testing.assert_allclose(report["predictions"], expected, rtol=0, atol=2e-5)
 
 
+def test_a_keyed_model_written_by_two_ranks_goes_on_learning_on_three(log: Path, tmp_path: Path) -> None:
+    """Keyed tables gathered into one process's layout (rows renumbered) and split by key again:
+    three ranks go on as one process would, and the last whole model holds one process's keys,
+    with its values and counters."""
+    half = (ROWS // BATCH // 2) * BATCH
+    first, last = tmp_path / "two.safetensors", tmp_path / "three.safetensors"
+    common = {"batch_size": BATCH, "reader": READER, "timeout_s": 120}
+    report = evaluate_sharded(ShardedRun(str(log), "criteo", "wide_deep", 2, rows=half, tensors_out=str(first),
+                                         **common))
+    resumed = evaluate_sharded(ShardedRun(str(log), "criteo", "wide_deep", 3, start_row=half, tensors_in=str(first),
+                                          tensors_out=str(last), **common))
+    expected, tensors, model = _one_process(log, "wide_deep", keyed=True)
+    np.testing.assert_allclose(np.concatenate([report["predictions"], resumed["predictions"]]), expected,
+                               rtol=0, atol=2e-5)
+    final = load_file(str(last))
+    for group, columns in (("embedding", ("embedding.weight", "embedding.accum", "embedding.counts")),
+                           ("wide", ("wide.z", "wide.n"))):
+        table = model.keyed_tables()[group]
+        held = np.flatnonzero(table.keys >= 0)  # rows held by a key of their own
+        mine = {int(k): i for i, k in enumerate(final[f"{group}.keys"].tolist()) if k >= 0}
+        assert sorted(mine) == sorted(int(k) for k in table.keys[held]), group
+        rows = torch.tensor([mine[int(k)] for k in table.keys[held]])
+        for name in columns:
+            torch.testing.assert_close(final[name].index_select(0, rows), tensors[name].index_select(
+                0, torch.from_numpy(held)), rtol=1e-4, atol=1e-5, msg=name)
+        clock = final[f"{group}.table.clock"].tolist()
+        assert clock[0] == table.clock and clock[3] == table.admitted, (group, clock)
+
+
 def test_ranks_with_keyed_tables_over_their_budget_stay_close_to_one_process(log: Path) -> None:
     """Past the row budget each rank evicts its own least recently used keys: not one process's
     choices, but as good."""
