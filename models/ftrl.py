@@ -182,6 +182,15 @@ class FTRLProximal:
                                   c.alpha, c.beta, c.l1, c.l2, out)
         return torch.from_numpy(out)
 
+    def row_weights(self, rows: torch.Tensor) -> torch.Tensor:
+        """The weights of distinct table rows (not ids: no keyed lookup), float64."""
+        return self._gather(rows).w
+
+    def step_rows(self, rows: torch.Tensor, grads: torch.Tensor) -> None:
+        """Step distinct table rows on their summed gradients (a row sharded across processes,
+        models/sharded.py, steps here on every process's sum)."""
+        self._apply(self._gather(rows), grads)
+
     def update(self, ids: torch.Tensor, grads: torch.Tensor) -> None:
         """Apply per-coordinate gradients ``grads`` to the *unique* coordinates ``ids``."""
         if self.table is not None:

@@ -327,7 +327,7 @@ class ShardedModel:
         """The embedding rows and FTRL weights of this rank's distinct ids, from their owners."""
         model = self.model
         rows = model.embedding.weight.index_select(0, plan.e_rows)
-        weights = (model.wide._gather(plan.w_rows).w if model.wide is not None
+        weights = (model.wide.row_weights(plan.w_rows) if model.wide is not None
                    else torch.zeros(0, dtype=torch.float64))
         got_rows, got_weights = self._exchange([rows, _as_float32(weights)], [rows.shape[1], 2],
                                                [plan.e_from, plan.w_from], [plan.e_to, plan.w_to])
@@ -382,7 +382,7 @@ class ShardedModel:
         model.embedding.apply(table_rows, summed[:, :-1], summed[:, -1])
         if model.wide is not None:
             coordinates, summed_w = self._sum_by_row(plan.w_rows, _as_float64(got_w))
-            model.wide._apply(model.wide._gather(coordinates), summed_w)
+            model.wide.step_rows(coordinates, summed_w)
         return p.numpy()
 
     def _step_network(self) -> None:

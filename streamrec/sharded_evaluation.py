@@ -1,7 +1,7 @@
 """A progressive pass over a log by N ranks that learn one model together (models/sharded.py).
 
-Each rank is a process of one gloo process group on this machine, with one compute thread (two
-ranks with torch's default thread count each ran ten times slower on a 2-core machine). Every
+Each rank is a process of one gloo process group on this machine, with one compute thread (ranks
+with torch's default thread count each fight over the cores: docs/distributed.md). Every
 global batch of ``batch_size`` rows is split into N contiguous shares, one per rank; each rank
 featurizes and learns its share, and the model learns what one process would learn from the
 whole batch. Rank 0 gathers every share's predictions, so the report is over all examples.
