@@ -128,15 +128,18 @@ class SparseEmbedding:
         if leaf.grad is None:
             return
         occurrences = torch.bincount(inverse.reshape(-1), minlength=unique.shape[0]).to(self.counts.dtype)
-        self.apply(unique, leaf.grad * scale, occurrences)
+        self.apply(unique, leaf.grad * scale, occurrences, rows=leaf.detach())
 
-    def apply(self, unique: torch.Tensor, grad: torch.Tensor, occurrences: torch.Tensor) -> None:
+    def apply(self, unique: torch.Tensor, grad: torch.Tensor, occurrences: torch.Tensor,
+              rows: torch.Tensor | None = None) -> None:
         """One step of the distinct rows ``unique`` on their summed gradients ``grad`` (len(unique),
         dim), having occurred ``occurrences`` times in the batch: the regulariser, Adagrad, counts.
-        A row sharded across processes (models/sharded.py) steps here on every process's sum."""
+        ``rows``: their current values, if the caller already holds them. A row sharded across
+        processes (models/sharded.py) steps here on every process's sum."""
         counts = self.counts.index_select(0, unique) + occurrences
         self.counts.index_copy_(0, unique, counts)
-        rows = self.weight.index_select(0, unique)
+        if rows is None:
+            rows = self.weight.index_select(0, unique)
         grad = grad + self.config.l2 * rows / counts.unsqueeze(1)
         accum = self.accum.index_select(0, unique) + grad.pow(2).mean(dim=1)
         self.accum.index_copy_(0, unique, accum)

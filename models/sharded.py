@@ -67,6 +67,19 @@ class Plan:
     global_size: int
 
 
+def gather_rows(local: torch.Tensor, group: dist.ProcessGroup | None = None) -> list[torch.Tensor]:
+    """Every rank's ``local`` rows (their count may differ between ranks), on every rank, in rank order."""
+    world = dist.get_world_size(group)
+    size = torch.tensor([local.shape[0]], dtype=torch.int64)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size, group=group)
+    padded = torch.zeros((max(int(n) for n in sizes), *local.shape[1:]), dtype=local.dtype)
+    padded[:local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded, group=group)
+    return [part[:int(n)] for part, n in zip(parts, sizes)]
+
+
 def _sorted_unique(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Distinct keys and the inverse index (keys span 2^40: too many for BatchUnique's scratch)."""
     distinct, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
@@ -165,11 +178,10 @@ class ShardedModel:
         widths = [column[0].numel() for column in columns.values()]
         values = torch.cat([column.index_select(0, index).reshape(len(held), width).to(torch.float64)
                             for column, width in zip(columns.values(), widths)], dim=1)
-        keys = self._gather_rows(torch.from_numpy(table.keys[held]).unsqueeze(1))
-        last_used = self._gather_rows(torch.from_numpy(table.last_used[held]).unsqueeze(1))
-        rows = self._gather_rows(values)
+        keys = gather_rows(torch.from_numpy(table.keys[held]), self.group)
+        last_used = gather_rows(torch.from_numpy(table.last_used[held]), self.group)
+        rows = gather_rows(values, self.group)
         keys_all, last_all, values_all = (torch.cat(parts) for parts in (keys, last_used, rows))
-        keys_all, last_all = keys_all.reshape(-1), last_all.reshape(-1)
         distinct, inverse = torch.unique(keys_all, return_inverse=True)  # shared rows: one per region
         times = torch.zeros(len(distinct), dtype=torch.float64).index_add_(0, inverse,
                                                                           torch.ones(len(keys_all), dtype=torch.float64))
@@ -187,9 +199,9 @@ class ShardedModel:
         out[f"{prefix}.keys"] = torch.cat([torch.tensor([RESERVED], dtype=torch.int64), distinct])
         out[f"{prefix}.last_used"] = torch.cat([torch.zeros(1, dtype=torch.int64), last])
         state = table.state(prefix)
-        filters = self._gather_rows(state[f"{prefix}.table.filter"].to(torch.int64).unsqueeze(1))
-        sized = [f.reshape(-1) for f in filters if f.numel()]
-        out[f"{prefix}.table.filter"] = (torch.stack(sized).amax(dim=0).to(torch.uint8) if sized
+        filters = gather_rows(state[f"{prefix}.table.filter"], self.group)
+        sized = [f for f in filters if f.numel()]
+        out[f"{prefix}.table.filter"] = (torch.stack(sized).amax(dim=0) if sized
                                          else torch.zeros(0, dtype=torch.uint8))
         counters = state[f"{prefix}.table.clock"].clone()
         summed = counters.clone()
@@ -200,18 +212,6 @@ class ShardedModel:
         out[f"{prefix}.table.clock"] = counters
         out[f"{prefix}.table.time"] = state[f"{prefix}.table.time"]
         return out
-
-    def _gather_rows(self, local: torch.Tensor) -> list[torch.Tensor]:
-        """Every rank's (n, w) rows (n may differ between ranks), on every rank."""
-        size = torch.tensor([local.shape[0]], dtype=torch.int64)
-        sizes = [torch.empty_like(size) for _ in range(self.world)]
-        dist.all_gather(sizes, size, group=self.group)
-        most = max(int(n) for n in sizes)
-        padded = torch.zeros((most, *local.shape[1:]), dtype=local.dtype)
-        padded[:local.shape[0]] = local
-        parts = [torch.empty_like(padded) for _ in range(self.world)]
-        dist.all_gather(parts, padded, group=self.group)
-        return [part[:int(n)] for part, n in zip(parts, sizes)]
 
     def _keep_own_keys(self) -> None:
         """A loaded whole keyed model: this rank frees the rows of keys other ranks own (the
@@ -224,14 +224,9 @@ class ShardedModel:
                 table.evicted = table.admitted = table.not_admitted = 0
 
     def _unshard(self, local: torch.Tensor, rows: int) -> torch.Tensor:
-        most = shard_rows(rows, 0, self.world)
-        padded = torch.zeros((most, *local.shape[1:]), dtype=local.dtype)
-        padded[:local.shape[0]] = local
-        parts = [torch.empty_like(padded) for _ in range(self.world)]
-        dist.all_gather(parts, padded, group=self.group)
         full = torch.empty((rows, *local.shape[1:]), dtype=local.dtype)
-        for rank, part in enumerate(parts):
-            full[rank::self.world] = part[:shard_rows(rows, rank, self.world)]
+        for rank, part in enumerate(gather_rows(local, self.group)):
+            full[rank::self.world] = part
         return full
 
     # ------------------------------------------------------------------ exchanges

@@ -37,6 +37,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from streamrec.producers.readers import Row
 from streamrec.stream import events
@@ -110,14 +111,14 @@ class ResumePositions:
         return len(self.last)
 
 
-def _order_key(kind: object, impression_id: object, event_time: object, run_id: str) -> OrderKey | None:
+def _order_key(kind: str, impression_id: Any, event_time: Any, run_id: str) -> OrderKey | None:
     if not isinstance(impression_id, str) or not impression_id.startswith(run_id + "-"):
         return None
     try:
         index = int(impression_id[len(run_id) + 1:])
     except ValueError:
         return None
-    return (float(event_time), index) if kind == "click" else (0.0, index)  # type: ignore[arg-type]
+    return (float(event_time), index) if kind == "click" else (0.0, index)
 
 
 def event_order_key(event: events.Event, run_id: str) -> OrderKey | None:

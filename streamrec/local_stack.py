@@ -71,7 +71,8 @@ class StackState:
 STORAGES = ("durable", "memory")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the stack's servers, gloo's rendezvous)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -144,7 +145,7 @@ def _s3_credentials(data_dir: Path) -> dict[str, str]:
 def _s3_command(data_dir: Path) -> tuple[list[str], list[int]]:
     """``weed mini`` on free loopback ports with the ``tansu`` bucket; the ports to wait for, S3's first."""
     (data_dir / "s3").mkdir(parents=True, exist_ok=True)
-    ports = {name: _free_port() for name in (
+    ports = {name: free_port() for name in (
         "s3.port", "volume.port", "filer.port", "master.port", "master.port.grpc", "volume.port.grpc",
         "filer.port.grpc", "s3.port.grpc", "admin.port", "admin.port.grpc")}
     cmd = [weed_binary(), "mini", f"-dir={data_dir / 's3'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-bucket=tansu",
@@ -207,7 +208,7 @@ def _environment(name: str, data_dir: Path, s3_endpoint: str) -> dict[str, str] 
 def _commands(home: Path, storage: str) -> tuple[dict[str, list[str]], dict[str, list[int]]]:
     """Each process' command line and the ports to wait for, on free loopback ports."""
     data_dir = home / "data"
-    kafka_port, redis_port = _free_port(), _free_port()
+    kafka_port, redis_port = free_port(), free_port()
     url = f"tcp://127.0.0.1:{kafka_port}"
     durable = storage == "durable"
     engine = "s3://tansu/" if durable else "memory://tansu/"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import os
 import queue
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from streamrec.producers.readers import ReaderOptions, read_rows
+from streamrec.stream.errors import ConfigError
 from streamrec.stream.feature_spec import SpecOptions
 from streamrec.stream.quality_metrics import exact_auc, logloss_terms
 
@@ -55,16 +55,18 @@ class ShardedRun:
 
 
 def sharded_settings(name: str, settings: dict[str, str]) -> dict[str, str]:
-    """Model ``name``'s settings for sharded learning: its FTRL part (if any) steps once per global batch."""
-    from streamrec.models import has_wide_part
+    """Model ``name``'s settings for sharded learning: its FTRL part (if any) steps once per global
+    batch; a ``ftrl.per_example`` set true is a :class:`ConfigError` rather than overridden."""
+    from streamrec.models import REGISTRY, apply_settings, has_wide_part
 
-    return {**settings, "ftrl.per_example": "false"} if has_wide_part(name) else dict(settings)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    if not has_wide_part(name):
+        return dict(settings)
+    if "ftrl.per_example" in settings:
+        given = {"ftrl.per_example": settings["ftrl.per_example"]}
+        if apply_settings(REGISTRY[name].config_class(), given, name).ftrl.per_example:
+            raise ConfigError("--set ftrl.per_example=true: ranks step FTRL once per global batch "
+                              "(docs/distributed.md)")
+    return {**settings, "ftrl.per_example": "false"}
 
 
 def _share(size: int, rank: int, ranks: int) -> tuple[int, int]:
@@ -148,7 +150,7 @@ def _spawned_rank(rank: int, run: ShardedRun, port: int, results: Any) -> None:
         result = _learn_rank(run, rank, progress if rank == 0 else None)
         if rank == 0 and pending[0]:
             results.put(("progress", pending[0]))
-        results.put((result.rank, result.predictions, result.labels, result.wall, result.cpu, result.bytes_sent))
+        results.put(result)
     finally:
         dist.destroy_process_group()
 
@@ -182,13 +184,15 @@ def evaluate_sharded(run: ShardedRun, on_progress: Callable[[int], None] | None 
     predictions in log order under ``predictions``). ``on_progress`` is told examples learned."""
     import torch.multiprocessing as mp
 
+    from streamrec.local_stack import free_port
+
     if run.ranks < 1:
         raise ValueError(f"ranks must be at least 1, not {run.ranks}")
     results = mp.get_context("spawn").Queue()
     started = time.perf_counter()
-    ranks = mp.start_processes(_spawned_rank, args=(run, _free_port(), results), nprocs=run.ranks, join=False,
+    ranks = mp.start_processes(_spawned_rank, args=(run, free_port(), results), nprocs=run.ranks, join=False,
                                start_method="spawn")
-    by_rank: dict[int, tuple] = {}
+    by_rank: dict[int, RankResult] = {}
     try:
         while len(by_rank) < run.ranks:
             try:
@@ -196,11 +200,10 @@ def evaluate_sharded(run: ShardedRun, on_progress: Callable[[int], None] | None 
             except queue.Empty:
                 ranks.join(timeout=0)  # raises if a rank failed
                 continue
-            if item[0] == "progress":
-                if on_progress is not None:
-                    on_progress(item[1])
-                continue
-            by_rank[item[0]] = item[1:]
+            if isinstance(item, RankResult):
+                by_rank[item.rank] = item
+            elif on_progress is not None:
+                on_progress(item[1])  # ("progress", examples)
         while not ranks.join():
             pass
     finally:
@@ -209,24 +212,7 @@ def evaluate_sharded(run: ShardedRun, on_progress: Callable[[int], None] | None 
                 process.kill()
                 process.join()
     wall = time.perf_counter() - started
-    return _report(run, {rank: RankResult(rank, *rest) for rank, rest in by_rank.items()}, wall)
-
-
-def _gathered(values: np.ndarray, dtype: Any) -> list[np.ndarray]:
-    """Every rank's 1-D ``values`` (lengths may differ), on every rank."""
-    import torch
-    import torch.distributed as dist
-
-    world = dist.get_world_size()
-    size = torch.tensor([len(values)], dtype=torch.int64)
-    sizes = [torch.empty_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    most = int(max(int(s) for s in sizes))
-    padded = torch.zeros(most, dtype=dtype)
-    padded[:len(values)] = torch.from_numpy(np.asarray(values)).to(dtype)
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return [part[:int(n)].numpy() for part, n in zip(parts, sizes)]
+    return _report(run, by_rank, wall)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -243,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
     import torch.distributed as dist
+
+    from streamrec.models.sharded import gather_rows
 
     parser = argparse.ArgumentParser(prog="python -m streamrec.sharded_evaluation", description=main.__doc__)
     parser.add_argument("path")
@@ -268,10 +256,11 @@ def main(argv: list[str] | None = None) -> None:
                          timeout_s=args.timeout_s)
         started = time.perf_counter()
         mine = _learn_rank(run, rank)
-        predictions = _gathered(mine.predictions, torch.float64)
-        stats = _gathered(np.array([mine.wall, mine.cpu, mine.bytes_sent], dtype=np.float64), torch.float64)
+        predictions = [p.numpy() for p in gather_rows(torch.from_numpy(mine.predictions).to(torch.float64))]
+        stats = gather_rows(torch.tensor([mine.wall, mine.cpu, mine.bytes_sent], dtype=torch.float64))
         if rank == 0:
-            by_rank = {r: RankResult(r, predictions[r], mine.labels, *stats[r][:2], int(stats[r][2]))
+            by_rank = {r: RankResult(r, predictions[r], mine.labels, float(stats[r][0]), float(stats[r][1]),
+                                     int(stats[r][2]))
                        for r in range(world)}
             report = _report(run, by_rank, time.perf_counter() - started)
             report.pop("predictions")

@@ -309,12 +309,12 @@ def _wait_until_redis_answers(url: str, process: subprocess.Popen, timeout_s: fl
 def test_redis_with_a_password_works_and_refuses_without_it(tmp_path) -> None:
     import subprocess
 
-    from streamrec.local_stack import _free_port, redis_binary
+    from streamrec.local_stack import free_port, redis_binary
     from streamrec.stream.redis_connection import connect
     from streamrec.versions.meta import VersionMeta
     from streamrec.versions.store import VersionStore
 
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                 "--appendonly", "no", "--dir", str(tmp_path), "--requirepass", "s3cret"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -367,7 +367,7 @@ def test_redis_over_tls_with_a_password_and_a_certificate_authority(tmp_path: Pa
     trusted, a connection without it is refused, and the CLI works through such a URL."""
     import shutil
 
-    from streamrec.local_stack import _free_port
+    from streamrec.local_stack import free_port
     from streamrec.stream.redis_connection import connect
     from streamrec.versions.meta import VersionMeta
     from streamrec.versions.store import VersionStore
@@ -384,7 +384,7 @@ def test_redis_over_tls_with_a_password_and_a_certificate_authority(tmp_path: Pa
             "-out", "server.crt", "-days", "1", "-extfile", "ext.cnf")
     server = shutil.which("redis-server")
     assert server is not None
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([server, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
                                 "--tls-cert-file", str(tmp_path / "server.crt"),
                                 "--tls-key-file", str(tmp_path / "server.key"),

@@ -206,7 +206,7 @@ def test_join_worker_survives_a_redis_outage_and_dead_letters_bad_events(stack, 
     """Redis dies mid-run and comes back: the worker keeps joining and writing, its checkpoints fail
     and are retried, and every example still reaches the trainer exactly once."""
     from streamrec.consumers.join_worker import JoinOptions, JoinWorker
-    from streamrec.local_stack import _free_port
+    from streamrec.local_stack import free_port
     from streamrec.stream import events
     from streamrec.stream.kafka_client import make_producer
     from tests.streams import combine
@@ -221,7 +221,7 @@ def test_join_worker_survives_a_redis_outage_and_dead_letters_bad_events(stack, 
     producer.send(settings.impressions_topic, b"{not json", b"u")
     producer.send(settings.clicks_topic, events.encode(events.impression("i", 1.7e9, "u", "a", {})), b"u")
     producer.close()
-    port = _free_port()
+    port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     redis_proc = _start_redis(port, tmp_path)
     worker = JoinWorker(settings, JoinOptions.from_settings(settings, worker_id="solo", exit_at_end=True,

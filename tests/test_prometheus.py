@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from streamrec.dashboard import Collector, PrometheusSource
-from streamrec.local_stack import _free_port
+from streamrec.local_stack import free_port
 from streamrec.stream.kafka_client import create_topics
 from streamrec.stream.prometheus import scrape
 from tests.streams import replay_rows, settings_for, start_trainer, wait_for
@@ -54,7 +54,7 @@ def test_prometheus_scrapes_a_trainer_and_answers_queries(stack, namespace, lear
     prometheus = None
     try:
         wait_for(lambda: running.trainer.metrics.port is not None, 30, "the metrics endpoint")
-        port = _free_port()
+        port = free_port()
         config = tmp_path / "prometheus.yml"
         config.write_text(
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"

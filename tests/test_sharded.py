@@ -189,13 +189,11 @@ def _predict_rank(rank: int, path: str, port: int, out: str) -> None:
 
 
 def test_ranks_score_what_one_process_scores(log: Path, tmp_path: Path) -> None:
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from streamrec.local_stack import free_port
+
+    port = free_port()
     mp.start_processes(_predict_rank, args=(str(log), port, str(tmp_path / "scored")), nprocs=2,
                        start_method="spawn")
     scored = np.concatenate([np.load(tmp_path / f"scored.{rank}.npy") for rank in range(2)])
@@ -236,14 +234,13 @@ def _hanging_rank(rank: int, path: str, port: int) -> None:
 
 
 def test_a_hung_rank_fails_the_others_at_the_collective_timeout(log: Path) -> None:
-    import socket
     import time
 
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from streamrec.local_stack import free_port
+
+    port = free_port()
     ranks = mp.start_processes(_hanging_rank, args=(str(log), port), nprocs=2, join=False, start_method="spawn")
     started = time.monotonic()
     try:
@@ -275,6 +272,7 @@ def test_evaluate_on_ranks_from_the_command_line(log: Path, tmp_path: Path) -> N
     assert report["ranks"] == 2 and report["examples"] == ROWS
     assert abs(report["auc"] - exact_auc(expected, labels)) < 1e-4
     for extra, flag in ((["--search"], "--search"), (["--count", "C3"], "--count"),
-                        (["--model", "din"], "sequence model"), (["--set", "ftrl.per_example=true"], "per_example")):
+                        (["--model", "din"], "sequence model"), (["--set", "ftrl.per_example=true"], "per_example"),
+                        (["--model", "nosuch"], "nosuch")):
         refused = subprocess.run([*command, "--ranks", "2", *extra], capture_output=True, text=True, timeout=120)
         assert refused.returncode != 0 and flag in refused.stderr, refused.stderr

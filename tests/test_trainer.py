@@ -17,7 +17,7 @@ import redis
 
 from streamrec.consumers.trainer import Trainer, TrainerOptions
 from streamrec.demo import scrape
-from streamrec.local_stack import _free_port, redis_binary
+from streamrec.local_stack import free_port, redis_binary
 from streamrec.models import model_from_bytes
 from streamrec.stream import events
 from streamrec.stream.feature_spec import SpecOptions
@@ -198,7 +198,7 @@ def test_redis_outage_is_survived_without_losing_anything(stack, namespace, lear
     rows = learnable_rows[:8000]
     first, second = rows[:4000], rows[4000:]
     settings = settings_for(namespace)
-    port = _free_port()
+    port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     redis_proc = _start_redis(port, tmp_path)
     running = None

@@ -278,29 +278,28 @@ def _evaluate_on_ranks(path: Path, fmt: str, user_field: str | None, item_field:
                        crosses: tuple[str, ...], settings: dict[str, str], seed: int, tables: str, ranks: int,
                        report_json: Path | None) -> None:
     """``evaluate --ranks N``: one model learned by N local gloo ranks (streamrec/sharded_evaluation.py)."""
+    import torch.multiprocessing as mp
+
     from streamrec import api
     from streamrec.models import REGISTRY
     from streamrec.models.deep_base import DeepModel
     from streamrec.producers.readers import ReaderOptions, parse_mapping
     from streamrec.sharded_evaluation import ShardedRun, evaluate_sharded, sharded_settings
 
-    cls = REGISTRY.get(model)
-    if cls is not None and not issubclass(cls, DeepModel):
+    parsed = tuple(api.parse_cross(c) for c in crosses)
+    api.checked_settings(model, settings, parsed, ())  # the model's name first, then its settings
+    cls = REGISTRY[model]
+    if not issubclass(cls, DeepModel):
         raise click.UsageError(f"--ranks: {model} is not an embedding model; models that shard: "
                                + ", ".join(sorted(n for n, c in REGISTRY.items() if issubclass(c, DeepModel)
                                                   and not c.history_length)))
-    if cls is not None and cls.history_length:
+    if cls.history_length:
         raise click.UsageError(f"--ranks: {model} is a sequence model; their histories are not sharded yet")
-    if settings.get("ftrl.per_example", "false").lower() in ("true", "1", "yes"):
-        raise click.UsageError("--set ftrl.per_example=true: ranks step FTRL once per global batch")
-    parsed = tuple(api.parse_cross(c) for c in crosses)
-    api.checked_settings(model, sharded_settings(model, settings), parsed, ())
+    sharded_settings(model, settings)  # refuses ftrl.per_example=true before any rank starts
     reader = ReaderOptions(user_field=user_field, item_field=item_field, strict=strict,
                            mapping=parse_mapping(columns, numeric_columns))
     run = ShardedRun(str(path), fmt, model, ranks, batch_size=batch_size, reader=reader, settings=settings, seed=seed,
                      tables=tables, crosses=parsed, rows=limit)
-    import torch.multiprocessing as mp
-
     with progress_bar(f"evaluate {model} on {ranks} ranks", limit or count_lines(path)) as advance:
         try:
             report = evaluate_sharded(run, on_progress=advance)
