@@ -73,6 +73,17 @@ class ExampleQueue(ReleasedExamples):
         times += [math.inf for p in self._final if p not in self._label_time]
         return min(times) if times else -math.inf
 
+    def absorb(self, other: ExampleQueue, partitions: set[int] | None, lead: bool) -> None:
+        """Take over ``other``'s source partitions in ``partitions`` (all if None); the ``lead``
+        also takes its examples waiting to be trained (a trainer's ranks, re-dealt)."""
+        self._final |= {p for p in other._final if partitions is None or p in partitions}
+        self._label_time.update({p: t for p, t in other._label_time.items() if partitions is None or p in partitions})
+        if lead:
+            self._ready.extend(other.waiting())
+
+    def empty_like(self) -> ExampleQueue:
+        return ExampleQueue()
+
     def state(self) -> dict[str, Any]:
         ready = [example_row(e) for e in self.waiting()]
         packed, feature_rows = pack_features([row[3] for row in ready])

@@ -410,6 +410,21 @@ class Joiner(ReleasedExamples):
             },
         }
 
+    def absorb(self, other: Joiner, partitions: set[int] | None, lead: bool) -> None:
+        """Take over ``other``'s state of ``partitions`` (all if None); the ``lead`` also takes its
+        examples waiting to be trained and its counts (a trainer's ranks, re-dealt: training
+        those examples on any one rank is exactly once)."""
+        for p, part in other._partitions.items():
+            if partitions is None or p in partitions:
+                self._partitions[p] = part
+                self._open += len(part.pending)
+        if lead:
+            self._ready.extend(other.waiting())
+            self.counts = JoinCounts(**{k: v + getattr(other.counts, k) for k, v in asdict(self.counts).items()})
+
+    def empty_like(self) -> Joiner:
+        return Joiner(self.window_s, self.max_pending, self.positives, self.max_ahead_s)
+
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Joiner:
         joiner = cls(state["window_s"], state["max_pending"], state.get("positives", "window"),

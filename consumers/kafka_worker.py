@@ -3,7 +3,7 @@
 A worker serves its ``/metrics`` and announces it in the worker registry, opens a consumer in
 its group and a producer, subscribes, and then polls until stopped or finished::
 
-    serve_metrics()  start()  subscribe(on_assign, on_revoke)  subscribed()
+    serve_metrics()  start()  attach(): subscribe(on_assign, on_revoke), subscribed()
     loop: poll → handle(records) → tick() (True: finished)
     finish(finished) → report;  close the clients (also on failure)
 
@@ -119,6 +119,12 @@ class KafkaWorker:
         self.assignments += 1
         return self.on_assign(partitions)
 
+    def attach(self) -> None:
+        """Join the group and subscribe (a worker with partitions of its own assigns them here)."""
+        assert self.consumer is not None
+        self.consumer.subscribe(list(self.topics), on_assign=self._assigned, on_revoke=self.on_revoke)
+        self.subscribed()
+
     def run(self) -> dict[str, Any]:
         """Work until stopped (``stop_event``) or finished; return the report."""
         self.serve_metrics()
@@ -128,8 +134,7 @@ class KafkaWorker:
         self.producer = make_producer(self.kafka_bootstrap, client, self.security)
         finished = False
         try:
-            self.consumer.subscribe(list(self.topics), on_assign=self._assigned, on_revoke=self.on_revoke)
-            self.subscribed()
+            self.attach()
             while not self.stop_event.is_set():
                 records = self.consumer.poll(self.poll_records, self.poll_timeout_s)
                 if records:

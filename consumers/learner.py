@@ -115,6 +115,19 @@ def _batch_message(op: bytes, batch: Any, labels: bool = True) -> bytes:
                       "event_time": batch.event_time is not None}, arrays)
 
 
+def batch_of(header: dict[str, Any], arrays: list[np.ndarray]) -> Any:
+    """The :class:`SparseBatch` a ``_batch_message`` carries (in a learner process: imports torch)."""
+    import torch
+
+    from streamrec.stream.sparse_batch import SparseBatch
+
+    tensors = [torch.from_numpy(a.copy()) for a in arrays]
+    labels = tensors.pop(3) if header.get("labels") else None
+    history = tensors.pop(3) if header.get("history") else None
+    event_time = tensors.pop(3) if header.get("event_time") else None
+    return SparseBatch(tensors[0], tensors[1], tensors[2], labels, history, event_time)
+
+
 # ------------------------------------------------------------------------------ child process
 
 
@@ -178,7 +191,6 @@ def _child(conn: Connection, board: Any, population: Any = None, tables: Any = N
     from streamrec.models.progressive import progressive_step
     from streamrec.stream.feature_spec import FeatureSpec
     from streamrec.stream.quality_metrics import StreamingMetrics, load_metrics, metrics_blob
-    from streamrec.stream.sparse_batch import SparseBatch
 
     torch.set_num_threads(LEARNER_THREADS)
     model = quality = probe = None
@@ -198,13 +210,6 @@ def _child(conn: Connection, board: Any, population: Any = None, tables: Any = N
                          "search_challengers": float(len(search.challengers)),
                          "search_compute_multiple": search.compute_multiple}
         return {**quality.snapshot(), **(paired.summary() if paired is not None else no_reference()), **searching}
-
-    def batch_of(header: dict[str, Any], arrays: list[np.ndarray]) -> SparseBatch:
-        tensors = [torch.from_numpy(a.copy()) for a in arrays]
-        labels = tensors.pop(3) if header.get("labels") else None
-        history = tensors.pop(3) if header.get("history") else None
-        event_time = tensors.pop(3) if header.get("event_time") else None
-        return SparseBatch(tensors[0], tensors[1], tensors[2], labels, history, event_time)
 
     while True:
         try:
@@ -324,7 +329,7 @@ def _main_script_hidden() -> Iterator[None]:
 class LearnerProcess:
     """The worker's handle on its learner process."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: Any = None, extra: tuple[Any, ...] = ()) -> None:
         context = multiprocessing.get_context("spawn")  # no fork of a process with librdkafka threads
         self._conn, child_conn = context.Pipe(duplex=True)
         # The learner posts its latest metrics here every half second: readable without waiting
@@ -332,7 +337,10 @@ class LearnerProcess:
         self._board = context.Array("d", [float("nan")] * len(QUALITY_KEYS) + [0.0])  # NaN: nothing posted yet
         self._population = context.Array("c", POPULATION_BYTES)  # the search's challengers, JSON
         self._tables = context.Array("c", TABLES_BYTES)  # keyed tables' summaries, JSON
-        self._process = context.Process(target=_child, args=(child_conn, self._board, self._population, self._tables),
+        # ``target``: another learner loop with the same protocol (consumers/rank_learner.py), given
+        # ``extra`` shared values after the usual ones
+        self._process = context.Process(target=target or _child,
+                                        args=(child_conn, self._board, self._population, self._tables, *extra),
                                         name="streamrec-learner",
                                         daemon=True)
         with _main_script_hidden():
@@ -377,9 +385,17 @@ class LearnerProcess:
                 return
 
     def _send(self, message: bytes) -> None:
-        if self._send_error is not None:
-            raise LearnerError(f"the learner process (pid {self.pid}) went away: {self._send_error!r}")
-        self._outbox.put(message)
+        while True:
+            if self._send_error is not None:
+                raise LearnerError(f"the learner process (pid {self.pid}) went away: {self._send_error!r}")
+            try:
+                self._outbox.put(message, timeout=0.5)
+                return
+            except queue.Full:
+                # a learner that died with the pipe full leaves nothing to take from the outbox
+                if not self._process.is_alive():
+                    raise LearnerError(f"the learner process (pid {self.pid}) went away; "
+                                       f"exit code {self._process.exitcode}") from None
 
     @property
     def pid(self) -> int | None:
@@ -515,9 +531,11 @@ class LearnerProcess:
         return json.loads(raw) if raw else {}
 
     def close(self, timeout_s: float = 10.0) -> None:
-        if self._process.is_alive() and self._send_error is None:
-            self._outbox.put(_pack(_STOP, {}))
-        self._outbox.put(None)
+        for message in ((_pack(_STOP, {}),) if self._process.is_alive() and self._send_error is None else ()) + (None,):
+            try:
+                self._outbox.put(message, timeout=timeout_s if self._process.is_alive() else 0.1)
+            except queue.Full:  # a learner that is gone or stuck: it is killed below
+                break
         self._sender.join(timeout_s)
         if self._process.is_alive():
             self._process.join(timeout_s)

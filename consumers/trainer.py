@@ -32,6 +32,7 @@ from streamrec.consumers.example_source import Example, ExampleSource
 from streamrec.consumers.joiner import Joiner
 from streamrec.consumers.kafka_worker import KafkaWorker, WorkerIdentity
 from streamrec.consumers.learner import LearnerProcess
+from streamrec.consumers.source_shards import source_from_state, source_kind
 from streamrec.consumers.trainer_exporter import TrainerExporter, TrainerReadings
 from streamrec.consumers.version_publisher import (
     OnDelta,
@@ -137,11 +138,6 @@ def slices(records: Sequence[Record], limit: int = SLICE_BYTES) -> Iterator[Sequ
         yield records[start:]
 
 
-def source_from_state(state: dict[str, Any]) -> ExampleSource:
-    """The example source a version stored (its ``joiner`` field)."""
-    return ExampleQueue.from_state(state) if state.get("kind") == ExampleQueue.kind else Joiner.from_state(state)
-
-
 class Trainer(KafkaWorker):
     """Reads events (or labelled examples), learns in a learner process, publishes versions and
     deltas of one model; ``run()`` until stopped or, with ``exit_at_end``, the stream's end."""
@@ -211,14 +207,14 @@ class Trainer(KafkaWorker):
         self.featurizer = Featurizer(FeatureSpec.from_json(read_metadata(version.weights)["spec"]))
         if version.source_state is not None:
             state = orjson.loads(version.source_state)
-            source = source_from_state(state)
-            if (source.kind == ExampleQueue.kind) != self.options.from_examples:
-                was = ("<ns>.examples (train --from-examples)" if source.kind == ExampleQueue.kind
+            kind = source_kind(state)
+            if (kind == ExampleQueue.kind) != self.options.from_examples:
+                was = ("<ns>.examples (train --from-examples)" if kind == ExampleQueue.kind
                        else "impressions and clicks")
                 raise StreamrecError(
                     f"version {head} of {self.options.model} was trained from {was}; start this worker the "
                     "same way, or train a new namespace or model name")
-            self.source = source
+            self._resume_source(state)
         if version.history is not None:
             self.history = BehaviourHistory.from_state(orjson.loads(version.history))
         self.counters = Counters(**meta.counters)
@@ -230,6 +226,10 @@ class Trainer(KafkaWorker):
         log.info("resuming %s from version %d: %d examples, offsets %s", self.options.model, head,
                  self.counters.examples, self.positions)
         return head
+
+    def _resume_source(self, state: dict[str, Any]) -> None:
+        """The example source from a version's state (one trainer reads every partition)."""
+        self.source = source_from_state(state)
 
     def _redis_retry(self, what: str, action: Any) -> Any:
         return retry_while_unavailable(
@@ -514,12 +514,15 @@ class Trainer(KafkaWorker):
     def _examples_this_run(self) -> int:
         return self.counters.examples - self._examples_at_start
 
-    def report(self, finished: bool) -> dict[str, Any]:
+    def final_quality(self) -> tuple[dict[str, float], float]:
+        """The report's metrics: the learner's after every batch sent, and its seconds learning."""
         if self.learner is not None and self.learner.ready:
-            snap, learn_seconds = self.learner.quality()
-        else:
-            snap, learn_seconds = {k: float("nan") for k in ("auc", "auc_error_bound", "auc_window", "logloss",
-                                                             "normalized_entropy", "calibration")}, 0.0
+            return self.learner.quality()
+        return {k: float("nan") for k in ("auc", "auc_error_bound", "auc_window", "logloss", "normalized_entropy",
+                                          "calibration")}, 0.0
+
+    def report(self, finished: bool) -> dict[str, Any]:
+        snap, learn_seconds = self.final_quality()
         wall = time.monotonic() - (self.first_record_at or self.started_at)
         return {
             "model": self.options.model,

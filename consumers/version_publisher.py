@@ -27,7 +27,7 @@ import numpy as np
 import redis
 
 from streamrec.consumers.example_source import JoinCounts
-from streamrec.consumers.learner import LearnerProcess
+from streamrec.consumers.learner import LearnerProcess, Snapshot
 from streamrec.consumers.trainer_exporter import TrainerExporter
 from streamrec.consumers.worker_counters import Counters
 from streamrec.stream.errors import StreamrecError
@@ -142,7 +142,10 @@ class VersionPublisher:
         if snapshot is None:
             return None
         pending, self._pending = self._pending, None
-        cut = pending.worker
+        return self.publish_cut(learner, pending, pending.worker, snapshot)
+
+    def publish_cut(self, learner: LearnerProcess, pending: _PendingCut, cut: WorkerCut, snapshot: Snapshot) -> int | None:
+        """Publish one version: ``cut`` (the worker half) with the learner's ``snapshot``."""
         meta = VersionMeta(
             worker=self.options.worker_id, examples_seen=cut.counters.examples,
             offsets={f"{t}:{p}": o for (t, p), o in sorted(cut.positions.items())},

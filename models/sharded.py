@@ -359,11 +359,14 @@ class ShardedModel:
         rows, weights = self._read(plan)
         leaf = rows.requires_grad_(True)
         logit = weights.index_select(0, w_inverse.reshape(-1)).view(w_inverse.shape).sum(dim=1)
-        # the forward and backward pass of this share, on the global batch's mean logloss
-        deep = model.deep_logit(leaf_rows(leaf, e_inverse), batch.dense)
-        p = torch.sigmoid(logit + deep.detach().to(torch.float64))
-        residual = p - batch.labels.to(torch.float64)
-        (deep * (residual / plan.global_size).to(torch.float32)).sum().backward()
+        if len(batch):
+            # the forward and backward pass of this share, on the global batch's mean logloss
+            deep = model.deep_logit(leaf_rows(leaf, e_inverse), batch.dense)
+            p = torch.sigmoid(logit + deep.detach().to(torch.float64))
+            residual = p - batch.labels.to(torch.float64)
+            (deep * (residual / plan.global_size).to(torch.float32)).sum().backward()
+        else:  # an empty share still takes part in every exchange
+            p = residual = torch.zeros(0, dtype=torch.float64)
         self._step_network()
         # the tables: owners step each row once on what every rank sent for it
         grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
@@ -402,6 +405,8 @@ class ShardedModel:
             e_distinct, e_inverse, w_distinct, w_inverse = self._distinct(batch, learning=False)
             rows, weights = self._read(self._plan(batch, (e_distinct, e_inverse), (w_distinct, w_inverse),
                                                   learning=False))
+            if not len(batch):
+                return np.zeros(0)
             logit = self.model.deep_logit(leaf_rows(rows, e_inverse), batch.dense).to(torch.float64)
             logit = logit + weights.index_select(0, w_inverse.reshape(-1)).view(w_inverse.shape).sum(dim=1)
             return torch.sigmoid(logit).numpy()

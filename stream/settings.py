@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     search_live: int = Field(default=3, ge=1)
     search_sample: int = Field(default=3_000, ge=100)
     search_budget: float = Field(default=3.0, ge=1)
+    # A trainer run as ranks (train --ranks): seconds a collective waits for the other ranks
+    # before this rank fails (a rank that hangs fails the group, which then restarts).
+    rank_timeout_s: float = Field(default=120.0, gt=0)
     # How often a join worker makes its partitions' state durable (streamrec join).
     join_checkpoint_every_s: float = Field(default=1.0, gt=0)
     # The scorer's HTTP port (streamrec serve); 0 picks a free one.

@@ -51,6 +51,8 @@ def _streamrec_lines(script: str, scratch: Path) -> list[list[str]]:
     lines = []
     for part in re.split(r"&&|;", script):
         words = shlex.split(part.replace("exec ", ""))
+        if words and words[0] == "torchrun":  # ranks of one model: torchrun ... -m streamrec ARGS
+            words = words[words.index("-m") + 1:]
         if words and words[0] == "streamrec":
             lines.append([_scratch(w, scratch) for w in words[1:]])
     return lines
@@ -98,11 +100,12 @@ def test_compose_runs_the_whole_loop_with_real_streamrec_commands(tmp_path):
         for args in lines:
             commands.add(_parses(args).name)
     assert {"train", "join", "serve", "replay", "generate", "dashboard", "create"} <= commands
-    trainer_ports = {s["environment"]["STREAMREC_METRICS_PORT"] for n, s in services.items() if n in ("trainer", "challenger")}
+    trainers = ("trainer", "challenger", "ranked-0", "ranked-1")
+    trainer_ports = {s["environment"]["STREAMREC_METRICS_PORT"] for n, s in services.items() if n in trainers}
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus-compose.yml").read_text())
     jobs = {job["job_name"]: job["dns_sd_configs"][0] for job in prometheus["scrape_configs"]}
     assert str(jobs["streamrec-trainer"]["port"]) in trainer_ports
-    assert set(jobs["streamrec-trainer"]["names"]) == {"trainer", "challenger"}
+    assert set(jobs["streamrec-trainer"]["names"]) == set(trainers)
     assert services["scorer"]["command"][-1] == str(jobs["streamrec-scorer"]["port"])
 
 
@@ -178,6 +181,15 @@ def test_kubernetes_manifests_are_wired_to_streamrec(tmp_path):
     from streamrec.models import model_names
 
     assert set(models) <= set(model_names())
+    # a model trained by ranks: one torchrun agent per pod, meeting at pod 0 of its own Service
+    ranked = next(w for w, _t in pods if w["metadata"]["name"] == "trainer-ranks")
+    container = ranked["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    args = shlex.split(container["args"][0])
+    assert int(env["RANKS"]) == ranked["spec"]["replicas"] and args[args.index("--nnodes") + 1] == "$RANKS"
+    endpoint = args[args.index("--rdzv-endpoint") + 1]
+    assert endpoint == f"{ranked['metadata']['name']}-0.{ranked['spec']['serviceName']}:29400"
+    assert env["RANKED_MODEL"] in model_names() and "--from-examples" in args
 
 
 def test_the_cli_parser_used_above_rejects_what_streamrec_rejects():

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from streamrec.cli.common import console
 from streamrec.cli.data_commands import evaluate, generate, replay
@@ -51,7 +52,7 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except StreamrecError as exc:
-        console.print(f"[red]error[/]: {exc}")
+        console.print(f"[red]error[/]: {escape(str(exc))}")  # a message may hold [brackets] (paths, tracebacks)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         console.print("interrupted")

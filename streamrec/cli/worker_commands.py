@@ -86,6 +86,12 @@ def _stop_on_signals(stop: threading.Event) -> None:
                    "joining impressions and clicks in this worker.")
 @click.option("--ready-file", type=click.Path(path_type=Path), help="Write {pid, metrics_port} here once serving.")
 @click.option("--report-json", type=click.Path(path_type=Path), help="Write the final report here.")
+@click.option("--ranks", type=click.IntRange(min=1),
+              help="Learn one model as this many local processes (torch.distributed ranks, each reading its "
+                   "share of the partitions; started and restarted by torch's elastic agent; "
+                   "docs/distributed.md). Under torchrun each process is a rank without this flag.")
+@click.option("--max-restarts", type=click.IntRange(min=0), default=3, show_default=True,
+              help="With --ranks: times the group is restarted from the newest version after a rank fails.")
 @click.pass_context
 def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_size: int | None,
           attribution_window_s: float | None, publish_every_examples: int | None, publish_every_s: float | None,
@@ -94,14 +100,28 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
           delta_every_s: float | None, dense_every_s: float | None, gate: bool | None, gate_margin: float | None,
           rollback_drop: float | None, history_fields: tuple[str, ...], history_length: int | None,
           search: bool | None, metrics_host: str | None,
-          from_examples: bool, ready_file: Path | None, report_json: Path | None) -> None:
+          from_examples: bool, ready_file: Path | None, report_json: Path | None, ranks: int | None,
+          max_restarts: int) -> None:
     """Run a trainer worker: join impressions and clicks, learn, publish versions to Redis."""
     from streamrec.api import checked_settings, keyed_tables, parse_cross
+    from streamrec.consumers.rank_trainer import RankPlace, RankTrainer
     from streamrec.consumers.trainer import Trainer, TrainerOptions
     from streamrec.local_stack import resolve_endpoints
     from streamrec.models import parse_settings
     from streamrec.stream.feature_spec import SpecOptions
 
+    place = RankPlace.from_environment()
+    if ranks is not None or place is not None:
+        # what ranks do not do yet, refused when asked for; off where it is only the default
+        for flag, given in (("--search", search), ("--gate", gate)):
+            if given:
+                raise StreamrecError(f"{flag}: not available when a trainer runs as ranks yet (docs/distributed.md)")
+        if delta_every_s:
+            raise StreamrecError("--delta-every-s: deltas are not published by ranks yet; use 0")
+        search, gate, delta_every_s = False, False, 0.0
+    if ranks is not None and place is None:
+        _launch_ranks(ranks, max_restarts)
+        return
     settings = settings_from(ctx, model=model, batch_size=batch_size, attribution_window_s=attribution_window_s,
                              publish_every_examples=publish_every_examples, publish_every_s=publish_every_s,
                              keep_versions=keep_versions, metrics_port=metrics_port, positives=positives,
@@ -111,6 +131,10 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
     pairs = tuple(parse_cross(c) for c in crosses)
     keyed = keyed_tables(tables, buckets)
     parsed = checked_settings(settings.model, parse_settings(model_settings), pairs, counts)
+    if place is not None:
+        from streamrec.sharded_evaluation import sharded_settings
+
+        parsed = sharded_settings(settings.model, parsed)  # FTRL steps once per global batch
     endpoints = resolve_endpoints(settings)
     if from_examples:
         from streamrec.stream.kafka_client import KafkaSecurity, create_topics, partition_count
@@ -125,17 +149,51 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
                                  seed=seed, history_fields=history_fields, history_length=history_length or 0,
                                  keyed=keyed),
         model_settings=parsed, from_examples=from_examples)
-    trainer = Trainer(settings, options, kafka_bootstrap=endpoints.kafka_bootstrap, redis_url=endpoints.redis_url,
-                      on_publish=lambda n, meta, _probe: console.print(
-                          f"published {settings.model} v{n}: {meta.examples_seen:,} examples, "
-                          f"AUC {meta.auc or float('nan'):.4f}"))
+    def published(n: int, meta: Any, _probe: Any) -> None:
+        console.print(f"published {settings.model} v{n}: {meta.examples_seen:,} examples, "
+                      f"AUC {meta.auc or float('nan'):.4f}")
+
+    common = {"kafka_bootstrap": endpoints.kafka_bootstrap, "redis_url": endpoints.redis_url, "on_publish": published}
+    trainer = (Trainer(settings, options, **common) if place is None
+               else RankTrainer(settings, options, place, **common))
+    lead = place is None or place.rank == 0  # of ranks, the first writes the files
     threading.Thread(target=_status_lines, args=(trainer,), daemon=True).start()
-    report = _run_worker(trainer, options.metrics_host, ready_file)
+    report = _run_worker(trainer, options.metrics_host, ready_file if lead else None)
     console.print(f"{report['model']}: {report['examples']:,} examples, AUC {report['auc']:.4f} "
                   f"(window {report['auc_window']:.4f}), {report['versions_published']} versions, "
                   f"{report['examples_per_second']:,.0f} ex/s")
     click.echo(json.dumps(report, sort_keys=True))
-    write_report(report_json, report)
+    if lead:
+        write_report(report_json, report)
+
+
+def _launch_ranks(ranks: int, max_restarts: int) -> None:
+    """Run this same command as ``ranks`` local processes under torch's elastic agent (torchrun),
+    which restarts them all, from the newest version, when one fails."""
+    import sys
+
+    from torch.distributed.run import main as torchrun
+
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg in ("--ranks", "--max-restarts"):
+            skip = True
+        elif not arg.startswith(("--ranks=", "--max-restarts=")):
+            argv.append(arg)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    console.print(f"training as {ranks} ranks (torchrun, up to {max_restarts} restarts)")
+    try:
+        torchrun(["--standalone", f"--nproc-per-node={ranks}", f"--max-restarts={max_restarts}",
+                  "--monitor-interval=0.5", "-m", "streamrec", *argv])
+    except SignalException as exc:
+        # SIGTERM or Ctrl-C: the agent stopped the ranks, which published their last version first
+        console.print(f"stopped ({exc.sigval.name}): the ranks published their last version")
+    except ChildFailedError as exc:
+        raise StreamrecError(f"the ranks failed {max_restarts + 1} times; the last failure:\n{exc}") from None
 
 
 def _run_worker(worker: Any, metrics_host: str, ready_file: Path | None) -> dict[str, Any]:

@@ -1,0 +1,442 @@
+"""The learner process of one rank of a trainer that runs as many ranks (``streamrec train --ranks``).
+
+Each rank is a trainer worker (polling its own partitions, joining, featurizing) with a learner
+process, as one trainer is; the ranks' learner processes form a torch.distributed (gloo) group
+and learn one model together (models/sharded.py: tables split by id, the network replicated).
+The pipe protocol is the one-process learner's (consumers/learner.py); what changes is that a
+learner no longer waits for its own worker alone. It runs global steps in lockstep with the other
+ranks, each step:
+
+1. reads its pipe until it has a batch (its share of the step) or a snapshot request, answering
+   other requests in order (so ``quality`` still comes after every batch sent before it);
+2. exchanges a small header with every rank: share size, whether it has a model, a model
+   proposal, a snapshot request (a *marker*), whether its worker has finished its stream;
+3. if any rank has a share, every rank learns its share (an empty one included) and the
+   predictions and labels of the whole global batch go to every rank's streaming metrics, so the
+   metrics are the whole model's and the same on every rank.
+
+**Versions.** Rank 0's worker decides a version is due and sends a marker; the header tells the
+other ranks, whose learners ask their workers to cut too (``control[CUT_WANTED]``). A learner
+with a marker stops reading its pipe and takes part in steps with empty shares until every rank
+has one; then all gather the whole model (``ShardedModel.full_tensors``) and every worker's half
+of the version (offsets, example source, counters), and rank 0's worker publishes one version
+holding all of it. So a version is written once, whole, or not at all: a rank killed at any
+instant fails the collectives of the others, and the group restarts from the newest version.
+
+**The model.** On a fresh start, the first worker to see examples proposes its spec; the header
+says which rank proposed first, that rank's proposal is broadcast, and every rank builds the same
+model from it (every worker featurizes with the agreed spec). A resumed rank loads the head
+version; the header checks that all ranks resumed from the same one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from streamrec.consumers.learner import (
+    _BATCH,
+    _DELTA,
+    _ERROR,
+    _INIT,
+    _OK,
+    _PROBE,
+    _QUALITY,
+    _REFERENCE,
+    _RESUME,
+    _SNAPSHOT,
+    _STOP,
+    SEARCH_KEYS,
+    LearnerError,
+    LearnerProcess,
+    Snapshot,
+    _pack,
+    _post,
+    _post_tables,
+    _unpack,
+    batch_of,
+)
+from streamrec.stream.paired_window import no_reference
+
+_FINISHED = b"Z"  # the worker has read its partitions to their end: after its last batch
+CUT_WANTED, ALL_FINISHED = 0, 1  # control[...] the learner posts for its worker
+IDLE_WAIT_S = 0.02  # how long an idle group waits for a batch before its next (empty) step
+TIMEOUT_ENV = "STREAMREC_RANK_TIMEOUT_S"  # Settings.rank_timeout_s, read here from the environment
+# header columns
+_SIZE, _HAS_MODEL, _PROPOSING, _MARKER, _FINAL, _DONE, _BASE = range(7)
+
+
+class _Stop(Exception):
+    """The worker asked the learner to stop."""
+
+
+@dataclass(frozen=True)
+class RankSnapshot(Snapshot):
+    """A snapshot taken by every rank at the same global step: on rank 0 the whole model and the
+    metrics (empty elsewhere, and everywhere before any rank had examples), with every rank's
+    worker half (JSON, in rank order); ``final``: every rank's marker was its worker's last."""
+
+    halves: list[bytes]
+    final: bool
+    bytes_sent: int  # payload every rank's learner has put into collectives since it started
+
+
+class _RankLoop:
+    """One rank's learner: see the module docstring."""
+
+    def __init__(self, conn: Connection, board: Any, population: Any, tables: Any, control: Any) -> None:
+        import torch
+        import torch.distributed as dist
+
+        self.torch, self.dist = torch, dist
+        self.conn, self.board, self.population, self.tables, self.control = conn, board, population, tables, control
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.sharded: Any = None
+        self.shadow: Any = None  # rank 0: a whole model the gathered tensors are written from
+        self.quality: Any = None
+        self.empty: Any = None  # an empty share of the model's widths
+        self.base_version = -1
+        self.spec_json = ""
+        self.proposal: dict[str, Any] | None = None  # this worker's INIT, answered once a model is agreed
+        self.share: Any = None
+        self.marker: tuple[bool, bytes] | None = None  # (the worker's last?, its half of the version)
+        self.finished_input = False
+        self.left = False  # the final meeting is over: no more steps
+        self.lineage = uuid.uuid4().hex[:12]
+        self.seconds = 0.0
+        self.bytes_sent = 0  # this loop's own collectives (the model's are ShardedModel.bytes_sent)
+        self.posted = self.tables_posted = 0.0
+
+    # ------------------------------------------------------------------ the pipe
+
+    def reply(self, header: dict[str, Any], arrays: list[np.ndarray] = (), blobs: list[bytes] = ()) -> None:
+        self.conn.send_bytes(_pack(_OK, header, arrays, blobs))
+
+    def read(self, wait_s: float | None) -> None:
+        """Take messages until this step's share or a marker (waiting up to ``wait_s`` for the first)."""
+        while self.share is None and self.marker is None:
+            if not self.conn.poll(wait_s):
+                return
+            wait_s = 0.0
+            try:
+                message = self.conn.recv_bytes()
+            except (EOFError, OSError):
+                raise _Stop from None
+            op, header, arrays, blobs = _unpack(message)
+            if op == _STOP:
+                raise _Stop
+            if op == _BATCH:
+                self.share = batch_of(header, arrays)
+            elif op == _SNAPSHOT:
+                self.marker = (bool(header.get("final")), blobs[0])
+            elif op == _FINISHED:
+                self.finished_input = True
+            elif op == _INIT:
+                self.proposal = header
+                if self.sharded is not None:
+                    self.answer_proposal()
+            elif op == _RESUME:
+                self.resume(header, blobs)
+                self.reply({"lineage": self.lineage})
+            elif op == _QUALITY:
+                snapshot = self.snapshot_of_quality()
+                self.post(snapshot)
+                self.reply({"snapshot": snapshot, "seconds": self.seconds, "search": None})
+            elif op in (_PROBE, _REFERENCE):
+                # the trainer refuses the gate and probes on ranks; a probe is acknowledged unused
+                if op == _PROBE:
+                    self.reply({})
+            elif op == _DELTA:
+                raise RuntimeError("deltas are not published by ranks yet")
+            else:
+                raise RuntimeError(f"unknown learner request {op!r}")
+
+    # ------------------------------------------------------------------ the model
+
+    def build(self, whole: Any, quality: Any, base_version: int) -> None:
+        from streamrec.models.sharded import ShardedModel
+        from streamrec.stream.featurizer import Featurizer
+
+        self.spec_json = whole.spec.to_json()
+        if self.rank == 0:
+            from streamrec.models import model_from_bytes
+
+            self.shadow = model_from_bytes(whole.to_bytes())
+        self.sharded = ShardedModel(whole)
+        self.quality = quality
+        self.base_version = base_version
+        self.empty = Featurizer(whole.spec).build([], [], [], [], None, [])
+
+    def create(self, header: dict[str, Any]) -> None:
+        from streamrec.models import create_model
+        from streamrec.stream.feature_spec import FeatureSpec
+        from streamrec.stream.quality_metrics import StreamingMetrics
+
+        whole = create_model(header["model"], FeatureSpec.from_json(header["spec"]), seed=header["seed"],
+                             settings=header.get("settings") or {})
+        self.build(whole, StreamingMetrics(header["window"]), -1)
+
+    def resume(self, header: dict[str, Any], blobs: list[bytes]) -> None:
+        from streamrec.models import model_from_bytes
+        from streamrec.stream.quality_metrics import StreamingMetrics, load_metrics
+
+        if header.get("search"):
+            raise RuntimeError("the online search does not run on ranks")
+        window = header["window"]
+        quality = load_metrics(blobs[1], window) if blobs[1] else StreamingMetrics(window)
+        self.build(model_from_bytes(blobs[0]), quality, int(header.get("base_version") or 0))
+
+    def answer_proposal(self) -> None:
+        self.proposal = None
+        self.reply({"spec": self.spec_json, "lineage": self.lineage})
+
+    def snapshot_of_quality(self) -> dict[str, float]:
+        if self.quality is None:
+            from streamrec.stream.quality_metrics import StreamingMetrics
+
+            return {**StreamingMetrics().snapshot(), **no_reference(), **{k: float("nan") for k in SEARCH_KEYS}}
+        return {**self.quality.snapshot(), **no_reference(), **{k: float("nan") for k in SEARCH_KEYS}}
+
+    def post(self, snapshot: dict[str, float] | None = None) -> None:
+        _post(self.board, snapshot or self.snapshot_of_quality(), self.seconds, self.population, [])
+
+    # ------------------------------------------------------------------ a global step
+
+    def header(self) -> Any:
+        torch = self.torch
+        row = torch.zeros(7, dtype=torch.int64)
+        row[_SIZE] = 0 if self.share is None else len(self.share)
+        row[_HAS_MODEL] = self.sharded is not None
+        row[_PROPOSING] = self.proposal is not None and self.sharded is None
+        row[_MARKER] = self.marker is not None
+        row[_FINAL] = self.marker is not None and self.marker[0]
+        row[_DONE] = self.finished_input and self.share is None
+        row[_BASE] = self.base_version
+        rows = [torch.empty_like(row) for _ in range(self.world)]
+        self.dist.all_gather(rows, row)
+        self.bytes_sent += row.numel() * row.element_size()
+        return torch.stack(rows)
+
+    def step(self) -> bool:
+        """One global step with every rank; True if it did anything (else the next read waits)."""
+        heads = self.header()
+        sizes = heads[:, _SIZE]
+        if not bool(heads[:, _HAS_MODEL].all()):
+            proposers = (heads[:, _PROPOSING] > 0).nonzero().flatten()
+            if bool(heads[:, _HAS_MODEL].any()):
+                return False  # a rank is still loading the version the others resumed from
+            if len(proposers):
+                self.agree(int(proposers[0]))
+                return True
+            # no rank has had an example yet: versions and the end carry no model
+            return self.markers_and_end(heads)
+        if len(set(heads[:, _BASE].tolist())) > 1:
+            raise RuntimeError(f"ranks resumed from different versions: {heads[:, _BASE].tolist()}")
+        acted = False
+        if int(sizes.sum()) > 0:
+            self.learn(sizes)
+            acted = True
+        return self.markers_and_end(heads) or acted
+
+    def markers_and_end(self, heads: Any) -> bool:
+        """Snapshot when every rank has a marker; tell the worker whether rank 0 is cutting and
+        whether every rank has finished. True if a snapshot was taken."""
+        taken = False
+        if bool(heads[:, _MARKER].all()):
+            self.snapshot(final=bool(heads[:, _FINAL].all()))
+            taken = True
+        self.control[CUT_WANTED] = int(self.rank != 0 and bool(heads[0, _MARKER]) and self.marker is None)
+        if bool(heads[:, _DONE].all()) and not bool(heads[:, _MARKER].any()):
+            self.control[ALL_FINISHED] = 1
+        return taken
+
+    def agree(self, proposer: int) -> None:
+        """Every rank builds the model ``proposer``'s worker proposed."""
+        torch = self.torch
+        text = json.dumps(self.proposal).encode() if self.rank == proposer else b""
+        size = torch.tensor([len(text)], dtype=torch.int64)
+        self.dist.broadcast(size, src=proposer)
+        data = (torch.frombuffer(bytearray(text), dtype=torch.uint8) if self.rank == proposer
+                else torch.empty(int(size), dtype=torch.uint8))
+        self.dist.broadcast(data, src=proposer)
+        self.create(json.loads(bytes(data.numpy())))
+        if self.proposal is not None:
+            self.answer_proposal()
+
+    def learn(self, sizes: Any) -> None:
+        from streamrec.models.sharded import gather_rows
+
+        torch = self.torch
+        started = time.perf_counter()
+        batch = self.share if self.share is not None else self.empty
+        self.share = None
+        probabilities = torch.from_numpy(np.asarray(self.sharded.learn(batch), dtype=np.float64))
+        labels = batch.labels.to(torch.float64)
+        # the whole global batch's predictions, in rank order, for the same metrics on every rank
+        mine = torch.stack([probabilities, labels], dim=1)
+        both = torch.cat(gather_rows(mine))
+        self.bytes_sent += mine.numel() * mine.element_size()
+        self.quality.update(both[:, 0].numpy(), both[:, 1].numpy())
+        self.seconds += time.perf_counter() - started
+        if started - self.posted >= 0.5:
+            self.post()
+            self.posted = started
+        model = self.sharded.model
+        if self.tables is not None and model.keyed_tables() and started - self.tables_posted >= 5.0:
+            from streamrec.models.keyed_rows import table_summary
+
+            _post_tables(self.tables, table_summary(model))
+            self.tables_posted = started
+
+    def snapshot(self, final: bool) -> None:
+        from streamrec.models.sharded import gather_rows
+        from streamrec.stream.quality_metrics import metrics_blob
+
+        torch = self.torch
+        assert self.marker is not None
+        _last, half = self.marker
+        full = self.sharded.full_tensors() if self.sharded is not None else None
+        halves = gather_rows(torch.frombuffer(bytearray(half), dtype=torch.uint8) if half
+                             else torch.zeros(0, dtype=torch.uint8))
+        sent = torch.tensor([self.bytes_sent + (self.sharded.bytes_sent if self.sharded is not None else 0)])
+        self.dist.all_reduce(sent)
+        self.marker = None
+        self.left = final
+        self.control[CUT_WANTED] = 0
+        quality = self.snapshot_of_quality()
+        if self.rank == 0 and full is not None:
+            self.shadow.load_tensors(full)
+            blobs = [self.shadow.to_bytes(), metrics_blob(self.quality), *(bytes(h.numpy()) for h in halves)]
+            finite = self.shadow.all_finite()
+        elif self.rank == 0:
+            blobs, finite = [b"", b"", *(bytes(h.numpy()) for h in halves)], True
+        else:
+            blobs, finite = [b"", b""], True
+        self.reply({"quality": quality, "finite": finite, "lineage": self.lineage, "delta_seq": 0,
+                    "final": final, "bytes_sent": int(sent), "halves": len(blobs) - 2}, blobs=blobs)
+
+    def run(self) -> None:
+        wait = 0.0
+        while not self.left:
+            self.read(wait)
+            wait = 0.0 if self.step() else IDLE_WAIT_S
+        # every rank's last meeting is over and the group may be gone: answer requests until the stop
+        while True:
+            self.read(None)
+            self.share = self.marker = None
+
+
+def _die_with_parent() -> None:
+    """Be killed when the worker dies (Linux): a learner left behind by a killed worker would keep
+    the group's store and addresses alive into the restarted group's rendezvous."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the learner still leaves at its pipe's end
+        pass
+    if os.getppid() == 1:  # the worker died before the line above
+        os._exit(1)
+
+
+def _rank_child(conn: Connection, board: Any, population: Any, tables: Any, control: Any) -> None:
+    # The worker decides when to stop; Ctrl-C, and torch's agent stopping the group with SIGTERM,
+    # reach the whole process group, so this process ignores both and leaves when its pipe closes
+    # (a killed worker takes its learner with it), after the ranks' last version.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)  # ranks with more threads each than the machine has cores crawl
+    from streamrec.stream.settings import Settings
+
+    timeout = float(os.environ.get(TIMEOUT_ENV) or Settings.model_fields["rank_timeout_s"].default)
+    loop = None
+    try:
+        # the launcher's rendezvous (torchrun's MASTER_ADDR/PORT, RANK, WORLD_SIZE) reaches this
+        # process through its environment
+        from torch.distributed.rendezvous import rendezvous
+
+        store, rank, world = next(rendezvous("env://", timeout=timedelta(seconds=timeout)))
+        # keys of this attempt only: a restarted group must not read a dead one's addresses
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group("gloo", store=dist.PrefixStore(f"streamrec-ranks/{attempt}", store), rank=rank,
+                                world_size=world, timeout=timedelta(seconds=timeout))
+        loop = _RankLoop(conn, board, population, tables, control)
+        loop.run()
+    except _Stop:
+        pass
+    except Exception:  # noqa: BLE001 - the worker raises it at its next request; this rank leaves the group
+        text = traceback.format_exc()
+        print(f"rank learner failed:\n{text}", file=sys.stderr, flush=True)  # under torchrun, in its log
+        try:
+            conn.send_bytes(_pack(_ERROR, {"traceback": text}))
+        except OSError:
+            pass
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class RankLearnerProcess(LearnerProcess):
+    """A rank's handle on its learner process (module docstring)."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        self._control = multiprocessing.get_context("spawn").Array("q", [0, 0], lock=False)
+        super().__init__(_rank_child, (self._control,))
+
+    def propose(self, model: str, spec_json: str, seed: int, window: int, settings: dict[str, str]) -> str:
+        """Propose this worker's model; the spec every rank learns with (the first proposal's)."""
+        header, _arrays, _blobs = self._request(_pack(_INIT, {"model": model, "spec": spec_json, "seed": seed,
+                                                              "window": window, "settings": settings}))
+        self.ready = True
+        self.reference_version = None
+        return header["spec"]
+
+    def request_snapshot(self, final: bool = False, half: bytes = b"") -> None:  # type: ignore[override]
+        """Mark this point of the worker's batches with its half of the next version."""
+        if self.snapshot_requested:
+            raise LearnerError("a snapshot is already requested and not yet taken")
+        self._send(_pack(_SNAPSHOT, {"final": final}, blobs=[half]))
+        self._awaiting.append(_SNAPSHOT)
+
+    def take_snapshot(self, block: bool) -> RankSnapshot | None:
+        reply = self._take(_SNAPSHOT, block)
+        if reply is None:
+            return None
+        header, _arrays, blobs = reply
+        return RankSnapshot(blobs[0], blobs[1], header["quality"], None, header["finite"], header["lineage"],
+                            header["delta_seq"], list(blobs[2:]), bool(header["final"]), int(header["bytes_sent"]))
+
+    def finish_input(self) -> None:
+        """The worker has nothing more to send (its partitions' end): ordered after its batches."""
+        self._send(_pack(_FINISHED, {}))
+
+    @property
+    def cut_wanted(self) -> bool:
+        """Rank 0 is cutting a version: this rank's worker should cut its half now."""
+        return bool(self._control[CUT_WANTED])
+
+    @property
+    def all_finished(self) -> bool:
+        """Every rank's worker has finished its partitions and every batch is learned."""
+        return bool(self._control[ALL_FINISHED])
+
+
+__all__ = ["RankLearnerProcess", "RankSnapshot", "TIMEOUT_ENV"]

@@ -1,0 +1,298 @@
+"""One rank of a trainer that learns one model as many processes (``streamrec train --ranks N``, or
+``torchrun --nproc-per-node N -m streamrec train ...``).
+
+Each rank is a :class:`~streamrec.consumers.trainer.Trainer` with three differences:
+
+* **Its own partitions.** Rank ``r`` of ``R`` reads partitions ``p`` with ``p % R == r`` of every
+  input topic, assigned, not subscribed: no group rebalance can move a partition between ranks
+  in the middle of a step. Impressions and clicks of a user share a partition, so each rank joins
+  its own partitions as one trainer would.
+* **Its learner is a rank** (consumers/rank_learner.py): the learners learn one model together in
+  lockstep, each step's global batch made of every rank's share (``batch_size / R`` each).
+* **One version for all ranks.** Rank 0 decides when a version is due; every rank cuts its half
+  (offsets of its partitions, its example source, its counters) at a batch boundary, the
+  learners meet at one global step, and rank 0 publishes a single version with the whole model
+  and every rank's half (consumers/source_shards.py). A version written by R ranks resumes on
+  any number of ranks, or on one trainer: each reader takes its partitions' state.
+
+Counters add up: rank 0 resumes with the version's totals and the others from zero, so the sum
+of the halves is the model's count and digest (tests/test_rank_trainer.py kills ranks at random
+and checks both exactly). The online search, deltas and the quality gate do not run on ranks
+yet; the command refuses them by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from streamrec.consumers.example_source import JoinCounts
+from streamrec.consumers.learner import LearnerProcess
+from streamrec.consumers.rank_learner import RankLearnerProcess, RankSnapshot
+from streamrec.consumers.source_shards import ranks_state, source_from_state
+from streamrec.consumers.trainer import QUALITY_EVERY_S, Trainer, TrainerOptions
+from streamrec.consumers.version_publisher import VersionPublisher, WorkerCut, _PendingCut
+from streamrec.consumers.worker_counters import MASK64, Counters
+from streamrec.models import spec_for
+from streamrec.stream.errors import ConfigError
+from streamrec.stream.feature_blocks import feature_dicts
+from streamrec.stream.feature_spec import SPEC_SAMPLE_ROWS, FeatureSpec
+from streamrec.stream.featurizer import Featurizer
+from streamrec.stream.kafka_client import TopicPartitionKey
+from streamrec.stream.settings import Settings
+
+log = logging.getLogger(__name__)
+PARTITIONS_WAIT_S = 0.5  # between looks for the input topics, before they exist
+
+
+@dataclass(frozen=True)
+class RankPlace:
+    """Which rank this process is, of how many (torchrun's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``)."""
+
+    rank: int
+    world: int
+    local_rank: int = 0  # among the ranks on this host: each serves /metrics on its own port
+
+    @classmethod
+    def from_environment(cls) -> RankPlace | None:
+        """This process's place when torch's launcher started it, else None."""
+        if "TORCHELASTIC_RUN_ID" not in os.environ or "RANK" not in os.environ:
+            return None
+        return cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def refuse_on_ranks(options: TrainerOptions) -> None:
+    """What one trainer does that ranks do not do yet, refused by its setting's name."""
+    for name, on in (("search", options.search), ("gate", options.gate.enabled),
+                     ("delta_every_s", options.delta_every_s > 0)):
+        if on:
+            raise ConfigError(f"{name}: not available when a trainer runs as ranks yet "
+                              "(--no-search, --no-gate, --delta-every-s 0; docs/distributed.md)")
+    if options.spec_options.counts:
+        raise ConfigError("--count: count features are not sharded across ranks yet")
+    if options.spec_options.history_length or options.spec_options.history_fields:
+        raise ConfigError("sequence models' histories are not sharded across ranks yet")
+
+
+def _half(rank: int, partitions: list[int], cut: WorkerCut) -> bytes:
+    """A rank's half of a version as JSON (its source state spliced in as it is)."""
+    meta = orjson.dumps({
+        "rank": rank, "partitions": partitions,
+        "positions": {f"{t}:{p}": o for (t, p), o in sorted(cut.positions.items())},
+        "counters": dataclasses.asdict(cut.counters), "join": dataclasses.asdict(cut.join),
+        "watermark": cut.watermark, "event_time": cut.event_time, "ingested_at": cut.ingested_at})
+    return b'{"meta":' + meta + b',"source":' + cut.source_state + b"}"
+
+
+def merge_halves(halves: list[bytes]) -> WorkerCut:
+    """Every rank's half of one version as the one worker half a version holds."""
+    parts = [orjson.loads(h) for h in halves]
+    metas = [part["meta"] for part in parts]
+    counters = Counters()
+    join = JoinCounts()
+    positions: dict[TopicPartitionKey, int] = {}
+    for meta in metas:
+        for name, value in meta["counters"].items():
+            setattr(counters, name, getattr(counters, name) + value)
+        for name, value in meta["join"].items():
+            setattr(join, name, getattr(join, name) + value)
+        for key, offset in meta["positions"].items():
+            topic, partition = key.rsplit(":", 1)
+            positions[(topic, int(partition))] = int(offset)
+    counters.digest &= MASK64
+    watermarks = [meta["watermark"] for meta in metas]
+    times = [meta["event_time"] for meta in metas if meta["event_time"] is not None]
+    ingested = [meta["ingested_at"] for meta in metas if meta["ingested_at"] is not None]
+    return WorkerCut(
+        positions=positions, counters=counters, join=join,
+        source_state=orjson.dumps(ranks_state([(meta["partitions"], part["source"])
+                                               for meta, part in zip(metas, parts)])),
+        history=None,
+        # every label before the slowest rank's watermark is in the version
+        watermark=None if any(w is None for w in watermarks) else min(watermarks),
+        event_time=max(times) if times else None, ingested_at=max(ingested) if ingested else None)
+
+
+class RankPublisher(VersionPublisher):
+    """Versions of a trainer's ranks: every rank cuts its half, rank 0 publishes them all."""
+
+    def __init__(self, *args: Any, rank: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rank = rank
+        self.partitions: list[int] = []
+        self.merged: WorkerCut | None = None  # rank 0: the newest version's whole worker half
+        self.last_quality: dict[str, float] | None = None  # the whole model's metrics at the last meeting
+        self.bytes_sent = 0  # by every rank's learner into collectives, as of the last meeting
+
+    def cut(self, learner: LearnerProcess, worker: WorkerCut, final: bool = False) -> None:  # type: ignore[override]
+        assert isinstance(learner, RankLearnerProcess)
+        self._pending = _PendingCut(worker, self.unpublished_examples, self.unpublished_events, time.perf_counter())
+        learner.request_snapshot(final, _half(self.rank, self.partitions, worker))
+        self.unpublished_examples = self.unpublished_events = 0
+        self._last_publish_at = time.monotonic()
+
+    def complete(self, learner: LearnerProcess, block: bool) -> int | None:
+        if self._pending is None:
+            return None
+        snapshot = learner.take_snapshot(block)
+        if snapshot is None:
+            return None
+        assert isinstance(snapshot, RankSnapshot)
+        pending, self._pending = self._pending, None
+        self.last_quality = snapshot.quality
+        self.bytes_sent = snapshot.bytes_sent
+        if self.rank != 0:
+            return None
+        self.merged = merge_halves(snapshot.halves)
+        if not snapshot.weights:  # no rank has had an example yet
+            return None
+        return self.publish_cut(learner, pending, self.merged, snapshot)
+
+
+class RankTrainer(Trainer):
+    """One rank of a trainer running as ranks; see the module docstring."""
+
+    def __init__(self, settings: Settings, options: TrainerOptions, place: RankPlace, **kwargs: Any) -> None:
+        refuse_on_ranks(options)
+        port = options.metrics_port
+        options = dataclasses.replace(
+            options, worker_id=f"{options.worker_id}-rank{place.rank}",
+            batch_size=max(1, -(-options.batch_size // place.world)),
+            metrics_port=port + place.local_rank if port else port)
+        super().__init__(settings, options, **kwargs)
+        self.place = place
+        self.publisher = RankPublisher(self.store, options.publish_options(), self.metrics, self._commit,
+                                       on_publish=self.publisher.on_publish, rank=place.rank)
+        self.own: list[int] = []
+        self._stored_source: dict[str, Any] | None = None
+        self._input_finished = False
+
+    # ------------------------------------------------------------------ resume and partitions
+
+    def _resume_source(self, state: dict[str, Any]) -> None:
+        self._stored_source = state  # split once this rank's partitions are known (attach)
+
+    def resume(self) -> int | None:
+        head = super().resume()
+        if head is not None and self.place.rank != 0:
+            self.counters = Counters()  # rank 0 carries the version's totals; the others add to them
+        return head
+
+    def start(self) -> None:
+        self.learner = RankLearnerProcess()
+        self.resume()
+        self._examples_at_start = self.counters.examples
+        self.started_at = time.monotonic()
+
+    def attach(self) -> None:
+        """Assign this rank's partitions of every input topic at the resumed offsets."""
+        assert self.consumer is not None
+        topic = next(iter(self.topics))
+        count = self.consumer.partition_count(topic)
+        while not count and not self.stop_event.wait(PARTITIONS_WAIT_S):
+            count = self.consumer.partition_count(topic)
+        self.own = [p for p in range(count) if p % self.place.world == self.place.rank]
+        self.publisher.partitions = self.own
+        mine = {(t, p) for t in self.topics for p in self.own}
+        self.positions = {tp: offset for tp, offset in self.positions.items() if tp in mine}
+        if self._stored_source is not None:
+            self.source = source_from_state(self._stored_source, self.own, lead=self.place.rank == 0)
+            self._stored_source = None
+        self.assigned = mine
+        self._partition_count = count
+        if mine:
+            self.consumer.assign_at({tp: self.positions.get(tp, 0) for tp in sorted(mine)})
+        log.info("rank %d of %d reads partitions %s of %s", self.place.rank, self.place.world, self.own,
+                 sorted(self.topics))
+        self.subscribed()
+
+    # ------------------------------------------------------------------ learning and versions
+
+    def _ensure_model(self, examples: list[Any]) -> None:
+        assert isinstance(self.learner, RankLearnerProcess)
+        if self.featurizer is None:
+            proposal = self.options.spec_options.infer(
+                feature_dicts([e.features for e in examples[:SPEC_SAMPLE_ROWS]]))
+            spec = spec_for(self.options.model, proposal)
+            agreed = self.learner.propose(self.options.model, spec.to_json(), self.options.seed,
+                                          self.options.window_examples, self.options.model_settings)
+            self.featurizer = Featurizer(FeatureSpec.from_json(agreed))
+        elif not self.learner.ready:
+            self._start_learning()
+
+    def _step_versions(self) -> None:
+        learner = self.learner
+        assert isinstance(learner, RankLearnerProcess)
+        if self.publisher.cutting:
+            self.publisher.complete(learner, block=False)
+        elif self.place.rank == 0:
+            if learner.ready and not learner.all_finished and self.publisher.due():
+                self.publisher.cut(learner, self._worker_cut())
+        elif learner.cut_wanted:
+            self.publisher.cut(learner, self._worker_cut())
+
+    def _own_finished(self) -> bool:
+        return bool(self.assigned) and self.source.finished(self.own) and self._read_to_the_end()
+
+    def tick(self) -> bool:
+        learner = self.learner
+        assert isinstance(learner, RankLearnerProcess)
+        if self.options.exit_at_end and (self._input_finished or self._own_finished()):
+            if not self._input_finished:
+                self.source.advance()
+                self._train_ready(flush=True)
+                learner.finish_input()
+                self._input_finished = True
+            if learner.all_finished and not self.publisher.cutting:
+                return True
+        self._step_versions()
+        now = time.monotonic()
+        if now - self._last_quality >= QUALITY_EVERY_S:
+            self._trained_at.append((now, self.counters.examples))
+            while len(self._trained_at) > 2 and now - self._trained_at[1][0] >= 10.0:
+                self._trained_at.popleft()
+            self._measure_lag()
+            self._last_quality = now
+        return False
+
+    def finish(self, finished: bool) -> dict[str, Any]:
+        """One last meeting of every rank: each cuts its final half (or completes the cut it is in)."""
+        learner = self.learner
+        assert isinstance(learner, RankLearnerProcess)
+        if not self.publisher.cutting:
+            self.publisher.cut(learner, self._worker_cut(), final=True)
+        self.publisher.complete(learner, block=True)
+        self._measure_lag()
+        return self.report(finished)
+
+    def final_quality(self) -> tuple[dict[str, float], float]:
+        # the last meeting's: after it the other ranks may be gone, and the group with them
+        learner = self.learner
+        quality = self.publisher.last_quality
+        if learner is None or quality is None:
+            return super().final_quality() if learner is None else (learner.latest_quality()[0], 0.0)
+        return quality, learner.latest_quality()[1]
+
+    def report(self, finished: bool) -> dict[str, Any]:
+        report = super().report(finished)
+        report.update(rank=self.place.rank, ranks=self.place.world, partitions=self.own)
+        merged = self.publisher.merged
+        if merged is not None:  # rank 0: the whole model's counts, as of its last version
+            c = merged.counters
+            this_run = c.examples - self._examples_at_start
+            wall = report["wall_seconds"]
+            report.update(examples=c.examples, examples_this_run=this_run, digest=f"{c.digest:016x}",
+                          dead_letters=c.dead_letters, events_consumed=c.impressions_read + c.clicks_read,
+                          join=dataclasses.asdict(merged.join),
+                          examples_per_second=this_run / wall if wall > 0 else float("nan"),
+                          bytes_sent_per_example=self.publisher.bytes_sent / max(this_run, 1))
+        return report
+
+
+__all__ = ["RankPlace", "RankPublisher", "RankTrainer", "merge_halves", "refuse_on_ranks"]
