@@ -98,7 +98,9 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "streamrec", "join", "--exit-at-end", "--metrics-port", "0"],
                            env=env, check=True, stdout=subprocess.DEVNULL)
             print(f"joined {args.rows:,} rows into {settings.examples_topic} in {time.perf_counter() - started:.0f}s")
-            settings_list = [*(("ranks", r) for r in args.ranks), *([] if args.no_reference else [("one", 1)])]
+            # the one-process trainer first: it starts from its consumer group's committed offsets
+            # when no version exists, and rank 0 commits every partition's after each version
+            settings_list = [*([] if args.no_reference else [("one", 1)]), *(("ranks", r) for r in args.ranks)]
             for kind, ranks in settings_list:
                 _forget_model(state.redis_url, namespace, args.model)
                 report = Path(tmp) / f"report-{kind}-{ranks}.json"
