@@ -23,6 +23,10 @@ of the version (offsets, example source, counters), and rank 0's worker publishe
 holding all of it. So a version is written once, whole, or not at all: a rank killed at any
 instant fails the collectives of the others, and the group restarts from the newest version.
 
+**The gate.** Rank 0's publisher sets the live version to compare with (``set_reference``);
+the header tells every rank, which takes it at the same step from rank 0, each predicting its
+own share with it; the paired window gets the whole global batch on every rank.
+
 **The model.** On a fresh start, the first worker to see examples proposes its spec; the header
 says which rank proposed first, that rank's proposal is broadcast, and every rank builds the same
 model from it (every worker featurizes with the agreed spec). A resumed rank loads the head
@@ -74,7 +78,7 @@ CUT_WANTED, ALL_FINISHED = 0, 1  # control[...] the learner posts for its worker
 IDLE_WAIT_S = 0.02  # how long an idle group waits for a batch before its next (empty) step
 TIMEOUT_ENV = "STREAMREC_RANK_TIMEOUT_S"  # Settings.rank_timeout_s, read here from the environment
 # header columns
-_SIZE, _HAS_MODEL, _PROPOSING, _MARKER, _FINAL, _DONE, _BASE = range(7)
+_SIZE, _HAS_MODEL, _PROPOSING, _MARKER, _FINAL, _DONE, _BASE, _REF = range(8)
 
 
 class _Stop(Exception):
@@ -109,6 +113,11 @@ class _RankLoop:
         self.base_version = -1
         self.spec_json = ""
         self.proposal: dict[str, Any] | None = None  # this worker's INIT, answered once a model is agreed
+        # the live version the gate compares with (stream/paired_window.py): the whole model on
+        # every rank, each predicting its own share; set by rank 0's worker, taken by all at one step
+        self.pending_reference: tuple[dict[str, Any], bytes] | None = None
+        self.reference: Any = None
+        self.paired: Any = None
         self.share: Any = None
         self.marker: tuple[bool, bytes] | None = None  # (the worker's last?, its half of the version)
         self.finished_input = False
@@ -153,10 +162,10 @@ class _RankLoop:
                 snapshot = self.snapshot_of_quality()
                 self.post(snapshot)
                 self.reply({"snapshot": snapshot, "seconds": self.seconds, "search": None})
-            elif op in (_PROBE, _REFERENCE):
-                # the trainer refuses the gate and probes on ranks; a probe is acknowledged unused
-                if op == _PROBE:
-                    self.reply({})
+            elif op == _REFERENCE:  # rank 0's publisher: every rank takes it at the same step
+                self.pending_reference = (header, blobs[0] if blobs else b"")
+            elif op == _PROBE:  # probes are not predicted by ranks: acknowledged unused
+                self.reply({})
             elif op == _DELTA:
                 raise RuntimeError("deltas are not published by ranks yet")
             else:
@@ -195,18 +204,50 @@ class _RankLoop:
             raise RuntimeError("the online search does not run on ranks")
         window = header["window"]
         quality = load_metrics(blobs[1], window) if blobs[1] else StreamingMetrics(window)
-        self.build(model_from_bytes(blobs[0]), quality, int(header.get("base_version") or 0))
+        whole = model_from_bytes(blobs[0])
+        if getattr(whole, "wide", None) is not None and whole.wide.config.per_example:
+            # a version of one trainer goes on, on ranks, with FTRL stepping once per global
+            # batch: the same z and n, stepped another way from here
+            import dataclasses
+
+            from streamrec.models import replace_setting
+
+            whole.config = replace_setting(whole.config, "ftrl.per_example", False)
+            whole.wide.reconfigure(dataclasses.replace(whole.wide.config, per_example=False))
+        self.build(whole, quality, int(header.get("base_version") or 0))
 
     def answer_proposal(self) -> None:
         self.proposal = None
         self.reply({"spec": self.spec_json, "lineage": self.lineage})
 
     def snapshot_of_quality(self) -> dict[str, float]:
-        if self.quality is None:
-            from streamrec.stream.quality_metrics import StreamingMetrics
+        from streamrec.stream.quality_metrics import StreamingMetrics
 
-            return {**StreamingMetrics().snapshot(), **no_reference(), **{k: float("nan") for k in SEARCH_KEYS}}
-        return {**self.quality.snapshot(), **no_reference(), **{k: float("nan") for k in SEARCH_KEYS}}
+        quality = self.quality if self.quality is not None else StreamingMetrics()
+        paired = self.paired.summary() if self.paired is not None else no_reference()
+        return {**quality.snapshot(), **paired, **{k: float("nan") for k in SEARCH_KEYS}}
+
+    def take_reference(self) -> None:
+        """Every rank takes the reference rank 0's worker set (the header said one is pending)."""
+        from streamrec.models import model_from_bytes
+        from streamrec.stream.paired_window import PairedWindow
+
+        torch = self.torch
+        header, blob = self.pending_reference if self.rank == 0 and self.pending_reference else ({}, b"")
+        text = json.dumps(header).encode()
+        sizes = torch.tensor([len(text), len(blob)], dtype=torch.int64)
+        self.dist.broadcast(sizes, src=0)
+        data = (torch.frombuffer(bytearray(text + blob), dtype=torch.uint8) if self.rank == 0
+                else torch.empty(int(sizes.sum()), dtype=torch.uint8))
+        self.dist.broadcast(data, src=0)
+        raw = bytes(data.numpy())
+        header, blob = json.loads(raw[:int(sizes[0])]), raw[int(sizes[0]):]
+        self.pending_reference = None
+        if header.get("version") is None:
+            self.reference = self.paired = None
+        else:
+            self.reference = model_from_bytes(blob)
+            self.paired = PairedWindow(int(header["version"]), int(header["window"]))
 
     def post(self, snapshot: dict[str, float] | None = None) -> None:
         _post(self.board, snapshot or self.snapshot_of_quality(), self.seconds, self.population, [])
@@ -215,7 +256,7 @@ class _RankLoop:
 
     def header(self) -> Any:
         torch = self.torch
-        row = torch.zeros(7, dtype=torch.int64)
+        row = torch.zeros(8, dtype=torch.int64)
         row[_SIZE] = 0 if self.share is None else len(self.share)
         row[_HAS_MODEL] = self.sharded is not None
         row[_PROPOSING] = self.proposal is not None and self.sharded is None
@@ -223,6 +264,7 @@ class _RankLoop:
         row[_FINAL] = self.marker is not None and self.marker[0]
         row[_DONE] = self.finished_input and self.share is None
         row[_BASE] = self.base_version
+        row[_REF] = self.pending_reference is not None
         rows = [torch.empty_like(row) for _ in range(self.world)]
         self.dist.all_gather(rows, row)
         self.bytes_sent += row.numel() * row.element_size()
@@ -244,6 +286,9 @@ class _RankLoop:
         if len(set(heads[:, _BASE].tolist())) > 1:
             raise RuntimeError(f"ranks resumed from different versions: {heads[:, _BASE].tolist()}")
         acted = False
+        if bool(heads[0, _REF]):
+            self.take_reference()
+            acted = True
         if int(sizes.sum()) > 0:
             self.learn(sizes)
             acted = True
@@ -281,13 +326,22 @@ class _RankLoop:
         started = time.perf_counter()
         batch = self.share if self.share is not None else self.empty
         self.share = None
+        reference = torch.zeros(len(batch), dtype=torch.float64)
+        if self.reference is not None and len(batch):
+            from streamrec.models.online_search import batch_for
+
+            reference = torch.from_numpy(np.asarray(self.reference.predict_proba(batch_for(self.reference, batch)),
+                                                    dtype=np.float64))
         probabilities = torch.from_numpy(np.asarray(self.sharded.learn(batch), dtype=np.float64))
         labels = batch.labels.to(torch.float64)
-        # the whole global batch's predictions, in rank order, for the same metrics on every rank
-        mine = torch.stack([probabilities, labels], dim=1)
-        both = torch.cat(gather_rows(mine))
+        # the whole global batch's predictions (and the live version's), in rank order, for the
+        # same metrics and the same gate evidence on every rank
+        mine = torch.stack([probabilities, reference, labels], dim=1)
+        every = torch.cat(gather_rows(mine))
         self.bytes_sent += mine.numel() * mine.element_size()
-        self.quality.update(both[:, 0].numpy(), both[:, 1].numpy())
+        self.quality.update(every[:, 0].numpy(), every[:, 2].numpy())
+        if self.paired is not None:
+            self.paired.update(every[:, 0].numpy(), every[:, 1].numpy(), every[:, 2].numpy())
         self.seconds += time.perf_counter() - started
         if started - self.posted >= 0.5:
             self.post()

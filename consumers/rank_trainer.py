@@ -17,8 +17,8 @@ Each rank is a :class:`~streamrec.consumers.trainer.Trainer` with three differen
 
 Counters add up: rank 0 resumes with the version's totals and the others from zero, so the sum
 of the halves is the model's count and digest (tests/test_rank_trainer.py kills ranks at random
-and checks both exactly). The online search, deltas and the quality gate do not run on ranks
-yet; the command refuses them by name.
+and checks both exactly). The quality gate runs as with one trainer, on the whole global batch's
+evidence; the online search and deltas do not run on ranks yet, and are refused by name.
 """
 
 from __future__ import annotations
@@ -69,11 +69,10 @@ class RankPlace:
 
 def refuse_on_ranks(options: TrainerOptions) -> None:
     """What one trainer does that ranks do not do yet, refused by its setting's name."""
-    for name, on in (("search", options.search), ("gate", options.gate.enabled),
-                     ("delta_every_s", options.delta_every_s > 0)):
+    for name, on in (("search", options.search), ("delta_every_s", options.delta_every_s > 0)):
         if on:
             raise ConfigError(f"{name}: not available when a trainer runs as ranks yet "
-                              "(--no-search, --no-gate, --delta-every-s 0; docs/distributed.md)")
+                              "(--no-search, --delta-every-s 0; docs/distributed.md)")
     if options.spec_options.counts:
         raise ConfigError("--count: count features are not sharded across ranks yet")
     if options.spec_options.history_length or options.spec_options.history_fields:
@@ -180,6 +179,12 @@ class RankTrainer(Trainer):
 
     def resume(self) -> int | None:
         head = super().resume()
+        if head is not None and self.featurizer is not None:
+            spec = self.featurizer.spec
+            if spec.counts or spec.history_length:
+                what = "count features" if spec.counts else "behaviour histories"
+                raise ConfigError(f"version {head} of {self.options.model} has {what}, which ranks do not shard "
+                                  "yet: go on with one trainer, or train a new model name on ranks")
         if head is not None and self.place.rank != 0:
             self.counters = Counters()  # rank 0 carries the version's totals; the others add to them
         return head
@@ -238,7 +243,8 @@ class RankTrainer(Trainer):
             self.publisher.cut(learner, self._worker_cut())
 
     def _own_finished(self) -> bool:
-        return bool(self.assigned) and self.source.finished(self.own) and self._read_to_the_end()
+        # a rank without partitions (more ranks than partitions) has nothing to wait for
+        return bool(self._partition_count) and self.source.finished(self.own) and self._read_to_the_end()
 
     def tick(self) -> bool:
         learner = self.learner
@@ -258,6 +264,8 @@ class RankTrainer(Trainer):
             while len(self._trained_at) > 2 and now - self._trained_at[1][0] >= 10.0:
                 self._trained_at.popleft()
             self._measure_lag()
+            if self.place.rank == 0:
+                self.publisher.check_rollback(learner)
             self._last_quality = now
         return False
 

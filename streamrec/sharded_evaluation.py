@@ -69,6 +69,20 @@ def sharded_settings(name: str, settings: dict[str, str]) -> dict[str, str]:
     return {**settings, "ftrl.per_example": "false"}
 
 
+def unshardable(model: str) -> str | None:
+    """Why ranks cannot learn ``model`` yet (None: they can)."""
+    from streamrec.models import REGISTRY
+    from streamrec.models.deep_base import DeepModel
+
+    cls = REGISTRY[model]
+    if not issubclass(cls, DeepModel):
+        return (f"{model} is not an embedding model; models that shard: "
+                + ", ".join(sorted(n for n, c in REGISTRY.items() if issubclass(c, DeepModel) and not c.history_length)))
+    if cls.history_length:
+        return f"{model} is a sequence model; their histories are not sharded yet"
+    return None
+
+
 def _share(size: int, rank: int, ranks: int) -> tuple[int, int]:
     return size * rank // ranks, size * (rank + 1) // ranks
 

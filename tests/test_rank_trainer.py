@@ -80,11 +80,12 @@ def test_the_halves_of_a_version_add_up():
 
 
 def test_ranks_refuse_what_they_do_not_do_yet_by_name(tmp_path):
-    for flag in ("--search", "--gate"):
-        done = subprocess.run([sys.executable, "-m", "streamrec", "train", "--ranks", "2", flag],
+    for flags in (["--search"], ["--delta-every-s", "0.5"], ["--count", "C1"], ["--model", "din"], ["--model", "lr"]):
+        done = subprocess.run([sys.executable, "-m", "streamrec", "train", "--ranks", "2", *flags],
                               capture_output=True, text=True, timeout=60,
                               env={**os.environ, "STREAMREC_HOME": str(tmp_path)})
-        assert done.returncode != 0 and flag in done.stderr, done.stderr
+        assert done.returncode != 0 and (flags[0] if flags[0] != "--model" else "--ranks") in done.stderr, done.stderr
+        assert "stack" not in done.stderr  # refused before anything starts
 
 
 # ---------------------------------------------------------------------------- on the stack
@@ -100,7 +101,7 @@ def _env(stack, namespace: str, tmp_path: Path) -> dict[str, str]:
 
 def _train(ranks: int | None, report: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "streamrec", "train", "--model", "wide_deep", "--no-search",
-            "--no-gate", "--delta-every-s", "0", "--batch-size", "256", "--metrics-port", "0",
+            "--delta-every-s", "0", "--batch-size", "256", "--metrics-port", "0",
             "--report-json", str(report), *(("--ranks", str(ranks)) if ranks else ()), *extra]
 
 
@@ -123,14 +124,15 @@ def _stop_when_settled(process: subprocess.Popen, store: VersionStore, least: in
 @pytest.mark.integration
 def test_ranks_learn_every_example_once_and_resume_on_another_rank_count(stack, namespace, learnable_rows, tmp_path):
     # one log growing in event time: 2 ranks learn its first part, 3 ranks the next from their
-    # version, then one trainer (no ranks) the rest from theirs, to the end
-    parts = [(2, "a", learnable_rows[:5000]), (3, "b", learnable_rows[5000:10000]),
-             (None, "c", learnable_rows[10000:])]
+    # version, one trainer (no ranks, FTRL per example) the next from theirs, and 2 ranks again
+    # (FTRL per global batch from the same state) to the end
+    parts = [(2, "a", learnable_rows[:3500]), (3, "b", learnable_rows[3500:7000]),
+             (None, "c", learnable_rows[7000:10000]), (2, "d", learnable_rows[10000:])]
     settings = load_settings(namespace=namespace, partitions=PARTITIONS)
     env = _env(stack, namespace, tmp_path)
     store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "wide_deep")
     for ranks, run_id, part in parts:
-        last = run_id == "c"
+        last = run_id == "d"
         replay_rows(stack, settings, part, run_id, final=last)
         report = tmp_path / f"report-{run_id}.json"
         command = _train(ranks, report, "--publish-every-s", "0.5", *(["--exit-at-end"] if last else []))
@@ -155,6 +157,10 @@ def test_ranks_learn_every_example_once_and_resume_on_another_rank_count(stack, 
         assert meta.metrics["examples"] == meta.examples_seen
         if ranks:
             assert summary["ranks"] == ranks and summary["partitions"] == [0, ranks]  # rank 0's share
+            # the gate judged the version on the whole global batches' evidence against live
+            assert meta.gate is not None
+            if run_id == "b":  # resumed: compared with the live version from its first steps
+                assert meta.metrics["paired_version"] is not None and meta.metrics["paired_examples"] > 100
     # every example once, with its label, whichever rank count read it
     rows = learnable_rows
     assert meta.counters["examples"] == len(rows) and meta.join["orphan_clicks"] == 0

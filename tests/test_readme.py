@@ -162,6 +162,11 @@ def test_every_everyday_use_line_runs_in_order(tmp_path: Path) -> None:
                 if args[2] == "frappe.libfm":  # the README says where the real file comes from
                     _write_libfm(tmp_path / "frappe.libfm", ROWS)
                 session.run(args[1:])
+            elif args[1] == "train" and "--ranks" in args:
+                report = tmp_path / "ranks.json"
+                session.run([*args[1:], "--metrics-port", "0", "--report-json", str(report)])
+                summary = json.loads(report.read_text())
+                assert summary["examples"] == replayed and summary["ranks"] == 2, summary
             elif args[1] == "train" and "--from-examples" not in args:
                 port_at = args.index("--metrics-port") + 1
                 args[port_at] = "0"

@@ -281,20 +281,14 @@ def _evaluate_on_ranks(path: Path, fmt: str, user_field: str | None, item_field:
     import torch.multiprocessing as mp
 
     from streamrec import api
-    from streamrec.models import REGISTRY
-    from streamrec.models.deep_base import DeepModel
     from streamrec.producers.readers import ReaderOptions, parse_mapping
-    from streamrec.sharded_evaluation import ShardedRun, evaluate_sharded, sharded_settings
+    from streamrec.sharded_evaluation import ShardedRun, evaluate_sharded, sharded_settings, unshardable
 
     parsed = tuple(api.parse_cross(c) for c in crosses)
     api.checked_settings(model, settings, parsed, ())  # the model's name first, then its settings
-    cls = REGISTRY[model]
-    if not issubclass(cls, DeepModel):
-        raise click.UsageError(f"--ranks: {model} is not an embedding model; models that shard: "
-                               + ", ".join(sorted(n for n, c in REGISTRY.items() if issubclass(c, DeepModel)
-                                                  and not c.history_length)))
-    if cls.history_length:
-        raise click.UsageError(f"--ranks: {model} is a sequence model; their histories are not sharded yet")
+    refused = unshardable(model)
+    if refused:
+        raise click.UsageError(f"--ranks: {refused}")
     sharded_settings(model, settings)  # refuses ftrl.per_example=true before any rank starts
     reader = ReaderOptions(user_field=user_field, item_field=item_field, strict=strict,
                            mapping=parse_mapping(columns, numeric_columns))

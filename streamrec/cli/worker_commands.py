@@ -104,7 +104,7 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
           max_restarts: int) -> None:
     """Run a trainer worker: join impressions and clicks, learn, publish versions to Redis."""
     from streamrec.api import checked_settings, keyed_tables, parse_cross
-    from streamrec.consumers.rank_trainer import RankPlace, RankTrainer
+    from streamrec.consumers.rank_trainer import RankPlace, RankTrainer, refuse_on_ranks
     from streamrec.consumers.trainer import Trainer, TrainerOptions
     from streamrec.local_stack import resolve_endpoints
     from streamrec.models import parse_settings
@@ -113,15 +113,11 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
     place = RankPlace.from_environment()
     if ranks is not None or place is not None:
         # what ranks do not do yet, refused when asked for; off where it is only the default
-        for flag, given in (("--search", search), ("--gate", gate)):
-            if given:
-                raise StreamrecError(f"{flag}: not available when a trainer runs as ranks yet (docs/distributed.md)")
+        if search:
+            raise StreamrecError("--search: not available when a trainer runs as ranks yet (docs/distributed.md)")
         if delta_every_s:
             raise StreamrecError("--delta-every-s: deltas are not published by ranks yet; use 0")
-        search, gate, delta_every_s = False, False, 0.0
-    if ranks is not None and place is None:
-        _launch_ranks(ranks, max_restarts)
-        return
+        search, delta_every_s = False, 0.0
     settings = settings_from(ctx, model=model, batch_size=batch_size, attribution_window_s=attribution_window_s,
                              publish_every_examples=publish_every_examples, publish_every_s=publish_every_s,
                              keep_versions=keep_versions, metrics_port=metrics_port, positives=positives,
@@ -131,10 +127,22 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
     pairs = tuple(parse_cross(c) for c in crosses)
     keyed = keyed_tables(tables, buckets)
     parsed = checked_settings(settings.model, parse_settings(model_settings), pairs, counts)
-    if place is not None:
-        from streamrec.sharded_evaluation import sharded_settings
+    on_ranks = ranks is not None or place is not None
+    if on_ranks:
+        from streamrec.sharded_evaluation import sharded_settings, unshardable
 
+        refused = unshardable(settings.model)
+        if refused:
+            raise StreamrecError(f"--ranks: {refused}")
         parsed = sharded_settings(settings.model, parsed)  # FTRL steps once per global batch
+    options = TrainerOptions.from_settings(
+        settings, worker_id=worker_id or _default_worker_id(), exit_at_end=exit_at_end, seed=seed,
+        spec_options=SpecOptions(cat_buckets=buckets or DEFAULT_CAT_BUCKETS, crosses=pairs, counts=counts,
+                                 seed=seed, history_fields=history_fields, history_length=history_length or 0,
+                                 keyed=keyed),
+        model_settings=parsed, from_examples=from_examples)
+    if on_ranks:
+        refuse_on_ranks(options)  # before any rank starts, each of which would fail the same way
     endpoints = resolve_endpoints(settings)
     if from_examples:
         from streamrec.stream.kafka_client import KafkaSecurity, create_topics, partition_count
@@ -143,12 +151,10 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
         security = KafkaSecurity.from_settings(settings)
         partitions = partition_count(endpoints.kafka_bootstrap, settings.impressions_topic, security=security)
         create_topics(endpoints.kafka_bootstrap, [settings.examples_topic], partitions, security=security)
-    options = TrainerOptions.from_settings(
-        settings, worker_id=worker_id or _default_worker_id(), exit_at_end=exit_at_end, seed=seed,
-        spec_options=SpecOptions(cat_buckets=buckets or DEFAULT_CAT_BUCKETS, crosses=pairs, counts=counts,
-                                 seed=seed, history_fields=history_fields, history_length=history_length or 0,
-                                 keyed=keyed),
-        model_settings=parsed, from_examples=from_examples)
+    if ranks is not None and place is None:
+        _launch_ranks(ranks, max_restarts)
+        return
+
     def published(n: int, meta: Any, _probe: Any) -> None:
         console.print(f"published {settings.model} v{n}: {meta.examples_seen:,} examples, "
                       f"AUC {meta.auc or float('nan'):.4f}")
