@@ -128,9 +128,23 @@ class RankPublisher(VersionPublisher):
         self.merged: WorkerCut | None = None  # rank 0: the newest version's whole worker half
         self.last_quality: dict[str, float] | None = None  # the whole model's metrics at the last meeting
         self.bytes_sent = 0  # by every rank's learner into collectives, as of the last meeting
+        self.learned_at_cut = 0.0  # the whole model's examples at the last cut (rank 0)
+
+    def due_for(self, learned: float) -> bool:
+        """Rank 0: a version is due, counting what every rank learned (``learned``: the whole
+        model's examples, as the learner last posted them), not only rank 0's own examples."""
+        if self._pending is not None or not self._backoff.ready():
+            return False
+        new = (learned if learned == learned else 0) - self.learned_at_cut  # NaN: nothing posted yet
+        if new <= 0 and not self.unpublished:
+            return False
+        return (self._rollback_reason is not None or new >= self.options.publish_every_examples
+                or time.monotonic() - self._last_publish_at >= self.options.publish_every_s)
 
     def cut(self, learner: LearnerProcess, worker: WorkerCut, final: bool = False) -> None:  # type: ignore[override]
         assert isinstance(learner, RankLearnerProcess)
+        learned = learner.latest_quality()[0]["examples"]
+        self.learned_at_cut = learned if learned == learned else self.learned_at_cut
         self._pending = _PendingCut(worker, self.unpublished_examples, self.unpublished_events, time.perf_counter())
         learner.request_snapshot(final, _half(self.rank, self.partitions, worker))
         self.unpublished_examples = self.unpublished_events = 0
@@ -193,6 +207,7 @@ class RankTrainer(Trainer):
         self.learner = RankLearnerProcess()
         self.resume()
         self._examples_at_start = self.counters.examples
+        self.publisher.learned_at_cut = float(self.counters.examples)  # rank 0: the version's, learned before
         self.started_at = time.monotonic()
 
     def attach(self) -> None:
@@ -237,7 +252,8 @@ class RankTrainer(Trainer):
         if self.publisher.cutting:
             self.publisher.complete(learner, block=False)
         elif self.place.rank == 0:
-            if learner.ready and not learner.all_finished and self.publisher.due():
+            # the other ranks may be learning while rank 0's own partitions are quiet
+            if learner.ready and not learner.all_finished and self.publisher.due_for(learner.latest_quality()[0]["examples"]):
                 self.publisher.cut(learner, self._worker_cut())
         elif learner.cut_wanted:
             self.publisher.cut(learner, self._worker_cut())

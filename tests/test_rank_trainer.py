@@ -79,13 +79,32 @@ def test_the_halves_of_a_version_add_up():
     assert merge_halves([cut(0, 1, 0, None), cut(1, 1, 0, 2.0)]).watermark is None
 
 
+def test_rank_zero_cuts_a_version_for_what_any_rank_learned():
+    from streamrec.consumers.rank_trainer import RankPublisher
+    from streamrec.consumers.trainer_exporter import TrainerExporter
+    from streamrec.consumers.version_publisher import PublishOptions
+    from streamrec.versions.quality_gate import GateOptions
+
+    options = PublishOptions(100, 3600.0, 5, 0.0, 5.0, GateOptions(False, 0.02, 0.05), "w")
+    publisher = RankPublisher(None, options, TrainerExporter("m", "w"), lambda _positions: None, rank=0)
+    publisher.learned_at_cut = 1000.0  # what the resumed version held
+    assert not publisher.due_for(1000.0) and not publisher.due_for(float("nan"))  # nothing new anywhere
+    assert not publisher.due_for(1099.0)  # fewer than publish_every_examples, and not yet time
+    assert publisher.due_for(1100.0)  # the other ranks learned them while rank 0 read nothing
+    assert not publisher.unpublished
+
+
 def test_ranks_refuse_what_they_do_not_do_yet_by_name(tmp_path):
-    for flags in (["--search"], ["--delta-every-s", "0.5"], ["--count", "C1"], ["--model", "din"], ["--model", "lr"]):
-        done = subprocess.run([sys.executable, "-m", "streamrec", "train", "--ranks", "2", *flags],
-                              capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "STREAMREC_HOME": str(tmp_path)})
-        assert done.returncode != 0 and (flags[0] if flags[0] != "--model" else "--ranks") in done.stderr, done.stderr
-        assert "stack" not in done.stderr  # refused before anything starts
+    from click.testing import CliRunner
+
+    from streamrec.cli import cli
+
+    for flags, named in ((["--search"], "--search"), (["--delta-every-s", "0.5"], "--delta-every-s"),
+                         (["--count", "C1"], "--count"), (["--model", "din"], "sequence model"),
+                         (["--model", "lr"], "not an embedding model")):
+        # refused before anything starts: there is no broker or Redis here to reach
+        result = CliRunner().invoke(cli, ["train", "--ranks", "2", *flags], env={"STREAMREC_HOME": str(tmp_path)})
+        assert result.exit_code != 0 and named in str(result.exception), (flags, result.exception)
 
 
 # ---------------------------------------------------------------------------- on the stack
@@ -114,7 +133,7 @@ def _stop_when_settled(process: subprocess.Popen, store: VersionStore, least: in
         seen = store.meta(head).examples_seen if head else 0
         if seen != last:
             last, since = seen, time.monotonic()
-        elif seen >= least and time.monotonic() - since > 2.0:
+        elif seen >= least and time.monotonic() - since > 1.0:
             break
         time.sleep(0.1)
     process.send_signal(signal.SIGTERM)
@@ -189,7 +208,7 @@ def _rank_pids(launcher: int) -> list[int]:
 @pytest.mark.integration
 def test_a_rank_killed_at_random_instants_loses_nothing_and_repeats_nothing(stack, namespace, learnable_rows,
                                                                            tmp_path):
-    rows = learnable_rows
+    rows = learnable_rows[:8000]
     settings = load_settings(namespace=namespace, partitions=PARTITIONS)
     produced = replay_rows(stack, settings, rows, "k")
     env = _env(stack, namespace, tmp_path)
