@@ -93,8 +93,15 @@ def test_prometheus_scrapes_a_trainer_and_answers_queries(stack, namespace, lear
         wait_for(caught_up, 30, "Prometheus to see every example", 0.3)
         (labels, examples), = series('streamrec_examples_trained_total{model="lr"}').items()
         assert json.loads(labels)["worker"] == "prom-w" and examples == scraped["streamrec_examples_trained_total"]
-        auc = series('streamrec_auc_ratio{model="lr",window="recent"}')
-        assert list(auc.values()) == [scraped["streamrec_auc_ratio{window=recent}"]]
+
+        def same_auc() -> bool:
+            # the worker counts examples as it sends them; the learner posts their AUC a moment later
+            nonlocal scraped
+            scraped = scrape(running.trainer.metrics.port)
+            auc = series('streamrec_auc_ratio{model="lr",window="recent"}')
+            return list(auc.values()) == [scraped["streamrec_auc_ratio{window=recent}"]]
+
+        wait_for(same_auc, 30, "Prometheus and the trainer to show the same AUC", 0.5)
         joins = series('streamrec_join_outcomes_total{model="lr"}')
         by_outcome = {json.loads(k)["outcome"]: v for k, v in joins.items()}
         assert by_outcome["positives"] + by_outcome["negatives"] == len(rows)
