@@ -454,11 +454,11 @@ class LearnerProcess:
     def learn(self, batch: Any) -> None:
         self._send(_batch_message(_BATCH, batch))
 
-    def _ask(self, kind: bytes, header: dict[str, Any]) -> None:
+    def _ask(self, kind: bytes, header: dict[str, Any], blobs: list[bytes] = ()) -> None:
         if kind in self._awaiting or self._replies[kind]:
             raise LearnerError(f"a {'snapshot' if kind == _SNAPSHOT else 'delta'} is already requested "
                                "and not yet taken")
-        self._send(_pack(kind, header))
+        self._send(_pack(kind, header, blobs=blobs))
         self._awaiting.append(kind)
 
     def _take(self, kind: bytes, block: bool) -> tuple[dict[str, Any], list[np.ndarray], list[bytes]] | None:
@@ -531,7 +531,8 @@ class LearnerProcess:
         return json.loads(raw) if raw else {}
 
     def close(self, timeout_s: float = 10.0) -> None:
-        for message in ((_pack(_STOP, {}),) if self._process.is_alive() and self._send_error is None else ()) + (None,):
+        stop = [_pack(_STOP, {})] if self._process.is_alive() and self._send_error is None else []
+        for message in [*stop, None]:
             try:
                 self._outbox.put(message, timeout=timeout_s if self._process.is_alive() else 0.1)
             except queue.Full:  # a learner that is gone or stuck: it is killed below

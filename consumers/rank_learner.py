@@ -62,7 +62,6 @@ from streamrec.consumers.learner import (
     _SNAPSHOT,
     _STOP,
     SEARCH_KEYS,
-    LearnerError,
     LearnerProcess,
     Snapshot,
     _pack,
@@ -232,22 +231,25 @@ class _RankLoop:
         from streamrec.models import model_from_bytes
         from streamrec.stream.paired_window import PairedWindow
 
-        torch = self.torch
         header, blob = self.pending_reference if self.rank == 0 and self.pending_reference else ({}, b"")
-        text = json.dumps(header).encode()
-        sizes = torch.tensor([len(text), len(blob)], dtype=torch.int64)
-        self.dist.broadcast(sizes, src=0)
-        data = (torch.frombuffer(bytearray(text + blob), dtype=torch.uint8) if self.rank == 0
-                else torch.empty(int(sizes.sum()), dtype=torch.uint8))
-        self.dist.broadcast(data, src=0)
-        raw = bytes(data.numpy())
-        header, blob = json.loads(raw[:int(sizes[0])]), raw[int(sizes[0]):]
+        header = json.loads(self.broadcast_bytes(json.dumps(header).encode(), src=0))
+        blob = self.broadcast_bytes(blob, src=0)
         self.pending_reference = None
         if header.get("version") is None:
             self.reference = self.paired = None
         else:
             self.reference = model_from_bytes(blob)
             self.paired = PairedWindow(int(header["version"]), int(header["window"]))
+
+    def broadcast_bytes(self, data: bytes, src: int) -> bytes:
+        """``data`` of rank ``src`` on every rank (the others pass anything)."""
+        torch = self.torch
+        size = torch.tensor([len(data)], dtype=torch.int64)
+        self.dist.broadcast(size, src=src)
+        buffer = (torch.frombuffer(bytearray(data), dtype=torch.uint8) if self.rank == src and data
+                  else torch.empty(int(size), dtype=torch.uint8))
+        self.dist.broadcast(buffer, src=src)
+        return bytes(buffer.numpy())
 
     def post(self, snapshot: dict[str, float] | None = None) -> None:
         _post(self.board, snapshot or self.snapshot_of_quality(), self.seconds, self.population, [])
@@ -308,14 +310,8 @@ class _RankLoop:
 
     def agree(self, proposer: int) -> None:
         """Every rank builds the model ``proposer``'s worker proposed."""
-        torch = self.torch
         text = json.dumps(self.proposal).encode() if self.rank == proposer else b""
-        size = torch.tensor([len(text)], dtype=torch.int64)
-        self.dist.broadcast(size, src=proposer)
-        data = (torch.frombuffer(bytearray(text), dtype=torch.uint8) if self.rank == proposer
-                else torch.empty(int(size), dtype=torch.uint8))
-        self.dist.broadcast(data, src=proposer)
-        self.create(json.loads(bytes(data.numpy())))
+        self.create(json.loads(self.broadcast_bytes(text, src=proposer)))
         if self.proposal is not None:
             self.answer_proposal()
 
@@ -465,10 +461,7 @@ class RankLearnerProcess(LearnerProcess):
 
     def request_snapshot(self, final: bool = False, half: bytes = b"") -> None:  # type: ignore[override]
         """Mark this point of the worker's batches with its half of the next version."""
-        if self.snapshot_requested:
-            raise LearnerError("a snapshot is already requested and not yet taken")
-        self._send(_pack(_SNAPSHOT, {"final": final}, blobs=[half]))
-        self._awaiting.append(_SNAPSHOT)
+        self._ask(_SNAPSHOT, {"final": final}, [half])
 
     def take_snapshot(self, block: bool) -> RankSnapshot | None:
         reply = self._take(_SNAPSHOT, block)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,13 +35,11 @@ from streamrec.consumers.example_source import JoinCounts
 from streamrec.consumers.learner import LearnerProcess
 from streamrec.consumers.rank_learner import RankLearnerProcess, RankSnapshot
 from streamrec.consumers.source_shards import ranks_state, source_from_state
-from streamrec.consumers.trainer import QUALITY_EVERY_S, Trainer, TrainerOptions
-from streamrec.consumers.version_publisher import VersionPublisher, WorkerCut, _PendingCut
+from streamrec.consumers.trainer import Trainer, TrainerOptions
+from streamrec.consumers.version_publisher import VersionPublisher, WorkerCut
 from streamrec.consumers.worker_counters import MASK64, Counters
-from streamrec.models import spec_for
 from streamrec.stream.errors import ConfigError
-from streamrec.stream.feature_blocks import feature_dicts
-from streamrec.stream.feature_spec import SPEC_SAMPLE_ROWS, FeatureSpec
+from streamrec.stream.feature_spec import FeatureSpec
 from streamrec.stream.featurizer import Featurizer
 from streamrec.stream.kafka_client import TopicPartitionKey
 from streamrec.stream.settings import Settings
@@ -129,26 +126,22 @@ class RankPublisher(VersionPublisher):
         self.last_quality: dict[str, float] | None = None  # the whole model's metrics at the last meeting
         self.bytes_sent = 0  # by every rank's learner into collectives, as of the last meeting
         self.learned_at_cut = 0.0  # the whole model's examples at the last cut (rank 0)
+        self._final = False  # the cut being taken is this worker's last
 
     def due_for(self, learned: float) -> bool:
         """Rank 0: a version is due, counting what every rank learned (``learned``: the whole
         model's examples, as the learner last posted them), not only rank 0's own examples."""
-        if self._pending is not None or not self._backoff.ready():
-            return False
-        new = (learned if learned == learned else 0) - self.learned_at_cut  # NaN: nothing posted yet
-        if new <= 0 and not self.unpublished:
-            return False
-        return (self._rollback_reason is not None or new >= self.options.publish_every_examples
-                or time.monotonic() - self._last_publish_at >= self.options.publish_every_s)
+        return self.due((learned if learned == learned else 0) - self.learned_at_cut)  # NaN: nothing posted yet
 
     def cut(self, learner: LearnerProcess, worker: WorkerCut, final: bool = False) -> None:  # type: ignore[override]
+        self._final = final
+        super().cut(learner, worker)
+
+    def request_snapshot(self, learner: LearnerProcess, worker: WorkerCut) -> None:
         assert isinstance(learner, RankLearnerProcess)
         learned = learner.latest_quality()[0]["examples"]
         self.learned_at_cut = learned if learned == learned else self.learned_at_cut
-        self._pending = _PendingCut(worker, self.unpublished_examples, self.unpublished_events, time.perf_counter())
-        learner.request_snapshot(final, _half(self.rank, self.partitions, worker))
-        self.unpublished_examples = self.unpublished_events = 0
-        self._last_publish_at = time.monotonic()
+        learner.request_snapshot(self._final, _half(self.rank, self.partitions, worker))
 
     def complete(self, learner: LearnerProcess, block: bool) -> int | None:
         if self._pending is None:
@@ -170,6 +163,8 @@ class RankPublisher(VersionPublisher):
 
 class RankTrainer(Trainer):
     """One rank of a trainer running as ranks; see the module docstring."""
+
+    learner_class = RankLearnerProcess
 
     def __init__(self, settings: Settings, options: TrainerOptions, place: RankPlace, **kwargs: Any) -> None:
         refuse_on_ranks(options)
@@ -201,14 +196,8 @@ class RankTrainer(Trainer):
                                   "yet: go on with one trainer, or train a new model name on ranks")
         if head is not None and self.place.rank != 0:
             self.counters = Counters()  # rank 0 carries the version's totals; the others add to them
-        return head
-
-    def start(self) -> None:
-        self.learner = RankLearnerProcess()
-        self.resume()
-        self._examples_at_start = self.counters.examples
         self.publisher.learned_at_cut = float(self.counters.examples)  # rank 0: the version's, learned before
-        self.started_at = time.monotonic()
+        return head
 
     def attach(self) -> None:
         """Assign this rank's partitions of every input topic at the resumed offsets."""
@@ -237,10 +226,7 @@ class RankTrainer(Trainer):
     def _ensure_model(self, examples: list[Any]) -> None:
         assert isinstance(self.learner, RankLearnerProcess)
         if self.featurizer is None:
-            proposal = self.options.spec_options.infer(
-                feature_dicts([e.features for e in examples[:SPEC_SAMPLE_ROWS]]))
-            spec = spec_for(self.options.model, proposal)
-            agreed = self.learner.propose(self.options.model, spec.to_json(), self.options.seed,
+            agreed = self.learner.propose(self.options.model, self._proposed_spec(examples).to_json(), self.options.seed,
                                           self.options.window_examples, self.options.model_settings)
             self.featurizer = Featurizer(FeatureSpec.from_json(agreed))
         elif not self.learner.ready:
@@ -274,15 +260,7 @@ class RankTrainer(Trainer):
             if learner.all_finished and not self.publisher.cutting:
                 return True
         self._step_versions()
-        now = time.monotonic()
-        if now - self._last_quality >= QUALITY_EVERY_S:
-            self._trained_at.append((now, self.counters.examples))
-            while len(self._trained_at) > 2 and now - self._trained_at[1][0] >= 10.0:
-                self._trained_at.popleft()
-            self._measure_lag()
-            if self.place.rank == 0:
-                self.publisher.check_rollback(learner)
-            self._last_quality = now
+        self._every_second(check_rollback=self.place.rank == 0)  # rank 0 publishes, so it rolls back
         return False
 
     def finish(self, finished: bool) -> dict[str, Any]:
@@ -297,11 +275,10 @@ class RankTrainer(Trainer):
 
     def final_quality(self) -> tuple[dict[str, float], float]:
         # the last meeting's: after it the other ranks may be gone, and the group with them
-        learner = self.learner
         quality = self.publisher.last_quality
-        if learner is None or quality is None:
-            return super().final_quality() if learner is None else (learner.latest_quality()[0], 0.0)
-        return quality, learner.latest_quality()[1]
+        if self.learner is None or quality is None:
+            return super().final_quality()
+        return quality, self.learner.latest_quality()[1]
 
     def report(self, finished: bool) -> dict[str, Any]:
         report = super().report(finished)

@@ -143,6 +143,7 @@ class Trainer(KafkaWorker):
     deltas of one model; ``run()`` until stopped or, with ``exit_at_end``, the stream's end."""
 
     role = "trainer"
+    learner_class: type[LearnerProcess] = LearnerProcess
 
     def __init__(self, settings: Settings, options: TrainerOptions, *, kafka_bootstrap: str, redis_url: str,
                  on_publish: OnPublish | None = None, probe: list[tuple[str, str, dict[str, Any]]] | None = None,
@@ -255,7 +256,7 @@ class Trainer(KafkaWorker):
 
     def start(self) -> None:
         # The learner process imports torch while this one resumes and joins the group.
-        self.learner = LearnerProcess()
+        self.learner = self.learner_class()
         self.resume()
         self._examples_at_start = self.counters.examples
         self.started_at = time.monotonic()
@@ -312,6 +313,11 @@ class Trainer(KafkaWorker):
             publisher.complete_delta(learner, block=False)
         if publisher.delta_due(learner, waiting=self.source.ready):
             self._request_delta()
+        self._every_second()
+        return False
+
+    def _every_second(self, check_rollback: bool = True) -> None:
+        """The rate samples, the lag and the rollback check, each at its own pace."""
         now = time.monotonic()
         if now - self._last_quality >= QUALITY_EVERY_S:
             self._trained_at.append((now, self.counters.examples))
@@ -320,9 +326,10 @@ class Trainer(KafkaWorker):
             if now - self._last_lag >= LAG_EVERY_S:
                 self._measure_lag()
                 self._last_lag = now
-            publisher.check_rollback(learner)
+            if check_rollback:
+                assert self.learner is not None
+                self.publisher.check_rollback(self.learner)
             self._last_quality = now
-        return False
 
     def finish(self, finished: bool) -> dict[str, Any]:
         assert self.learner is not None
@@ -362,10 +369,14 @@ class Trainer(KafkaWorker):
 
     # ------------------------------------------------------------------ learning
 
+    def _proposed_spec(self, examples: list[Example]) -> FeatureSpec:
+        """The model's spec as the stream's first examples suggest it."""
+        inferred = self.options.spec_options.infer(feature_dicts([e.features for e in examples[:SPEC_SAMPLE_ROWS]]))
+        return spec_for(self.options.model, inferred)
+
     def _ensure_model(self, examples: list[Example]) -> None:
         if self.featurizer is None:
-            spec = self.options.spec_options.infer(feature_dicts([e.features for e in examples[:SPEC_SAMPLE_ROWS]]))
-            self.featurizer = Featurizer(spec_for(self.options.model, spec))
+            self.featurizer = Featurizer(self._proposed_spec(examples))
         if self.featurizer.spec.history_length and self.history is None:
             spec = self.featurizer.spec
             self.history = BehaviourHistory(spec.history_kind, spec.history_length, fields=spec.history_fields,

@@ -120,18 +120,24 @@ class VersionPublisher:
     def cutting(self) -> bool:
         return self._pending is not None
 
-    def due(self) -> bool:
-        if self._pending is not None or not self._backoff.ready() or not self.unpublished:
+    def due(self, examples: float | None = None) -> bool:
+        """A version is due; ``examples``: learned since the last cut (default: by this worker)."""
+        examples = self.unpublished_examples if examples is None else examples
+        if self._pending is not None or not self._backoff.ready() or not (examples > 0 or self.unpublished):
             return False
-        return (self._rollback_reason is not None or self.unpublished_examples >= self.options.publish_every_examples
+        return (self._rollback_reason is not None or examples >= self.options.publish_every_examples
                 or time.monotonic() - self._last_publish_at >= self.options.publish_every_s)
 
     def cut(self, learner: LearnerProcess, worker: WorkerCut) -> None:
         """Take the worker's half now and ask the learner for its half as of the same batch."""
         self._pending = _PendingCut(worker, self.unpublished_examples, self.unpublished_events, time.perf_counter())
-        learner.request_snapshot()
+        self.request_snapshot(learner, worker)
         self.unpublished_examples = self.unpublished_events = 0
         self._last_publish_at = time.monotonic()
+
+    def request_snapshot(self, learner: LearnerProcess, worker: WorkerCut) -> None:
+        """Ask the learner for its half of the version ``worker`` is the worker's half of."""
+        learner.request_snapshot()
 
     def complete(self, learner: LearnerProcess, block: bool) -> int | None:
         """Publish the pending cut once the learner's half is there, then commit its offsets.

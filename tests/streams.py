@@ -38,6 +38,25 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str = "the co
         time.sleep(every_s)
 
 
+def head_examples(store: Any) -> int:
+    """Examples in a model's newest version (0 before the first)."""
+    head = store.head()
+    return store.meta(head).examples_seen if head else 0
+
+
+def run_into_the_stream(process: subprocess.Popen, store: Any, total: int, rng: Any,
+                        shares: tuple[float, float], pause_s: float) -> None:
+    """Let ``process`` train until its newest version holds a random share (in ``shares``) more of
+    the ``total`` examples left, then a random moment more (up to ``pause_s``): a kill then lands
+    while training, while publishing, or between a publish and its offset commit."""
+    start = head_examples(store)
+    threshold = start + rng.uniform(*shares) * (total - start)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and head_examples(store) < threshold and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(rng.uniform(0.0, pause_s))
+
+
 def settings_for(namespace: str, **overrides: Any) -> Settings:
     return load_settings(namespace=namespace, partitions=PARTITIONS, **overrides)
 

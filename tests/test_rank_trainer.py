@@ -25,7 +25,7 @@ from streamrec.consumers.version_publisher import WorkerCut
 from streamrec.consumers.worker_counters import Counters
 from streamrec.stream.settings import load_settings
 from streamrec.versions.store import VersionStore
-from tests.streams import combine, expected_digest, replay_rows
+from tests.streams import combine, expected_digest, head_examples, replay_rows, run_into_the_stream
 
 PARTITIONS = 4  # so that 2 and 3 ranks each read a different share
 
@@ -129,8 +129,7 @@ def _stop_when_settled(process: subprocess.Popen, store: VersionStore, least: in
     (the rest wait in the join for event time to pass), then wait for its clean exit."""
     deadline, last, since = time.monotonic() + timeout_s, -1, time.monotonic()
     while process.poll() is None and time.monotonic() < deadline:
-        head = store.head()
-        seen = store.meta(head).examples_seen if head else 0
+        seen = head_examples(store)
         if seen != last:
             last, since = seen, time.monotonic()
         elif seen >= least and time.monotonic() - since > 1.0:
@@ -161,8 +160,7 @@ def test_ranks_learn_every_example_once_and_resume_on_another_rank_count(stack, 
             if last:
                 process.wait(timeout=240)
             else:  # a clean stop (SIGTERM) of every rank: one last version from all of them
-                head = store.head()
-                _stop_when_settled(process, store, (store.meta(head).examples_seen if head else 0) + 1)
+                _stop_when_settled(process, store, head_examples(store) + 1)
         finally:
             if process.poll() is None:
                 process.kill()
@@ -218,27 +216,18 @@ def test_a_rank_killed_at_random_instants_loses_nothing_and_repeats_nothing(stac
                      "--max-restarts", "10")
     rng = random.Random(20261201)
 
-    def seen() -> int:
-        head = store.head()
-        return store.meta(head).examples_seen if head else 0
-
     kills: list[int] = []
     with open(tmp_path / "ranks.log", "wb") as log:
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     launcher = process.pid
     try:
         while len(kills) < 3 and process.poll() is None:
-            start = seen()
-            threshold = start + rng.uniform(0.1, 0.3) * (len(rows) - start)
-            deadline = time.monotonic() + 120
-            while process.poll() is None and seen() < threshold and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.1))
+            run_into_the_stream(process, store, len(rows), rng, (0.1, 0.3), 0.1)
             pids = _rank_pids(launcher)
-            if process.poll() is not None or len(pids) < 2 or seen() >= len(rows):
+            if process.poll() is not None or len(pids) < 2 or head_examples(store) >= len(rows):
                 break
             os.kill(rng.choice(pids), signal.SIGKILL)
-            kills.append(seen())
+            kills.append(head_examples(store))
             # the agent tears the group down and starts a new one
             deadline = time.monotonic() + 60
             while process.poll() is None and set(_rank_pids(launcher)) & set(pids) and time.monotonic() < deadline:

@@ -8,13 +8,19 @@ import random
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import redis
 
 from streamrec.versions.store import VersionStore
-from tests.streams import PARTITIONS, expected_digest, replay_rows, settings_for
+from tests.streams import (
+    PARTITIONS,
+    expected_digest,
+    head_examples,
+    replay_rows,
+    run_into_the_stream,
+    settings_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -43,26 +49,17 @@ def test_sigkill_at_random_moments_loses_nothing_and_repeats_nothing(stack, name
     kills = 5
     progress_at_kill = []
 
-    def seen() -> int:
-        head = store.head()
-        return store.meta(head).examples_seen if head else 0
-
     for attempt in range(kills + 1):
         log_path = tmp_path / f"trainer-{attempt}.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
         try:
             if attempt < kills:
-                start = seen()
-                threshold = start + rng.uniform(0.05, 0.25) * (len(rows) - start)
-                deadline = time.monotonic() + 120
-                while process.poll() is None and seen() < threshold and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                time.sleep(rng.uniform(0.0, 0.05))
+                run_into_the_stream(process, store, len(rows), rng, (0.05, 0.25), 0.05)
                 if process.poll() is None:
                     process.send_signal(signal.SIGKILL)
                     process.wait()
-                    progress_at_kill.append(seen())
+                    progress_at_kill.append(head_examples(store))
                     continue
             returncode = process.wait(timeout=180)
         finally:
