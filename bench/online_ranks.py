@@ -2,6 +2,9 @@
 
     python bench/online_ranks.py --rows 1000000 --batch-size 1024
     python bench/online_ranks.py --rows 200000 --ranks 1 2 --tables hashed
+    python bench/online_ranks.py --rows 200000 --agrawal        # River's Agrawal written as a Criteo log
+    python bench/online_ranks.py --rows 200000 --seed 7         # the generator with another seed
+    python bench/online_ranks.py --frappe frappe.libfm          # Frappe (libfm; user f0, item f1)
 
 The rows are replayed onto the embedded broker once and labelled once by a join worker into
 ``<ns>.examples``; then, for each rank count, ``streamrec train --from-examples --ranks R
@@ -19,6 +22,7 @@ what 2 machines give: docs/distributed.md projects that from the bytes.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -31,13 +35,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import SYNTHETIC_FIELDS, write_result  # noqa: E402
+from bench._common import SYNTHETIC_FIELDS, write_agrawal_criteo, write_result  # noqa: E402
 from streamrec.local_stack import start_stack, stop_stack  # noqa: E402
 from streamrec.producers.column_replay import replay_columns  # noqa: E402
 from streamrec.producers.columns import read_columns  # noqa: E402
 from streamrec.producers.generator import generate, write_stream  # noqa: E402
-from streamrec.producers.readers import ReaderOptions  # noqa: E402
-from streamrec.producers.replay import ReplayOptions  # noqa: E402
+from streamrec.producers.readers import ReaderOptions, read_rows  # noqa: E402
+from streamrec.producers.replay import ReplayOptions, replay  # noqa: E402
 from streamrec.stream.kafka_client import create_topics, make_producer  # noqa: E402
 from streamrec.stream.settings import load_settings  # noqa: E402
 
@@ -68,11 +72,23 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--tables", choices=["keyed", "hashed"], default="keyed")
     parser.add_argument("--no-reference", action="store_true", help="skip the one-process trainer")
+    parser.add_argument("--seed", type=int, default=0, help="the generator's seed")
+    parser.add_argument("--agrawal", action="store_true", help="River's Agrawal as a Criteo log instead")
+    parser.add_argument("--frappe", type=Path, help="Frappe as libfm (hexiangnan/neural_factorization_machine, "
+                                                    "data/frappe) instead, replayed row by row")
     parser.add_argument("--name", default="online_ranks")
     args = parser.parse_args()
+    source = (f"Frappe ({args.frappe.name}, hexiangnan/neural_factorization_machine)" if args.frappe
+              else f"River's Agrawal (function 2, 5% perturbation, seed {args.seed}) as a Criteo log" if args.agrawal
+              else f"synthetic (producers/generator.py, seed {args.seed})")
     with tempfile.TemporaryDirectory() as tmp:
         home, data = Path(tmp) / "home", Path(tmp) / "stream.tsv"
-        write_stream(generate(args.rows, seed=0), data, seed=0)
+        if args.frappe:
+            pass
+        elif args.agrawal:
+            write_agrawal_criteo(data, args.rows, seed=args.seed)
+        else:
+            write_stream(generate(args.rows, seed=args.seed), data, seed=args.seed)
         state = start_stack(home)
         runs = []
         try:
@@ -83,11 +99,16 @@ def main() -> None:
                                                   settings.dead_letter_topic, settings.examples_topic],
                           args.partitions)
             producer = make_producer(state.kafka_bootstrap)
+            where = {"impressions_topic": settings.impressions_topic, "clicks_topic": settings.clicks_topic,
+                     "dead_letter_topic": settings.dead_letter_topic, "partitions": args.partitions}
             try:
-                replay_columns(read_columns(data, "criteo", ReaderOptions(**SYNTHETIC_FIELDS)), producer,
-                               options=ReplayOptions(run_id="bench"), impressions_topic=settings.impressions_topic,
-                               clicks_topic=settings.clicks_topic, dead_letter_topic=settings.dead_letter_topic,
-                               partitions=args.partitions)
+                if args.frappe:
+                    rows = itertools.islice(read_rows(args.frappe, "libfm", ReaderOptions(user_field="f0",
+                                                                                          item_field="f1")), args.rows)
+                    replay(rows, producer, options=ReplayOptions(run_id="bench"), **where)
+                else:
+                    replay_columns(read_columns(data, "criteo", ReaderOptions(**SYNTHETIC_FIELDS)), producer,
+                                   options=ReplayOptions(run_id="bench"), **where)
             finally:
                 producer.close()
             env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
@@ -97,7 +118,7 @@ def main() -> None:
             started = time.perf_counter()
             subprocess.run([sys.executable, "-m", "streamrec", "join", "--exit-at-end", "--metrics-port", "0"],
                            env=env, check=True, stdout=subprocess.DEVNULL)
-            print(f"joined {args.rows:,} rows into {settings.examples_topic} in {time.perf_counter() - started:.0f}s")
+            print(f"joined {source} into {settings.examples_topic} in {time.perf_counter() - started:.0f}s")
             # the one-process trainer first: it starts from its consumer group's committed offsets
             # when no version exists, and rank 0 commits every partition's after each version
             settings_list = [*([] if args.no_reference else [("one", 1)]), *(("ranks", r) for r in args.ranks)]
@@ -141,7 +162,7 @@ def main() -> None:
     print(f"same examples learned in every setting: {same}")
     write_result(args.name, {"rows": args.rows, "model": args.model, "batch_size": args.batch_size,
                              "partitions": args.partitions, "tables": args.tables,
-                             "data": "synthetic (producers/generator.py, seed 0), joined by one join worker",
+                             "data": f"{source}, joined by one join worker",
                              "runs": runs, **summary, "same_examples_everywhere": same})
 
 
