@@ -25,6 +25,7 @@ import traceback
 import types
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -184,7 +185,7 @@ def _child(conn: Connection, board: Any, population: Any = None, tables: Any = N
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
-    from streamrec.models import create_model, model_from_bytes
+    from streamrec.models import create_model, model_from_stored
     from streamrec.models.base import read_metadata
     from streamrec.models.keyed_rows import table_summary
     from streamrec.models.online_search import OnlineSearch, SearchSettings, batch_for
@@ -251,7 +252,7 @@ def _child(conn: Connection, board: Any, population: Any = None, tables: Any = N
                     if header.get("version") is None:
                         reference = paired = None
                     else:
-                        reference = model_from_bytes(blobs[0])
+                        reference = model_from_stored(blobs[0], blobs[1:])
                         paired = PairedWindow(int(header["version"]), int(header["window"]))
                 except Exception:  # noqa: BLE001
                     failure = traceback.format_exc()
@@ -267,10 +268,10 @@ def _child(conn: Connection, board: Any, population: Any = None, tables: Any = N
                     quality = StreamingMetrics(header["window"])
                     search = OnlineSearch(model, SearchSettings(**searching)) if searching else None
                 else:
-                    model = model_from_bytes(blobs[0])
+                    model = model_from_stored(blobs[0], blobs[2:])
                     quality = (load_metrics(blobs[1], header["window"]) if blobs[1]
                                else StreamingMetrics(header["window"]))
-                    state = read_metadata(blobs[0]).get("search")
+                    state = read_metadata(blobs[0]).get("search") if blobs[0] else None
                     search = (OnlineSearch.resumed(model, SearchSettings(**searching),
                                                    json.loads(state) if state else None) if searching else None)
                 # A new delta sequence starts from this state: deltas apply on top of base_version.
@@ -438,17 +439,21 @@ class LearnerProcess:
         self.reference_version = None
 
     def resume(self, weights: bytes, metrics: bytes | None, window: int, base_version: int,
-               search: dict[str, int] | None = None) -> None:
-        """Go on from a version; the search (if any) goes on from where the version's says it was."""
+               search: dict[str, int] | None = None, shards: Sequence[bytes] = ()) -> None:
+        """Go on from a version (``shards``: its weights, when ranks wrote it); the search (if
+        any) goes on from where the version's says it was."""
         self._request(_pack(_RESUME, {"window": window, "base_version": base_version, "search": search},
-                            blobs=[weights, metrics or b""]))
+                            blobs=[weights, metrics or b"", *shards]))
         self.ready = True
         self.reference_version = None
 
-    def set_reference(self, version: int | None, weights: bytes = b"", window: int = 10_000) -> None:
-        """Compare the learning model from now on with ``weights`` (the live version ``version``) on
-        the same examples; None stops comparing. Takes effect after every batch sent before it."""
-        self._send(_pack(_REFERENCE, {"version": version, "window": window}, blobs=[weights] if weights else []))
+    def set_reference(self, version: int | None, weights: bytes = b"", window: int = 10_000,
+                      shards: Sequence[bytes] = ()) -> None:
+        """Compare the learning model from now on with ``weights`` (the live version ``version``;
+        ``shards`` when ranks wrote it) on the same examples; None stops comparing. Takes effect
+        after every batch sent before it."""
+        self._send(_pack(_REFERENCE, {"version": version, "window": window},
+                         blobs=[weights, *shards] if weights or shards else []))
         self.reference_version = version
 
     def learn(self, batch: Any) -> None:

@@ -18,14 +18,20 @@ ranks, each step:
 **Versions.** Rank 0's worker decides a version is due and sends a marker; the header tells the
 other ranks, whose learners ask their workers to cut too (``control[CUT_WANTED]``). A learner
 with a marker stops reading its pipe and takes part in steps with empty shares until every rank
-has one; then all gather the whole model (``ShardedModel.full_tensors``) and every worker's half
-of the version (offsets, example source, counters), and rank 0's worker publishes one version
-holding all of it. So a version is written once, whole, or not at all: a rank killed at any
-instant fails the collectives of the others, and the group restarts from the newest version.
+has one; then, at that one step, each rank writes its own shard of the model
+(``ShardedModel.shard_bytes``) for its worker to stage in Redis under the cut's name (broadcast by
+rank 0), and every worker's half of the version (offsets, example source, counters) is gathered
+on rank 0, whose worker publishes one version holding every half and every staged shard. No
+process ever holds the whole model to write it, and a version is visible whole or not at all: a
+rank killed at any instant fails the collectives of the others, its shard is never staged, and
+the group restarts from the newest version.
 
 **The gate.** Rank 0's publisher sets the live version to compare with (``set_reference``);
-the header tells every rank, which takes it at the same step from rank 0, each predicting its
-own share with it; the paired window gets the whole global batch on every rank.
+the header tells every rank, which takes it at the same step from rank 0. The reference is
+sharded like the model: the version these ranks just published is each rank's own shard of it,
+kept from the cut; another version is loaded whole and split. Each rank predicts its own share
+with it (a collective, as learning is), and the paired window gets the whole global batch on
+every rank.
 
 **The model.** On a fresh start, the first worker to see examples proposes its spec; the header
 says which rank proposed first, that rank's proposal is broadcast, and every rank builds the same
@@ -86,10 +92,14 @@ class _Stop(Exception):
 
 @dataclass(frozen=True)
 class RankSnapshot(Snapshot):
-    """A snapshot taken by every rank at the same global step: on rank 0 the whole model and the
-    metrics (empty elsewhere, and everywhere before any rank had examples), with every rank's
-    worker half (JSON, in rank order); ``final``: every rank's marker was its worker's last."""
+    """A snapshot taken by every rank at the same global step: ``weights`` is this rank's shard of
+    the model (empty everywhere before any rank had examples), to be staged under ``cut``; on rank
+    0 the metrics and every rank's worker half (JSON, in rank order); ``final``: every rank's
+    marker was its worker's last."""
 
+    cut: str  # the ranks' name for this cut, which their staged shards carry
+    shard: int
+    shards: int
     halves: list[bytes]
     final: bool
     bytes_sent: int  # payload every rank's learner has put into collectives since it started
@@ -106,7 +116,7 @@ class _RankLoop:
         self.conn, self.board, self.population, self.tables, self.control = conn, board, population, tables, control
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.sharded: Any = None
-        self.shadow: Any = None  # rank 0: a whole model the gathered tensors are written from
+        self.last_shard: tuple[str, bytes] | None = None  # (cut, this rank's shard of it): the reference to be
         self.quality: Any = None
         self.empty: Any = None  # an empty share of the model's widths
         self.base_version = -1
@@ -114,7 +124,7 @@ class _RankLoop:
         self.proposal: dict[str, Any] | None = None  # this worker's INIT, answered once a model is agreed
         # the live version the gate compares with (stream/paired_window.py): the whole model on
         # every rank, each predicting its own share; set by rank 0's worker, taken by all at one step
-        self.pending_reference: tuple[dict[str, Any], bytes] | None = None
+        self.pending_reference: tuple[dict[str, Any], list[bytes]] | None = None
         self.reference: Any = None
         self.paired: Any = None
         self.share: Any = None
@@ -162,7 +172,7 @@ class _RankLoop:
                 self.post(snapshot)
                 self.reply({"snapshot": snapshot, "seconds": self.seconds, "search": None})
             elif op == _REFERENCE:  # rank 0's publisher: every rank takes it at the same step
-                self.pending_reference = (header, blobs[0] if blobs else b"")
+                self.pending_reference = (header, blobs)
             elif op == _PROBE:  # probes are not predicted by ranks: acknowledged unused
                 self.reply({})
             elif op == _DELTA:
@@ -177,11 +187,7 @@ class _RankLoop:
         from streamrec.stream.featurizer import Featurizer
 
         self.spec_json = whole.spec.to_json()
-        if self.rank == 0:
-            from streamrec.models import model_from_bytes
-
-            self.shadow = model_from_bytes(whole.to_bytes())
-        self.sharded = ShardedModel(whole)
+        self.sharded = ShardedModel(_stepping_per_batch(whole))
         self.quality = quality
         self.base_version = base_version
         self.empty = Featurizer(whole.spec).build([], [], [], [], None, [])
@@ -196,24 +202,14 @@ class _RankLoop:
         self.build(whole, StreamingMetrics(header["window"]), -1)
 
     def resume(self, header: dict[str, Any], blobs: list[bytes]) -> None:
-        from streamrec.models import model_from_bytes
+        from streamrec.models import model_from_stored
         from streamrec.stream.quality_metrics import StreamingMetrics, load_metrics
 
         if header.get("search"):
             raise RuntimeError("the online search does not run on ranks")
         window = header["window"]
         quality = load_metrics(blobs[1], window) if blobs[1] else StreamingMetrics(window)
-        whole = model_from_bytes(blobs[0])
-        if getattr(whole, "wide", None) is not None and whole.wide.config.per_example:
-            # a version of one trainer goes on, on ranks, with FTRL stepping once per global
-            # batch: the same z and n, stepped another way from here
-            import dataclasses
-
-            from streamrec.models import replace_setting
-
-            whole.config = replace_setting(whole.config, "ftrl.per_example", False)
-            whole.wide.reconfigure(dataclasses.replace(whole.wide.config, per_example=False))
-        self.build(whole, quality, int(header.get("base_version") or 0))
+        self.build(model_from_stored(blobs[0], blobs[2:]), quality, int(header.get("base_version") or 0))
 
     def answer_proposal(self) -> None:
         self.proposal = None
@@ -227,19 +223,41 @@ class _RankLoop:
         return {**quality.snapshot(), **paired, **{k: float("nan") for k in SEARCH_KEYS}}
 
     def take_reference(self) -> None:
-        """Every rank takes the reference rank 0's worker set (the header said one is pending)."""
-        from streamrec.models import model_from_bytes
+        """Every rank takes the reference rank 0's worker set (the header said one is pending): the
+        version just published is each rank's own shard of it; another is sent whole and split."""
+        from streamrec.models import model_from_stored
+        from streamrec.models.sharded import ShardedModel
         from streamrec.stream.paired_window import PairedWindow
 
-        header, blob = self.pending_reference if self.rank == 0 and self.pending_reference else ({}, b"")
-        header = json.loads(self.broadcast_bytes(json.dumps(header).encode(), src=0))
-        blob = self.broadcast_bytes(blob, src=0)
+        header, blobs = self.pending_reference if self.rank == 0 and self.pending_reference else ({}, [])
+        header = json.loads(self.broadcast_bytes(json.dumps({**header, "blobs": len(blobs)}).encode(), src=0))
         self.pending_reference = None
+        self.reference = self.paired = None
         if header.get("version") is None:
-            self.reference = self.paired = None
+            return
+        if header.get("cut") is not None:
+            if self.last_shard is None or self.last_shard[0] != header["cut"]:
+                raise RuntimeError(f"the reference is cut {header['cut']}, which this rank did not take")
+            self.reference = self.shard_model(self.last_shard[1])
         else:
-            self.reference = model_from_bytes(blob)
-            self.paired = PairedWindow(int(header["version"]), int(header["window"]))
+            blobs = [self.broadcast_bytes(blobs[k] if self.rank == 0 else b"", src=0) for k in range(header["blobs"])]
+            whole = model_from_stored(blobs[0], blobs[1:])
+            if whole.spec.to_json() != self.spec_json:
+                print(f"live version {header['version']} has another feature spec: not compared", file=sys.stderr)
+                return
+            self.reference = ShardedModel(_stepping_per_batch(whole))
+        self.paired = PairedWindow(int(header["version"]), int(header["window"]))
+
+    def shard_model(self, blob: bytes) -> Any:
+        """A sharded copy of the model from this rank's shard of it (``ShardedModel.shard_bytes``)."""
+        from safetensors.torch import load as st_load
+
+        from streamrec.models.sharded import ShardedModel
+
+        local = self.sharded.model
+        copy = ShardedModel(type(local)(local.spec, local.config))
+        copy.model.load_row_sparse(st_load(blob))
+        return copy
 
     def broadcast_bytes(self, data: bytes, src: int) -> bytes:
         """``data`` of rank ``src`` on every rank (the others pass anything)."""
@@ -323,11 +341,8 @@ class _RankLoop:
         batch = self.share if self.share is not None else self.empty
         self.share = None
         reference = torch.zeros(len(batch), dtype=torch.float64)
-        if self.reference is not None and len(batch):
-            from streamrec.models.online_search import batch_for
-
-            reference = torch.from_numpy(np.asarray(self.reference.predict_proba(batch_for(self.reference, batch)),
-                                                    dtype=np.float64))
+        if self.reference is not None:  # every rank predicts with it, an empty share included
+            reference = torch.from_numpy(np.asarray(self.reference.predict(batch), dtype=np.float64))
         probabilities = torch.from_numpy(np.asarray(self.sharded.learn(batch), dtype=np.float64))
         labels = batch.labels.to(torch.float64)
         # the whole global batch's predictions (and the live version's), in rank order, for the
@@ -353,28 +368,28 @@ class _RankLoop:
         from streamrec.models.sharded import gather_rows
         from streamrec.stream.quality_metrics import metrics_blob
 
-        torch = self.torch
+        torch, dist = self.torch, self.dist
         assert self.marker is not None
         _last, half = self.marker
-        full = self.sharded.full_tensors() if self.sharded is not None else None
+        cut = self.broadcast_bytes(uuid.uuid4().hex.encode() if self.rank == 0 else b"", src=0).decode()
+        shard = self.sharded.shard_bytes() if self.sharded is not None else b""
+        finite = torch.tensor([int(self.sharded is None or self.sharded.model.all_finite())])
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         halves = gather_rows(torch.frombuffer(bytearray(half), dtype=torch.uint8) if half
                              else torch.zeros(0, dtype=torch.uint8))
         sent = torch.tensor([self.bytes_sent + (self.sharded.bytes_sent if self.sharded is not None else 0)])
-        self.dist.all_reduce(sent)
+        dist.all_reduce(sent)
         self.marker = None
         self.left = final
         self.control[CUT_WANTED] = 0
+        self.last_shard = (cut, shard)
         quality = self.snapshot_of_quality()
-        if self.rank == 0 and full is not None:
-            self.shadow.load_tensors(full)
-            blobs = [self.shadow.to_bytes(), metrics_blob(self.quality), *(bytes(h.numpy()) for h in halves)]
-            finite = self.shadow.all_finite()
-        elif self.rank == 0:
-            blobs, finite = [b"", b"", *(bytes(h.numpy()) for h in halves)], True
-        else:
-            blobs, finite = [b"", b""], True
-        self.reply({"quality": quality, "finite": finite, "lineage": self.lineage, "delta_seq": 0,
-                    "final": final, "bytes_sent": int(sent), "halves": len(blobs) - 2}, blobs=blobs)
+        blobs = [shard, metrics_blob(self.quality) if self.rank == 0 and self.sharded is not None else b""]
+        if self.rank == 0:
+            blobs += [bytes(h.numpy()) for h in halves]
+        self.reply({"quality": quality, "finite": bool(finite), "lineage": self.lineage, "delta_seq": 0,
+                    "final": final, "bytes_sent": int(sent), "cut": cut, "shard": self.rank,
+                    "shards": self.world}, blobs=blobs)
 
     def run(self) -> None:
         wait = 0.0
@@ -385,6 +400,19 @@ class _RankLoop:
         while True:
             self.read(None)
             self.share = self.marker = None
+
+
+def _stepping_per_batch(whole: Any) -> Any:
+    """``whole`` with its FTRL part stepping once per global batch, as ranks learn: a version of
+    one trainer goes on with the same z and n, stepped another way from here."""
+    if getattr(whole, "wide", None) is not None and whole.wide.config.per_example:
+        import dataclasses
+
+        from streamrec.models import replace_setting
+
+        whole.config = replace_setting(whole.config, "ftrl.per_example", False)
+        whole.wide.reconfigure(dataclasses.replace(whole.wide.config, per_example=False))
+    return whole
 
 
 def _die_with_parent() -> None:
@@ -469,7 +497,14 @@ class RankLearnerProcess(LearnerProcess):
             return None
         header, _arrays, blobs = reply
         return RankSnapshot(blobs[0], blobs[1], header["quality"], None, header["finite"], header["lineage"],
-                            header["delta_seq"], list(blobs[2:]), bool(header["final"]), int(header["bytes_sent"]))
+                            header["delta_seq"], header["cut"], int(header["shard"]), int(header["shards"]),
+                            list(blobs[2:]), bool(header["final"]), int(header["bytes_sent"]))
+
+    def set_reference_cut(self, version: int, cut: str, window: int) -> None:
+        """Compare with ``version``, which these ranks published from cut ``cut``: each rank takes
+        its own shard of that cut (rank 0's worker only)."""
+        self._send(_pack(_REFERENCE, {"version": version, "window": window, "cut": cut}))
+        self.reference_version = version
 
     def finish_input(self) -> None:
         """The worker has nothing more to send (its partitions' end): ordered after its batches."""

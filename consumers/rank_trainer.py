@@ -11,9 +11,11 @@ Each rank is a :class:`~streamrec.consumers.trainer.Trainer` with three differen
   lockstep, each step's global batch made of every rank's share (``batch_size / R`` each).
 * **One version for all ranks.** Rank 0 decides when a version is due; every rank cuts its half
   (offsets of its partitions, its example source, its counters) at a batch boundary, the
-  learners meet at one global step, and rank 0 publishes a single version with the whole model
-  and every rank's half (consumers/source_shards.py). A version written by R ranks resumes on
-  any number of ranks, or on one trainer: each reader takes its partitions' state.
+  learners meet at one global step, each rank stages its own shard of the model in Redis, and
+  rank 0 publishes a single version with every rank's half (consumers/source_shards.py) and
+  every staged shard, atomically, once all are in (versions/store.py). A version written by R
+  ranks resumes on any number of ranks, or on one trainer, and a scorer loads its shards as one
+  model: each reader takes what it needs.
 
 Counters add up: rank 0 resumes with the version's totals and the others from zero, so the sum
 of the halves is the model's count and digest (tests/test_rank_trainer.py kills ranks at random
@@ -26,10 +28,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import redis
 
 from streamrec.consumers.example_source import JoinCounts
 from streamrec.consumers.learner import LearnerProcess
@@ -38,14 +42,17 @@ from streamrec.consumers.source_shards import ranks_state, source_from_state
 from streamrec.consumers.trainer import Trainer, TrainerOptions
 from streamrec.consumers.version_publisher import VersionPublisher, WorkerCut
 from streamrec.consumers.worker_counters import MASK64, Counters
-from streamrec.stream.errors import ConfigError
+from streamrec.stream.errors import ConfigError, StreamrecError
 from streamrec.stream.feature_spec import FeatureSpec
 from streamrec.stream.featurizer import Featurizer
 from streamrec.stream.kafka_client import TopicPartitionKey
 from streamrec.stream.settings import Settings
+from streamrec.versions.store import StagedShards
 
 log = logging.getLogger(__name__)
 PARTITIONS_WAIT_S = 0.5  # between looks for the input topics, before they exist
+SHARD_POLL_S = 0.01  # rank 0, between looks for the other ranks' staged shards
+STAGED_TTL_S = 3600  # a staged shard no version took (its group died before publishing) expires
 
 
 @dataclass(frozen=True)
@@ -118,7 +125,7 @@ def merge_halves(halves: list[bytes]) -> WorkerCut:
 class RankPublisher(VersionPublisher):
     """Versions of a trainer's ranks: every rank cuts its half, rank 0 publishes them all."""
 
-    def __init__(self, *args: Any, rank: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, rank: int, shard_timeout_s: float = 120.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.rank = rank
         self.partitions: list[int] = []
@@ -127,6 +134,11 @@ class RankPublisher(VersionPublisher):
         self.bytes_sent = 0  # by every rank's learner into collectives, as of the last meeting
         self.learned_at_cut = 0.0  # the whole model's examples at the last cut (rank 0)
         self._final = False  # the cut being taken is this worker's last
+        self._snapshot: RankSnapshot | None = None  # the pending cut's, once the learners met
+        self._staged = False  # this rank's shard of it is in Redis
+        self._waiting_since: float | None = None  # rank 0: since when it waits for the others' shards
+        self._published_cut: str | None = None  # the cut of the newest version these ranks published
+        self.shard_timeout_s = shard_timeout_s
 
     def due_for(self, learned: float) -> bool:
         """Rank 0: a version is due, counting what every rank learned (``learned``: the whole
@@ -144,21 +156,70 @@ class RankPublisher(VersionPublisher):
         learner.request_snapshot(self._final, _half(self.rank, self.partitions, worker))
 
     def complete(self, learner: LearnerProcess, block: bool) -> int | None:
+        """Take this rank's snapshot and stage its shard; rank 0 then publishes the version once
+        every rank's shard is staged (each call looks again; ``block`` waits, up to the ranks'
+        timeout). The cut stays pending until then, so no other cut starts."""
         if self._pending is None:
             return None
-        snapshot = learner.take_snapshot(block)
-        if snapshot is None:
+        if self._snapshot is None:
+            snapshot = learner.take_snapshot(block)
+            if snapshot is None:
+                return None
+            assert isinstance(snapshot, RankSnapshot)
+            self._snapshot = snapshot
+            self.last_quality = snapshot.quality
+            self.bytes_sent = snapshot.bytes_sent
+            if self.rank == 0:
+                self.merged = merge_halves(snapshot.halves)
+        snapshot = self._snapshot
+        if snapshot.weights and not self._staged:
+            self._staged = self._stage(snapshot, block)
+            if not self._staged:
+                return None
+        if self.rank != 0 or not snapshot.weights:  # no rank has had an example yet: nothing to publish
+            self._pending = self._snapshot = None
+            self._staged = False
             return None
-        assert isinstance(snapshot, RankSnapshot)
-        pending, self._pending = self._pending, None
-        self.last_quality = snapshot.quality
-        self.bytes_sent = snapshot.bytes_sent
-        if self.rank != 0:
-            return None
-        self.merged = merge_halves(snapshot.halves)
-        if not snapshot.weights:  # no rank has had an example yet
-            return None
-        return self.publish_cut(learner, pending, self.merged, snapshot)
+        shards = StagedShards(snapshot.cut, snapshot.shards)
+        deadline = time.monotonic() + self.shard_timeout_s
+        while self.store.staged(shards) < shards.count:
+            if not block:
+                if self._waiting_since is None:
+                    self._waiting_since = time.monotonic()
+                elif time.monotonic() - self._waiting_since > self.shard_timeout_s:
+                    raise StreamrecError(f"rank shards of cut {shards.cut} missing after {self.shard_timeout_s:.0f} s")
+                return None
+            if time.monotonic() > deadline:
+                raise StreamrecError(f"rank shards of cut {shards.cut} missing after {self.shard_timeout_s:.0f} s")
+            time.sleep(SHARD_POLL_S)
+        pending = self._pending
+        self._pending = self._snapshot = self._waiting_since = None
+        self._staged = False
+        self._published_cut = snapshot.cut
+        return self.publish_cut(learner, pending, self.merged, snapshot, shards=shards)
+
+    def _stage(self, snapshot: RankSnapshot, block: bool) -> bool:
+        """Write this rank's shard of the cut to Redis; False (retried later) while Redis is away."""
+        while True:
+            try:
+                self.store.stage_shard(snapshot.cut, snapshot.shard, snapshot.weights, ttl_s=STAGED_TTL_S)
+                return True
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("staging shard %d of cut %s failed (%s); retrying", snapshot.shard, snapshot.cut, exc)
+                if not block:
+                    return False
+                time.sleep(SHARD_POLL_S * 10)
+
+    def sync_reference(self, learner: LearnerProcess, published: int | None = None,
+                       weights: bytes | None = None, moved_on: bool = False) -> None:
+        """The version these ranks just published is compared with as each rank's own shard of it
+        (nothing travels); another live version is loaded and sent whole, to be split."""
+        live = self.reference_due(learner, moved_on)
+        if live is not None and live == published and self._published_cut is not None:
+            assert isinstance(learner, RankLearnerProcess)
+            learner.set_reference_cut(live, self._published_cut, self.options.paired_window)
+            return
+        super().sync_reference(learner, published, None, moved_on)
 
 
 class RankTrainer(Trainer):
@@ -169,14 +230,17 @@ class RankTrainer(Trainer):
     def __init__(self, settings: Settings, options: TrainerOptions, place: RankPlace, **kwargs: Any) -> None:
         refuse_on_ranks(options)
         port = options.metrics_port
+        trainer = options.worker_id
         options = dataclasses.replace(
             options, worker_id=f"{options.worker_id}-rank{place.rank}",
             batch_size=max(1, -(-options.batch_size // place.world)),
             metrics_port=port + place.local_rank if port else port)
         super().__init__(settings, options, **kwargs)
         self.place = place
+        self.metrics.mark_rank(trainer, place.rank, place.world)
         self.publisher = RankPublisher(self.store, options.publish_options(), self.metrics, self._commit,
-                                       on_publish=self.publisher.on_publish, rank=place.rank)
+                                       on_publish=self.publisher.on_publish, rank=place.rank,
+                                       shard_timeout_s=settings.rank_timeout_s)
         self.own: list[int] = []
         self._stored_source: dict[str, Any] | None = None
         self._input_finished = False

@@ -205,7 +205,8 @@ class Trainer(KafkaWorker):
             return None
         version = self._redis_retry(f"loading version {head}", lambda: self.store.load(head))
         meta = version.meta
-        self.featurizer = Featurizer(FeatureSpec.from_json(read_metadata(version.weights)["spec"]))
+        self.featurizer = Featurizer(FeatureSpec.from_json(read_metadata(
+            version.shards[0] if version.shards else version.weights)["spec"]))
         if version.source_state is not None:
             state = orjson.loads(version.source_state)
             kind = source_kind(state)
@@ -243,7 +244,7 @@ class Trainer(KafkaWorker):
         if self._resume_from is not None and not self.learner.ready:
             self.learner.resume(self._resume_from.weights, self._resume_from.quality_state,
                                 self.options.window_examples, self._resume_from.number,
-                                search=self.options.search_settings())
+                                search=self.options.search_settings(), shards=self._resume_from.shards)
             self._resume_from = None
             self._set_probe()
 

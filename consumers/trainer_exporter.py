@@ -208,6 +208,14 @@ class TrainerExporter(MetricsEndpoint):
     def attach(self, read: Callable[[], TrainerReadings | None]) -> None:
         self._read = read
 
+    def mark_rank(self, trainer: str, rank: int, ranks: int) -> None:
+        """This worker is rank ``rank`` of trainer ``trainer``, which learns its model as ``ranks``
+        processes: ``streamrec_trainer_ranks{trainer, rank}`` (value: the rank count), so that
+        Prometheus queries and the dashboard add a model's ranks up (``sum by (trainer)``)."""
+        Gauge("streamrec_trainer_ranks", "Ranks of the trainer this worker is one rank of",
+              (*LABELS, "trainer", "rank"), registry=self.registry).labels(
+            **self.labels, trainer=trainer, rank=str(rank)).set(ranks)
+
     def _seconds_since_publish(self) -> float:
         with self._lock:
             last = self._last_publish_monotonic

@@ -35,7 +35,7 @@ from streamrec.stream.kafka_client import TopicPartitionKey
 from streamrec.stream.redis_connection import Backoff
 from streamrec.versions.meta import DeltaMeta, VersionMeta, finite_or_none
 from streamrec.versions.quality_gate import GateOptions, judge, should_roll_back
-from streamrec.versions.store import VersionStore
+from streamrec.versions.store import StagedShards, VersionStore
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +150,10 @@ class VersionPublisher:
         pending, self._pending = self._pending, None
         return self.publish_cut(learner, pending, pending.worker, snapshot)
 
-    def publish_cut(self, learner: LearnerProcess, pending: _PendingCut, cut: WorkerCut, snapshot: Snapshot) -> int | None:
-        """Publish one version: ``cut`` (the worker half) with the learner's ``snapshot``."""
+    def publish_cut(self, learner: LearnerProcess, pending: _PendingCut, cut: WorkerCut, snapshot: Snapshot,
+                    shards: StagedShards | None = None) -> int | None:
+        """Publish one version: ``cut`` (the worker half) with the learner's ``snapshot`` (or, from
+        ranks, with the ``shards`` they staged)."""
         meta = VersionMeta(
             worker=self.options.worker_id, examples_seen=cut.counters.examples,
             offsets={f"{t}:{p}": o for (t, p), o in sorted(cut.positions.items())},
@@ -165,10 +167,10 @@ class VersionPublisher:
             following = self.head is not None and self._live[0] == self.head
             decision = judge(meta, snapshot.finite, live_meta, self.options.gate, following=following)
             meta = dataclasses.replace(meta, gate=decision.as_record())
-            number = self.store.publish(parent=self.head, meta=meta, weights=snapshot.weights,
+            number = self.store.publish(parent=self.head, meta=meta, weights=b"" if shards else snapshot.weights,
                                         quality_state=snapshot.metrics, source_state=cut.source_state,
                                         keep=self.options.keep_versions, promote=decision.promote,
-                                        history=cut.history)
+                                        history=cut.history, shards=shards)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self.exporter.publish_failures.labels(**self._labels).inc()
             delay = self._backoff.failed()
@@ -288,18 +290,27 @@ class VersionPublisher:
         just written, saving a read back from Redis). After the gate's own promotion the frozen
         copy moves on only once it has been compared on enough examples (``moved_on``); a live
         pointer someone else moved is followed at once."""
-        live = self._live[0]
-        if not self.options.gate.enabled or not learner.ready or live is None or learner.reference_version == live:
+        live = self.reference_due(learner, moved_on)
+        if live is None:
             return
-        if live == self._promoted_by_gate and learner.reference_version is not None and not moved_on:
+        if live == published and weights is not None:
+            learner.set_reference(live, weights, self.options.paired_window)
             return
         try:
-            data = weights if live == published and weights is not None else self.store.load(
-                live, with_state=False).weights
+            version = self.store.load(live, with_state=False)
         except (redis.ConnectionError, redis.TimeoutError, StreamrecError) as exc:
             log.warning("could not load live version %s to compare with: %s", live, exc)
             return
-        learner.set_reference(live, data, self.options.paired_window)
+        learner.set_reference(live, version.weights, self.options.paired_window, shards=version.shards)
+
+    def reference_due(self, learner: LearnerProcess, moved_on: bool) -> int | None:
+        """The live version the learner should compare with from now on, or None to keep what it has."""
+        live = self._live[0]
+        if not self.options.gate.enabled or not learner.ready or live is None or learner.reference_version == live:
+            return None
+        if live == self._promoted_by_gate and learner.reference_version is not None and not moved_on:
+            return None
+        return live
 
     def _count_rollback(self, source: int | None, target: int | None, reason: str) -> None:
         self.rollbacks += 1

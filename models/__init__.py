@@ -229,6 +229,46 @@ def model_from_bytes(blob: bytes, pristine: PristineModels | None = None) -> Onl
     the config and every tensor's shape are checked before anything large is built or loaded.
     With ``pristine`` the fresh model is copied from one kept there instead of built."""
     meta = read_metadata(blob)
+    if "shards" in meta:
+        raise ModelError(f"these weights are shard {meta.get('shard')} of {meta['shards']} of a model learned by "
+                         "ranks: load every shard together (model_from_shards)")
+    model = _fresh_model(meta, pristine)
+    model.load_row_sparse(load_tensors_blob(blob))
+    return model
+
+
+def model_from_shards(shards: Sequence[bytes], pristine: PristineModels | None = None) -> OnlineModel:
+    """The whole model from every shard a trainer's ranks wrote (:meth:`ShardedModel.shard_bytes`,
+    in any order): whoever reads it need not know how many ranks learned it."""
+    from streamrec.models.sharded import join_shards
+
+    metas = [read_metadata(blob) for blob in shards]
+    if not metas:
+        raise ModelError("no shards to load")
+    try:
+        order = sorted(range(len(metas)), key=lambda k: int(metas[k]["shard"]))
+        places = [(int(metas[k]["shard"]), int(metas[k]["shards"])) for k in order]
+    except (KeyError, ValueError):
+        raise ModelError("a blob among the shards is not a shard of a model learned by ranks") from None
+    if places != [(rank, len(metas)) for rank in range(len(metas))]:
+        raise ModelError(f"shards {places} (shard, of) are not every shard of one model once")
+    first = metas[order[0]]
+    for meta in metas:
+        if (meta.get("model"), meta.get("spec"), meta.get("config")) != (first.get("model"), first.get("spec"),
+                                                                           first.get("config")):
+            raise ModelError("the shards are of different models (model, spec or config differ)")
+    model = _fresh_model(first, pristine)
+    model.load_row_sparse(join_shards([load_tensors_blob(shards[k]) for k in order], model))
+    return model
+
+
+def model_from_stored(weights: bytes, shards: Sequence[bytes] = (), pristine: PristineModels | None = None) -> OnlineModel:
+    """The model of a stored version: its ``weights``, or its ``shards`` when ranks wrote it."""
+    return model_from_shards(shards, pristine) if shards else model_from_bytes(weights, pristine)
+
+
+def _fresh_model(meta: dict[str, str], pristine: PristineModels | None) -> OnlineModel:
+    """A freshly built (seeded, untrained) model of a blob's metadata, its spec and config checked."""
     name = meta.get("model", "")
     if name not in REGISTRY:
         raise ModelError(f"weights are for unknown model {name!r}; registered: {', '.join(model_names())}")
@@ -240,8 +280,5 @@ def model_from_bytes(blob: bytes, pristine: PristineModels | None = None) -> Onl
         raise ModelError(f"{name}: the stored spec or config is unreadable ({exc})") from None
     check_model_size(spec, config, name)
     if pristine is None:
-        model = cls(spec, config)
-    else:
-        model = pristine.fresh((name, meta["spec"], meta["config"]), lambda: cls(spec, config))
-    model.load_row_sparse(load_tensors_blob(blob))
-    return model
+        return cls(spec, config)
+    return pristine.fresh((name, meta["spec"], meta["config"]), lambda: cls(spec, config))

@@ -185,12 +185,16 @@ class OnlineModel(abc.ABC):
         the rest by constructing the model (:func:`streamrec.models.model_from_bytes`;
         ``bench/online_loop.py`` prints the sizes).
         """
+        return st_save(self.row_sparse_tensors(), metadata={**self.metadata(), **(extra_metadata or {})})
+
+    def row_sparse_tensors(self) -> dict[str, torch.Tensor]:
+        """What :meth:`to_bytes` writes: the tensors outside row groups as they are, and each row
+        group's touched rows (``<group>@rows``, ``<name>@touched``)."""
         groups = self.row_groups()
         grouped = {name for _touched, names in groups.values() for name in names}
         tensors = {k: v.detach() for k, v in self.tensors().items() if k not in grouped}
         tensors.update(self._row_slices({group: touched for group, (touched, _names) in groups.items()}))
-        tensors = {k: v.contiguous() for k, v in tensors.items()}
-        return st_save(tensors, metadata={**self.metadata(), **(extra_metadata or {})})
+        return {k: v.contiguous() for k, v in tensors.items()}
 
     def load_row_sparse(self, stored: dict[str, torch.Tensor]) -> None:
         """Load what :meth:`to_bytes` wrote into a freshly constructed (seeded) model. Every tensor's

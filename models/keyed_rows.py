@@ -177,6 +177,22 @@ def table_summary(model: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def combined_summary(summaries: Iterable[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """The :func:`table_summary` of a model whose tables are split across ranks, from each rank's
+    (counts added up; a region's shared row is counted once per rank that holds one)."""
+    out: dict[str, dict[str, Any]] = {}
+    for summary in summaries:
+        for group, table in summary.items():
+            whole = out.setdefault(group, {"fields": {}})
+            for name, value in table.items():
+                if name == "fields":
+                    for field, rows in value.items():
+                        whole["fields"][field] = whole["fields"].get(field, 0) + rows
+                else:
+                    whole[name] = whole.get(name, 0) + value
+    return out
+
+
 def observe_event_time(tables: Iterable[KeyedRows], batch: SparseBatch) -> None:
     """Tell the tables that expire rows by event time the newest time of ``batch``, before it is
     learned; a :class:`ConfigError` if they need times and the batch carries none."""

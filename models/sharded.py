@@ -35,10 +35,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 
+from streamrec.models.base import OnlineModel
 from streamrec.models.batch_unique import BatchUnique
 from streamrec.models.deep_base import DeepModel, leaf_rows
-from streamrec.models.keyed_rows import FREE, RESERVED, KeyedRows
+from streamrec.models.keyed_rows import KeyedRows
 from streamrec.models.wide_inputs import wide_ids
 from streamrec.stream.errors import ConfigError
 from streamrec.stream.sparse_batch import SparseBatch
@@ -95,6 +98,73 @@ def _as_float64(words: torch.Tensor) -> torch.Tensor:
     return words.contiguous().view(torch.float64).reshape(-1)
 
 
+def join_shards(parts: list[dict[str, torch.Tensor]], whole: OnlineModel) -> dict[str, torch.Tensor]:
+    """Every rank's shard (:meth:`OnlineModel.row_sparse_tensors` of its part of the model, in
+    rank order) as the row-sparse tensors of ``whole``, a fresh model of the same spec and config
+    (``whole.load_row_sparse`` takes them). Tensors outside the row groups are replicated and come
+    from shard 0; a hashed table's local row ``i`` of rank ``r`` is row ``i * R + r``; keyed tables
+    are joined by key (:func:`_join_keyed`)."""
+    world = len(parts)
+    out = {name: value for name, value in parts[0].items() if "@" not in name}
+    keyed = whole.keyed_tables()
+    for group, (_touched, names) in whole.row_groups().items():
+        if group in keyed:
+            out.update(_join_keyed(group, names, parts))
+            continue
+        out[f"{group}@rows"] = torch.cat([part[f"{group}@rows"] * world + rank for rank, part in enumerate(parts)])
+        for name in names:
+            out[f"{name}@touched"] = torch.cat([part[f"{name}@touched"] for part in parts])
+    return out
+
+
+def _join_keyed(group: str, names: tuple[str, ...], parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One keyed table of every rank's shard, as one process would hold it: every rank's held
+    rows, renumbered from 1 (row 0, the reserved row, is shard 0's). Keys are each on one rank; a
+    region's shared row (keys waiting for a row of their own read it) is on every rank that needed
+    one, and is taken as the mean of them. The clock and event-time state are the same on every
+    rank; the admission filters are merged by their larger counts (a key is never counted short),
+    the counters summed."""
+    key_name, last_name = f"{group}.keys", f"{group}.last_used"
+    columns = [name for name in names if name not in (key_name, last_name)]
+    keys, last_used, values, first = [], [], [], None
+    for part in parts:
+        rows = part[f"{group}@rows"]
+        held = rows > 0
+        if first is None:
+            first = {name: part[f"{name}@touched"][rows == 0] for name in names}
+        keys.append(part[f"{key_name}@touched"][held])
+        last_used.append(part[f"{last_name}@touched"][held])
+        values.append(torch.cat([part[f"{name}@touched"][held].reshape(int(held.sum()), -1).to(torch.float64)
+                                 for name in columns], dim=1))
+    assert first is not None
+    keys_all, last_all, values_all = torch.cat(keys), torch.cat(last_used), torch.cat(values)
+    distinct, inverse = torch.unique(keys_all, return_inverse=True)  # shared rows: one per region
+    times = torch.zeros(len(distinct), dtype=torch.float64).index_add_(0, inverse,
+                                                                      torch.ones(len(keys_all), dtype=torch.float64))
+    merged = torch.zeros(len(distinct), values_all.shape[1], dtype=torch.float64).index_add_(0, inverse, values_all)
+    merged /= times.unsqueeze(1)
+    last = torch.full((len(distinct),), -(2**62), dtype=torch.int64).scatter_reduce_(0, inverse, last_all, "amax")
+    out = {f"{group}@rows": torch.arange(len(distinct) + 1, dtype=torch.int64),
+           f"{key_name}@touched": torch.cat([first[key_name], distinct]),
+           f"{last_name}@touched": torch.cat([first[last_name], last])}
+    at = 0
+    for name in columns:
+        shape = parts[0][f"{name}@touched"].shape[1:]
+        width = int(np.prod(shape)) if len(shape) else 1
+        column = merged[:, at:at + width].reshape(len(distinct), *shape).to(parts[0][f"{name}@touched"].dtype)
+        out[f"{name}@touched"] = torch.cat([first[name], column])
+        at += width
+    filters = [part[f"{group}.table.filter"] for part in parts if part[f"{group}.table.filter"].numel()]
+    out[f"{group}.table.filter"] = torch.stack(filters).amax(dim=0) if filters else torch.zeros(0, dtype=torch.uint8)
+    # clock, next row, evicted, admitted, next expiry, sightings not admitted
+    counters = parts[0][f"{group}.table.clock"].clone()
+    summed = torch.stack([part[f"{group}.table.clock"] for part in parts]).sum(dim=0)
+    counters[1] = len(distinct) + 1
+    counters[2], counters[3], counters[5] = summed[2], summed[3], summed[5]
+    out[f"{group}.table.clock"] = counters
+    return out
+
+
 class ShardedModel:
     """A :class:`DeepModel` whose tables are split across the ranks of a process group; see the
     module docstring. Build the same model (same spec, settings and seed) on every rank, wrap it,
@@ -145,73 +215,23 @@ class ShardedModel:
             f.z, f.n = f.z[r::w].clone(), f.n[r::w].clone()
             f.rows_loaded(f.z.shape[0])
 
-    def full_tensors(self) -> dict[str, torch.Tensor]:
-        """The whole model's tensors as one process would hold them (every rank takes part; each
-        gets the same result)."""
-        out = dict(self.model.tensors())
-        e = self.model.embedding
-        if self.keyed:
-            out.update(self._gather_keyed("embedding", e.table, {"embedding.weight": e.weight,
-                                                                  "embedding.accum": e.accum,
-                                                                  "embedding.counts": e.counts}))
-            if self.model.wide is not None:
-                f = self.model.wide
-                out.update(self._gather_keyed("wide", f.table, {"wide.z": f.z, "wide.n": f.n}))
-            return out
-        for name, local in (("embedding.weight", e.weight), ("embedding.accum", e.accum),
-                            ("embedding.counts", e.counts)):
-            out[name] = self._unshard(local, self.embedding_rows)
-        if self.model.wide is not None:
-            out["wide.z"] = self._unshard(self.model.wide.z, self.wide_rows)
-            out["wide.n"] = self._unshard(self.model.wide.n, self.wide_rows)
-        return out
+    def shard_bytes(self, extra_metadata: dict[str, str] | None = None) -> bytes:
+        """This rank's shard as a version stores it (safetensors, no collective): its own rows at
+        their local row numbers, the replicated network, and which shard of how many it is.
+        :func:`model_from_shards` joins every rank's into the whole model."""
+        return self.model.to_bytes({**(extra_metadata or {}), "shard": str(self.rank), "shards": str(self.world)})
 
-    def _gather_keyed(self, prefix: str, table: KeyedRows, columns: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One keyed table as one process would hold it: every rank's held rows, renumbered from 1
-        (row 0 stays the reserved row). Keys are each on one rank; a region's shared row (keys that
-        wait for a row of their own read it) is on every rank that needed one, and is taken as the
-        mean of them. The clock and event-time state are the same on every rank; the admission
-        filters are merged by their larger counts (a key is never counted short), the counters summed."""
-        held = np.flatnonzero(table.keys != FREE)
-        held = held[held > 0]
-        index = torch.from_numpy(held)
-        widths = [column[0].numel() for column in columns.values()]
-        values = torch.cat([column.index_select(0, index).reshape(len(held), width).to(torch.float64)
-                            for column, width in zip(columns.values(), widths)], dim=1)
-        keys = gather_rows(torch.from_numpy(table.keys[held]), self.group)
-        last_used = gather_rows(torch.from_numpy(table.last_used[held]), self.group)
-        rows = gather_rows(values, self.group)
-        keys_all, last_all, values_all = (torch.cat(parts) for parts in (keys, last_used, rows))
-        distinct, inverse = torch.unique(keys_all, return_inverse=True)  # shared rows: one per region
-        times = torch.zeros(len(distinct), dtype=torch.float64).index_add_(0, inverse,
-                                                                          torch.ones(len(keys_all), dtype=torch.float64))
-        merged = torch.zeros(len(distinct), values_all.shape[1], dtype=torch.float64).index_add_(0, inverse, values_all)
-        merged /= times.unsqueeze(1)
-        last = torch.full((len(distinct),), -(2**62), dtype=torch.int64).scatter_reduce_(0, inverse, last_all, "amax")
-        out: dict[str, torch.Tensor] = {}
-        at = 0
-        for (name, column), width in zip(columns.items(), widths):
-            whole = torch.zeros((len(distinct) + 1, *column.shape[1:]), dtype=column.dtype)
-            whole[0] = column[0]
-            whole[1:] = merged[:, at:at + width].reshape(-1, *column.shape[1:]).to(column.dtype)
-            out[name] = whole
-            at += width
-        out[f"{prefix}.keys"] = torch.cat([torch.tensor([RESERVED], dtype=torch.int64), distinct])
-        out[f"{prefix}.last_used"] = torch.cat([torch.zeros(1, dtype=torch.int64), last])
-        state = table.state(prefix)
-        filters = gather_rows(state[f"{prefix}.table.filter"], self.group)
-        sized = [f for f in filters if f.numel()]
-        out[f"{prefix}.table.filter"] = (torch.stack(sized).amax(dim=0) if sized
-                                         else torch.zeros(0, dtype=torch.uint8))
-        counters = state[f"{prefix}.table.clock"].clone()
-        summed = counters.clone()
-        dist.all_reduce(summed, group=self.group)
-        # clock, next row, evicted, admitted, next expiry, sightings not admitted
-        counters[1] = len(distinct) + 1
-        counters[2], counters[3], counters[5] = summed[2], summed[3], summed[5]
-        out[f"{prefix}.table.clock"] = counters
-        out[f"{prefix}.table.time"] = state[f"{prefix}.table.time"]
-        return out
+    def full_model(self) -> OnlineModel:
+        """The whole model as one process would hold it (every rank takes part; each gets the same)."""
+        mine = st_save(self.model.row_sparse_tensors())
+        parts = gather_rows(torch.frombuffer(bytearray(mine), dtype=torch.uint8), self.group)
+        whole = type(self.model)(self.model.spec, self.model.config)
+        whole.load_row_sparse(join_shards([st_load(bytes(part.numpy())) for part in parts], whole))
+        return whole
+
+    def full_tensors(self) -> dict[str, torch.Tensor]:
+        """The whole model's tensors as one process would hold them (every rank takes part)."""
+        return self.full_model().tensors()
 
     def _keep_own_keys(self) -> None:
         """A loaded whole keyed model: this rank frees the rows of keys other ranks own (the
@@ -222,12 +242,6 @@ class ShardedModel:
             table.hand_over(np.flatnonzero((keys >= 0) & (keys % self.world != self.rank)))
             if self.rank:
                 table.evicted = table.admitted = table.not_admitted = 0
-
-    def _unshard(self, local: torch.Tensor, rows: int) -> torch.Tensor:
-        full = torch.empty((rows, *local.shape[1:]), dtype=local.dtype)
-        for rank, part in enumerate(gather_rows(local, self.group)):
-            full[rank::self.world] = part
-        return full
 
     # ------------------------------------------------------------------ exchanges
     # Each collective is a point where every rank waits for the slowest, so a step has five: the

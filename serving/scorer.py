@@ -36,7 +36,7 @@ import numpy as np
 import orjson
 import redis
 
-from streamrec.models import PristineModels, model_from_bytes
+from streamrec.models import PristineModels, model_from_stored
 from streamrec.models.base import OnlineModel, load_tensors_blob, read_delta
 from streamrec.stream import redis_keys
 from streamrec.stream.behaviour_history import BehaviourHistory
@@ -162,7 +162,7 @@ class _ReadyVersions:
                     continue
             try:
                 version = store.load(number, with_state=False)
-                self.put(store.model, number, model_from_bytes(version.weights, self.pristine), version.meta)
+                self.put(store.model, number, model_from_stored(version.weights, version.shards, self.pristine), version.meta)
             except Exception as exc:  # noqa: BLE001 - a version that does not load is the follower's to report
                 log.debug("could not ready %s version %d: %s", store.model, number, exc)
 
@@ -411,7 +411,7 @@ class Scorer:
             model, meta = _clone(ready[0]), ready[1]
         else:
             version = store.load(number, with_state=False)
-            model = model_from_bytes(version.weights, self.pristine)
+            model = model_from_stored(version.weights, version.shards, self.pristine)
             meta = version.meta
             self.ready.want(store, [number])  # its pristine copy is built in the background
         served = Served(store.model, number, meta.lineage, meta.delta_seq, 0, meta.event_time,
@@ -657,7 +657,7 @@ def predict_offline(store: VersionStore, served: dict[str, Any] | Served,
     alone: the version, then its lineage's deltas up to ``delta_seq``. For checks and audits."""
     info = served.as_dict() if isinstance(served, Served) else served
     version = store.load(int(info["version"]), with_state=False)
-    model = model_from_bytes(version.weights)
+    model = model_from_stored(version.weights, version.shards)
     lineage, seq = version.meta.lineage, version.meta.delta_seq
     if info.get("deltas_applied"):
         target_lineage, target_seq = info["lineage"], int(info["delta_seq"])

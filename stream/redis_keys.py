@@ -39,6 +39,14 @@ class ModelKeys:
     def version(self, number: int) -> str:
         return f"{self.prefix}:version:{number}"
 
+    def version_shard(self, number: int, shard: int) -> str:
+        """One shard of the weights of a version learned by ranks."""
+        return f"{self.prefix}:version:{number}:shard:{shard}"
+
+    def staged_shard(self, cut: str, shard: int) -> str:
+        """A rank's shard written before its version is published (it expires unless published)."""
+        return f"{self.prefix}:staged:{cut}:shard:{shard}"
+
     @property
     def head(self) -> str:
         return f"{self.prefix}:head"

@@ -41,6 +41,7 @@ from streamrec.models import (
     create_model,
     history_ttl_seconds,
     model_from_bytes,
+    model_from_stored,
     model_names,
     spec_for,
 )
@@ -266,7 +267,7 @@ def load_version(redis_url: str, namespace: str, model: str, version: int | None
     finally:
         client.close()
     history = BehaviourHistory.from_state(orjson.loads(stored.history)) if stored.history else None
-    return Model._wrap(model_from_bytes(stored.weights), history)
+    return Model._wrap(model_from_stored(stored.weights, stored.shards), history)
 
 
 TABLES = ("hashed", "keyed")

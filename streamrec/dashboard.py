@@ -94,6 +94,62 @@ def chart_values(role: str, samples: dict[str, float]) -> dict[str, float | None
     return out
 
 
+# A trainer run as ranks (docs/distributed.md) is one model: its ranks' samples are joined into
+# one worker's. Quality, versions and the search are the whole model's on every rank (taken
+# from the lowest rank); what each rank counts of its own partitions is added up.
+RANKS_PREFIX = "streamrec_trainer_ranks{"
+SUMMED_OVER_RANKS = ("streamrec_examples_trained_total", "streamrec_dead_letters_total",
+                     "streamrec_events_consumed_total", "streamrec_join_outcomes_total",
+                     "streamrec_join_open_impressions", "streamrec_consumer_lag_messages",
+                     "streamrec_examples_per_second", "streamrec_table_")
+
+
+def rank_place(samples: dict[str, float]) -> tuple[str, int, int] | None:
+    """(trainer, rank, ranks) when the samples are one rank's of a trainer run as ranks."""
+    for key, value in samples.items():
+        if key.startswith(RANKS_PREFIX):
+            labels = dict(part.split("=", 1) for part in key[len(RANKS_PREFIX):-1].split(","))
+            return labels["trainer"], int(labels["rank"]), int(value)
+    return None
+
+
+Sampled = tuple[dict[str, Any], dict[str, float] | None, str | None]
+
+
+def join_ranks(results: list[Sampled]) -> list[Sampled]:
+    """The sources' results with each trainer run as ranks joined into one worker (``worker``:
+    the trainer's id, ``ranks``: how many), its samples the lowest rank's with the per-rank
+    counts added up; a rank that did not answer is named in the joined worker's error."""
+    out: list[Sampled] = []
+    groups: dict[tuple[str, str], list[tuple[int, int, Sampled]]] = {}
+    for result in results:
+        target, samples, _error = result
+        place = rank_place(samples) if samples is not None and target.get("role") == "trainer" else None
+        if place is None:
+            out.append(result)
+            continue
+        trainer, rank, ranks = place
+        groups.setdefault((target["model"], trainer), []).append((rank, ranks, result))
+    for (_model, trainer), members in groups.items():
+        members.sort(key=lambda member: member[0])
+        ranks = max(member[1] for member in members)
+        lead_target, lead_samples, _ = members[0][2]
+        samples = {k: v for k, v in lead_samples.items() if not k.startswith(SUMMED_OVER_RANKS)}
+        for _rank, _ranks, (_target, rank_samples, _error) in members:
+            for key, value in rank_samples.items():
+                if key.startswith(SUMMED_OVER_RANKS):
+                    samples[key] = samples.get(key, 0.0) + value
+        present = [member[0] for member in members]
+        errors = [error for _r, _n, (_t, _s, error) in members if error]
+        missing = [rank for rank in range(ranks) if rank not in present]
+        if missing:
+            errors.append(f"{trainer}: ranks {missing} of {ranks} not scraped")
+        target = {**lead_target, "worker": trainer, "ranks": ranks,
+                  "stopped": all(t.get("stopped") for _r, _n, (t, _s, _e) in members)}
+        out.append((target, samples, "; ".join(errors) or None))
+    return out
+
+
 SERVED_MODEL_PREFIX = "streamrec_served_model_info{served_model="
 
 
@@ -164,6 +220,7 @@ class WorkerSeries:
     serves: str | None = None  # a scorer's served model (a champion follower's changes)
     population: list[dict[str, Any]] = field(default_factory=list)  # a trainer's search challengers
     tables: list[dict[str, Any]] = field(default_factory=list)  # a trainer's keyed tables
+    ranks: int = 0  # a trainer run as ranks: how many (their samples joined, join_ranks)
 
     def points_since(self, since: float) -> list[list[Any]]:
         """Points newer than ``since``: coarse ones where the fine ones no longer reach."""
@@ -372,7 +429,7 @@ class Collector:
 
     def tick(self) -> None:
         now = time.time()
-        results = self.source.sample()
+        results = join_ranks(self.source.sample())
         errors = [error for _target, _samples, error in results if error]
         timeline, models, champ = self._read_versions(
             {t["model"] for t, _s, _e in results if t.get("role") == "trainer"}, errors)
@@ -386,6 +443,7 @@ class Collector:
                 series = self._series(key, target["role"], target["model"], target["worker"], target["metrics_url"])
                 series.error = error
                 series.stopped = bool(target.get("stopped"))
+                series.ranks = int(target.get("ranks") or 0)
                 series.serves = served_model(samples) if target["role"] == "scorer" else None
                 series.population = search_population(samples) if target["role"] == "trainer" else []
                 series.tables = keyed_tables(samples) if target["role"] == "trainer" else []
@@ -429,6 +487,7 @@ class Collector:
                 "restored": self.restored,
                 "workers": [{"key": s.key, "role": s.role, "model": s.model, "worker": s.worker, "url": s.url,
                              "stopped": s.stopped, "serves": s.serves, "population": s.population, "tables": s.tables,
+                             "ranks": s.ranks,
                              "points": s.points_since(since)}
                             for s in sorted(self.series.values(), key=lambda s: s.key)],
             }

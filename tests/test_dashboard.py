@@ -88,6 +88,43 @@ def test_chart_values_read_every_trainer_series_from_a_real_registry():
     assert search_population(samples) == population
 
 
+def test_the_ranks_of_a_trainer_are_one_model_on_the_dashboard():
+    """Each rank exports its own partitions' counts and the whole model's quality and versions;
+    the dashboard joins them into one worker: counts added up, quality and versions once."""
+    from prometheus_client import generate_latest
+
+    from streamrec.dashboard import join_ranks
+
+    quality = {"examples": 30, "auc": 0.7, "auc_window": 0.71, "logloss": 0.5, "logloss_window": 0.49,
+               "normalized_entropy": 0.9, "normalized_entropy_window": 0.89, "calibration": 1.0,
+               "calibration_window": 1.01}
+    results = []
+    for rank, (examples, positives, lag, rate) in enumerate(((10, 2, 4, 100.0), (20, 5, 6, 150.0))):
+        metrics = TrainerExporter("deepfm", f"t-rank{rank}")
+        metrics.mark_rank("t", rank, 2)
+        metrics.attach(lambda e=examples, p=positives, g=lag, r=rate, k=rank: TrainerReadings(
+            counters=Counters(examples=e), join=JoinCounts(positives=p), open_impressions=0,
+            examples_per_second=r, impressions_topic="i", clicks_topic="c", quality=quality,
+            lag={"i": g}, head_version=7 if k == 0 else 3))
+        samples = parse(generate_latest(metrics.registry).decode())
+        results.append(({"role": "trainer", "model": "deepfm", "worker": f"t-rank{rank}"}, samples, None))
+    alone = TrainerExporter("lr", "solo")
+    alone.attach(lambda: TrainerReadings(counters=Counters(examples=5), join=JoinCounts(), open_impressions=0,
+                                         examples_per_second=1.0, impressions_topic="i", clicks_topic="c"))
+    results.append(({"role": "trainer", "model": "lr", "worker": "solo"},
+                    parse(generate_latest(alone.registry).decode()), None))
+    joined = join_ranks(results[::-1])
+    assert [(t["model"], t["worker"], t.get("ranks")) for t, _s, _e in joined] == [("lr", "solo", None),
+                                                                                   ("deepfm", "t", 2)]
+    target, samples, error = joined[1]
+    values = chart_values("trainer", samples)
+    assert (values["examples"], values["positives"], values["lag"], values["examples_per_second"]) == (30, 7, 10, 250)
+    assert values["auc_window"] == 0.71 and values["version"] == 7 and error is None  # rank 0's, once
+    # a rank that does not answer is named; the model still shows what the others said
+    _target, samples, error = join_ranks(results[1:2])[0]
+    assert chart_values("trainer", samples)["examples"] == 20 and error == "t: ranks [0] of 2 not scraped"
+
+
 @pytest.mark.integration
 def test_worker_registry_lists_live_workers_and_forgets_closed_ones(stack, namespace):
     client = redis.Redis.from_url(stack.redis_url)

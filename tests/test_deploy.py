@@ -19,7 +19,10 @@ SUFFIXES = ("", "_total", "_bucket", "_count", "_sum", "_created")
 
 def _exported() -> set[str]:
     scorer = Scorer("redis://127.0.0.1:1/0", "ns", "m", follow=False)  # never started: no connection
-    registries = [TrainerExporter("m", "w").registry, JoinExporter("w").registry, ScorerMetrics(scorer).registry]
+    ranked = TrainerExporter("m", "w-rank0")
+    ranked.mark_rank("w", 0, 2)  # what a trainer run as ranks adds
+    registries = [TrainerExporter("m", "w").registry, ranked.registry, JoinExporter("w").registry,
+                  ScorerMetrics(scorer).registry]
     return {family.name + suffix for registry in registries for family in registry.collect() for suffix in SUFFIXES}
 
 

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 import redis
@@ -172,6 +173,8 @@ def test_ranks_learn_every_example_once_and_resume_on_another_rank_count(stack, 
         assert summary["examples"] == meta.examples_seen == meta.counters["examples"] > 0
         # the metrics are the whole model's: every rank's predictions, each example once
         assert meta.metrics["examples"] == meta.examples_seen
+        # ranks write a shard each, one trainer one blob; either resumes the other
+        assert meta.shards == (ranks or 0)
         if ranks:
             assert summary["ranks"] == ranks and summary["partitions"] == [0, ranks]  # rank 0's share
             # the gate judged the version on the whole global batches' evidence against live
@@ -182,10 +185,21 @@ def test_ranks_learn_every_example_once_and_resume_on_another_rank_count(stack, 
     rows = learnable_rows
     assert meta.counters["examples"] == len(rows) and meta.join["orphan_clicks"] == 0
     assert f"{meta.counters['digest']:016x}" == combine(*(expected_digest(r, p) for _n, r, p in parts))
-    # the version is one whole model: it loads in one process, whoever wrote it
-    from streamrec.models import model_from_bytes
+    # the version is one whole model, whoever wrote it: a scorer serves its shards as one model,
+    # answering what the version predicts when rebuilt from Redis alone
+    from streamrec.serving.scorer import Scorer, predict_offline
 
-    assert model_from_bytes(store.load(store.head()).weights).name == "wide_deep"
+    assert meta.shards == 2
+    store.set_live(store.head(), pin=False)  # served, whatever the gate decided of it
+    rows = learnable_rows[-50:]
+    events = [{"user_id": r.user_id, "item_id": r.item_id, "features": r.features} for r in rows]
+    with Scorer(stack.redis_url, namespace, "wide_deep", poll_s=0.1) as scorer:
+        answer = scorer.predict(events)
+    assert answer.served.version == store.head()
+    expected = predict_offline(store, answer.served, [r.user_id for r in rows], [r.item_id for r in rows],
+                               [r.features for r in rows])
+    assert len(set(expected.round(6))) > 10  # a learned model, not a constant
+    np.testing.assert_array_equal(answer.probabilities, expected)
 
 
 def _rank_pids(launcher: int) -> list[int]:

@@ -16,7 +16,7 @@ from streamrec.models.sharded import ShardedModel, shard_rows
 from streamrec.producers.generator import generate, write_stream
 from streamrec.producers.readers import ReaderOptions, read_rows
 from streamrec.sharded_evaluation import SPEC_SAMPLE_ROWS, ShardedRun, evaluate_sharded, sharded_settings
-from streamrec.stream.errors import ConfigError
+from streamrec.stream.errors import ConfigError, ModelError
 from streamrec.stream.feature_spec import SpecOptions
 from streamrec.stream.featurizer import Featurizer
 
@@ -184,6 +184,7 @@ def _predict_rank(rank: int, path: str, port: int, out: str) -> None:
             model.learn(share(rows[at:at + BATCH]))
         scored = model.predict(share(rows[-500:]))
         np.save(f"{out}.{rank}.npy", scored, allow_pickle=False)
+        Path(f"{out}.shard{rank}").write_bytes(model.shard_bytes())  # as a version of ranks stores it
     finally:
         dist.destroy_process_group()
 
@@ -210,6 +211,17 @@ def test_ranks_score_what_one_process_scores(log: Path, tmp_path: Path) -> None:
                                                            [r.features for r in last]))).numpy()
     assert len(scored) == 500
     np.testing.assert_allclose(scored, expected, rtol=0, atol=2e-5)
+    # every rank's shard, in any order, is the whole model to whoever loads it
+    from streamrec.models import model_from_bytes, model_from_shards
+
+    shards = [(tmp_path / f"scored.shard{rank}").read_bytes() for rank in range(2)]
+    whole = model_from_shards(shards[::-1])
+    probe = featurizer.build([r.user_id for r in last], [r.item_id for r in last], [r.features for r in last])
+    np.testing.assert_allclose(whole.predict_proba(probe), expected, rtol=0, atol=2e-5)
+    with pytest.raises(ModelError, match="shard 1 of 2"):
+        model_from_bytes(shards[1])
+    with pytest.raises(ModelError, match="not every shard of one model once"):
+        model_from_shards([shards[0], shards[0]])
 
 
 def _hanging_rank(rank: int, path: str, port: int) -> None:

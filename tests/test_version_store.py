@@ -7,7 +7,7 @@ import redis
 
 from streamrec.stream.errors import StreamrecError
 from streamrec.versions.meta import DeltaMeta, VersionMeta
-from streamrec.versions.store import VersionConflict, VersionStore
+from streamrec.versions.store import MissingShard, StagedShards, VersionConflict, VersionStore
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +31,40 @@ def test_versions_chain_retain_and_announce(stack, namespace):
     assert version.weights == b"w3" and version.meta.parent == 3 and version.meta.version == 4
     with pytest.raises(StreamrecError, match="no version 2"):
         store.load(2)
+
+
+def test_a_version_of_ranks_is_never_visible_with_a_shard_missing(stack, namespace):
+    client = redis.Redis.from_url(stack.redis_url)
+    store = VersionStore(client, namespace, "wide_deep")
+    first = _publish(store, None)
+
+    def publish_shards(cut: str, parent: int) -> int:
+        return store.publish(parent=parent, meta=VersionMeta(examples_seen=2), weights=b"", quality_state=b"t",
+                             source_state=b"{}", keep=2, shards=StagedShards(cut, 3))
+
+    store.stage_shard("c1", 0, b"s0", ttl_s=60)
+    store.stage_shard("c1", 2, b"s2", ttl_s=60)
+    assert store.staged(StagedShards("c1", 3)) == 2
+    with pytest.raises(MissingShard, match="1 of the 3 shards"):
+        publish_shards("c1", first)
+    assert store.head() == store.live() == first and store.versions() == [first]  # nothing was written
+    assert not client.exists(store.keys.version(first + 1))
+    store.stage_shard("c1", 1, b"s1", ttl_s=60)
+    second = publish_shards("c1", first)
+    version = store.load(second)
+    assert version.shards == (b"s0", b"s1", b"s2") and version.meta.shards == 3 and version.weights == b""
+    # the staged shards now belong to the version: moved, and kept as long as it is
+    assert store.staged(StagedShards("c1", 3)) == 0
+    assert all(client.ttl(store.keys.version_shard(second, r)) == -1 for r in range(3))
+    assert store.load(first).shards == ()  # a version of one trainer is one blob, as before
+    # pruned with its version
+    for cut, parent in (("c2", second), ("c3", second + 1)):
+        for r in range(3):
+            store.stage_shard(cut, r, cut.encode(), ttl_s=60)
+        publish_shards(cut, parent)
+    assert store.versions() == [second + 1, second + 2]
+    assert not any(client.exists(store.keys.version_shard(second, r)) for r in range(3))
+    assert store.load(second + 2).shards == (b"c3",) * 3
 
 
 def test_a_second_writer_from_a_stale_parent_is_refused(stack, namespace):

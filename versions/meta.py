@@ -59,6 +59,7 @@ class VersionMeta:
     parent: int | None = None
     created_at: float = 0.0
     history_lost: bool = False              # the parent was missing: Redis came back empty
+    shards: int = 0                         # ranks wrote the weights as this many shards (0: one blob)
 
     @property
     def auc(self) -> float | None:
@@ -78,6 +79,8 @@ class VersionMeta:
         data["gate"] = None if self.gate is None else self.gate.as_dict()
         if not self.history_lost:
             del data["history_lost"]
+        if not self.shards:
+            del data["shards"]
         return data
 
     @classmethod

@@ -4,7 +4,10 @@ A version (``P:version:<n>``, ``P`` the model's key prefix in stream/redis_keys.
 written once: ``meta`` (JSON, :class:`~streamrec.versions.meta.VersionMeta`), ``weights``
 (safetensors of the model), ``trainer`` (safetensors of the streaming quality metrics),
 ``joiner`` (JSON: the example source's state: open impressions, queued examples) and, for
-sequence models, ``history`` (JSON: recent behaviour). ``head`` names the newest version (the
+sequence models, ``history`` (JSON: recent behaviour). A version learned by ranks keeps its weights
+as one key per shard (``P:version:<n>:shard:<r>``): each rank stages its shard
+(:meth:`VersionStore.stage_shard`, expiring), and the publish that makes the version visible
+moves every staged shard under it, or fails if one is missing. ``head`` names the newest version (the
 trainer's resume point), ``live`` the one scorers serve, ``pinned`` stops the trainer moving
 ``live``. Deltas (``P:delta:<lineage>:<seq>``) carry the rows a learner changed since its
 previous delta and expire after a few minutes; a version records the ``lineage`` and
@@ -41,6 +44,18 @@ class VersionConflict(StreamrecError):
     """Another writer moved the model's head since this one loaded it."""
 
 
+class MissingShard(StreamrecError):
+    """A version learned by ranks was to be published without every rank's shard staged."""
+
+
+@dataclass(frozen=True)
+class StagedShards:
+    """The shards every rank staged for one cut (``cut``: the ranks' agreed name for it)."""
+
+    cut: str
+    count: int
+
+
 @dataclass(frozen=True)
 class DeltaRecord:
     """One stored delta: its metadata and its safetensors (models/base.py ``delta_bytes``)."""
@@ -62,6 +77,7 @@ class Version:
     quality_state: bytes | None = None  # safetensors of the streaming metrics (stream/quality_metrics.py)
     source_state: bytes | None = None   # JSON of the joiner or example queue
     history: bytes | None = None        # JSON of users' recent clicks (sequence models only)
+    shards: tuple[bytes, ...] = ()      # the weights as every rank's shard (``weights`` is then empty)
 
 
 def champion(client: redis.Redis, namespace: str) -> str | None:
@@ -162,8 +178,23 @@ class VersionStore:
         values = self.client.hmget(self.keys.version(number), fields)
         if values[0] is None or values[1] is None:
             raise StreamrecError(f"model {self.model!r} has no version {number} in namespace {self.namespace!r}")
-        return Version(number, VersionMeta.from_dict(orjson.loads(values[0])), values[1],
-                       *(values[2:] if with_state else (None, None)))
+        meta = VersionMeta.from_dict(orjson.loads(values[0]))
+        shards: tuple[bytes, ...] = ()
+        if meta.shards:
+            found = self.client.mget([self.keys.version_shard(number, r) for r in range(meta.shards)])
+            missing = [r for r, blob in enumerate(found) if blob is None]
+            if missing:  # removed meanwhile (pruned), never half-published
+                raise StreamrecError(f"model {self.model!r}: version {number} lacks shards {missing} of {meta.shards}")
+            shards = tuple(found)
+        return Version(number, meta, values[1], *(values[2:] if with_state else (None, None, None)), shards=shards)
+
+    def stage_shard(self, cut: str, shard: int, blob: bytes, ttl_s: float) -> None:
+        """Write a rank's shard of the version cut ``cut``; it expires unless :meth:`publish` takes it."""
+        self.client.set(self.keys.staged_shard(cut, shard), blob, ex=max(1, int(ttl_s)))
+
+    def staged(self, shards: StagedShards) -> int:
+        """How many of the cut's shards are staged."""
+        return int(self.client.exists(*(self.keys.staged_shard(shards.cut, r) for r in range(shards.count))))
 
     def history(self, number: int) -> bytes | None:
         """A version's behaviour histories (JSON), or None if it has none."""
@@ -209,18 +240,27 @@ class VersionStore:
             pipe.execute()
 
     def publish(self, *, parent: int | None, meta: VersionMeta, weights: bytes, quality_state: bytes,
-                source_state: bytes, keep: int, promote: bool = True, history: bytes | None = None) -> int:
+                source_state: bytes, keep: int, promote: bool = True, history: bytes | None = None,
+                shards: StagedShards | None = None) -> int:
         """Write version ``parent + 1`` and move head to it, atomically; live moves too unless
-        pinned or ``promote`` is False (the quality gate held the version)."""
+        pinned or ``promote`` is False (the quality gate held the version). With ``shards`` the
+        weights are the staged shards, moved under the version in the same transaction
+        (:class:`MissingShard` if one is not staged: nothing is written)."""
         number = (parent or 0) + 1
-        meta = dataclasses.replace(meta, model=self.model, version=number, parent=parent, created_at=time.time())
+        meta = dataclasses.replace(meta, model=self.model, version=number, parent=parent, created_at=time.time(),
+                                   shards=shards.count if shards else 0)
         keys = self.keys
+        staged = [keys.staged_shard(shards.cut, r) for r in range(shards.count)] if shards else []
         # head, live and pinned are all watched: a `models pin` or `promote` landing between the
         # reads below and EXEC makes the transaction retry with what it set, instead of being
         # overwritten. Only a moved head is a conflict (checked again on every attempt).
         for _attempt in range(PUBLISH_ATTEMPTS):
             with self.client.pipeline(transaction=True) as pipe:
-                pipe.watch(keys.head, keys.live, keys.pinned)
+                pipe.watch(keys.head, keys.live, keys.pinned, *staged)
+                if staged and pipe.exists(*staged) != len(staged):
+                    pipe.reset()
+                    raise MissingShard(f"model {self.model!r}: {len(staged) - self.staged(shards)} of the "
+                                       f"{len(staged)} shards of cut {shards.cut} are not staged")
                 current = pipe.get(keys.head)
                 current = None if current is None else int(current)
                 if current is None and parent is not None:
@@ -241,12 +281,19 @@ class VersionStore:
                 new_live = int(live) if (hold and live is not None) else (None if hold else number)
                 retained = sorted(kept + [number])
                 drop = [v for v in retained[:-keep] if v != new_live] if keep > 0 else []
+                dropped_shards = [keys.version_shard(old, r) for old in drop
+                                  for r in range(int(pipe.hget(keys.version(old), "shards") or 0))]
                 pipe.multi()
                 # hash field names are those of the first versions, so old versions still load
                 fields = {"meta": orjson.dumps(meta.to_dict()), "weights": weights, "trainer": quality_state,
                           "joiner": source_state}
                 if history is not None:
                     fields["history"] = history
+                if shards:
+                    fields["shards"] = shards.count
+                for r, key in enumerate(staged):
+                    pipe.rename(key, keys.version_shard(number, r))
+                    pipe.persist(keys.version_shard(number, r))
                 pipe.hset(keys.version(number), mapping=fields)
                 pipe.set(keys.head, number)
                 if new_live is not None:
@@ -255,6 +302,8 @@ class VersionStore:
                 for old in drop:
                     pipe.delete(keys.version(old))
                     pipe.zrem(keys.versions, str(old))
+                if dropped_shards:
+                    pipe.delete(*dropped_shards)
                 if hold:
                     reason = "pinned" if pinned else (meta.gate.reason if meta.gate else None)
                     self._log_event(pipe, "held", number, new_live, reason)

@@ -77,6 +77,7 @@ def models_show(ctx: click.Context, version: int) -> None:
     with keyed tables, their rows, admissions, evictions and bytes."""
     from streamrec.models import REGISTRY
     from streamrec.models.base import config_from_json, read_metadata
+    from streamrec.models.keyed_rows import combined_summary
     from streamrec.models.online_search import configuration_of
     from streamrec.stream.errors import ModelError
     from streamrec.stream.feature_spec import FeatureSpec
@@ -87,7 +88,11 @@ def models_show(ctx: click.Context, version: int) -> None:
     if annotation is not None:
         shown["annotation"] = annotation
     try:
-        weights = read_metadata(store.load(version, with_state=False).weights)
+        stored = store.load(version, with_state=False)
+        weights = read_metadata(stored.shards[0] if stored.shards else stored.weights)
+        if stored.shards:  # ranks wrote it: their shards' tables together
+            weights["tables"] = json.dumps(combined_summary(
+                [json.loads(read_metadata(shard).get("tables") or "{}") for shard in stored.shards]))
     except ModelError:  # weights written by something else: the metadata above is all there is
         weights = {}
     if weights.get("model") in REGISTRY:

@@ -58,6 +58,7 @@ function absorb(body) {
     const entry = worker(w);
     entry.stopped = w.stopped;
     entry.serves = w.serves;
+    entry.ranks = w.ranks;
     entry.population = w.population || [];
     entry.tables = w.tables || [];
     for (const [t, values] of w.points) {
@@ -210,7 +211,8 @@ function renderWorkers() {
       const rows = (STATS[w.role] || []).map(([name, label]) =>
         `<dt>${label}</dt><dd data-testid="${w.key}:${name}" data-name="${name}">–</dd>`).join("");
       card.innerHTML = `<h3><span class="swatch" style="background:${PALETTE[w.index % PALETTE.length]}"></span>` +
-                       `${w.role} ${w.model} / ${w.worker} <span class="serves"></span> <span class="state"></span></h3>` +
+                       `${w.role} ${w.model} / ${w.worker} <span class="ranks"></span> <span class="serves"></span> ` +
+                       `<span class="state"></span></h3>` +
                        `<dl>${rows}</dl>` +
                        (w.role === "trainer" ? `<table class="population" data-testid="${w.key}:population" hidden>` +
                         "<thead><tr><th>search challenger</th><th>examples</th><th>AUC</th><th>champion's</th>" +
@@ -224,6 +226,9 @@ function renderWorkers() {
     renderTables(card, w);
     const last = w.times.length ? w.times[w.times.length - 1] : 0;
     const silent = !w.stopped && state.now - last > Math.max(5, 5 * state.interval);
+    const ranks = card.querySelector(".ranks");
+    ranks.textContent = w.ranks ? `(${w.ranks} ranks, one model)` : "";
+    ranks.dataset.testid = `${w.key}:ranks`;
     const serves = card.querySelector(".serves");
     serves.textContent = w.role === "scorer" && w.serves && w.serves !== w.model ? `serving ${w.serves}` : "";
     card.dataset.serves = w.serves || "";
