@@ -238,7 +238,7 @@ class _RankLoop:
         if header.get("cut") is not None:
             if self.last_shard is None or self.last_shard[0] != header["cut"]:
                 raise RuntimeError(f"the reference is cut {header['cut']}, which this rank did not take")
-            self.reference = self.shard_model(self.last_shard[1])
+            self.reference = self.sharded.copy_from_shard(self.last_shard[1])
         else:
             blobs = [self.broadcast_bytes(blobs[k] if self.rank == 0 else b"", src=0) for k in range(header["blobs"])]
             whole = model_from_stored(blobs[0], blobs[1:])
@@ -247,17 +247,6 @@ class _RankLoop:
                 return
             self.reference = ShardedModel(_stepping_per_batch(whole))
         self.paired = PairedWindow(int(header["version"]), int(header["window"]))
-
-    def shard_model(self, blob: bytes) -> Any:
-        """A sharded copy of the model from this rank's shard of it (``ShardedModel.shard_bytes``)."""
-        from safetensors.torch import load as st_load
-
-        from streamrec.models.sharded import ShardedModel
-
-        local = self.sharded.model
-        copy = ShardedModel(type(local)(local.spec, local.config))
-        copy.model.load_row_sparse(st_load(blob))
-        return copy
 
     def broadcast_bytes(self, data: bytes, src: int) -> bytes:
         """``data`` of rank ``src`` on every rank (the others pass anything)."""

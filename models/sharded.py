@@ -221,6 +221,14 @@ class ShardedModel:
         :func:`model_from_shards` joins every rank's into the whole model."""
         return self.model.to_bytes({**(extra_metadata or {}), "shard": str(self.rank), "shards": str(self.world)})
 
+    def copy_from_shard(self, blob: bytes) -> ShardedModel:
+        """A sharded copy of this model as it was when this rank wrote ``blob`` (its
+        :meth:`shard_bytes`), in the same group: every rank makes its copy from its own shard."""
+        local = self.model
+        copy = ShardedModel(type(local)(local.spec, local.config), self.group)
+        copy.model.load_row_sparse(st_load(blob))
+        return copy
+
     def full_model(self) -> OnlineModel:
         """The whole model as one process would hold it (every rank takes part; each gets the same)."""
         mine = st_save(self.model.row_sparse_tensors())

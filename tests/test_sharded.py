@@ -184,7 +184,14 @@ def _predict_rank(rank: int, path: str, port: int, out: str) -> None:
             model.learn(share(rows[at:at + BATCH]))
         scored = model.predict(share(rows[-500:]))
         np.save(f"{out}.{rank}.npy", scored, allow_pickle=False)
-        Path(f"{out}.shard{rank}").write_bytes(model.shard_bytes())  # as a version of ranks stores it
+        shard = model.shard_bytes()
+        Path(f"{out}.shard{rank}").write_bytes(shard)  # as a version of ranks stores it
+        # a copy from each rank's own shard (the gate's reference on ranks) predicts as the model
+        # did when the shards were written, however the model learns on
+        copy = model.copy_from_shard(shard)
+        model.learn(share(rows[:BATCH]))
+        assert not np.allclose(model.predict(share(rows[-500:])), scored, rtol=0, atol=1e-7)
+        np.testing.assert_array_equal(copy.predict(share(rows[-500:])), scored)
     finally:
         dist.destroy_process_group()
 
