@@ -5,6 +5,7 @@
     python bench/online_ranks.py --rows 200000 --agrawal        # River's Agrawal written as a Criteo log
     python bench/online_ranks.py --rows 200000 --seed 7         # the generator with another seed
     python bench/online_ranks.py --frappe frappe.libfm          # Frappe (libfm; user f0, item f1)
+    python bench/online_ranks.py --publish-every-s 5 --delta-every-s 0.5   # versions and deltas meanwhile
 
 The rows are replayed onto the embedded broker once and labelled once by a join worker into
 ``<ns>.examples``; then, for each rank count, ``streamrec train --from-examples --ranks R
@@ -76,6 +77,9 @@ def main() -> None:
     parser.add_argument("--agrawal", action="store_true", help="River's Agrawal as a Criteo log instead")
     parser.add_argument("--frappe", type=Path, help="Frappe as libfm (hexiangnan/neural_factorization_machine, "
                                                     "data/frappe) instead, replayed row by row")
+    parser.add_argument("--publish-every-s", type=float, default=3600.0,
+                        help="versions while learning (default: only the last one)")
+    parser.add_argument("--delta-every-s", type=float, default=0.0, help="deltas while learning (default: none)")
     parser.add_argument("--name", default="online_ranks")
     args = parser.parse_args()
     source = (f"Frappe ({args.frappe.name}, hexiangnan/neural_factorization_machine)" if args.frappe
@@ -126,9 +130,9 @@ def main() -> None:
                 _forget_model(state.redis_url, namespace, args.model)
                 report = Path(tmp) / f"report-{kind}-{ranks}.json"
                 command = [sys.executable, "-m", "streamrec", "train", "--from-examples", "--model", args.model,
-                           "--exit-at-end", "--no-search", "--no-gate", "--delta-every-s", "0",
+                           "--exit-at-end", "--no-search", "--no-gate", "--delta-every-s", str(args.delta_every_s),
                            "--batch-size", str(args.batch_size), "--tables", args.tables,
-                           "--publish-every-examples", str(10**9), "--publish-every-s", "3600",
+                           "--publish-every-examples", str(10**9), "--publish-every-s", str(args.publish_every_s),
                            "--metrics-port", "0", "--report-json", str(report)]
                 if kind == "ranks":
                     command += ["--ranks", str(ranks)]
@@ -144,7 +148,8 @@ def main() -> None:
                        "examples_per_second": result["examples_per_second"], "auc": result["auc"],
                        "logloss": result["logloss"], "cpu_s_per_1k": 1000 * cpu / examples,
                        "bytes_sent_per_example": result.get("bytes_sent_per_example"),
-                       "wall_seconds": result["wall_seconds"], "digest": result["digest"]}
+                       "wall_seconds": result["wall_seconds"], "digest": result["digest"],
+                       "versions": result.get("versions_published"), "deltas": result.get("deltas_published")}
                 runs.append(run)
                 sent = run["bytes_sent_per_example"]
                 print(f"{run['setting']:>32}: {run['examples_per_second']:8,.0f} ex/s, AUC {run['auc']:.4f}, "
@@ -162,6 +167,7 @@ def main() -> None:
     print(f"same examples learned in every setting: {same}")
     write_result(args.name, {"rows": args.rows, "model": args.model, "batch_size": args.batch_size,
                              "partitions": args.partitions, "tables": args.tables,
+                             "publish_every_s": args.publish_every_s, "delta_every_s": args.delta_every_s,
                              "data": f"{source}, joined by one join worker",
                              "runs": runs, **summary, "same_examples_everywhere": same})
 

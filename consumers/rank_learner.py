@@ -68,6 +68,7 @@ from streamrec.consumers.learner import (
     _SNAPSHOT,
     _STOP,
     SEARCH_KEYS,
+    Delta,
     LearnerProcess,
     Snapshot,
     _pack,
@@ -83,7 +84,7 @@ CUT_WANTED, ALL_FINISHED = 0, 1  # control[...] the learner posts for its worker
 IDLE_WAIT_S = 0.02  # how long an idle group waits for a batch before its next (empty) step
 TIMEOUT_ENV = "STREAMREC_RANK_TIMEOUT_S"  # Settings.rank_timeout_s, read here from the environment
 # header columns
-_SIZE, _HAS_MODEL, _PROPOSING, _MARKER, _FINAL, _DONE, _BASE, _REF = range(8)
+_SIZE, _HAS_MODEL, _PROPOSING, _MARKER, _FINAL, _DONE, _BASE, _REF, _DELTA_ASKED = range(9)
 
 
 class _Stop(Exception):
@@ -103,6 +104,16 @@ class RankSnapshot(Snapshot):
     halves: list[bytes]
     final: bool
     bytes_sent: int  # payload every rank's learner has put into collectives since it started
+
+
+@dataclass(frozen=True)
+class RankDelta(Delta):
+    """A delta every rank wrote at one step, each its own shard staged in Redis under ``cut``
+    (``staged``: all of them are); ``weights`` is empty."""
+
+    cut: str
+    shards: int
+    staged: bool
 
 
 class _RankLoop:
@@ -129,6 +140,9 @@ class _RankLoop:
         self.paired: Any = None
         self.share: Any = None
         self.marker: tuple[bool, bytes] | None = None  # (the worker's last?, its half of the version)
+        self.delta_request: dict[str, Any] | None = None  # rank 0's worker asked for a delta
+        self.delta_seq = 0  # deltas of the group's lineage so far (every rank counts them in step)
+        self.redis: Any = None  # where each rank stages its shard of a delta (from rank 0's request)
         self.finished_input = False
         self.left = False  # the final meeting is over: no more steps
         self.lineage = uuid.uuid4().hex[:12]
@@ -143,7 +157,7 @@ class _RankLoop:
 
     def read(self, wait_s: float | None) -> None:
         """Take messages until this step's share or a marker (waiting up to ``wait_s`` for the first)."""
-        while self.share is None and self.marker is None:
+        while self.share is None and self.marker is None and self.delta_request is None:
             if not self.conn.poll(wait_s):
                 return
             wait_s = 0.0
@@ -175,8 +189,8 @@ class _RankLoop:
                 self.pending_reference = (header, blobs)
             elif op == _PROBE:  # probes are not predicted by ranks: acknowledged unused
                 self.reply({})
-            elif op == _DELTA:
-                raise RuntimeError("deltas are not published by ranks yet")
+            elif op == _DELTA:  # rank 0's publisher: every rank writes its shard at the next step
+                self.delta_request = header
             else:
                 raise RuntimeError(f"unknown learner request {op!r}")
 
@@ -265,7 +279,7 @@ class _RankLoop:
 
     def header(self) -> Any:
         torch = self.torch
-        row = torch.zeros(8, dtype=torch.int64)
+        row = torch.zeros(9, dtype=torch.int64)
         row[_SIZE] = 0 if self.share is None else len(self.share)
         row[_HAS_MODEL] = self.sharded is not None
         row[_PROPOSING] = self.proposal is not None and self.sharded is None
@@ -274,6 +288,7 @@ class _RankLoop:
         row[_DONE] = self.finished_input and self.share is None
         row[_BASE] = self.base_version
         row[_REF] = self.pending_reference is not None
+        row[_DELTA_ASKED] = self.delta_request is not None
         rows = [torch.empty_like(row) for _ in range(self.world)]
         self.dist.all_gather(rows, row)
         self.bytes_sent += row.numel() * row.element_size()
@@ -300,6 +315,9 @@ class _RankLoop:
             acted = True
         if int(sizes.sum()) > 0:
             self.learn(sizes)
+            acted = True
+        if bool(heads[0, _DELTA_ASKED]):
+            self.delta_meeting()
             acted = True
         return self.markers_and_end(heads) or acted
 
@@ -353,6 +371,44 @@ class _RankLoop:
             _post_tables(self.tables, table_summary(model))
             self.tables_posted = started
 
+    def delta_meeting(self) -> None:
+        """Every rank's rows changed since the group's previous delta, as of this step: each rank
+        stages its shard in Redis itself (no worker waits for it), and rank 0 answers its worker
+        with whether every shard is in, for it to publish the delta."""
+        torch, dist = self.torch, self.dist
+        asked = self.delta_request if self.rank == 0 else None
+        text = json.dumps({**asked, "lineage": self.lineage}).encode() if asked is not None else b""
+        header = json.loads(self.broadcast_bytes(text, src=0))
+        self.delta_request = None
+        self.lineage = header["lineage"]  # the group's is rank 0's
+        self.delta_seq += 1
+        blob = self.sharded.shard_delta_bytes(bool(header["dense"]))
+        staged = torch.tensor([int(self.stage_delta(header, blob))])
+        dist.all_reduce(staged, op=dist.ReduceOp.MIN)
+        if self.rank == 0:
+            self.reply({"lineage": self.lineage, "seq": self.delta_seq,
+                        "base_version": self.base_version if self.base_version >= 0 else None,
+                        "dense": bool(header["dense"]), "shards": self.world, "staged": bool(staged),
+                        "cut": delta_cut(self.lineage, self.delta_seq)})
+
+    def stage_delta(self, header: dict[str, Any], blob: bytes) -> bool:
+        """Write this rank's shard of a delta to Redis; False if Redis did not take it (the
+        delta is then not published: a gap scorers cross by loading the next version)."""
+        import redis
+
+        from streamrec.stream.redis_connection import connect
+        from streamrec.versions.store import VersionStore
+
+        try:
+            if self.redis is None:
+                self.redis = connect(header["redis_url"])
+            VersionStore(self.redis, header["namespace"], header["model"]).stage_shard(
+                delta_cut(self.lineage, self.delta_seq), self.rank, blob, ttl_s=header["ttl_s"])
+            return True
+        except redis.RedisError as exc:
+            print(f"rank {self.rank}: delta {self.lineage}:{self.delta_seq} not staged: {exc}", file=sys.stderr)
+            return False
+
     def snapshot(self, final: bool) -> None:
         from streamrec.models.sharded import gather_rows
         from streamrec.stream.quality_metrics import metrics_blob
@@ -376,7 +432,7 @@ class _RankLoop:
         blobs = [shard, metrics_blob(self.quality) if self.rank == 0 and self.sharded is not None else b""]
         if self.rank == 0:
             blobs += [bytes(h.numpy()) for h in halves]
-        self.reply({"quality": quality, "finite": bool(finite), "lineage": self.lineage, "delta_seq": 0,
+        self.reply({"quality": quality, "finite": bool(finite), "lineage": self.lineage, "delta_seq": self.delta_seq,
                     "final": final, "bytes_sent": int(sent), "cut": cut, "shard": self.rank,
                     "shards": self.world}, blobs=blobs)
 
@@ -389,6 +445,11 @@ class _RankLoop:
         while True:
             self.read(None)
             self.share = self.marker = None
+
+
+def delta_cut(lineage: str, seq: int) -> str:
+    """The name the ranks stage their shards of delta ``seq`` of ``lineage`` under."""
+    return f"delta-{lineage}-{seq}"
 
 
 def _stepping_per_batch(whole: Any) -> Any:
@@ -467,6 +528,8 @@ class RankLearnerProcess(LearnerProcess):
 
         self._control = multiprocessing.get_context("spawn").Array("q", [0, 0], lock=False)
         super().__init__(_rank_child, (self._control,))
+        # where the ranks stage their shards of a delta: {redis_url, namespace, model, ttl_s}
+        self.delta_target: dict[str, Any] = {}
 
     def propose(self, model: str, spec_json: str, seed: int, window: int, settings: dict[str, str]) -> str:
         """Propose this worker's model; the spec every rank learns with (the first proposal's)."""
@@ -489,6 +552,19 @@ class RankLearnerProcess(LearnerProcess):
                             header["delta_seq"], header["cut"], int(header["shard"]), int(header["shards"]),
                             list(blobs[2:]), bool(header["final"]), int(header["bytes_sent"]))
 
+    def request_delta(self, dense: bool) -> None:
+        """Ask every rank for its rows changed since the group's previous delta, staged in Redis
+        at ``delta_target`` (rank 0's worker only)."""
+        self._ask(_DELTA, {"dense": dense, **self.delta_target})
+
+    def take_delta(self, block: bool) -> Delta | None:
+        reply = self._take(_DELTA, block)
+        if reply is None:
+            return None
+        header, _arrays, _blobs = reply
+        return RankDelta(b"", header["lineage"], header["seq"], header["base_version"], header["dense"], None,
+                         header["cut"], int(header["shards"]), bool(header["staged"]))
+
     def set_reference_cut(self, version: int, cut: str, window: int) -> None:
         """Compare with ``version``, which these ranks published from cut ``cut``: each rank takes
         its own shard of that cut (rank 0's worker only)."""
@@ -510,4 +586,4 @@ class RankLearnerProcess(LearnerProcess):
         return bool(self._control[ALL_FINISHED])
 
 
-__all__ = ["RankLearnerProcess", "RankSnapshot", "TIMEOUT_ENV"]
+__all__ = ["RankDelta", "RankLearnerProcess", "RankSnapshot", "TIMEOUT_ENV", "delta_cut"]

@@ -36,8 +36,8 @@ import orjson
 import redis
 
 from streamrec.consumers.example_source import JoinCounts
-from streamrec.consumers.learner import LearnerProcess
-from streamrec.consumers.rank_learner import RankLearnerProcess, RankSnapshot
+from streamrec.consumers.learner import Delta, LearnerProcess
+from streamrec.consumers.rank_learner import RankDelta, RankLearnerProcess, RankSnapshot
 from streamrec.consumers.source_shards import ranks_state, source_from_state
 from streamrec.consumers.trainer import Trainer, TrainerOptions
 from streamrec.consumers.version_publisher import VersionPublisher, WorkerCut
@@ -47,7 +47,8 @@ from streamrec.stream.feature_spec import FeatureSpec
 from streamrec.stream.featurizer import Featurizer
 from streamrec.stream.kafka_client import TopicPartitionKey
 from streamrec.stream.settings import Settings
-from streamrec.versions.store import StagedShards
+from streamrec.versions.meta import DeltaMeta
+from streamrec.versions.store import MissingShard, StagedShards
 
 log = logging.getLogger(__name__)
 PARTITIONS_WAIT_S = 0.5  # between looks for the input topics, before they exist
@@ -62,21 +63,21 @@ class RankPlace:
     rank: int
     world: int
     local_rank: int = 0  # among the ranks on this host: each serves /metrics on its own port
+    run_id: str = ""  # the rendezvous' name, the same on every rank: what their metrics are grouped by
 
     @classmethod
     def from_environment(cls) -> RankPlace | None:
         """This process's place when torch's launcher started it, else None."""
         if "TORCHELASTIC_RUN_ID" not in os.environ or "RANK" not in os.environ:
             return None
-        return cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+        return cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)),
+                   os.environ["TORCHELASTIC_RUN_ID"])
 
 
 def refuse_on_ranks(options: TrainerOptions) -> None:
     """What one trainer does that ranks do not do yet, refused by its setting's name."""
-    for name, on in (("search", options.search), ("delta_every_s", options.delta_every_s > 0)):
-        if on:
-            raise ConfigError(f"{name}: not available when a trainer runs as ranks yet "
-                              "(--no-search, --delta-every-s 0; docs/distributed.md)")
+    if options.search:
+        raise ConfigError("search: not available when a trainer runs as ranks yet (--no-search; docs/distributed.md)")
     if options.spec_options.counts:
         raise ConfigError("--count: count features are not sharded across ranks yet")
     if options.spec_options.history_length or options.spec_options.history_fields:
@@ -133,12 +134,21 @@ class RankPublisher(VersionPublisher):
         self.last_quality: dict[str, float] | None = None  # the whole model's metrics at the last meeting
         self.bytes_sent = 0  # by every rank's learner into collectives, as of the last meeting
         self.learned_at_cut = 0.0  # the whole model's examples at the last cut (rank 0)
+        self.learned_at_delta = 0.0  # ... and as last seen when deciding on a delta
         self._final = False  # the cut being taken is this worker's last
         self._snapshot: RankSnapshot | None = None  # the pending cut's, once the learners met
         self._staged = False  # this rank's shard of it is in Redis
         self._waiting_since: float | None = None  # rank 0: since when it waits for the others' shards
         self._published_cut: str | None = None  # the cut of the newest version these ranks published
         self.shard_timeout_s = shard_timeout_s
+
+    def delta_due(self, learner: LearnerProcess, waiting: int = 0) -> bool:
+        # what every rank learned since the last delta, not only rank 0's own examples
+        learned = learner.latest_quality()[0]["examples"] if learner.ready else float("nan")
+        if learned == learned and learned > self.learned_at_delta:
+            self.learned_since_delta += int(learned - self.learned_at_delta)
+            self.learned_at_delta = learned
+        return super().delta_due(learner, waiting)
 
     def due_for(self, learned: float) -> bool:
         """Rank 0: a version is due, counting what every rank learned (``learned``: the whole
@@ -210,6 +220,13 @@ class RankPublisher(VersionPublisher):
                     return False
                 time.sleep(SHARD_POLL_S * 10)
 
+    def store_delta(self, meta: DeltaMeta, delta: Delta) -> None:
+        """Announce the delta whose shards every rank staged (a gap if one could not)."""
+        assert isinstance(delta, RankDelta)
+        if not delta.staged:
+            raise MissingShard(f"a rank could not stage its shard of delta {delta.lineage}:{delta.seq}")
+        self.store.publish_delta(meta, b"", ttl_s=self.options.delta_ttl_s, shards=StagedShards(delta.cut, delta.shards))
+
     def sync_reference(self, learner: LearnerProcess, published: int | None = None,
                        weights: bytes | None = None, moved_on: bool = False) -> None:
         """The version these ranks just published is compared with as each rank's own shard of it
@@ -230,20 +247,25 @@ class RankTrainer(Trainer):
     def __init__(self, settings: Settings, options: TrainerOptions, place: RankPlace, **kwargs: Any) -> None:
         refuse_on_ranks(options)
         port = options.metrics_port
-        trainer = options.worker_id
         options = dataclasses.replace(
             options, worker_id=f"{options.worker_id}-rank{place.rank}",
             batch_size=max(1, -(-options.batch_size // place.world)),
             metrics_port=port + place.local_rank if port else port)
         super().__init__(settings, options, **kwargs)
         self.place = place
-        self.metrics.mark_rank(trainer, place.rank, place.world)
+        self.metrics.mark_rank(place.run_id or options.worker_id, place.rank, place.world)
         self.publisher = RankPublisher(self.store, options.publish_options(), self.metrics, self._commit,
                                        on_publish=self.publisher.on_publish, rank=place.rank,
                                        shard_timeout_s=settings.rank_timeout_s)
         self.own: list[int] = []
         self._stored_source: dict[str, Any] | None = None
         self._input_finished = False
+
+    def start(self) -> None:
+        super().start()
+        assert isinstance(self.learner, RankLearnerProcess)
+        self.learner.delta_target = {"redis_url": self.redis_url, "namespace": self.settings.namespace,
+                                     "model": self.options.model, "ttl_s": self.options.delta_ttl_s}
 
     # ------------------------------------------------------------------ resume and partitions
 
@@ -261,6 +283,7 @@ class RankTrainer(Trainer):
         if head is not None and self.place.rank != 0:
             self.counters = Counters()  # rank 0 carries the version's totals; the others add to them
         self.publisher.learned_at_cut = float(self.counters.examples)  # rank 0: the version's, learned before
+        self.publisher.learned_at_delta = self.publisher.learned_at_cut
         return head
 
     def attach(self) -> None:
@@ -324,6 +347,11 @@ class RankTrainer(Trainer):
             if learner.all_finished and not self.publisher.cutting:
                 return True
         self._step_versions()
+        if self.place.rank == 0:  # rank 0 asks for deltas; every rank writes its shard of each
+            if self.publisher.delta_pending:
+                self.publisher.complete_delta(learner, block=False)
+            if not learner.all_finished and self.publisher.delta_due(learner, waiting=self.source.ready):
+                self._request_delta()
         self._every_second(check_rollback=self.place.rank == 0)  # rank 0 publishes, so it rolls back
         return False
 
@@ -331,6 +359,7 @@ class RankTrainer(Trainer):
         """One last meeting of every rank: each cuts its final half (or completes the cut it is in)."""
         learner = self.learner
         assert isinstance(learner, RankLearnerProcess)
+        self.publisher.complete_delta(learner, block=True)
         if not self.publisher.cutting:
             self.publisher.cut(learner, self._worker_cut(), final=True)
         self.publisher.complete(learner, block=True)

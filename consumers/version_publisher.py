@@ -27,7 +27,7 @@ import numpy as np
 import redis
 
 from streamrec.consumers.example_source import JoinCounts
-from streamrec.consumers.learner import LearnerProcess, Snapshot
+from streamrec.consumers.learner import Delta, LearnerProcess, Snapshot
 from streamrec.consumers.trainer_exporter import TrainerExporter
 from streamrec.consumers.worker_counters import Counters
 from streamrec.stream.errors import StreamrecError
@@ -35,7 +35,7 @@ from streamrec.stream.kafka_client import TopicPartitionKey
 from streamrec.stream.redis_connection import Backoff
 from streamrec.versions.meta import DeltaMeta, VersionMeta, finite_or_none
 from streamrec.versions.quality_gate import GateOptions, judge, should_roll_back
-from streamrec.versions.store import StagedShards, VersionStore
+from streamrec.versions.store import MissingShard, StagedShards, VersionStore
 
 log = logging.getLogger(__name__)
 
@@ -351,8 +351,8 @@ class VersionPublisher:
                                    seq=delta.seq)
         self._pending_delta = None
         try:
-            self.store.publish_delta(meta, delta.weights, ttl_s=self.options.delta_ttl_s)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.store_delta(meta, delta)
+        except (redis.ConnectionError, redis.TimeoutError, MissingShard) as exc:
             # A missing delta is a gap that scorers see: they reload the next full version.
             self.exporter.publish_failures.labels(**self._labels).inc()
             log.debug("delta %s:%d not published: %s", delta.lineage, delta.seq, exc)
@@ -362,6 +362,10 @@ class VersionPublisher:
         self.exporter.delta_bytes.labels(**self._labels).inc(len(delta.weights))
         if self.on_delta is not None:
             self.on_delta(meta, delta.probe)
+
+    def store_delta(self, meta: DeltaMeta, delta: Delta) -> None:
+        """Write the delta and announce it."""
+        self.store.publish_delta(meta, delta.weights, ttl_s=self.options.delta_ttl_s)
 
     @property
     def delta_pending(self) -> bool:

@@ -240,18 +240,10 @@ def model_from_bytes(blob: bytes, pristine: PristineModels | None = None) -> Onl
 def model_from_shards(shards: Sequence[bytes], pristine: PristineModels | None = None) -> OnlineModel:
     """The whole model from every shard a trainer's ranks wrote (:meth:`ShardedModel.shard_bytes`,
     in any order): whoever reads it need not know how many ranks learned it."""
-    from streamrec.models.sharded import join_shards
+    from streamrec.models.sharded import join_shards, shard_order
 
     metas = [read_metadata(blob) for blob in shards]
-    if not metas:
-        raise ModelError("no shards to load")
-    try:
-        order = sorted(range(len(metas)), key=lambda k: int(metas[k]["shard"]))
-        places = [(int(metas[k]["shard"]), int(metas[k]["shards"])) for k in order]
-    except (KeyError, ValueError):
-        raise ModelError("a blob among the shards is not a shard of a model learned by ranks") from None
-    if places != [(rank, len(metas)) for rank in range(len(metas))]:
-        raise ModelError(f"shards {places} (shard, of) are not every shard of one model once")
+    order = shard_order(metas)
     first = metas[order[0]]
     for meta in metas:
         if (meta.get("model"), meta.get("spec"), meta.get("config")) != (first.get("model"), first.get("spec"),

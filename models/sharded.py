@@ -30,6 +30,7 @@ occurrences in order) and sequence models (their histories are per-user state).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,12 +39,12 @@ import torch.distributed as dist
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from streamrec.models.base import OnlineModel
+from streamrec.models.base import DELTA_FORMAT, DeltaTensors, OnlineModel, load_tensors_blob, read_metadata
 from streamrec.models.batch_unique import BatchUnique
 from streamrec.models.deep_base import DeepModel, leaf_rows
-from streamrec.models.keyed_rows import KeyedRows
+from streamrec.models.keyed_rows import FREE, KeyedRows
 from streamrec.models.wide_inputs import wide_ids
-from streamrec.stream.errors import ConfigError
+from streamrec.stream.errors import ConfigError, ModelError
 from streamrec.stream.sparse_batch import SparseBatch
 
 
@@ -102,67 +103,75 @@ def join_shards(parts: list[dict[str, torch.Tensor]], whole: OnlineModel) -> dic
     """Every rank's shard (:meth:`OnlineModel.row_sparse_tensors` of its part of the model, in
     rank order) as the row-sparse tensors of ``whole``, a fresh model of the same spec and config
     (``whole.load_row_sparse`` takes them). Tensors outside the row groups are replicated and come
-    from shard 0; a hashed table's local row ``i`` of rank ``r`` is row ``i * R + r``; keyed tables
-    are joined by key (:func:`_join_keyed`)."""
-    world = len(parts)
+    from shard 0; every table's local row ``i`` of rank ``r`` is row ``i * R + r`` (:func:`_join_rows`),
+    so that a rank's later deltas land on the same rows (:func:`join_delta_shards`)."""
     out = {name: value for name, value in parts[0].items() if "@" not in name}
     keyed = whole.keyed_tables()
     for group, (_touched, names) in whole.row_groups().items():
+        out.update(_join_rows(group, names, parts, keyed=group in keyed))
         if group in keyed:
-            out.update(_join_keyed(group, names, parts))
-            continue
-        out[f"{group}@rows"] = torch.cat([part[f"{group}@rows"] * world + rank for rank, part in enumerate(parts)])
-        for name in names:
-            out[f"{name}@touched"] = torch.cat([part[f"{name}@touched"] for part in parts])
+            out.update(_join_table_state(group, parts, out[f"{group}@rows"]))
     return out
 
 
-def _join_keyed(group: str, names: tuple[str, ...], parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """One keyed table of every rank's shard, as one process would hold it: every rank's held
-    rows, renumbered from 1 (row 0, the reserved row, is shard 0's). Keys are each on one rank; a
-    region's shared row (keys waiting for a row of their own read it) is on every rank that needed
-    one, and is taken as the mean of them. The clock and event-time state are the same on every
-    rank; the admission filters are merged by their larger counts (a key is never counted short),
-    the counters summed."""
-    key_name, last_name = f"{group}.keys", f"{group}.last_used"
-    columns = [name for name in names if name not in (key_name, last_name)]
-    keys, last_used, values, first = [], [], [], None
-    for part in parts:
-        rows = part[f"{group}@rows"]
-        held = rows > 0
-        if first is None:
-            first = {name: part[f"{name}@touched"][rows == 0] for name in names}
-        keys.append(part[f"{key_name}@touched"][held])
-        last_used.append(part[f"{last_name}@touched"][held])
-        values.append(torch.cat([part[f"{name}@touched"][held].reshape(int(held.sum()), -1).to(torch.float64)
-                                 for name in columns], dim=1))
-    assert first is not None
-    keys_all, last_all, values_all = torch.cat(keys), torch.cat(last_used), torch.cat(values)
-    distinct, inverse = torch.unique(keys_all, return_inverse=True)  # shared rows: one per region
-    times = torch.zeros(len(distinct), dtype=torch.float64).index_add_(0, inverse,
-                                                                      torch.ones(len(keys_all), dtype=torch.float64))
-    merged = torch.zeros(len(distinct), values_all.shape[1], dtype=torch.float64).index_add_(0, inverse, values_all)
-    merged /= times.unsqueeze(1)
-    last = torch.full((len(distinct),), -(2**62), dtype=torch.int64).scatter_reduce_(0, inverse, last_all, "amax")
-    out = {f"{group}@rows": torch.arange(len(distinct) + 1, dtype=torch.int64),
-           f"{key_name}@touched": torch.cat([first[key_name], distinct]),
-           f"{last_name}@touched": torch.cat([first[last_name], last])}
-    at = 0
-    for name in columns:
-        shape = parts[0][f"{name}@touched"].shape[1:]
-        width = int(np.prod(shape)) if len(shape) else 1
-        column = merged[:, at:at + width].reshape(len(distinct), *shape).to(parts[0][f"{name}@touched"].dtype)
-        out[f"{name}@touched"] = torch.cat([first[name], column])
-        at += width
+def join_delta_shards(shards: Sequence[bytes]) -> DeltaTensors:
+    """Every rank's delta of one step (:meth:`ShardedModel.shard_delta_bytes`, any order) as one
+    delta of the whole model a scorer holds (a version joined by :func:`join_shards`)."""
+    metas = [read_metadata(blob, DELTA_FORMAT) for blob in shards]
+    order = shard_order(metas)
+    parts = [load_tensors_blob(shards[k]) for k in order]
+    out = {name: value for name, value in parts[0].items() if "@" not in name}
+    for group in sorted(name[:-len("@rows")] for name in parts[0] if name.endswith("@rows")):
+        names = tuple(sorted({name[:-len("@touched")] for part in parts for name in part
+                              if name.endswith("@touched") and name.startswith(f"{group}.")}))
+        out.update(_join_rows(group, names, parts, keyed=f"{group}.keys" in names))
+    first = metas[order[0]]
+    return DeltaTensors(first.get("model", ""), first.get("dense") == "1", out)
+
+
+def shard_order(metas: list[dict[str, str]]) -> list[int]:
+    """The blobs' indices in rank order, once each shard ``0 .. R-1`` is checked to be there once."""
+    try:
+        order = sorted(range(len(metas)), key=lambda k: int(metas[k]["shard"]))
+        places = [(int(metas[k]["shard"]), int(metas[k]["shards"])) for k in order]
+    except (KeyError, ValueError):
+        raise ModelError("a blob among the shards is not a shard of a model learned by ranks") from None
+    if not metas or places != [(rank, len(metas)) for rank in range(len(metas))]:
+        raise ModelError(f"shards {places} (shard, of) are not every shard of one model once")
+    return order
+
+
+def _join_rows(group: str, names: tuple[str, ...], parts: list[dict[str, torch.Tensor]],
+               keyed: bool) -> dict[str, torch.Tensor]:
+    """One row group of every rank's shard (or delta): local row ``i`` of rank ``r`` is row
+    ``i * R + r``. In a keyed table a region's shared row (keys waiting for a row of their own read
+    it) is on every rank that needed one, but the whole model has one per region: rank 0's is it,
+    and the other ranks' (and their reserved row 0) are written as free rows, which also frees
+    whatever those rows held before (a delta)."""
+    world = len(parts)
+    out = {f"{group}@rows": torch.cat([part[f"{group}@rows"] * world + rank for rank, part in enumerate(parts)])}
+    for name in names:
+        out[f"{name}@touched"] = torch.cat([part[f"{name}@touched"] for part in parts])
+    if keyed:
+        keys = [part[f"{group}.keys@touched"] for part in parts]
+        keys = [k if rank == 0 else torch.where(k < FREE, torch.full_like(k, FREE), k)
+                for rank, k in enumerate(keys)]
+        out[f"{group}.keys@touched"] = torch.cat(keys)
+    return out
+
+
+def _join_table_state(group: str, parts: list[dict[str, torch.Tensor]], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A keyed table's learning state from every rank's: the clock and event-time state are the
+    same on every rank; the admission filters are merged by their larger counts (a key is never
+    counted short), the counters summed."""
     filters = [part[f"{group}.table.filter"] for part in parts if part[f"{group}.table.filter"].numel()]
-    out[f"{group}.table.filter"] = torch.stack(filters).amax(dim=0) if filters else torch.zeros(0, dtype=torch.uint8)
     # clock, next row, evicted, admitted, next expiry, sightings not admitted
     counters = parts[0][f"{group}.table.clock"].clone()
     summed = torch.stack([part[f"{group}.table.clock"] for part in parts]).sum(dim=0)
-    counters[1] = len(distinct) + 1
+    counters[1] = int(rows.max()) + 1 if len(rows) else 1
     counters[2], counters[3], counters[5] = summed[2], summed[3], summed[5]
-    out[f"{group}.table.clock"] = counters
-    return out
+    return {f"{group}.table.filter": torch.stack(filters).amax(dim=0) if filters else torch.zeros(0, dtype=torch.uint8),
+            f"{group}.table.clock": counters}
 
 
 class ShardedModel:
@@ -220,6 +229,12 @@ class ShardedModel:
         their local row numbers, the replicated network, and which shard of how many it is.
         :func:`model_from_shards` joins every rank's into the whole model."""
         return self.model.to_bytes({**(extra_metadata or {}), "shard": str(self.rank), "shards": str(self.world)})
+
+    def shard_delta_bytes(self, include_dense: bool) -> bytes:
+        """This rank's rows changed since its previous delta (:meth:`OnlineModel.delta_bytes`, at
+        local row numbers), and which shard of how many: :func:`join_delta_shards` joins every
+        rank's delta of one step into one delta of the whole model."""
+        return self.model.delta_bytes(include_dense, {"shard": str(self.rank), "shards": str(self.world)})
 
     def copy_from_shard(self, blob: bytes) -> ShardedModel:
         """A sharded copy of this model as it was when this rank wrote ``blob`` (its

@@ -37,7 +37,8 @@ import orjson
 import redis
 
 from streamrec.models import PristineModels, model_from_stored
-from streamrec.models.base import OnlineModel, load_tensors_blob, read_delta
+from streamrec.models.base import DeltaTensors, OnlineModel, load_tensors_blob, read_delta
+from streamrec.models.sharded import join_delta_shards
 from streamrec.stream import redis_keys
 from streamrec.stream.behaviour_history import BehaviourHistory
 from streamrec.stream.errors import StreamrecError
@@ -526,7 +527,7 @@ class Scorer:
         if not records:
             return False
         last = records[-1]
-        deltas = [read_delta(r.weights) for r in records]  # parsed once, applied to both copies
+        deltas = [delta_of(r) for r in records]  # parsed once, applied to both copies
         dense = [r.seq for r, delta in zip(records, deltas) if delta.dense]
         new = replace(served, lineage=last.lineage, delta_seq=last.seq,
                       deltas_applied=served.deltas_applied + len(records),
@@ -641,6 +642,11 @@ class Scorer:
         self.close()
 
 
+def delta_of(record: DeltaRecord) -> DeltaTensors:
+    """A stored delta, parsed: one blob, or the shards of a delta of ranks joined."""
+    return join_delta_shards(record.shards) if record.shards else read_delta(record.weights)
+
+
 def version_interactions(store: VersionStore, number: int, spec: Any) -> BehaviourHistory | None:
     """The items' interactions checkpointed with version ``number``, for item-based models."""
     if spec is None or spec.history_kind != "item_interactions":
@@ -666,7 +672,7 @@ def predict_offline(store: VersionStore, served: dict[str, Any] | Served,
             record = store.load_delta(target_lineage, number)
             if record is None:
                 raise StreamrecError(f"delta {target_lineage}:{number} is no longer in Redis")
-            model.apply_delta(read_delta(record.weights))
+            model.apply_delta(delta_of(record))
     interactions = version_interactions(store, int(info["version"]), model.spec)
     histories = interactions.before(list(users), list(items)) if interactions is not None else None
     return model.predict_proba(Featurizer(model.spec).build(list(users), list(items), list(features),

@@ -74,6 +74,10 @@ class ModelKeys:
     def delta(self, lineage: str, seq: int) -> str:
         return f"{self.prefix}:delta:{lineage}:{seq}"
 
+    def delta_shard(self, lineage: str, seq: int, shard: int) -> str:
+        """One shard of a delta of ranks."""
+        return f"{self.prefix}:delta:{lineage}:{seq}:shard:{shard}"
+
     @property
     def events(self) -> str:
         return f"{self.prefix}:events"

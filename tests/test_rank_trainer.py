@@ -100,8 +100,7 @@ def test_ranks_refuse_what_they_do_not_do_yet_by_name(tmp_path):
 
     from streamrec.cli import cli
 
-    for flags, named in ((["--search"], "--search"), (["--delta-every-s", "0.5"], "--delta-every-s"),
-                         (["--count", "C1"], "--count"), (["--model", "din"], "sequence model"),
+    for flags, named in ((["--search"], "--search"), (["--count", "C1"], "--count"), (["--model", "din"], "sequence model"),
                          (["--model", "lr"], "not an embedding model")):
         # refused before anything starts: there is no broker or Redis here to reach
         result = CliRunner().invoke(cli, ["train", "--ranks", "2", *flags], env={"STREAMREC_HOME": str(tmp_path)})
@@ -200,6 +199,48 @@ def test_ranks_learn_every_example_once_and_resume_on_another_rank_count(stack, 
                                [r.features for r in rows])
     assert len(set(expected.round(6))) > 10  # a learned model, not a constant
     np.testing.assert_array_equal(answer.probabilities, expected)
+
+
+@pytest.mark.integration
+def test_a_scorer_follows_the_deltas_every_rank_writes(stack, namespace, learnable_rows, tmp_path):
+    """Deltas on ranks: at one step every rank stages its shard, rank 0 announces the delta once
+    all are in, and a scorer applying them answers exactly what the version and its deltas,
+    rebuilt from Redis alone, predict."""
+    from streamrec.serving.scorer import Scorer, predict_offline
+
+    settings = load_settings(namespace=namespace, partitions=PARTITIONS)
+    store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "wide_deep")
+    report = tmp_path / "report.json"
+    command = [*_train(2, report, "--exit-at-end", "--no-gate", "--publish-every-examples", "3000")]
+    command[command.index("--delta-every-s") + 1] = "0.3"
+    probe = learnable_rows[-50:]
+    events = [{"user_id": r.user_id, "item_id": r.item_id, "features": r.features} for r in probe]
+    rows = learnable_rows[:9000]
+    with open(tmp_path / "train.log", "wb") as log:
+        process = subprocess.Popen(command, env=_env(stack, namespace, tmp_path), stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        with Scorer(stack.redis_url, namespace, "wide_deep", poll_s=0.1) as scorer:
+            replay_rows(stack, settings, rows, "a", final=True, rate=3000)  # a few seconds of stream
+            deadline = time.monotonic() + 120
+            while scorer.served is None or scorer.served.deltas_applied == 0:
+                assert time.monotonic() < deadline and process.poll() is None, "no delta was applied"
+                time.sleep(0.05)
+            answer = scorer.predict(events)
+        process.wait(timeout=240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, (tmp_path / "train.log").read_text(errors="replace")[-4000:]
+    served = answer.served
+    assert served.deltas_applied > 0 and store.meta(served.version).shards == 2
+    record = store.load_delta(served.lineage, served.delta_seq)
+    assert record is not None and record.meta.shards == 2 and len(record.shards) == 2
+    expected = predict_offline(store, served, [r.user_id for r in probe], [r.item_id for r in probe],
+                               [r.features for r in probe])
+    np.testing.assert_array_equal(answer.probabilities, expected)
+    summary = json.loads(report.read_text())
+    assert summary["examples"] == store.meta(store.head()).examples_seen == len(rows)  # each once
 
 
 def _rank_pids(launcher: int) -> list[int]:

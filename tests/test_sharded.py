@@ -231,6 +231,69 @@ def test_ranks_score_what_one_process_scores(log: Path, tmp_path: Path) -> None:
         model_from_shards([shards[0], shards[0]])
 
 
+def _delta_rank(rank: int, path: str, port: int, out: str, keyed: bool) -> None:
+    """Learn half the log, write this rank's shard; then, batch by batch, this rank's delta; then
+    score the log's last rows."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
+    try:
+        rows = list(read_rows(Path(path), "criteo", READER))
+        spec = SpecOptions(keyed=keyed).infer([r.features for r in rows[:SPEC_SAMPLE_ROWS]])
+        model = ShardedModel(create_model("wide_deep", spec, settings=sharded_settings("wide_deep", {})))
+        featurizer = Featurizer(spec)
+
+        def share(chunk: list) -> object:
+            part = chunk[rank * len(chunk) // 2:(rank + 1) * len(chunk) // 2]
+            return featurizer.build([r.user_id for r in part], [r.item_id for r in part], [r.features for r in part],
+                                    [r.label for r in part])
+
+        half = (len(rows) // BATCH // 2) * BATCH
+        for at in range(0, half, BATCH):
+            model.learn(share(rows[at:at + BATCH]))
+        Path(f"{out}.version.{rank}").write_bytes(model.shard_bytes())
+        for step, at in enumerate(range(half, len(rows) - 500, BATCH)):
+            model.learn(share(rows[at:at + BATCH]))
+            Path(f"{out}.delta{step}.{rank}").write_bytes(model.shard_delta_bytes(include_dense=True))
+        np.save(f"{out}.{rank}.npy", model.predict(share(rows[-500:])), allow_pickle=False)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["hashed", "keyed"])
+def test_a_version_and_the_deltas_of_ranks_are_the_ranks_model_to_a_reader(log: Path, tmp_path: Path,
+                                                                           keyed: bool) -> None:
+    """A scorer's view: the shards of a version joined, then each step's delta shards joined and
+    applied, predict what the ranks predict (every row lands where the version put it)."""
+    import torch.multiprocessing as mp
+
+    from streamrec.local_stack import free_port
+    from streamrec.models import model_from_shards
+    from streamrec.models.sharded import join_delta_shards
+
+    out = tmp_path / "ranks"
+    mp.start_processes(_delta_rank, args=(str(log), free_port(), str(out), keyed), nprocs=2, start_method="spawn")
+    scored = np.concatenate([np.load(f"{out}.{rank}.npy") for rank in range(2)])
+    whole = model_from_shards([Path(f"{out}.version.{rank}").read_bytes() for rank in range(2)])
+    rows = list(read_rows(log, "criteo", READER))
+    last = rows[-500:]
+    probe = Featurizer(whole.spec).build([r.user_id for r in last], [r.item_id for r in last],
+                                         [r.features for r in last])
+    before = whole.predict_proba(probe)
+    steps = len(list(tmp_path.glob("ranks.delta*.0")))
+    assert steps >= 3
+    for step in range(steps):
+        whole.apply_delta(join_delta_shards([Path(f"{out}.delta{step}.{rank}").read_bytes() for rank in (1, 0)]))
+    np.testing.assert_allclose(whole.predict_proba(probe), scored, rtol=0, atol=2e-5)
+    assert np.abs(before - scored).max() > 1e-3  # the deltas moved the model
+    with pytest.raises(ModelError, match="not every shard"):
+        join_delta_shards([Path(f"{out}.delta0.0").read_bytes()] * 2)
+
+
 def _hanging_rank(rank: int, path: str, port: int) -> None:
     """Rank 1 joins the group and then hangs; rank 0 goes on to learn."""
     import time

@@ -67,6 +67,23 @@ def test_a_version_of_ranks_is_never_visible_with_a_shard_missing(stack, namespa
     assert store.load(second + 2).shards == (b"c3",) * 3
 
 
+def test_a_delta_of_ranks_is_announced_only_with_every_shard(stack, namespace):
+    client = redis.Redis.from_url(stack.redis_url)
+    store = VersionStore(client, namespace, "wide_deep")
+    shards = StagedShards("delta-L-1", 2)
+    store.stage_shard(shards.cut, 1, b"d1", ttl_s=60)
+    with pytest.raises(MissingShard):
+        store.publish_delta(DeltaMeta(lineage="L", seq=1), b"", ttl_s=60, shards=shards)
+    assert store.delta_head() is None and store.load_delta("L", 1) is None
+    store.stage_shard(shards.cut, 0, b"d0", ttl_s=60)
+    store.publish_delta(DeltaMeta(lineage="L", seq=1), b"", ttl_s=30, shards=shards)
+    record = store.load_delta("L", 1)
+    assert record.shards == (b"d0", b"d1") and record.meta.shards == 2 and store.delta_head()["seq"] == 1
+    assert 0 < client.ttl(store.keys.delta_shard("L", 1, 0)) <= 30  # they expire with the delta
+    client.delete(store.keys.delta_shard("L", 1, 1))
+    assert store.load_delta("L", 1) is None  # a shard gone is a gap, as a delta gone is
+
+
 def test_a_second_writer_from_a_stale_parent_is_refused(stack, namespace):
     store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "lr")
     _publish(store, None)

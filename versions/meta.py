@@ -107,6 +107,7 @@ class DeltaMeta:
     lineage: str = ""
     seq: int = 0
     created_at: float = 0.0
+    shards: int = 0                 # ranks wrote it as this many shards (0: one blob)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

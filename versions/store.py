@@ -7,7 +7,8 @@ written once: ``meta`` (JSON, :class:`~streamrec.versions.meta.VersionMeta`), ``
 sequence models, ``history`` (JSON: recent behaviour). A version learned by ranks keeps its weights
 as one key per shard (``P:version:<n>:shard:<r>``): each rank stages its shard
 (:meth:`VersionStore.stage_shard`, expiring), and the publish that makes the version visible
-moves every staged shard under it, or fails if one is missing. ``head`` names the newest version (the
+moves every staged shard under it, or fails if one is missing; a delta of ranks likewise
+(``P:delta:<lineage>:<seq>:shard:<r>``, expiring with it). ``head`` names the newest version (the
 trainer's resume point), ``live`` the one scorers serve, ``pinned`` stops the trainer moving
 ``live``. Deltas (``P:delta:<lineage>:<seq>``) carry the rows a learner changed since its
 previous delta and expire after a few minutes; a version records the ``lineage`` and
@@ -64,6 +65,7 @@ class DeltaRecord:
     seq: int
     meta: DeltaMeta
     weights: bytes
+    shards: tuple[bytes, ...] = ()  # a delta of ranks: every rank's (``weights`` is then empty)
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,14 @@ class VersionStore:
         meta, weights = self.client.hmget(self.keys.delta(lineage, seq), ["meta", "weights"])
         if meta is None or weights is None:
             return None
-        return DeltaRecord(lineage, seq, DeltaMeta.from_dict(orjson.loads(meta)), weights)
+        parsed = DeltaMeta.from_dict(orjson.loads(meta))
+        shards: tuple[bytes, ...] = ()
+        if parsed.shards:
+            found = self.client.mget([self.keys.delta_shard(lineage, seq, r) for r in range(parsed.shards)])
+            if any(blob is None for blob in found):  # expired with it: a gap, as a missing delta is
+                return None
+            shards = tuple(found)
+        return DeltaRecord(lineage, seq, parsed, weights, shards)
 
     # ------------------------------------------------------------------ writes
 
@@ -227,17 +236,33 @@ class VersionStore:
         pipe.lpush(self.keys.events, orjson.dumps(event))
         pipe.ltrim(self.keys.events, 0, EVENTS_KEPT - 1)
 
-    def publish_delta(self, meta: DeltaMeta, weights: bytes, ttl_s: float) -> None:
-        """Store a delta (``meta.lineage``, ``meta.seq``), make it the newest, announce it."""
-        meta = dataclasses.replace(meta, model=self.model, created_at=time.time())
+    def publish_delta(self, meta: DeltaMeta, weights: bytes, ttl_s: float, shards: StagedShards | None = None) -> None:
+        """Store a delta (``meta.lineage``, ``meta.seq``), make it the newest, announce it. With
+        ``shards`` its weights are the shards ranks staged, moved under it in the same transaction
+        (:class:`MissingShard` if one is not staged: nothing is written)."""
+        meta = dataclasses.replace(meta, model=self.model, created_at=time.time(), shards=shards.count if shards else 0)
         head = {"lineage": meta.lineage, "seq": meta.seq, "base_version": meta.base_version}
+        staged = [self.keys.staged_shard(shards.cut, r) for r in range(shards.count)] if shards else []
         with self.client.pipeline(transaction=True) as pipe:
+            if staged:
+                pipe.watch(*staged)
+                if pipe.exists(*staged) != len(staged):
+                    pipe.reset()
+                    raise MissingShard(f"model {self.model!r}: delta {meta.lineage}:{meta.seq} lacks staged shards")
+                pipe.multi()
+            for r, staged_key in enumerate(staged):
+                shard_key = self.keys.delta_shard(meta.lineage, meta.seq, r)
+                pipe.rename(staged_key, shard_key)
+                pipe.expire(shard_key, max(1, int(ttl_s)))
             key = self.keys.delta(meta.lineage, meta.seq)
             pipe.hset(key, mapping={"meta": orjson.dumps(meta.to_dict()), "weights": weights})
             pipe.expire(key, max(1, int(ttl_s)))
             pipe.set(self.keys.delta_head, orjson.dumps(head))
             pipe.publish(self.keys.announce, orjson.dumps({"delta": meta.seq, "lineage": meta.lineage}))
-            pipe.execute()
+            try:
+                pipe.execute()
+            except redis.WatchError:  # a staged shard expired meanwhile
+                raise MissingShard(f"model {self.model!r}: delta {meta.lineage}:{meta.seq} lost a staged shard") from None
 
     def publish(self, *, parent: int | None, meta: VersionMeta, weights: bytes, quality_state: bytes,
                 source_state: bytes, keep: int, promote: bool = True, history: bytes | None = None,

@@ -115,9 +115,7 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
         # what ranks do not do yet, refused when asked for; off where it is only the default
         if search:
             raise StreamrecError("--search: not available when a trainer runs as ranks yet (docs/distributed.md)")
-        if delta_every_s:
-            raise StreamrecError("--delta-every-s: deltas are not published by ranks yet; use 0")
-        search, delta_every_s = False, 0.0
+        search = False
     settings = settings_from(ctx, model=model, batch_size=batch_size, attribution_window_s=attribution_window_s,
                              publish_every_examples=publish_every_examples, publish_every_s=publish_every_s,
                              keep_versions=keep_versions, metrics_port=metrics_port, positives=positives,
@@ -152,7 +150,7 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
         partitions = partition_count(endpoints.kafka_bootstrap, settings.impressions_topic, security=security)
         create_topics(endpoints.kafka_bootstrap, [settings.examples_topic], partitions, security=security)
     if ranks is not None and place is None:
-        _launch_ranks(ranks, max_restarts)
+        _launch_ranks(ranks, max_restarts, options.worker_id)
         return
 
     def published(n: int, meta: Any, _probe: Any) -> None:
@@ -173,7 +171,7 @@ def train(ctx: click.Context, model: str | None, worker_id: str | None, batch_si
         write_report(report_json, report)
 
 
-def _launch_ranks(ranks: int, max_restarts: int) -> None:
+def _launch_ranks(ranks: int, max_restarts: int, run_id: str) -> None:
     """Run this same command as ``ranks`` local processes under torch's elastic agent (torchrun),
     which restarts them all, from the newest version, when one fails."""
     import sys
@@ -193,7 +191,10 @@ def _launch_ranks(ranks: int, max_restarts: int) -> None:
 
     console.print(f"training as {ranks} ranks (torchrun, up to {max_restarts} restarts)")
     try:
-        torchrun(["--standalone", f"--nproc-per-node={ranks}", f"--max-restarts={max_restarts}",
+        # --standalone's rendezvous on a free local port, named after the trainer (its ranks'
+        # TORCHELASTIC_RUN_ID: what their metrics are grouped by) instead of a random id
+        torchrun(["--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", f"--rdzv-id={run_id}",
+                  f"--nproc-per-node={ranks}", f"--max-restarts={max_restarts}",
                   "--monitor-interval=0.5", "-m", "streamrec", *argv])
     except SignalException as exc:
         # SIGTERM or Ctrl-C: the agent stopped the ranks, which published their last version first
