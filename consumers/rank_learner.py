@@ -33,6 +33,10 @@ kept from the cut; another version is loaded whole and split. Each rank predicts
 with it (a collective, as learning is), and the paired window gets the whole global batch on
 every rank.
 
+**Deltas.** Rank 0's worker asks its learner for a delta; the header tells every rank, and at
+that step each writes the rows it changed since the group's previous delta and stages them in
+Redis itself (``delta_meeting``); rank 0's worker announces the delta once every shard is in.
+
 **The model.** On a fresh start, the first worker to see examples proposes its spec; the header
 says which rank proposed first, that rank's proposal is broadcast, and every rank builds the same
 model from it (every worker featurizes with the agreed spec). A resumed rank loads the head
@@ -133,8 +137,8 @@ class _RankLoop:
         self.base_version = -1
         self.spec_json = ""
         self.proposal: dict[str, Any] | None = None  # this worker's INIT, answered once a model is agreed
-        # the live version the gate compares with (stream/paired_window.py): the whole model on
-        # every rank, each predicting its own share; set by rank 0's worker, taken by all at one step
+        # the live version the gate compares with (stream/paired_window.py): sharded like the
+        # model, each rank predicting its own share; set by rank 0's worker, taken by all at one step
         self.pending_reference: tuple[dict[str, Any], list[bytes]] | None = None
         self.reference: Any = None
         self.paired: Any = None

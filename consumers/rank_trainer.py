@@ -191,22 +191,28 @@ class RankPublisher(VersionPublisher):
             self._staged = False
             return None
         shards = StagedShards(snapshot.cut, snapshot.shards)
-        deadline = time.monotonic() + self.shard_timeout_s
-        while self.store.staged(shards) < shards.count:
+        if self._waiting_since is None:
+            self._waiting_since = time.monotonic()
+        while not self._all_staged(shards):
+            if time.monotonic() - self._waiting_since > self.shard_timeout_s:
+                # a rank that took part in the meeting never wrote its shard: the group starts again
+                raise StreamrecError(f"the ranks' shards of cut {shards.cut} were not all staged within "
+                                     f"{self.shard_timeout_s:.0f} s (STREAMREC_RANK_TIMEOUT_S)")
             if not block:
-                if self._waiting_since is None:
-                    self._waiting_since = time.monotonic()
-                elif time.monotonic() - self._waiting_since > self.shard_timeout_s:
-                    raise StreamrecError(f"rank shards of cut {shards.cut} missing after {self.shard_timeout_s:.0f} s")
                 return None
-            if time.monotonic() > deadline:
-                raise StreamrecError(f"rank shards of cut {shards.cut} missing after {self.shard_timeout_s:.0f} s")
             time.sleep(SHARD_POLL_S)
         pending = self._pending
         self._pending = self._snapshot = self._waiting_since = None
         self._staged = False
         self._published_cut = snapshot.cut
         return self.publish_cut(learner, pending, self.merged, snapshot, shards=shards)
+
+    def _all_staged(self, shards: StagedShards) -> bool:
+        try:
+            return self.store.staged(shards) == shards.count
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("could not look for the staged shards of cut %s: %s", shards.cut, exc)
+            return False
 
     def _stage(self, snapshot: RankSnapshot, block: bool) -> bool:
         """Write this rank's shard of the cut to Redis; False (retried later) while Redis is away."""

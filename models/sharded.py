@@ -20,9 +20,13 @@ Keyed tables (models/keyed_rows.py) are sharded by key: each rank's tables admit
 evict the keys it owns, within its share of the row budget, and a key's row starts from the
 key's own seeded values wherever it lives. Until a budget is reached ranks learn exactly what one
 process learns; past it, each rank frees its own least recently used rows, and keys waiting for a
-row share a row of their region per rank rather than one in all. :meth:`ShardedModel.full_tensors`
-gathers a whole keyed model as one process would hold it (rows renumbered), and a whole model
-loaded before wrapping is split by key, so a keyed model written by N ranks resumes on M.
+row share a row of their region per rank rather than one in all.
+
+Each rank writes its own shard (:meth:`ShardedModel.shard_bytes`, and its deltas with
+:meth:`ShardedModel.shard_delta_bytes`); :func:`join_shards` and :func:`join_delta_shards` make
+them one model and one delta for whoever reads them (rank ``r``'s local row ``i`` at row
+``i * R + r``, keyed tables too, so deltas land where the version put the rows), and a whole
+model loaded before wrapping is split by key, so a model written by N ranks resumes on M.
 
 Not sharded yet, and refused by name: count features (their counts would need the whole batch's
 occurrences in order) and sequence models (their histories are per-user state).

@@ -206,12 +206,15 @@ def test_a_scorer_follows_the_deltas_every_rank_writes(stack, namespace, learnab
     """Deltas on ranks: at one step every rank stages its shard, rank 0 announces the delta once
     all are in, and a scorer applying them answers exactly what the version and its deltas,
     rebuilt from Redis alone, predict."""
+    import threading
+
     from streamrec.serving.scorer import Scorer, predict_offline
 
     settings = load_settings(namespace=namespace, partitions=PARTITIONS)
     store = VersionStore(redis.Redis.from_url(stack.redis_url), namespace, "wide_deep")
     report = tmp_path / "report.json"
-    command = [*_train(2, report, "--exit-at-end", "--no-gate", "--publish-every-examples", "3000")]
+    command = [*_train(2, report, "--exit-at-end", "--no-gate", "--publish-every-examples", "1000",
+                       "--keep-versions", "100")]  # the version served stays, to be rebuilt at the end
     command[command.index("--delta-every-s") + 1] = "0.3"
     probe = learnable_rows[-50:]
     events = [{"user_id": r.user_id, "item_id": r.item_id, "features": r.features} for r in probe]
@@ -219,13 +222,22 @@ def test_a_scorer_follows_the_deltas_every_rank_writes(stack, namespace, learnab
     with open(tmp_path / "train.log", "wb") as log:
         process = subprocess.Popen(command, env=_env(stack, namespace, tmp_path), stdout=subprocess.DEVNULL, stderr=log)
     try:
+        # the ranks are up and learning (a first version) before the rest of the stream flows,
+        # paced, so that they publish deltas while it does
+        replay_rows(stack, settings, rows[:5000], "a", final=False)  # its first 20 s of event time pass the join
+        deadline = time.monotonic() + 180
+        while store.head() is None:
+            assert time.monotonic() < deadline and process.poll() is None, "no first version"
+            time.sleep(0.1)
+        replayed = threading.Thread(target=replay_rows, args=(stack, settings, rows[5000:], "b"),
+                                    kwargs={"final": True, "rate": 800}, daemon=True)
+        replayed.start()
         with Scorer(stack.redis_url, namespace, "wide_deep", poll_s=0.1) as scorer:
-            replay_rows(stack, settings, rows, "a", final=True, rate=3000)  # a few seconds of stream
-            deadline = time.monotonic() + 120
             while scorer.served is None or scorer.served.deltas_applied == 0:
                 assert time.monotonic() < deadline and process.poll() is None, "no delta was applied"
                 time.sleep(0.05)
             answer = scorer.predict(events)
+        replayed.join(timeout=120)
         process.wait(timeout=240)
     finally:
         if process.poll() is None:
