@@ -469,17 +469,26 @@ def _stepping_per_batch(whole: Any) -> Any:
     return whole
 
 
-def _die_with_parent() -> None:
-    """Be killed when the worker dies (Linux): a learner left behind by a killed worker would keep
-    the group's store and addresses alive into the restarted group's rendezvous."""
+def die_with_parent(parent: int) -> None:
+    """Be killed when the parent process dies (Linux; elsewhere nothing): ``parent`` is its pid as
+    this process saw it first, to tell whether it died before the kill was arranged."""
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the learner still leaves at its pipe's end
-        pass
-    if os.getppid() == 1:  # the worker died before the line above
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
         os._exit(1)
+
+
+def _die_with_parent() -> None:
+    """A learner is killed when its worker dies: one left behind by a killed worker would keep the
+    group's store and addresses alive into the restarted group's rendezvous (elsewhere than
+    Linux the learner still leaves at its pipe's end)."""
+    if os.getppid() == 1:  # the worker died before this process got here
+        os._exit(1)
+    die_with_parent(os.getppid())
 
 
 def _rank_child(conn: Connection, board: Any, population: Any, tables: Any, control: Any) -> None:
@@ -590,4 +599,4 @@ class RankLearnerProcess(LearnerProcess):
         return bool(self._control[ALL_FINISHED])
 
 
-__all__ = ["RankDelta", "RankLearnerProcess", "RankSnapshot", "TIMEOUT_ENV", "delta_cut"]
+__all__ = ["RankDelta", "RankLearnerProcess", "RankSnapshot", "TIMEOUT_ENV", "delta_cut", "die_with_parent"]

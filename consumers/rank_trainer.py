@@ -37,7 +37,7 @@ import redis
 
 from streamrec.consumers.example_source import JoinCounts
 from streamrec.consumers.learner import Delta, LearnerProcess
-from streamrec.consumers.rank_learner import RankDelta, RankLearnerProcess, RankSnapshot
+from streamrec.consumers.rank_learner import RankDelta, RankLearnerProcess, RankSnapshot, die_with_parent
 from streamrec.consumers.source_shards import ranks_state, source_from_state
 from streamrec.consumers.trainer import Trainer, TrainerOptions
 from streamrec.consumers.version_publisher import VersionPublisher, WorkerCut
@@ -64,6 +64,7 @@ class RankPlace:
     world: int
     local_rank: int = 0  # among the ranks on this host: each serves /metrics on its own port
     run_id: str = ""  # the rendezvous' name, the same on every rank: what their metrics are grouped by
+    agent_pid: int | None = None  # the elastic agent that started this process (its parent)
 
     @classmethod
     def from_environment(cls) -> RankPlace | None:
@@ -71,7 +72,7 @@ class RankPlace:
         if "TORCHELASTIC_RUN_ID" not in os.environ or "RANK" not in os.environ:
             return None
         return cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)),
-                   os.environ["TORCHELASTIC_RUN_ID"])
+                   os.environ["TORCHELASTIC_RUN_ID"], os.getppid())
 
 
 def refuse_on_ranks(options: TrainerOptions) -> None:
@@ -252,6 +253,10 @@ class RankTrainer(Trainer):
 
     def __init__(self, settings: Settings, options: TrainerOptions, place: RankPlace, **kwargs: Any) -> None:
         refuse_on_ranks(options)
+        if place.agent_pid is not None:
+            # a rank outliving its agent (killed with SIGKILL) would learn on with nobody to
+            # restart or stop it: it goes with the agent; the versions keep what it learned
+            die_with_parent(place.agent_pid)
         port = options.metrics_port
         options = dataclasses.replace(
             options, worker_id=f"{options.worker_id}-rank{place.rank}",
