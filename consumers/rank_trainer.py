@@ -79,8 +79,6 @@ def refuse_on_ranks(options: TrainerOptions) -> None:
     """What one trainer does that ranks do not do yet, refused by its setting's name."""
     if options.search:
         raise ConfigError("search: not available when a trainer runs as ranks yet (--no-search; docs/distributed.md)")
-    if options.spec_options.counts:
-        raise ConfigError("--count: count features are not sharded across ranks yet")
     if options.spec_options.history_length or options.spec_options.history_fields:
         raise ConfigError("sequence models' histories are not sharded across ranks yet")
 
@@ -287,10 +285,9 @@ class RankTrainer(Trainer):
         head = super().resume()
         if head is not None and self.featurizer is not None:
             spec = self.featurizer.spec
-            if spec.counts or spec.history_length:
-                what = "count features" if spec.counts else "behaviour histories"
-                raise ConfigError(f"version {head} of {self.options.model} has {what}, which ranks do not shard "
-                                  "yet: go on with one trainer, or train a new model name on ranks")
+            if spec.history_length:
+                raise ConfigError(f"version {head} of {self.options.model} has behaviour histories, which ranks "
+                                  "do not shard yet: go on with one trainer, or train a new model name on ranks")
         if head is not None and self.place.rank != 0:
             self.counters = Counters()  # rank 0 carries the version's totals; the others add to them
         self.publisher.learned_at_cut = float(self.counters.examples)  # rank 0: the version's, learned before

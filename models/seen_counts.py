@@ -142,10 +142,23 @@ class SeenCounts:
         seen, clicked = self.count.numpy()[at], self.clicks.numpy()[at]
         if learning:
             assert batch.labels is not None, "learning needs labels"
-            earlier_seen, earlier_clicks = _earlier_in_batch(distinct, batch.labels.numpy())
+            earlier_seen, earlier_clicks = earlier_in_batch(distinct, batch.labels.numpy())
             seen, clicked = seen + earlier_seen, clicked + earlier_clicks
             self._last = (batch.ids, at, distinct)  # record() counts the batch it just read: its rows are known
         return torch.from_numpy(self._first_level + level(seen) * COUNT_LEVELS + level(clicked))
+
+    def values(self, ids: np.ndarray) -> np.ndarray:
+        """(B, K) what tells the batch's counted values apart: a keyed table's keys, or with fixed
+        hashing their rows (models/sharded.py sends them to the rank that counts them)."""
+        return self._keys(ids) if self.table is not None else self._rows(ids)[0]
+
+    def coordinates(self, counted: np.ndarray, clicked: np.ndarray) -> torch.Tensor:
+        """(B, K) wide coordinates of counts and clicks found elsewhere (models/sharded.py)."""
+        return torch.from_numpy(self._first_level + level(counted) * COUNT_LEVELS + level(clicked))
+
+    def count_rows(self, rows: np.ndarray, labels: np.ndarray) -> None:
+        """Count one example at each of ``rows`` (one row each), a click where ``labels`` is 1."""
+        self._count_examples(rows[:, None], torch.from_numpy(labels))
 
     def record(self, batch: SparseBatch) -> None:
         """Count the batch's values and their clicks (after learning from it); nothing while
@@ -208,7 +221,7 @@ class SeenCounts:
         self.clicks = own(tensors["seen.clicks"], self.clicks)
 
 
-def _earlier_in_batch(at: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def earlier_in_batch(at: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each (example, key) of ``at`` (B, K table rows): how many earlier examples of the batch
     had the same row, and how many of those were clicked. One stable sort: equal rows end up
     together, in batch order, and each one's rank in its run is its count."""

@@ -28,8 +28,11 @@ them one model and one delta for whoever reads them (rank ``r``'s local row ``i`
 ``i * R + r``, keyed tables too, so deltas land where the version put the rows), and a whole
 model loaded before wrapping is split by key, so a model written by N ranks resumes on M.
 
-Not sharded yet, and refused by name: count features (their counts would need the whole batch's
-occurrences in order) and sequence models (their histories are per-user state).
+Count features (models/seen_counts.py) are sharded by counted value too: each rank asks the
+owners of its examples' values for their counts, and owners count the global batch's earlier
+examples in order, so the levels are one process's (:meth:`ShardedModel._count_ids`).
+
+Not sharded yet, and refused by name: sequence models (their histories are per-user state).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from streamrec.models.base import DELTA_FORMAT, DeltaTensors, OnlineModel, load_
 from streamrec.models.batch_unique import BatchUnique
 from streamrec.models.deep_base import DeepModel, leaf_rows
 from streamrec.models.keyed_rows import FREE, KeyedRows
+from streamrec.models.seen_counts import earlier_in_batch
 from streamrec.models.wide_inputs import wide_ids
 from streamrec.stream.errors import ConfigError, ModelError
 from streamrec.stream.sparse_batch import SparseBatch
@@ -186,8 +190,6 @@ class ShardedModel:
     def __init__(self, model: DeepModel, group: dist.ProcessGroup | None = None) -> None:
         if not isinstance(model, DeepModel):
             raise ConfigError(f"{model.name}: only embedding models (DeepModel) can be sharded")
-        if model.seen is not None:
-            raise ConfigError("count features are not sharded across ranks yet; train without --count")
         if model.history_length:
             raise ConfigError(f"{model.name}: sequence models' histories are not sharded across ranks yet")
         if model.wide is not None and model.wide.config.per_example:
@@ -198,6 +200,7 @@ class ShardedModel:
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
         self.bytes_sent = 0  # payload bytes this rank put into collectives
+        self._counting: tuple[np.ndarray, np.ndarray] | None = None  # count rows to count in after a step
         self.keyed = model.spec.keyed
         self.embedding_rows = model.embedding.weight.shape[0]
         self.wide_rows = model.wide.z.shape[0] if model.wide is not None else 0
@@ -227,6 +230,10 @@ class ShardedModel:
             f = self.model.wide
             f.z, f.n = f.z[r::w].clone(), f.n[r::w].clone()
             f.rows_loaded(f.z.shape[0])
+        if self.model.seen is not None:
+            c = self.model.seen
+            c.count, c.clicks = c.count[r::w].clone(), c.clicks[r::w].clone()
+            c.rows_loaded(c.count.shape[0])
 
     def shard_bytes(self, extra_metadata: dict[str, str] | None = None) -> bytes:
         """This rank's shard as a version stores it (safetensors, no collective): its own rows at
@@ -387,8 +394,61 @@ class ShardedModel:
         if model.wide is None:
             empty = torch.zeros(0, dtype=torch.int64)
             return e_distinct, e_inverse, empty, empty.view(len(batch), 0)
-        coordinates = wide_ids(model.spec, batch, None, learning=learning, columns=model.wide_columns)
+        counts = self._count_ids(batch, learning) if model.seen is not None else None
+        coordinates = wide_ids(model.spec, batch, None, learning=learning, columns=model.wide_columns,
+                               count_ids=counts)
         return (e_distinct, e_inverse, *self._wide_unique(coordinates))
+
+    def _count_ids(self, batch: SparseBatch, learning: bool) -> torch.Tensor:
+        """The count levels of this rank's share (models/seen_counts.py), from the counts' owners.
+
+        Each counted value (a keyed table's key, or a hashed table's row) lives on rank
+        ``value % R``. Every rank sends each of its examples' values to their owners, in its
+        examples' order; an owner gets them rank after rank, so in the global batch's order, and
+        answers each with its count and clicks before it: the table's, plus the global batch's
+        earlier examples when learning, as one process counts them. The owner counts them in
+        after the step (:meth:`_record_counts`)."""
+        seen = self.model.seen
+        ids = batch.ids.numpy()
+        values = seen.values(ids)
+        size, keys = values.shape
+        flat = values.reshape(-1)  # example by example
+        labels = (np.repeat(batch.labels.numpy().astype(np.int64), keys) if batch.labels is not None
+                  else np.zeros(flat.size, dtype=np.int64))
+        owner = flat % self.world
+        order = np.argsort(owner, kind="stable")
+        to = np.bincount(owner, minlength=self.world)
+        sizes = torch.from_numpy(np.stack([to, np.full(self.world, size)], axis=1).astype(np.int64))
+        came = torch.empty_like(sizes)
+        dist.all_to_all_single(came, sizes, group=self.group)
+        to_list, came_list, global_size = to.tolist(), came[:, 0].tolist(), int(came[:, 1].sum())
+        sent = torch.from_numpy(np.stack([flat[order], labels[order]], axis=1))
+        asked = self._exchange([sent], [2], [to_list], [came_list])[0].numpy()
+        asked_values, asked_labels = asked[:, 0], asked[:, 1]
+        if self.keyed:
+            table = seen.table
+            rows = (table.learn_rows(torch.from_numpy(asked_values), global_size) if learning
+                    else table.rows(torch.from_numpy(asked_values))).numpy()
+        else:
+            rows = asked_values // self.world
+        counted = seen.count.numpy()[rows].astype(np.int64)
+        clicked = seen.clicks.numpy()[rows].astype(np.int64)
+        if learning:
+            earlier, earlier_clicks = earlier_in_batch(asked_values[:, None], asked_labels)
+            counted, clicked = counted + earlier[:, 0], clicked + earlier_clicks[:, 0]
+            self._counting = (rows, asked_labels)
+        answer = torch.from_numpy(np.stack([counted, clicked], axis=1))
+        back = self._exchange([answer], [2], [came_list], [to_list])[0].numpy()
+        mine = np.empty((flat.size, 2), dtype=np.int64)
+        mine[order] = back
+        return seen.coordinates(mine[:, 0].reshape(size, keys), mine[:, 1].reshape(size, keys))
+
+    def _record_counts(self) -> None:
+        """The owner counts in what it answered for while learning (after the step, as one process)."""
+        if self._counting is not None:
+            rows, labels = self._counting
+            self._counting = None
+            self.model.seen.count_rows(rows, labels)
 
     def learn(self, batch: SparseBatch) -> np.ndarray:
         """Learn this rank's share of a global batch (every rank calls it once per global batch,
@@ -422,6 +482,7 @@ class ShardedModel:
         if model.wide is not None:
             coordinates, summed_w = self._sum_by_row(plan.w_rows, _as_float64(got_w))
             model.wide.step_rows(coordinates, summed_w)
+        self._record_counts()
         return p.numpy()
 
     def _step_network(self) -> None:

@@ -31,13 +31,17 @@ def wide_columns(spec: FeatureSpec, ignored: tuple[str, ...]) -> torch.Tensor | 
 
 
 def wide_ids(spec: FeatureSpec, batch: SparseBatch, seen: SeenCounts | None = None,
-             learning: bool = False, columns: torch.Tensor | None = None) -> torch.Tensor:
+             learning: bool = False, columns: torch.Tensor | None = None,
+             count_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Every wide coordinate of each example: field ids, cross ids, count levels and the bias
     (``learning``: the counts include the batch's earlier examples, models/seen_counts.py), or
-    only ``columns`` of them (:func:`wide_columns`)."""
+    only ``columns`` of them (:func:`wide_columns`). ``count_ids``: the count levels already
+    found (the ranks of a sharded model ask the counts' owners for them)."""
     bias = torch.full((len(batch), 1), spec.bias_id, dtype=torch.int64)
-    if seen is None:
+    if count_ids is None and seen is not None:
+        count_ids = seen.ids(batch, learning)
+    if count_ids is None:
         ids = torch.cat([batch.ids, batch.cross_ids, bias], dim=1)
     else:
-        ids = torch.cat([batch.ids, batch.cross_ids, seen.ids(batch, learning), bias], dim=1)
+        ids = torch.cat([batch.ids, batch.cross_ids, count_ids, bias], dim=1)
     return ids if columns is None else ids[:, columns]

@@ -47,6 +47,7 @@ class ShardedRun:
     seed: int = 0
     tables: str = "keyed"                 # or "hashed" (fixed hashing)
     crosses: tuple[tuple[str, str], ...] = ()  # wide-part crosses, as --cross
+    counts: tuple[str, ...] = ()          # count features, as --count
     rows: int | None = None               # only the first ``rows`` rows (after ``start_row``)
     start_row: int = 0                    # learn from this row on (the spec still comes from the log's head)
     tensors_in: str | None = None         # start from this whole model (safetensors), written by any rank count
@@ -116,7 +117,7 @@ def _learn_rank(run: ShardedRun, rank: int, on_batch: Callable[[int], None] | No
     head = itertools.islice(read_rows(Path(run.path), run.format, run.reader), SPEC_SAMPLE_ROWS)
     if run.tables not in ("keyed", "hashed"):
         raise ValueError(f"tables must be keyed or hashed, not {run.tables!r}")
-    spec = spec_for(run.model, SpecOptions(keyed=run.tables == "keyed", crosses=run.crosses)
+    spec = spec_for(run.model, SpecOptions(keyed=run.tables == "keyed", crosses=run.crosses, counts=run.counts)
                     .infer([r.features for r in head]))
     stop = None if run.rows is None else run.start_row + run.rows
     rows = list(itertools.islice(read_rows(Path(run.path), run.format, run.reader), run.start_row, stop))

@@ -100,7 +100,7 @@ def test_ranks_refuse_what_they_do_not_do_yet_by_name(tmp_path):
 
     from streamrec.cli import cli
 
-    for flags, named in ((["--search"], "--search"), (["--count", "C1"], "--count"), (["--model", "din"], "sequence model"),
+    for flags, named in ((["--search"], "--search"), (["--model", "din"], "sequence model"),
                          (["--model", "lr"], "not an embedding model")):
         # refused before anything starts: there is no broker or Redis here to reach
         result = CliRunner().invoke(cli, ["train", "--ranks", "2", *flags], env={"STREAMREC_HOME": str(tmp_path)})
@@ -119,7 +119,8 @@ def _env(stack, namespace: str, tmp_path: Path) -> dict[str, str]:
 
 
 def _train(ranks: int | None, report: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "streamrec", "train", "--model", "wide_deep", "--no-search",
+    # with a count feature: its counts are sharded by value too, and resume with the rest
+    return [sys.executable, "-m", "streamrec", "train", "--model", "wide_deep", "--no-search", "--count", "C3",
             "--delta-every-s", "0", "--batch-size", "256", "--metrics-port", "0",
             "--report-json", str(report), *(("--ranks", str(ranks)) if ranks else ()), *extra]
 
@@ -184,6 +185,13 @@ def test_ranks_learn_every_example_once_and_resume_on_another_rank_count(stack, 
     rows = learnable_rows
     assert meta.counters["examples"] == len(rows) and meta.join["orphan_clicks"] == 0
     assert f"{meta.counters['digest']:016x}" == combine(*(expected_digest(r, p) for _n, r, p in parts))
+    # the count feature's tables, sharded by value and carried through every resume, counted each
+    # example once: their counts add up to the examples, their clicks to the positives
+    from streamrec.models import model_from_stored
+
+    final = store.load(store.head())
+    _values, counted, clicked = model_from_stored(final.weights, final.shards).seen.counted()
+    assert int(counted.sum()) == len(rows) and int(clicked.sum()) == sum(r.label for r in rows)
     # the version is one whole model, whoever wrote it: a scorer serves its shards as one model,
     # answering what the version predicts when rebuilt from Redis alone
     from streamrec.serving.scorer import Scorer, predict_offline

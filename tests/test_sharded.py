@@ -31,11 +31,13 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _one_process(path: Path, name: str, keyed: bool = False,
-                 settings: dict[str, str] | None = None) -> tuple[np.ndarray, dict[str, torch.Tensor], object]:
+def _one_process(path: Path, name: str, keyed: bool = False, settings: dict[str, str] | None = None,
+                 counts: tuple[str, ...] = (), crosses: tuple[tuple[str, str], ...] = ()
+                 ) -> tuple[np.ndarray, dict[str, torch.Tensor], object]:
     """The same model learned by one process, one step per global batch."""
     rows = list(read_rows(path, "criteo", READER))
-    spec = spec_for(name, SpecOptions(keyed=keyed).infer([r.features for r in rows[:SPEC_SAMPLE_ROWS]]))
+    spec = spec_for(name, SpecOptions(keyed=keyed, counts=counts, crosses=crosses)
+                    .infer([r.features for r in rows[:SPEC_SAMPLE_ROWS]]))
     model = create_model(name, spec, settings=sharded_settings(name, settings or {}))
     featurizer = Featurizer(spec)
     predictions = []
@@ -65,6 +67,28 @@ def test_ranks_learn_what_one_process_learns_from_the_same_global_batches(log: P
     # the rows the stream touched moved: the comparison is not of two untouched tables
     assert int((tensors["embedding.counts"] > 0).sum()) > 100 and float(tensors["wide.n"].max()) > 1.0
     assert report["bytes_sent_per_example"] > 0
+
+
+@pytest.mark.parametrize("tables", ["hashed", "keyed"])
+def test_count_features_on_ranks_are_one_processs(log: Path, tmp_path: Path, tables: str) -> None:
+    """Count features sharded by counted value: each example's levels are what one process counts
+    (the global batch's earlier examples included), so ranks predict what one process predicts,
+    and the joined model holds one process's counts."""
+    counts = ("C3", "C4:C5", "user_id")
+    crosses = (("C4", "C5"),)
+    out = tmp_path / "counted.safetensors"
+    report = evaluate_sharded(ShardedRun(str(log), "criteo", "wide_deep", 2, batch_size=BATCH, reader=READER,
+                                         tables=tables, crosses=crosses, counts=counts, tensors_out=str(out),
+                                         timeout_s=120))
+    expected, _tensors, model = _one_process(log, "wide_deep", keyed=tables == "keyed", counts=counts,
+                                             crosses=crosses)
+    np.testing.assert_allclose(report["predictions"], expected, rtol=0, atol=2e-5)
+    whole = create_model("wide_deep", model.spec, settings=sharded_settings("wide_deep", {}))
+    whole.load_tensors(load_file(str(out)))
+    ranks_counts, one_counts = whole.seen.counted(), model.seen.counted()
+    for theirs, ours in zip(ranks_counts, one_counts):
+        np.testing.assert_array_equal(theirs, ours)
+    assert one_counts[1].sum() > 0
 
 
 def test_a_model_written_by_two_ranks_goes_on_learning_on_three(log: Path, tmp_path: Path) -> None:
@@ -150,10 +174,6 @@ def test_what_cannot_be_sharded_yet_is_refused_by_name(log: Path) -> None:
     per_example = create_model("wide_deep", SpecOptions(keyed=False).infer(sample))
     with pytest.raises(ConfigError, match="ftrl.per_example"):
         ShardedModel(per_example)
-    counted = create_model("wide_deep", SpecOptions(keyed=False, counts=("C3",)).infer(sample),
-                           settings=sharded_settings("wide_deep", {}))
-    with pytest.raises(ConfigError, match="count features"):
-        ShardedModel(counted)
     sequence = create_model("din", spec_for("din", SpecOptions(keyed=False).infer(sample)),
                             settings=sharded_settings("din", {}))
     with pytest.raises(ConfigError, match="sequence models"):
@@ -353,7 +373,7 @@ def test_evaluate_on_ranks_from_the_command_line(log: Path, tmp_path: Path) -> N
     labels = np.array([r.label for r in read_rows(log, "criteo", READER)], dtype=np.float64)
     assert report["ranks"] == 2 and report["examples"] == ROWS
     assert abs(report["auc"] - exact_auc(expected, labels)) < 1e-4
-    for extra, flag in ((["--search"], "--search"), (["--count", "C3"], "--count"),
+    for extra, flag in ((["--search"], "--search"),
                         (["--model", "din"], "sequence model"), (["--set", "ftrl.per_example=true"], "per_example"),
                         (["--model", "nosuch"], "nosuch")):
         refused = subprocess.run([*command, "--ranks", "2", *extra], capture_output=True, text=True, timeout=120)

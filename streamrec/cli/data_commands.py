@@ -243,10 +243,8 @@ def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | Non
     if ranks > 1:
         if search:
             raise click.UsageError("--search: the online search runs in one process; drop it, or --ranks")
-        if counts:
-            raise click.UsageError("--count: count features are not sharded across ranks yet; drop it, or --ranks")
         _evaluate_on_ranks(path, fmt, user_field, item_field, columns, numeric_columns, strict, limit, model,
-                           batch_size, crosses, parse_settings(settings), seed, tables, ranks, report_json)
+                           batch_size, crosses, counts, parse_settings(settings), seed, tables, ranks, report_json)
         return
     search = True if search is None else search
 
@@ -275,8 +273,8 @@ def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | Non
 
 def _evaluate_on_ranks(path: Path, fmt: str, user_field: str | None, item_field: str | None, columns: str | None,
                        numeric_columns: str | None, strict: bool, limit: int | None, model: str, batch_size: int,
-                       crosses: tuple[str, ...], settings: dict[str, str], seed: int, tables: str, ranks: int,
-                       report_json: Path | None) -> None:
+                       crosses: tuple[str, ...], counts: tuple[str, ...], settings: dict[str, str], seed: int,
+                       tables: str, ranks: int, report_json: Path | None) -> None:
     """``evaluate --ranks N``: one model learned by N local gloo ranks (streamrec/sharded_evaluation.py)."""
     import torch.multiprocessing as mp
 
@@ -285,7 +283,7 @@ def _evaluate_on_ranks(path: Path, fmt: str, user_field: str | None, item_field:
     from streamrec.sharded_evaluation import ShardedRun, evaluate_sharded, sharded_settings, unshardable
 
     parsed = tuple(api.parse_cross(c) for c in crosses)
-    api.checked_settings(model, settings, parsed, ())  # the model's name first, then its settings
+    api.checked_settings(model, settings, parsed, counts)  # the model's name first, then its settings
     refused = unshardable(model)
     if refused:
         raise click.UsageError(f"--ranks: {refused}")
@@ -293,7 +291,7 @@ def _evaluate_on_ranks(path: Path, fmt: str, user_field: str | None, item_field:
     reader = ReaderOptions(user_field=user_field, item_field=item_field, strict=strict,
                            mapping=parse_mapping(columns, numeric_columns))
     run = ShardedRun(str(path), fmt, model, ranks, batch_size=batch_size, reader=reader, settings=settings, seed=seed,
-                     tables=tables, crosses=parsed, rows=limit)
+                     tables=tables, crosses=parsed, counts=counts, rows=limit)
     with progress_bar(f"evaluate {model} on {ranks} ranks", limit or count_lines(path)) as advance:
         try:
             report = evaluate_sharded(run, on_progress=advance)
