@@ -6,6 +6,8 @@
     python bench/online_ranks.py --rows 200000 --seed 7         # the generator with another seed
     python bench/online_ranks.py --frappe frappe.libfm          # Frappe (libfm; user f0, item f1)
     python bench/online_ranks.py --publish-every-s 5 --delta-every-s 0.5   # versions and deltas meanwhile
+    python bench/online_ranks.py --frappe frappe.libfm --count user_id:item_id --count item_id \
+        --count user_id --cross user_id:item_id                             # count features on ranks
 
 The rows are replayed onto the embedded broker once and labelled once by a join worker into
 ``<ns>.examples``; then, for each rank count, ``streamrec train --from-examples --ranks R
@@ -80,6 +82,8 @@ def main() -> None:
     parser.add_argument("--publish-every-s", type=float, default=3600.0,
                         help="versions while learning (default: only the last one)")
     parser.add_argument("--delta-every-s", type=float, default=0.0, help="deltas while learning (default: none)")
+    parser.add_argument("--count", action="append", default=[], help="a count feature, as train --count")
+    parser.add_argument("--cross", action="append", default=[], help="a wide cross, as train --cross")
     parser.add_argument("--name", default="online_ranks")
     args = parser.parse_args()
     source = (f"Frappe ({args.frappe.name}, hexiangnan/neural_factorization_machine)" if args.frappe
@@ -133,7 +137,8 @@ def main() -> None:
                            "--exit-at-end", "--no-search", "--no-gate", "--delta-every-s", str(args.delta_every_s),
                            "--batch-size", str(args.batch_size), "--tables", args.tables,
                            "--publish-every-examples", str(10**9), "--publish-every-s", str(args.publish_every_s),
-                           "--metrics-port", "0", "--report-json", str(report)]
+                           "--metrics-port", "0", "--report-json", str(report),
+                           *(f"--count={c}" for c in args.count), *(f"--cross={c}" for c in args.cross)]
                 if kind == "ranks":
                     command += ["--ranks", str(ranks)]
                 cpu = _children_cpu()
@@ -168,6 +173,7 @@ def main() -> None:
     write_result(args.name, {"rows": args.rows, "model": args.model, "batch_size": args.batch_size,
                              "partitions": args.partitions, "tables": args.tables,
                              "publish_every_s": args.publish_every_s, "delta_every_s": args.delta_every_s,
+                             "counts": args.count, "crosses": args.cross,
                              "data": f"{source}, joined by one join worker",
                              "runs": runs, **summary, "same_examples_everywhere": same})
 
