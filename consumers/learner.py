@@ -402,6 +402,20 @@ class LearnerProcess:
     def pid(self) -> int | None:
         return self._process.pid
 
+    def raise_if_gone(self) -> None:
+        """Raise :class:`LearnerError` (with the learner's own traceback, if it sent one) once the
+        learner process has exited: a worker with nothing to send would otherwise never learn of it."""
+        if self._process.is_alive():
+            return
+        while not self._inbox.empty():
+            message = self._inbox.get()
+            if isinstance(message, BaseException):
+                break
+            op, header, _arrays, _blobs = _unpack(message)
+            if op == _ERROR:
+                raise LearnerError(f"the learner process failed:\n{header['traceback']}")
+        raise LearnerError(f"the learner process (pid {self.pid}) exited with code {self._process.exitcode}")
+
     def _reply(self) -> tuple[dict[str, Any], list[np.ndarray], list[bytes]]:
         message = self._inbox.get()
         if isinstance(message, BaseException):

@@ -123,7 +123,8 @@ class RankDelta(Delta):
 class _RankLoop:
     """One rank's learner: see the module docstring."""
 
-    def __init__(self, conn: Connection, board: Any, population: Any, tables: Any, control: Any) -> None:
+    def __init__(self, conn: Connection, board: Any, population: Any, tables: Any, control: Any,
+                 timeout_s: float = 120.0) -> None:
         import torch
         import torch.distributed as dist
 
@@ -148,6 +149,8 @@ class _RankLoop:
         self.delta_seq = 0  # deltas of the group's lineage so far (every rank counts them in step)
         self.redis: Any = None  # where each rank stages its shard of a delta (from rank 0's request)
         self.finished_input = False
+        self.timeout_s = timeout_s  # the longest a cut may wait for a rank's worker
+        self.cut_since: float | None = None  # since when some ranks' markers wait for the others'
         self.left = False  # the final meeting is over: no more steps
         self.lineage = uuid.uuid4().hex[:12]
         self.seconds = 0.0
@@ -332,6 +335,16 @@ class _RankLoop:
         if bool(heads[:, _MARKER].all()):
             self.snapshot(final=bool(heads[:, _FINAL].all()))
             taken = True
+            self.cut_since = None
+        elif bool(heads[:, _MARKER].any()):
+            # a worker that hangs leaves its learner stepping with empty shares, so no collective
+            # times out: a cut that some ranks never join fails the group, for the agent to restart
+            now = time.monotonic()
+            self.cut_since = self.cut_since or now
+            if now - self.cut_since > self.timeout_s:
+                missing = (heads[:, _MARKER] == 0).nonzero().flatten().tolist()
+                raise RuntimeError(f"ranks {missing} did not cut their half of a version within {self.timeout_s:.0f} s "
+                                   f"({TIMEOUT_ENV}): their workers hang")
         self.control[CUT_WANTED] = int(self.rank != 0 and bool(heads[0, _MARKER]) and self.marker is None)
         if bool(heads[:, _DONE].all()) and not bool(heads[:, _MARKER].any()):
             self.control[ALL_FINISHED] = 1
@@ -517,7 +530,7 @@ def _rank_child(conn: Connection, board: Any, population: Any, tables: Any, cont
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         dist.init_process_group("gloo", store=dist.PrefixStore(f"streamrec-ranks/{attempt}", store), rank=rank,
                                 world_size=world, timeout=timedelta(seconds=timeout))
-        loop = _RankLoop(conn, board, population, tables, control)
+        loop = _RankLoop(conn, board, population, tables, control, timeout)
         loop.run()
     except _Stop:
         pass

@@ -321,6 +321,8 @@ class Trainer(KafkaWorker):
         """The rate samples, the lag and the rollback check, each at its own pace."""
         now = time.monotonic()
         if now - self._last_quality >= QUALITY_EVERY_S:
+            if self.learner is not None and self.learner.ready:
+                self.learner.raise_if_gone()
             self._trained_at.append((now, self.counters.examples))
             while len(self._trained_at) > 2 and now - self._trained_at[1][0] >= RATE_WINDOW_S:
                 self._trained_at.popleft()
