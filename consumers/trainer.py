@@ -205,8 +205,7 @@ class Trainer(KafkaWorker):
             return None
         version = self._redis_retry(f"loading version {head}", lambda: self.store.load(head))
         meta = version.meta
-        self.featurizer = Featurizer(FeatureSpec.from_json(read_metadata(
-            version.shards[0] if version.shards else version.weights)["spec"]))
+        self.featurizer = Featurizer(FeatureSpec.from_json(read_metadata(version.model_blob)["spec"]))
         if version.source_state is not None:
             state = orjson.loads(version.source_state)
             kind = source_kind(state)

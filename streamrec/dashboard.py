@@ -108,8 +108,9 @@ def rank_place(samples: dict[str, float]) -> tuple[str, int, int] | None:
     """(trainer, rank, ranks) when the samples are one rank's of a trainer run as ranks."""
     for key, value in samples.items():
         if key.startswith(RANKS_PREFIX):
-            labels = dict(part.split("=", 1) for part in key[len(RANKS_PREFIX):-1].split(","))
-            return labels["trainer"], int(labels["rank"]), int(value)
+            # labels in name order: rank, then the trainer's id, which may hold any character
+            rank, trainer = key[len(RANKS_PREFIX):-1].split(",trainer=", 1)
+            return trainer, int(rank.removeprefix("rank=")), int(value)
     return None
 
 

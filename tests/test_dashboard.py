@@ -93,7 +93,9 @@ def test_the_ranks_of_a_trainer_are_one_model_on_the_dashboard():
     the dashboard joins them into one worker: counts added up, quality and versions once."""
     from prometheus_client import generate_latest
 
-    from streamrec.dashboard import join_ranks
+    from streamrec.dashboard import join_ranks, rank_place
+
+    assert rank_place({"streamrec_trainer_ranks{rank=1,trainer=pod,a=b}": 2.0}) == ("pod,a=b", 1, 2)
 
     quality = {"examples": 30, "auc": 0.7, "auc_window": 0.71, "logloss": 0.5, "logloss_window": 0.49,
                "normalized_entropy": 0.9, "normalized_entropy_window": 0.89, "calibration": 1.0,

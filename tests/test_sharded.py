@@ -180,8 +180,9 @@ def test_what_cannot_be_sharded_yet_is_refused_by_name(log: Path) -> None:
         ShardedModel(sequence)
 
 
-def _predict_rank(rank: int, path: str, port: int, out: str) -> None:
-    """Learn a share of every global batch, then score the log's last rows with ``predict``."""
+def _two_ranks(rank: int, path: str, port: int, keyed: bool) -> tuple[list, ShardedModel, object]:
+    """Join a group of two ranks and build its ``wide_deep`` on the log: (the log's rows, the
+    sharded model, a function giving this rank's share of a global batch of rows)."""
     from datetime import timedelta
 
     import torch.distributed as dist
@@ -189,17 +190,25 @@ def _predict_rank(rank: int, path: str, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
                             timeout=timedelta(seconds=60))
+    rows = list(read_rows(Path(path), "criteo", READER))
+    spec = SpecOptions(keyed=keyed).infer([r.features for r in rows[:SPEC_SAMPLE_ROWS]])
+    model = ShardedModel(create_model("wide_deep", spec, settings=sharded_settings("wide_deep", {})))
+    featurizer = Featurizer(spec)
+
+    def share(chunk: list) -> object:
+        part = chunk[rank * len(chunk) // 2:(rank + 1) * len(chunk) // 2]
+        return featurizer.build([r.user_id for r in part], [r.item_id for r in part], [r.features for r in part],
+                                [r.label for r in part])
+
+    return rows, model, share
+
+
+def _predict_rank(rank: int, path: str, port: int, out: str) -> None:
+    """Learn a share of every global batch, then score the log's last rows with ``predict``."""
+    import torch.distributed as dist
+
     try:
-        rows = list(read_rows(Path(path), "criteo", READER))
-        spec = SpecOptions(keyed=False).infer([r.features for r in rows[:SPEC_SAMPLE_ROWS]])
-        model = ShardedModel(create_model("wide_deep", spec, settings=sharded_settings("wide_deep", {})))
-        featurizer = Featurizer(spec)
-
-        def share(chunk: list) -> object:
-            part = chunk[rank * len(chunk) // 2:(rank + 1) * len(chunk) // 2]
-            return featurizer.build([r.user_id for r in part], [r.item_id for r in part], [r.features for r in part],
-                                    [r.label for r in part])
-
+        rows, model, share = _two_ranks(rank, path, port, keyed=False)
         for at in range(0, len(rows), BATCH):
             model.learn(share(rows[at:at + BATCH]))
         scored = model.predict(share(rows[-500:]))
@@ -213,7 +222,8 @@ def _predict_rank(rank: int, path: str, port: int, out: str) -> None:
         assert not np.allclose(model.predict(share(rows[-500:])), scored, rtol=0, atol=1e-7)
         np.testing.assert_array_equal(copy.predict(share(rows[-500:])), scored)
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def test_ranks_score_what_one_process_scores(log: Path, tmp_path: Path) -> None:
@@ -254,24 +264,10 @@ def test_ranks_score_what_one_process_scores(log: Path, tmp_path: Path) -> None:
 def _delta_rank(rank: int, path: str, port: int, out: str, keyed: bool) -> None:
     """Learn half the log, write this rank's shard; then, batch by batch, this rank's delta; then
     score the log's last rows."""
-    from datetime import timedelta
-
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=60))
     try:
-        rows = list(read_rows(Path(path), "criteo", READER))
-        spec = SpecOptions(keyed=keyed).infer([r.features for r in rows[:SPEC_SAMPLE_ROWS]])
-        model = ShardedModel(create_model("wide_deep", spec, settings=sharded_settings("wide_deep", {})))
-        featurizer = Featurizer(spec)
-
-        def share(chunk: list) -> object:
-            part = chunk[rank * len(chunk) // 2:(rank + 1) * len(chunk) // 2]
-            return featurizer.build([r.user_id for r in part], [r.item_id for r in part], [r.features for r in part],
-                                    [r.label for r in part])
-
+        rows, model, share = _two_ranks(rank, path, port, keyed)
         half = (len(rows) // BATCH // 2) * BATCH
         for at in range(0, half, BATCH):
             model.learn(share(rows[at:at + BATCH]))
@@ -281,7 +277,8 @@ def _delta_rank(rank: int, path: str, port: int, out: str, keyed: bool) -> None:
             Path(f"{out}.delta{step}.{rank}").write_bytes(model.shard_delta_bytes(include_dense=True))
         np.save(f"{out}.{rank}.npy", model.predict(share(rows[-500:])), allow_pickle=False)
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("keyed", [False, True], ids=["hashed", "keyed"])

@@ -81,6 +81,12 @@ class Version:
     history: bytes | None = None        # JSON of users' recent clicks (sequence models only)
     shards: tuple[bytes, ...] = ()      # the weights as every rank's shard (``weights`` is then empty)
 
+    @property
+    def model_blob(self) -> bytes:
+        """A blob whose safetensors metadata names the model, its spec and config: the weights,
+        or a version of ranks' first shard (every shard carries them)."""
+        return self.shards[0] if self.shards else self.weights
+
 
 def champion(client: redis.Redis, namespace: str) -> str | None:
     """The model a champion-following scorer serves, or None while none is named."""

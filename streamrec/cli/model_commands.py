@@ -89,7 +89,7 @@ def models_show(ctx: click.Context, version: int) -> None:
         shown["annotation"] = annotation
     try:
         stored = store.load(version, with_state=False)
-        weights = read_metadata(stored.shards[0] if stored.shards else stored.weights)
+        weights = read_metadata(stored.model_blob)
         if stored.shards:  # ranks wrote it: their shards' tables together
             weights["tables"] = json.dumps(combined_summary(
                 [json.loads(read_metadata(shard).get("tables") or "{}") for shard in stored.shards]))
