@@ -24,10 +24,13 @@ a sample):
   fork on, the two differ only by that change, and their per-example loglosses on the same
   examples are a paired comparison.
 * **Promotion on evidence.** A challenger that has seen ``judge_after`` examples since its fork
-  and whose mean logloss is lower by ``z`` standard errors becomes the champion; one clearly
+  and whose mean logloss is lower by ``z`` standard errors becomes the champion (of two caught-up
+  siblings that both win, the one with fewer changes, the other then challenging it); one clearly
   worse, or not better after ``give_up_after``, is dropped and its change is not proposed again
-  until the champion changes (a change that failed twice never again). At most ``live`` members
-  learn at once, the champion included: the learning compute is at most ``live`` times one model's.
+  until the champion changes or the stream has doubled (one still ahead at ``give_up_after``
+  keeps its place while no other change waits for it). At most ``live`` members learn at once,
+  the champion included, and the examples all members learn stay within ``budget`` times the
+  stream's: a proposal round's catch-up may overdraw it, and is paid back before the next round.
 
 The champion's predictions are the search's: they feed the metrics, and the champion is the
 model that is returned, saved, published and served.
@@ -370,6 +373,13 @@ class Member:
         return -self.mean / math.sqrt(variance / self.seen)
 
 
+def _makes_fewer_changes(member: Member, other: Member) -> bool:
+    """Whether ``member``'s changes are some of ``other``'s, and not all (it is ``other`` without
+    one of its changes)."""
+    mine, theirs = member.move.changes, other.move.changes
+    return len(mine) < len(theirs) and all(k in theirs and theirs[k] == v for k, v in mine.items())
+
+
 def _against(member: Member, promoted: Member) -> Member | None:
     """``member`` as a challenger of the newly promoted ``promoted``, where that is exact: both
     caught up on the same examples, and ``member`` makes every change ``promoted`` makes and more
@@ -481,6 +491,19 @@ class OnlineSearch:
         # the search's choices must not depend on how busy the machine is (seeded runs repeat)
         return self.compute_multiple < self.settings.budget
 
+    def _catch_up_affordable(self, examples: int) -> bool:
+        """Whether one more caught-up challenger of ``examples`` fits the budget over the stretch it
+        serves: up to the next round (four times as long), with only the champion learning after it.
+        A catch-up overdraws the budget at the moment it runs, and no warm challenger starts until
+        the multiple is back under it (:meth:`_fill`), so it is paid back over that stretch. Judged
+        at the moment alone, no second catch-up would ever fit beside running challengers, and the
+        settings a stream rewards from its first example (FTRL's rate, whose effect builds up in
+        every coordinate's history) would only ever be tried as warm forks, where little of their
+        gain shows."""
+        horizon = max(self._next_round, self.examples)
+        spent = self._member_examples + examples + (horizon - self.examples)
+        return spent <= self.settings.budget * horizon
+
     def _sample(self, batch: SparseBatch, predicted: np.ndarray) -> None:
         """Keep the batch and the champion's predictions; at the end of a round, propose candidates
         from every example kept and rebuild the champion with them."""
@@ -542,8 +565,8 @@ class OnlineSearch:
                                for m in moves if m.name.startswith("ftrl.alpha") and not self._resting(m.name)
                                and not self._resting(f"{switch.name}, {m.name}")]
         for n, move in enumerate(variants[:self.settings.live - 1]):
-            if n and not self._within_budget():  # the first always: finding the candidates is the point
-                break
+            if n and not self._catch_up_affordable(sum(len(b) for b, _ in kept)):
+                break  # the first always: finding the candidates is the point
             config = self.champion.config
             for key, value in move.changes.items():
                 config = replace_setting(config, key, value)
@@ -572,6 +595,11 @@ class OnlineSearch:
         winners = [m for m in ready if m.z >= s.z and m.mean < 0]
         if winners:
             best = max(winners, key=lambda m: m.z)
+            # both measured against what the champion predicted, not against each other: of two
+            # caught-up siblings, the one making fewer changes goes first, and the other stays on
+            # as its challenger, re-paired (_against), so that its extra change must win by itself
+            best = min((m for m in winners if _makes_fewer_changes(m, best)), key=lambda m: len(m.move.changes),
+                       default=best)
             self.champion = best.model
             self.adopted.append(best.move.name)
             self.promotions.append({"at": self.examples, **best.summary()})
@@ -579,7 +607,10 @@ class OnlineSearch:
             self._failed_here = set()
             return
         for member in ready:
-            if member.z <= -s.z or member.seen - member.caught_up >= s.give_up_after:
+            overdue = member.seen - member.caught_up >= s.give_up_after
+            # one that is ahead keeps its place while no other change waits for it: a slot left
+            # empty learns nothing, and a small gain needs many examples to show
+            if member.z <= -s.z or (overdue and (member.mean >= 0 or self._others_waiting())):
                 self.challengers.remove(member)
                 failures = self._failed[member.move.name] = self._failed.get(member.move.name, 0) + 1
                 # what did not pay may pay on a longer (or changed) stream: tried again once the
@@ -599,6 +630,11 @@ class OnlineSearch:
                 continue
             self.challengers.append(Member(move, retune(self.champion, move.changes)))
             running.add(move.name)
+
+    def _others_waiting(self) -> bool:
+        """Whether a change not running now could start (it is not resting after a failure)."""
+        running = {m.move.name for m in self.challengers}
+        return any(m.name not in running and not self._resting(m.name) for m in self.moves())
 
     def _resting(self, name: str) -> bool:
         """Whether a change failed lately: before the promotion since, or before its retry."""

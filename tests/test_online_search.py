@@ -167,6 +167,69 @@ def test_a_sibling_caught_up_with_one_more_change_challenges_the_promoted_one_on
     assert _against(other, switched) is None and _against(switched, switched) is None
 
 
+def test_a_round_catches_up_both_variants_although_challengers_ran_up_to_the_budget():
+    rows = _interaction_rows(9_000, 8)
+    spec = spec_for("lr", SpecOptions().infer([r.features for r in rows[:1000]]))
+    search = OnlineSearch(create_model("lr", spec), SearchSettings(sample=2_000, judge_after=10**9,
+                                                                   give_up_after=10**9))
+    at_rounds = []
+    for batch in _batches(spec, rows):
+        before = search._rounds_left
+        search.learn(batch)
+        if search._rounds_left < before:
+            at_rounds.append([m.move.name for m in search.challengers if m.caught_up])
+    # the second round comes after challengers learned beside the champion all along (the multiple
+    # is at the budget then): its catch-up overdraws it and is paid back before the next round
+    assert len(at_rounds) == 2 and all(len(names) == 2 for names in at_rounds), at_rounds
+    assert any(", ftrl.alpha" in name for name in at_rounds[1])
+    assert search.compute_multiple > SearchSettings().budget  # overdrawn now ...
+    assert not [m for m in search.challengers if not m.caught_up]  # ... so no warm challenger starts
+
+
+def _fixed_member(name: str, changes: dict, model, diffs: np.ndarray, caught_up: int = 0) -> Member:
+    member = Member(Move(name, changes), model, caught_up=caught_up, predictions=[] if caught_up else None)
+    labels = np.ones(len(diffs))
+    champion = np.full(len(diffs), 0.5)
+    member.record(champion * np.exp(-diffs), champion, labels)  # its logloss: the champion's + diffs
+    return member
+
+
+def test_a_challenger_ahead_keeps_its_place_past_give_up_while_no_other_change_waits():
+    spec = spec_for("lr", SpecOptions().infer([r.features for r in _interaction_rows(500, 1)]))
+    settings = SearchSettings(judge_after=100, give_up_after=1_000)
+    search = OnlineSearch(create_model("lr", spec), settings)
+    search.examples = 5_000
+    rng = np.random.default_rng(0)
+    ahead = _fixed_member("ftrl.alpha x3", {"ftrl.alpha": 0.15}, None, rng.normal(-0.001, 0.1, 1_200))
+    assert 0 < ahead.z < settings.z  # better, not yet by enough
+    search.challengers = [ahead]
+    search._failed_here = {m.name for m in search.moves()} - {ahead.move.name}  # nothing else may start
+    search._judge()
+    assert search.challengers == [ahead] and not search.dropped
+    search._failed_here = set()  # another change waits for the slot: the overdue one makes room
+    ahead.looks = 0
+    search._judge()
+    assert search.challengers == [] and search.dropped[0]["move"] == "ftrl.alpha x3"
+
+
+def test_of_two_caught_up_winners_the_one_with_fewer_changes_is_promoted_and_the_other_challenges_it():
+    spec = spec_for("lr", SpecOptions().infer([r.features for r in _interaction_rows(500, 1)]))
+    search = OnlineSearch(create_model("lr", spec), SearchSettings(judge_after=100))
+    search.examples = 3_000
+    plain, faster = object(), object()
+    rng = np.random.default_rng(1)
+    gain = np.clip(rng.normal(-0.05, 0.3, 3_000), -0.6, 1.0)
+    switched = _fixed_member("+crosses", {"ftrl.ignored": ()}, plain, gain, caught_up=3_000)
+    sibling = _fixed_member("+crosses, ftrl.alpha x3", {"ftrl.ignored": (), "ftrl.alpha": 0.15}, faster,
+                            gain - 0.02 + rng.normal(0, 0.02, 3_000), caught_up=3_000)
+    assert sibling.z > switched.z > SearchSettings().z  # the sibling is ahead of the old champion by more
+    search.challengers = [switched, sibling]
+    search._judge()
+    assert search.champion is plain and search.adopted == ["+crosses"]
+    (left,) = search.challengers
+    assert left.model is faster and left.move.name == "ftrl.alpha x3" and left.seen == 3_000
+
+
 def test_a_challenger_that_is_worse_is_dropped_and_the_champion_predicts():
     rows = _interaction_rows(30_000, 4)
     spec = spec_for("lr", SpecOptions().infer([r.features for r in rows[:1000]]))
