@@ -20,15 +20,16 @@ a sample):
   members then share one featurized batch; a member reads the columns its configuration uses.
 * **Challengers fork from the champion.** A challenger is a copy of the champion with one change
   (switch on the proposed crosses, the count features, one cross, FTRL's ``alpha`` x3 or /3,
-  its L1 and L2 together x3 or /3, the embedding rate x2 or /2), so it starts warm: from the
+  its L1 and L2 together x3 or /3, the embedding rate x2 or /2, the network's batch /4 or x4:
+  :func:`learn_in_steps`), so it starts warm: from the
   fork on, the two differ only by that change, and their per-example loglosses on the same
   examples are a paired comparison.
 * **Promotion on evidence.** A challenger that has seen ``judge_after`` examples since its fork
   and whose mean logloss is lower by ``z`` standard errors becomes the champion (of two caught-up
   siblings that both win, the one with fewer changes, the other then challenging it); one clearly
   worse, or not better after ``give_up_after``, is dropped and its change is not proposed again
-  until the champion changes or the stream has doubled (one still ahead at ``give_up_after``
-  keeps its place while no other change waits for it). At most ``live`` members learn at once,
+  until the stream is twice as long (after a second failure four times, ...; one still ahead at
+  ``give_up_after`` keeps its place while no other change waits for it). At most ``live`` members learn at once,
   the champion included, and the examples all members learn stay within ``budget`` times the
   stream's: a proposal round's catch-up may overdraw it, and is paid back before the next round.
 
@@ -85,6 +86,8 @@ class SearchSettings:
             raise ConfigError("search.give_up_after must be >= search.judge_after")
 
 
+STEPS = "batch.steps"  # a move's change of how many steps a member learns each shared batch in
+MAX_STEPS = 16         # ... at most (a batch of 512 in steps of 32)
 MEMBER_WINDOW = 2_000  # examples in a member's window AUC (the reports show its lifetime AUC)
 SCORED_ROWS = 50_000   # the latest examples a proposal scores (the counts are filled from all)
 PAIR_FIELDS = 12       # fields whose pairs a proposal after the first scores
@@ -206,6 +209,17 @@ def batch_for(model: OnlineModel, batch: SparseBatch) -> SparseBatch:
 
 
 
+def learn_in_steps(model: OnlineModel, batch: SparseBatch, steps: int) -> np.ndarray:
+    """``model`` learning ``batch`` in ``steps`` consecutive parts, as if the stream came in
+    batches that much smaller; the predictions of each part are made before it is learned (and
+    after the parts before it), so they stay progressive. Members share one featurized batch:
+    this is how one of them learns with a smaller batch than the others."""
+    if steps <= 1 or len(batch) < 2:
+        return model.learn(batch)
+    bounds = np.linspace(0, len(batch), min(steps, len(batch)) + 1).astype(int)
+    return np.concatenate([model.learn(batch.rows(int(a), int(b))) for a, b in zip(bounds, bounds[1:]) if b > a])
+
+
 def widen(model: OnlineModel, spec: FeatureSpec, seen_so_far: SparseBatch | None = None) -> OnlineModel:
     """``model`` rebuilt on ``spec``: the same fields, ``model.spec``'s crosses and counts first and
     more after them. Every weight, optimiser state and count is carried over; the new crosses
@@ -276,7 +290,8 @@ def retune(model: OnlineModel, changes: dict[str, Any]) -> OnlineModel:
     twin = copy.deepcopy(model, {id(seen): seen} if seen is not None and seen.shared else {})
     config = twin.config
     for key, value in changes.items():
-        config = replace_setting(config, key, value)
+        if key != STEPS:  # how the search feeds the model, not one of its settings
+            config = replace_setting(config, key, value)
     return _configured(twin, config)
 
 
@@ -333,6 +348,7 @@ class Member:
     move: Move
     model: OnlineModel
     caught_up: int = 0        # kept examples it learned before it joined (0: a warm copy), among seen
+    steps: int = 1            # steps it learns each shared batch in (learn_in_steps)
     seen: int = 0
     looks: int = 0            # times judged
     diff_sum: float = 0.0     # sum of (challenger - champion) per-example logloss
@@ -395,7 +411,7 @@ def _against(member: Member, promoted: Member) -> Member | None:
     if not rest or len(member.predictions) != len(promoted.predictions):
         return None
     name = member.move.name.removeprefix(promoted.move.name + ", ")
-    out = Member(Move(name, rest), member.model, caught_up=member.caught_up, predictions=[])
+    out = Member(Move(name, rest), member.model, caught_up=member.caught_up, steps=member.steps, predictions=[])
     for (mine, labels), (theirs, _) in zip(member.predictions, promoted.predictions):
         out.record(mine, theirs, labels)
     return out
@@ -409,6 +425,7 @@ class OnlineSearch:
     def __init__(self, model: OnlineModel, settings: SearchSettings = SearchSettings(), fresh: bool = True) -> None:
         """``fresh``: ``model`` has learned nothing yet, so the sample is every example it learned."""
         self.champion = model
+        self.steps = 1  # the champion learns each batch in this many steps
         self.fresh = fresh
         # an untrained copy, from which a challenger with new candidates catches up on every example
         # kept (only crosses and counts are proposed, and only a wide part reads them)
@@ -423,7 +440,6 @@ class OnlineSearch:
         self.dropped: list[dict[str, Any]] = []
         self._failed: dict[str, int] = {}       # move → times dropped
         self._retry_at: dict[str, int] = {}     # move → examples before it is tried again
-        self._failed_here: set[str] = set()     # moves dropped since the last promotion
         self._kept: list[tuple[SparseBatch, np.ndarray]] = []  # every batch learned, with the champion's
         # predictions made before learning it, until the last round
         self._rounds_left = settings.rounds      # proposals still to come, at sample, 4 x sample, ...
@@ -451,13 +467,13 @@ class OnlineSearch:
         started = time.process_time()
         batch = batch_for(self.champion, batch)
         labels = batch.labels.numpy().astype(np.float64)
-        champion = self.champion.learn(batch)
+        champion = learn_in_steps(self.champion, batch, self.steps)
         self._mark = time.process_time()
         self._champion_cpu += self._mark - started
         self._member_examples += len(batch) * (1 + len(self.challengers))
         if self.challengers:
             for member in self.challengers:
-                member.record(member.model.learn(batch), champion, labels)
+                member.record(learn_in_steps(member.model, batch, member.steps), champion, labels)
             self._challenger_cpu += time.process_time() - self._mark
         seen = getattr(self.champion, "seen", None)
         if seen is not None and seen.shared:  # after every member read the counts before this batch
@@ -569,11 +585,13 @@ class OnlineSearch:
                 break  # the first always: finding the candidates is the point
             config = self.champion.config
             for key, value in move.changes.items():
-                config = replace_setting(config, key, value)
-            member = Member(move, _configured(copy.deepcopy(self._initial), config), predictions=[])
+                if key != STEPS:
+                    config = replace_setting(config, key, value)
+            member = Member(move, _configured(copy.deepcopy(self._initial), config), predictions=[],
+                            steps=move.changes.get(STEPS, self.steps))
             started = time.process_time()
             for batch, champion in kept:
-                member.record(member.model.learn(batch_for(member.model, batch)), champion,
+                member.record(learn_in_steps(member.model, batch_for(member.model, batch), member.steps), champion,
                               batch.labels.numpy().astype(np.float64))
             self._challenger_cpu += time.process_time() - started
             member.caught_up = member.seen
@@ -601,10 +619,10 @@ class OnlineSearch:
             best = min((m for m in winners if _makes_fewer_changes(m, best)), key=lambda m: len(m.move.changes),
                        default=best)
             self.champion = best.model
+            self.steps = best.steps
             self.adopted.append(best.move.name)
             self.promotions.append({"at": self.examples, **best.summary()})
             self.challengers = [m for m in (_against(other, best) for other in self.challengers) if m is not None]
-            self._failed_here = set()
             return
         for member in ready:
             overdue = member.seen - member.caught_up >= s.give_up_after
@@ -616,7 +634,6 @@ class OnlineSearch:
                 # what did not pay may pay on a longer (or changed) stream: tried again once the
                 # stream is 2, 4, 8 ... times as long as when it failed, so its cost fades
                 self._retry_at[member.move.name] = self.examples * 2**failures
-                self._failed_here.add(member.move.name)
                 self.dropped.append({"at": self.examples, **member.summary()})
 
     def _fill(self) -> None:
@@ -628,7 +645,8 @@ class OnlineSearch:
                 return
             if move.name in running or self._resting(move.name):
                 continue
-            self.challengers.append(Member(move, retune(self.champion, move.changes)))
+            self.challengers.append(Member(move, retune(self.champion, move.changes),
+                                           steps=move.changes.get(STEPS, self.steps)))
             running.add(move.name)
 
     def _others_waiting(self) -> bool:
@@ -637,8 +655,10 @@ class OnlineSearch:
         return any(m.name not in running and not self._resting(m.name) for m in self.moves())
 
     def _resting(self, name: str) -> bool:
-        """Whether a change failed lately: before the promotion since, or before its retry."""
-        return name in self._failed_here or self.examples < self._retry_at.get(name, 0)
+        """Whether a change failed lately: before its retry, once the stream is 2^k times as long as
+        when it failed for the k-th time (whatever the champion did since: a stream that changes
+        may come to reward what it did not)."""
+        return self.examples < self._retry_at.get(name, 0)
 
     def moves(self) -> list[Move]:
         """The changes worth trying from the champion, most promising first."""
@@ -672,6 +692,11 @@ class OnlineSearch:
                 out.append(Move("ftrl.l1,l2 x3", {"ftrl.l1": l1 * 3, "ftrl.l2": l2 * 3}))
             single = [Move(f"+cross {key}", switched_on([key])) for key in crosses]
         if hasattr(config, "embedding"):
+            # the network's steps: more of them adapt faster (a drifting stream), fewer average more
+            if self.steps * 4 <= MAX_STEPS:
+                out.append(Move("batch /4", {STEPS: self.steps * 4}))
+            if self.steps >= 4:
+                out.append(Move("batch x4", {STEPS: self.steps // 4}))
             rate = config.embedding.lr
             if rate * 2 <= 20.0:
                 out.append(Move("embedding.lr x2", {"embedding.lr": rate * 2}))
@@ -682,8 +707,9 @@ class OnlineSearch:
     # -------------------------------------------------------------- what it shows
 
     def configuration(self) -> dict[str, Any]:
-        """The champion's configuration (:func:`configuration_of`)."""
-        return configuration_of(self.spec, self.champion.config)
+        """The champion's configuration (:func:`configuration_of`), and the steps it learns each
+        batch in."""
+        return {**configuration_of(self.spec, self.champion.config), "steps_per_batch": self.steps}
 
     @property
     def compute_multiple(self) -> float:
@@ -693,7 +719,7 @@ class OnlineSearch:
         """What a resumed search needs to go on (kept in each version's metadata): the candidates,
         what was adopted, promoted and dropped. Challengers are not kept: a resumed search forks
         new ones from the champion it resumes with."""
-        return {"examples": self.examples, "member_examples": self._member_examples,
+        return {"examples": self.examples, "member_examples": self._member_examples, "steps": self.steps,
                 "champion_cpu": self._champion_cpu, "challenger_cpu": self._challenger_cpu,
                 "search_cpu": self._search_cpu,
                 "candidates": None if self.candidates is None else {
@@ -710,6 +736,7 @@ class OnlineSearch:
         if state is None:
             return search
         search.examples = int(state["examples"])
+        search.steps = int(state.get("steps", 1))
         search._member_examples = int(state["member_examples"])
         search._champion_cpu = float(state.get("champion_cpu", 0.0))
         search._challenger_cpu = float(state.get("challenger_cpu", 0.0))

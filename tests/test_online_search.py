@@ -21,6 +21,7 @@ from streamrec.models.online_search import (
     OnlineSearch,
     SearchSettings,
     configuration_of,
+    learn_in_steps,
     propose,
     retune,
     widen,
@@ -203,10 +204,10 @@ def test_a_challenger_ahead_keeps_its_place_past_give_up_while_no_other_change_w
     ahead = _fixed_member("ftrl.alpha x3", {"ftrl.alpha": 0.15}, None, rng.normal(-0.001, 0.1, 1_200))
     assert 0 < ahead.z < settings.z  # better, not yet by enough
     search.challengers = [ahead]
-    search._failed_here = {m.name for m in search.moves()} - {ahead.move.name}  # nothing else may start
+    search._retry_at = {m.name: 10**9 for m in search.moves() if m.name != ahead.move.name}  # nothing else may start
     search._judge()
     assert search.challengers == [ahead] and not search.dropped
-    search._failed_here = set()  # another change waits for the slot: the overdue one makes room
+    search._retry_at = {}  # another change waits for the slot: the overdue one makes room
     ahead.looks = 0
     search._judge()
     assert search.challengers == [] and search.dropped[0]["move"] == "ftrl.alpha x3"
@@ -228,6 +229,38 @@ def test_of_two_caught_up_winners_the_one_with_fewer_changes_is_promoted_and_the
     assert search.champion is plain and search.adopted == ["+crosses"]
     (left,) = search.challengers
     assert left.model is faster and left.move.name == "ftrl.alpha x3" and left.seen == 3_000
+
+
+def test_a_member_learning_a_batch_in_steps_is_the_model_learning_smaller_batches():
+    rows = _interaction_rows(2_048, 3)
+    spec = spec_for("wide_deep", SpecOptions().infer([r.features for r in rows[:1000]]))
+    stepped, small = create_model("wide_deep", spec, seed=1), create_model("wide_deep", spec, seed=1)
+    predicted = [learn_in_steps(stepped, batch, 4) for batch in _batches(spec, rows, size=512)]
+    expected = [small.learn(batch) for batch in _batches(spec, rows, size=128)]
+    np.testing.assert_allclose(np.concatenate(predicted), np.concatenate(expected), rtol=1e-6)
+    following = next(_batches(spec, _interaction_rows(256, 4)))
+    np.testing.assert_allclose(stepped.predict_proba(following), small.predict_proba(following), rtol=1e-6)
+
+
+def test_the_batch_is_searched_for_networks_and_a_promoted_one_is_kept_in_the_state():
+    from streamrec.models.online_search import STEPS
+
+    rows = _interaction_rows(500, 1)
+    for name, offered in (("lr", False), ("wide_deep", True)):
+        spec = spec_for(name, SpecOptions().infer([r.features for r in rows]))
+        search = OnlineSearch(create_model(name, spec))
+        assert ("batch /4" in [m.name for m in search.moves()]) is offered
+    smaller = next(m for m in search.moves() if m.name == "batch /4")
+    member = _fixed_member("batch /4", smaller.changes, retune(search.champion, smaller.changes),
+                           np.clip(np.random.default_rng(2).normal(-0.05, 0.3, 3_000), -0.6, 1.0))
+    member.steps = smaller.changes[STEPS]
+    search.examples, search.challengers = 3_000, [member]
+    search._judge()
+    assert search.champion is member.model and search.steps == 4
+    assert search.configuration()["steps_per_batch"] == 4
+    assert "batch x4" in [m.name for m in search.moves()]
+    resumed = OnlineSearch.resumed(search.champion, SearchSettings(), json.loads(json.dumps(search.state())))
+    assert resumed.steps == 4
 
 
 def test_a_challenger_that_is_worse_is_dropped_and_the_champion_predicts():
@@ -292,7 +325,7 @@ def test_a_trainer_searches_publishes_its_champion_and_a_resumed_one_goes_on(sta
     state = json.loads(read_metadata(version.weights)["search"])
     champion = model_from_bytes(version.weights)
     # the version is the champion: its configuration is the one the search chose, the planted pair in it
-    chosen = configuration_of(champion.spec, champion.config)
+    chosen = {**configuration_of(champion.spec, champion.config), "steps_per_batch": state["steps"]}
     assert chosen == first["search"]["configuration"] and ("A:B" in chosen["crosses"] or "A:B" in chosen["counts"])
     assert state["adopted"] == first["search"]["adopted"]
     shown = subprocess.run([sys.executable, "-m", "streamrec", "models", "--model", "lr", "show", str(store.head())],

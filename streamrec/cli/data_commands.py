@@ -264,7 +264,7 @@ def evaluate(path: Path, fmt: str, user_field: str | None, item_field: str | Non
                   f"logloss {report['logloss']:.4f}  NE {report['normalized_entropy']:.4f}  "
                   f"calibration {report['calibration']:.3f}  {report['examples_per_second']:,.0f} ex/s")
     if "search" in report:
-        console.print(search_summary(report["search"]))
+        console.print(search_summary(report["search"], batch_size))
     for line in table_lines(report.get("tables", {})):
         console.print(line)
     click.echo(json.dumps(report, sort_keys=True))
@@ -317,13 +317,16 @@ def table_lines(tables: dict) -> list[str]:
     return lines
 
 
-def search_summary(search: dict) -> str:
-    """What the online search chose, as the flags that pin it, and what it tried."""
+def search_summary(search: dict, batch_size: int) -> str:
+    """What the online search chose, as the flags that pin it, and what it tried (``batch_size``:
+    the run's, which the chosen configuration may learn in smaller steps)."""
     chosen = search["configuration"]
     # a counted cross must be given with --cross too (it then also has wide weights of its own)
     crosses = chosen["crosses"] + [k for k in chosen["counts"] if ":" in k and k not in chosen["crosses"]]
     flags = [f"--cross {c}" for c in crosses] + [f"--count {c}" for c in chosen["counts"]]
     flags += [f"--set {key}={value:.4g}" for key, value in chosen["settings"].items()]
+    if chosen.get("steps_per_batch", 1) > 1:
+        flags.append(f"--batch-size {max(1, batch_size // chosen['steps_per_batch'])}")
     lines = [f"search: {len(search['promotions'])} promotions, {len(search['dropped'])} changes dropped, "
              f"{search['compute_multiple']:.2f}x one model's examples learned, CPU "
              f"{search['learning_multiple']:.2f}x its learning ({search['cpu_multiple']:.2f}x with proposals and copies)"]

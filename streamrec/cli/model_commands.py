@@ -100,6 +100,8 @@ def models_show(ctx: click.Context, version: int) -> None:
         shown["configuration"] = configuration_of(FeatureSpec.from_json(weights["spec"]), config)
     if "search" in weights:
         shown["search"] = json.loads(weights["search"])
+        if "configuration" in shown:  # the steps the searched model learns each batch in
+            shown["configuration"]["steps_per_batch"] = shown["search"].get("steps", 1)
     if "tables" in weights:  # keyed tables: rows held, admitted, evicted, bytes, rows per field
         shown["tables"] = json.loads(weights["tables"])
     history = store.history(version)
