@@ -14,7 +14,9 @@ a sample):
   additively; count features are chosen greedily, each key (a many-valued field or a candidate
   cross) by how much its own click rate adds to those chosen before (the signal a count feature
   carries, models/seen_counts.py). Early rounds find what shows at once, later ones what needs
-  repeats to show (a user x item pair).
+  repeats to show (a user x item pair). After the rounds, candidates are proposed again every
+  ``later_every`` examples from the latest ones, so an interaction that appears when the stream
+  changes is found too (those start warm: nothing is kept from the start to catch up on).
 * **One spec for everyone.** The model is rebuilt on a spec holding every candidate (its state
   carried over exactly, :func:`widen`), with the candidates switched off (``ftrl.ignored``). All
   members then share one featurized batch; a member reads the columns its configuration uses.
@@ -75,6 +77,7 @@ class SearchSettings:
     give_up_after: int = 30_000    # ... and after which it is dropped if it is not better
     z: float = 3.0                 # standard errors of the paired logloss difference a promotion needs
     budget: float = 3.0            # examples all members learn (catch-up included) per example of the stream, at most
+    later_every: int = 48_000      # after the rounds, candidates again every so many examples, from the latest (0: never)
 
     def __post_init__(self) -> None:
         if not self.budget >= 1:
@@ -82,12 +85,14 @@ class SearchSettings:
         for name in ("live", "sample", "rounds", "judge_after", "give_up_after"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"search.{name} must be >= 1, got {getattr(self, name)}")
+        if self.later_every < 0:
+            raise ConfigError(f"search.later_every must be >= 0 (0: no proposals after the rounds), got {self.later_every}")
         if self.give_up_after < self.judge_after:
             raise ConfigError("search.give_up_after must be >= search.judge_after")
 
 
 STEPS = "batch.steps"  # a move's change of how many steps a member learns each shared batch in
-MAX_STEPS = 16         # ... at most (a batch of 512 in steps of 32)
+MAX_STEPS = 4          # ... at most: a step costs the network about as much at any batch size
 MEMBER_WINDOW = 2_000  # examples in a member's window AUC (the reports show its lifetime AUC)
 SCORED_ROWS = 50_000   # the latest examples a proposal scores (the counts are filled from all)
 PAIR_FIELDS = 12       # fields whose pairs a proposal after the first scores
@@ -444,6 +449,9 @@ class OnlineSearch:
         # predictions made before learning it, until the last round
         self._rounds_left = settings.rounds      # proposals still to come, at sample, 4 x sample, ...
         self._next_round = settings.sample
+        # after the rounds: proposals from the latest examples (ids and labels, at most SCORED_ROWS)
+        self._next_later = settings.sample * 4 ** (settings.rounds - 1) + settings.later_every
+        self._recent: list[tuple[np.ndarray, np.ndarray]] = []
         self._member_examples = 0               # examples learned, summed over members (compute)
         self._champion_cpu = 0.0                # CPU seconds the champion's own learning took ...
         self._challenger_cpu = 0.0              # ... the challengers' (their catch-up included) ...
@@ -481,6 +489,8 @@ class OnlineSearch:
         self.examples += len(batch)
         if self._rounds_left:
             self._sample(batch, champion)
+        elif self.settings.later_every:
+            self._sample_later(batch)
         if self.candidates is not None:
             self._judge()
             self._fill()
@@ -537,26 +547,55 @@ class OnlineSearch:
         found = propose(self.spec, ids, labels, self.settings, None if first else PAIR_FIELDS)
         if getattr(self.champion, "wide", None) is None:  # crosses and counts are the wide part's inputs
             found.crosses, found.counts = [], []
+        if found.crosses or found.counts:
+            # the samples hold every example learned so far: the new counts start exact
+            self._adopt_candidates(found, ids, labels, recount=self.fresh)
+            if self._initial is not None:
+                self._initial = widen(self._initial, self.spec)
+                self._catch_up(kept)
+        elif self.candidates is None:
+            self.candidates = found  # none: the judging starts all the same
+        if not self._rounds_left:
+            self._initial = None
+
+    def _sample_later(self, batch: SparseBatch) -> None:
+        """After the rounds, keep the latest examples; every ``later_every`` examples, propose
+        candidates from them, so that an interaction that appears late (the stream changed) is
+        found too. There is no catch-up then (nothing is kept from the start): a challenger that
+        switches the new candidates on starts them at zero, warm, and the new count features are
+        counted from the latest examples on."""
+        self._recent.append((batch.ids.numpy(), batch.labels.numpy()))
+        while sum(len(y) for _, y in self._recent) - len(self._recent[0][1]) >= SCORED_ROWS:
+            self._recent.pop(0)
+        if self.examples < self._next_later:
+            return
+        while self._next_later <= self.examples:
+            self._next_later += self.settings.later_every
+        ids = np.concatenate([i for i, _ in self._recent])
+        labels = np.concatenate([y for _, y in self._recent])
+        found = propose(self.spec, ids, labels, self.settings, PAIR_FIELDS)
+        if getattr(self.champion, "wide", None) is None or not (found.crosses or found.counts):
+            return
+        self._adopt_candidates(found, ids, labels, recount=True)
+        # the grouped moves now switch on another set: their earlier failures are not theirs
+        self._retry_at = {k: v for k, v in self._retry_at.items() if not k.startswith("+")}
+
+    def _adopt_candidates(self, found: Candidates, ids: np.ndarray, labels: np.ndarray, recount: bool) -> None:
+        """The champion rebuilt with ``found`` among its candidates (switched off); the counts of
+        the new count features from ``ids`` and ``labels`` where ``recount``."""
         if self.candidates is None:
             self.candidates = found
         else:
             self.candidates.crosses += found.crosses
             self.candidates.counts += found.counts
             self.candidates.scores.update(found.scores)
-        if found.crosses or found.counts:
-            spec = dataclasses.replace(self.spec, crosses=self.spec.crosses + tuple(found.crosses),
-                                       counts=self.spec.counts + tuple(found.counts))
-            # the samples hold every example learned so far: the new counts start exact
-            everything = SparseBatch(torch.from_numpy(ids), torch.zeros((len(ids), 0), dtype=torch.int64),
-                                     torch.zeros((len(ids), 0)), torch.from_numpy(labels))
-            self.champion = widen(self.champion, spec, everything if self.fresh else None)
-            self._share_counts()
-            self.challengers = []  # forked from the champion before: another spec, other count tables
-            if self._initial is not None:
-                self._initial = widen(self._initial, spec)
-                self._catch_up(kept)
-        if not self._rounds_left:
-            self._initial = None
+        spec = dataclasses.replace(self.spec, crosses=self.spec.crosses + tuple(found.crosses),
+                                   counts=self.spec.counts + tuple(found.counts))
+        examples = SparseBatch(torch.from_numpy(ids), torch.zeros((len(ids), 0), dtype=torch.int64),
+                               torch.zeros((len(ids), 0)), torch.from_numpy(labels.astype(np.float32)))
+        self.champion = widen(self.champion, spec, examples if recount else None)
+        self._share_counts()
+        self.challengers = []  # forked from the champion before: another spec, other count tables
 
     def _catch_up(self, kept: list[tuple[SparseBatch, np.ndarray]]) -> None:
         """Challengers that switch on every candidate and learn every example kept, from the
@@ -744,6 +783,8 @@ class OnlineSearch:
         while search._rounds_left and search._next_round <= search.examples:  # rounds already done
             search._rounds_left -= 1
             search._next_round *= 4
+        while settings.later_every and search._next_later <= search.examples:
+            search._next_later += settings.later_every
         found = state.get("candidates")
         if found is not None:
             search.candidates = Candidates([(a, b) for a, b in found["crosses"]], list(found["counts"]),

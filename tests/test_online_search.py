@@ -5,6 +5,7 @@ it and beats the defaults it started from."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -261,6 +262,30 @@ def test_the_batch_is_searched_for_networks_and_a_promoted_one_is_kept_in_the_st
     assert "batch x4" in [m.name for m in search.moves()]
     resumed = OnlineSearch.resumed(search.champion, SearchSettings(), json.loads(json.dumps(search.state())))
     assert resumed.steps == 4
+
+
+def test_an_interaction_that_appears_after_the_rounds_is_proposed_and_adopted():
+    early, late = _interaction_rows(12_000, 9), _interaction_rows(18_000, 10)
+    # from 12,000 on, clicks follow C and A instead of A and B: the rounds (at 1,000 and 4,000) saw none of it
+    late = [Row(r.label, r.user_id, r.item_id, r.event_time,
+                {"A": r.features["B"].replace("b", "a"), "B": r.features["C"].replace("c", "b"),
+                 "C": r.features["A"].replace("a", "c")}) for r in late]
+    rows = early + late
+    spec = spec_for("lr", SpecOptions().infer([r.features for r in rows[:1000]]))
+    settings = SearchSettings(sample=1_000, rounds=2, later_every=6_000, judge_after=1_000)
+    search = OnlineSearch(create_model("lr", spec), settings)
+    for batch in _batches(spec, rows):
+        search.learn(batch)
+    report = search.report()
+    assert "A:B" in report["candidates"] and "A:C" in report["candidates"], report["candidates"]
+    later = [p for p in report["promotions"] if p["at"] > 12_000 and "A:C" in p["move"]]
+    assert later and "A:C" in report["configuration"]["crosses"] + report["configuration"]["counts"], report
+    never = OnlineSearch(create_model("lr", spec), dataclasses.replace(settings, later_every=0))
+    for batch in _batches(spec, rows):
+        never.learn(batch)
+    assert "A:C" not in never.report()["candidates"]
+    with pytest.raises(ConfigError, match="search.later_every"):
+        SearchSettings(later_every=-1)
 
 
 def test_a_challenger_that_is_worse_is_dropped_and_the_champion_predicts():
