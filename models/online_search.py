@@ -78,6 +78,8 @@ class SearchSettings:
     z: float = 3.0                 # standard errors of the paired logloss difference a promotion needs
     budget: float = 3.0            # examples all members learn (catch-up included) per example of the stream, at most
     later_every: int = 48_000      # after the rounds, candidates again every so many examples, from the latest (0: never)
+    change_z: float = 4.0          # the champion's logloss over its last sample examples this many standard errors
+    #                                above the sample before: the stream changed (0: never looked for)
 
     def __post_init__(self) -> None:
         if not self.budget >= 1:
@@ -85,6 +87,8 @@ class SearchSettings:
         for name in ("live", "sample", "rounds", "judge_after", "give_up_after"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"search.{name} must be >= 1, got {getattr(self, name)}")
+        if self.change_z < 0:
+            raise ConfigError(f"search.change_z must be >= 0 (0: changes are not looked for), got {self.change_z}")
         if self.later_every < 0:
             raise ConfigError(f"search.later_every must be >= 0 (0: no proposals after the rounds), got {self.later_every}")
         if self.give_up_after < self.judge_after:
@@ -452,6 +456,10 @@ class OnlineSearch:
         # after the rounds: proposals from the latest examples (ids and labels, at most SCORED_ROWS)
         self._next_later = settings.sample * 4 ** (settings.rounds - 1) + settings.later_every
         self._recent: list[tuple[np.ndarray, np.ndarray]] = []
+        # the champion's per-example logloss: [examples, sum, sum of squares], this window and the one before
+        self._window = np.zeros(3)
+        self._window_before: np.ndarray | None = None
+        self.changes: list[int] = []            # where the stream was seen to change
         self._member_examples = 0               # examples learned, summed over members (compute)
         self._champion_cpu = 0.0                # CPU seconds the champion's own learning took ...
         self._challenger_cpu = 0.0              # ... the challengers' (their catch-up included) ...
@@ -491,6 +499,8 @@ class OnlineSearch:
             self._sample(batch, champion)
         elif self.settings.later_every:
             self._sample_later(batch)
+        if self.settings.change_z and not self._rounds_left:
+            self._watch_for_change(logloss_terms(champion, labels))
         if self.candidates is not None:
             self._judge()
             self._fill()
@@ -557,6 +567,34 @@ class OnlineSearch:
             self.candidates = found  # none: the judging starts all the same
         if not self._rounds_left:
             self._initial = None
+
+    def _watch_for_change(self, losses: np.ndarray) -> None:
+        """Compare the champion's mean logloss over its latest ``sample`` examples with the
+        ``sample`` before; ``change_z`` standard errors worse means the stream changed (a drift:
+        new interactions). Then candidates are proposed from the examples since, ``sample``
+        examples on, rather than at the next ``later_every``. (Letting every dropped change be
+        tried again at once as well was measured: the changes tried first then took the slots of
+        those the new stream needed, a network's batch on drifting Agrawal.)"""
+        self._window += (len(losses), float(losses.sum()), float((losses * losses).sum()))
+        if self._window[0] < self.settings.sample:
+            return
+        before, now = self._window_before, self._window
+        self._window_before, self._window = now, np.zeros(3)
+        if before is None:
+            return
+        means = [w[1] / w[0] for w in (before, now)]
+        variance = sum(max(w[2] / w[0] - m * m, 1e-12) / w[0] for w, m in zip((before, now), means))
+        if (means[1] - means[0]) / math.sqrt(variance) < self.settings.change_z:
+            return
+        self.changes.append(self.examples)
+        self._window_before = None  # the old stream's losses are no baseline for the new one
+        # the latest window's examples, and the next ones, are what the proposal reads
+        keep = 0
+        while keep < len(self._recent) and sum(len(y) for _, y in self._recent[keep:]) > now[0]:
+            keep += 1
+        self._recent = self._recent[max(keep - 1, 0):]
+        if self.settings.later_every:
+            self._next_later = self.examples + self.settings.sample
 
     def _sample_later(self, batch: SparseBatch) -> None:
         """After the rounds, keep the latest examples; every ``later_every`` examples, propose
@@ -765,6 +803,7 @@ class OnlineSearch:
                     "crosses": [list(c) for c in self.candidates.crosses], "counts": self.candidates.counts,
                     "scores": self.candidates.scores},
                 "adopted": self.adopted, "promotions": self.promotions, "dropped": self.dropped,
+                "changes": self.changes,
                 "failed": self._failed, "retry_at": self._retry_at}
 
     @classmethod
@@ -790,6 +829,7 @@ class OnlineSearch:
             search.candidates = Candidates([(a, b) for a, b in found["crosses"]], list(found["counts"]),
                                            dict(found["scores"]))
         search.adopted, search.promotions, search.dropped = state["adopted"], state["promotions"], state["dropped"]
+        search.changes = list(state.get("changes", []))
         search._failed = dict(state["failed"])
         search._retry_at = {k: int(v) for k, v in state.get("retry_at", {}).items()}
         return search
@@ -801,6 +841,7 @@ class OnlineSearch:
             "adopted": list(self.adopted),
             "promotions": list(self.promotions),
             "dropped": list(self.dropped),
+            "changes": list(self.changes),
             "challengers": [m.summary() for m in self.challengers],
             "candidates": dict(self.candidates.scores) if self.candidates else {},
             "compute_multiple": self.compute_multiple,

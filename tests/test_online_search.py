@@ -264,13 +264,16 @@ def test_the_batch_is_searched_for_networks_and_a_promoted_one_is_kept_in_the_st
     assert resumed.steps == 4
 
 
-def test_an_interaction_that_appears_after_the_rounds_is_proposed_and_adopted():
+def _changing_rows() -> list[Row]:
+    """12,000 rows whose clicks follow A and B, then 18,000 whose clicks follow A and C."""
     early, late = _interaction_rows(12_000, 9), _interaction_rows(18_000, 10)
-    # from 12,000 on, clicks follow C and A instead of A and B: the rounds (at 1,000 and 4,000) saw none of it
-    late = [Row(r.label, r.user_id, r.item_id, r.event_time,
-                {"A": r.features["B"].replace("b", "a"), "B": r.features["C"].replace("c", "b"),
-                 "C": r.features["A"].replace("a", "c")}) for r in late]
-    rows = early + late
+    return early + [Row(r.label, r.user_id, r.item_id, r.event_time,
+                        {"A": r.features["B"].replace("b", "a"), "B": r.features["C"].replace("c", "b"),
+                         "C": r.features["A"].replace("a", "c")}) for r in late]
+
+
+def test_an_interaction_that_appears_after_the_rounds_is_proposed_and_adopted():
+    rows = _changing_rows()  # the rounds (at 1,000 and 4,000) see none of A x C
     spec = spec_for("lr", SpecOptions().infer([r.features for r in rows[:1000]]))
     settings = SearchSettings(sample=1_000, rounds=2, later_every=6_000, judge_after=1_000)
     search = OnlineSearch(create_model("lr", spec), settings)
@@ -286,6 +289,25 @@ def test_an_interaction_that_appears_after_the_rounds_is_proposed_and_adopted():
     assert "A:C" not in never.report()["candidates"]
     with pytest.raises(ConfigError, match="search.later_every"):
         SearchSettings(later_every=-1)
+
+
+def test_a_change_of_the_stream_is_seen_and_brings_the_next_proposal_forward():
+    rows = _changing_rows()
+    spec = spec_for("lr", SpecOptions().infer([r.features for r in rows[:1000]]))
+    # proposals after the rounds only every million examples: only the change can bring one
+    settings = SearchSettings(sample=1_000, rounds=2, later_every=10**6, judge_after=1_000)
+    search = OnlineSearch(create_model("lr", spec), settings)
+    for batch in _batches(spec, rows):
+        search.learn(batch)
+    assert len(search.changes) == 1 and 12_000 < search.changes[0] <= 14_500, search.changes
+    assert "A:C" in search.report()["candidates"]
+    assert any("A:C" in p["move"] for p in search.promotions if p["at"] > search.changes[0])
+    assert OnlineSearch.resumed(search.champion, settings, json.loads(json.dumps(search.state()))).changes \
+        == search.changes
+    steady = OnlineSearch(create_model("lr", spec), settings)  # the same stream without the change
+    for batch in _batches(spec, _interaction_rows(30_000, 9)):
+        steady.learn(batch)
+    assert steady.changes == []
 
 
 def test_a_challenger_that_is_worse_is_dropped_and_the_champion_predicts():
