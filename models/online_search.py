@@ -97,6 +97,7 @@ class SearchSettings:
 
 STEPS = "batch.steps"  # a move's change of how many steps a member learns each shared batch in
 MAX_STEPS = 4          # ... at most: a step costs the network about as much at any batch size
+CHANGE_SCALES = (1, 4)  # windows of `sample` examples whose logloss is compared with as many before
 MEMBER_WINDOW = 2_000  # examples in a member's window AUC (the reports show its lifetime AUC)
 SCORED_ROWS = 50_000   # the latest examples a proposal scores (the counts are filled from all)
 PAIR_FIELDS = 12       # fields whose pairs a proposal after the first scores
@@ -456,9 +457,10 @@ class OnlineSearch:
         # after the rounds: proposals from the latest examples (ids and labels, at most SCORED_ROWS)
         self._next_later = settings.sample * 4 ** (settings.rounds - 1) + settings.later_every
         self._recent: list[tuple[np.ndarray, np.ndarray]] = []
-        # the champion's per-example logloss: [examples, sum, sum of squares], this window and the one before
-        self._window = np.zeros(3)
-        self._window_before: np.ndarray | None = None
+        # the champion's per-example logloss: [examples, sum, sum of squares, clicks], this window
+        # of `sample` examples and the latest complete ones
+        self._window = np.zeros(4)
+        self._windows: list[np.ndarray] = []
         self.changes: list[int] = []            # where the stream was seen to change
         self._member_examples = 0               # examples learned, summed over members (compute)
         self._champion_cpu = 0.0                # CPU seconds the champion's own learning took ...
@@ -500,7 +502,7 @@ class OnlineSearch:
         elif self.settings.later_every:
             self._sample_later(batch)
         if self.settings.change_z and not self._rounds_left:
-            self._watch_for_change(logloss_terms(champion, labels))
+            self._watch_for_change(logloss_terms(champion, labels), labels)
         if self.candidates is not None:
             self._judge()
             self._fill()
@@ -568,27 +570,38 @@ class OnlineSearch:
         if not self._rounds_left:
             self._initial = None
 
-    def _watch_for_change(self, losses: np.ndarray) -> None:
-        """Compare the champion's mean logloss over its latest ``sample`` examples with the
-        ``sample`` before; ``change_z`` standard errors worse means the stream changed (a drift:
-        new interactions). Then candidates are proposed from the examples since, ``sample``
-        examples on, rather than at the next ``later_every``. (Letting every dropped change be
-        tried again at once as well was measured: the changes tried first then took the slots of
-        those the new stream needed, a network's batch on drifting Agrawal.)"""
-        self._window += (len(losses), float(losses.sum()), float((losses * losses).sum()))
+    def _watch_for_change(self, losses: np.ndarray, labels: np.ndarray) -> None:
+        """Compare the champion's normalized entropy (mean logloss over the entropy of the
+        window's click rate, so that a click rate that moves is not taken for a change) over its
+        latest ``sample`` examples with the ``sample`` before, and over its latest 4 x ``sample``
+        with the 4 x ``sample`` before (a smaller change shows over more examples);
+        ``change_z`` standard errors worse means the stream changed (a drift: new interactions). Then candidates are proposed from the
+        examples of the worse window and the next ``sample``, rather than at the next
+        ``later_every``. (Letting every dropped change be tried again at once as well was
+        measured: the changes tried first then took the slots of those the new stream needed, a
+        network's batch on drifting Agrawal.)"""
+        self._window += (len(losses), float(losses.sum()), float((losses * losses).sum()), float(labels.sum()))
         if self._window[0] < self.settings.sample:
             return
-        before, now = self._window_before, self._window
-        self._window_before, self._window = now, np.zeros(3)
-        if before is None:
-            return
-        means = [w[1] / w[0] for w in (before, now)]
-        variance = sum(max(w[2] / w[0] - m * m, 1e-12) / w[0] for w, m in zip((before, now), means))
-        if (means[1] - means[0]) / math.sqrt(variance) < self.settings.change_z:
+        self._windows = [*self._windows[-(2 * CHANGE_SCALES[-1] - 1):], self._window]
+        self._window = np.zeros(4)
+        for scale in CHANGE_SCALES:
+            if len(self._windows) < 2 * scale:
+                return
+            before, now = sum(self._windows[-2 * scale:-scale]), sum(self._windows[-scale:])
+            means, variance = [], 0.0
+            for n, total, squares, clicks in (before, now):
+                rate = min(max(clicks / n, 1e-4), 1 - 1e-4)
+                entropy = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
+                means.append(total / n / entropy)
+                variance += max(squares / n - (total / n) ** 2, 1e-12) / n / entropy**2
+            if (means[1] - means[0]) / math.sqrt(variance) >= self.settings.change_z:
+                break
+        else:
             return
         self.changes.append(self.examples)
-        self._window_before = None  # the old stream's losses are no baseline for the new one
-        # the latest window's examples, and the next ones, are what the proposal reads
+        self._windows = []  # the old stream's losses are no baseline for the new one
+        # the worse window's examples, and the next ones, are what the proposal reads
         keep = 0
         while keep < len(self._recent) and sum(len(y) for _, y in self._recent[keep:]) > now[0]:
             keep += 1
