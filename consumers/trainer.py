@@ -67,7 +67,7 @@ FEATURIZE_BATCHES = 16  # full batches featurized in one go (the learner still g
 SETTINGS_FIELDS = ("model", "batch_size", "attribution_window_s", "publish_every_examples", "publish_every_s",
                    "keep_versions", "max_pending_impressions", "window_examples", "metrics_port", "metrics_host",
                    "positives", "delta_every_s", "dense_every_s", "max_event_time_ahead_s", "search", "search_live",
-                   "search_sample", "search_budget")
+                   "search_sample", "search_budget", "search_later_every", "search_change_z")
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,8 @@ class TrainerOptions:
     # read labelled examples from <ns>.examples (the join stage) instead of joining impressions
     # and clicks here
     from_examples: bool = False
+    search_later_every: int = 48_000   # the online search's proposals after its rounds (SearchSettings)
+    search_change_z: float = 4.0
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> TrainerOptions:
@@ -114,7 +116,8 @@ class TrainerOptions:
 
     def search_settings(self) -> dict[str, float] | None:
         """What the learner's online search is given (None: learn the configuration as it is)."""
-        return ({"live": self.search_live, "sample": self.search_sample, "budget": self.search_budget}
+        return ({"live": self.search_live, "sample": self.search_sample, "budget": self.search_budget,
+                 "later_every": self.search_later_every, "change_z": self.search_change_z}
                 if self.search else None)
 
     def publish_options(self) -> PublishOptions:

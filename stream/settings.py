@@ -58,11 +58,15 @@ class Settings(BaseSettings):
     rollback_drop: float = Field(default=0.05, gt=0)
     # The online search over settings, crosses and count features (models/online_search.py): on
     # for new and resumed models; members learning at once (in models); how many examples propose
-    # the candidates; examples all members learn per example of the stream, at most.
+    # the candidates; examples all members learn per example of the stream, at most; examples
+    # between proposals after the rounds (0: none); standard errors of a worse normalized entropy
+    # that mean the stream changed (0: not looked for).
     search: bool = True
     search_live: int = Field(default=3, ge=1)
     search_sample: int = Field(default=3_000, ge=100)
     search_budget: float = Field(default=3.0, ge=1)
+    search_later_every: int = Field(default=48_000, ge=0)
+    search_change_z: float = Field(default=4.0, ge=0)
     # A trainer run as ranks (train --ranks): seconds a collective waits for the other ranks
     # before this rank fails (a rank that hangs fails the group, which then restarts).
     rank_timeout_s: float = Field(default=120.0, gt=0)

@@ -391,3 +391,17 @@ def test_a_trainer_searches_publishes_its_champion_and_a_resumed_one_goes_on(sta
     assert report["examples"] == 16_000
     assert report["search"]["examples"] > state["examples"] and report["search"]["adopted"][:len(state["adopted"])] \
         == state["adopted"]
+
+
+def test_the_trainer_passes_its_search_settings_and_a_bad_one_is_named(monkeypatch):
+    from streamrec.consumers.trainer import TrainerOptions
+    from streamrec.stream.settings import load_settings
+
+    monkeypatch.setenv("STREAMREC_SEARCH_LATER_EVERY", "24000")
+    monkeypatch.setenv("STREAMREC_SEARCH_CHANGE_Z", "0")
+    given = TrainerOptions.from_settings(load_settings()).search_settings()
+    settings = SearchSettings(**given)
+    assert settings.later_every == 24_000 and settings.change_z == 0.0
+    monkeypatch.setenv("STREAMREC_SEARCH_CHANGE_Z", "-1")
+    with pytest.raises(ConfigError, match="search_change_z"):
+        load_settings()
