@@ -78,8 +78,8 @@ class SearchSettings:
     z: float = 3.0                 # standard errors of the paired logloss difference a promotion needs
     budget: float = 3.0            # examples all members learn (catch-up included) per example of the stream, at most
     later_every: int = 48_000      # after the rounds, candidates again every so many examples, from the latest (0: never)
-    change_z: float = 4.0          # the champion's logloss over its last sample examples this many standard errors
-    #                                above the sample before: the stream changed (0: never looked for)
+    change_z: float = 4.0          # the champion's normalized entropy over its latest examples this many standard
+    #                                errors above as many before: the stream changed (0: never looked for)
 
     def __post_init__(self) -> None:
         if not self.budget >= 1:
@@ -97,7 +97,7 @@ class SearchSettings:
 
 STEPS = "batch.steps"  # a move's change of how many steps a member learns each shared batch in
 MAX_STEPS = 4          # ... at most: a step costs the network about as much at any batch size
-CHANGE_SCALES = (1, 4)  # windows of `sample` examples whose logloss is compared with as many before
+CHANGE_SCALES = (1, 4)  # windows of `sample` examples whose normalized entropy is compared with as many before
 MEMBER_WINDOW = 2_000  # examples in a member's window AUC (the reports show its lifetime AUC)
 SCORED_ROWS = 50_000   # the latest examples a proposal scores (the counts are filled from all)
 PAIR_FIELDS = 12       # fields whose pairs a proposal after the first scores
