@@ -82,8 +82,9 @@ def run(rows: list[Row], model: str, **kwargs) -> dict[str, object]:
     out = {k: report[k] for k in ("auc", "auc_window", "logloss", "examples_per_second")}
     out["cpu_seconds"] = time.process_time() - cpu
     if "search" in report:
-        out["search"] = {k: report["search"][k] for k in ("configuration", "adopted", "promotions", "compute_multiple", "changes",
-                                                          "learning_multiple", "cpu_multiple", "candidates")}
+        out["search"] = {k: report["search"][k] for k in ("configuration", "adopted", "promotions", "changes",
+                                                          "compute_multiple", "learning_multiple", "cpu_multiple",
+                                                          "candidates")}
     return out
 
 

@@ -77,7 +77,7 @@ class SearchSettings:
     give_up_after: int = 30_000    # ... and after which it is dropped if it is not better
     z: float = 3.0                 # standard errors of the paired logloss difference a promotion needs
     budget: float = 3.0            # examples all members learn (catch-up included) per example of the stream, at most
-    later_every: int = 48_000      # after the rounds, candidates again every so many examples, from the latest (0: never)
+    later_every: int = 48_000      # after the rounds, candidates every so many examples, from the latest (0: never)
     change_z: float = 4.0          # the champion's normalized entropy over its latest examples this many standard
     #                                errors above as many before: the stream changed (0: never looked for)
 
@@ -90,7 +90,8 @@ class SearchSettings:
         if self.change_z < 0:
             raise ConfigError(f"search.change_z must be >= 0 (0: changes are not looked for), got {self.change_z}")
         if self.later_every < 0:
-            raise ConfigError(f"search.later_every must be >= 0 (0: no proposals after the rounds), got {self.later_every}")
+            raise ConfigError(f"search.later_every must be >= 0 (0: no proposals after the rounds), "
+                              f"got {self.later_every}")
         if self.give_up_after < self.judge_after:
             raise ConfigError("search.give_up_after must be >= search.judge_after")
 
@@ -575,9 +576,9 @@ class OnlineSearch:
         window's click rate, so that a click rate that moves is not taken for a change) over its
         latest ``sample`` examples with the ``sample`` before, and over its latest 4 x ``sample``
         with the 4 x ``sample`` before (a smaller change shows over more examples);
-        ``change_z`` standard errors worse means the stream changed (a drift: new interactions). Then candidates are proposed from the
-        examples of the worse window and the next ``sample``, rather than at the next
-        ``later_every``. (Letting every dropped change be tried again at once as well was
+        ``change_z`` standard errors worse means the stream changed (a drift: new interactions).
+        Then candidates are proposed from the examples of the worse window and the next
+        ``sample``, rather than at the next ``later_every``. (Letting every dropped change be tried again at once as well was
         measured: the changes tried first then took the slots of those the new stream needed, a
         network's batch on drifting Agrawal.)"""
         self._window += (len(losses), float(losses.sum()), float((losses * losses).sum()), float(labels.sum()))
