@@ -93,6 +93,8 @@ class TrainerOptions:
     search_live: int
     search_sample: int
     search_budget: float
+    search_later_every: int
+    search_change_z: float
     gate: GateOptions
     worker_id: str = "worker-0"
     exit_at_end: bool = False
@@ -105,8 +107,6 @@ class TrainerOptions:
     # read labelled examples from <ns>.examples (the join stage) instead of joining impressions
     # and clicks here
     from_examples: bool = False
-    search_later_every: int = 48_000   # the online search's proposals after its rounds (SearchSettings)
-    search_change_z: float = 4.0
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> TrainerOptions:

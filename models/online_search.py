@@ -299,11 +299,16 @@ def retune(model: OnlineModel, changes: dict[str, Any]) -> OnlineModel:
     ``shared`` are not copied: the copy reads the same ones."""
     seen = getattr(model, "seen", None)
     twin = copy.deepcopy(model, {id(seen): seen} if seen is not None and seen.shared else {})
-    config = twin.config
+    return _configured(twin, _changed(twin.config, changes))
+
+
+def _changed(config: Any, changes: dict[str, Any]) -> Any:
+    """``config`` with ``changes`` (dotted keys) made; the steps a member learns a batch in
+    (``STEPS``) are how the search feeds the model, not one of its settings."""
     for key, value in changes.items():
-        if key != STEPS:  # how the search feeds the model, not one of its settings
+        if key != STEPS:
             config = replace_setting(config, key, value)
-    return _configured(twin, config)
+    return config
 
 
 def _configured(model: OnlineModel, config: Any) -> OnlineModel:
@@ -578,9 +583,9 @@ class OnlineSearch:
         with the 4 x ``sample`` before (a smaller change shows over more examples);
         ``change_z`` standard errors worse means the stream changed (a drift: new interactions).
         Then candidates are proposed from the examples of the worse window and the next
-        ``sample``, rather than at the next ``later_every``. (Letting every dropped change be tried again at once as well was
-        measured: the changes tried first then took the slots of those the new stream needed, a
-        network's batch on drifting Agrawal.)"""
+        ``sample``, rather than at the next ``later_every``. (Letting every dropped change be
+        tried again at once as well was measured: the changes tried first then took the slots of
+        those the new stream needed, a network's batch on drifting Agrawal.)"""
         self._window += (len(losses), float(losses.sum()), float((losses * losses).sum()), float(labels.sum()))
         if self._window[0] < self.settings.sample:
             return
@@ -671,15 +676,12 @@ class OnlineSearch:
         variants = [switch] + [Move(f"{switch.name}, {m.name}", {**switch.changes, **m.changes})
                                for m in moves if m.name.startswith("ftrl.alpha") and not self._resting(m.name)
                                and not self._resting(f"{switch.name}, {m.name}")]
+        examples = sum(len(b) for b, _ in kept)
         for n, move in enumerate(variants[:self.settings.live - 1]):
-            if n and not self._catch_up_affordable(sum(len(b) for b, _ in kept)):
+            if n and not self._catch_up_affordable(examples):
                 break  # the first always: finding the candidates is the point
-            config = self.champion.config
-            for key, value in move.changes.items():
-                if key != STEPS:
-                    config = replace_setting(config, key, value)
-            member = Member(move, _configured(copy.deepcopy(self._initial), config), predictions=[],
-                            steps=move.changes.get(STEPS, self.steps))
+            model = _configured(copy.deepcopy(self._initial), _changed(self.champion.config, move.changes))
+            member = Member(move, model, predictions=[], steps=self._steps_of(move))
             started = time.process_time()
             for batch, champion in kept:
                 member.record(learn_in_steps(member.model, batch_for(member.model, batch), member.steps), champion,
@@ -736,9 +738,12 @@ class OnlineSearch:
                 return
             if move.name in running or self._resting(move.name):
                 continue
-            self.challengers.append(Member(move, retune(self.champion, move.changes),
-                                           steps=move.changes.get(STEPS, self.steps)))
+            self.challengers.append(Member(move, retune(self.champion, move.changes), steps=self._steps_of(move)))
             running.add(move.name)
+
+    def _steps_of(self, move: Move) -> int:
+        """The steps a member making ``move`` learns each batch in: the champion's, unless it changes them."""
+        return move.changes.get(STEPS, self.steps)
 
     def _others_waiting(self) -> bool:
         """Whether a change not running now could start (it is not resting after a failure)."""
